@@ -1,0 +1,40 @@
+"""convostore: multi-turn chat/RAG conversation state in SQL (SQLite or PostgreSQL).
+
+from convostore import SessionRepository, StoreConfig
+
+async with SessionRepository(StoreConfig(database_url="sqlite+aiosqlite:///chat.db")) as repo:
+    sid, state = await repo.get_or_create()
+    state = await repo.add_turn(sid, "Welke archieven zijn er in Utrecht?", "Er zijn er 12.")
+"""
+
+from .compat import get_session_manager, shutdown_session_manager
+from .config import StoreConfig
+from .errors import (
+    ConvostoreError,
+    InvalidSessionId,
+    InvalidTurn,
+    NotRunning,
+    SchemaNotReady,
+    StoreError,
+)
+from .models import ConversationState, ConversationTurn
+from .repository import SessionRepository
+
+SessionConfig = StoreConfig
+"""The original SessionManager's name for the configuration."""
+
+__all__ = [
+    "ConversationState",
+    "ConversationTurn",
+    "ConvostoreError",
+    "InvalidSessionId",
+    "InvalidTurn",
+    "NotRunning",
+    "SchemaNotReady",
+    "SessionConfig",
+    "SessionRepository",
+    "StoreConfig",
+    "StoreError",
+    "get_session_manager",
+    "shutdown_session_manager",
+]

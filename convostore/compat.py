@@ -1,0 +1,46 @@
+"""The original SessionManager's module-level entry points, so old code only changes its import.
+
+``get_session_manager()`` returns one shared, started ``SessionRepository`` per process, built
+from the ``StoreConfig`` given on the first call (later configs are ignored, as before);
+``shutdown_session_manager()`` stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .config import StoreConfig
+from .repository import SessionRepository
+
+__all__ = ["get_session_manager", "shutdown_session_manager"]
+
+_shared: SessionRepository | None = None
+_lock: asyncio.Lock | None = None
+
+
+def _get_lock() -> asyncio.Lock:
+    global _lock
+    if _lock is None:
+        _lock = asyncio.Lock()
+    return _lock
+
+
+async def get_session_manager(config: StoreConfig | None = None) -> SessionRepository:
+    """The process's shared repository, started on first use."""
+    global _shared
+    async with _get_lock():
+        if _shared is None:
+            repository = SessionRepository(config)
+            await repository.start()
+            _shared = repository
+        return _shared
+
+
+async def shutdown_session_manager() -> None:
+    """Stop the shared repository, if there is one (for graceful shutdown)."""
+    global _shared, _lock
+    async with _get_lock():
+        if _shared is not None:
+            await _shared.stop()
+            _shared = None
+    _lock = None

@@ -1,0 +1,67 @@
+"""``StoreConfig``: where the store lives and how long sessions and cached states last."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["DATABASE_URL_ENV", "DEFAULT_DATABASE_URL", "StoreConfig", "resolve_database_url"]
+
+DATABASE_URL_ENV = "CONVOSTORE_DATABASE_URL"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///convostore.db"
+_LEGACY_REDIS_FIELDS = ("redis_enabled", "redis_url", "redis_prefix", "redis_db")
+
+
+def resolve_database_url(explicit: str | None = None) -> str:
+    """The database URL to use: ``explicit``, else env ``CONVOSTORE_DATABASE_URL``, else a
+    SQLite file ``convostore.db`` in the working directory. Migrations use the same rule."""
+    return explicit or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+
+
+class StoreConfig(BaseModel):
+    """Settings of a ``SessionRepository``. Durations are seconds (int or float)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str = Field(default_factory=resolve_database_url)
+    """SQLAlchemy async URL: ``sqlite+aiosqlite:///file.db`` or ``postgresql+asyncpg://...``.
+    Default: env ``CONVOSTORE_DATABASE_URL``, else ``sqlite+aiosqlite:///convostore.db``."""
+
+    session_ttl: float = Field(default=1800, gt=0)
+    """Seconds of inactivity after which a session expires (sliding). Default 1800."""
+
+    cleanup_interval: float = Field(default=300, ge=0)
+    """Seconds between scheduled expiry sweeps; 0 disables the background task. Default 300."""
+
+    max_sessions: int = Field(default=10_000, ge=1)
+    """Capacity of the in-process LRU cache, in sessions. Default 10,000."""
+
+    auto_migrate: bool = False
+    """True: ``start()`` upgrades the schema to the newest migration. Default False."""
+
+    sweep_batch_size: int = Field(default=1000, ge=1)
+    """Sessions deleted per expiry transaction, so a sweep never holds long locks. Default 1000."""
+
+    pool_size: int = Field(default=5, ge=1)
+    """Connections the repository's own engine keeps open. Default 5."""
+
+    max_overflow: int = Field(default=10, ge=0)
+    """Extra connections the engine may open under load. Default 10."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_redis_fields(cls, data: Any) -> Any:
+        """Accept the original SessionConfig's Redis settings so old code still runs, with a
+        warning: the database now does what Redis did."""
+        if isinstance(data, dict) and any(key in data for key in _LEGACY_REDIS_FIELDS):
+            warnings.warn(
+                "StoreConfig ignores the Redis settings of the original SessionConfig: "
+                "sessions are stored in the SQL database at database_url",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            data = {k: v for k, v in data.items() if k not in _LEGACY_REDIS_FIELDS}
+        return data

@@ -1,0 +1,50 @@
+"""Building the SQLAlchemy ``AsyncEngine`` and the SQLite connection settings convostore needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .config import StoreConfig
+
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "create_engine", "prepare_engine"]
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for another's lock before failing: long enough that
+ordinary contention between tasks or processes on one file never says "database is locked"."""
+
+
+def create_engine(config: StoreConfig) -> AsyncEngine:
+    """The repository's own engine for ``config.database_url``, pooled as configured."""
+    url = make_url(config.database_url)
+    options: dict[str, Any] = {}
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    if not in_memory:
+        options.update(pool_size=config.pool_size, max_overflow=config.max_overflow)
+    return prepare_engine(create_async_engine(url, **options))
+
+
+def prepare_engine(engine: AsyncEngine) -> AsyncEngine:
+    """Apply convostore's connection settings to an engine (its own, or one a caller passed
+    in; for the latter, connections it opens from now on)."""
+    sync_engine = engine.sync_engine
+    if engine.dialect.name == "sqlite" and not event.contains(
+        sync_engine, "connect", _sqlite_on_connect
+    ):
+        event.listen(sync_engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    """Enforce foreign keys (for ON DELETE CASCADE), wait for locks instead of failing, and
+    use WAL so readers never block the writer."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()

@@ -1,0 +1,82 @@
+"""The conversation data: a frozen ``ConversationTurn`` per message and ``ConversationState``.
+
+The models match the original in-memory SessionManager's, so code written against it keeps
+working. Turns are frozen: a stored turn never changes, so states handed to different callers
+share the same turn objects and copying a state is a list copy, not a deep copy. Treat a turn's
+``slots`` and ``results`` as read-only too; build a new turn to change them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+__all__ = ["HISTORY_WINDOW", "ConversationState", "ConversationTurn"]
+
+HISTORY_WINDOW = 6
+"""How many recent turns ``to_dspy_history`` hands to the language model."""
+
+
+class ConversationTurn(BaseModel):
+    """One message of a conversation: a user question or an assistant answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["user", "assistant"] = "user"
+    content: str = ""
+    resolved_question: str | None = None
+    template_id: str | None = None
+    slots: dict[str, str] = Field(default_factory=dict)
+    results: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: datetime | None = None
+    """When the store saved the turn (UTC); None until it is stored."""
+
+
+class ConversationState(BaseModel):
+    """A session's history and the context carried from turn to turn.
+
+    The state remembers how many of its turns came from the store, so that
+    ``SessionRepository.update`` appends only the turns added since.
+    """
+
+    turns: list[ConversationTurn] = Field(default_factory=list)
+    current_slots: dict[str, str] = Field(default_factory=dict)
+    current_template_id: str | None = None
+    language: str = "nl"
+
+    _session_id: str | None = PrivateAttr(default=None)
+    _stored: int = PrivateAttr(default=0)
+
+    def add_turn(self, turn: ConversationTurn) -> None:
+        """Append a turn: a user turn's slots merge into ``current_slots``; any turn's
+        template becomes ``current_template_id``."""
+        self.turns.append(turn)
+        if turn.role == "user" and turn.slots:
+            self.current_slots.update(turn.slots)
+        if turn.template_id:
+            self.current_template_id = turn.template_id
+
+    def get_previous_user_turn(self) -> ConversationTurn | None:
+        """The most recent user turn, or None if there is none."""
+        for turn in reversed(self.turns):
+            if turn.role == "user":
+                return turn
+        return None
+
+    def to_dspy_history(self) -> Any:
+        """The last six turns as role/content messages for a language model.
+
+        The content is the resolved question where there is one. Returns ``dspy.History``
+        when dspy is installed, else ``{"messages": [...]}`` with the same messages.
+        """
+        messages = [
+            {"role": turn.role, "content": turn.resolved_question or turn.content}
+            for turn in self.turns[-HISTORY_WINDOW:]
+        ]
+        try:
+            from dspy import History  # type: ignore[import-not-found]
+        except ImportError:
+            return {"messages": messages}
+        return History(messages=messages)

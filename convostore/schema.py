@@ -1,0 +1,122 @@
+"""The tables: ``sessions``, ``turns`` and ``turn_slots``, in one ``metadata``.
+
+Every key leads with ``session_id``, so one session's rows sit together (and on one shard of a
+distributed PostgreSQL-compatible engine). Turns and their slots are rows, not a JSON blob, so
+appending costs the same at turn 1,000 as at turn 1 and analytics need no JSON functions.
+The migrations in ``migrations/versions`` create exactly these tables; a test checks they agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["MAX_SESSION_ID_LENGTH", "UTCDateTime", "metadata", "sessions", "turn_slots", "turns"]
+
+MAX_SESSION_ID_LENGTH = 128
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so values are stored as UTC
+    text and marked UTC again when read. Naive values are refused rather than guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("convostore stores timezone-aware datetimes only")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
+        return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+"""JSON on SQLite, JSONB on PostgreSQL."""
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_accessed", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("access_count", BigInteger(), nullable=False),
+    Column("language", String(32), nullable=False),
+    Column("current_template_id", Text(), nullable=True),
+    Column("current_slots", JSONDocument, nullable=False),
+    Column("turn_count", Integer(), nullable=False),
+    Column("version", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("session_id"),
+    Index(None, "expires_at"),
+)
+"""One row per session. ``turn_count`` hands out turn sequence numbers; ``version`` is bumped by
+every write of the session's content, so a cached copy can tell whether it is current."""
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("seq", Integer(), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text(), nullable=False),
+    Column("resolved_question", Text(), nullable=True),
+    Column("template_id", Text(), nullable=True),
+    Column("results", JSONDocument, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("session_id", "seq"),
+    ForeignKeyConstraint(["session_id"], ["sessions.session_id"], ondelete="CASCADE"),
+)
+"""One row per message; ``seq`` counts from 1 within the session."""
+
+turn_slots = Table(
+    "turn_slots",
+    metadata,
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("seq", Integer(), nullable=False),
+    Column("name", Text(), nullable=False),
+    Column("value", Text(), nullable=False),
+    PrimaryKeyConstraint("session_id", "seq", "name"),
+    ForeignKeyConstraint(
+        ["session_id", "seq"], ["turns.session_id", "turns.seq"], ondelete="CASCADE"
+    ),
+)
+"""One row per slot a turn carried (e.g. place = Utrecht)."""

@@ -1,0 +1,152 @@
+"""Input checks that run before any SQL: session ids, text fields, slots and results.
+
+The checks also copy what they accept, so a caller who changes a dict or list after passing it
+in changes nothing stored or cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidSessionId, InvalidTurn
+from .schema import MAX_SESSION_ID_LENGTH
+
+__all__ = ["check_session_id", "check_text", "copy_results", "copy_slots"]
+
+MAX_LANGUAGE_LENGTH = 32
+
+
+def check_session_id(session_id: object) -> str:
+    """Return ``session_id`` if it is 1-128 printable ASCII characters, else raise."""
+    if (
+        type(session_id) is str
+        and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH
+        and session_id.isascii()
+        and session_id.isprintable()
+    ):
+        return session_id
+    if not isinstance(session_id, str):
+        raise InvalidSessionId(f"session id must be a string, not {type(session_id).__name__}")
+    if not session_id:
+        raise InvalidSessionId("session id must not be empty")
+    if len(session_id) > MAX_SESSION_ID_LENGTH:
+        raise InvalidSessionId(
+            f"session id is {len(session_id)} characters long; at most "
+            f"{MAX_SESSION_ID_LENGTH} are allowed"
+        )
+    raise InvalidSessionId(f"session id {session_id!r} has characters outside printable ASCII")
+
+
+def check_text(field: str, value: object) -> str:
+    """Return ``value`` if it is a string PostgreSQL and UTF-8 can hold: no NUL characters,
+    no lone surrogates."""
+    if not isinstance(value, str):
+        raise InvalidTurn(f"{field} must be a string, not {type(value).__name__}")
+    if "\x00" in value:
+        raise InvalidTurn(f"{field} contains a NUL character, which the database cannot store")
+    if not value.isascii() and not _is_utf8(value):
+        raise InvalidTurn(f"{field} contains a lone surrogate, which is not valid UTF-8")
+    return value
+
+
+def check_optional_text(field: str, value: object) -> str | None:
+    """Like ``check_text``, but None passes."""
+    return None if value is None else check_text(field, value)
+
+
+def check_language(value: object) -> str:
+    """A language code: non-empty text of at most 32 characters."""
+    language = check_text("language", value)
+    if not 0 < len(language) <= MAX_LANGUAGE_LENGTH:
+        raise InvalidTurn(f"language must be 1 to {MAX_LANGUAGE_LENGTH} characters long")
+    return language
+
+
+def copy_slots(field: str, slots: object) -> dict[str, str]:
+    """A checked copy of a name -> value mapping of strings; None gives an empty dict."""
+    if slots is None:
+        return {}
+    if not isinstance(slots, Mapping):
+        raise InvalidTurn(f"{field} must be a dict of strings, not {type(slots).__name__}")
+    return {
+        check_text(f"{field} name", name): check_text(f"{field}[{name!r}]", value)
+        for name, value in slots.items()
+    }
+
+
+def copy_results(field: str, results: object) -> list[dict[str, Any]]:
+    """A checked deep copy of a list of JSON objects; None gives an empty list.
+
+    Refuses what JSON cannot represent faithfully: non-string keys, NaN and infinities, and
+    objects of other types (sets, datetimes, ...).
+    """
+    if results is None:
+        return []
+    if not isinstance(results, (list, tuple)):
+        raise InvalidTurn(f"{field} must be a list of dicts, not {type(results).__name__}")
+    copied: list[dict[str, Any]] = []
+    try:
+        for index, item in enumerate(results):
+            if not isinstance(item, Mapping):
+                raise _Unstorable(f"must be a dict, not {type(item).__name__}", [index])
+            copied.append(_copy_json(item))
+    except _Unstorable as exc:
+        where = "".join(f"[{part!r}]" for part in exc.path)
+        raise InvalidTurn(f"{field}{where} {exc.reason}") from None
+    except RecursionError:
+        raise InvalidTurn(f"{field} is nested too deeply to store") from None
+    return copied
+
+
+class _Unstorable(Exception):
+    """A JSON value that cannot be stored; ``path`` is filled in as the error unwinds, so the
+    common case pays nothing for error messages."""
+
+    def __init__(self, reason: str, path: list[object] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path or []
+
+
+def _copy_json(value: Any) -> Any:
+    if isinstance(value, str):
+        if "\x00" in value or (not value.isascii() and not _is_utf8(value)):
+            raise _Unstorable("contains a NUL character or a lone surrogate")
+        return value
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Unstorable(f"is {value}, which JSON cannot represent")
+        return value
+    if isinstance(value, Mapping):
+        copy: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Unstorable(f"has a key {key!r} that is not a string")
+            try:
+                copy[_copy_json(key)] = _copy_json(item)
+            except _Unstorable as exc:
+                exc.path.insert(0, key)
+                raise
+        return copy
+    if isinstance(value, (list, tuple)):
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_copy_json(item))
+            except _Unstorable as exc:
+                exc.path.insert(0, index)
+                raise
+        return items
+    raise _Unstorable(f"is a {type(value).__name__}, which is not JSON-serializable")
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,77 @@
+"""alembic environment for convostore, shared by `alembic upgrade head` and `convostore.migrate`.
+
+A caller that already holds a connection passes it in ``config.attributes["connection"]`` (the
+library does, inside its lock); otherwise the URL is ``-x url=...``, else the ``sqlalchemy.url``
+option, else env ``CONVOSTORE_DATABASE_URL``, else the default SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging.config
+from typing import Any
+
+from alembic import context
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from convostore.config import resolve_database_url
+from convostore.migrate import VERSION_TABLE, lock_for_migration
+from convostore.schema import metadata
+
+config = context.config
+
+
+def _ours(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Compare only convostore's tables, never a host application's in the same database."""
+    if type_ == "table":
+        return name in metadata.tables
+    return True
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        include_name=_ours,
+        compare_type=True,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_with_url(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await lock_for_migration(connection)
+            await connection.run_sync(_run)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+def _url() -> str:
+    explicit = context.get_x_argument(as_dictionary=True).get("url")
+    return resolve_database_url(explicit or config.get_main_option("sqlalchemy.url"))
+
+
+if context.is_offline_mode():
+    context.configure(
+        url=_url(),
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    shared = config.attributes.get("connection")
+    if shared is not None:
+        _run(shared)
+    else:
+        if config.config_file_name is not None:
+            logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
+        asyncio.run(_run_with_url(_url()))
