@@ -1,0 +1,5 @@
+"""``python -m convostore``: the same as the ``convostore`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""``convostore demo``: a short Dutch archive-search conversation that survives a restart.
+
+It stores a question about Utrecht, closes the repository, opens a fresh one on the same
+database (as a restarted web worker would), resolves the elliptical follow-up "En in Enschede?"
+from the stored turns, then prints the transcript and an analytics query over the turns table.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from .config import StoreConfig
+from .models import ConversationState
+from .repository import SessionRepository
+from .schema import turns
+
+__all__ = ["run_demo"]
+
+_TEMPLATES = {"archives_in_place": "Welke archieven zijn er in {place}?"}
+_ANSWERS = {
+    "Utrecht": ("Er zijn 12 archieven in Utrecht, waaronder Het Utrechts Archief.", 12),
+    "Enschede": ("Er zijn 3 archieven in Enschede, waaronder het Historisch Centrum Overijssel.", 3),
+}
+
+
+def _resolve_follow_up(state: ConversationState, place: str) -> tuple[str, str, dict[str, str]]:
+    """Turn "En in <place>?" into a full question: reuse the previous question's template
+    and slots, replacing the place. This is what the stored context is for."""
+    template_id = state.current_template_id
+    if template_id is None:
+        raise LookupError("no earlier question to resolve the follow-up against")
+    slots = {**state.current_slots, "place": place}
+    return _TEMPLATES[template_id].format(**slots), template_id, slots
+
+
+async def run_demo(url: str | None = None, echo: Callable[[str], None] = print) -> None:
+    """Run the scripted conversation against ``url`` (default: a new SQLite file)."""
+    if url is None:
+        path = Path(tempfile.mkdtemp(prefix="convostore-demo-")) / "convostore.db"
+        url = f"sqlite+aiosqlite:///{path}"
+    config = StoreConfig(database_url=url, auto_migrate=True, cleanup_interval=0)
+    echo(f"database: {url} (schema migrated on the spot)\n")
+
+    async with SessionRepository(config) as repo:
+        session_id, _ = await repo.get_or_create()
+        question = "Welke archieven zijn er in Utrecht?"
+        answer, count = _ANSWERS["Utrecht"]
+        await repo.add_turn(
+            session_id,
+            question,
+            answer,
+            template_id="archives_in_place",
+            slots={"place": "Utrecht"},
+            results=[{"name": "Het Utrechts Archief", "count": count}],
+        )
+        echo(f"worker 1, session {session_id}")
+        echo(f"  user:      {question}")
+        echo(f"  assistant: {answer}")
+    echo("\nworker 1 stopped; worker 2 opens a fresh repository on the same database\n")
+
+    async with SessionRepository(config) as repo:
+        state = await repo.get(session_id)
+        if state is None:
+            raise LookupError(f"session {session_id} was not found after the restart")
+        follow_up = "En in Enschede?"
+        resolved, template_id, slots = _resolve_follow_up(state, "Enschede")
+        echo(f"  user:      {follow_up}")
+        echo(f"  resolved from the stored turns: {resolved}")
+        answer, count = _ANSWERS["Enschede"]
+        state = await repo.add_turn(
+            session_id,
+            follow_up,
+            answer,
+            resolved_question=resolved,
+            template_id=template_id,
+            slots=slots,
+            results=[{"name": "Historisch Centrum Overijssel", "count": count}],
+        )
+        echo(f"  assistant: {answer}")
+
+        echo("\nstored transcript:")
+        for number, turn in enumerate(state.turns, start=1):
+            when = turn.created_at.strftime("%H:%M:%S") if turn.created_at else "--:--:--"
+            extra = f"  [{turn.template_id} {turn.slots}]" if turn.template_id else ""
+            echo(f"  {number}. {when} {turn.role:<9} {turn.content}{extra}")
+        echo(f"  current slots: {state.current_slots}")
+
+        per_template = (
+            select(turns.c.template_id, func.count().label("questions"))
+            .where(turns.c.role == "user")
+            .group_by(turns.c.template_id)
+            .order_by(turns.c.template_id)
+        )
+        echo("\nanalytics (SQL on the turns table): questions per template")
+        async with repo.engine.connect() as conn:
+            for template, questions in await conn.execute(per_template):
+                echo(f"  {template}: {questions}")

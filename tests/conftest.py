@@ -1,0 +1,173 @@
+"""Fixtures shared by the suite: one database per test on each backend, a movable clock, and
+repositories that are stopped when the test ends.
+
+Every test that takes ``url``, ``empty_url`` or ``repo`` runs twice: on a SQLite file and on the
+PostgreSQL server named by env ``CONVOSTORE_TEST_POSTGRES_URL`` (skipped, with the reason, when
+that is unset; failing when it is set and the server cannot be reached). ``-m sqlite`` or
+``-m postgresql`` picks one. PostgreSQL tests get a database of their own, copied from a
+template migrated once per run; SQLite tests get a copy of a migrated file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from convostore import SessionRepository, StoreConfig
+from convostore.migrate import upgrade_url
+
+POSTGRES_URL_ENV = "CONVOSTORE_TEST_POSTGRES_URL"
+BACKENDS = [
+    pytest.param("sqlite", marks=pytest.mark.sqlite),
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
+]
+
+
+class FakeClock:
+    """A clock the test moves by hand, so expiry is tested without sleeping."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _postgres_admin_url() -> str:
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_URL_ENV} is not set; PostgreSQL cases need a server")
+    return url
+
+
+def _with_database(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+async def _admin(url: str, *statements: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "migrated.db"
+    asyncio.run(upgrade_url(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    admin = _postgres_admin_url()
+    name = f"convostore_template_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        asyncio.run(upgrade_url(_with_database(admin, name)))
+        yield name
+    finally:
+        asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _fresh_postgres(template: str | None) -> Iterator[str]:
+    admin = _postgres_admin_url()
+    name = f"convostore_test_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"{clause}'))
+    try:
+        yield _with_database(admin, name)
+    finally:
+        asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend under test: ``sqlite`` or ``postgresql``."""
+    return str(request.param)
+
+
+@pytest.fixture
+def empty_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database URL with no tables at all."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    else:
+        yield from _fresh_postgres(None)
+
+
+@pytest.fixture
+def url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database URL of this test's own, migrated to head."""
+    if backend == "sqlite":
+        path = tmp_path / "store.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite+aiosqlite:///{path}"
+    else:
+        yield from _fresh_postgres(request.getfixturevalue("postgres_template"))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+MakeRepo = Callable[..., Awaitable[SessionRepository]]
+
+
+@pytest.fixture
+async def make_repo(url: str, clock: FakeClock) -> AsyncIterator[MakeRepo]:
+    """Start a repository on this test's database; ``StoreConfig`` fields can be overridden.
+    Every repository made here is stopped when the test ends."""
+    made: list[SessionRepository] = []
+
+    async def make(**overrides: Any) -> SessionRepository:
+        options: dict[str, Any] = {"database_url": url, "cleanup_interval": 0}
+        options.update(overrides)
+        repository = SessionRepository(StoreConfig(**options), clock=clock)
+        await repository.start()
+        made.append(repository)
+        return repository
+
+    yield make
+    for repository in made:
+        await repository.stop()
+
+
+@pytest.fixture
+async def repo(make_repo: MakeRepo) -> SessionRepository:
+    """A started repository with the default settings and no background sweep."""
+    return await make_repo()
+
+
+Sql = Callable[..., Awaitable[list[Any]]]
+
+
+@pytest.fixture
+async def sql(url: str) -> AsyncIterator[Sql]:
+    """Run SQL on this test's database from outside the repository; returns all rows."""
+    engine = create_async_engine(url)
+
+    async def run(statement: str, **params: Any) -> list[Any]:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement), params)
+            return list(result.all()) if result.returns_rows else []
+
+    yield run
+    await engine.dispose()
