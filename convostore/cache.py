@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .models import ConversationState
+from .models import ConversationState, make_state
 
 __all__ = ["CacheEntry", "SessionCache", "fork_state"]
 
@@ -31,15 +31,16 @@ class CacheEntry:
 def fork_state(state: ConversationState, session_id: str) -> ConversationState:
     """A copy of ``state`` that its caller may change freely: fresh ``turns`` list and
     ``current_slots`` dict, shared (frozen) turns, no validation."""
-    fork = ConversationState.model_construct(
-        turns=list(state.turns),
-        current_slots=dict(state.current_slots),
-        current_template_id=state.current_template_id,
-        language=state.language,
+    fields = state.__dict__
+    turns = fields["turns"]
+    return make_state(
+        list(turns),
+        dict(fields["current_slots"]),
+        fields["current_template_id"],
+        fields["language"],
+        session_id,
+        len(turns),
     )
-    fork._session_id = session_id
-    fork._stored = len(state.turns)
-    return fork
 
 
 class SessionCache:

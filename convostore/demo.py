@@ -23,7 +23,10 @@ __all__ = ["run_demo"]
 _TEMPLATES = {"archives_in_place": "Welke archieven zijn er in {place}?"}
 _ANSWERS = {
     "Utrecht": ("Er zijn 12 archieven in Utrecht, waaronder Het Utrechts Archief.", 12),
-    "Enschede": ("Er zijn 3 archieven in Enschede, waaronder het Historisch Centrum Overijssel.", 3),
+    "Enschede": (
+        "Er zijn 3 archieven in Enschede, waaronder het Historisch Centrum Overijssel.",
+        3,
+    ),
 }
 
 

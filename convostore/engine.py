@@ -24,6 +24,10 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
     in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
     if not in_memory:
         options.update(pool_size=config.pool_size, max_overflow=config.max_overflow)
+    if url.get_backend_name() == "sqlite":
+        # Every convostore transaction commits or rolls back itself, so the pool's own
+        # rollback on return would only cost aiosqlite a thread hop per operation.
+        options.update(pool_reset_on_return=None)
     return prepare_engine(create_async_engine(url, **options))
 
 

@@ -12,6 +12,7 @@ Every exception raised on purpose derives from ``ConvostoreError``::
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,6 +53,21 @@ class StoreError(ConvostoreError):
     """The database or its driver failed; the original exception is chained as ``__cause__``."""
 
 
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """SQLAlchemy's errors, and the drivers' own (the hot paths call the drivers directly)."""
+    errors: list[type[Exception]] = [SQLAlchemyError, OSError, sqlite3.Error]
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError:
+        pass
+    else:
+        errors += [asyncpg.PostgresError, asyncpg.InterfaceError]
+    return tuple(errors)
+
+
+_DRIVER_ERRORS = _driver_errors()
+
+
 @contextmanager
 def translate_errors(action: str) -> Iterator[None]:
     """Re-raise SQLAlchemy and driver errors as ``StoreError``, naming what was being done."""
@@ -59,5 +75,5 @@ def translate_errors(action: str) -> Iterator[None]:
         yield
     except ConvostoreError:
         raise
-    except (SQLAlchemyError, OSError) as exc:
+    except _DRIVER_ERRORS as exc:
         raise StoreError(f"{action} failed: {exc}") from exc

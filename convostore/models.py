@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-__all__ = ["HISTORY_WINDOW", "ConversationState", "ConversationTurn"]
+__all__ = ["HISTORY_WINDOW", "ConversationState", "ConversationTurn", "make_state", "make_turn"]
 
 HISTORY_WINDOW = 6
 """How many recent turns ``to_dspy_history`` hands to the language model."""
@@ -80,3 +80,70 @@ class ConversationState(BaseModel):
         except ImportError:
             return {"messages": messages}
         return History(messages=messages)
+
+
+_TURN_FIELDS = frozenset(ConversationTurn.model_fields)
+_STATE_FIELDS = frozenset(ConversationState.model_fields)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def make_turn(
+    role: Literal["user", "assistant"],
+    content: str,
+    resolved_question: str | None,
+    template_id: str | None,
+    slots: dict[str, str],
+    results: list[dict[str, Any]],
+    created_at: datetime | None,
+) -> ConversationTurn:
+    """A turn from values the store already checked, built without validation.
+
+    ``model_construct`` would do the same at several times the cost; on a cold load of a long
+    session that cost is most of the Python time, so the store builds turns this way.
+    """
+    turn = _new(ConversationTurn)
+    _set(
+        turn,
+        "__dict__",
+        {
+            "role": role,
+            "content": content,
+            "resolved_question": resolved_question,
+            "template_id": template_id,
+            "slots": slots,
+            "results": results,
+            "created_at": created_at,
+        },
+    )
+    _set(turn, "__pydantic_fields_set__", set(_TURN_FIELDS))
+    _set(turn, "__pydantic_extra__", None)
+    _set(turn, "__pydantic_private__", None)
+    return turn
+
+
+def make_state(
+    turns: list[ConversationTurn],
+    current_slots: dict[str, str],
+    current_template_id: str | None,
+    language: str,
+    session_id: str | None,
+    stored: int,
+) -> ConversationState:
+    """A state from values the store owns, built without validation (see ``make_turn``);
+    ``stored`` of its turns count as already in the store for ``session_id``."""
+    state = _new(ConversationState)
+    _set(
+        state,
+        "__dict__",
+        {
+            "turns": turns,
+            "current_slots": current_slots,
+            "current_template_id": current_template_id,
+            "language": language,
+        },
+    )
+    _set(state, "__pydantic_fields_set__", set(_STATE_FIELDS))
+    _set(state, "__pydantic_extra__", None)
+    _set(state, "__pydantic_private__", {"_session_id": session_id, "_stored": stored})
+    return state

@@ -1,46 +1,45 @@
-"""The SQL behind each repository call: one short transaction per operation, in SQLAlchemy Core.
+"""The SQL behind each repository call: one short transaction per operation.
 
-``SqlStore`` knows the tables and the dialect, nothing of the cache. Every method is one
-transaction (or one autocommit read), so an error or a cancelled task leaves both turns of an
-exchange stored or neither. Turn sequence numbers come from the session row: the UPDATE that
-bumps ``turn_count`` locks the row, so concurrent writers to one session take turns.
+``SqlStore`` knows the statements (``statements.py``) and the dialect, nothing of the cache.
+Every method is one transaction or one atomic statement, so an error or a cancelled task leaves
+both turns of an exchange stored or neither. Turn sequence numbers come from the session row:
+the UPDATE that bumps ``turn_count`` locks the row, so concurrent writers to one session take
+turns, in any number of processes.
+
+The three paths every request takes (append, load, refresh expiry) run through ``driver.py``:
+the same statements, compiled once, on the pooled driver connection. The rarer ones (create,
+update, delete, the append that must first create its session) go through SQLAlchemy's
+execution as usual.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    and_,
-    bindparam,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .models import ConversationState, ConversationTurn
-from .schema import JSONDocument, UTCDateTime, sessions, turn_slots, turns
+from .driver import Compiled, PostgresDriver, SqliteDriver, write_transaction
+from .models import ConversationState, ConversationTurn, make_state, make_turn
+from .statements import Statements
 
 __all__ = ["Loaded", "SqlStore", "Written"]
 
 
 @dataclass(slots=True)
 class Written:
-    """What a write committed: the session's new version, and whether the write created it."""
+    """What a write committed: the session's new version, whether the write created the
+    session (and removed an expired one first), and the turns it stored."""
 
     version: int
     created: bool
     expired_removed: bool
     turns: list[ConversationTurn]
-    """The turns the write stored, stamped with their ``created_at``."""
+    """The turns as stored, with their ``created_at``."""
 
 
 @dataclass(slots=True)
@@ -53,120 +52,57 @@ class Loaded:
     expires_at: datetime
 
 
-def _stamp(turn: ConversationTurn, created_at: datetime) -> ConversationTurn:
-    """The same turn with the store's timestamp, without validating it again."""
-    return ConversationTurn.model_construct(
-        role=turn.role,
-        content=turn.content,
-        resolved_question=turn.resolved_question,
-        template_id=turn.template_id,
-        slots=turn.slots,
-        results=turn.results,
-        created_at=created_at,
-    )
+def _stamped(turns: Sequence[ConversationTurn], created_at: datetime) -> list[ConversationTurn]:
+    return [
+        make_turn(
+            t.role, t.content, t.resolved_question, t.template_id, t.slots, t.results, created_at
+        )
+        for t in turns
+    ]
+
+
+def _rows(
+    sid: str, first_seq: int, new_turns: Sequence[ConversationTurn], now: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``turns`` and ``turn_slots`` rows of turns numbered from ``first_seq``."""
+    turn_rows: list[dict[str, Any]] = []
+    slot_rows: list[dict[str, Any]] = []
+    for seq, turn in enumerate(new_turns, start=first_seq):
+        turn_rows.append(
+            {
+                "session_id": sid,
+                "seq": seq,
+                "role": turn.role,
+                "content": turn.content,
+                "resolved_question": turn.resolved_question,
+                "template_id": turn.template_id,
+                "results": turn.results,
+                "created_at": now,
+            }
+        )
+        slot_rows.extend(
+            {"session_id": sid, "seq": seq, "name": name, "value": value}
+            for name, value in turn.slots.items()
+        )
+    return turn_rows, slot_rows
 
 
 class SqlStore:
-    """The statements of every operation, compiled by SQLAlchemy for the engine's dialect."""
+    """The operations of a ``SessionRepository``, on one engine."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.dialect = engine.dialect.name
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise ValueError(f"convostore supports SQLite and PostgreSQL, not {self.dialect}")
-
-        now = bindparam("now", type_=UTCDateTime())
-        live = and_(sessions.c.session_id == bindparam("sid"), sessions.c.expires_at > now)
-        refreshed: dict[str, Any] = {
-            "last_accessed": now,
-            "expires_at": bindparam("expires", type_=UTCDateTime()),
-            "access_count": sessions.c.access_count + bindparam("hits"),
-        }
-        self._append = (
-            update(sessions)
-            .where(live)
-            .values(
-                **refreshed,
-                turn_count=sessions.c.turn_count + bindparam("n"),
-                version=sessions.c.version + 1,
-                current_slots=self._merged_slots(),
-                current_template_id=func.coalesce(
-                    bindparam("template_id", type_=sessions.c.current_template_id.type),
-                    sessions.c.current_template_id,
-                ),
-            )
-            .returning(sessions.c.turn_count, sessions.c.version)
-        )
-        self._replace = (
-            update(sessions)
-            .where(live)
-            .values(
-                **refreshed,
-                turn_count=sessions.c.turn_count + bindparam("n"),
-                version=sessions.c.version + 1,
-                current_slots=bindparam("slots", type_=JSONDocument),
-                current_template_id=bindparam(
-                    "template_id", type_=sessions.c.current_template_id.type
-                ),
-                language=bindparam("language", type_=sessions.c.language.type),
-            )
-            .returning(sessions.c.turn_count, sessions.c.version)
-        )
-        self._touch = update(sessions).where(live).values(**refreshed).returning(sessions.c.version)
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        self._create = dialect_insert(sessions).on_conflict_do_nothing(
-            index_elements=[sessions.c.session_id]
-        )
-        self._drop_expired = delete(sessions).where(
-            sessions.c.session_id == bindparam("sid"), sessions.c.expires_at <= now
-        )
-        self._delete = (
-            delete(sessions)
-            .where(sessions.c.session_id == bindparam("sid"))
-            .returning(sessions.c.expires_at)
-        )
-        self._load_session = select(
-            sessions.c.version,
-            sessions.c.last_accessed,
-            sessions.c.expires_at,
-            sessions.c.language,
-            sessions.c.current_template_id,
-            sessions.c.current_slots,
-            sessions.c.turn_count,
-        ).where(sessions.c.session_id == bindparam("sid"))
-        self._load_turns = (
-            select(
-                turns.c.seq,
-                turns.c.role,
-                turns.c.content,
-                turns.c.resolved_question,
-                turns.c.template_id,
-                turns.c.results,
-                turns.c.created_at,
-                turn_slots.c.name,
-                turn_slots.c.value,
-            )
-            .select_from(
-                turns.outerjoin(
-                    turn_slots,
-                    and_(
-                        turn_slots.c.session_id == turns.c.session_id,
-                        turn_slots.c.seq == turns.c.seq,
-                    ),
-                )
-            )
-            .where(turns.c.session_id == bindparam("sid"), turns.c.seq <= bindparam("upto"))
-            .order_by(turns.c.seq, turn_slots.c.name)
-        )
-
-    def _merged_slots(self) -> ColumnElement[Any]:
-        """``current_slots`` with the new slots merged in, inside the database, so an append
-        never reads the session first."""
-        new = bindparam("merge", type_=JSONDocument)
-        if self.dialect == "postgresql":
-            return sessions.c.current_slots.op("||")(new)
-        return func.json_patch(sessions.c.current_slots, new)
+        dialect = engine.dialect
+        self.sql = sql = Statements(dialect.name)
+        self._pg = PostgresDriver(engine) if dialect.name == "postgresql" else None
+        self._sqlite = SqliteDriver(engine) if dialect.name == "sqlite" else None
+        one_statement = sql.append_in_one
+        self._append = Compiled(sql.append if one_statement is None else one_statement, dialect)
+        self._insert_turns = Compiled(sql.insert_turns, dialect)
+        self._insert_slots = Compiled(sql.insert_slots, dialect)
+        self._touch = Compiled(sql.touch, dialect)
+        self._load_session = Compiled(sql.load_session, dialect)
+        self._load_turns = Compiled(sql.load_turns, dialect)
 
     async def create(self, sid: str, now: datetime, ttl: float) -> tuple[bool, bool]:
         """Create an empty session unless a live one exists. Returns (created, expired_removed)."""
@@ -176,9 +112,9 @@ class SqlStore:
     async def _ensure(
         self, conn: AsyncConnection, sid: str, now: datetime, ttl: float
     ) -> tuple[bool, bool]:
-        expired = await conn.execute(self._drop_expired, {"sid": sid, "now": now})
+        expired = await conn.execute(self.sql.drop_expired, {"sid": sid, "now": now})
         created = await conn.execute(
-            self._create,
+            self.sql.create,
             {
                 "session_id": sid,
                 "created_at": now,
@@ -206,8 +142,8 @@ class SqlStore:
         hits: int,
     ) -> Written:
         """Append turns after whatever is stored, merging slots and template into the session
-        row, creating the session if it is missing or expired."""
-        params = {
+        row; a missing or expired session is created first."""
+        params: dict[str, Any] = {
             "sid": sid,
             "now": now,
             "expires": now + timedelta(seconds=ttl),
@@ -216,14 +152,61 @@ class SqlStore:
             "merge": merge_slots,
             "template_id": template_id,
         }
+        row = await self._append_live(params, new_turns)
+        if row is not None:
+            return Written(row[1], False, False, _stamped(new_turns, now))
         async with self.engine.begin() as conn:
-            row = (await conn.execute(self._append, params)).first()
-            created = expired = False
-            if row is None:
-                created, expired = await self._ensure(conn, sid, now, ttl)
-                row = (await conn.execute(self._append, params)).one()
-            stamped = await self._insert_turns(conn, sid, row[0], new_turns, now)
-        return Written(row[1], created, expired, stamped)
+            created, expired = await self._ensure(conn, sid, now, ttl)
+            row = (await conn.execute(self.sql.append, params)).one()
+            await self._insert(conn, sid, row[0], new_turns, now)
+        return Written(row[1], created, expired, _stamped(new_turns, now))
+
+    async def _append_live(
+        self, params: dict[str, Any], new_turns: Sequence[ConversationTurn]
+    ) -> tuple[Any, ...] | None:
+        """The append on a live session, in one round trip (PostgreSQL) or one thread hop
+        (SQLite). Returns (turn_count, version), or None if the session is not live."""
+        if self._pg is not None:
+            params["roles"] = [t.role for t in new_turns]
+            params["contents"] = [t.content for t in new_turns]
+            params["resolved"] = [t.resolved_question for t in new_turns]
+            params["templates"] = [t.template_id for t in new_turns]
+            params["results"] = [json.dumps(t.results) for t in new_turns]
+            ords, names, values = [], [], []
+            for ord_, turn in enumerate(new_turns, start=1):
+                for name, value in turn.slots.items():
+                    ords.append(ord_)
+                    names.append(name)
+                    values.append(value)
+            params["slot_ords"], params["slot_names"], params["slot_values"] = ords, names, values
+            async with self._pg.connection() as conn:
+                record = await conn.fetchrow(self._append.sql, *self._append.args(params))
+            return None if record is None else tuple(record)
+        assert self._sqlite is not None
+
+        def inserts(row: tuple[Any, ...]) -> list[tuple[Compiled, Sequence[dict[str, Any]]]]:
+            turn_rows, slot_rows = _rows(
+                params["sid"], row[0] - len(new_turns) + 1, new_turns, params["now"]
+            )
+            return [(self._insert_turns, turn_rows), (self._insert_slots, slot_rows)]
+
+        return await self._sqlite.run(
+            lambda conn: write_transaction(conn, self._append, params, inserts)
+        )
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        sid: str,
+        last_seq: int,
+        new_turns: Sequence[ConversationTurn],
+        now: datetime,
+    ) -> None:
+        turn_rows, slot_rows = _rows(sid, last_seq - len(new_turns) + 1, new_turns, now)
+        if turn_rows:
+            await conn.execute(self.sql.insert_turns, turn_rows)
+        if slot_rows:
+            await conn.execute(self.sql.insert_slots, slot_rows)
 
     async def replace(
         self,
@@ -251,50 +234,16 @@ class SqlStore:
             "language": state.language,
         }
         async with self.engine.begin() as conn:
-            row = (await conn.execute(self._replace, params)).first()
+            row = (await conn.execute(self.sql.replace, params)).first()
             created = expired = False
             if row is None:
                 created, expired = await self._ensure(conn, sid, now, ttl)
                 if created:
                     new_turns = all_turns
                     params["n"] = len(new_turns)
-                row = (await conn.execute(self._replace, params)).one()
-            stamped = await self._insert_turns(conn, sid, row[0], new_turns, now)
-        return Written(row[1], created, expired, stamped)
-
-    async def _insert_turns(
-        self,
-        conn: AsyncConnection,
-        sid: str,
-        last_seq: int,
-        new_turns: Sequence[ConversationTurn],
-        now: datetime,
-    ) -> list[ConversationTurn]:
-        first_seq = last_seq - len(new_turns) + 1
-        turn_rows = []
-        slot_rows: list[dict[str, Any]] = []
-        for seq, turn in enumerate(new_turns, start=first_seq):
-            turn_rows.append(
-                {
-                    "session_id": sid,
-                    "seq": seq,
-                    "role": turn.role,
-                    "content": turn.content,
-                    "resolved_question": turn.resolved_question,
-                    "template_id": turn.template_id,
-                    "results": turn.results,
-                    "created_at": now,
-                }
-            )
-            slot_rows.extend(
-                {"session_id": sid, "seq": seq, "name": name, "value": value}
-                for name, value in turn.slots.items()
-            )
-        if turn_rows:
-            await conn.execute(insert(turns), turn_rows)
-        if slot_rows:
-            await conn.execute(insert(turn_slots), slot_rows)
-        return [_stamp(turn, now) for turn in new_turns]
+                row = (await conn.execute(self.sql.replace, params)).one()
+            await self._insert(conn, sid, row[0], new_turns, now)
+        return Written(row[1], created, expired, _stamped(new_turns, now))
 
     async def touch(self, sid: str, now: datetime, ttl: float, hits: int) -> int | None:
         """Slide a live session's expiry. Returns its version, or None if it is not live."""
@@ -304,42 +253,63 @@ class SqlStore:
             "expires": now + timedelta(seconds=ttl),
             "hits": hits,
         }
-        async with self.engine.begin() as conn:
-            version: int | None = (await conn.execute(self._touch, params)).scalar()
-        return version
+        if self._pg is not None:
+            async with self._pg.connection() as conn:
+                version: int | None = await conn.fetchval(
+                    self._touch.sql, *self._touch.args(params)
+                )
+            return version
+        assert self._sqlite is not None
+        row = await self._sqlite.run(lambda conn: write_transaction(conn, self._touch, params))
+        return None if row is None else int(row[0])
 
     async def drop_expired(self, sid: str, now: datetime) -> bool:
         """Delete the session if it has expired. Returns whether a row went."""
         async with self.engine.begin() as conn:
-            result = await conn.execute(self._drop_expired, {"sid": sid, "now": now})
+            result = await conn.execute(self.sql.drop_expired, {"sid": sid, "now": now})
         return result.rowcount > 0
 
     async def delete(self, sid: str, now: datetime) -> bool:
         """Delete the session and its turns. Returns whether it was live."""
         async with self.engine.begin() as conn:
-            expires_at = (await conn.execute(self._delete, {"sid": sid})).scalar()
+            expires_at = (await conn.execute(self.sql.delete, {"sid": sid})).scalar()
         return expires_at is not None and expires_at > now
 
     async def load(self, sid: str) -> Loaded | None:
         """Read a session and its turns (expired or not; the caller decides)."""
-        async with self._reader.connect() as conn:
-            head = (await conn.execute(self._load_session, {"sid": sid})).first()
+        key = {"sid": sid}
+        head: Any
+        rows: Sequence[Any]
+        if self._pg is not None:
+            async with self._pg.connection() as conn:
+                head = await conn.fetchrow(self._load_session.sql, *self._load_session.args(key))
+                if head is None:
+                    return None
+                upto = {"sid": sid, "upto": head[6]}
+                rows = await conn.fetch(self._load_turns.sql, *self._load_turns.args(upto))
+        else:
+            assert self._sqlite is not None
+            head, rows = await self._sqlite.run(lambda conn: self._read(conn, sid))
             if head is None:
                 return None
-            rows = await conn.execute(self._load_turns, {"sid": sid, "upto": head.turn_count})
-            loaded_turns = _fold_turns(rows.all())
-        state = ConversationState.model_construct(
-            turns=loaded_turns,
-            current_slots=dict(head.current_slots),
-            current_template_id=head.current_template_id,
-            language=head.language,
+        version, last_accessed, expires_at, language, template_id, slots, _ = (
+            self._load_session.row(head)
         )
-        state._session_id = sid
-        state._stored = len(loaded_turns)
-        return Loaded(state, head.version, head.last_accessed, head.expires_at)
+        loaded_turns = _fold_turns(self._load_turns.rows(rows))
+        state = make_state(loaded_turns, dict(slots), template_id, language, sid, len(loaded_turns))
+        return Loaded(state, version, last_accessed, expires_at)
+
+    def _read(self, conn: sqlite3.Connection, sid: str) -> tuple[Any, list[Any]]:
+        head = conn.execute(
+            self._load_session.sql, self._load_session.args({"sid": sid})
+        ).fetchone()
+        if head is None:
+            return None, []
+        upto = {"sid": sid, "upto": head[6]}
+        return head, conn.execute(self._load_turns.sql, self._load_turns.args(upto)).fetchall()
 
 
-def _fold_turns(rows: Sequence[Any]) -> list[ConversationTurn]:
+def _fold_turns(rows: Sequence[Sequence[Any]]) -> list[ConversationTurn]:
     """Turn rows joined with their slot rows (one row per slot) into turns, in order."""
     result: list[ConversationTurn] = []
     last_seq = None
@@ -349,15 +319,7 @@ def _fold_turns(rows: Sequence[Any]) -> list[ConversationTurn]:
             last_seq = seq
             slots = {}
             result.append(
-                ConversationTurn.model_construct(
-                    role=role,
-                    content=content,
-                    resolved_question=resolved,
-                    template_id=template_id,
-                    slots=slots,
-                    results=results,
-                    created_at=created_at,
-                )
+                make_turn(role, content, resolved, template_id, slots, results, created_at)
             )
         if name is not None:
             slots[name] = value

@@ -1,0 +1,164 @@
+"""The hot paths' executor: statements SQLAlchemy compiled once, run on the pooled driver
+connection.
+
+SQLAlchemy stays the source of truth: its Core statements define the SQL, its dialect compiles
+them and supplies the type processors, its engine owns the pool. What this module skips is the
+per-statement work of SQLAlchemy's execution layer (about 0.1 ms a statement, more than the
+statement itself costs the server), on the three paths a web request takes every time:
+appending an exchange, loading a session, sliding its expiry.
+
+- PostgreSQL (asyncpg): each operation is a single statement, so it runs in autocommit as one
+  round trip (the append is one data-modifying CTE; see ``store.py``).
+- SQLite (aiosqlite): each operation runs as one function in the connection's worker thread,
+  a whole transaction in one thread hop instead of one hop per statement.
+
+Any error invalidates the pooled connection (it is never reused in an unknown state); an error
+that means the server went away also empties the pool, so that after a database restart at
+most one call fails.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import ClauseElement, Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import greenlet_spawn
+
+__all__ = ["Compiled", "PostgresDriver", "SqliteDriver", "write_transaction"]
+
+T = TypeVar("T")
+Processor = Callable[[Any], Any]
+
+
+class Compiled:
+    """A Core statement compiled for one dialect: SQL text, and how to turn named parameters
+    into the driver's positional arguments and result rows back into Python values."""
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        assert compiled.positiontup is not None
+        self.sql = str(compiled)
+        self._binds: list[tuple[str | None, Any, Processor | None]] = []
+        for name in compiled.positiontup:
+            bind = compiled.binds[name]
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if bind.required or bind.callable is not None:
+                self._binds.append((bind.key, None, processor))
+            else:
+                value = processor(bind.value) if processor else bind.value
+                self._binds.append((None, value, None))
+        selected = getattr(statement, "selected_columns", ())
+        processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in selected
+        ]
+        self._processing = [(i, f) for i, f in enumerate(processors) if f is not None]
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        """The positional arguments for ``params``, bind processors applied."""
+        return [
+            constant if key is None else (processor(params[key]) if processor else params[key])
+            for key, constant, processor in self._binds
+        ]
+
+    def row(self, row: Sequence[Any]) -> list[Any]:
+        """A driver row with the result processors applied."""
+        values = list(row)
+        for index, processor in self._processing:
+            values[index] = processor(values[index])
+        return values
+
+    def rows(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """Driver rows with the result processors applied."""
+        return [self.row(row) for row in rows]
+
+
+class PostgresDriver:
+    """Lends asyncpg connections from the engine's pool, in autocommit: each statement run on
+    them is atomic by itself."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """An ``asyncpg.Connection`` from the pool, returned (or discarded on error) after."""
+        pooled = await self.engine.raw_connection()
+        try:
+            yield pooled.driver_connection
+        except BaseException as exc:
+            pooled.invalidate(exc if isinstance(exc, Exception) else None)
+            if _server_went_away(exc):
+                await self.engine.dispose()
+            raise
+        finally:
+            await _give_back(pooled)
+
+
+async def _give_back(pooled: Any) -> None:
+    """Return a connection to the pool. The pool may talk to the driver on return (its reset),
+    which SQLAlchemy's asyncio layer only allows inside its greenlet."""
+    await greenlet_spawn(pooled.close)
+
+
+def _server_went_away(exc: BaseException) -> bool:
+    """Whether an asyncpg error means the connection, and likely its siblings, are dead."""
+    if isinstance(exc, OSError):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate[:2] in ("08", "57"):
+        return True
+    return type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError")
+
+
+class SqliteDriver:
+    """Runs a function on the ``sqlite3`` connection inside aiosqlite's worker thread."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(connection)`` in one thread hop. ``work`` owns its transaction: it
+        commits, or rolls back before raising."""
+        pooled = await self.engine.raw_connection()
+        try:
+            aio = pooled.driver_connection
+            assert aio is not None
+            result: T = await aio._execute(lambda: work(aio._conn))
+            return result
+        except BaseException as exc:
+            pooled.invalidate(exc if isinstance(exc, Exception) else None)
+            raise
+        finally:
+            await _give_back(pooled)
+
+
+def write_transaction(
+    connection: sqlite3.Connection,
+    head: Compiled,
+    params: Mapping[str, Any],
+    then: Callable[[tuple[Any, ...]], Sequence[tuple[Compiled, Sequence[Mapping[str, Any]]]]]
+    | None = None,
+) -> tuple[Any, ...] | None:
+    """One SQLite write transaction: ``head`` (an UPDATE ... RETURNING, which takes the write
+    lock), then the inserts ``then(row)`` asks for. Returns head's row, or None if it matched
+    nothing (then nothing is written)."""
+    try:
+        rows = connection.execute(head.sql, head.args(params)).fetchall()
+        if not rows:
+            connection.rollback()
+            return None
+        row = tuple(rows[0])
+        for compiled, many in then(row) if then else ():
+            if many:
+                connection.executemany(compiled.sql, [compiled.args(p) for p in many])
+        connection.commit()
+        return row
+    except BaseException:
+        connection.rollback()
+        raise

@@ -1,0 +1,231 @@
+"""Every statement convostore runs, as SQLAlchemy Core, built once per dialect.
+
+Parameters are always bound, never spliced in. The few places where SQLite and PostgreSQL need
+different SQL are in this module: merging slots into the session's JSON, the upsert that
+creates a session, and the append, which PostgreSQL does in one data-modifying CTE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Insert,
+    Integer,
+    Select,
+    Text,
+    Update,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .schema import JSONDocument, UTCDateTime, sessions, turn_slots, turns
+
+__all__ = ["Statements"]
+
+
+class Statements:
+    """The statements for one dialect (``sqlite`` or ``postgresql``).
+
+    Parameter names: ``sid`` session id; ``now`` and ``expires`` timestamps; ``hits`` accesses
+    to add to ``access_count``; ``n`` turns being appended; ``merge`` slots to merge into
+    ``current_slots``; ``slots``, ``template_id``, ``language`` session fields to set.
+    """
+
+    def __init__(self, dialect: str) -> None:
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"convostore supports SQLite and PostgreSQL, not {dialect}")
+        self.dialect = dialect
+        now = bindparam("now", type_=UTCDateTime())
+        live = and_(sessions.c.session_id == bindparam("sid"), sessions.c.expires_at > now)
+        refreshed: dict[str, Any] = {
+            "last_accessed": now,
+            "expires_at": bindparam("expires", type_=UTCDateTime()),
+            "access_count": sessions.c.access_count + bindparam("hits"),
+        }
+        grown: dict[str, Any] = {
+            **refreshed,
+            "turn_count": sessions.c.turn_count + bindparam("n"),
+            "version": sessions.c.version + 1,
+        }
+        template = bindparam("template_id", type_=Text())
+
+        self.append: Update = (
+            update(sessions)
+            .where(live)
+            .values(
+                **grown,
+                current_slots=self._merged_slots(),
+                current_template_id=func.coalesce(template, sessions.c.current_template_id),
+            )
+            .returning(sessions.c.turn_count, sessions.c.version)
+        )
+        """Allocate ``n`` sequence numbers on a live session, merging slots and template."""
+
+        self.replace: Update = (
+            update(sessions)
+            .where(live)
+            .values(
+                **grown,
+                current_slots=bindparam("slots", type_=JSONDocument),
+                current_template_id=template,
+                language=bindparam("language", type_=sessions.c.language.type),
+            )
+            .returning(sessions.c.turn_count, sessions.c.version)
+        )
+        """Allocate ``n`` sequence numbers on a live session, setting its fields."""
+
+        self.touch: Update = (
+            update(sessions).where(live).values(**refreshed).returning(sessions.c.version)
+        )
+        """Slide a live session's expiry."""
+
+        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.create: Insert = dialect_insert(sessions).on_conflict_do_nothing(
+            index_elements=[sessions.c.session_id]
+        )
+        """Insert a session row unless one exists (concurrent creators do not collide)."""
+
+        self.drop_expired: Delete = delete(sessions).where(
+            sessions.c.session_id == bindparam("sid"), sessions.c.expires_at <= now
+        )
+        self.delete = (
+            delete(sessions)
+            .where(sessions.c.session_id == bindparam("sid"))
+            .returning(sessions.c.expires_at)
+        )
+        self.insert_turns: Insert = insert(turns)
+        self.insert_slots: Insert = insert(turn_slots)
+
+        self.load_session: Select[Any] = select(
+            sessions.c.version,
+            sessions.c.last_accessed,
+            sessions.c.expires_at,
+            sessions.c.language,
+            sessions.c.current_template_id,
+            sessions.c.current_slots,
+            sessions.c.turn_count,
+        ).where(sessions.c.session_id == bindparam("sid"))
+        self.load_turns: Select[Any] = (
+            select(
+                turns.c.seq,
+                turns.c.role,
+                turns.c.content,
+                turns.c.resolved_question,
+                turns.c.template_id,
+                turns.c.results,
+                turns.c.created_at,
+                turn_slots.c.name,
+                turn_slots.c.value,
+            )
+            .select_from(
+                turns.outerjoin(
+                    turn_slots,
+                    and_(
+                        turn_slots.c.session_id == turns.c.session_id,
+                        turn_slots.c.seq == turns.c.seq,
+                    ),
+                )
+            )
+            .where(turns.c.session_id == bindparam("sid"), turns.c.seq <= bindparam("upto"))
+            .order_by(turns.c.seq, turn_slots.c.name)
+        )
+        """A session's turns up to ``upto`` (its ``turn_count`` when the row was read, so
+        turns appended in between are not mixed in), one row per slot."""
+
+        self.append_in_one: Select[Any] | None = (
+            self._append_cte() if dialect == "postgresql" else None
+        )
+
+    def _merged_slots(self) -> ColumnElement[Any]:
+        """``current_slots`` with ``merge`` merged in, inside the database, so an append never
+        reads the session first."""
+        merge = bindparam("merge", type_=JSONDocument)
+        if self.dialect == "postgresql":
+            return sessions.c.current_slots.op("||")(merge)
+        return func.json_patch(sessions.c.current_slots, merge)
+
+    def _append_cte(self) -> Select[Any]:
+        """PostgreSQL: the whole append as one statement, one round trip, atomic by itself.
+
+        ``bumped`` is ``append`` (it locks the session row and allocates sequence numbers);
+        the turns and their slots arrive as parallel arrays and are inserted from it, so a
+        missing or expired session inserts nothing and the statement returns no row.
+        Turn arrays: ``roles``, ``contents``, ``resolved``, ``templates``, ``results`` (JSON
+        text); slot arrays: ``slot_ords`` (1-based position of the turn), ``slot_names``,
+        ``slot_values``.
+        """
+        bumped = self.append.cte("bumped")
+        text_array = postgresql.ARRAY(Text())
+        new = (
+            func.unnest(
+                bindparam("roles", type_=text_array),
+                bindparam("contents", type_=text_array),
+                bindparam("resolved", type_=text_array),
+                bindparam("templates", type_=text_array),
+                bindparam("results", type_=text_array),
+            )
+            .table_valued(
+                "role",
+                "content",
+                "resolved_question",
+                "template_id",
+                "results",
+                with_ordinality="ord",
+            )
+            .render_derived()
+        )
+        first = bumped.c.turn_count - bindparam("n", type_=Integer())
+        now = bindparam("now", type_=UTCDateTime())
+        new_turns = insert(turns).from_select(
+            [
+                "session_id",
+                "seq",
+                "role",
+                "content",
+                "resolved_question",
+                "template_id",
+                "results",
+                "created_at",
+            ],
+            select(
+                bindparam("sid"),
+                first + new.c.ord,
+                new.c.role,
+                new.c.content,
+                new.c.resolved_question,
+                new.c.template_id,
+                cast(new.c.results, postgresql.JSONB()),
+                now,
+            )
+            .select_from(bumped)
+            .join(new, true()),
+        )
+        slots = (
+            func.unnest(
+                bindparam("slot_ords", type_=postgresql.ARRAY(Integer())),
+                bindparam("slot_names", type_=text_array),
+                bindparam("slot_values", type_=text_array),
+            )
+            .table_valued("ord", "name", "value")
+            .render_derived()
+        )
+        new_slots = insert(turn_slots).from_select(
+            ["session_id", "seq", "name", "value"],
+            select(bindparam("sid"), first + slots.c.ord, slots.c.name, slots.c.value)
+            .select_from(bumped)
+            .join(slots, true()),
+        )
+        return select(bumped.c.turn_count, bumped.c.version).add_cte(
+            new_turns.cte("new_turns"), new_slots.cte("new_slots")
+        )
