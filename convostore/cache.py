@@ -30,7 +30,8 @@ class CacheEntry:
 
 def fork_state(state: ConversationState, session_id: str) -> ConversationState:
     """A copy of ``state`` that its caller may change freely: fresh ``turns`` list and
-    ``current_slots`` dict, shared (frozen) turns, no validation."""
+    ``current_slots`` dict, shared (frozen) turns, no validation. Cached turn lists only grow,
+    so the fork can point at the cached list to remember which turns it was handed."""
     fields = state.__dict__
     turns = fields["turns"]
     return make_state(
@@ -39,6 +40,7 @@ def fork_state(state: ConversationState, session_id: str) -> ConversationState:
         fields["current_template_id"],
         fields["language"],
         session_id,
+        turns,
         len(turns),
     )
 

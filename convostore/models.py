@@ -8,6 +8,7 @@ share the same turn objects and copying a state is a list copy, not a deep copy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -37,7 +38,7 @@ class ConversationTurn(BaseModel):
 class ConversationState(BaseModel):
     """A session's history and the context carried from turn to turn.
 
-    The state remembers how many of its turns came from the store, so that
+    The state remembers which turn objects the store handed out with it, so that
     ``SessionRepository.update`` appends only the turns added since.
     """
 
@@ -47,7 +48,9 @@ class ConversationState(BaseModel):
     language: str = "nl"
 
     _session_id: str | None = PrivateAttr(default=None)
+    _origin: Sequence[ConversationTurn] = PrivateAttr(default=())
     _stored: int = PrivateAttr(default=0)
+    """The turns handed out are ``_origin[:_stored]`` (``_origin`` only ever grows)."""
 
     def add_turn(self, turn: ConversationTurn) -> None:
         """Append a turn: a user turn's slots merge into ``current_slots``; any turn's
@@ -128,10 +131,11 @@ def make_state(
     current_template_id: str | None,
     language: str,
     session_id: str | None,
+    origin: Sequence[ConversationTurn],
     stored: int,
 ) -> ConversationState:
     """A state from values the store owns, built without validation (see ``make_turn``);
-    ``stored`` of its turns count as already in the store for ``session_id``."""
+    the turns ``origin[:stored]`` count as stored for ``session_id``."""
     state = _new(ConversationState)
     _set(
         state,
@@ -145,5 +149,9 @@ def make_state(
     )
     _set(state, "__pydantic_fields_set__", set(_STATE_FIELDS))
     _set(state, "__pydantic_extra__", None)
-    _set(state, "__pydantic_private__", {"_session_id": session_id, "_stored": stored})
+    _set(
+        state,
+        "__pydantic_private__",
+        {"_session_id": session_id, "_origin": origin, "_stored": stored},
+    )
     return state

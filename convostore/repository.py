@@ -178,16 +178,22 @@ class SessionRepository:
             InvalidSessionId: before any SQL.
             StoreError: the database failed.
         """
+        now = self._clock()
+        # Only checked ids are ever cached, so a hit needs no check: the hit path is the one
+        # every request takes, and it runs no SQL.
+        entry = self._cache.get(session_id) if type(session_id) is str else None
+        if (
+            entry is not None
+            and now < entry.expires_at
+            and now - entry.last_accessed <= self._refresh_after
+        ):
+            entry.unflushed_hits += 1
+            self._hits += 1
+            return fork_state(entry.state, session_id)
         sid = check_session_id(session_id)
         store = self._running()
-        now = self._clock()
-        entry = self._cache.get(sid)
         if entry is not None:
             if now < entry.expires_at:
-                if now - entry.last_accessed <= self._refresh_after:
-                    entry.unflushed_hits += 1
-                    self._hits += 1
-                    return fork_state(entry.state, sid)
                 return await self._shielded(
                     "refreshing a session", self._refresh(store, sid, entry, now)
                 )
@@ -287,8 +293,10 @@ class SessionRepository:
     async def update(self, session_id: str, state: ConversationState) -> None:
         """Persist a state the caller changed: its session fields (current slots, template,
         language; the last writer wins) and the turns added to it since the store handed it
-        out, appended after whatever is stored now. Stored turns are never rewritten or
-        deleted. An unknown or expired session is created with all of the state's turns.
+        out, appended after whatever is stored now, in their order. Stored turns are never
+        rewritten or deleted: removing or replacing a handed-out turn in ``state.turns`` (to
+        keep a window, say) stores nothing, while every turn object the store did not hand
+        out counts as new. An unknown or expired session is created with all the state's turns.
 
         On success the state's new turns are replaced by the stored ones (with ``created_at``).
 
@@ -299,11 +307,15 @@ class SessionRepository:
         sid = check_session_id(session_id)
         if not isinstance(state, ConversationState):
             raise InvalidTurn(f"state must be a ConversationState, not {type(state).__name__}")
-        stored = min(state._stored, len(state.turns)) if state._session_id == sid else 0
-        all_turns = state.turns[:stored] + [
-            _checked_turn(f"turns[{index}]", turn)
-            for index, turn in enumerate(state.turns[stored:], start=stored)
-        ]
+        handed = (
+            {id(turn) for turn in state._origin[: state._stored]}
+            if state._session_id == sid
+            else set()
+        )
+        all_turns = list(state.turns)
+        new_at = [index for index, turn in enumerate(all_turns) if id(turn) not in handed]
+        for index in new_at:
+            all_turns[index] = _checked_turn(f"turns[{index}]", all_turns[index])
         snapshot = ConversationState.model_construct(
             turns=[],
             current_slots=copy_slots("current_slots", state.current_slots),
@@ -315,7 +327,7 @@ class SessionRepository:
         store = self._running()
         await self._shielded(
             "updating a session",
-            self._replace(store, sid, state, snapshot, all_turns, stored),
+            self._replace(store, sid, state, snapshot, all_turns, new_at),
         )
 
     async def delete(self, session_id: str) -> bool:
@@ -496,7 +508,7 @@ class SessionRepository:
         state: ConversationState,
         snapshot: ConversationState,
         all_turns: list[ConversationTurn],
-        stored: int,
+        new_at: list[int],
     ) -> None:
         now = self._clock()
         generation = self._cache.generation
@@ -504,18 +516,27 @@ class SessionRepository:
         hits = before.unflushed_hits if before is not None else 0
         try:
             written = await store.replace(
-                sid, snapshot, all_turns, stored, now=_utc(now), ttl=self._ttl, hits=hits
+                sid,
+                snapshot,
+                [all_turns[index] for index in new_at],
+                all_turns,
+                now=_utc(now),
+                ttl=self._ttl,
+                hits=hits,
             )
         except BaseException:
             self._cache.discard(sid)
             raise
         self._count_write(written)
         if written.created:
-            state.turns[:] = written.turns
+            all_turns = written.turns
         else:
-            state.turns[stored:] = written.turns
+            for index, turn in zip(new_at, written.turns, strict=True):
+                all_turns[index] = turn
+        state.turns[:] = all_turns
         state._session_id = sid
-        state._stored = len(state.turns)
+        state._origin = tuple(all_turns)
+        state._stored = len(all_turns)
         entry = self._cache.peek(sid)
         if written.created:
             snapshot.turns = list(written.turns)

@@ -212,17 +212,16 @@ class SqlStore:
         self,
         sid: str,
         state: ConversationState,
+        new_turns: Sequence[ConversationTurn],
         all_turns: Sequence[ConversationTurn],
-        stored: int,
         *,
         now: datetime,
         ttl: float,
         hits: int,
     ) -> Written:
-        """Write the session fields of ``state`` (last writer wins) and append
-        ``all_turns[stored:]`` after whatever is stored. A missing or expired session is
-        created with all of ``all_turns``."""
-        new_turns = all_turns[stored:]
+        """Write the session fields of ``state`` (last writer wins) and append ``new_turns``
+        after whatever is stored. A missing or expired session is created with
+        ``all_turns``."""
         params = {
             "sid": sid,
             "now": now,
@@ -296,7 +295,9 @@ class SqlStore:
             self._load_session.row(head)
         )
         loaded_turns = _fold_turns(self._load_turns.rows(rows))
-        state = make_state(loaded_turns, dict(slots), template_id, language, sid, len(loaded_turns))
+        state = make_state(
+            loaded_turns, dict(slots), template_id, language, sid, loaded_turns, len(loaded_turns)
+        )
         return Loaded(state, version, last_accessed, expires_at)
 
     def _read(self, conn: sqlite3.Connection, sid: str) -> tuple[Any, list[Any]]:
