@@ -85,8 +85,10 @@ class ConversationState(BaseModel):
         return History(messages=messages)
 
 
-_TURN_FIELDS = frozenset(ConversationTurn.model_fields)
-_STATE_FIELDS = frozenset(ConversationState.model_fields)
+# Every field of a store-built model counts as set. One set object serves them all: pydantic
+# only ever adds field names to it (which are already there) or copies it, never removes.
+_TURN_FIELDS = set(ConversationTurn.model_fields)
+_STATE_FIELDS = set(ConversationState.model_fields)
 _new = object.__new__
 _set = object.__setattr__
 
@@ -119,7 +121,7 @@ def make_turn(
             "created_at": created_at,
         },
     )
-    _set(turn, "__pydantic_fields_set__", set(_TURN_FIELDS))
+    _set(turn, "__pydantic_fields_set__", _TURN_FIELDS)
     _set(turn, "__pydantic_extra__", None)
     _set(turn, "__pydantic_private__", None)
     return turn
@@ -147,7 +149,7 @@ def make_state(
             "language": language,
         },
     )
-    _set(state, "__pydantic_fields_set__", set(_STATE_FIELDS))
+    _set(state, "__pydantic_fields_set__", _STATE_FIELDS)
     _set(state, "__pydantic_extra__", None)
     _set(
         state,

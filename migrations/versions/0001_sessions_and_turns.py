@@ -64,9 +64,9 @@ def upgrade() -> None:
         sa.Column("value", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("session_id", "seq", "name", name="pk_turn_slots"),
         sa.ForeignKeyConstraint(
-            ["session_id", "seq"],
-            ["turns.session_id", "turns.seq"],
-            name="fk_turn_slots_turns",
+            ["session_id"],
+            ["sessions.session_id"],
+            name="fk_turn_slots_sessions",
             ondelete="CASCADE",
         ),
     )
