@@ -8,6 +8,7 @@ The migrations in ``migrations/versions`` create exactly these tables; a test ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -48,7 +49,9 @@ class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on every backend.
 
     PostgreSQL stores ``timestamptz``; SQLite has no time zones, so values are stored as UTC
-    text and marked UTC again when read. Naive values are refused rather than guessed at.
+    text (SQLAlchemy's DATETIME format) and marked UTC again when read. Naive values are refused
+    rather than guessed at. A cold load reads a timestamp per turn, so reading is one cheap
+    call: SQLite text goes through the C parser ``datetime.fromisoformat``.
     """
 
     impl = DateTime(timezone=True)
@@ -64,9 +67,32 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)  # type: ignore[no-any-return]
+        if value.tzinfo is timezone.utc:
+            return value  # type: ignore[no-any-return]
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+    def result_processor(
+        self, dialect: Dialect, coltype: object
+    ) -> Callable[[Any], datetime | None]:
+        utc = timezone.utc
+        if dialect.name == "sqlite":
+            parse = datetime.fromisoformat
+
+            def from_text(value: str | None) -> datetime | None:
+                return None if value is None else parse(value).replace(tzinfo=utc)
+
+            return from_text
+
+        def from_timestamptz(value: datetime | None) -> datetime | None:
+            if value is None or value.tzinfo is utc:
+                return value
+            return self.process_result_value(value, dialect)
+
+        return from_timestamptz
 
 
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
