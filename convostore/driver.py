@@ -89,11 +89,13 @@ class PostgresDriver:
     async def connection(self) -> AsyncIterator[Any]:
         """An ``asyncpg.Connection`` from the pool, returned (or discarded on error) after."""
         pooled = await self.engine.raw_connection()
+        driver = pooled.driver_connection
+        assert driver is not None
         try:
-            yield pooled.driver_connection
+            yield driver
         except BaseException as exc:
             pooled.invalidate(exc if isinstance(exc, Exception) else None)
-            if _server_went_away(exc):
+            if driver.is_closed() or _server_went_away(exc):
                 await self.engine.dispose()
             raise
         finally:
@@ -113,7 +115,11 @@ def _server_went_away(exc: BaseException) -> bool:
     sqlstate = getattr(exc, "sqlstate", None) or ""
     if sqlstate[:2] in ("08", "57"):
         return True
-    return type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError")
+    return type(exc).__name__ in (
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "InternalClientError",
+    )
 
 
 class SqliteDriver:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from sqlalchemy import event
@@ -44,11 +45,24 @@ def prepare_engine(engine: AsyncEngine) -> AsyncEngine:
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     """Enforce foreign keys (for ON DELETE CASCADE), wait for locks instead of failing, and
-    use WAL so readers never block the writer."""
+    use WAL so readers never block the writer.
+
+    WAL is a property of the database file, so it is set once, by whichever connection gets
+    there first. Switching needs a moment with no other connection busy, which a new file
+    under concurrent first use may not offer: a connection that cannot switch leaves it to a
+    later one rather than fail.
+    """
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA journal_mode")
+        mode = cursor.fetchone()
+        if mode is None or str(mode[0]).lower() not in ("wal", "memory"):
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
     finally:
         cursor.close()

@@ -61,7 +61,7 @@ def _driver_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         pass
     else:
-        errors += [asyncpg.PostgresError, asyncpg.InterfaceError]
+        errors += [asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError]
     return tuple(errors)
 
 
