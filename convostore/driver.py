@@ -94,18 +94,23 @@ class PostgresDriver:
         try:
             yield driver
         except BaseException as exc:
-            pooled.invalidate(exc if isinstance(exc, Exception) else None)
+            await _discard(pooled, exc)
             if driver.is_closed() or _server_went_away(exc):
                 await self.engine.dispose()
             raise
-        finally:
-            await _give_back(pooled)
+        await _give_back(pooled)
 
 
 async def _give_back(pooled: Any) -> None:
-    """Return a connection to the pool. The pool may talk to the driver on return (its reset),
-    which SQLAlchemy's asyncio layer only allows inside its greenlet."""
+    """Return a connection to the pool. The pool may talk to the driver then (a reset, or
+    closing a connection beyond its size), which SQLAlchemy's asyncio layer only allows inside
+    its greenlet."""
     await greenlet_spawn(pooled.close)
+
+
+async def _discard(pooled: Any, exc: BaseException) -> None:
+    """Close a pooled connection that failed, so it is never reused in an unknown state."""
+    await greenlet_spawn(pooled.invalidate, exc if isinstance(exc, Exception) else None)
 
 
 def _server_went_away(exc: BaseException) -> bool:
@@ -136,12 +141,11 @@ class SqliteDriver:
             aio = pooled.driver_connection
             assert aio is not None
             result: T = await aio._execute(lambda: work(aio._conn))
-            return result
         except BaseException as exc:
-            pooled.invalidate(exc if isinstance(exc, Exception) else None)
+            await _discard(pooled, exc)
             raise
-        finally:
-            await _give_back(pooled)
+        await _give_back(pooled)
+        return result
 
 
 def write_transaction(
