@@ -1,24 +1,34 @@
 """The in-process LRU cache of session states: O(1) hits, misses and evictions.
 
-The cache holds the states as last committed; callers get copies (see ``fork_state``). It is
+The cache holds sessions as last committed; callers get copies (``CacheEntry.fork``). It is
 changed only after a commit, so a failed write never leaves an uncommitted state behind.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .models import ConversationState, make_state
+from .models import ConversationState, ConversationTurn, carry_context, make_state
 
-__all__ = ["CacheEntry", "SessionCache", "fork_state"]
+__all__ = ["CacheEntry", "SessionCache"]
 
 
 @dataclass(slots=True)
 class CacheEntry:
-    """A committed state with what the database said about it when it was read or written."""
+    """A session's content as last committed, and what the database said about it.
 
-    state: ConversationState
+    The entry holds plain fields, not a ``ConversationState``: a hit builds the caller's state
+    straight from them, with the fewest objects to read and allocate.
+    """
+
+    turns: list[ConversationTurn]
+    """Only ever appended to, so a state forked from it can point at it to remember which
+    turns it was handed (see ``ConversationState._origin``)."""
+    current_slots: dict[str, str]
+    current_template_id: str | None
+    language: str
     version: int
     last_accessed: float
     """Epoch seconds of the stored ``last_accessed``; reads refresh it only when it is stale."""
@@ -27,22 +37,34 @@ class CacheEntry:
     unflushed_hits: int = 0
     """Cache hits not yet added to the stored ``access_count``; the next write adds them."""
 
+    def fork(self, session_id: str) -> ConversationState:
+        """A state its caller may change freely: fresh ``turns`` list and ``current_slots``
+        dict, shared (frozen) turns, no validation."""
+        turns = self.turns
+        return make_state(
+            list(turns),
+            dict(self.current_slots),
+            self.current_template_id,
+            self.language,
+            session_id,
+            turns,
+            len(turns),
+        )
 
-def fork_state(state: ConversationState, session_id: str) -> ConversationState:
-    """A copy of ``state`` that its caller may change freely: fresh ``turns`` list and
-    ``current_slots`` dict, shared (frozen) turns, no validation. Cached turn lists only grow,
-    so the fork can point at the cached list to remember which turns it was handed."""
-    fields = state.__dict__
-    turns = fields["turns"]
-    return make_state(
-        list(turns),
-        dict(fields["current_slots"]),
-        fields["current_template_id"],
-        fields["language"],
-        session_id,
-        turns,
-        len(turns),
-    )
+    def extend(self, new_turns: Iterable[ConversationTurn]) -> None:
+        """Append committed turns, carrying their slots and template into the context."""
+        template = self.current_template_id
+        for turn in new_turns:
+            self.turns.append(turn)
+            template = carry_context(turn, self.current_slots, template)
+        self.current_template_id = template
+
+    def committed(self, version: int, now: float, ttl: float, flushed_hits: int) -> None:
+        """Record a write of this process: the new version, the refreshed expiry, and the hits
+        the write added to ``access_count``."""
+        self.version = version
+        self.last_accessed, self.expires_at = now, now + ttl
+        self.unflushed_hits = max(0, self.unflushed_hits - flushed_hits)
 
 
 class SessionCache:

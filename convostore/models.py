@@ -14,7 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-__all__ = ["HISTORY_WINDOW", "ConversationState", "ConversationTurn", "make_state", "make_turn"]
+__all__ = [
+    "HISTORY_WINDOW",
+    "ConversationState",
+    "ConversationTurn",
+    "carry_context",
+    "make_state",
+    "make_turn",
+]
 
 HISTORY_WINDOW = 6
 """How many recent turns ``to_dspy_history`` hands to the language model."""
@@ -33,6 +40,16 @@ class ConversationTurn(BaseModel):
     results: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime | None = None
     """When the store saved the turn (UTC); None until it is stored."""
+
+
+def carry_context(
+    turn: ConversationTurn, current_slots: dict[str, str], current_template_id: str | None
+) -> str | None:
+    """What a turn carries into the conversation's context: a user turn's slots merge into
+    ``current_slots`` (in place); returns the template that is current after the turn."""
+    if turn.role == "user" and turn.slots:
+        current_slots.update(turn.slots)
+    return turn.template_id or current_template_id
 
 
 class ConversationState(BaseModel):
@@ -56,10 +73,7 @@ class ConversationState(BaseModel):
         """Append a turn: a user turn's slots merge into ``current_slots``; any turn's
         template becomes ``current_template_id``."""
         self.turns.append(turn)
-        if turn.role == "user" and turn.slots:
-            self.current_slots.update(turn.slots)
-        if turn.template_id:
-            self.current_template_id = turn.template_id
+        self.current_template_id = carry_context(turn, self.current_slots, self.current_template_id)
 
     def get_previous_user_turn(self) -> ConversationTurn | None:
         """The most recent user turn, or None if there is none."""

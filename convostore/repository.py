@@ -29,14 +29,14 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cache import CacheEntry, SessionCache, fork_state
+from .cache import CacheEntry, SessionCache
 from .config import StoreConfig
 from .engine import create_engine, prepare_engine
 from .errors import InvalidTurn, NotRunning, translate_errors
 from .expiry import delete_expired_batch, run_periodically
 from .migrate import check_schema, upgrade
 from .models import ConversationState, ConversationTurn
-from .store import Loaded, SqlStore, Written
+from .store import SessionFields, SqlStore, Written
 from .validation import (
     check_language,
     check_optional_text,
@@ -189,7 +189,7 @@ class SessionRepository:
         ):
             entry.unflushed_hits += 1
             self._hits += 1
-            return fork_state(entry.state, session_id)
+            return entry.fork(session_id)
         sid = check_session_id(session_id)
         store = self._running()
         if entry is not None:
@@ -316,18 +316,15 @@ class SessionRepository:
         new_at = [index for index, turn in enumerate(all_turns) if id(turn) not in handed]
         for index in new_at:
             all_turns[index] = _checked_turn(f"turns[{index}]", all_turns[index])
-        snapshot = ConversationState.model_construct(
-            turns=[],
-            current_slots=copy_slots("current_slots", state.current_slots),
-            current_template_id=check_optional_text(
-                "current_template_id", state.current_template_id
-            ),
-            language=check_language(state.language),
+        fields = SessionFields(
+            copy_slots("current_slots", state.current_slots),
+            check_optional_text("current_template_id", state.current_template_id),
+            check_language(state.language),
         )
         store = self._running()
         await self._shielded(
             "updating a session",
-            self._replace(store, sid, state, snapshot, all_turns, new_at),
+            self._replace(store, sid, state, fields, all_turns, new_at),
         )
 
     async def delete(self, session_id: str) -> bool:
@@ -392,8 +389,9 @@ class SessionRepository:
         if not task.cancelled():
             task.exception()  # retrieved: a cancelled caller may never look at it
 
-    def _entry(self, state: ConversationState, version: int, now: float) -> CacheEntry:
-        return CacheEntry(state, version, now, now + self._ttl)
+    def _new_entry(self, version: int, now: float) -> CacheEntry:
+        """The entry of a session this process just created: empty, written at ``now``."""
+        return CacheEntry([], {}, None, "nl", version, now, now + self._ttl)
 
     async def _refresh(
         self, store: SqlStore, sid: str, entry: CacheEntry, now: float
@@ -405,7 +403,7 @@ class SessionRepository:
         entry.last_accessed, entry.expires_at = now, now + self._ttl
         entry.unflushed_hits = 0
         self._hits += 1
-        return fork_state(entry.state, sid)
+        return entry.fork(sid)
 
     async def _load(self, store: SqlStore, sid: str, now: float) -> ConversationState | None:
         generation = self._cache.generation
@@ -418,7 +416,15 @@ class SessionRepository:
                 self._expired += 1
             self._cache.discard(sid)
             return None
-        entry = self._loaded_entry(loaded)
+        entry = CacheEntry(
+            loaded.turns,
+            loaded.current_slots,
+            loaded.current_template_id,
+            loaded.language,
+            loaded.version,
+            loaded.last_accessed.timestamp(),
+            loaded.expires_at.timestamp(),
+        )
         if now - entry.last_accessed > self._refresh_after:
             if await store.touch(sid, now_utc, self._ttl, 1) is None:
                 self._cache.discard(sid)
@@ -427,16 +433,7 @@ class SessionRepository:
         else:
             entry.unflushed_hits = 1
         self._cache.put_loaded(sid, entry, generation)
-        return fork_state(loaded.state, sid)
-
-    @staticmethod
-    def _loaded_entry(loaded: Loaded) -> CacheEntry:
-        return CacheEntry(
-            loaded.state,
-            loaded.version,
-            loaded.last_accessed.timestamp(),
-            loaded.expires_at.timestamp(),
-        )
+        return entry.fork(sid)
 
     async def _create(self, store: SqlStore, sid: str, now: float) -> ConversationState:
         generation = self._cache.generation
@@ -447,11 +444,10 @@ class SessionRepository:
             if state is not None:
                 return state
         self._created += created
-        state = ConversationState()
-        state._session_id = sid
+        entry = self._new_entry(0, now)
         if created:
-            self._cache.put_loaded(sid, self._entry(state, 0, now), generation)
-        return fork_state(state, sid)
+            self._cache.put_loaded(sid, entry, generation)
+        return entry.fork(sid)
 
     def _count_write(self, written: Written) -> None:
         self._created += written.created
@@ -483,21 +479,16 @@ class SessionRepository:
             self._cache.discard(sid)
             raise
         self._count_write(written)
-        entry = self._cache.peek(sid)
+        entry = self._cache.get(sid)
         if written.created:
-            state = ConversationState()
-            for turn in written.turns:
-                state.add_turn(turn)
-            self._cache.put_loaded(sid, self._entry(state, written.version, now), generation)
-            return fork_state(state, sid)
+            entry = self._new_entry(written.version, now)
+            entry.extend(written.turns)
+            self._cache.put_loaded(sid, entry, generation)
+            return entry.fork(sid)
         if entry is not None and entry.version == written.version - 1:
-            for turn in written.turns:
-                entry.state.add_turn(turn)
-            entry.version = written.version
-            entry.last_accessed, entry.expires_at = now, now + self._ttl
-            entry.unflushed_hits = max(0, entry.unflushed_hits - hits)
-            self._cache.get(sid)
-            return fork_state(entry.state, sid)
+            entry.extend(written.turns)
+            entry.committed(written.version, now, self._ttl, hits)
+            return entry.fork(sid)
         reloaded = await self._load(store, sid, now)
         return reloaded if reloaded is not None else ConversationState(turns=list(written.turns))
 
@@ -506,7 +497,7 @@ class SessionRepository:
         store: SqlStore,
         sid: str,
         state: ConversationState,
-        snapshot: ConversationState,
+        fields: SessionFields,
         all_turns: list[ConversationTurn],
         new_at: list[int],
     ) -> None:
@@ -517,7 +508,7 @@ class SessionRepository:
         try:
             written = await store.replace(
                 sid,
-                snapshot,
+                fields,
                 [all_turns[index] for index in new_at],
                 all_turns,
                 now=_utc(now),
@@ -539,16 +530,19 @@ class SessionRepository:
         state._stored = len(all_turns)
         entry = self._cache.peek(sid)
         if written.created:
-            snapshot.turns = list(written.turns)
-            self._cache.put_loaded(sid, self._entry(snapshot, written.version, now), generation)
+            entry = self._new_entry(written.version, now)
+            entry.turns = list(written.turns)
         elif entry is not None and entry.version == written.version - 1:
-            snapshot.turns = entry.state.turns + written.turns
-            entry.state = snapshot
-            entry.version = written.version
-            entry.last_accessed, entry.expires_at = now, now + self._ttl
-            entry.unflushed_hits = max(0, entry.unflushed_hits - hits)
+            entry.turns = entry.turns + written.turns
+            entry.committed(written.version, now, self._ttl, hits)
         else:
             self._cache.discard(sid)
+            return
+        entry.current_slots = dict(fields.current_slots)
+        entry.current_template_id = fields.current_template_id
+        entry.language = fields.language
+        if written.created:
+            self._cache.put_loaded(sid, entry, generation)
 
     async def _delete(self, store: SqlStore, sid: str) -> bool:
         try:

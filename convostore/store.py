@@ -24,10 +24,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .driver import Compiled, PostgresDriver, SqliteDriver, write_transaction
-from .models import ConversationState, ConversationTurn, make_state, make_turn
+from .models import ConversationTurn, make_turn
 from .statements import Statements
 
-__all__ = ["Loaded", "SqlStore", "Written"]
+__all__ = ["Loaded", "SessionFields", "SqlStore", "Written"]
 
 
 @dataclass(slots=True)
@@ -43,10 +43,22 @@ class Written:
 
 
 @dataclass(slots=True)
+class SessionFields:
+    """The session-level fields ``update`` writes."""
+
+    current_slots: dict[str, str]
+    current_template_id: str | None
+    language: str
+
+
+@dataclass(slots=True)
 class Loaded:
     """A session read from the database."""
 
-    state: ConversationState
+    turns: list[ConversationTurn]
+    current_slots: dict[str, str]
+    current_template_id: str | None
+    language: str
     version: int
     last_accessed: datetime
     expires_at: datetime
@@ -211,7 +223,7 @@ class SqlStore:
     async def replace(
         self,
         sid: str,
-        state: ConversationState,
+        fields: SessionFields,
         new_turns: Sequence[ConversationTurn],
         all_turns: Sequence[ConversationTurn],
         *,
@@ -219,18 +231,17 @@ class SqlStore:
         ttl: float,
         hits: int,
     ) -> Written:
-        """Write the session fields of ``state`` (last writer wins) and append ``new_turns``
-        after whatever is stored. A missing or expired session is created with
-        ``all_turns``."""
+        """Write the session fields (last writer wins) and append ``new_turns`` after
+        whatever is stored. A missing or expired session is created with ``all_turns``."""
         params = {
             "sid": sid,
             "now": now,
             "expires": now + timedelta(seconds=ttl),
             "hits": hits + 1,
             "n": len(new_turns),
-            "slots": state.current_slots,
-            "template_id": state.current_template_id,
-            "language": state.language,
+            "slots": fields.current_slots,
+            "template_id": fields.current_template_id,
+            "language": fields.language,
         }
         async with self.engine.begin() as conn:
             row = (await conn.execute(self.sql.replace, params)).first()
@@ -295,10 +306,9 @@ class SqlStore:
             self._load_session.row(head)
         )
         loaded_turns = _fold_turns(self._load_turns.rows(rows))
-        state = make_state(
-            loaded_turns, dict(slots), template_id, language, sid, loaded_turns, len(loaded_turns)
+        return Loaded(
+            loaded_turns, dict(slots), template_id, language, version, last_accessed, expires_at
         )
-        return Loaded(state, version, last_accessed, expires_at)
 
     def _read(self, conn: sqlite3.Connection, sid: str) -> tuple[Any, list[Any]]:
         head = conn.execute(
