@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
-__all__ = ["Compiled", "PostgresDriver", "SqliteDriver", "write_transaction"]
+__all__ = ["Compiled", "PostgresDriver", "Processor", "SqliteDriver", "write_transaction"]
 
 T = TypeVar("T")
 Processor = Callable[[Any], Any]
@@ -54,10 +54,11 @@ class Compiled:
                 value = processor(bind.value) if processor else bind.value
                 self._binds.append((None, value, None))
         selected = getattr(statement, "selected_columns", ())
-        processors = [
+        self.processors: list[Processor | None] = [
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in selected
         ]
-        self._processing = [(i, f) for i, f in enumerate(processors) if f is not None]
+        """Each result column's conversion from the driver's value, or None if there is none."""
+        self._processing = [(i, f) for i, f in enumerate(self.processors) if f is not None]
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         """The positional arguments for ``params``, bind processors applied."""
@@ -72,10 +73,6 @@ class Compiled:
         for index, processor in self._processing:
             values[index] = processor(values[index])
         return values
-
-    def rows(self, rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-        """Driver rows with the result processors applied."""
-        return [self.row(row) for row in rows]
 
 
 class PostgresDriver:

@@ -105,6 +105,11 @@ _TURN_FIELDS = set(ConversationTurn.model_fields)
 _STATE_FIELDS = set(ConversationState.model_fields)
 _new = object.__new__
 _set = object.__setattr__
+# BaseModel's slots, set through their descriptors directly: a cache hit builds a state, and
+# this is the cheapest way to do it without validation.
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def make_turn(
@@ -135,9 +140,9 @@ def make_turn(
             "created_at": created_at,
         },
     )
-    _set(turn, "__pydantic_fields_set__", _TURN_FIELDS)
-    _set(turn, "__pydantic_extra__", None)
-    _set(turn, "__pydantic_private__", None)
+    _set_fields_set(turn, _TURN_FIELDS)
+    _set_extra(turn, None)
+    _set_private(turn, None)
     return turn
 
 
@@ -163,11 +168,7 @@ def make_state(
             "language": language,
         },
     )
-    _set(state, "__pydantic_fields_set__", _STATE_FIELDS)
-    _set(state, "__pydantic_extra__", None)
-    _set(
-        state,
-        "__pydantic_private__",
-        {"_session_id": session_id, "_origin": origin, "_stored": stored},
-    )
+    _set_fields_set(state, _STATE_FIELDS)
+    _set_extra(state, None)
+    _set_private(state, {"_session_id": session_id, "_origin": origin, "_stored": stored})
     return state

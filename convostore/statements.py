@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Delete,
     Insert,
     Integer,
@@ -23,8 +24,10 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    null,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -116,7 +119,8 @@ class Statements:
             sessions.c.current_slots,
             sessions.c.turn_count,
         ).where(sessions.c.session_id == bindparam("sid"))
-        self.load_turns: Select[Any] = (
+        upto = bindparam("upto", type_=Integer())
+        history = union_all(
             select(
                 turns.c.seq,
                 turns.c.role,
@@ -125,23 +129,23 @@ class Statements:
                 turns.c.template_id,
                 turns.c.results,
                 turns.c.created_at,
+                null().label("name"),
+                null().label("value"),
+            ).where(turns.c.session_id == bindparam("sid"), turns.c.seq <= upto),
+            select(
+                turn_slots.c.seq,
+                *(null() for _ in range(6)),
                 turn_slots.c.name,
                 turn_slots.c.value,
-            )
-            .select_from(
-                turns.outerjoin(
-                    turn_slots,
-                    and_(
-                        turn_slots.c.session_id == turns.c.session_id,
-                        turn_slots.c.seq == turns.c.seq,
-                    ),
-                )
-            )
-            .where(turns.c.session_id == bindparam("sid"), turns.c.seq <= bindparam("upto"))
-            .order_by(turns.c.seq, turn_slots.c.name)
+            ).where(turn_slots.c.session_id == bindparam("sid"), turn_slots.c.seq <= upto),
+        )
+        self.load_turns: CompoundSelect[Any] = history.order_by(
+            history.selected_columns.seq, history.selected_columns.name.nulls_first()
         )
         """A session's turns up to ``upto`` (its ``turn_count`` when the row was read, so
-        turns appended in between are not mixed in), one row per slot."""
+        turns appended in between are not mixed in): each turn's row (``name`` NULL), then a
+        row per slot. Two index range scans; a join here would leave the plan to statistics,
+        and a new table without them made it quadratic."""
 
         self.append_in_one: Select[Any] | None = (
             self._append_cte() if dialect == "postgresql" else None

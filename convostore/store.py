@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .driver import Compiled, PostgresDriver, SqliteDriver, write_transaction
+from .driver import Compiled, PostgresDriver, Processor, SqliteDriver, write_transaction
 from .models import ConversationTurn, make_turn
 from .statements import Statements
 
@@ -305,7 +305,7 @@ class SqlStore:
         version, last_accessed, expires_at, language, template_id, slots, _ = (
             self._load_session.row(head)
         )
-        loaded_turns = _fold_turns(self._load_turns.rows(rows))
+        loaded_turns = _fold_turns(rows, *self._load_turns.processors[5:7])
         return Loaded(
             loaded_turns, dict(slots), template_id, language, version, last_accessed, expires_at
         )
@@ -320,18 +320,38 @@ class SqlStore:
         return head, conn.execute(self._load_turns.sql, self._load_turns.args(upto)).fetchall()
 
 
-def _fold_turns(rows: Sequence[Sequence[Any]]) -> list[ConversationTurn]:
-    """Turn rows joined with their slot rows (one row per slot) into turns, in order."""
+def _fold_turns(
+    rows: Sequence[Sequence[Any]],
+    results_processor: Processor | None,
+    created_at_processor: Processor | None,
+) -> list[ConversationTurn]:
+    """Driver rows of ``load_turns`` (each turn's row, then its slot rows) into turns, in order.
+
+    The two processors are SQLAlchemy's conversions of the ``results`` and ``created_at``
+    columns; they are applied here, to turn rows only, rather than to every row beforehand,
+    because this loop is most of a cold load's Python time."""
+    load_results = results_processor or _unchanged
+    load_created_at = created_at_processor or _unchanged
     result: list[ConversationTurn] = []
-    last_seq = None
     slots: dict[str, str] = {}
-    for seq, role, content, resolved, template_id, results, created_at, name, value in rows:
-        if seq != last_seq:
-            last_seq = seq
+    for _, role, content, resolved, template_id, results, created_at, name, value in rows:
+        if name is None:
             slots = {}
             result.append(
-                make_turn(role, content, resolved, template_id, slots, results, created_at)
+                make_turn(
+                    role,
+                    content,
+                    resolved,
+                    template_id,
+                    slots,
+                    load_results(results),
+                    load_created_at(created_at),
+                )
             )
-        if name is not None:
+        else:
             slots[name] = value
     return result
+
+
+def _unchanged(value: Any) -> Any:
+    return value
