@@ -1,0 +1,322 @@
+"""The raw-driver floor: plain aiosqlite / asyncpg doing the same minimal work on convostore's
+tables, written the way a careful hand-written driver call would be, without a library.
+
+An exchange is the naive transaction: BEGIN; UPDATE the session row (turn_count, version,
+last_accessed, expires_at, current_slots, current_template_id) RETURNING turn_count, which
+hands out the two sequence numbers; INSERT the user turn; INSERT the assistant turn; INSERT
+each slot row; COMMIT. On asyncpg every statement is a prepared statement (BEGIN and COMMIT
+are round trips of their own); on aiosqlite every statement is one ``execute`` (one thread
+hop), with the PRAGMAs convostore sets. A load reads the session row, then the turns joined
+with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+import aiosqlite
+import asyncpg  # type: ignore[import-untyped]
+
+from .backends import Database
+from .workload import Exchange, sqlite_timestamp
+
+__all__ = [
+    "RawPostgres",
+    "RawPostgresPool",
+    "RawSqlite",
+    "RawStore",
+    "connect_postgres",
+    "connect_sqlite",
+    "open_raw",
+    "raw_sweep",
+]
+
+SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout = 30000",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA journal_mode = WAL",
+)
+"""The same settings convostore applies to each SQLite connection (synchronous left at its
+default, as convostore leaves it)."""
+
+_PG_UPDATE = """
+UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
+    last_accessed = $2, expires_at = $3, current_slots = current_slots || $4::jsonb,
+    current_template_id = coalesce($5, current_template_id)
+WHERE session_id = $1 RETURNING turn_count"""
+_PG_INSERT_TURN = """
+INSERT INTO turns (session_id, seq, role, content, resolved_question, template_id, results,
+    created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)"""
+_PG_INSERT_SLOT = "INSERT INTO turn_slots (session_id, seq, name, value) VALUES ($1, $2, $3, $4)"
+_PG_HEAD = """
+SELECT version, last_accessed, expires_at, language, current_template_id, current_slots,
+    turn_count FROM sessions WHERE session_id = $1"""
+_PG_TURNS = """
+SELECT seq, role, content, resolved_question, template_id, results, created_at,
+    NULL AS name, NULL AS value
+FROM turns WHERE session_id = $1
+UNION ALL
+SELECT seq, NULL, NULL, NULL, NULL, NULL, NULL, name, value
+FROM turn_slots WHERE session_id = $1
+ORDER BY 1, 8 NULLS FIRST"""
+_PG_SWEEP = """
+DELETE FROM sessions WHERE session_id IN (
+    SELECT session_id FROM sessions WHERE expires_at <= $1
+    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+RETURNING session_id"""
+
+_SQLITE_UPDATE = """
+UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
+    last_accessed = ?, expires_at = ?, current_slots = json_patch(current_slots, ?),
+    current_template_id = coalesce(?, current_template_id)
+WHERE session_id = ? RETURNING turn_count"""
+_SQLITE_INSERT_TURN = """
+INSERT INTO turns (session_id, seq, role, content, resolved_question, template_id, results,
+    created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+_SQLITE_INSERT_SLOT = "INSERT INTO turn_slots (session_id, seq, name, value) VALUES (?, ?, ?, ?)"
+_SQLITE_HEAD = _PG_HEAD.replace("$1", "?")
+_SQLITE_TURNS = _PG_TURNS.replace("$1", "?")
+
+
+class RawStore(Protocol):
+    """The floor's operations."""
+
+    async def append(self, sid: str, exchange: Exchange) -> None: ...
+
+    async def load(self, sid: str) -> dict[str, Any] | None: ...
+
+    async def close(self) -> None: ...
+
+
+def _fold(head: Sequence[Any], rows: Sequence[Sequence[Any]], parse: bool) -> dict[str, Any]:
+    """A session as plain data from its row and its turn-and-slot rows."""
+    turns: list[dict[str, Any]] = []
+    slots: dict[str, str] = {}
+    for _, role, content, resolved, template_id, results, created_at, name, value in rows:
+        if name is None:
+            slots = {}
+            if parse:
+                created_at = datetime.fromisoformat(created_at).replace(tzinfo=timezone.utc)
+            turns.append(
+                {
+                    "role": role,
+                    "content": content,
+                    "resolved_question": resolved,
+                    "template_id": template_id,
+                    "slots": slots,
+                    "results": json.loads(results),
+                    "created_at": created_at,
+                }
+            )
+        else:
+            slots[name] = value
+    return {
+        "version": head[0],
+        "language": head[3],
+        "current_template_id": head[4],
+        "current_slots": json.loads(head[5]),
+        "turns": turns,
+    }
+
+
+async def connect_sqlite(path: str) -> aiosqlite.Connection:
+    """An aiosqlite connection with convostore's PRAGMAs."""
+    db = await aiosqlite.connect(path)
+    for pragma in SQLITE_PRAGMAS:
+        await db.execute(pragma)
+    return db
+
+
+async def connect_postgres(dsn: str) -> asyncpg.Connection:
+    """A plain asyncpg connection."""
+    return await asyncpg.connect(dsn)
+
+
+class RawSqlite:
+    """The floor on aiosqlite: one ``execute`` (one thread hop) per statement."""
+
+    def __init__(self, db: aiosqlite.Connection, ttl: float) -> None:
+        self._db = db
+        self._ttl = timedelta(seconds=ttl)
+
+    async def append(self, sid: str, exchange: Exchange) -> None:
+        db = self._db
+        now = datetime.now(timezone.utc)
+        stamp = sqlite_timestamp(now)
+        try:
+            rows = await db.execute_fetchall(
+                _SQLITE_UPDATE,
+                (
+                    stamp,
+                    sqlite_timestamp(now + self._ttl),
+                    exchange.slots_json,
+                    exchange.template_id,
+                    sid,
+                ),
+            )
+            last = next(iter(rows))[0]
+            user_seq = last - 1
+            await db.execute(
+                _SQLITE_INSERT_TURN,
+                (
+                    sid,
+                    user_seq,
+                    "user",
+                    exchange.question,
+                    None,
+                    exchange.template_id,
+                    exchange.results_json,
+                    stamp,
+                ),
+            )
+            await db.execute(
+                _SQLITE_INSERT_TURN,
+                (sid, last, "assistant", exchange.answer, None, None, "[]", stamp),
+            )
+            for name, value in exchange.slots.items():
+                await db.execute(_SQLITE_INSERT_SLOT, (sid, user_seq, name, value))
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+
+    async def load(self, sid: str) -> dict[str, Any] | None:
+        heads = list(await self._db.execute_fetchall(_SQLITE_HEAD, (sid,)))
+        if not heads:
+            return None
+        rows = await self._db.execute_fetchall(_SQLITE_TURNS, (sid, sid))
+        return _fold(heads[0], list(rows), parse=True)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+class RawPostgres:
+    """The floor on one asyncpg connection, each statement prepared once."""
+
+    def __init__(self, conn: asyncpg.Connection, ttl: float) -> None:
+        self._conn = conn
+        self._ttl = timedelta(seconds=ttl)
+        self._statements: dict[str, Any] = {}
+
+    @classmethod
+    async def open(cls, dsn: str, ttl: float) -> RawPostgres:
+        conn = await connect_postgres(dsn)
+        raw = cls(conn, ttl)
+        for name, sql in (
+            ("update", _PG_UPDATE),
+            ("insert_turn", _PG_INSERT_TURN),
+            ("insert_slot", _PG_INSERT_SLOT),
+            ("head", _PG_HEAD),
+            ("turns", _PG_TURNS),
+        ):
+            raw._statements[name] = await conn.prepare(sql)
+        return raw
+
+    async def append(self, sid: str, exchange: Exchange) -> None:
+        update, insert_turn, insert_slot = (
+            self._statements["update"],
+            self._statements["insert_turn"],
+            self._statements["insert_slot"],
+        )
+        now = datetime.now(timezone.utc)
+        async with self._conn.transaction():
+            last = await update.fetchval(
+                sid, now, now + self._ttl, exchange.slots_json, exchange.template_id
+            )
+            user_seq = last - 1
+            await insert_turn.fetchval(
+                sid,
+                user_seq,
+                "user",
+                exchange.question,
+                None,
+                exchange.template_id,
+                exchange.results_json,
+                now,
+            )
+            await insert_turn.fetchval(
+                sid, last, "assistant", exchange.answer, None, None, "[]", now
+            )
+            for name, value in exchange.slots.items():
+                await insert_slot.fetchval(sid, user_seq, name, value)
+
+    async def load(self, sid: str) -> dict[str, Any] | None:
+        head = await self._statements["head"].fetchrow(sid)
+        if head is None:
+            return None
+        rows = await self._statements["turns"].fetch(sid)
+        return _fold(head, rows, parse=False)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+class RawPostgresPool:
+    """The floor for concurrency: an asyncpg pool; asyncpg's statement cache prepares each
+    statement once per connection."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl: float) -> None:
+        self._pool = pool
+        self._ttl = timedelta(seconds=ttl)
+
+    @classmethod
+    async def open(cls, dsn: str, size: int, ttl: float) -> RawPostgresPool:
+        pool = await asyncpg.create_pool(dsn, min_size=size, max_size=size)
+        return cls(pool, ttl)
+
+    async def append(self, sid: str, exchange: Exchange) -> None:
+        now = datetime.now(timezone.utc)
+        async with self._pool.acquire() as conn, conn.transaction():
+            last = await conn.fetchval(
+                _PG_UPDATE, sid, now, now + self._ttl, exchange.slots_json, exchange.template_id
+            )
+            user_seq = last - 1
+            await conn.execute(
+                _PG_INSERT_TURN,
+                sid,
+                user_seq,
+                "user",
+                exchange.question,
+                None,
+                exchange.template_id,
+                exchange.results_json,
+                now,
+            )
+            await conn.execute(
+                _PG_INSERT_TURN, sid, last, "assistant", exchange.answer, None, None, "[]", now
+            )
+            for name, value in exchange.slots.items():
+                await conn.execute(_PG_INSERT_SLOT, sid, user_seq, name, value)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def open_raw(db: Database, ttl: float) -> RawStore:
+    """The single-connection floor for a database."""
+    if db.backend == "sqlite":
+        return RawSqlite(await connect_sqlite(db.target), ttl)
+    return await RawPostgres.open(db.target, ttl)
+
+
+async def raw_sweep(dsn: str, now: datetime, batch_size: int) -> tuple[int, list[float]]:
+    """Delete expired sessions in batches of ``batch_size`` with asyncpg, one autocommitted
+    DELETE by primary key per batch. Returns sessions deleted and each batch's seconds."""
+    conn = await connect_postgres(dsn)
+    try:
+        sweep = await conn.prepare(_PG_SWEEP)
+        total, batches = 0, []
+        while True:
+            start = time.perf_counter()
+            deleted = await sweep.fetch(now, batch_size)
+            batches.append(time.perf_counter() - start)
+            total += len(deleted)
+            if len(deleted) < batch_size:
+                return total, batches
+    finally:
+        await conn.close()

@@ -1,0 +1,205 @@
+"""Formatting a run: the printed table, ``latest.json``, ``latest.md`` and ``BENCHMARKS.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_value", "render_markdown", "render_text", "write_outputs"]
+
+PLOTS = {
+    "append_vs_history.png": "append latency against stored history length",
+    "hit_vs_cached.png": "cache-hit get latency against cached sessions",
+}
+
+METHOD = """\
+How each row is measured (all in one process, one run; each latency is the median and p95 of
+individually timed calls after untimed warm-up calls, taken in blocks that alternate between
+convostore, its raw floor and the baselines, so that drift on a shared machine hits all of
+them alike):
+
+- **raw floor**: plain aiosqlite / asyncpg on convostore's own tables, no library. An exchange
+  is the naive transaction BEGIN; UPDATE the session row (turn_count, version, last_accessed,
+  expires_at, current_slots, current_template_id) RETURNING turn_count; INSERT the user turn;
+  INSERT the assistant turn; INSERT its slot row; COMMIT. asyncpg runs each statement as a
+  prepared statement; aiosqlite runs one `execute` per statement, with convostore's PRAGMAs
+  (WAL, foreign_keys=ON, busy_timeout; synchronous left at its default). A load reads the
+  session row, then the turns joined with their slot rows, decoding JSON and timestamps.
+- **cache-hit get**: `repo.get(sid)` on a random cached session (10 turns each; the
+  repository read each one once), TTL one day so no read is stale enough to touch the
+  database. Each level (100 … 100,000 cached sessions) has a repository of its own, all
+  filled first and measured together in alternating blocks. Floor: an `OrderedDict` LRU hit
+  returning a fresh list of the turns. Baseline: the original manager's in-memory `get`
+  holding the same number of sessions (fewer samples where its O(n) list-based LRU makes it
+  slow).
+- **add_turn**: one exchange (question, answer, template id, one slot, three results) on a
+  cached session with 10 stored turns; the append-vs-history rows do the same at 100 and 1,000
+  stored turns. Each variant appends round robin to sessions of its own. Baselines: the
+  original manager's `add_turn_to_session` in memory and with Redis (it rewrites the
+  session's JSON blob on every turn).
+- **cold get**: `repo.get(sid)` through a repository with `max_sessions=1` cycling over many
+  100-turn sessions, so every read misses the cache. Baseline: the original manager with Redis
+  reading a session that is not in its memory (JSON blob parsed and validated).
+- **concurrent throughput**: 16 tasks each appending to its own session, convostore with
+  `pool_size=10, max_overflow=0` against an asyncpg pool of 10 running the naive
+  transaction; rounds alternate, the figure is the median of the rounds' exchanges/s.
+- **large store**: N sessions x 10 turns loaded with COPY (then VACUUM ANALYZE) into one
+  database and 1,000 sessions x 10 turns into another; `add_turn` on cached sessions and cold
+  `get` of random sessions in both, alternating.
+- **expiry sweep**: expired sessions x 10 turns loaded with COPY, then deleted with
+  `convostore.expiry.delete_expired_batch` in a loop like the repository's sweep (each batch
+  timed), while one task keeps calling `add_turn`; its p95 is compared with the same task's
+  p95 without a sweep (before and after). The raw floor sweeps an equal second load with a
+  batched DELETE ... WHERE session_id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED).
+- **memory**: tracemalloc bytes still allocated after the repository cached sessions of 20
+  turns read from the store, per session, against the original manager holding the same
+  content built through its own models.
+- **peers** (`--peers`): appending one exchange (two messages) to a session of 1,000 stored
+  turns, and loading a 100-turn session, with each peer's own API on the same database.
+"""
+
+
+def format_value(value: float | None, kind: str) -> str:
+    """A figure's number with a readable unit."""
+    if value is None:
+        return "—"
+    if kind == "rate":
+        return f"{value:,.0f}/s"
+    if kind == "bytes":
+        return f"{value:,.0f} B"
+    if value < 1e-3:
+        return f"{value * 1e6:.3g} µs"
+    if value < 1:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value:.3g} s"
+
+
+def _cell(fig: dict[str, Any] | None, with_label: bool = False) -> str:
+    if fig is None:
+        return "—"
+    text = format_value(fig["median"], fig["kind"])
+    if fig.get("p95") is not None:
+        text += f" (p95 {format_value(fig['p95'], fig['kind'])})"
+    return f"{fig['label']}: {text}" if with_label else text
+
+
+def _ratio(row: dict[str, Any]) -> str:
+    if row["ratio"] is None:
+        return "—"
+    return f"{row['ratio']:.3g}× ({row['ratio_of']})"
+
+
+def _met(row: dict[str, Any]) -> str:
+    return {True: "✅ yes", False: "❌ no", None: "—"}[row["met"]]
+
+
+def render_text(record: dict[str, Any]) -> str:
+    """The table for the terminal."""
+    lines = []
+    for row in record["rows"]:
+        lines.append(f"{row['path']} [{row['backend']}]")
+        lines.append(f"    convostore  {_cell(row['convostore'])}")
+        if row["raw"]:
+            lines.append(f"    floor       {_cell(row['raw'], with_label=True)}")
+        for other in row["others"]:
+            lines.append(f"    baseline    {_cell(other, with_label=True)}")
+        lines.append(f"    ratio       {_ratio(row)}")
+        if row["target"]:
+            lines.append(f"    target      {row['target']}  ->  {_met(row)}")
+        if row["note"]:
+            lines.append(f"    note        {row['note']}")
+    met = [row["met"] for row in record["rows"] if row["met"] is not None]
+    lines.append(f"targets met: {sum(met)} of {len(met)}")
+    return "\n".join(lines)
+
+
+def _table(record: dict[str, Any]) -> list[str]:
+    lines = [
+        "| path | backend | convostore | raw floor | baselines | ratio | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        others = "<br>".join(_cell(other, with_label=True) for other in row["others"]) or "—"
+        path = row["path"] + (f"<br><sub>{row['note']}</sub>" if row["note"] else "")
+        cells = [
+            path,
+            row["backend"],
+            _cell(row["convostore"]),
+            _cell(row["raw"], with_label=True),
+            others,
+            _ratio(row),
+            row["target"] or "—",
+            _met(row),
+        ]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return lines
+
+
+def _facts(record: dict[str, Any]) -> list[str]:
+    m = record["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
+    return [
+        f"- command: `{record['command']}`",
+        f"- date: {m['date']}"
+        + (f", commit {m['commit']}" if m["commit"] else "")
+        + f"; the run took {record['seconds']:.0f} s",
+        f"- machine: {m['cores']} cores, {m['cpu'] or 'unknown CPU'}, {m['memory'] or '?'} "
+        f"memory, {m['os']}",
+        f"- {m['python']}; SQLite {m['sqlite']}; PostgreSQL {m['postgresql'] or 'not used'}",
+        f"- packages: {packages}",
+    ]
+
+
+def render_markdown(record: dict[str, Any], plot_prefix: str = "", full: bool = False) -> str:
+    """The results as Markdown; ``full`` adds the how-to and the method (for BENCHMARKS.md)."""
+    met = [row["met"] for row in record["rows"] if row["met"] is not None]
+    lines = ["# convostore benchmarks", ""]
+    if full:
+        lines += [
+            "Generated by `python -m bench` from `bench/results/latest.json`; do not edit by",
+            "hand. Reproduce on a quiet machine from the repository root:",
+            "",
+            "```sh",
+            'pip install -e ".[bench]"        # matplotlib and redis; asyncpg for PostgreSQL',
+            "python -m bench --peers --scale 1000000   # the full run the targets are judged on",
+            "python -m bench --quick          # a few seconds; writes bench/results/quick/",
+            "```",
+            "",
+            "PostgreSQL comes from `CONVOSTORE_BENCH_POSTGRES_URL` (default",
+            "`postgresql+asyncpg://postgres@127.0.0.1:5432/test`; the run creates and drops",
+            "databases of its own there), Redis from `CONVOSTORE_BENCH_REDIS_URL` (default",
+            "`redis://127.0.0.1:6379`), the original SessionManager from",
+            "`../shared/seed/session_manager.py` or `CONVOSTORE_SEED_PATH`. Peers for `--peers`:",
+            "`pip install langchain-postgres langchain-community 'openai-agents[sqlalchemy]'`.",
+            "",
+        ]
+    lines += ["## This run", "", *_facts(record), ""]
+    lines.append(f"Targets met: **{sum(met)} of {len(met)}**.")
+    lines += ["", *_table(record), ""]
+    if record["notes"]:
+        lines += ["Notes:", "", *(f"- {note}" for note in record["notes"]), ""]
+    plots = [name for name in PLOTS if name in record.get("plots", [])]
+    if plots:
+        lines += ["Plots:", ""]
+        lines += [f"- [{PLOTS[name]}]({plot_prefix}{name})" for name in plots]
+        lines += ["", *(f"![{PLOTS[name]}]({plot_prefix}{name})" for name in plots), ""]
+    if full:
+        lines += ["## Method", "", METHOD]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_outputs(record: dict[str, Any], out: Path, benchmarks_md: Path | None) -> None:
+    """Write ``latest.json`` and ``latest.md`` into ``out``, and ``benchmarks_md`` if given."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    (out / "latest.md").write_text(render_markdown(record))
+    if benchmarks_md is not None:
+        prefix = Path(_relative(out, benchmarks_md.parent)).as_posix() + "/"
+        benchmarks_md.write_text(render_markdown(record, plot_prefix=prefix, full=True))
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path.resolve(), start.resolve())

@@ -1,0 +1,25 @@
+"""The scenarios, one module per row of the issue's targets table, in the order they run."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..context import Context
+from ..results import Row
+from . import append, cache_hit, cold_get, expiry, large_store, memory, peers, throughput
+
+__all__ = ["SCENARIOS", "Scenario"]
+
+Scenario = Callable[[Context], Awaitable[list[Row]]]
+
+SCENARIOS: dict[str, tuple[str, Scenario]] = {
+    "hit": ("cache-hit get", cache_hit.run),
+    "append": ("add_turn and append cost vs history", append.run),
+    "cold": ("cold get", cold_get.run),
+    "throughput": ("concurrent throughput (PostgreSQL)", throughput.run),
+    "large": ("large store (PostgreSQL)", large_store.run),
+    "expiry": ("expiry sweep (PostgreSQL)", expiry.run),
+    "memory": ("memory per cached session", memory.run),
+    "peers": ("peers (--peers)", peers.run),
+}
+"""Each scenario by its ``--only`` name: (title, coroutine function)."""

@@ -1,0 +1,148 @@
+"""What the benchmark stores: the exchange every append writes, and stored histories as rows
+of convostore's tables (for bulk loading before a scenario)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from convostore.schema import sessions, turn_slots, turns
+
+__all__ = [
+    "EXCHANGE",
+    "SESSION_COLUMNS",
+    "SLOT_COLUMNS",
+    "TURN_COLUMNS",
+    "Exchange",
+    "HistoryRows",
+    "history_rows",
+    "session_ids",
+    "sqlite_timestamp",
+]
+
+SESSION_COLUMNS = tuple(column.name for column in sessions.columns)
+TURN_COLUMNS = tuple(column.name for column in turns.columns)
+SLOT_COLUMNS = tuple(column.name for column in turn_slots.columns)
+TEMPLATE_ID = "archives_in_place"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One question and its answer, with one slot and a small results list."""
+
+    question: str
+    answer: str
+    template_id: str
+    slots: dict[str, str] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def slots_json(self) -> str:
+        return json.dumps(self.slots)
+
+    @property
+    def results_json(self) -> str:
+        return json.dumps(self.results)
+
+
+EXCHANGE = Exchange(
+    question="Welke archieven zijn er in Utrecht?",
+    answer="Er zijn 12 archieven in Utrecht, waaronder Het Utrechts Archief.",
+    template_id=TEMPLATE_ID,
+    slots={"place": "Utrecht"},
+    results=[
+        {"name": "Het Utrechts Archief", "city": "Utrecht"},
+        {"name": "Universiteitsbibliotheek Utrecht", "city": "Utrecht"},
+        {"name": "Archief Eemland", "city": "Amersfoort"},
+    ],
+)
+"""The exchange every timed append stores."""
+
+
+def session_ids(tag: str, count: int, start: int = 0) -> list[str]:
+    """Distinct, readable session ids for one purpose of one scenario."""
+    return [f"bench-{tag}-{index:08d}" for index in range(start, start + count)]
+
+
+def sqlite_timestamp(value: datetime) -> str:
+    """A UTC timestamp as SQLAlchemy stores it in SQLite (text, no offset)."""
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@dataclass(slots=True)
+class HistoryRows:
+    """Rows of the three tables, as tuples in ``*_COLUMNS`` order."""
+
+    sessions: list[tuple[Any, ...]] = field(default_factory=list)
+    turns: list[tuple[Any, ...]] = field(default_factory=list)
+    slots: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _turn_texts(seq: int) -> tuple[str, str, str]:
+    """Question, answer and place of the exchange that ``seq`` belongs to."""
+    place = f"Plaats {(seq + 1) // 2}"
+    return (
+        f"Welke archieven zijn er in {place}?",
+        f"Er zijn {seq % 17 + 1} archieven in {place}, waaronder het Regionaal Archief.",
+        place,
+    )
+
+
+def history_rows(
+    sids: Sequence[str],
+    n_turns: int,
+    *,
+    now: datetime,
+    ttl: float,
+    stamp: Callable[[datetime], Any],
+    expired: bool = False,
+) -> Iterator[HistoryRows]:
+    """Rows for sessions of ``n_turns`` turns each (alternating user and assistant; each user
+    turn has one slot and a one-item results list), one ``HistoryRows`` per 10,000 sessions.
+
+    Live sessions were last used ``now`` and expire ``ttl`` seconds later; ``expired`` ones
+    expired an hour before ``now``. ``stamp`` encodes timestamps for the driver.
+    """
+    if expired:
+        last, expires = now - timedelta(seconds=ttl + 3600), now - timedelta(seconds=3600)
+    else:
+        last, expires = now, now + timedelta(seconds=ttl)
+    created_s, last_s, expires_s = stamp(last), stamp(last), stamp(expires)
+    turn_template: list[tuple[Any, ...]] = []
+    for seq in range(1, n_turns + 1):
+        question, answer, place = _turn_texts(seq)
+        if seq % 2:
+            results = json.dumps([{"name": f"Archief van {place}", "city": place}])
+            turn_template.append((seq, "user", question, None, TEMPLATE_ID, results, place))
+        else:
+            turn_template.append((seq, "assistant", answer, None, None, "[]", None))
+    last_place = next((t[6] for t in reversed(turn_template) if t[6] is not None), None)
+    current_slots = json.dumps({"place": last_place} if last_place else {})
+    template = TEMPLATE_ID if n_turns else None
+    for start in range(0, len(sids), 10_000):
+        chunk = HistoryRows()
+        for sid in sids[start : start + 10_000]:
+            chunk.sessions.append(
+                (
+                    sid,
+                    created_s,
+                    last_s,
+                    expires_s,
+                    0,
+                    "nl",
+                    template,
+                    current_slots,
+                    n_turns,
+                    n_turns // 2,
+                )
+            )
+            for seq, role, content, resolved, template_id, results, place in turn_template:
+                chunk.turns.append(
+                    (sid, seq, role, content, resolved, template_id, results, created_s)
+                )
+                if place is not None:
+                    chunk.slots.append((sid, seq, "place", place))
+        yield chunk
