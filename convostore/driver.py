@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ClauseElement, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
@@ -95,7 +96,14 @@ class PostgresDriver:
             if driver.is_closed() or _server_went_away(exc):
                 await self.engine.dispose()
             raise
-        await _give_back(pooled)
+        pool = self.engine.sync_engine.pool
+        if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
+            # The pool keeps this connection, and its reset on return is a rollback that
+            # SQLAlchemy's asyncpg adapter skips when it opened no transaction (it opened none
+            # here), so returning it needs no I/O and no greenlet.
+            pooled.close()
+        else:
+            await _give_back(pooled)
 
 
 async def _give_back(pooled: Any) -> None:

@@ -35,7 +35,7 @@ from .engine import create_engine, prepare_engine
 from .errors import InvalidTurn, NotRunning, translate_errors
 from .expiry import delete_expired_batch, run_periodically
 from .migrate import check_schema, upgrade
-from .models import ConversationState, ConversationTurn
+from .models import ConversationState, ConversationTurn, make_turn
 from .store import SessionFields, SqlStore, Written
 from .validation import (
     check_language,
@@ -245,24 +245,16 @@ class SessionRepository:
         """
         sid = check_session_id(session_id)
         template = check_optional_text("template_id", template_id)
-        user = ConversationTurn.model_construct(
-            role="user",
-            content=check_text("question", question),
-            resolved_question=check_optional_text("resolved_question", resolved_question),
-            template_id=template,
-            slots=copy_slots("slots", slots),
-            results=copy_results("results", results),
-            created_at=None,
+        user = make_turn(
+            "user",
+            check_text("question", question),
+            check_optional_text("resolved_question", resolved_question),
+            template,
+            copy_slots("slots", slots),
+            copy_results("results", results),
+            None,
         )
-        assistant = ConversationTurn.model_construct(
-            role="assistant",
-            content=check_text("answer", answer),
-            resolved_question=None,
-            template_id=None,
-            slots={},
-            results=[],
-            created_at=None,
-        )
+        assistant = make_turn("assistant", check_text("answer", answer), None, None, {}, [], None)
         store = self._running()
         return await self._shielded(
             "adding a turn",
@@ -571,12 +563,12 @@ def _checked_turn(field: str, turn: object) -> ConversationTurn:
         raise InvalidTurn(f"{field} must be a ConversationTurn, not {type(turn).__name__}")
     if turn.role not in ("user", "assistant"):
         raise InvalidTurn(f"{field}.role must be 'user' or 'assistant', not {turn.role!r}")
-    return ConversationTurn.model_construct(
-        role=turn.role,
-        content=check_text(f"{field}.content", turn.content),
-        resolved_question=check_optional_text(f"{field}.resolved_question", turn.resolved_question),
-        template_id=check_optional_text(f"{field}.template_id", turn.template_id),
-        slots=copy_slots(f"{field}.slots", turn.slots),
-        results=copy_results(f"{field}.results", turn.results),
-        created_at=None,
+    return make_turn(
+        turn.role,
+        check_text(f"{field}.content", turn.content),
+        check_optional_text(f"{field}.resolved_question", turn.resolved_question),
+        check_optional_text(f"{field}.template_id", turn.template_id),
+        copy_slots(f"{field}.slots", turn.slots),
+        copy_results(f"{field}.results", turn.results),
+        None,
     )

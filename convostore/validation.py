@@ -68,7 +68,7 @@ def copy_slots(field: str, slots: object) -> dict[str, str]:
     """A checked copy of a name -> value mapping of strings; None gives an empty dict."""
     if slots is None:
         return {}
-    if not isinstance(slots, Mapping):
+    if not isinstance(slots, (dict, Mapping)):
         raise InvalidTurn(f"{field} must be a dict of strings, not {type(slots).__name__}")
     return {
         check_text(f"{field} name", name): check_text(f"{field}[{name!r}]", value)
@@ -89,7 +89,7 @@ def copy_results(field: str, results: object) -> list[dict[str, Any]]:
     copied: list[dict[str, Any]] = []
     try:
         for index, item in enumerate(results):
-            if not isinstance(item, Mapping):
+            if not isinstance(item, (dict, Mapping)):
                 raise _Unstorable(f"must be a dict, not {type(item).__name__}", [index])
             copied.append(_copy_json(item))
     except _Unstorable as exc:
@@ -121,7 +121,7 @@ def _copy_json(value: Any) -> Any:
         if not math.isfinite(value):
             raise _Unstorable(f"is {value}, which JSON cannot represent")
         return value
-    if isinstance(value, Mapping):
+    if isinstance(value, (dict, Mapping)):  # dict first: it spares the ABC check
         copy: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
