@@ -88,6 +88,8 @@ class SessionRepository:
         self._phase: Literal["new", "running", "stopped"] = "new"
         self._sweeper: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._direct_calls = 0
+        self._drained: asyncio.Event | None = None
         self._created = 0
         self._expired = 0
         self._hits = 0
@@ -159,6 +161,9 @@ class SessionRepository:
             self._sweeper = None
         if self._inflight:
             await asyncio.wait(list(self._inflight))
+        if self._direct_calls:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
         self._cache.clear()
         if self._owns_engine and self._engine is not None:
             await self._engine.dispose()
@@ -194,12 +199,12 @@ class SessionRepository:
         store = self._running()
         if entry is not None:
             if now < entry.expires_at:
-                return await self._shielded(
+                return await self._direct(
                     "refreshing a session", self._refresh(store, sid, entry, now)
                 )
             self._cache.discard(sid)
         self._misses += 1
-        return await self._shielded("loading a session", self._load(store, sid, now))
+        return await self._direct("loading a session", self._load(store, sid, now))
 
     async def get_or_create(self, session_id: str | None = None) -> tuple[str, ConversationState]:
         """The session's id and state; a session that is unknown or expired is created under
@@ -256,10 +261,16 @@ class SessionRepository:
         )
         assistant = make_turn("assistant", check_text("answer", answer), None, None, {}, [], None)
         store = self._running()
-        return await self._shielded(
-            "adding a turn",
-            self._append(store, sid, user, assistant, template or None),
+        template = template or None
+        state = await self._direct(
+            "adding a turn", self._append(store, sid, user, assistant, template, create=False)
         )
+        if state is None:
+            state = await self._shielded(
+                "adding a turn", self._append(store, sid, user, assistant, template, create=True)
+            )
+        assert state is not None
+        return state
 
     async def add_turn_to_session(
         self,
@@ -376,6 +387,21 @@ class SessionRepository:
         task.add_done_callback(self._settled)
         return await asyncio.shield(task)
 
+    async def _direct(self, action: str, operation: Coroutine[Any, Any, T]) -> T:
+        """Run a hot-path operation in the caller's own task, sparing ``_shielded``'s extra
+        task (about 50 us a call here). Only for operations made of single atomic statements
+        on the driver path (``SqlStore.load``, ``touch``, ``drop_expired``, and ``append``
+        without ``create``): a cancelled caller leaves each done or not done, and the driver
+        path discards the connection on any error. ``stop()`` waits for these too."""
+        self._direct_calls += 1
+        try:
+            with translate_errors(action):
+                return await operation
+        finally:
+            self._direct_calls -= 1
+            if not self._direct_calls and self._drained is not None:
+                self._drained.set()
+
     def _settled(self, task: asyncio.Task[Any]) -> None:
         self._inflight.discard(task)
         if not task.cancelled():
@@ -452,7 +478,9 @@ class SessionRepository:
         user: ConversationTurn,
         assistant: ConversationTurn,
         template_id: str | None,
-    ) -> ConversationState:
+        *,
+        create: bool,
+    ) -> ConversationState | None:
         now = self._clock()
         generation = self._cache.generation
         before = self._cache.peek(sid)
@@ -466,10 +494,13 @@ class SessionRepository:
                 now=_utc(now),
                 ttl=self._ttl,
                 hits=hits,
+                create=create,
             )
         except BaseException:
             self._cache.discard(sid)
             raise
+        if written is None:
+            return None
         self._count_write(written)
         entry = self._cache.get(sid)
         if written.created:

@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
-    Delete,
     Insert,
     Integer,
     Select,
@@ -99,9 +98,12 @@ class Statements:
         )
         """Insert a session row unless one exists (concurrent creators do not collide)."""
 
-        self.drop_expired: Delete = delete(sessions).where(
-            sessions.c.session_id == bindparam("sid"), sessions.c.expires_at <= now
+        self.drop_expired = (
+            delete(sessions)
+            .where(sessions.c.session_id == bindparam("sid"), sessions.c.expires_at <= now)
+            .returning(sessions.c.session_id)
         )
+        """Delete the session if it has expired; returns its id if it did."""
         self.delete = (
             delete(sessions)
             .where(sessions.c.session_id == bindparam("sid"))

@@ -113,6 +113,7 @@ class SqlStore:
         self._insert_turns = Compiled(sql.insert_turns, dialect)
         self._insert_slots = Compiled(sql.insert_slots, dialect)
         self._touch = Compiled(sql.touch, dialect)
+        self._drop_expired = Compiled(sql.drop_expired, dialect)
         self._load_session = Compiled(sql.load_session, dialect)
         self._load_turns = Compiled(sql.load_turns, dialect)
 
@@ -124,7 +125,7 @@ class SqlStore:
     async def _ensure(
         self, conn: AsyncConnection, sid: str, now: datetime, ttl: float
     ) -> tuple[bool, bool]:
-        expired = await conn.execute(self.sql.drop_expired, {"sid": sid, "now": now})
+        expired = (await conn.execute(self.sql.drop_expired, {"sid": sid, "now": now})).first()
         created = await conn.execute(
             self.sql.create,
             {
@@ -140,7 +141,7 @@ class SqlStore:
                 "version": 0,
             },
         )
-        return created.rowcount == 1, expired.rowcount > 0
+        return created.rowcount == 1, expired is not None
 
     async def append(
         self,
@@ -152,9 +153,14 @@ class SqlStore:
         now: datetime,
         ttl: float,
         hits: int,
-    ) -> Written:
+        create: bool,
+    ) -> Written | None:
         """Append turns after whatever is stored, merging slots and template into the session
-        row; a missing or expired session is created first."""
+        row. A missing or expired session is created first if ``create``; otherwise the result
+        is None and nothing is written.
+
+        Without ``create`` this is one statement (or one SQLite transaction in one call), so a
+        cancelled caller leaves it done or not done; creating takes a SQLAlchemy transaction."""
         params: dict[str, Any] = {
             "sid": sid,
             "now": now,
@@ -167,6 +173,8 @@ class SqlStore:
         row = await self._append_live(params, new_turns)
         if row is not None:
             return Written(row[1], False, False, _stamped(new_turns, now))
+        if not create:
+            return None
         async with self.engine.begin() as conn:
             created, expired = await self._ensure(conn, sid, now, ttl)
             row = (await conn.execute(self.sql.append, params)).one()
@@ -275,9 +283,16 @@ class SqlStore:
 
     async def drop_expired(self, sid: str, now: datetime) -> bool:
         """Delete the session if it has expired. Returns whether a row went."""
-        async with self.engine.begin() as conn:
-            result = await conn.execute(self.sql.drop_expired, {"sid": sid, "now": now})
-        return result.rowcount > 0
+        params = {"sid": sid, "now": now}
+        if self._pg is not None:
+            async with self._pg.connection() as conn:
+                gone = await conn.fetchrow(self._drop_expired.sql, *self._drop_expired.args(params))
+            return gone is not None
+        assert self._sqlite is not None
+        row = await self._sqlite.run(
+            lambda conn: write_transaction(conn, self._drop_expired, params)
+        )
+        return row is not None
 
     async def delete(self, sid: str, now: datetime) -> bool:
         """Delete the session and its turns. Returns whether it was live."""
