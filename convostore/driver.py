@@ -159,21 +159,20 @@ def write_transaction(
     params: Mapping[str, Any],
     then: Callable[[tuple[Any, ...]], Sequence[tuple[Compiled, Sequence[Mapping[str, Any]]]]]
     | None = None,
-) -> tuple[Any, ...] | None:
-    """One SQLite write transaction: ``head`` (an UPDATE ... RETURNING, which takes the write
-    lock), then the inserts ``then(row)`` asks for. Returns head's row, or None if it matched
-    nothing (then nothing is written)."""
+) -> list[tuple[Any, ...]]:
+    """One SQLite write transaction: ``head`` (an UPDATE or DELETE ... RETURNING, which takes
+    the write lock), then the inserts ``then(first row)`` asks for. Returns head's rows; if
+    there are none, nothing is written."""
     try:
-        rows = connection.execute(head.sql, head.args(params)).fetchall()
+        rows = [tuple(row) for row in connection.execute(head.sql, head.args(params))]
         if not rows:
             connection.rollback()
-            return None
-        row = tuple(rows[0])
-        for compiled, many in then(row) if then else ():
+            return rows
+        for compiled, many in then(rows[0]) if then else ():
             if many:
                 connection.executemany(compiled.sql, [compiled.args(p) for p in many])
         connection.commit()
-        return row
+        return rows
     except BaseException:
         connection.rollback()
         raise

@@ -13,9 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Integer, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .driver import Compiled, PostgresDriver, SqliteDriver, write_transaction
 from .errors import ConvostoreError
 from .schema import UTCDateTime, sessions
 
@@ -27,7 +28,7 @@ _expired_ids = (
     select(sessions.c.session_id)
     .where(sessions.c.expires_at <= bindparam("now", type_=UTCDateTime()))
     .order_by(sessions.c.expires_at)
-    .limit(bindparam("batch"))
+    .limit(bindparam("batch", type_=Integer()))
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
@@ -36,12 +37,24 @@ _delete_batch = (
 )
 
 
+_compiled: dict[str, Compiled] = {}
+
+
 async def delete_expired_batch(engine: AsyncEngine, now: datetime, batch_size: int) -> list[str]:
-    """Delete up to ``batch_size`` sessions that expired by ``now``, in one transaction.
+    """Delete up to ``batch_size`` sessions that expired by ``now``, in one statement (its own
+    transaction), on the driver path: one round trip on PostgreSQL, one thread hop on SQLite.
     Returns their ids."""
-    async with engine.begin() as conn:
-        result = await conn.execute(_delete_batch, {"now": now, "batch": batch_size})
-        return list(result.scalars())
+    dialect = engine.dialect
+    compiled = _compiled.get(dialect.name)
+    if compiled is None:
+        compiled = _compiled[dialect.name] = Compiled(_delete_batch, dialect)
+    params = {"now": now, "batch": batch_size}
+    if dialect.name == "postgresql":
+        async with PostgresDriver(engine).connection() as conn:
+            records = await conn.fetch(compiled.sql, *compiled.args(params))
+        return [record[0] for record in records]
+    rows = await SqliteDriver(engine).run(lambda conn: write_transaction(conn, compiled, params))
+    return [row[0] for row in rows]
 
 
 async def run_periodically(interval: float, job: Callable[[], Awaitable[object]]) -> None:

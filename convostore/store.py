@@ -210,9 +210,10 @@ class SqlStore:
             )
             return [(self._insert_turns, turn_rows), (self._insert_slots, slot_rows)]
 
-        return await self._sqlite.run(
+        rows = await self._sqlite.run(
             lambda conn: write_transaction(conn, self._append, params, inserts)
         )
+        return rows[0] if rows else None
 
     async def _insert(
         self,
@@ -278,8 +279,8 @@ class SqlStore:
                 )
             return version
         assert self._sqlite is not None
-        row = await self._sqlite.run(lambda conn: write_transaction(conn, self._touch, params))
-        return None if row is None else int(row[0])
+        rows = await self._sqlite.run(lambda conn: write_transaction(conn, self._touch, params))
+        return int(rows[0][0]) if rows else None
 
     async def drop_expired(self, sid: str, now: datetime) -> bool:
         """Delete the session if it has expired. Returns whether a row went."""
@@ -289,10 +290,10 @@ class SqlStore:
                 gone = await conn.fetchrow(self._drop_expired.sql, *self._drop_expired.args(params))
             return gone is not None
         assert self._sqlite is not None
-        row = await self._sqlite.run(
+        rows = await self._sqlite.run(
             lambda conn: write_transaction(conn, self._drop_expired, params)
         )
-        return row is not None
+        return bool(rows)
 
     async def delete(self, sid: str, now: datetime) -> bool:
         """Delete the session and its turns. Returns whether it was live."""
