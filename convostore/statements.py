@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     CompoundSelect,
     Insert,
     Integer,
     Select,
+    String,
     Text,
     Update,
     and_,
@@ -23,6 +25,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     null,
     select,
     true,
@@ -112,46 +115,63 @@ class Statements:
         self.insert_turns: Insert = insert(turns)
         self.insert_slots: Insert = insert(turn_slots)
 
-        self.load_session: Select[Any] = select(
-            sessions.c.version,
-            sessions.c.last_accessed,
-            sessions.c.expires_at,
-            sessions.c.language,
-            sessions.c.current_template_id,
-            sessions.c.current_slots,
-            sessions.c.turn_count,
-        ).where(sessions.c.session_id == bindparam("sid"))
-        upto = bindparam("upto", type_=Integer())
-        history = union_all(
-            select(
-                turns.c.seq,
-                turns.c.role,
-                turns.c.content,
-                turns.c.resolved_question,
-                turns.c.template_id,
-                turns.c.results,
-                turns.c.created_at,
-                null().label("name"),
-                null().label("value"),
-            ).where(turns.c.session_id == bindparam("sid"), turns.c.seq <= upto),
-            select(
-                turn_slots.c.seq,
-                *(null() for _ in range(6)),
-                turn_slots.c.name,
-                turn_slots.c.value,
-            ).where(turn_slots.c.session_id == bindparam("sid"), turn_slots.c.seq <= upto),
-        )
-        self.load_turns: CompoundSelect[Any] = history.order_by(
-            history.selected_columns.seq, history.selected_columns.name.nulls_first()
-        )
-        """A session's turns up to ``upto`` (its ``turn_count`` when the row was read, so
-        turns appended in between are not mixed in): each turn's row (``name`` NULL), then a
-        row per slot. Two index range scans; a join here would leave the plan to statistics,
-        and a new table without them made it quadratic."""
+        self.load: CompoundSelect[Any] = self._load()
+        """A whole session in one statement (so one round trip and one snapshot)."""
 
         self.append_in_one: Select[Any] | None = (
             self._append_cte() if dialect == "postgresql" else None
         )
+
+    @staticmethod
+    def _load() -> CompoundSelect[Any]:
+        """A session's row, then each turn's row followed by its slot rows, in one result.
+
+        The session row comes first (``seq`` 0; turns count from 1) and carries its fields in
+        the turn columns: ``role`` is the language, ``content`` the current template,
+        ``results`` the current slots, ``created_at`` last_accessed, plus ``version`` and
+        ``expires_at``. Turns are read up to the session's ``turn_count`` within the same
+        statement, so an append committed meanwhile is either wholly in or wholly out. Turns
+        and slots are two index range scans; a join here would leave the plan to statistics,
+        and on a new table without them PostgreSQL made it quadratic.
+        """
+        sid = bindparam("sid", type_=String())
+        upto = select(sessions.c.turn_count).where(sessions.c.session_id == sid).scalar_subquery()
+        turn_rows = select(
+            turns.c.seq,
+            turns.c.role,
+            turns.c.content,
+            turns.c.resolved_question,
+            turns.c.template_id,
+            turns.c.results,
+            turns.c.created_at,
+            null().label("name"),
+            null().label("value"),
+            cast(null(), BigInteger()).label("version"),
+            cast(null(), UTCDateTime()).label("expires_at"),
+        ).where(turns.c.session_id == sid, turns.c.seq <= upto)
+        slot_rows = select(
+            turn_slots.c.seq,
+            *(null() for _ in range(6)),
+            turn_slots.c.name,
+            turn_slots.c.value,
+            null(),
+            null(),
+        ).where(turn_slots.c.session_id == sid, turn_slots.c.seq <= upto)
+        session_row = select(
+            literal(0, Integer()),
+            sessions.c.language,
+            sessions.c.current_template_id,
+            null(),
+            null(),
+            sessions.c.current_slots,
+            sessions.c.last_accessed,
+            null(),
+            null(),
+            sessions.c.version,
+            sessions.c.expires_at,
+        ).where(sessions.c.session_id == sid)
+        rows = union_all(turn_rows, slot_rows, session_row)
+        return rows.order_by(rows.selected_columns.seq, rows.selected_columns.name.nulls_first())
 
     def _merged_slots(self) -> ColumnElement[Any]:
         """``current_slots`` with ``merge`` merged in, inside the database, so an append never

@@ -15,7 +15,6 @@ execution as usual.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -114,8 +113,7 @@ class SqlStore:
         self._insert_slots = Compiled(sql.insert_slots, dialect)
         self._touch = Compiled(sql.touch, dialect)
         self._drop_expired = Compiled(sql.drop_expired, dialect)
-        self._load_session = Compiled(sql.load_session, dialect)
-        self._load_turns = Compiled(sql.load_turns, dialect)
+        self._load = Compiled(sql.load, dialect)
 
     async def create(self, sid: str, now: datetime, ttl: float) -> tuple[bool, bool]:
         """Create an empty session unless a live one exists. Returns (created, expired_removed)."""
@@ -303,37 +301,23 @@ class SqlStore:
 
     async def load(self, sid: str) -> Loaded | None:
         """Read a session and its turns (expired or not; the caller decides)."""
-        key = {"sid": sid}
-        head: Any
+        load = self._load
         rows: Sequence[Any]
         if self._pg is not None:
             async with self._pg.connection() as conn:
-                head = await conn.fetchrow(self._load_session.sql, *self._load_session.args(key))
-                if head is None:
-                    return None
-                upto = {"sid": sid, "upto": head[6]}
-                rows = await conn.fetch(self._load_turns.sql, *self._load_turns.args(upto))
+                rows = await conn.fetch(load.sql, *load.args({"sid": sid}))
         else:
             assert self._sqlite is not None
-            head, rows = await self._sqlite.run(lambda conn: self._read(conn, sid))
-            if head is None:
-                return None
-        version, last_accessed, expires_at, language, template_id, slots, _ = (
-            self._load_session.row(head)
-        )
-        loaded_turns = _fold_turns(rows, *self._load_turns.processors[5:7])
-        return Loaded(
-            loaded_turns, dict(slots), template_id, language, version, last_accessed, expires_at
-        )
-
-    def _read(self, conn: sqlite3.Connection, sid: str) -> tuple[Any, list[Any]]:
-        head = conn.execute(
-            self._load_session.sql, self._load_session.args({"sid": sid})
-        ).fetchone()
-        if head is None:
-            return None, []
-        upto = {"sid": sid, "upto": head[6]}
-        return head, conn.execute(self._load_turns.sql, self._load_turns.args(upto)).fetchall()
+            rows = await self._sqlite.run(
+                lambda conn: conn.execute(load.sql, load.args({"sid": sid})).fetchall()
+            )
+        if not rows or rows[0][0] != 0:
+            return None
+        head = load.row(rows[0])
+        language, template_id, slots, last_accessed = head[1], head[2], head[5], head[6]
+        version, expires_at = head[9], head[10]
+        turns = _fold_turns(rows[1:], *load.processors[5:7])
+        return Loaded(turns, dict(slots), template_id, language, version, last_accessed, expires_at)
 
 
 def _fold_turns(
@@ -341,7 +325,7 @@ def _fold_turns(
     results_processor: Processor | None,
     created_at_processor: Processor | None,
 ) -> list[ConversationTurn]:
-    """Driver rows of ``load_turns`` (each turn's row, then its slot rows) into turns, in order.
+    """Driver rows of a load (each turn's row, then its slot rows) into turns, in order.
 
     The two processors are SQLAlchemy's conversions of the ``results`` and ``created_at``
     columns; they are applied here, to turn rows only, rather than to every row beforehand,
@@ -350,7 +334,7 @@ def _fold_turns(
     load_created_at = created_at_processor or _unchanged
     result: list[ConversationTurn] = []
     slots: dict[str, str] = {}
-    for _, role, content, resolved, template_id, results, created_at, name, value in rows:
+    for _, role, content, resolved, template_id, results, created_at, name, value, _, _ in rows:
         if name is None:
             slots = {}
             result.append(
