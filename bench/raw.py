@@ -195,6 +195,35 @@ class RawSqlite:
         await self._db.close()
 
 
+async def _pg_append(
+    conn: asyncpg.Connection, sid: str, exchange: Exchange, ttl: timedelta
+) -> None:
+    """The naive exchange on asyncpg: one transaction, one statement at a time (asyncpg's
+    statement cache prepares each once per connection)."""
+    now = datetime.now(timezone.utc)
+    async with conn.transaction():
+        last = await conn.fetchval(
+            _PG_UPDATE, sid, now, now + ttl, exchange.slots_json, exchange.template_id
+        )
+        user_seq = last - 1
+        await conn.execute(
+            _PG_INSERT_TURN,
+            sid,
+            user_seq,
+            "user",
+            exchange.question,
+            None,
+            exchange.template_id,
+            exchange.results_json,
+            now,
+        )
+        await conn.execute(
+            _PG_INSERT_TURN, sid, last, "assistant", exchange.answer, None, None, "[]", now
+        )
+        for name, value in exchange.slots.items():
+            await conn.execute(_PG_INSERT_SLOT, sid, user_seq, name, value)
+
+
 class RawPostgres:
     """The floor on one asyncpg connection, each statement prepared once."""
 
@@ -207,43 +236,12 @@ class RawPostgres:
     async def open(cls, dsn: str, ttl: float) -> RawPostgres:
         conn = await connect_postgres(dsn)
         raw = cls(conn, ttl)
-        for name, sql in (
-            ("update", _PG_UPDATE),
-            ("insert_turn", _PG_INSERT_TURN),
-            ("insert_slot", _PG_INSERT_SLOT),
-            ("head", _PG_HEAD),
-            ("turns", _PG_TURNS),
-        ):
+        for name, sql in (("head", _PG_HEAD), ("turns", _PG_TURNS)):
             raw._statements[name] = await conn.prepare(sql)
         return raw
 
     async def append(self, sid: str, exchange: Exchange) -> None:
-        update, insert_turn, insert_slot = (
-            self._statements["update"],
-            self._statements["insert_turn"],
-            self._statements["insert_slot"],
-        )
-        now = datetime.now(timezone.utc)
-        async with self._conn.transaction():
-            last = await update.fetchval(
-                sid, now, now + self._ttl, exchange.slots_json, exchange.template_id
-            )
-            user_seq = last - 1
-            await insert_turn.fetchval(
-                sid,
-                user_seq,
-                "user",
-                exchange.question,
-                None,
-                exchange.template_id,
-                exchange.results_json,
-                now,
-            )
-            await insert_turn.fetchval(
-                sid, last, "assistant", exchange.answer, None, None, "[]", now
-            )
-            for name, value in exchange.slots.items():
-                await insert_slot.fetchval(sid, user_seq, name, value)
+        await _pg_append(self._conn, sid, exchange, self._ttl)
 
     async def load(self, sid: str) -> dict[str, Any] | None:
         head = await self._statements["head"].fetchrow(sid)
@@ -270,28 +268,8 @@ class RawPostgresPool:
         return cls(pool, ttl)
 
     async def append(self, sid: str, exchange: Exchange) -> None:
-        now = datetime.now(timezone.utc)
-        async with self._pool.acquire() as conn, conn.transaction():
-            last = await conn.fetchval(
-                _PG_UPDATE, sid, now, now + self._ttl, exchange.slots_json, exchange.template_id
-            )
-            user_seq = last - 1
-            await conn.execute(
-                _PG_INSERT_TURN,
-                sid,
-                user_seq,
-                "user",
-                exchange.question,
-                None,
-                exchange.template_id,
-                exchange.results_json,
-                now,
-            )
-            await conn.execute(
-                _PG_INSERT_TURN, sid, last, "assistant", exchange.answer, None, None, "[]", now
-            )
-            for name, value in exchange.slots.items():
-                await conn.execute(_PG_INSERT_SLOT, sid, user_seq, name, value)
+        async with self._pool.acquire() as conn:
+            await _pg_append(conn, sid, exchange, self._ttl)
 
     async def close(self) -> None:
         await self._pool.close()
