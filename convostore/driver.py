@@ -105,6 +105,15 @@ class PostgresDriver:
         else:
             await _give_back(pooled)
 
+    async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
+        """The rows of one statement."""
+        async with self.connection() as conn:
+            rows: list[Any] = await conn.fetch(compiled.sql, *compiled.args(params))
+        return rows
+
+    write = read
+    """A data-modifying statement ... RETURNING is atomic by itself in autocommit."""
+
 
 async def _give_back(pooled: Any) -> None:
     """Return a connection to the pool. The pool may talk to the driver then (a reset, or
@@ -151,6 +160,16 @@ class SqliteDriver:
             raise
         await _give_back(pooled)
         return result
+
+    async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
+        """The rows of one statement, in one thread hop."""
+        return await self.run(
+            lambda conn: conn.execute(compiled.sql, compiled.args(params)).fetchall()
+        )
+
+    async def write(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
+        """The rows of one data-modifying statement ... RETURNING, committed, in one hop."""
+        return await self.run(lambda conn: write_transaction(conn, compiled, params))
 
 
 def write_transaction(

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import Integer, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .driver import Compiled, PostgresDriver, SqliteDriver, write_transaction
+from .driver import Compiled, PostgresDriver, SqliteDriver
 from .errors import ConvostoreError
 from .schema import UTCDateTime, sessions
 
@@ -48,12 +48,8 @@ async def delete_expired_batch(engine: AsyncEngine, now: datetime, batch_size: i
     compiled = _compiled.get(dialect.name)
     if compiled is None:
         compiled = _compiled[dialect.name] = Compiled(_delete_batch, dialect)
-    params = {"now": now, "batch": batch_size}
-    if dialect.name == "postgresql":
-        async with PostgresDriver(engine).connection() as conn:
-            records = await conn.fetch(compiled.sql, *compiled.args(params))
-        return [record[0] for record in records]
-    rows = await SqliteDriver(engine).run(lambda conn: write_transaction(conn, compiled, params))
+    driver = PostgresDriver(engine) if dialect.name == "postgresql" else SqliteDriver(engine)
+    rows = await driver.write(compiled, {"now": now, "batch": batch_size})
     return [row[0] for row in rows]
 
 

@@ -105,8 +105,9 @@ class SqlStore:
         self.engine = engine
         dialect = engine.dialect
         self.sql = sql = Statements(dialect.name)
-        self._pg = PostgresDriver(engine) if dialect.name == "postgresql" else None
-        self._sqlite = SqliteDriver(engine) if dialect.name == "sqlite" else None
+        self._driver: PostgresDriver | SqliteDriver = (
+            PostgresDriver(engine) if dialect.name == "postgresql" else SqliteDriver(engine)
+        )
         one_statement = sql.append_in_one
         self._append = Compiled(sql.append if one_statement is None else one_statement, dialect)
         self._insert_turns = Compiled(sql.insert_turns, dialect)
@@ -184,7 +185,8 @@ class SqlStore:
     ) -> tuple[Any, ...] | None:
         """The append on a live session, in one round trip (PostgreSQL) or one thread hop
         (SQLite). Returns (turn_count, version), or None if the session is not live."""
-        if self._pg is not None:
+        driver = self._driver
+        if isinstance(driver, PostgresDriver):
             params["roles"] = [t.role for t in new_turns]
             params["contents"] = [t.content for t in new_turns]
             params["resolved"] = [t.resolved_question for t in new_turns]
@@ -197,10 +199,8 @@ class SqlStore:
                     names.append(name)
                     values.append(value)
             params["slot_ords"], params["slot_names"], params["slot_values"] = ords, names, values
-            async with self._pg.connection() as conn:
-                record = await conn.fetchrow(self._append.sql, *self._append.args(params))
-            return None if record is None else tuple(record)
-        assert self._sqlite is not None
+            records = await driver.write(self._append, params)
+            return tuple(records[0]) if records else None
 
         def inserts(row: tuple[Any, ...]) -> list[tuple[Compiled, Sequence[dict[str, Any]]]]:
             turn_rows, slot_rows = _rows(
@@ -208,9 +208,7 @@ class SqlStore:
             )
             return [(self._insert_turns, turn_rows), (self._insert_slots, slot_rows)]
 
-        rows = await self._sqlite.run(
-            lambda conn: write_transaction(conn, self._append, params, inserts)
-        )
+        rows = await driver.run(lambda conn: write_transaction(conn, self._append, params, inserts))
         return rows[0] if rows else None
 
     async def _insert(
@@ -270,28 +268,12 @@ class SqlStore:
             "expires": now + timedelta(seconds=ttl),
             "hits": hits,
         }
-        if self._pg is not None:
-            async with self._pg.connection() as conn:
-                version: int | None = await conn.fetchval(
-                    self._touch.sql, *self._touch.args(params)
-                )
-            return version
-        assert self._sqlite is not None
-        rows = await self._sqlite.run(lambda conn: write_transaction(conn, self._touch, params))
+        rows = await self._driver.write(self._touch, params)
         return int(rows[0][0]) if rows else None
 
     async def drop_expired(self, sid: str, now: datetime) -> bool:
         """Delete the session if it has expired. Returns whether a row went."""
-        params = {"sid": sid, "now": now}
-        if self._pg is not None:
-            async with self._pg.connection() as conn:
-                gone = await conn.fetchrow(self._drop_expired.sql, *self._drop_expired.args(params))
-            return gone is not None
-        assert self._sqlite is not None
-        rows = await self._sqlite.run(
-            lambda conn: write_transaction(conn, self._drop_expired, params)
-        )
-        return bool(rows)
+        return bool(await self._driver.write(self._drop_expired, {"sid": sid, "now": now}))
 
     async def delete(self, sid: str, now: datetime) -> bool:
         """Delete the session and its turns. Returns whether it was live."""
@@ -302,15 +284,7 @@ class SqlStore:
     async def load(self, sid: str) -> Loaded | None:
         """Read a session and its turns (expired or not; the caller decides)."""
         load = self._load
-        rows: Sequence[Any]
-        if self._pg is not None:
-            async with self._pg.connection() as conn:
-                rows = await conn.fetch(load.sql, *load.args({"sid": sid}))
-        else:
-            assert self._sqlite is not None
-            rows = await self._sqlite.run(
-                lambda conn: conn.execute(load.sql, load.args({"sid": sid})).fetchall()
-            )
+        rows = await self._driver.read(load, {"sid": sid})
         if not rows or rows[0][0] != 0:
             return None
         head = load.row(rows[0])
