@@ -158,27 +158,11 @@ class RawSqlite:
                     sid,
                 ),
             )
-            last = next(iter(rows))[0]
-            user_seq = last - 1
-            await db.execute(
-                _SQLITE_INSERT_TURN,
-                (
-                    sid,
-                    user_seq,
-                    "user",
-                    exchange.question,
-                    None,
-                    exchange.template_id,
-                    exchange.results_json,
-                    stamp,
-                ),
-            )
-            await db.execute(
-                _SQLITE_INSERT_TURN,
-                (sid, last, "assistant", exchange.answer, None, None, "[]", stamp),
-            )
-            for name, value in exchange.slots.items():
-                await db.execute(_SQLITE_INSERT_SLOT, (sid, user_seq, name, value))
+            turn_rows, slot_rows = _exchange_rows(sid, next(iter(rows))[0], exchange, stamp)
+            for turn in turn_rows:
+                await db.execute(_SQLITE_INSERT_TURN, turn)
+            for slot in slot_rows:
+                await db.execute(_SQLITE_INSERT_SLOT, slot)
             await db.commit()
         except BaseException:
             await db.rollback()
@@ -195,6 +179,29 @@ class RawSqlite:
         await self._db.close()
 
 
+def _exchange_rows(
+    sid: str, last: int, exchange: Exchange, stamp: object
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The two turn rows (user at ``last - 1``, assistant at ``last``) and the slot rows of an
+    exchange, as the floors insert them, one statement per row."""
+    user_seq = last - 1
+    turn_rows = [
+        (
+            sid,
+            user_seq,
+            "user",
+            exchange.question,
+            None,
+            exchange.template_id,
+            exchange.results_json,
+            stamp,
+        ),
+        (sid, last, "assistant", exchange.answer, None, None, "[]", stamp),
+    ]
+    slot_rows = [(sid, user_seq, name, value) for name, value in exchange.slots.items()]
+    return turn_rows, slot_rows
+
+
 async def _pg_append(
     conn: asyncpg.Connection, sid: str, exchange: Exchange, ttl: timedelta
 ) -> None:
@@ -205,23 +212,11 @@ async def _pg_append(
         last = await conn.fetchval(
             _PG_UPDATE, sid, now, now + ttl, exchange.slots_json, exchange.template_id
         )
-        user_seq = last - 1
-        await conn.execute(
-            _PG_INSERT_TURN,
-            sid,
-            user_seq,
-            "user",
-            exchange.question,
-            None,
-            exchange.template_id,
-            exchange.results_json,
-            now,
-        )
-        await conn.execute(
-            _PG_INSERT_TURN, sid, last, "assistant", exchange.answer, None, None, "[]", now
-        )
-        for name, value in exchange.slots.items():
-            await conn.execute(_PG_INSERT_SLOT, sid, user_seq, name, value)
+        turn_rows, slot_rows = _exchange_rows(sid, last, exchange, now)
+        for turn in turn_rows:
+            await conn.execute(_PG_INSERT_TURN, *turn)
+        for slot in slot_rows:
+            await conn.execute(_PG_INSERT_SLOT, *slot)
 
 
 class RawPostgres:

@@ -42,6 +42,7 @@ from .validation import (
     check_optional_text,
     check_session_id,
     check_text,
+    check_turn,
     copy_results,
     copy_slots,
 )
@@ -318,7 +319,7 @@ class SessionRepository:
         all_turns = list(state.turns)
         new_at = [index for index, turn in enumerate(all_turns) if id(turn) not in handed]
         for index in new_at:
-            all_turns[index] = _checked_turn(f"turns[{index}]", all_turns[index])
+            all_turns[index] = check_turn(f"turns[{index}]", all_turns[index])
         fields = SessionFields(
             copy_slots("current_slots", state.current_slots),
             check_optional_text("current_template_id", state.current_template_id),
@@ -585,21 +586,3 @@ class SessionRepository:
             self._expired += len(deleted)
             if len(deleted) < batch_size:
                 return total
-
-
-def _checked_turn(field: str, turn: object) -> ConversationTurn:
-    """A validated copy of a turn the caller added, so later changes to its dicts and lists
-    reach neither the store nor the cache."""
-    if not isinstance(turn, ConversationTurn):
-        raise InvalidTurn(f"{field} must be a ConversationTurn, not {type(turn).__name__}")
-    if turn.role not in ("user", "assistant"):
-        raise InvalidTurn(f"{field}.role must be 'user' or 'assistant', not {turn.role!r}")
-    return make_turn(
-        turn.role,
-        check_text(f"{field}.content", turn.content),
-        check_optional_text(f"{field}.resolved_question", turn.resolved_question),
-        check_optional_text(f"{field}.template_id", turn.template_id),
-        copy_slots(f"{field}.slots", turn.slots),
-        copy_results(f"{field}.results", turn.results),
-        None,
-    )

@@ -11,9 +11,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidSessionId, InvalidTurn
+from .models import ConversationTurn, make_turn
 from .schema import MAX_SESSION_ID_LENGTH
 
-__all__ = ["check_session_id", "check_text", "copy_results", "copy_slots"]
+__all__ = [
+    "check_language",
+    "check_optional_text",
+    "check_session_id",
+    "check_text",
+    "check_turn",
+    "copy_results",
+    "copy_slots",
+]
 
 MAX_LANGUAGE_LENGTH = 32
 
@@ -150,3 +159,21 @@ def _is_utf8(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def check_turn(field: str, turn: object) -> ConversationTurn:
+    """A validated copy of a turn the caller added, so later changes to its dicts and lists
+    reach neither the store nor the cache."""
+    if not isinstance(turn, ConversationTurn):
+        raise InvalidTurn(f"{field} must be a ConversationTurn, not {type(turn).__name__}")
+    if turn.role not in ("user", "assistant"):
+        raise InvalidTurn(f"{field}.role must be 'user' or 'assistant', not {turn.role!r}")
+    return make_turn(
+        turn.role,
+        check_text(f"{field}.content", turn.content),
+        check_optional_text(f"{field}.resolved_question", turn.resolved_question),
+        check_optional_text(f"{field}.template_id", turn.template_id),
+        copy_slots(f"{field}.slots", turn.slots),
+        copy_results(f"{field}.results", turn.results),
+        None,
+    )
