@@ -16,6 +16,22 @@ __all__ = ["CacheEntry", "SessionCache"]
 
 
 @dataclass(slots=True)
+class _Held:
+    """Writes of this process to one session in flight, and the newest version another
+    process announced meanwhile (``version`` None: deleted)."""
+
+    writes: int = 1
+    announced: bool = False
+    version: int | None = None
+
+    def announce(self, version: int | None) -> None:
+        if not self.announced:
+            self.announced, self.version = True, version
+        elif self.version is not None:
+            self.version = None if version is None else max(self.version, version)
+
+
+@dataclass(slots=True)
 class CacheEntry:
     """A session's content as last committed, and what the database said about it.
 
@@ -49,6 +65,7 @@ class CacheEntry:
             session_id,
             turns,
             len(turns),
+            self.version,
         )
 
     def extend(self, new_turns: Iterable[ConversationTurn]) -> None:
@@ -70,16 +87,23 @@ class CacheEntry:
 class SessionCache:
     """At most ``capacity`` entries, least recently used evicted first.
 
-    ``generation`` counts removals; a reader that loaded a state from the database caches it
-    only if no removal happened meanwhile (see ``put_loaded``), so a session deleted or expired
-    while it was being read is not brought back into the cache.
+    ``generation`` counts removals and invalidations; a reader that loaded a state from the
+    database caches it only if none happened meanwhile (see ``put_loaded``), so a session
+    deleted, expired or changed by another process while it was being read is not brought
+    back into the cache as it was.
+
+    A disabled cache holds nothing and accepts nothing: it is what a repository uses while it
+    cannot learn of other processes' writes (its change listener is down).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, enabled: bool = True) -> None:
         self.capacity = capacity
         self.generation = 0
         self.evictions = 0
+        self.enabled = enabled
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._held: dict[str, _Held] = {}
+        """Sessions this process is writing, and what was announced of them meanwhile."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -100,6 +124,8 @@ class SessionCache:
 
     def put(self, session_id: str, entry: CacheEntry) -> None:
         """Insert or replace an entry as most recently used, evicting beyond capacity."""
+        if not self.enabled:
+            return
         entries = self._entries
         entries[session_id] = entry
         entries.move_to_end(session_id)
@@ -122,7 +148,44 @@ class SessionCache:
         self.generation += 1
         self._entries.pop(session_id, None)
 
+    def invalidate(self, session_id: str, version: int | None) -> None:
+        """A process (maybe this one) committed ``version`` of the session (None: deleted
+        it): an older cached copy is dropped. While this process reads or writes the session
+        (``hold``), the news waits for ``release``: a load may have read the session before
+        that write, and the announcement of our own write may overtake the write's reply."""
+        held = self._held.get(session_id)
+        if held is not None:
+            held.announce(version)
+            return
+        entry = self._entries.get(session_id)
+        if entry is not None and (version is None or entry.version < version):
+            del self._entries[session_id]
+
+    def hold(self, session_id: str) -> None:
+        """This process starts reading or writing the session (see ``invalidate``)."""
+        held = self._held.get(session_id)
+        if held is None:
+            self._held[session_id] = _Held()
+        else:
+            held.writes += 1
+
+    def release(self, session_id: str) -> None:
+        """A read or write started with ``hold`` ended and its result is in the cache: apply
+        what was announced meanwhile."""
+        held = self._held[session_id]
+        held.writes -= 1
+        if held.writes:
+            return
+        del self._held[session_id]
+        if held.announced:
+            self.invalidate(session_id, held.version)
+
     def clear(self) -> None:
         """Forget everything."""
         self.generation += 1
         self._entries.clear()
+
+    def enable(self, enabled: bool) -> None:
+        """Start or stop caching; either way, forget everything cached so far."""
+        self.clear()
+        self.enabled = enabled

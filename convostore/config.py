@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,6 +51,32 @@ class StoreConfig(BaseModel):
 
     max_overflow: int = Field(default=10, ge=0)
     """Extra connections the engine may open under load. Default 10."""
+
+    cache_coherence: Literal["bounded", "strict", "local"] = "bounded"
+    """How the cache learns of other processes' writes. ``"bounded"`` (default): a write or
+    delete through any repository on the database drops the cached copies of every other
+    within about 50 ms, and a cache hit runs no SQL (PostgreSQL: a LISTEN connection; SQLite:
+    a poll of the file every 20 ms). ``"strict"``: each hit checks the stored version first
+    (one small read; always fresh). ``"local"``: no such check; only safe for a single
+    process per database."""
+
+    listen_url: str | None = None
+    """PostgreSQL, ``"bounded"`` coherence: the URL the change listener connects to. Default:
+    ``database_url``. Behind a transaction pooler (``pooler="pgbouncer"``), where LISTEN
+    cannot work, give the server's direct address here."""
+
+    pooler: Literal["pgbouncer"] | None = None
+    """``"pgbouncer"``: the URL points at PgBouncer in transaction mode, so convostore uses no
+    named prepared statements (asyncpg's and SQLAlchemy's statement caches off). Default None."""
+
+    reconnect_timeout: float = Field(default=10, ge=0)
+    """Seconds a call keeps retrying on fresh connections while the database is unreachable
+    (a restart, a failover) before it raises ``StoreUnavailable``. Default 10."""
+
+    fast_path: bool = True
+    """False: run every statement through SQLAlchemy's own execution (slower), never through
+    the driver directly. convostore also does this by itself when an engine has ``echo`` or
+    cursor-execute listeners, or when a private driver API it uses is missing. Default True."""
 
     @model_validator(mode="before")
     @classmethod

@@ -13,8 +13,8 @@ appending an exchange, loading a session, sliding its expiry.
   a whole transaction in one thread hop instead of one hop per statement.
 
 Any error invalidates the pooled connection (it is never reused in an unknown state); an error
-that means the server went away also empties the pool, so that after a database restart at
-most one call fails.
+that means the server went away also empties the pool of an engine convostore created, so
+that after a database restart the retry (``lifecycle.py``) finds fresh connections at once.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
+
+from .errors import is_disconnect
 
 __all__ = ["Compiled", "PostgresDriver", "Processor", "SqliteDriver", "write_transaction"]
 
@@ -80,8 +82,9 @@ class PostgresDriver:
     """Lends asyncpg connections from the engine's pool, in autocommit: each statement run on
     them is atomic by itself."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool) -> None:
         self.engine = engine
+        self._owns_engine = owns_engine
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
@@ -93,7 +96,10 @@ class PostgresDriver:
             yield driver
         except BaseException as exc:
             await _discard(pooled, exc)
-            if driver.is_closed() or _server_went_away(exc):
+            if self._owns_engine and (driver.is_closed() or is_disconnect(exc)):
+                # The server went away, so its siblings in the pool are dead too. An engine
+                # passed in is the caller's: its pool is left alone (the retry takes each dead
+                # connection out as it meets it).
                 await self.engine.dispose()
             raise
         pool = self.engine.sync_engine.pool
@@ -125,20 +131,6 @@ async def _give_back(pooled: Any) -> None:
 async def _discard(pooled: Any, exc: BaseException) -> None:
     """Close a pooled connection that failed, so it is never reused in an unknown state."""
     await greenlet_spawn(pooled.invalidate, exc if isinstance(exc, Exception) else None)
-
-
-def _server_went_away(exc: BaseException) -> bool:
-    """Whether an asyncpg error means the connection, and likely its siblings, are dead."""
-    if isinstance(exc, OSError):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    if sqlstate[:2] in ("08", "57"):
-        return True
-    return type(exc).__name__ in (
-        "ConnectionDoesNotExistError",
-        "InterfaceError",
-        "InternalClientError",
-    )
 
 
 class SqliteDriver:
@@ -179,9 +171,16 @@ def write_transaction(
     then: Callable[[tuple[Any, ...]], Sequence[tuple[Compiled, Sequence[Mapping[str, Any]]]]]
     | None = None,
 ) -> list[tuple[Any, ...]]:
-    """One SQLite write transaction: ``head`` (an UPDATE or DELETE ... RETURNING, which takes
-    the write lock), then the inserts ``then(first row)`` asks for. Returns head's rows; if
-    there are none, nothing is written."""
+    """One SQLite write transaction: ``head`` (an UPDATE or DELETE ... RETURNING), then the
+    inserts ``then(first row)`` asks for. Returns head's rows; if there are none, nothing is
+    written.
+
+    The transaction is begun here, explicitly and with the write lock (``BEGIN IMMEDIATE``),
+    whatever the connection's own transaction settings: a connection in autocommit (as
+    SQLAlchemy's aiosqlite recipe sets it up) would otherwise commit statement by statement
+    and could store a user turn without its answer."""
+    if not connection.in_transaction:
+        connection.execute("BEGIN IMMEDIATE")
     try:
         rows = [tuple(row) for row in connection.execute(head.sql, head.args(params))]
         if not rows:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .config import StoreConfig
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "create_engine", "prepare_engine"]
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "create_engine", "prepare_engine", "release_engine"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another's lock before failing: long enough that
@@ -29,18 +30,55 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
         # Every convostore transaction commits or rolls back itself, so the pool's own
         # rollback on return would only cost aiosqlite a thread hop per operation.
         options.update(pool_reset_on_return=None)
+    if config.pooler == "pgbouncer":
+        # A transaction pooler hands each transaction to any server connection, where a
+        # named prepared statement of another may not exist: name none, cache none.
+        options.update(
+            connect_args={
+                "statement_cache_size": 0,
+                "prepared_statement_cache_size": 0,
+                "prepared_statement_name_func": _unnamed_statement,
+            }
+        )
     return prepare_engine(create_async_engine(url, **options))
+
+
+_users: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()
+"""How many started repositories use each SQLite engine's connect listener."""
 
 
 def prepare_engine(engine: AsyncEngine) -> AsyncEngine:
     """Apply convostore's connection settings to an engine (its own, or one a caller passed
-    in; for the latter, connections it opens from now on)."""
+    in; for the latter, connections it opens from now on). SQLite only: a ``connect`` event
+    listener, removed again by ``release_engine`` when the last repository using it stops."""
     sync_engine = engine.sync_engine
-    if engine.dialect.name == "sqlite" and not event.contains(
-        sync_engine, "connect", _sqlite_on_connect
-    ):
-        event.listen(sync_engine, "connect", _sqlite_on_connect)
+    if engine.dialect.name == "sqlite":
+        if not event.contains(sync_engine, "connect", _sqlite_on_connect):
+            event.listen(sync_engine, "connect", _sqlite_on_connect)
+        _users[sync_engine] = _users.get(sync_engine, 0) + 1
     return engine
+
+
+async def release_engine(engine: AsyncEngine, *, owned: bool) -> None:
+    """Undo ``prepare_engine``: dispose an engine convostore created; leave a caller's open,
+    without convostore's listener once no repository of ours uses it."""
+    if owned:
+        await engine.dispose()
+        return
+    sync_engine = engine.sync_engine
+    users = _users.get(sync_engine, 0) - 1
+    if users > 0:
+        _users[sync_engine] = users
+        return
+    _users.pop(sync_engine, None)
+    if event.contains(sync_engine, "connect", _sqlite_on_connect):
+        event.remove(sync_engine, "connect", _sqlite_on_connect)
+
+
+def _unnamed_statement() -> str:
+    """SQLAlchemy's asyncpg adapter prepares named statements; an empty name makes them
+    PostgreSQL's unnamed statement, which lives only until the next one on the connection."""
+    return ""
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:

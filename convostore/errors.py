@@ -7,11 +7,14 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     ├── InvalidTurn        (also ValueError)   text or results the store cannot hold, before any SQL
     ├── SchemaNotReady                         the database lacks the newest migration
     ├── NotRunning         (also RuntimeError) the repository is not started, or already stopped
+    ├── StaleStateError                        update(if_unchanged=True): the session moved on
     └── StoreError                             the database or driver failed; cause chained
+        └── StoreUnavailable                   the database stayed unreachable for reconnect_timeout
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +27,10 @@ __all__ = [
     "InvalidTurn",
     "NotRunning",
     "SchemaNotReady",
+    "StaleStateError",
     "StoreError",
+    "StoreUnavailable",
+    "is_disconnect",
     "translate_errors",
 ]
 
@@ -49,13 +55,23 @@ class NotRunning(ConvostoreError, RuntimeError):
     """The repository was used before ``start()`` or after ``stop()``."""
 
 
+class StaleStateError(ConvostoreError):
+    """``update(..., if_unchanged=True)``: the stored session was written (or deleted) after
+    the state was read, so the update was refused and nothing was stored."""
+
+
 class StoreError(ConvostoreError):
     """The database or its driver failed; the original exception is chained as ``__cause__``."""
 
 
+class StoreUnavailable(StoreError):
+    """The database could not be reached for ``StoreConfig.reconnect_timeout`` seconds; the
+    call stored nothing, or (a write whose outcome is unknown) stored it exactly once."""
+
+
 def _driver_errors() -> tuple[type[Exception], ...]:
     """SQLAlchemy's errors, and the drivers' own (the hot paths call the drivers directly)."""
-    errors: list[type[Exception]] = [SQLAlchemyError, OSError, sqlite3.Error]
+    errors: list[type[Exception]] = [SQLAlchemyError, OSError, sqlite3.Error, asyncio.TimeoutError]
     try:
         import asyncpg  # type: ignore[import-untyped]
     except ImportError:
@@ -68,6 +84,11 @@ def _driver_errors() -> tuple[type[Exception], ...]:
 _DRIVER_ERRORS = _driver_errors()
 
 
+def _closed_aiosqlite(exc: BaseException) -> bool:
+    """aiosqlite's error for a connection whose worker thread has ended."""
+    return type(exc) is ValueError and str(exc) == "Connection closed"
+
+
 @contextmanager
 def translate_errors(action: str) -> Iterator[None]:
     """Re-raise SQLAlchemy and driver errors as ``StoreError``, naming what was being done."""
@@ -77,3 +98,32 @@ def translate_errors(action: str) -> Iterator[None]:
         raise
     except _DRIVER_ERRORS as exc:
         raise StoreError(f"{action} failed: {exc}") from exc
+    except ValueError as exc:
+        if _closed_aiosqlite(exc):
+            raise StoreError(f"{action} failed: the SQLite connection was closed") from exc
+        raise
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether an error means the connection (and likely its pool siblings) is dead or the
+    server cannot be reached, so the same call may succeed on a fresh connection."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "connection_invalidated", False) or _closed_aiosqlite(current):
+            return True
+        if isinstance(current, (OSError, asyncio.TimeoutError)):
+            return True
+        sqlstate = getattr(current, "sqlstate", None) or ""
+        if sqlstate[:2] == "08" or sqlstate[:3] == "57P":  # connection lost; server shut down
+            return True
+        if type(current).__name__ in (
+            "ConnectionDoesNotExistError",
+            "InterfaceError",
+            "InternalClientError",
+            "ConnectionFailureError",
+        ) and type(current).__module__.startswith("asyncpg"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

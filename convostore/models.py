@@ -68,6 +68,8 @@ class ConversationState(BaseModel):
     _origin: Sequence[ConversationTurn] = PrivateAttr(default=())
     _stored: int = PrivateAttr(default=0)
     """The turns handed out are ``_origin[:_stored]`` (``_origin`` only ever grows)."""
+    _version: int | None = PrivateAttr(default=None)
+    """The stored session's version this state was read at (for ``update(if_unchanged=True)``)."""
 
     def add_turn(self, turn: ConversationTurn) -> None:
         """Append a turn: a user turn's slots merge into ``current_slots``; any turn's
@@ -154,9 +156,10 @@ def make_state(
     session_id: str | None,
     origin: Sequence[ConversationTurn],
     stored: int,
+    version: int | None,
 ) -> ConversationState:
     """A state from values the store owns, built without validation (see ``make_turn``);
-    the turns ``origin[:stored]`` count as stored for ``session_id``."""
+    the turns ``origin[:stored]`` count as stored for ``session_id`` at ``version``."""
     state = _new(ConversationState)
     _set(
         state,
@@ -170,5 +173,8 @@ def make_state(
     )
     _set_fields_set(state, _STATE_FIELDS)
     _set_extra(state, None)
-    _set_private(state, {"_session_id": session_id, "_origin": origin, "_stored": stored})
+    _set_private(
+        state,
+        {"_session_id": session_id, "_origin": origin, "_stored": stored, "_version": version},
+    )
     return state

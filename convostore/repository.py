@@ -1,16 +1,19 @@
 """``SessionRepository``: the public API, an LRU cache in front of the SQL in ``store.py``.
 
 A call goes: check the input (``validation``), try the cache (``cache``), else run one
-transaction (``store.SqlStore``), then bring the cache in line with what was committed.
+transaction (``store.SqlStore``) through ``lifecycle.Calls`` (admission, retries, draining at
+``stop()``), then bring the cache in line with what was committed. ``coherence`` drops cached
+copies of sessions other processes wrote.
 
 Consistency, in short:
 
 - Writes are always correct: the database, not the cache, assigns turn order, so concurrent
-  writers in any number of processes never lose, duplicate or split an exchange.
-- The cache serves its own process. Another worker's writes are seen when this process next
-  writes the session (the version the write returns shows the gap and the state is reloaded),
-  when the session's expiry is refreshed, or after eviction; until then a cache hit may serve
-  an older state. For the session fields, ``update`` is last-writer-wins.
+  writers in any number of processes never lose, duplicate or split an exchange. Every append
+  carries an idempotency key, so one sent again after a lost connection is stored once.
+- With the default ``cache_coherence="bounded"``, another worker's write or delete is seen by
+  this repository's next ``get`` within about 50 ms; ``"strict"`` checks every hit; ``"local"``
+  trusts the cache until this process writes the session, refreshes it or evicts it.
+- For the session fields, ``update`` is last-writer-wins unless ``if_unchanged=True``.
 - Sliding expiry: every read keeps a session alive, but to avoid a database write per read the
   stored ``last_accessed``/``expires_at`` are refreshed only when ``last_accessed`` is more than
   a tenth of the TTL old. ``access_count`` counts cache hits too: they are added with the next
@@ -22,22 +25,26 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .cache import CacheEntry, SessionCache
+from .coherence import PostgresWatcher, SqliteWatcher, Watcher
 from .config import StoreConfig
-from .engine import create_engine, prepare_engine
-from .errors import InvalidTurn, NotRunning, translate_errors
-from .expiry import delete_expired_batch, run_periodically
+from .engine import create_engine, prepare_engine, release_engine
+from .errors import InvalidTurn, NotRunning, StaleStateError
+from .expiry import run_periodically
+from .lifecycle import Calls
 from .migrate import check_schema, upgrade
-from .models import ConversationState, ConversationTurn, make_turn
+from .models import ConversationState, ConversationTurn, carry_context, make_turn
 from .store import SessionFields, SqlStore, Written
 from .validation import (
+    check_idempotency_key,
     check_language,
     check_optional_text,
     check_session_id,
@@ -57,6 +64,11 @@ Clock = Callable[[], float]
 
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc)
+
+
+def _new_key() -> str:
+    """The idempotency key of an append whose caller gave none."""
+    return secrets.token_urlsafe(12)
 
 
 class SessionRepository:
@@ -84,13 +96,13 @@ class SessionRepository:
         self._clock: Clock = clock or time.time
         self._ttl = float(self.config.session_ttl)
         self._refresh_after = self._ttl / 10
+        self._strict = self.config.cache_coherence == "strict"
         self._cache = SessionCache(self.config.max_sessions)
+        self._calls = Calls(float(self.config.reconnect_timeout))
         self._store: SqlStore | None = None
-        self._phase: Literal["new", "running", "stopped"] = "new"
+        self._watcher: Watcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
-        self._direct_calls = 0
-        self._drained: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
         self._created = 0
         self._expired = 0
         self._hits = 0
@@ -116,17 +128,18 @@ class SessionRepository:
         return self._engine
 
     async def start(self) -> None:
-        """Open the engine, check (or with ``auto_migrate``, upgrade) the schema, and start the
-        expiry task. Starting a running repository does nothing.
+        """Open the engine, check (or with ``auto_migrate``, upgrade) the schema, start
+        following other processes' writes (``cache_coherence="bounded"``) and start the expiry
+        task. Starting a running repository does nothing.
 
         Raises:
             SchemaNotReady: the database lacks the newest migration and ``auto_migrate`` is off.
             StoreError: the database cannot be reached.
             NotRunning: the repository was stopped; create a new one instead.
         """
-        if self._phase == "running":
+        if self._calls.phase == "running":
             return
-        if self._phase == "stopped":
+        if self._calls.phase != "new":
             raise NotRunning(
                 "a stopped SessionRepository cannot be started again; create a new one"
             )
@@ -136,38 +149,59 @@ class SessionRepository:
                 await upgrade(engine)
             else:
                 await check_schema(engine)
-            store = SqlStore(engine)
+            store = SqlStore(engine, owns_engine=self._owns_engine)
+            self._watcher = self._make_watcher(engine)
+            if self._watcher is not None:
+                await self._watcher.start()
         except BaseException:
-            if self._owns_engine:
-                await engine.dispose()
+            await release_engine(engine, owned=self._owns_engine)
             raise
         self._engine, self._store = engine, store
-        self._phase = "running"
+        self._calls.phase = "running"
         if self.config.cleanup_interval > 0:
             self._sweeper = asyncio.create_task(
                 run_periodically(self.config.cleanup_interval, self.sweep_expired),
                 name="convostore-expiry-sweep",
             )
 
+    def _make_watcher(self, engine: AsyncEngine) -> Watcher | None:
+        """What follows other processes' writes, if the coherence mode needs one."""
+        if self.config.cache_coherence != "bounded":
+            return None
+        url = engine.url
+        if url.get_backend_name() == "postgresql":
+            listen = make_url(self.config.listen_url) if self.config.listen_url else url
+            return PostgresWatcher(self._cache, listen)
+        if url.database in (None, "", ":memory:"):
+            return None  # an in-memory database has no other process
+        return SqliteWatcher(self._cache, url.database)
+
     async def stop(self) -> None:
-        """Stop the expiry task, let writes under way finish, and close the connections the
-        repository opened (an engine passed in stays open). Stopping twice does nothing."""
-        if self._phase != "running":
-            self._phase = "stopped"
+        """Stop the expiry task, refuse new calls, wait for every call in flight to end, and
+        close what the repository opened (an engine passed in stays open, with convostore's
+        connection listener removed). Stopping twice does nothing."""
+        if self._calls.phase == "new":
+            self._calls.phase = "stopped"
             return
-        self._phase = "stopped"
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.wait([self._sweeper])
-            self._sweeper = None
-        if self._inflight:
-            await asyncio.wait(list(self._inflight))
-        if self._direct_calls:
-            self._drained = asyncio.Event()
-            await self._drained.wait()
-        self._cache.clear()
-        if self._owns_engine and self._engine is not None:
-            await self._engine.dispose()
+        if self._calls.phase != "running":
+            if self._stopped is not None:
+                await self._stopped.wait()
+            return
+        self._stopped = asyncio.Event()
+        try:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                await asyncio.wait([self._sweeper])
+                self._sweeper = None
+            await self._calls.drain()
+            if self._watcher is not None:
+                await self._watcher.stop()
+            self._cache.clear()
+            if self._engine is not None:
+                await release_engine(self._engine, owned=self._owns_engine)
+        finally:
+            self._calls.phase = "stopped"
+            self._stopped.set()
 
     @staticmethod
     def generate_session_id() -> str:
@@ -182,7 +216,7 @@ class SessionRepository:
 
         Raises:
             InvalidSessionId: before any SQL.
-            StoreError: the database failed.
+            StoreError: the database failed (``StoreUnavailable``: it stayed unreachable).
         """
         now = self._clock()
         # Only checked ids are ever cached, so a hit needs no check: the hit path is the one
@@ -192,20 +226,24 @@ class SessionRepository:
             entry is not None
             and now < entry.expires_at
             and now - entry.last_accessed <= self._refresh_after
+            and not self._strict
         ):
             entry.unflushed_hits += 1
             self._hits += 1
             return entry.fork(session_id)
         sid = check_session_id(session_id)
-        store = self._running()
-        if entry is not None:
-            if now < entry.expires_at:
-                return await self._direct(
-                    "refreshing a session", self._refresh(store, sid, entry, now)
-                )
-            self._cache.discard(sid)
-        self._misses += 1
-        return await self._direct("loading a session", self._load(store, sid, now))
+        store = self._enter()
+        try:
+            if entry is not None:
+                if now < entry.expires_at:
+                    return await self._calls.run(
+                        "refreshing a session", lambda: self._refresh(store, sid, entry, now)
+                    )
+                self._cache.discard(sid)
+            self._misses += 1
+            return await self._calls.run("loading a session", lambda: self._load(store, sid, now))
+        finally:
+            self._calls.leave()
 
     async def get_or_create(self, session_id: str | None = None) -> tuple[str, ConversationState]:
         """The session's id and state; a session that is unknown or expired is created under
@@ -215,16 +253,22 @@ class SessionRepository:
             InvalidSessionId: before any SQL.
             StoreError: the database failed.
         """
-        if session_id is None:
-            sid = self.generate_session_id()
-        else:
-            sid = check_session_id(session_id)
-            state = await self.get(sid)
-            if state is not None:
-                return sid, state
-        store = self._running()
-        state = await self._shielded("creating a session", self._create(store, sid, self._clock()))
-        return sid, state
+        sid = self.generate_session_id() if session_id is None else check_session_id(session_id)
+        store = self._enter()
+        try:
+            if session_id is not None:
+                state = await self.get(sid)
+                if state is not None:
+                    return sid, state
+            now = self._clock()
+            state = await self._calls.run(
+                "creating a session",
+                lambda: self._holding(sid, self._create(store, sid, now)),
+                shield=True,
+            )
+            return sid, state
+        finally:
+            self._calls.leave()
 
     async def add_turn(
         self,
@@ -236,6 +280,7 @@ class SessionRepository:
         template_id: str | None = None,
         slots: Mapping[str, str] | None = None,
         results: Sequence[Mapping[str, Any]] | None = None,
+        idempotency_key: str | None = None,
     ) -> ConversationState:
         """Append one exchange (a user turn with ``question`` and the other fields, then an
         assistant turn with ``answer``) and return the session's new state.
@@ -245,11 +290,17 @@ class SessionRepository:
         stored together or not at all. The user turn's slots merge into ``current_slots`` and
         its template becomes ``current_template_id``.
 
+        ``idempotency_key`` (session-id rules): a second call with the same key on the same
+        session stores nothing and returns the session's state. Without one, convostore makes
+        its own, so its own retries after a lost connection never store an exchange twice.
+
         Raises:
             InvalidSessionId, InvalidTurn: before any SQL (the message names the field).
             StoreError: the database failed; nothing of the exchange was stored.
+            StoreUnavailable: the database stayed unreachable for ``reconnect_timeout``.
         """
         sid = check_session_id(session_id)
+        key = _new_key() if idempotency_key is None else check_idempotency_key(idempotency_key)
         template = check_optional_text("template_id", template_id)
         user = make_turn(
             "user",
@@ -261,15 +312,22 @@ class SessionRepository:
             None,
         )
         assistant = make_turn("assistant", check_text("answer", answer), None, None, {}, [], None)
-        store = self._running()
+        exchange = (user, assistant)
         template = template or None
-        state = await self._direct(
-            "adding a turn", self._append(store, sid, user, assistant, template, create=False)
-        )
-        if state is None:
-            state = await self._shielded(
-                "adding a turn", self._append(store, sid, user, assistant, template, create=True)
+        store = self._enter()
+        try:
+            state = await self._calls.run(
+                "adding a turn",
+                lambda: self._append(store, sid, exchange, template, key, create=False),
             )
+            if state is None:
+                state = await self._calls.run(
+                    "adding a turn",
+                    lambda: self._append(store, sid, exchange, template, key, create=True),
+                    shield=True,
+                )
+        finally:
+            self._calls.leave()
         assert state is not None
         return state
 
@@ -294,28 +352,33 @@ class SessionRepository:
             results=results,
         )
 
-    async def update(self, session_id: str, state: ConversationState) -> None:
+    async def update(
+        self, session_id: str, state: ConversationState, *, if_unchanged: bool = False
+    ) -> None:
         """Persist a state the caller changed: its session fields (current slots, template,
-        language; the last writer wins) and the turns added to it since the store handed it
-        out, appended after whatever is stored now, in their order. Stored turns are never
-        rewritten or deleted: removing or replacing a handed-out turn in ``state.turns`` (to
-        keep a window, say) stores nothing, while every turn object the store did not hand
-        out counts as new. An unknown or expired session is created with all the state's turns.
+        language) and the turns added to it since the store handed it out, appended after
+        whatever is stored now, in their order. Stored turns are never rewritten or deleted:
+        removing or replacing a handed-out turn in ``state.turns`` (to keep a window, say)
+        stores nothing, while every turn object the store did not hand out counts as new. An
+        unknown or expired session is created with all the state's turns.
+
+        The session fields are last-writer-wins, unless ``if_unchanged``: then the update is
+        refused with ``StaleStateError`` if the stored session was written or deleted since
+        the state was read (a state the store never handed out for this session expects no
+        live session).
 
         On success the state's new turns are replaced by the stored ones (with ``created_at``).
 
         Raises:
             InvalidSessionId, InvalidTurn: before any SQL.
+            StaleStateError: ``if_unchanged`` and the session moved on; nothing was stored.
             StoreError: the database failed; nothing was stored.
         """
         sid = check_session_id(session_id)
         if not isinstance(state, ConversationState):
             raise InvalidTurn(f"state must be a ConversationState, not {type(state).__name__}")
-        handed = (
-            {id(turn) for turn in state._origin[: state._stored]}
-            if state._session_id == sid
-            else set()
-        )
+        read_here = state._session_id == sid
+        handed = {id(turn) for turn in state._origin[: state._stored]} if read_here else set()
         all_turns = list(state.turns)
         new_at = [index for index, turn in enumerate(all_turns) if id(turn) not in handed]
         for index in new_at:
@@ -325,11 +388,22 @@ class SessionRepository:
             check_optional_text("current_template_id", state.current_template_id),
             check_language(state.language),
         )
-        store = self._running()
-        await self._shielded(
-            "updating a session",
-            self._replace(store, sid, state, fields, all_turns, new_at),
-        )
+        expected: int | None = None
+        if if_unchanged:
+            expected = state._version if read_here and state._version is not None else -1
+        key = _new_key() if new_at else None
+        store = self._enter()
+        try:
+            await self._calls.run(
+                "updating a session",
+                lambda: self._holding(
+                    sid,
+                    self._replace(store, sid, state, fields, all_turns, new_at, key, expected),
+                ),
+                shield=True,
+            )
+        finally:
+            self._calls.leave()
 
     async def delete(self, session_id: str) -> bool:
         """Delete the session and its turns. Returns False if it was unknown or already
@@ -340,14 +414,24 @@ class SessionRepository:
             StoreError: the database failed.
         """
         sid = check_session_id(session_id)
-        store = self._running()
-        return await self._shielded("deleting a session", self._delete(store, sid))
+        store = self._enter()
+        try:
+            return await self._calls.run(
+                "deleting a session", lambda: self._delete(store, sid), shield=True
+            )
+        finally:
+            self._calls.leave()
 
     async def sweep_expired(self) -> int:
         """Delete every expired session now, in batches of ``sweep_batch_size``, one short
         transaction each. Returns how many sessions were deleted."""
-        store = self._running()
-        return await self._shielded("sweeping expired sessions", self._sweep(store))
+        store = self._enter()
+        try:
+            return await self._calls.run(
+                "sweeping expired sessions", lambda: self._sweep(store), shield=True
+            )
+        finally:
+            self._calls.leave()
 
     async def get_stats(self) -> dict[str, int]:
         """Counters since start: ``sessions_created``, ``sessions_expired`` (removed by expiry,
@@ -364,49 +448,12 @@ class SessionRepository:
             "active_sessions": cached,
         }
 
-    def _running(self) -> SqlStore:
-        if self._store is None or self._phase != "running":
-            raise NotRunning(
-                "the SessionRepository is not running: use `async with repo:` or "
-                "`await repo.start()` first"
-                if self._phase == "new"
-                else "the SessionRepository was stopped"
-            )
+    def _enter(self) -> SqlStore:
+        """Admit a call (``NotRunning`` if the repository is not running); the caller must
+        ``self._calls.leave()`` when it ends."""
+        self._calls.enter()
+        assert self._store is not None
         return self._store
-
-    async def _shielded(self, action: str, operation: Coroutine[Any, Any, T]) -> T:
-        """Run one database operation to its end even if the caller is cancelled (a client
-        hung up), so no transaction or pooled connection is left half-done; the caller still
-        sees the cancellation. Driver errors become ``StoreError`` here, and only here."""
-
-        async def translated() -> T:
-            with translate_errors(action):
-                return await operation
-
-        task = asyncio.ensure_future(translated())
-        self._inflight.add(task)
-        task.add_done_callback(self._settled)
-        return await asyncio.shield(task)
-
-    async def _direct(self, action: str, operation: Coroutine[Any, Any, T]) -> T:
-        """Run a hot-path operation in the caller's own task, sparing ``_shielded``'s extra
-        task (about 50 us a call here). Only for operations made of single atomic statements
-        on the driver path (``SqlStore.load``, ``touch``, ``drop_expired``, and ``append``
-        without ``create``): a cancelled caller leaves each done or not done, and the driver
-        path discards the connection on any error. ``stop()`` waits for these too."""
-        self._direct_calls += 1
-        try:
-            with translate_errors(action):
-                return await operation
-        finally:
-            self._direct_calls -= 1
-            if not self._direct_calls and self._drained is not None:
-                self._drained.set()
-
-    def _settled(self, task: asyncio.Task[Any]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: a cancelled caller may never look at it
 
     def _new_entry(self, version: int, now: float) -> CacheEntry:
         """The entry of a session this process just created: empty, written at ``now``."""
@@ -415,16 +462,32 @@ class SessionRepository:
     async def _refresh(
         self, store: SqlStore, sid: str, entry: CacheEntry, now: float
     ) -> ConversationState | None:
-        version = await store.touch(sid, _utc(now), self._ttl, entry.unflushed_hits + 1)
+        """A cached session whose stored expiry is due for a refresh, or (strict coherence)
+        whose cached copy must be checked: served from the cache if the stored version is
+        the cached one, else reloaded."""
+        if now - entry.last_accessed > self._refresh_after:
+            version = await store.touch(sid, _utc(now), self._ttl, entry.unflushed_hits + 1)
+            refreshed = True
+        else:
+            stored = await store.version_of(sid)
+            live = stored is not None and stored[1].timestamp() > now
+            version = stored[0] if live and stored is not None else None
+            refreshed = False
         if version is None or version != entry.version:
             self._cache.discard(sid)
             return await self._load(store, sid, now)
-        entry.last_accessed, entry.expires_at = now, now + self._ttl
-        entry.unflushed_hits = 0
+        if refreshed:
+            entry.last_accessed, entry.expires_at = now, now + self._ttl
+            entry.unflushed_hits = 0
+        else:
+            entry.unflushed_hits += 1
         self._hits += 1
         return entry.fork(sid)
 
     async def _load(self, store: SqlStore, sid: str, now: float) -> ConversationState | None:
+        return await self._holding(sid, self._load_held(store, sid, now))
+
+    async def _load_held(self, store: SqlStore, sid: str, now: float) -> ConversationState | None:
         generation = self._cache.generation
         loaded = await store.load(sid)
         if loaded is None:
@@ -454,6 +517,15 @@ class SessionRepository:
         self._cache.put_loaded(sid, entry, generation)
         return entry.fork(sid)
 
+    async def _holding(self, sid: str, operation: Awaitable[T]) -> T:
+        """Run a read or write of ``sid`` with change announcements for it held back until
+        the cache has the operation's result (see ``SessionCache.hold``)."""
+        self._cache.hold(sid)
+        try:
+            return await operation
+        finally:
+            self._cache.release(sid)
+
     async def _create(self, store: SqlStore, sid: str, now: float) -> ConversationState:
         generation = self._cache.generation
         created, expired = await store.create(sid, _utc(now), self._ttl)
@@ -476,9 +548,9 @@ class SessionRepository:
         self,
         store: SqlStore,
         sid: str,
-        user: ConversationTurn,
-        assistant: ConversationTurn,
+        exchange: tuple[ConversationTurn, ConversationTurn],
         template_id: str | None,
+        key: str,
         *,
         create: bool,
     ) -> ConversationState | None:
@@ -486,35 +558,57 @@ class SessionRepository:
         generation = self._cache.generation
         before = self._cache.peek(sid)
         hits = before.unflushed_hits if before is not None else 0
+        self._cache.hold(sid)
         try:
             written = await store.append(
                 sid,
-                (user, assistant),
-                merge_slots=user.slots,
+                exchange,
+                merge_slots=exchange[0].slots,
                 template_id=template_id,
                 now=_utc(now),
                 ttl=self._ttl,
                 hits=hits,
+                key=key,
                 create=create,
             )
+            if written is None:
+                return None
+            if written.duplicate:
+                return await self._reloaded(store, sid, now, exchange)
+            self._count_write(written)
+            entry = self._cache.get(sid)
+            if written.created:
+                entry = self._new_entry(written.version, now)
+                entry.extend(written.turns)
+                self._cache.put_loaded(sid, entry, generation)
+                return entry.fork(sid)
+            if entry is not None and entry.version == written.version - 1:
+                entry.extend(written.turns)
+                entry.committed(written.version, now, self._ttl, hits)
+                return entry.fork(sid)
+            return await self._reloaded(store, sid, now, written.turns)
         except BaseException:
             self._cache.discard(sid)
             raise
-        if written is None:
-            return None
-        self._count_write(written)
-        entry = self._cache.get(sid)
-        if written.created:
-            entry = self._new_entry(written.version, now)
-            entry.extend(written.turns)
-            self._cache.put_loaded(sid, entry, generation)
-            return entry.fork(sid)
-        if entry is not None and entry.version == written.version - 1:
-            entry.extend(written.turns)
-            entry.committed(written.version, now, self._ttl, hits)
-            return entry.fork(sid)
+        finally:
+            self._cache.release(sid)
+
+    async def _reloaded(
+        self, store: SqlStore, sid: str, now: float, written: Sequence[ConversationTurn]
+    ) -> ConversationState:
+        """The state after a write that the cache could not follow. If the session is gone
+        already (another worker deleted it, or it expired, between the write and this read),
+        the state holds just the turns written, with the context they carry."""
         reloaded = await self._load(store, sid, now)
-        return reloaded if reloaded is not None else ConversationState(turns=list(written.turns))
+        if reloaded is not None:
+            return reloaded
+        state = ConversationState()
+        for turn in written:
+            state.current_template_id = carry_context(
+                turn, state.current_slots, state.current_template_id
+            )
+        state.turns = list(written)
+        return state
 
     async def _replace(
         self,
@@ -524,6 +618,8 @@ class SessionRepository:
         fields: SessionFields,
         all_turns: list[ConversationTurn],
         new_at: list[int],
+        key: str | None,
+        expected: int | None,
     ) -> None:
         now = self._clock()
         generation = self._cache.generation
@@ -538,10 +634,22 @@ class SessionRepository:
                 now=_utc(now),
                 ttl=self._ttl,
                 hits=hits,
+                key=key,
+                expected=expected,
             )
         except BaseException:
             self._cache.discard(sid)
             raise
+        if written.duplicate:
+            # Sent again after a lost connection, and the first attempt had been stored.
+            self._cache.discard(sid)
+            return
+        if written.stale:
+            self._cache.discard(sid)
+            raise StaleStateError(
+                f"session {sid!r} was written or deleted after this state was read; "
+                "get it again, apply the change, and update again"
+            )
         self._count_write(written)
         if written.created:
             all_turns = written.turns
@@ -552,6 +660,7 @@ class SessionRepository:
         state._session_id = sid
         state._origin = tuple(all_turns)
         state._stored = len(all_turns)
+        state._version = written.version
         entry = self._cache.peek(sid)
         if written.created:
             entry = self._new_entry(written.version, now)
@@ -579,7 +688,7 @@ class SessionRepository:
         batch_size = self.config.sweep_batch_size
         total = 0
         while True:
-            deleted = await delete_expired_batch(store.engine, now, batch_size)
+            deleted = await store.sweep_batch(now, batch_size)
             for sid in deleted:
                 self._cache.discard(sid)
             total += len(deleted)

@@ -30,7 +30,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["MAX_SESSION_ID_LENGTH", "UTCDateTime", "metadata", "sessions", "turn_slots", "turns"]
+__all__ = [
+    "MAX_SESSION_ID_LENGTH",
+    "UTCDateTime",
+    "changes",
+    "compared",
+    "metadata",
+    "sessions",
+    "turn_slots",
+    "turns",
+]
 
 MAX_SESSION_ID_LENGTH = 128
 
@@ -128,10 +137,14 @@ turns = Table(
     Column("template_id", Text(), nullable=True),
     Column("results", JSONDocument, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("idempotency_key", String(MAX_SESSION_ID_LENGTH), nullable=True),
     PrimaryKeyConstraint("session_id", "seq"),
     ForeignKeyConstraint(["session_id"], ["sessions.session_id"], ondelete="CASCADE"),
+    Index(None, "session_id", "idempotency_key", unique=True),
 )
-"""One row per message; ``seq`` counts from 1 within the session."""
+"""One row per message; ``seq`` counts from 1 within the session. The first turn of every
+append carries the append's ``idempotency_key`` (unique within the session), so an append
+sent twice is stored once."""
 
 turn_slots = Table(
     "turn_slots",
@@ -148,3 +161,24 @@ turn_slots = Table(
 The foreign key points at the session, not the turn: rows are only ever written together with
 their turn and deleted with their session, and cascading once per session instead of once per
 turn makes the expiry sweep about three times faster on PostgreSQL."""
+
+changes = Table(
+    "convostore_changes",
+    MetaData(),
+    Column("id", Integer(), primary_key=True),
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("version", BigInteger(), nullable=False),
+)
+"""SQLite only: the feed of session changes, one row per write that moved a session's version
+(``version`` -1: the session was deleted), appended by triggers in the writer's transaction.
+Other processes poll it to evict what they cached (PostgreSQL sends the same as NOTIFY). It
+is kept out of ``metadata`` because PostgreSQL has no such table; the expiry sweep prunes it."""
+
+
+def compared(name: str | None, type_: str, parent_names: Any) -> bool:
+    """alembic's ``include_name`` filter for comparing a database with ``metadata``: only the
+    tables in ``metadata``, never a host application's in the same database (nor the SQLite
+    change feed, which the migrations manage apart)."""
+    if type_ == "table":
+        return name in metadata.tables
+    return True

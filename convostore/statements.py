@@ -21,6 +21,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     func,
@@ -34,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .schema import JSONDocument, UTCDateTime, sessions, turn_slots, turns
+from .schema import JSONDocument, UTCDateTime, changes, sessions, turn_slots, turns
 
 __all__ = ["Statements"]
 
@@ -43,8 +44,9 @@ class Statements:
     """The statements for one dialect (``sqlite`` or ``postgresql``).
 
     Parameter names: ``sid`` session id; ``now`` and ``expires`` timestamps; ``hits`` accesses
-    to add to ``access_count``; ``n`` turns being appended; ``merge`` slots to merge into
-    ``current_slots``; ``slots``, ``template_id``, ``language`` session fields to set.
+    to add to ``access_count``; ``n`` turns being appended; ``key`` the append's idempotency
+    key; ``merge`` slots to merge into ``current_slots``; ``slots``, ``template_id``,
+    ``language`` session fields to set.
     """
 
     def __init__(self, dialect: str) -> None:
@@ -53,6 +55,12 @@ class Statements:
         self.dialect = dialect
         now = bindparam("now", type_=UTCDateTime())
         live = and_(sessions.c.session_id == bindparam("sid"), sessions.c.expires_at > now)
+        self.key_stored: Select[Any] = select(turns.c.seq).where(
+            turns.c.session_id == bindparam("sid"),
+            turns.c.idempotency_key == bindparam("key", type_=String()),
+        )
+        """The turn that carries an append's idempotency key, if that append is stored."""
+        fresh = and_(live, ~self.key_stored.exists())
         refreshed: dict[str, Any] = {
             "last_accessed": now,
             "expires_at": bindparam("expires", type_=UTCDateTime()),
@@ -67,7 +75,7 @@ class Statements:
 
         self.append: Update = (
             update(sessions)
-            .where(live)
+            .where(fresh)
             .values(
                 **grown,
                 current_slots=self._merged_slots(),
@@ -75,11 +83,12 @@ class Statements:
             )
             .returning(sessions.c.turn_count, sessions.c.version)
         )
-        """Allocate ``n`` sequence numbers on a live session, merging slots and template."""
+        """Allocate ``n`` sequence numbers on a live session, merging slots and template,
+        unless the append with idempotency ``key`` is stored already."""
 
         self.replace: Update = (
             update(sessions)
-            .where(live)
+            .where(fresh)
             .values(
                 **grown,
                 current_slots=bindparam("slots", type_=JSONDocument),
@@ -88,7 +97,13 @@ class Statements:
             )
             .returning(sessions.c.turn_count, sessions.c.version)
         )
-        """Allocate ``n`` sequence numbers on a live session, setting its fields."""
+        """Allocate ``n`` sequence numbers on a live session, setting its fields, unless the
+        write with idempotency ``key`` is stored already (a NULL key never is)."""
+
+        self.replace_if_unchanged: Update = self.replace.where(
+            sessions.c.version == bindparam("expected", type_=BigInteger())
+        )
+        """``replace``, only on the session at version ``expected``."""
 
         self.touch: Update = (
             update(sessions).where(live).values(**refreshed).returning(sessions.c.version)
@@ -112,6 +127,36 @@ class Statements:
             .where(sessions.c.session_id == bindparam("sid"))
             .returning(sessions.c.expires_at)
         )
+        expired_ids = (
+            select(sessions.c.session_id)
+            .where(sessions.c.expires_at <= now)
+            .order_by(sessions.c.expires_at)
+            .limit(bindparam("batch", type_=Integer()))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        self.sweep = (
+            delete(sessions)
+            .where(sessions.c.session_id.in_(expired_ids))
+            .returning(sessions.c.session_id)
+        )
+        """Delete up to ``batch`` expired sessions (turns and slots by cascade), skipping rows
+        another transaction holds (PostgreSQL), so sweepers never wait on each other."""
+        self.prune_changes = delete(changes).where(
+            changes.c.id <= select(func.max(changes.c.id)).scalar_subquery() - bindparam("keep")
+        )
+        """SQLite: drop all but the newest ``keep`` rows of the change feed."""
+        self.changes_since = (
+            select(changes.c.id, changes.c.session_id, changes.c.version)
+            .where(changes.c.id > bindparam("after", type_=Integer()))
+            .order_by(changes.c.id)
+        )
+        """SQLite: the change feed after row ``after``."""
+        self.oldest_change = select(func.min(changes.c.id))
+        self.version_of = select(sessions.c.version, sessions.c.expires_at).where(
+            sessions.c.session_id == bindparam("sid")
+        )
+        """A session's version and expiry: what a strict cache checks a hit against."""
         self.insert_turns: Insert = insert(turns)
         self.insert_slots: Insert = insert(turn_slots)
 
@@ -223,6 +268,7 @@ class Statements:
                 "template_id",
                 "results",
                 "created_at",
+                "idempotency_key",
             ],
             select(
                 bindparam("sid"),
@@ -233,6 +279,7 @@ class Statements:
                 new.c.template_id,
                 cast(new.c.results, postgresql.JSONB()),
                 now,
+                case((new.c.ord == 1, bindparam("key", type_=String())), else_=null()),
             )
             .select_from(bumped)
             .join(new, true()),

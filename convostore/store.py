@@ -26,7 +26,11 @@ from .driver import Compiled, PostgresDriver, Processor, SqliteDriver, write_tra
 from .models import ConversationTurn, make_turn
 from .statements import Statements
 
-__all__ = ["Loaded", "SessionFields", "SqlStore", "Written"]
+__all__ = ["CHANGES_KEPT", "Loaded", "SessionFields", "SqlStore", "Written"]
+
+CHANGES_KEPT = 100_000
+"""SQLite: rows of the change feed the sweep keeps. A process whose poll fell further behind
+than that (seconds of heavy writing) sees the gap and drops its whole cache."""
 
 
 @dataclass(slots=True)
@@ -39,6 +43,15 @@ class Written:
     expired_removed: bool
     turns: list[ConversationTurn]
     """The turns as stored, with their ``created_at``."""
+    duplicate: bool = False
+    """The write's idempotency key was stored already: nothing was written this time (the
+    other fields are then meaningless)."""
+    stale: bool = False
+    """The session was not at the expected version: nothing was written."""
+
+
+_DUPLICATE = Written(-1, False, False, [], duplicate=True)
+_STALE = Written(-1, False, False, [], stale=True)
 
 
 @dataclass(slots=True)
@@ -73,9 +86,14 @@ def _stamped(turns: Sequence[ConversationTurn], created_at: datetime) -> list[Co
 
 
 def _rows(
-    sid: str, first_seq: int, new_turns: Sequence[ConversationTurn], now: datetime
+    sid: str,
+    first_seq: int,
+    new_turns: Sequence[ConversationTurn],
+    now: datetime,
+    key: str | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The ``turns`` and ``turn_slots`` rows of turns numbered from ``first_seq``."""
+    """The ``turns`` and ``turn_slots`` rows of turns numbered from ``first_seq``; the first
+    turn carries the write's idempotency ``key``."""
     turn_rows: list[dict[str, Any]] = []
     slot_rows: list[dict[str, Any]] = []
     for seq, turn in enumerate(new_turns, start=first_seq):
@@ -89,6 +107,7 @@ def _rows(
                 "template_id": turn.template_id,
                 "results": turn.results,
                 "created_at": now,
+                "idempotency_key": key if seq == first_seq else None,
             }
         )
         slot_rows.extend(
@@ -101,12 +120,14 @@ def _rows(
 class SqlStore:
     """The operations of a ``SessionRepository``, on one engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool) -> None:
         self.engine = engine
         dialect = engine.dialect
         self.sql = sql = Statements(dialect.name)
         self._driver: PostgresDriver | SqliteDriver = (
-            PostgresDriver(engine) if dialect.name == "postgresql" else SqliteDriver(engine)
+            PostgresDriver(engine, owns_engine=owns_engine)
+            if dialect.name == "postgresql"
+            else SqliteDriver(engine)
         )
         one_statement = sql.append_in_one
         self._append = Compiled(sql.append if one_statement is None else one_statement, dialect)
@@ -115,6 +136,8 @@ class SqlStore:
         self._touch = Compiled(sql.touch, dialect)
         self._drop_expired = Compiled(sql.drop_expired, dialect)
         self._load = Compiled(sql.load, dialect)
+        self._sweep = Compiled(sql.sweep, dialect)
+        self._version_of = Compiled(sql.version_of, dialect)
 
     async def create(self, sid: str, now: datetime, ttl: float) -> tuple[bool, bool]:
         """Create an empty session unless a live one exists. Returns (created, expired_removed)."""
@@ -152,14 +175,17 @@ class SqlStore:
         now: datetime,
         ttl: float,
         hits: int,
+        key: str,
         create: bool,
     ) -> Written | None:
         """Append turns after whatever is stored, merging slots and template into the session
-        row. A missing or expired session is created first if ``create``; otherwise the result
-        is None and nothing is written.
+        row, unless the append with idempotency ``key`` is stored already (then the result says
+        ``duplicate``). A missing or expired session is created first if ``create``; otherwise
+        the result is None and nothing is written.
 
         Without ``create`` this is one statement (or one SQLite transaction in one call), so a
-        cancelled caller leaves it done or not done; creating takes a SQLAlchemy transaction."""
+        cancelled caller leaves it done or not done; creating takes a SQLAlchemy transaction.
+        Either way, sending the same append again after an unknown outcome stores it once."""
         params: dict[str, Any] = {
             "sid": sid,
             "now": now,
@@ -168,17 +194,36 @@ class SqlStore:
             "n": len(new_turns),
             "merge": merge_slots,
             "template_id": template_id,
+            "key": key,
         }
-        row = await self._append_live(params, new_turns)
+        try:
+            row = await self._append_live(params, new_turns)
+        except Exception as exc:
+            if _is_key_conflict(exc):
+                return _DUPLICATE
+            raise
         if row is not None:
             return Written(row[1], False, False, _stamped(new_turns, now))
         if not create:
             return None
         async with self.engine.begin() as conn:
             created, expired = await self._ensure(conn, sid, now, ttl)
+            if not created and await self._key_stored(conn, sid, key):
+                return _DUPLICATE
             row = (await conn.execute(self.sql.append, params)).one()
-            await self._insert(conn, sid, row[0], new_turns, now)
+            await self._insert(conn, sid, row[0], new_turns, now, key)
         return Written(row[1], created, expired, _stamped(new_turns, now))
+
+    async def _key_stored(self, conn: AsyncConnection, sid: str, key: str | None) -> bool:
+        if key is None:
+            return False
+        found = await conn.execute(self.sql.key_stored, {"sid": sid, "key": key})
+        return found.first() is not None
+
+    async def stored(self, sid: str, key: str) -> bool:
+        """Whether the write with idempotency ``key`` is stored in session ``sid``."""
+        async with self.engine.connect() as conn:
+            return await self._key_stored(conn, sid, key)
 
     async def _append_live(
         self, params: dict[str, Any], new_turns: Sequence[ConversationTurn]
@@ -204,7 +249,7 @@ class SqlStore:
 
         def inserts(row: tuple[Any, ...]) -> list[tuple[Compiled, Sequence[dict[str, Any]]]]:
             turn_rows, slot_rows = _rows(
-                params["sid"], row[0] - len(new_turns) + 1, new_turns, params["now"]
+                params["sid"], row[0] - len(new_turns) + 1, new_turns, params["now"], params["key"]
             )
             return [(self._insert_turns, turn_rows), (self._insert_slots, slot_rows)]
 
@@ -218,8 +263,9 @@ class SqlStore:
         last_seq: int,
         new_turns: Sequence[ConversationTurn],
         now: datetime,
+        key: str | None,
     ) -> None:
-        turn_rows, slot_rows = _rows(sid, last_seq - len(new_turns) + 1, new_turns, now)
+        turn_rows, slot_rows = _rows(sid, last_seq - len(new_turns) + 1, new_turns, now, key)
         if turn_rows:
             await conn.execute(self.sql.insert_turns, turn_rows)
         if slot_rows:
@@ -235,9 +281,16 @@ class SqlStore:
         now: datetime,
         ttl: float,
         hits: int,
+        key: str | None,
+        expected: int | None,
     ) -> Written:
-        """Write the session fields (last writer wins) and append ``new_turns`` after
-        whatever is stored. A missing or expired session is created with ``all_turns``."""
+        """Write the session fields and append ``new_turns`` after whatever is stored. A
+        missing or expired session is created with ``all_turns``. With new turns, ``key``
+        makes the write idempotent like ``append``'s.
+
+        ``expected`` None: the last writer wins. Otherwise nothing is written (the result
+        says ``stale``) unless the live session is at that version, or, for -1, there is no
+        live session."""
         params = {
             "sid": sid,
             "now": now,
@@ -247,17 +300,26 @@ class SqlStore:
             "slots": fields.current_slots,
             "template_id": fields.current_template_id,
             "language": fields.language,
+            "key": key,
+            "expected": expected,
         }
+        first = self.sql.replace if expected is None else self.sql.replace_if_unchanged
         async with self.engine.begin() as conn:
-            row = (await conn.execute(self.sql.replace, params)).first()
+            row = (await conn.execute(first, params)).first()
             created = expired = False
             if row is None:
+                if await self._key_stored(conn, sid, key):
+                    return _DUPLICATE
+                if expected is not None and expected >= 0:
+                    return _STALE
                 created, expired = await self._ensure(conn, sid, now, ttl)
+                if not created and expected is not None:
+                    return _STALE
                 if created:
                     new_turns = all_turns
                     params["n"] = len(new_turns)
                 row = (await conn.execute(self.sql.replace, params)).one()
-            await self._insert(conn, sid, row[0], new_turns, now)
+            await self._insert(conn, sid, row[0], new_turns, now, key)
         return Written(row[1], created, expired, _stamped(new_turns, now))
 
     async def touch(self, sid: str, now: datetime, ttl: float, hits: int) -> int | None:
@@ -280,6 +342,24 @@ class SqlStore:
         async with self.engine.begin() as conn:
             expires_at = (await conn.execute(self.sql.delete, {"sid": sid})).scalar()
         return expires_at is not None and expires_at > now
+
+    async def version_of(self, sid: str) -> tuple[int, datetime] | None:
+        """The stored session's version and expiry, or None if there is no such row."""
+        rows = await self._driver.read(self._version_of, {"sid": sid})
+        if not rows:
+            return None
+        version, expires_at = self._version_of.row(rows[0])
+        return int(version), expires_at
+
+    async def sweep_batch(self, now: datetime, batch_size: int) -> list[str]:
+        """Delete up to ``batch_size`` sessions that expired by ``now``, in one statement (its
+        own transaction) on the driver path. Returns their ids. On SQLite a sweep that
+        deleted nothing also prunes the change feed to its newest rows."""
+        rows = await self._driver.write(self._sweep, {"now": now, "batch": batch_size})
+        if len(rows) < batch_size and self.engine.dialect.name == "sqlite":
+            async with self.engine.begin() as conn:
+                await conn.execute(self.sql.prune_changes, {"keep": CHANGES_KEPT})
+        return [row[0] for row in rows]
 
     async def load(self, sid: str) -> Loaded | None:
         """Read a session and its turns (expired or not; the caller decides)."""
@@ -329,3 +409,9 @@ def _fold_turns(
 
 def _unchanged(value: Any) -> Any:
     return value
+
+
+def _is_key_conflict(exc: BaseException) -> bool:
+    """Whether a write failed on the idempotency key's unique index: a concurrent call with
+    the same key stored the exchange first (PostgreSQL; SQLite writers never overlap)."""
+    return "ix_turns_session_id_idempotency_key" in str(getattr(exc, "constraint_name", ""))

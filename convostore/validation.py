@@ -15,6 +15,7 @@ from .models import ConversationTurn, make_turn
 from .schema import MAX_SESSION_ID_LENGTH
 
 __all__ = [
+    "check_idempotency_key",
     "check_language",
     "check_optional_text",
     "check_session_id",
@@ -177,3 +178,11 @@ def check_turn(field: str, turn: object) -> ConversationTurn:
         copy_results(f"{field}.results", turn.results),
         None,
     )
+
+
+def check_idempotency_key(key: object) -> str:
+    """An idempotency key follows the session-id rules: 1-128 printable ASCII characters."""
+    try:
+        return check_session_id(key)
+    except InvalidSessionId as exc:
+        raise InvalidTurn(str(exc).replace("session id", "idempotency_key", 1)) from None

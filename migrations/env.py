@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging.config
-from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection
@@ -17,16 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from convostore.config import resolve_database_url
 from convostore.migrate import VERSION_TABLE, lock_for_migration
-from convostore.schema import metadata
+from convostore.schema import compared, metadata
 
 config = context.config
-
-
-def _ours(name: str | None, type_: str, parent_names: Any) -> bool:
-    """Compare only convostore's tables, never a host application's in the same database."""
-    if type_ == "table":
-        return name in metadata.tables
-    return True
 
 
 def _run(connection: Connection) -> None:
@@ -34,7 +26,7 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         version_table=VERSION_TABLE,
-        include_name=_ours,
+        include_name=compared,
         compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
     )

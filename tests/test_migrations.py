@@ -30,7 +30,7 @@ from convostore.migrate import (
     script_location,
     upgrade_url,
 )
-from convostore.schema import metadata
+from convostore.schema import compared, metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC = Path(sys.executable).parent / "alembic"
@@ -72,7 +72,8 @@ async def _downgrade_to_base(url: str) -> None:
 
 def _drift(conn: Connection) -> list[Any]:
     context = MigrationContext.configure(
-        conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        conn,
+        opts={"compare_type": True, "version_table": VERSION_TABLE, "include_name": compared},
     )
     return list(compare_metadata(context, metadata))
 

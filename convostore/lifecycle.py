@@ -1,0 +1,118 @@
+"""The lifecycle of repository calls: admission, shielding, retries, and draining at ``stop()``.
+
+Every call that reaches the database is admitted here first (``enter``/``leave``), so ``stop()``
+can refuse new calls and wait for every call in flight, including one that is between two of
+its transactions. Each database operation runs through ``run``, the one place where driver
+errors become ``StoreError`` and where an operation that met a dead connection is sent again:
+every write carries an idempotency key (or is idempotent by itself), so sending it again after
+an unknown outcome never stores it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+from .errors import NotRunning, StoreError, StoreUnavailable, is_disconnect, translate_errors
+
+__all__ = ["Calls"]
+
+T = TypeVar("T")
+logger = logging.getLogger("convostore")
+
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 1.0
+
+
+class Calls:
+    """Counts the calls in flight and runs their database operations."""
+
+    def __init__(self, reconnect_timeout: float) -> None:
+        self.phase: Literal["new", "running", "stopping", "stopped"] = "new"
+        self._reconnect_timeout = reconnect_timeout
+        self._active = 0
+        self._shielded: set[asyncio.Task[Any]] = set()
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        """Admit a call, or raise ``NotRunning`` outside ``start()`` ... ``stop()``."""
+        if self.phase != "running":
+            raise NotRunning(
+                "the SessionRepository is not running: use `async with repo:` or "
+                "`await repo.start()` first"
+                if self.phase == "new"
+                else "the SessionRepository was stopped"
+            )
+        self._active += 1
+
+    def leave(self) -> None:
+        self._active -= 1
+        if not self._active and self._idle is not None:
+            self._idle.set()
+
+    async def drain(self) -> None:
+        """Refuse new calls, then wait until every admitted call and every shielded
+        operation has ended."""
+        self.phase = "stopping"
+        while self._active or self._shielded:
+            if self._shielded:
+                await asyncio.wait(list(self._shielded))
+            if self._active:
+                self._idle = asyncio.Event()
+                await self._idle.wait()
+        self.phase = "stopped"
+
+    async def run(
+        self,
+        action: str,
+        operation: Callable[[], Coroutine[Any, Any, T]],
+        *,
+        shield: bool = False,
+    ) -> T:
+        """Run ``operation()``, translating driver errors. If it fails because the connection
+        or server went away, run it again on a fresh connection, backing off while the server
+        is down, for up to ``reconnect_timeout`` seconds; then raise ``StoreUnavailable``.
+
+        ``shield``: run it to its end even if the caller is cancelled (a client hung up), so
+        no multi-statement transaction is cut short; the caller still sees the cancellation.
+        Single-statement operations run in the caller's task, which saves a task per call."""
+        deadline: float | None = None
+        backoff = 0.0
+        while True:
+            try:
+                if shield:
+                    return await self._shield(action, operation())
+                with translate_errors(action):
+                    return await operation()
+            except StoreError as exc:
+                if not is_disconnect(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self._reconnect_timeout
+                    logger.warning("convostore: %s met a lost connection; retrying", action)
+                if now >= deadline:
+                    raise StoreUnavailable(
+                        f"{action} failed: the database was unreachable for "
+                        f"{self._reconnect_timeout:g} s (StoreConfig.reconnect_timeout)"
+                    ) from exc.__cause__
+                await asyncio.sleep(min(backoff, deadline - now))
+                backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
+
+    async def _shield(self, action: str, operation: Coroutine[Any, Any, T]) -> T:
+        async def translated() -> T:
+            with translate_errors(action):
+                return await operation
+
+        task = asyncio.ensure_future(translated())
+        self._shielded.add(task)
+        task.add_done_callback(self._settled)
+        return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._shielded.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a cancelled caller may never look at it

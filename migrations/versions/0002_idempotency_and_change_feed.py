@@ -1,0 +1,98 @@
+"""idempotency keys on turns, and a feed of session changes for other workers' caches
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-01
+
+- ``turns.idempotency_key``: every append stores one on its first turn, unique per session, so
+  a write whose outcome was unknown (the connection died after the statement was sent) can be
+  sent again without storing the exchange twice. Existing turns keep NULL.
+- Change feed, so other workers can evict what they cached: on PostgreSQL a trigger sends
+  ``NOTIFY convostore_changes`` with ``<version> <session_id>`` whenever a session's version
+  moves or the session is deleted (``*`` for a deletion); on SQLite the same triggers append
+  to the table ``convostore_changes``, which other processes poll.
+
+Downgrading drops the keys (the exchanges stay) and the feed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_PG_FUNCTION = """
+CREATE FUNCTION convostore_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('convostore_changes', '* ' || OLD.session_id);
+    ELSE
+        PERFORM pg_notify('convostore_changes', NEW.version || ' ' || NEW.session_id);
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+_PG_TRIGGER = """
+CREATE TRIGGER convostore_session_changed
+AFTER UPDATE OF version OR DELETE ON sessions
+FOR EACH ROW EXECUTE FUNCTION convostore_notify_change()
+"""
+_SQLITE_TRIGGERS = (
+    """
+    CREATE TRIGGER convostore_session_changed AFTER UPDATE OF version ON sessions
+    BEGIN
+        INSERT INTO convostore_changes (session_id, version)
+        VALUES (NEW.session_id, NEW.version);
+    END
+    """,
+    """
+    CREATE TRIGGER convostore_session_deleted AFTER DELETE ON sessions
+    BEGIN
+        INSERT INTO convostore_changes (session_id, version) VALUES (OLD.session_id, -1);
+    END
+    """,
+)
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("turns") as batch:
+        batch.add_column(sa.Column("idempotency_key", sa.String(128), nullable=True))
+    op.create_index(
+        "ix_turns_session_id_idempotency_key",
+        "turns",
+        ["session_id", "idempotency_key"],
+        unique=True,
+    )
+    if op.get_context().dialect.name == "postgresql":
+        op.execute(_PG_FUNCTION)
+        op.execute(_PG_TRIGGER)
+    else:
+        op.create_table(
+            "convostore_changes",
+            sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+            sa.Column("session_id", sa.String(128), nullable=False),
+            sa.Column("version", sa.BigInteger(), nullable=False),
+            sqlite_autoincrement=True,
+        )
+        for trigger in _SQLITE_TRIGGERS:
+            op.execute(trigger)
+
+
+def downgrade() -> None:
+    if op.get_context().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER convostore_session_changed ON sessions")
+        op.execute("DROP FUNCTION convostore_notify_change()")
+    else:
+        op.execute("DROP TRIGGER convostore_session_deleted")
+        op.execute("DROP TRIGGER convostore_session_changed")
+        op.drop_table("convostore_changes")
+    op.drop_index("ix_turns_session_id_idempotency_key", table_name="turns")
+    with op.batch_alter_table("turns") as batch:
+        batch.drop_column("idempotency_key")
