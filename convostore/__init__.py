@@ -15,7 +15,9 @@ from .errors import (
     InvalidTurn,
     NotRunning,
     SchemaNotReady,
+    StaleStateError,
     StoreError,
+    StoreUnavailable,
 )
 from .models import ConversationState, ConversationTurn
 from .repository import SessionRepository
@@ -33,8 +35,10 @@ __all__ = [
     "SchemaNotReady",
     "SessionConfig",
     "SessionRepository",
+    "StaleStateError",
     "StoreConfig",
     "StoreError",
+    "StoreUnavailable",
     "get_session_manager",
     "shutdown_session_manager",
 ]

@@ -42,8 +42,10 @@ EXPECTED_ALL = [
     "SchemaNotReady",
     "SessionConfig",
     "SessionRepository",
+    "StaleStateError",
     "StoreConfig",
     "StoreError",
+    "StoreUnavailable",
     "get_session_manager",
     "shutdown_session_manager",
 ]
