@@ -10,6 +10,7 @@ async with SessionRepository(StoreConfig(database_url="sqlite+aiosqlite:///chat.
 from .compat import get_session_manager, shutdown_session_manager
 from .config import StoreConfig
 from .errors import (
+    ConfigError,
     ConvostoreError,
     InvalidSessionId,
     InvalidTurn,
@@ -26,6 +27,7 @@ SessionConfig = StoreConfig
 """The original SessionManager's name for the configuration."""
 
 __all__ = [
+    "ConfigError",
     "ConversationState",
     "ConversationTurn",
     "ConvostoreError",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from .config import DATABASE_URL_ENV, resolve_database_url
 from .errors import ConvostoreError
+from .urls import hide_password
 
 __all__ = ["main"]
 
@@ -45,14 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             url = resolve_database_url(args.url)
             asyncio.run(upgrade_url(url, args.revision))
-            print(f"convostore schema at {args.revision} on {_safe(url)}")
+            print(f"convostore schema at {args.revision} on {hide_password(url)}")
     except ConvostoreError as exc:
         print(f"convostore: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

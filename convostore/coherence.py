@@ -123,7 +123,15 @@ class PostgresWatcher(_Loop):
     async def _follow(self) -> None:
         import asyncpg  # type: ignore[import-untyped]
 
-        conn = await asyncpg.connect(**self._connect_args, timeout=_PING_INTERVAL)
+        connecting = asyncio.ensure_future(
+            asyncpg.connect(**self._connect_args, timeout=_PING_INTERVAL)
+        )
+        try:
+            conn = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # stop() during a connect: close what the connect still brings, never leak it.
+            connecting.add_done_callback(_terminate_connected)
+            raise
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
@@ -188,6 +196,11 @@ class SqliteWatcher(_Loop):
         for _, sid, version in rows:
             self._cache.invalidate(sid, None if version < 0 else version)
         return int(rows[-1][0])
+
+
+def _terminate_connected(connecting: asyncio.Future[Any]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().terminate()
 
 
 async def _scalar(conn: Any, sql: str) -> int:

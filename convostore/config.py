@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .urls import hide_password
 
 __all__ = ["DATABASE_URL_ENV", "DEFAULT_DATABASE_URL", "StoreConfig", "resolve_database_url"]
 
@@ -22,13 +25,19 @@ def resolve_database_url(explicit: str | None = None) -> str:
 
 
 class StoreConfig(BaseModel):
-    """Settings of a ``SessionRepository``. Durations are seconds (int or float)."""
+    """Settings of a ``SessionRepository``. Durations are seconds (int or float).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``repr()`` and ``str()`` show the database URL with its password as ``***``, and validation
+    errors leave out the values given, so neither shows a password.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     database_url: str = Field(default_factory=resolve_database_url)
     """SQLAlchemy async URL: ``sqlite+aiosqlite:///file.db`` or ``postgresql+asyncpg://...``.
-    Default: env ``CONVOSTORE_DATABASE_URL``, else ``sqlite+aiosqlite:///convostore.db``."""
+    Default: env ``CONVOSTORE_DATABASE_URL``, else ``sqlite+aiosqlite:///convostore.db``.
+    Checked when a ``SessionRepository`` is built (``ConfigError``), not here: a repository
+    given an engine does not use it."""
 
     session_ttl: float = Field(default=1800, gt=0)
     """Seconds of inactivity after which a session expires (sliding). Default 1800."""
@@ -77,6 +86,23 @@ class StoreConfig(BaseModel):
     """False: run every statement through SQLAlchemy's own execution (slower), never through
     the driver directly. convostore also does this by itself when an engine has ``echo`` or
     cursor-execute listeners, or when a private driver API it uses is missing. Default True."""
+
+    max_text_chars: int = Field(default=100_000, ge=1)
+    """Characters allowed in each text of a turn (question, answer, resolved question, template
+    id, slot names and values, current slots and template). Default 100,000: some 25,000
+    tokens, several times the longest answer a language model gives in one turn, while a
+    runaway payload (a whole document as the answer) is refused instead of being loaded with
+    the session on every cold read."""
+
+    max_results_bytes: int = Field(default=1_000_000, ge=1)
+    """Bytes allowed in one turn's ``results`` as JSON (``json.dumps``). Default 1,000,000:
+    room for dozens of retrieved passages with their metadata, while keeping what a cold load
+    of a long session reads bounded."""
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            secret = name in ("database_url", "listen_url") and value is not None
+            yield name, hide_password(value) if secret else value
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from .config import StoreConfig
 from .models import ConversationState
 from .repository import SessionRepository
 from .schema import turns
+from .urls import hide_password
 
 __all__ = ["run_demo"]
 
@@ -46,7 +47,7 @@ async def run_demo(url: str | None = None, echo: Callable[[str], None] = print) 
         path = Path(tempfile.mkdtemp(prefix="convostore-demo-")) / "convostore.db"
         url = f"sqlite+aiosqlite:///{path}"
     config = StoreConfig(database_url=url, auto_migrate=True, cleanup_interval=0)
-    echo(f"database: {url} (schema migrated on the spot)\n")
+    echo(f"database: {hide_password(url)} (schema migrated on the spot)\n")
 
     async with SessionRepository(config) as repo:
         session_id, _ = await repo.get_or_create()

@@ -1,7 +1,9 @@
-"""Building the SQLAlchemy ``AsyncEngine`` and the SQLite connection settings convostore needs."""
+"""Checking and building the SQLAlchemy ``AsyncEngine``, and the SQLite connection settings
+convostore needs."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -11,18 +13,47 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .config import StoreConfig
+from .errors import ConfigError, hide_in_messages
+from .urls import check_database_url, hide_password
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "create_engine", "prepare_engine", "release_engine"]
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "check_database",
+    "create_engine",
+    "prepare_engine",
+    "release_engine",
+]
+
+logger = logging.getLogger("convostore")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite writer waits for another's lock before failing: long enough that
 ordinary contention between tasks or processes on one file never says "database is locked"."""
 
 
+def check_database(config: StoreConfig, engine: object | None) -> None:
+    """Raise ``ConfigError`` unless a repository can run on ``engine`` or, without one, on
+    ``config.database_url``; from then on that URL's password is masked in error messages."""
+    if engine is None:
+        url = check_database_url(config.database_url)
+    elif isinstance(engine, AsyncEngine):
+        url = check_database_url(engine.url, "the engine's URL")
+    else:
+        raise ConfigError(
+            "engine must be an AsyncEngine from sqlalchemy.ext.asyncio.create_async_engine "
+            f"(on sqlite+aiosqlite or postgresql+asyncpg), not {type(engine).__name__}"
+        )
+    hide_in_messages(url.password)
+
+
 def create_engine(config: StoreConfig) -> AsyncEngine:
-    """The repository's own engine for ``config.database_url``, pooled as configured."""
+    """The repository's own engine for ``config.database_url``, pooled as configured.
+
+    Its errors and logs leave out SQL parameters (``hide_parameters``): they are turn content,
+    which does not belong in a ``StoreError`` message or a log line."""
     url = make_url(config.database_url)
-    options: dict[str, Any] = {}
+    logger.debug("convostore: creating an engine for %s", hide_password(url))
+    options: dict[str, Any] = {"hide_parameters": True}
     in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
     if not in_memory:
         options.update(pool_size=config.pool_size, max_overflow=config.max_overflow)

@@ -3,13 +3,18 @@
 Every exception raised on purpose derives from ``ConvostoreError``::
 
     ConvostoreError
+    ├── ConfigError        (also ValueError)   a URL or engine convostore cannot use, when built
     ├── InvalidSessionId   (also ValueError)   bad session id, raised before any SQL
-    ├── InvalidTurn        (also ValueError)   text or results the store cannot hold, before any SQL
+    ├── InvalidTurn        (also ValueError)   text or results the store cannot hold or that
+    │                                          exceed the size limits, before any SQL
     ├── SchemaNotReady                         the database lacks the newest migration
     ├── NotRunning         (also RuntimeError) the repository is not started, or already stopped
     ├── StaleStateError                        update(if_unchanged=True): the session moved on
     └── StoreError                             the database or driver failed; cause chained
         └── StoreUnavailable                   the database stayed unreachable for reconnect_timeout
+
+No message convostore builds shows a database password: the passwords of the URLs and engines
+repositories were built with are masked in ``StoreError`` messages (see ``hide_in_messages``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from contextlib import contextmanager
 from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
+    "ConfigError",
     "ConvostoreError",
     "InvalidSessionId",
     "InvalidTurn",
@@ -30,6 +36,7 @@ __all__ = [
     "StaleStateError",
     "StoreError",
     "StoreUnavailable",
+    "hide_in_messages",
     "is_disconnect",
     "translate_errors",
 ]
@@ -39,12 +46,18 @@ class ConvostoreError(Exception):
     """Base of every error convostore raises on purpose."""
 
 
+class ConfigError(ConvostoreError, ValueError):
+    """The database URL or engine is one convostore cannot use; the message says what to write
+    instead. Raised when a ``SessionRepository`` is built, before any connection is made."""
+
+
 class InvalidSessionId(ConvostoreError, ValueError):
     """A session id is empty, longer than 128 characters, or not printable ASCII."""
 
 
 class InvalidTurn(ConvostoreError, ValueError):
-    """A field holds text or data that the store cannot keep; the message names the field."""
+    """A field holds text or data that the store cannot keep, or more than the size limits of
+    ``StoreConfig`` allow; the message names the field (and the limit)."""
 
 
 class SchemaNotReady(ConvostoreError):
@@ -83,6 +96,22 @@ def _driver_errors() -> tuple[type[Exception], ...]:
 
 _DRIVER_ERRORS = _driver_errors()
 
+_hidden: frozenset[str] = frozenset()
+
+
+def hide_in_messages(secret: str | None) -> None:
+    """Mask ``secret`` (a database password) as ``***`` in every ``StoreError`` message from
+    now on. Drivers are not known to put passwords in their errors; this makes sure."""
+    global _hidden
+    if secret:
+        _hidden = _hidden | {secret}
+
+
+def _masked(text: str) -> str:
+    for secret in sorted(_hidden, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
 
 def _closed_aiosqlite(exc: BaseException) -> bool:
     """aiosqlite's error for a connection whose worker thread has ended."""
@@ -91,13 +120,18 @@ def _closed_aiosqlite(exc: BaseException) -> bool:
 
 @contextmanager
 def translate_errors(action: str) -> Iterator[None]:
-    """Re-raise SQLAlchemy and driver errors as ``StoreError``, naming what was being done."""
+    """Re-raise SQLAlchemy and driver errors as ``StoreError``, naming what was being done.
+
+    The message keeps the first line of the driver's: the lines after it (PostgreSQL's
+    ``DETAIL: Failing row contains (...)``, SQLAlchemy's ``[SQL: ...]``) can hold turn
+    content, which stays in the chained exception only."""
     try:
         yield
     except ConvostoreError:
         raise
     except _DRIVER_ERRORS as exc:
-        raise StoreError(f"{action} failed: {exc}") from exc
+        reason = str(exc).partition("\n")[0]
+        raise StoreError(_masked(f"{action} failed: {reason}")) from exc
     except ValueError as exc:
         if _closed_aiosqlite(exc):
             raise StoreError(f"{action} failed: the SQLite connection was closed") from exc

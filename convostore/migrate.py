@@ -18,6 +18,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .errors import SchemaNotReady, translate_errors
+from .urls import check_database_url
 
 __all__ = [
     "VERSION_TABLE",
@@ -93,8 +94,9 @@ async def lock_for_migration(conn: AsyncConnection) -> None:
 
 
 async def upgrade_url(url: str, revision: str = "head") -> None:
-    """``upgrade`` on a database given by URL (what ``convostore migrate`` runs)."""
-    engine = create_async_engine(url)
+    """``upgrade`` on a database given by URL (what ``convostore migrate`` runs); a URL
+    convostore cannot use raises ``ConfigError`` first."""
+    engine = create_async_engine(check_database_url(url))
     try:
         await upgrade(engine, revision)
     finally:

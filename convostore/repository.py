@@ -36,14 +36,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .cache import CacheEntry, SessionCache
 from .coherence import PostgresWatcher, SqliteWatcher, Watcher
 from .config import StoreConfig
-from .engine import create_engine, prepare_engine, release_engine
+from .engine import check_database, create_engine, prepare_engine, release_engine
 from .errors import InvalidTurn, NotRunning, StaleStateError
 from .expiry import run_periodically
 from .lifecycle import Calls
 from .migrate import check_schema, upgrade
 from .models import ConversationState, ConversationTurn, carry_context, make_turn
 from .store import SessionFields, SqlStore, Written
+from .urls import hide_password
 from .validation import (
+    Limits,
     check_idempotency_key,
     check_language,
     check_optional_text,
@@ -91,6 +93,8 @@ class SessionRepository:
         if isinstance(config, str):
             config = StoreConfig(database_url=config)
         self.config: StoreConfig = config if config is not None else StoreConfig()
+        check_database(self.config, engine)
+        self._limits = Limits(self.config.max_text_chars, self.config.max_results_bytes)
         self._engine = engine
         self._owns_engine = engine is None
         self._clock: Clock = clock or time.time
@@ -107,6 +111,10 @@ class SessionRepository:
         self._expired = 0
         self._hits = 0
         self._misses = 0
+
+    def __repr__(self) -> str:
+        url = self._engine.url if self._engine is not None else self.config.database_url
+        return f"SessionRepository({hide_password(url)!r}, {self._calls.phase})"
 
     async def __aenter__(self) -> SessionRepository:
         await self.start()
@@ -301,17 +309,19 @@ class SessionRepository:
         """
         sid = check_session_id(session_id)
         key = _new_key() if idempotency_key is None else check_idempotency_key(idempotency_key)
-        template = check_optional_text("template_id", template_id)
+        limits = self._limits
+        template = check_optional_text("template_id", template_id, limits)
         user = make_turn(
             "user",
-            check_text("question", question),
-            check_optional_text("resolved_question", resolved_question),
+            check_text("question", question, limits),
+            check_optional_text("resolved_question", resolved_question, limits),
             template,
-            copy_slots("slots", slots),
-            copy_results("results", results),
+            copy_slots("slots", slots, limits),
+            copy_results("results", results, limits),
             None,
         )
-        assistant = make_turn("assistant", check_text("answer", answer), None, None, {}, [], None)
+        answer = check_text("answer", answer, limits)
+        assistant = make_turn("assistant", answer, None, None, {}, [], None)
         exchange = (user, assistant)
         template = template or None
         store = self._enter()
@@ -381,11 +391,12 @@ class SessionRepository:
         handed = {id(turn) for turn in state._origin[: state._stored]} if read_here else set()
         all_turns = list(state.turns)
         new_at = [index for index, turn in enumerate(all_turns) if id(turn) not in handed]
+        limits = self._limits
         for index in new_at:
-            all_turns[index] = check_turn(f"turns[{index}]", all_turns[index])
+            all_turns[index] = check_turn(f"turns[{index}]", all_turns[index], limits)
         fields = SessionFields(
-            copy_slots("current_slots", state.current_slots),
-            check_optional_text("current_template_id", state.current_template_id),
+            copy_slots("current_slots", state.current_slots, limits),
+            check_optional_text("current_template_id", state.current_template_id, limits),
             check_language(state.language),
         )
         expected: int | None = None

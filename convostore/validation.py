@@ -1,4 +1,5 @@
-"""Input checks that run before any SQL: session ids, text fields, slots and results.
+"""Input checks that run before any SQL: session ids, text fields, slots and results, and the
+size limits of ``StoreConfig`` (``Limits``).
 
 The checks also copy what they accept, so a caller who changes a dict or list after passing it
 in changes nothing stored or cached.
@@ -6,8 +7,10 @@ in changes nothing stored or cached.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidSessionId, InvalidTurn
@@ -15,6 +18,7 @@ from .models import ConversationTurn, make_turn
 from .schema import MAX_SESSION_ID_LENGTH
 
 __all__ = [
+    "Limits",
     "check_idempotency_key",
     "check_language",
     "check_optional_text",
@@ -26,6 +30,16 @@ __all__ = [
 ]
 
 MAX_LANGUAGE_LENGTH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The size limits a repository checks, taken from its ``StoreConfig`` once."""
+
+    text_chars: int
+    """``StoreConfig.max_text_chars``: characters in each text field."""
+    results_bytes: int
+    """``StoreConfig.max_results_bytes``: bytes of one turn's results as JSON."""
 
 
 def check_session_id(session_id: object) -> str:
@@ -49,9 +63,19 @@ def check_session_id(session_id: object) -> str:
     raise InvalidSessionId(f"session id {session_id!r} has characters outside printable ASCII")
 
 
-def check_text(field: str, value: object) -> str:
-    """Return ``value`` if it is a string PostgreSQL and UTF-8 can hold: no NUL characters,
-    no lone surrogates."""
+def check_text(field: str, value: object, limits: Limits) -> str:
+    """Return ``value`` if it is a string of at most ``limits.text_chars`` characters that
+    PostgreSQL and UTF-8 can hold (see ``_check_storable``)."""
+    if isinstance(value, str) and len(value) > limits.text_chars:
+        raise InvalidTurn(
+            f"{field} is {len(value):,} characters long; at most {limits.text_chars:,} are "
+            "allowed (StoreConfig.max_text_chars)"
+        )
+    return _check_storable(field, value)
+
+
+def _check_storable(field: str, value: object) -> str:
+    """Return ``value`` if it is a string without NUL characters or lone surrogates."""
     if not isinstance(value, str):
         raise InvalidTurn(f"{field} must be a string, not {type(value).__name__}")
     if "\x00" in value:
@@ -61,52 +85,65 @@ def check_text(field: str, value: object) -> str:
     return value
 
 
-def check_optional_text(field: str, value: object) -> str | None:
+def check_optional_text(field: str, value: object, limits: Limits) -> str | None:
     """Like ``check_text``, but None passes."""
-    return None if value is None else check_text(field, value)
+    return None if value is None else check_text(field, value, limits)
 
 
 def check_language(value: object) -> str:
     """A language code: non-empty text of at most 32 characters."""
-    language = check_text("language", value)
+    language = _check_storable("language", value)
     if not 0 < len(language) <= MAX_LANGUAGE_LENGTH:
         raise InvalidTurn(f"language must be 1 to {MAX_LANGUAGE_LENGTH} characters long")
     return language
 
 
-def copy_slots(field: str, slots: object) -> dict[str, str]:
+def copy_slots(field: str, slots: object, limits: Limits) -> dict[str, str]:
     """A checked copy of a name -> value mapping of strings; None gives an empty dict."""
     if slots is None:
         return {}
     if not isinstance(slots, (dict, Mapping)):
         raise InvalidTurn(f"{field} must be a dict of strings, not {type(slots).__name__}")
     return {
-        check_text(f"{field} name", name): check_text(f"{field}[{name!r}]", value)
+        check_text(f"{field} name", name, limits): check_text(f"{field}[{name!r}]", value, limits)
         for name, value in slots.items()
     }
 
 
-def copy_results(field: str, results: object) -> list[dict[str, Any]]:
+def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, Any]]:
     """A checked deep copy of a list of JSON objects; None gives an empty list.
 
-    Refuses what JSON cannot represent faithfully: non-string keys, NaN and infinities, and
-    objects of other types (sets, datetimes, ...).
+    Refuses what JSON cannot represent faithfully (non-string keys, NaN and infinities, and
+    objects of other types: sets, datetimes, ...) and results longer than
+    ``limits.results_bytes`` as ``json.dumps`` writes them, as the store does. The copy adds
+    up a bound of that length as it goes; only results the bound puts over the limit (the
+    bound allows up to 6 bytes a character, 12 for non-ASCII text) are encoded to measure.
     """
     if results is None:
         return []
     if not isinstance(results, (list, tuple)):
         raise InvalidTurn(f"{field} must be a list of dicts, not {type(results).__name__}")
+    if not results:
+        return []
     copied: list[dict[str, Any]] = []
+    bound = [2]
     try:
         for index, item in enumerate(results):
             if not isinstance(item, (dict, Mapping)):
                 raise _Unstorable(f"must be a dict, not {type(item).__name__}", [index])
-            copied.append(_copy_json(item))
+            copied.append(_copy_json(item, bound))
     except _Unstorable as exc:
         where = "".join(f"[{part!r}]" for part in exc.path)
         raise InvalidTurn(f"{field}{where} {exc.reason}") from None
     except RecursionError:
         raise InvalidTurn(f"{field} is nested too deeply to store") from None
+    if bound[0] > limits.results_bytes:
+        size = len(json.dumps(copied))
+        if size > limits.results_bytes:
+            raise InvalidTurn(
+                f"{field} take {size:,} bytes as JSON; at most {limits.results_bytes:,} are "
+                "allowed (StoreConfig.max_results_bytes)"
+            )
     return copied
 
 
@@ -120,13 +157,25 @@ class _Unstorable(Exception):
         self.path = path or []
 
 
-def _copy_json(value: Any) -> Any:
+_NODE_BYTES = 30
+"""A bound of what any JSON value adds besides its text: quotes, brackets, separators, and
+the whole of a float (at most 24 characters), a small int, true, false or null."""
+
+
+def _copy_json(value: Any, bound: list[int]) -> Any:
+    """A checked copy of a JSON value; adds a bound of its ``json.dumps`` length to
+    ``bound[0]``: 6 bytes a character of ASCII text (``\\u00XX``), 12 of other text (an
+    escaped surrogate pair), a digit per 3 bits of an int, ``_NODE_BYTES`` a value."""
     if isinstance(value, str):
-        if "\x00" in value or (not value.isascii() and not _is_utf8(value)):
+        is_ascii = value.isascii()
+        if "\x00" in value or (not is_ascii and not _is_utf8(value)):
             raise _Unstorable("contains a NUL character or a lone surrogate")
+        bound[0] += _NODE_BYTES + (6 if is_ascii else 12) * len(value)
         return value
     if value is None or isinstance(value, (bool, int)):
+        bound[0] += _NODE_BYTES + (0 if value is None else value.bit_length() // 3)
         return value
+    bound[0] += _NODE_BYTES
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _Unstorable(f"is {value}, which JSON cannot represent")
@@ -137,7 +186,7 @@ def _copy_json(value: Any) -> Any:
             if not isinstance(key, str):
                 raise _Unstorable(f"has a key {key!r} that is not a string")
             try:
-                copy[_copy_json(key)] = _copy_json(item)
+                copy[_copy_json(key, bound)] = _copy_json(item, bound)
             except _Unstorable as exc:
                 exc.path.insert(0, key)
                 raise
@@ -146,7 +195,7 @@ def _copy_json(value: Any) -> Any:
         items = []
         for index, item in enumerate(value):
             try:
-                items.append(_copy_json(item))
+                items.append(_copy_json(item, bound))
             except _Unstorable as exc:
                 exc.path.insert(0, index)
                 raise
@@ -162,7 +211,7 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
-def check_turn(field: str, turn: object) -> ConversationTurn:
+def check_turn(field: str, turn: object, limits: Limits) -> ConversationTurn:
     """A validated copy of a turn the caller added, so later changes to its dicts and lists
     reach neither the store nor the cache."""
     if not isinstance(turn, ConversationTurn):
@@ -171,11 +220,11 @@ def check_turn(field: str, turn: object) -> ConversationTurn:
         raise InvalidTurn(f"{field}.role must be 'user' or 'assistant', not {turn.role!r}")
     return make_turn(
         turn.role,
-        check_text(f"{field}.content", turn.content),
-        check_optional_text(f"{field}.resolved_question", turn.resolved_question),
-        check_optional_text(f"{field}.template_id", turn.template_id),
-        copy_slots(f"{field}.slots", turn.slots),
-        copy_results(f"{field}.results", turn.results),
+        check_text(f"{field}.content", turn.content, limits),
+        check_optional_text(f"{field}.resolved_question", turn.resolved_question, limits),
+        check_optional_text(f"{field}.template_id", turn.template_id, limits),
+        copy_slots(f"{field}.slots", turn.slots, limits),
+        copy_results(f"{field}.results", turn.results, limits),
         None,
     )
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import convostore
 from convostore import (
+    ConfigError,
     ConversationState,
     ConvostoreError,
     InvalidSessionId,
@@ -33,6 +34,7 @@ MYPY = Path(sys.executable).parent / "mypy"
 URL_ENV = "CONVOSTORE_DATABASE_URL"
 
 EXPECTED_ALL = [
+    "ConfigError",
     "ConversationState",
     "ConversationTurn",
     "ConvostoreError",
@@ -62,9 +64,9 @@ def test_all_is_sorted_and_pinned() -> None:
     assert SessionConfig is StoreConfig
 
 
-@pytest.mark.parametrize("error", [InvalidSessionId, InvalidTurn])
+@pytest.mark.parametrize("error", [ConfigError, InvalidSessionId, InvalidTurn])
 def test_input_errors_are_value_errors(error: type[Exception]) -> None:
-    """InvalidSessionId and InvalidTurn are both ConvostoreError and ValueError."""
+    """ConfigError, InvalidSessionId and InvalidTurn are both ConvostoreError and ValueError."""
     assert issubclass(error, ConvostoreError)
     assert issubclass(error, ValueError)
 

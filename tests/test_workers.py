@@ -72,7 +72,8 @@ async def test_delete_and_sweep_through_one_worker_are_seen_by_the_others(
     a, b = await make_repo(session_ttl=100), await make_repo(session_ttl=100)
     await a.add_turn("deleted", "q", "a")
     await a.add_turn("swept", "q", "a")
-    assert await a.get("deleted") is not None and await a.get("swept") is not None
+    assert await a.get("deleted") is not None
+    assert await a.get("swept") is not None
 
     assert await b.delete("deleted")
     await eventually(lambda: _is_gone(a, "deleted"))
@@ -196,7 +197,8 @@ async def test_update_if_unchanged_refuses_a_state_another_worker_moved_on(
     assert await sql("SELECT count(*) FROM turns WHERE content = 'lost'") == [(0,)]
 
     fresh = await a.get("occ")
-    assert fresh is not None and fresh.current_slots == {"place": "Enschede"}
+    assert fresh is not None
+    assert fresh.current_slots == {"place": "Enschede"}
     fresh.current_slots["place"] = "Zwolle"
     await a.update("occ", fresh, if_unchanged=True)
     await a.update("occ", fresh, if_unchanged=True)  # the state knows its new version
@@ -226,7 +228,8 @@ async def test_update_if_unchanged_with_a_new_state_expects_no_session(
     with pytest.raises(StaleStateError):
         await repo.update("brand-new", ConversationState(language="de"), if_unchanged=True)
     state = await repo.get("brand-new")
-    assert state is not None and state.language == "en"
+    assert state is not None
+    assert state.language == "en"
 
 
 async def test_update_stays_last_writer_wins_by_default(make_repo: MakeRepo) -> None:
