@@ -6,6 +6,10 @@ PostgreSQL server named by env ``CONVOSTORE_TEST_POSTGRES_URL`` (skipped, with t
 that is unset; failing when it is set and the server cannot be reached). ``-m sqlite`` or
 ``-m postgresql`` picks one. PostgreSQL tests get a database of their own, copied from a
 template migrated once per run; SQLite tests get a copy of a migrated file.
+
+Tests that stop, crash or pool a server never touch that shared one: ``private_postgres`` is a
+server of the test's own, and ``pgbouncer`` / ``pgbouncer_on`` put PgBouncer in front of one
+(see ``bench/servers.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +28,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+# bench/ is never installed: find it in the source tree, but after site-packages, so that CI
+# still tests the installed convostore (pytest's ``pythonpath`` option would put the source
+# tree first, and test_installed_package_ships_migrations would skip).
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from bench.servers import LOOPBACK, PgBouncer, PrivatePostgres
 from convostore import SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
 
@@ -171,3 +182,44 @@ async def sql(url: str) -> AsyncIterator[Sql]:
 
     yield run
     await engine.dispose()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of this test's own, started and empty (no convostore schema), to
+    stop, kill and restart; removed when the test ends."""
+    try:
+        server = PrivatePostgres()
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    with server:
+        yield server
+
+
+def _pgbouncer(
+    server_port: int, user: str = "postgres", database: str = "postgres"
+) -> Iterator[PgBouncer]:
+    try:
+        bouncer = PgBouncer(server_port, user=user, database=database)
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    with bouncer:
+        yield bouncer
+
+
+@pytest.fixture
+def pgbouncer() -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of the shared server; its ``dsn`` and ``url``
+    name the database of ``CONVOSTORE_TEST_POSTGRES_URL``."""
+    url = make_url(_postgres_admin_url())
+    if url.host != LOOPBACK:
+        pytest.fail(f"{POSTGRES_URL_ENV} must name a server on {LOOPBACK}, not {url.host}")
+    yield from _pgbouncer(
+        url.port or 5432, user=url.username or "postgres", database=url.database or "postgres"
+    )
+
+
+@pytest.fixture
+def pgbouncer_on(private_postgres: PrivatePostgres) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of this test's ``private_postgres``."""
+    yield from _pgbouncer(private_postgres.port)
