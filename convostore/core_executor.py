@@ -9,6 +9,7 @@ driver's raw values, to which the store applies ``Compiled.processors`` on eithe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -42,15 +43,22 @@ class CoreExecutor:
         SQLite transaction is begun with the write lock unless the engine began one already (a
         connection in autocommit, as SQLAlchemy's aiosqlite recipe sets it up, may not have)."""
         async with self.engine.begin() as conn:
-            if self._sqlite:
-                await _begin_immediate(conn)
-            rows = [tuple(row) for row in await _rows(conn, head, params)]
-            if rows and then is not None:
-                for compiled, many in then(rows[0]):
-                    if many:
-                        await conn.exec_driver_sql(
-                            compiled.sql, [tuple(compiled.args(p)) for p in many]
-                        )
+            began = self._sqlite and await _begin_immediate(conn)
+            try:
+                rows = [tuple(row) for row in await _rows(conn, head, params)]
+                if rows and then is not None:
+                    for compiled, many in then(rows[0]):
+                        if many:
+                            await conn.exec_driver_sql(
+                                compiled.sql, [tuple(compiled.args(p)) for p in many]
+                            )
+            except BaseException:
+                if began:
+                    # In autocommit SQLAlchemy may skip its own rollback
+                    # (skip_autocommit_rollback); the transaction begun here ends here.
+                    with suppress(Exception):
+                        await conn.exec_driver_sql("ROLLBACK")
+                raise
         return rows
 
 
@@ -59,10 +67,13 @@ async def _rows(conn: AsyncConnection, compiled: Compiled, params: Mapping[str, 
     return list(result.all())
 
 
-async def _begin_immediate(conn: AsyncConnection) -> None:
-    """Begin the SQLite transaction with the write lock if the driver connection has none."""
+async def _begin_immediate(conn: AsyncConnection) -> bool:
+    """Begin a SQLite transaction with the write lock unless the driver connection is in one
+    already; returns whether it did."""
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
-    if not driver.in_transaction:
-        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if driver.in_transaction:
+        return False
+    await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return True

@@ -469,4 +469,12 @@ def _unchanged(value: Any) -> Any:
 def _is_key_conflict(exc: BaseException) -> bool:
     """Whether a write failed on the idempotency key's unique index: a concurrent call with
     the same key stored the exchange first (PostgreSQL; SQLite writers never overlap)."""
-    return "ix_turns_session_id_idempotency_key" in str(getattr(exc, "constraint_name", ""))
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if "ix_turns_session_id_idempotency_key" in str(getattr(current, "constraint_name", "")):
+            return True
+        # Through SQLAlchemy's execution (the Core executor) the driver's error is chained.
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
