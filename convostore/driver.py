@@ -30,12 +30,23 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
+from ._private import run_in_sqlite_thread
 from .errors import is_disconnect
 
-__all__ = ["Compiled", "PostgresDriver", "Processor", "SqliteDriver", "write_transaction"]
+__all__ = [
+    "Compiled",
+    "Inserts",
+    "PostgresDriver",
+    "Processor",
+    "SqliteDriver",
+    "write_transaction",
+]
 
 T = TypeVar("T")
 Processor = Callable[[Any], Any]
+Inserts = Callable[[tuple[Any, ...]], Sequence[tuple["Compiled", Sequence[Mapping[str, Any]]]]]
+"""Given the first row of a write transaction's head statement: the inserts that follow it,
+each a statement and its parameter sets."""
 
 
 class Compiled:
@@ -56,7 +67,9 @@ class Compiled:
             else:
                 value = processor(bind.value) if processor else bind.value
                 self._binds.append((None, value, None))
-        selected = getattr(statement, "selected_columns", ())
+        selected = list(getattr(statement, "selected_columns", ()))
+        self.columns = {column.key: index for index, column in enumerate(selected)}
+        """Each result column's index, by name."""
         self.processors: list[Processor | None] = [
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in selected
         ]
@@ -134,7 +147,8 @@ async def _discard(pooled: Any, exc: BaseException) -> None:
 
 
 class SqliteDriver:
-    """Runs a function on the ``sqlite3`` connection inside aiosqlite's worker thread."""
+    """Runs a function on the ``sqlite3`` connection inside aiosqlite's worker thread
+    (through aiosqlite's private API: see ``_private.run_in_sqlite_thread``)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -146,7 +160,7 @@ class SqliteDriver:
         try:
             aio = pooled.driver_connection
             assert aio is not None
-            result: T = await aio._execute(lambda: work(aio._conn))
+            result = await run_in_sqlite_thread(aio, work)
         except BaseException as exc:
             await _discard(pooled, exc)
             raise
@@ -161,15 +175,20 @@ class SqliteDriver:
 
     async def write(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
         """The rows of one data-modifying statement ... RETURNING, committed, in one hop."""
-        return await self.run(lambda conn: write_transaction(conn, compiled, params))
+        return await self.write_transaction(compiled, params)
+
+    async def write_transaction(
+        self, head: Compiled, params: Mapping[str, Any], then: Inserts | None = None
+    ) -> list[tuple[Any, ...]]:
+        """``write_transaction`` in one thread hop."""
+        return await self.run(lambda conn: write_transaction(conn, head, params, then))
 
 
 def write_transaction(
     connection: sqlite3.Connection,
     head: Compiled,
     params: Mapping[str, Any],
-    then: Callable[[tuple[Any, ...]], Sequence[tuple[Compiled, Sequence[Mapping[str, Any]]]]]
-    | None = None,
+    then: Inserts | None = None,
 ) -> list[tuple[Any, ...]]:
     """One SQLite write transaction: ``head`` (an UPDATE or DELETE ... RETURNING), then the
     inserts ``then(first row)`` asks for. Returns head's rows; if there are none, nothing is

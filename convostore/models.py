@@ -8,16 +8,21 @@ share the same turn objects and copying a state is a list copy, not a deep copy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from ._private import SlotSetters, pydantic_slot_setters
+
 __all__ = [
     "HISTORY_WINDOW",
     "ConversationState",
     "ConversationTurn",
+    "StateBuilder",
+    "TurnBuilder",
+    "builders",
     "carry_context",
     "make_state",
     "make_turn",
@@ -101,20 +106,107 @@ class ConversationState(BaseModel):
         return History(messages=messages)
 
 
-# Every field of a store-built model counts as set. One set object serves them all: pydantic
-# only ever adds field names to it (which are already there) or copies it, never removes.
-_TURN_FIELDS = set(ConversationTurn.model_fields)
-_STATE_FIELDS = set(ConversationState.model_fields)
-_new = object.__new__
-_set = object.__setattr__
-# BaseModel's slots, set through their descriptors directly: a cache hit builds a state, and
-# this is the cheapest way to do it without validation.
-_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
-_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+TurnBuilder = Callable[
+    [
+        Literal["user", "assistant"],
+        str,
+        str | None,
+        str | None,
+        dict[str, str],
+        list[dict[str, Any]],
+        datetime | None,
+    ],
+    ConversationTurn,
+]
+StateBuilder = Callable[
+    [
+        list[ConversationTurn],
+        dict[str, str],
+        str | None,
+        str,
+        str | None,
+        Sequence[ConversationTurn],
+        int,
+        int | None,
+    ],
+    ConversationState,
+]
 
 
-def make_turn(
+def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
+    """``make_turn`` and ``make_state``: through pydantic's slot ``setters`` when there are
+    any, else (a pydantic release without them) through the public ``model_construct``."""
+    if setters is None:
+        return _constructed_turn, _constructed_state
+    # Every field of a store-built model counts as set. One set object serves them all:
+    # pydantic only ever adds field names to it (which are already there) or copies it.
+    turn_fields = set(ConversationTurn.model_fields)
+    state_fields = set(ConversationState.model_fields)
+    new = object.__new__
+    set_attribute = object.__setattr__
+    set_fields_set, set_extra, set_private = setters
+
+    def make_turn(
+        role: Literal["user", "assistant"],
+        content: str,
+        resolved_question: str | None,
+        template_id: str | None,
+        slots: dict[str, str],
+        results: list[dict[str, Any]],
+        created_at: datetime | None,
+    ) -> ConversationTurn:
+        turn = new(ConversationTurn)
+        set_attribute(
+            turn,
+            "__dict__",
+            {
+                "role": role,
+                "content": content,
+                "resolved_question": resolved_question,
+                "template_id": template_id,
+                "slots": slots,
+                "results": results,
+                "created_at": created_at,
+            },
+        )
+        set_fields_set(turn, turn_fields)
+        set_extra(turn, None)
+        set_private(turn, None)
+        return turn
+
+    def make_state(
+        turns: list[ConversationTurn],
+        current_slots: dict[str, str],
+        current_template_id: str | None,
+        language: str,
+        session_id: str | None,
+        origin: Sequence[ConversationTurn],
+        stored: int,
+        version: int | None,
+    ) -> ConversationState:
+        state = new(ConversationState)
+        set_attribute(
+            state,
+            "__dict__",
+            {
+                "turns": turns,
+                "current_slots": current_slots,
+                "current_template_id": current_template_id,
+                "language": language,
+            },
+        )
+        set_fields_set(state, state_fields)
+        set_extra(state, None)
+        set_private(
+            state,
+            {"_session_id": session_id, "_origin": origin, "_stored": stored, "_version": version},
+        )
+        return state
+
+    return make_turn, make_state
+
+
+def _constructed_turn(
     role: Literal["user", "assistant"],
     content: str,
     resolved_question: str | None,
@@ -123,32 +215,18 @@ def make_turn(
     results: list[dict[str, Any]],
     created_at: datetime | None,
 ) -> ConversationTurn:
-    """A turn from values the store already checked, built without validation.
-
-    ``model_construct`` would do the same at several times the cost; on a cold load of a long
-    session that cost is most of the Python time, so the store builds turns this way.
-    """
-    turn = _new(ConversationTurn)
-    _set(
-        turn,
-        "__dict__",
-        {
-            "role": role,
-            "content": content,
-            "resolved_question": resolved_question,
-            "template_id": template_id,
-            "slots": slots,
-            "results": results,
-            "created_at": created_at,
-        },
+    return ConversationTurn.model_construct(
+        role=role,
+        content=content,
+        resolved_question=resolved_question,
+        template_id=template_id,
+        slots=slots,
+        results=results,
+        created_at=created_at,
     )
-    _set_fields_set(turn, _TURN_FIELDS)
-    _set_extra(turn, None)
-    _set_private(turn, None)
-    return turn
 
 
-def make_state(
+def _constructed_state(
     turns: list[ConversationTurn],
     current_slots: dict[str, str],
     current_template_id: str | None,
@@ -158,23 +236,21 @@ def make_state(
     stored: int,
     version: int | None,
 ) -> ConversationState:
-    """A state from values the store owns, built without validation (see ``make_turn``);
-    the turns ``origin[:stored]`` count as stored for ``session_id`` at ``version``."""
-    state = _new(ConversationState)
-    _set(
-        state,
-        "__dict__",
-        {
-            "turns": turns,
-            "current_slots": current_slots,
-            "current_template_id": current_template_id,
-            "language": language,
-        },
+    state = ConversationState.model_construct(
+        turns=turns,
+        current_slots=current_slots,
+        current_template_id=current_template_id,
+        language=language,
     )
-    _set_fields_set(state, _STATE_FIELDS)
-    _set_extra(state, None)
-    _set_private(
-        state,
-        {"_session_id": session_id, "_origin": origin, "_stored": stored, "_version": version},
-    )
+    state._session_id, state._origin, state._stored = session_id, origin, stored
+    state._version = version
     return state
+
+
+make_turn, make_state = builders(pydantic_slot_setters())
+"""``make_turn(role, content, resolved_question, template_id, slots, results, created_at)``: a
+turn from values the store already checked, built without validation. ``model_construct``
+does the same at several times the cost; on a cold load of a long session that cost is most
+of the Python time. ``make_state(turns, current_slots, current_template_id, language,
+session_id, origin, stored, version)``: likewise a state, whose turns ``origin[:stored]``
+count as stored for ``session_id`` at ``version``."""

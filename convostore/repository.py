@@ -157,7 +157,7 @@ class SessionRepository:
                 await upgrade(engine)
             else:
                 await check_schema(engine)
-            store = SqlStore(engine, owns_engine=self._owns_engine)
+            store = SqlStore(engine, owns_engine=self._owns_engine, fast_path=self.config.fast_path)
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:
                 await self._watcher.start()

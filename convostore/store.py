@@ -7,22 +7,26 @@ the UPDATE that bumps ``turn_count`` locks the row, so concurrent writers to one
 turns, in any number of processes.
 
 The three paths every request takes (append, load, refresh expiry) run through ``driver.py``:
-the same statements, compiled once, on the pooled driver connection. The rarer ones (create,
-update, delete, the append that must first create its session) go through SQLAlchemy's
-execution as usual.
+the same statements, compiled once, on the pooled driver connection; or, when something watches
+SQLAlchemy's statements or ``fast_path`` is off, the same compiled statements through
+SQLAlchemy's execution (``executor.py``). The rarer ones (create, update, delete, the append
+that must first create its session) go through SQLAlchemy's execution as usual.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .driver import Compiled, PostgresDriver, Processor, SqliteDriver, write_transaction
+from .core_executor import CoreExecutor
+from .driver import Compiled, PostgresDriver
+from .executor import choose_executor
 from .models import ConversationTurn, make_turn
 from .statements import Statements
 
@@ -120,22 +124,22 @@ def _rows(
 class SqlStore:
     """The operations of a ``SessionRepository``, on one engine."""
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool) -> None:
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool, fast_path: bool = True) -> None:
         self.engine = engine
         dialect = engine.dialect
         self.sql = sql = Statements(dialect.name)
-        self._driver: PostgresDriver | SqliteDriver = (
-            PostgresDriver(engine, owns_engine=owns_engine)
-            if dialect.name == "postgresql"
-            else SqliteDriver(engine)
-        )
+        self._driver = choose_executor(engine, owns_engine=owns_engine, fast_path=fast_path)
+        self.fast_path = not isinstance(self._driver, CoreExecutor)
+        """Whether the hot paths run on the driver directly (see ``executor.py``)."""
         one_statement = sql.append_in_one
         self._append = Compiled(sql.append if one_statement is None else one_statement, dialect)
         self._insert_turns = Compiled(sql.insert_turns, dialect)
         self._insert_slots = Compiled(sql.insert_slots, dialect)
         self._touch = Compiled(sql.touch, dialect)
         self._drop_expired = Compiled(sql.drop_expired, dialect)
-        self._load = Compiled(sql.load, dialect)
+        self._load = load = Compiled(sql.load, dialect)
+        self._session_row = _SessionRow.of(load)
+        self._turn_row = _TurnRow.of(load)
         self._sweep = Compiled(sql.sweep, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
 
@@ -231,7 +235,7 @@ class SqlStore:
         """The append on a live session, in one round trip (PostgreSQL) or one thread hop
         (SQLite). Returns (turn_count, version), or None if the session is not live."""
         driver = self._driver
-        if isinstance(driver, PostgresDriver):
+        if self.sql.append_in_one is not None:
             params["roles"] = [t.role for t in new_turns]
             params["contents"] = [t.content for t in new_turns]
             params["resolved"] = [t.resolved_question for t in new_turns]
@@ -253,7 +257,8 @@ class SqlStore:
             )
             return [(self._insert_turns, turn_rows), (self._insert_slots, slot_rows)]
 
-        rows = await driver.run(lambda conn: write_transaction(conn, self._append, params, inserts))
+        assert not isinstance(driver, PostgresDriver)
+        rows = await driver.write_transaction(self._append, params, inserts)
         return rows[0] if rows else None
 
     async def _insert(
@@ -363,32 +368,82 @@ class SqlStore:
 
     async def load(self, sid: str) -> Loaded | None:
         """Read a session and its turns (expired or not; the caller decides)."""
-        load = self._load
-        rows = await self._driver.read(load, {"sid": sid})
-        if not rows or rows[0][0] != 0:
+        rows = await self._driver.read(self._load, {"sid": sid})
+        at = self._session_row
+        if not rows or rows[0][at.seq] != 0:
             return None
-        head = load.row(rows[0])
-        language, template_id, slots, last_accessed = head[1], head[2], head[5], head[6]
-        version, expires_at = head[9], head[10]
-        turns = _fold_turns(rows[1:], *load.processors[5:7])
-        return Loaded(turns, dict(slots), template_id, language, version, last_accessed, expires_at)
+        head = self._load.row(rows[0])
+        return Loaded(
+            _fold_turns(rows[1:], self._turn_row),
+            dict(head[at.current_slots]),
+            head[at.current_template_id],
+            head[at.language],
+            head[at.version],
+            head[at.last_accessed],
+            head[at.expires_at],
+        )
 
 
-def _fold_turns(
-    rows: Sequence[Sequence[Any]],
-    results_processor: Processor | None,
-    created_at_processor: Processor | None,
-) -> list[ConversationTurn]:
+class _SessionRow(NamedTuple):
+    """Where a load's first row (the session's; see ``Statements._load``) keeps each field."""
+
+    seq: int
+    language: int
+    current_template_id: int
+    current_slots: int
+    last_accessed: int
+    version: int
+    expires_at: int
+
+    @classmethod
+    def of(cls, load: Compiled) -> _SessionRow:
+        """The indexes in ``load``'s rows: the session row carries its fields in the turn
+        columns of the same type."""
+        at = load.columns
+        return cls(
+            at["seq"],
+            at["role"],
+            at["content"],
+            at["results"],
+            at["created_at"],
+            at["version"],
+            at["expires_at"],
+        )
+
+
+class _TurnRow(NamedTuple):
+    """How to read a load's turn and slot rows: their columns by name, and SQLAlchemy's
+    conversions of the ``results`` and ``created_at`` columns."""
+
+    columns: itemgetter[tuple[Any, ...]]
+    """A row's (role, content, resolved_question, template_id, results, created_at, name,
+    value)."""
+    load_results: Callable[[Any], Any]
+    load_created_at: Callable[[Any], Any]
+
+    @classmethod
+    def of(cls, load: Compiled) -> _TurnRow:
+        at = load.columns
+        names = ("role", "content", "resolved_question", "template_id", "results", "created_at")
+        return cls(
+            itemgetter(*(at[name] for name in (*names, "name", "value"))),
+            load.processors[at["results"]] or _unchanged,
+            load.processors[at["created_at"]] or _unchanged,
+        )
+
+
+def _fold_turns(rows: Sequence[Sequence[Any]], layout: _TurnRow) -> list[ConversationTurn]:
     """Driver rows of a load (each turn's row, then its slot rows) into turns, in order.
 
-    The two processors are SQLAlchemy's conversions of the ``results`` and ``created_at``
-    columns; they are applied here, to turn rows only, rather than to every row beforehand,
-    because this loop is most of a cold load's Python time."""
-    load_results = results_processor or _unchanged
-    load_created_at = created_at_processor or _unchanged
+    The ``results`` and ``created_at`` conversions are applied here, to turn rows only,
+    rather than to every row beforehand, because this loop is most of a cold load's Python
+    time."""
+    columns, load_results, load_created_at = layout
     result: list[ConversationTurn] = []
     slots: dict[str, str] = {}
-    for _, role, content, resolved, template_id, results, created_at, name, value, _, _ in rows:
+    for role, content, resolved, template_id, results, created_at, name, value in map(
+        columns, rows
+    ):
         if name is None:
             slots = {}
             result.append(
@@ -414,4 +469,12 @@ def _unchanged(value: Any) -> Any:
 def _is_key_conflict(exc: BaseException) -> bool:
     """Whether a write failed on the idempotency key's unique index: a concurrent call with
     the same key stored the exchange first (PostgreSQL; SQLite writers never overlap)."""
-    return "ix_turns_session_id_idempotency_key" in str(getattr(exc, "constraint_name", ""))
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if "ix_turns_session_id_idempotency_key" in str(getattr(current, "constraint_name", "")):
+            return True
+        # Through SQLAlchemy's execution (the Core executor) the driver's error is chained.
+        current = getattr(current, "orig", None) or current.__cause__
+    return False

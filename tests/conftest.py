@@ -38,6 +38,10 @@ from convostore import SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
 
 POSTGRES_URL_ENV = "CONVOSTORE_TEST_POSTGRES_URL"
+FAST_PATH_ENV = "CONVOSTORE_TEST_FAST_PATH"
+FAST_PATH = os.environ.get(FAST_PATH_ENV, "1") != "0"
+"""Env ``CONVOSTORE_TEST_FAST_PATH=0`` runs ``make_repo``'s repositories with ``fast_path=False``,
+so that CI runs the repository tests on both executors."""
 BACKENDS = [
     pytest.param("sqlite", marks=pytest.mark.sqlite),
     pytest.param("postgresql", marks=pytest.mark.postgresql),
@@ -144,12 +148,17 @@ MakeRepo = Callable[..., Awaitable[SessionRepository]]
 
 @pytest.fixture
 async def make_repo(url: str, clock: FakeClock) -> AsyncIterator[MakeRepo]:
-    """Start a repository on this test's database; ``StoreConfig`` fields can be overridden.
-    Every repository made here is stopped when the test ends."""
+    """Start a repository on this test's database; ``StoreConfig`` fields can be overridden
+    (``fast_path`` defaults to env ``CONVOSTORE_TEST_FAST_PATH``). Every repository made here
+    is stopped when the test ends."""
     made: list[SessionRepository] = []
 
     async def make(**overrides: Any) -> SessionRepository:
-        options: dict[str, Any] = {"database_url": url, "cleanup_interval": 0}
+        options: dict[str, Any] = {
+            "database_url": url,
+            "cleanup_interval": 0,
+            "fast_path": FAST_PATH,
+        }
         options.update(overrides)
         repository = SessionRepository(StoreConfig(**options), clock=clock)
         await repository.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from convostore import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MYPY = Path(sys.executable).parent / "mypy"
 URL_ENV = "CONVOSTORE_DATABASE_URL"
+Sql = Callable[..., Awaitable[list[Any]]]
 
 EXPECTED_ALL = [
     "ConfigError",
@@ -71,12 +73,22 @@ def test_input_errors_are_value_errors(error: type[Exception]) -> None:
     assert issubclass(error, ValueError)
 
 
-@pytest.mark.parametrize("error", [SchemaNotReady, StoreError, NotRunning])
-def test_other_errors_are_convostore_errors(error: type[Exception]) -> None:
-    """SchemaNotReady, StoreError and NotRunning derive from ConvostoreError."""
-    assert issubclass(error, ConvostoreError)
-    with pytest.raises(ConvostoreError):
-        raise error("x")
+async def test_failures_raise_their_convostore_errors(empty_url: str, url: str, sql: Sql) -> None:
+    """A missing schema raises SchemaNotReady, use before start NotRunning, a failing
+    statement StoreError (the driver's error chained): all of them ConvostoreErrors."""
+    unmigrated = SessionRepository(StoreConfig(database_url=empty_url, cleanup_interval=0))
+    with pytest.raises(SchemaNotReady) as not_ready:
+        await unmigrated.start()
+    with pytest.raises(NotRunning) as not_running:
+        await unmigrated.get("x")
+    async with SessionRepository(StoreConfig(database_url=url, cleanup_interval=0)) as repo:
+        await repo.add_turn("s", "q", "a")
+        await sql("DROP TABLE turn_slots")
+        with pytest.raises(StoreError) as failed:
+            await repo.add_turn("s", "q", "a", slots={"place": "Utrecht"})
+    assert failed.value.__cause__ is not None
+    for raised in (not_ready, not_running, failed):
+        assert isinstance(raised.value, ConvostoreError)
 
 
 def test_store_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import re
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import pytest
-from sqlalchemy import event
+from _statements import count_statements
 
 from convostore import (
     ConversationState,
@@ -57,34 +56,6 @@ RESULTS: list[dict[str, Any]] = [
     {"name": "Één ‘ĳzeren’ collectie ✓", "nested": [[1, 2], [{"a": {"b": [None, True, -7]}}]]},
     {},
 ]
-
-
-CHECKOUT = "<connection checkout>"
-
-
-@contextmanager
-def count_statements(repo: SessionRepository) -> Iterator[list[str]]:
-    """Collect every SQL statement the repository's engine sends (``before_cursor_execute``)
-    and every connection it takes from its pool (recorded as ``CHECKOUT``), so that a path
-    running statements below SQLAlchemy's execution layer is still seen touching the database."""
-    statements: list[str] = []
-
-    def record(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        statements.append(statement)
-
-    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        statements.append(CHECKOUT)
-
-    target = repo.engine.sync_engine
-    event.listen(target, "before_cursor_execute", record)
-    event.listen(target, "checkout", checkout)
-    try:
-        yield statements
-    finally:
-        event.remove(target, "before_cursor_execute", record)
-        event.remove(target, "checkout", checkout)
 
 
 def as_utc(value: Any) -> datetime:
@@ -686,14 +657,14 @@ async def test_cache_hit_runs_no_sql(repo: SessionRepository) -> None:
     """A get() served from the cache sends no statement to the database."""
     sid = "hit"
     await repo.add_turn(sid, "q", "a")
-    with count_statements(repo) as during_hit:
+    with count_statements(repo.engine) as during_hit:
         state = await repo.get(sid)
         _, same = await repo.get_or_create(sid)
     assert during_hit == []
     assert contents(state) == [("user", "q"), ("assistant", "a")]
     assert contents(same) == contents(state)
     assert (await repo.get_stats())["cache_hits"] == 2
-    with count_statements(repo) as during_miss:
+    with count_statements(repo.engine) as during_miss:
         assert await repo.get("not-cached") is None
     assert during_miss, "the statement counter must see SQL on a miss"
 
@@ -737,12 +708,12 @@ async def test_read_within_a_tenth_of_ttl_does_not_write(
     await repo.add_turn(sid, "q", "a")
     query = "SELECT last_accessed, expires_at FROM sessions WHERE session_id = :sid"
     clock.advance(5)
-    with count_statements(repo) as hit_statements:
+    with count_statements(repo.engine) as hit_statements:
         assert await repo.get(sid) is not None
     assert hit_statements == []
     other = await make_repo(session_ttl=100)
     clock.advance(4)  # t0 + 9
-    with count_statements(other) as cold_statements:
+    with count_statements(other.engine) as cold_statements:
         assert await other.get(sid) is not None
     assert cold_statements
     assert not [s for s in cold_statements if s.lstrip().upper().startswith("UPDATE")]
@@ -854,7 +825,7 @@ async def test_expired_session_is_gone_for_a_repository_that_cached_it(
     assert await reader.get(sid) is not None
     assert (await reader.get_stats())["cached_sessions"] == 1
     clock.advance(101)
-    with count_statements(reader) as statements:
+    with count_statements(reader.engine) as statements:
         assert await reader.get(sid) is None
     assert statements, "an expired cached copy must be checked against the database"
     assert await writer.get(sid) is None
@@ -925,7 +896,7 @@ async def test_bad_session_ids_are_refused_before_any_sql(
     call = calls[method]
     # get_or_create(None) means "make me a new id", so None is a bad id everywhere else only.
     bad_ids = [bad for bad in BAD_IDS if not (method == "get_or_create" and bad is None)]
-    with count_statements(repo) as statements:
+    with count_statements(repo.engine) as statements:
         for bad in bad_ids:
             with pytest.raises(InvalidSessionId) as raised:
                 await call(bad)
@@ -933,7 +904,7 @@ async def test_bad_session_ids_are_refused_before_any_sql(
             assert isinstance(raised.value, ConvostoreError)
     assert statements == []
     assert (await sql("SELECT count(*) FROM sessions"))[0][0] == 0
-    with count_statements(repo) as valid_statements:
+    with count_statements(repo.engine) as valid_statements:
         await call("x" * 128)
     assert valid_statements, "a valid id must reach the database"
 
@@ -1032,7 +1003,7 @@ async def test_invalid_turn_in_add_turn_is_refused_before_any_sql(
     repo = await make_repo()
     sid = "valid"
     await repo.add_turn(sid, "q", "a", slots={"place": "Utrecht"}, results=[{"n": 1}])
-    with count_statements(repo) as statements:
+    with count_statements(repo.engine) as statements:
         for overrides, field in INVALID_ADD_TURN:
             for target in (sid, "nog-niet-bestaand"):
                 arguments: dict[str, Any] = {"question": "vraag", "answer": "antwoord"}
@@ -1094,7 +1065,7 @@ async def test_invalid_turn_in_update_is_refused_before_any_sql(
     bad_slots = await repo.get(sid)
     assert bad_slots is not None
     bad_slots.current_slots["place"] = f"Utr{NUL}echt"
-    with count_statements(repo) as statements:
+    with count_statements(repo.engine) as statements:
         for state, (bad, field) in zip(states, INVALID_UPDATE_TURNS, strict=True):
             with pytest.raises(InvalidTurn) as raised:
                 await repo.update(sid, state)

@@ -1,0 +1,62 @@
+"""The private APIs of other libraries that convostore's fast path uses, one helper each.
+
+Each helper says whether its API is there, so that the caller can fall back to a public
+route when a new release moved it; pyproject.toml pins the versions known to work.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
+
+import aiosqlite
+from pydantic import BaseModel
+
+__all__ = ["SlotSetters", "aiosqlite_thread_api", "pydantic_slot_setters", "run_in_sqlite_thread"]
+
+T = TypeVar("T")
+
+
+class SlotSetters(NamedTuple):
+    """The ``__set__`` of pydantic ``BaseModel``'s slot descriptors."""
+
+    fields_set: Callable[[Any, set[str]], None]
+    extra: Callable[[Any, dict[str, Any] | None], None]
+    private: Callable[[Any, dict[str, Any] | None], None]
+
+
+def pydantic_slot_setters(model: type = BaseModel) -> SlotSetters | None:
+    """The setters of ``model``'s slots ``__pydantic_fields_set__``, ``__pydantic_extra__`` and
+    ``__pydantic_private__``, or None if any of them is not a slot descriptor there.
+
+    Relies on pydantic v2 keeping these three as ``__slots__`` of ``BaseModel`` (true from 2.0;
+    known to work with pydantic 2.6 to 2.14, pydantic_core up to 2.50), so a model can be built
+    without validation by setting ``__dict__`` and these slots, as ``model_construct`` does."""
+    setters = []
+    for name in ("__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__"):
+        setter = getattr(model.__dict__.get(name), "__set__", None)
+        if setter is None:
+            return None
+        setters.append(setter)
+    return SlotSetters(*setters)
+
+
+def aiosqlite_thread_api(connection_class: type = aiosqlite.Connection) -> bool:
+    """Whether aiosqlite's ``Connection`` has the private ``_execute(fn)`` (run ``fn`` in the
+    connection's worker thread) and ``_conn`` (its ``sqlite3.Connection``).
+
+    Both date from aiosqlite's first releases; known to work with aiosqlite 0.20 to 0.22."""
+    return callable(getattr(connection_class, "_execute", None)) and hasattr(
+        connection_class, "_conn"
+    )
+
+
+def run_in_sqlite_thread(
+    connection: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]
+) -> Awaitable[T]:
+    """``work(sqlite3 connection)`` in the aiosqlite connection's worker thread, one thread hop
+    for any number of statements (aiosqlite's public API takes one hop per call). Only call
+    when ``aiosqlite_thread_api()``."""
+    execute: Callable[[Callable[[], T]], Awaitable[T]] = connection._execute
+    return execute(lambda: work(connection._conn))

@@ -1,0 +1,79 @@
+"""The hot paths' statements through SQLAlchemy's own execution, for when every statement must
+be seen by SQLAlchemy: echo logging, cursor-execute listeners, tracing instrumentation.
+
+``CoreExecutor`` has the drivers' interface (``driver.py``) and runs the same compiled SQL with
+the same arguments through ``AsyncConnection.exec_driver_sql``, so rows come back as the
+driver's raw values, to which the store applies ``Compiled.processors`` on either path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .driver import Compiled, Inserts
+
+__all__ = ["CoreExecutor"]
+
+
+class CoreExecutor:
+    """Runs compiled statements in SQLAlchemy transactions on the engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
+        """The rows of one statement."""
+        async with self.engine.connect() as conn:
+            return await _rows(conn, compiled, params)
+
+    async def write(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
+        """The rows of one data-modifying statement ... RETURNING, committed."""
+        return await self.write_transaction(compiled, params)
+
+    async def write_transaction(
+        self, head: Compiled, params: Mapping[str, Any], then: Inserts | None = None
+    ) -> list[tuple[Any, ...]]:
+        """``head`` (an UPDATE or DELETE ... RETURNING), then the inserts ``then(first row)``
+        asks for, in one transaction; returns head's rows. As ``driver.write_transaction``, the
+        SQLite transaction is begun with the write lock unless the engine began one already (a
+        connection in autocommit, as SQLAlchemy's aiosqlite recipe sets it up, may not have)."""
+        async with self.engine.begin() as conn:
+            began = self._sqlite and await _begin_immediate(conn)
+            try:
+                rows = [tuple(row) for row in await _rows(conn, head, params)]
+                if rows and then is not None:
+                    for compiled, many in then(rows[0]):
+                        if many:
+                            await conn.exec_driver_sql(
+                                compiled.sql, [tuple(compiled.args(p)) for p in many]
+                            )
+            except BaseException:
+                if began:
+                    # In autocommit SQLAlchemy may skip its own rollback
+                    # (skip_autocommit_rollback); the transaction begun here ends here.
+                    with suppress(Exception):
+                        await conn.exec_driver_sql("ROLLBACK")
+                raise
+        return rows
+
+
+async def _rows(conn: AsyncConnection, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
+    result = await conn.exec_driver_sql(compiled.sql, tuple(compiled.args(params)))
+    return list(result.all())
+
+
+async def _begin_immediate(conn: AsyncConnection) -> bool:
+    """Begin a SQLite transaction with the write lock unless the driver connection is in one
+    already; returns whether it did."""
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    if driver.in_transaction:
+        return False
+    await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return True

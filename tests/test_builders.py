@@ -1,0 +1,83 @@
+"""The store's model builders (``make_turn``/``make_state``, no validation) against models built
+by validation, on pydantic's private slots and on the public fallback used without them."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from convostore import ConversationState, ConversationTurn
+from convostore._private import pydantic_slot_setters
+from convostore.models import StateBuilder, TurnBuilder, builders
+
+TURN: dict[str, Any] = {
+    "role": "user",
+    "content": "En in Enschede?",
+    "resolved_question": "Welke archieven zijn er in Enschede?",
+    "template_id": "archives_in_place",
+    "slots": {"place": "Enschede"},
+    "results": [{"name": "Historisch Centrum Overijssel", "score": 0.5}],
+    "created_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+}
+BUILDERS = {"slots": builders(pydantic_slot_setters()), "fallback": builders(None)}
+
+
+@pytest.fixture(params=list(BUILDERS))
+def built(request: pytest.FixtureRequest) -> tuple[TurnBuilder, StateBuilder]:
+    return BUILDERS[request.param]
+
+
+def test_slot_setters_are_found_and_a_missing_slot_is_noticed() -> None:
+    """This pydantic has the slots; a model class without them gives None (the fallback)."""
+    assert pydantic_slot_setters() is not None
+    assert pydantic_slot_setters(type("Moved", (), {})) is None
+    assert pydantic_slot_setters(type("Plain", (BaseModel,), {})) is None
+
+
+def test_built_turn_equals_a_validated_turn(built: tuple[TurnBuilder, StateBuilder]) -> None:
+    """==, model_dump, model_fields_set, model_copy, pickling and frozenness match."""
+    make_turn, _ = built
+    turn = make_turn(*TURN.values())
+    validated = ConversationTurn(**TURN)
+    assert turn == validated
+    assert validated == turn
+    assert turn.model_dump() == validated.model_dump()
+    assert turn.model_dump_json() == validated.model_dump_json()
+    assert turn.model_fields_set == validated.model_fields_set
+    assert turn.model_copy() == validated.model_copy()
+    assert turn.model_copy(update={"content": "x"}) == validated.model_copy(update={"content": "x"})
+    assert pickle.loads(pickle.dumps(turn)) == validated
+    with pytest.raises(ValidationError):
+        turn.content = "changed"  # type: ignore[misc]
+    assert turn.content == TURN["content"]
+
+
+def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBuilder]) -> None:
+    """A built state equals the validated one, copies and pickles alike, and keeps the
+    private attributes the store gave it."""
+    make_turn, make_state = built
+    turns = [make_turn(*TURN.values())]
+    state = make_state(turns, {"place": "Enschede"}, "archives_in_place", "nl", "sid", turns, 1, 7)
+    validated = ConversationState(
+        turns=[ConversationTurn(**TURN)],
+        current_slots={"place": "Enschede"},
+        current_template_id="archives_in_place",
+        language="nl",
+    )
+    assert state.model_dump() == validated.model_dump()
+    assert state.model_fields_set == validated.model_fields_set
+    assert state.__pydantic_extra__ == validated.__pydantic_extra__
+    assert (state._session_id, state._stored, state._version) == ("sid", 1, 7)
+    assert state._origin is turns
+    copied = state.model_copy()
+    assert copied.model_dump() == validated.model_dump()
+    assert (copied._session_id, copied._version) == ("sid", 7)
+    restored = pickle.loads(pickle.dumps(state))
+    assert restored.model_dump() == validated.model_dump()
+    assert restored._version == 7
+    state.add_turn(ConversationTurn(content="Hoeveel?", slots={"n": "3"}))
+    assert state.current_slots == {"place": "Enschede", "n": "3"}

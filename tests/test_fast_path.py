@@ -1,0 +1,201 @@
+"""The two executors of the hot paths: which one a repository picks, that both store the same
+rows and return the same states, that SQLAlchemy's listeners see every statement on the Core
+path, and that a SQLite exchange is atomic under SQLAlchemy's aiosqlite recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from convostore import ConversationTurn, SessionRepository, StoreConfig, StoreError
+from convostore import executor as executor_module
+from convostore._private import aiosqlite_thread_api
+
+MakeRepo = Callable[..., Awaitable[SessionRepository]]
+Sql = Callable[..., Awaitable[list[Any]]]
+
+
+def fast(repo: SessionRepository) -> bool:
+    store = repo._store
+    assert store is not None
+    return store.fast_path
+
+
+def count_cursor_executes(engine: AsyncEngine) -> list[str]:
+    """A before_cursor_execute listener on ``engine``, recording each statement."""
+    seen: list[str] = []
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    return seen
+
+
+async def test_fast_path_unless_something_watches_sqlalchemy(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver runs the hot paths by default; the Core executor with fast_path=False, an
+    engine that echoes or has cursor-execute listeners, or aiosqlite's private API missing."""
+
+    async def picks_fast(engine: AsyncEngine | None = None, **config: Any) -> bool:
+        settings = StoreConfig(database_url=url, cleanup_interval=0, **config)
+        async with SessionRepository(settings, engine=engine) as repo:
+            return fast(repo)
+
+    assert await picks_fast()
+    assert not await picks_fast(fast_path=False)
+    echoing = create_async_engine(url, echo=True)
+    listened = create_async_engine(url)
+    count_cursor_executes(listened)
+    try:
+        assert not await picks_fast(echoing)
+        assert not await picks_fast(listened)
+    finally:
+        await echoing.dispose()
+        await listened.dispose()
+    monkeypatch.setattr(executor_module, "aiosqlite_thread_api", lambda: False)
+    assert await picks_fast() is url.startswith("postgresql")
+
+
+def test_aiosqlite_thread_api_is_detected() -> None:
+    """The helper finds aiosqlite's private API here, and reports a class without it."""
+    assert aiosqlite_thread_api()
+    assert not aiosqlite_thread_api(type("Moved", (), {"_execute": lambda self: None}))
+
+
+async def _workload(repo: SessionRepository, sid: str, clock: Any) -> list[Any]:
+    """The same calls on either executor; returns the states they returned, as dicts."""
+    states = [
+        await repo.add_turn(
+            sid,
+            "Welke archieven zijn er in Utrecht? 🏛️",
+            "Er zijn er 12.",
+            resolved_question="Welke archieven zijn er in Utrecht?",
+            template_id="archives_in_place",
+            slots={"place": "Utrecht", "leeg": ""},
+            results=[{"name": "Het Utrechts Archief", "score": 0.5, "tags": [1, None]}],
+        ),
+        await repo.add_turn(sid, "En in Enschede?", "Er zijn er 3.", slots={"place": "Enschede"}),
+    ]
+    clock.advance(400)
+    state = await repo.get(sid)
+    assert state is not None
+    state.add_turn(ConversationTurn(content="Hoeveel?", slots={"n": "1"}))
+    states.append(await repo.update(sid, state))
+    fresh = await repo.get(sid)
+    states.append(fresh)
+    return [s.model_dump() if s is not None else None for s in states]
+
+
+SESSION_ROW = (
+    "SELECT language, current_template_id, current_slots, turn_count, version, access_count,"
+    " created_at, last_accessed, expires_at FROM sessions WHERE session_id = :sid"
+)
+TURN_ROWS = (
+    "SELECT seq, role, content, resolved_question, template_id, results, created_at,"
+    " idempotency_key IS NULL FROM turns WHERE session_id = :sid ORDER BY seq"
+)
+SLOT_ROWS = "SELECT seq, name, value FROM turn_slots WHERE session_id = :sid ORDER BY seq, name"
+
+
+async def test_both_executors_store_the_same_rows(
+    make_repo: MakeRepo, sql: Sql, clock: Any
+) -> None:
+    """The same workload through the fast path and through SQLAlchemy's execution stores the
+    same session, turn and slot rows and returns the same states."""
+    start = clock.now
+    results = {}
+    for fast_path in (True, False):
+        clock.now = start
+        repo = await make_repo(fast_path=fast_path, max_sessions=1)
+        assert fast(repo) is fast_path
+        results[fast_path] = await _workload(repo, f"sid-{fast_path}", clock)
+    assert results[True] == results[False]
+    for query in (SESSION_ROW, TURN_ROWS, SLOT_ROWS):
+        on_fast = await sql(query, sid="sid-True")
+        on_core = await sql(query, sid="sid-False")
+        assert on_fast, query
+        assert [tuple(row) for row in on_fast] == [tuple(row) for row in on_core], query
+
+
+async def test_cursor_listener_sees_every_hot_path_statement(
+    url: str, make_repo: MakeRepo, clock: Any
+) -> None:
+    """On a caller's engine with a before_cursor_execute listener, a cold get and an append
+    each reach the listener."""
+    writer = await make_repo()
+    await writer.add_turn("s", "q", "a", slots={"place": "Utrecht"})
+    engine = create_async_engine(url)
+    seen = count_cursor_executes(engine)
+    try:
+        config = StoreConfig(database_url=url, cleanup_interval=0)
+        async with SessionRepository(config, engine=engine, clock=clock) as repo:
+            seen.clear()
+            state = await repo.get("s")
+            assert state is not None
+            assert len(state.turns) == 2
+            loads = [s for s in seen if "turn_slots" in s and s.lstrip().startswith("SELECT")]
+            assert loads, seen
+            seen.clear()
+            await repo.add_turn("s", "q2", "a2")
+            assert [s for s in seen if s.lstrip().upper().startswith(("UPDATE", "WITH"))], seen
+    finally:
+        await engine.dispose()
+
+
+REJECT_ASSISTANT = (
+    "CREATE TRIGGER reject_assistant BEFORE INSERT ON turns WHEN NEW.role = 'assistant' "
+    "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
+)
+
+
+def _recipe_engine(url: str) -> AsyncEngine:
+    """SQLAlchemy's documented aiosqlite recipe: the driver's own BEGIN off, SQLAlchemy's on."""
+    engine = create_async_engine(url)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def do_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def do_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+@pytest.mark.parametrize("setup", ["recipe", "autocommit"])
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "core"])
+async def test_sqlite_exchange_is_atomic_whatever_the_engine_settings(
+    url: str, sql: Sql, fast_path: bool, setup: str
+) -> None:
+    """With the assistant turn rejected, add_turn raises StoreError and stores nothing of the
+    exchange, on an engine following SQLAlchemy's aiosqlite recipe or in autocommit."""
+    if not url.startswith("sqlite"):
+        pytest.skip("the recipe and the trigger are SQLite's")
+    engine = (
+        _recipe_engine(url)
+        if setup == "recipe"
+        else create_async_engine(url, isolation_level="AUTOCOMMIT")
+    )
+    try:
+        config = StoreConfig(database_url=url, cleanup_interval=0, fast_path=fast_path)
+        async with SessionRepository(config, engine=engine) as repo:
+            assert fast(repo) is fast_path
+            await repo.add_turn("s", "q", "a")
+            await sql(REJECT_ASSISTANT)
+            with pytest.raises(StoreError):
+                await repo.add_turn("s", "q2", "a2", slots={"place": "Utrecht"})
+            assert await sql("SELECT turn_count, version FROM sessions") == [(2, 1)]
+            assert await sql("SELECT count(*) FROM turns") == [(2,)]
+            assert await sql("SELECT count(*) FROM turn_slots") == [(0,)]
+            state = await repo.get("s")
+            assert state is not None
+            assert [t.content for t in state.turns] == ["q", "a"]
+    finally:
+        await engine.dispose()
