@@ -140,8 +140,9 @@ def history_rows(
                 )
             )
             for seq, role, content, resolved, template_id, results, place in turn_template:
+                key = f"k{seq}" if role == "user" else None  # as every append stores one
                 chunk.turns.append(
-                    (sid, seq, role, content, resolved, template_id, results, created_s)
+                    (sid, seq, role, content, resolved, template_id, results, created_s, key)
                 )
                 if place is not None:
                     chunk.slots.append((sid, seq, "place", place))

@@ -1,6 +1,6 @@
 """Row 7: the expiry sweep on PostgreSQL. 100,000 expired sessions x 10 turns (fewer with
 ``--quick``) are loaded with COPY and swept in batches the way ``SessionRepository`` sweeps:
-``convostore.expiry.delete_expired_batch`` in a loop until a batch comes back short, each
+``SqlStore.sweep_batch`` in a loop until a batch comes back short, each
 batch timed. Meanwhile one task keeps calling ``add_turn`` on live sessions; its p95 is
 compared with the same task's p95 without a sweep (measured before and after). The raw floor
 then sweeps an equal second load with asyncpg."""
@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from convostore.expiry import delete_expired_batch
 
 from ..context import Context
 from ..loader import load_histories, vacuum_analyze
@@ -112,6 +111,8 @@ async def _sweep_with_writer(
     task = asyncio.create_task(writer())
     await asyncio.sleep(0)
     batch_size = repo.config.sweep_batch_size
+    store = repo._store  # the sweep's batches, timed one by one
+    assert store is not None
     now = now_utc()
     batches: list[float] = []
     total = 0
@@ -119,7 +120,7 @@ async def _sweep_with_writer(
     try:
         while True:
             batch_start = time.perf_counter()
-            deleted = await delete_expired_batch(repo.engine, now, batch_size)
+            deleted = await store.sweep_batch(now, batch_size)
             batches.append(time.perf_counter() - batch_start)
             total += len(deleted)
             if len(deleted) < batch_size:
