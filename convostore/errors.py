@@ -24,6 +24,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "StoreUnavailable",
     "hide_in_messages",
     "is_disconnect",
+    "register_driver_errors",
     "translate_errors",
 ]
 
@@ -95,6 +97,17 @@ def _driver_errors() -> tuple[type[Exception], ...]:
 
 
 _DRIVER_ERRORS = _driver_errors()
+
+
+def register_driver_errors(dialect: Dialect) -> None:
+    """Translate the errors of a dialect's DBAPI module too: SQLAlchemy's asyncio adapters
+    raise their own ``Error`` classes where SQLAlchemy does not wrap them (a pool that cannot
+    connect while the server restarts, for one)."""
+    global _DRIVER_ERRORS
+    error = getattr(dialect.loaded_dbapi, "Error", None)
+    if isinstance(error, type) and issubclass(error, Exception) and error not in _DRIVER_ERRORS:
+        _DRIVER_ERRORS = (*_DRIVER_ERRORS, error)
+
 
 _hidden: frozenset[str] = frozenset()
 

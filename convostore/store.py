@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .core_executor import CoreExecutor
 from .driver import Compiled, PostgresDriver
+from .errors import register_driver_errors
 from .executor import choose_executor
 from .models import ConversationTurn, make_turn
 from .statements import Statements
@@ -127,6 +128,7 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine, *, owns_engine: bool, fast_path: bool = True) -> None:
         self.engine = engine
         dialect = engine.dialect
+        register_driver_errors(dialect)
         self.sql = sql = Statements(dialect.name)
         self._driver = choose_executor(engine, owns_engine=owns_engine, fast_path=fast_path)
         self.fast_path = not isinstance(self._driver, CoreExecutor)

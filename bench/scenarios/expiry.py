@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-
 from ..context import Context
 from ..loader import load_histories, vacuum_analyze
 from ..options import TTL
