@@ -55,7 +55,7 @@ async def exchanges(url: str) -> dict[str, list[tuple[str, str]]]:
 @pytest.fixture
 async def private_url(private_postgres: PrivatePostgres) -> AsyncIterator[str]:
     await upgrade_url(private_postgres.url)
-    yield private_postgres.url
+    return private_postgres.url
 
 
 async def _appender(
@@ -89,9 +89,10 @@ async def test_no_call_fails_through_a_restart_or_a_crash(
             await asyncio.to_thread(private_postgres.start)
         await asyncio.gather(*writers)
         assert all(len(done) == 40 for done in acknowledged.values())
-        for sid, done in acknowledged.items():
+        for sid, _done in acknowledged.items():
             state = await repo.get(sid)
-            assert state is not None and len(state.turns) == 80
+            assert state is not None
+            assert len(state.turns) == 80
     assert await exchanges(private_url) == acknowledged
 
 
@@ -144,7 +145,8 @@ async def test_a_dropped_listener_turns_the_cache_off_until_it_is_back(
         assert await private_postgres.terminate_backends() > 0
         await b.add_turn("listen", "q2", "a2")
         state = await a.get("listen")
-        assert state is not None and len(state.turns) == 4
+        assert state is not None
+        assert len(state.turns) == 4
 
         deadline = time.monotonic() + 5
         while (await a.get_stats())["cached_sessions"] == 0:
@@ -154,7 +156,8 @@ async def test_a_dropped_listener_turns_the_cache_off_until_it_is_back(
         await b.add_turn("listen", "q3", "a3")
         await asyncio.sleep(0.1)
         state = await a.get("listen")
-        assert state is not None and len(state.turns) == 6
+        assert state is not None
+        assert len(state.turns) == 6
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
@@ -180,10 +183,12 @@ async def test_through_pgbouncer_writers_and_coherent_caches_see_no_error(
             )
         )
         for sid in acknowledged:
-            assert await a.get(sid) is not None and await b.get(sid) is not None
+            assert await a.get(sid) is not None
+            assert await b.get(sid) is not None
         await a.add_turn("p0", "last", "one")
         await asyncio.sleep(0.1)
         state = await b.get("p0")
-        assert state is not None and state.turns[-1].content == "one"
+        assert state is not None
+        assert state.turns[-1].content == "one"
     acknowledged["p0"].append(("last", "one"))
     assert await exchanges(url) == acknowledged
