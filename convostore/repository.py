@@ -25,24 +25,24 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cache import CacheEntry, SessionCache
+from .cache import SessionCache
+from .cached_store import CachedStore, Stats
 from .coherence import PostgresWatcher, SqliteWatcher, Watcher
 from .config import StoreConfig
 from .engine import check_database, create_engine, prepare_engine, release_engine
-from .errors import InvalidTurn, NotRunning, StaleStateError
+from .errors import InvalidTurn, NotRunning
 from .expiry import run_periodically
 from .lifecycle import Calls
 from .migrate import check_schema, upgrade
-from .models import ConversationState, ConversationTurn, carry_context, make_turn
-from .store import SessionFields, SqlStore, Written
+from .models import ConversationState, make_turn
+from .store import SessionFields, SqlStore
 from .urls import hide_password
 from .validation import (
     Limits,
@@ -58,14 +58,8 @@ from .validation import (
 
 __all__ = ["SessionRepository"]
 
-T = TypeVar("T")
-
 Clock = Callable[[], float]
 """Returns the current time as epoch seconds, like ``time.time`` (the default)."""
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, timezone.utc)
 
 
 def _new_key() -> str:
@@ -102,15 +96,12 @@ class SessionRepository:
         self._refresh_after = self._ttl / 10
         self._strict = self.config.cache_coherence == "strict"
         self._cache = SessionCache(self.config.max_sessions)
+        self._stats = Stats()
         self._calls = Calls(float(self.config.reconnect_timeout))
-        self._store: SqlStore | None = None
+        self._ops: CachedStore | None = None
         self._watcher: Watcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
-        self._created = 0
-        self._expired = 0
-        self._hits = 0
-        self._misses = 0
 
     def __repr__(self) -> str:
         url = self._engine.url if self._engine is not None else self.config.database_url
@@ -164,7 +155,8 @@ class SessionRepository:
         except BaseException:
             await release_engine(engine, owned=self._owns_engine)
             raise
-        self._engine, self._store = engine, store
+        self._engine = engine
+        self._ops = CachedStore(store, self._cache, self._stats, ttl=self._ttl, clock=self._clock)
         self._calls.phase = "running"
         if self.config.cleanup_interval > 0:
             self._sweeper = asyncio.create_task(
@@ -237,19 +229,19 @@ class SessionRepository:
             and not self._strict
         ):
             entry.unflushed_hits += 1
-            self._hits += 1
+            self._stats.hits += 1
             return entry.fork(session_id)
         sid = check_session_id(session_id)
-        store = self._enter()
+        ops = self._enter()
         try:
             if entry is not None:
                 if now < entry.expires_at:
                     return await self._calls.run(
-                        "refreshing a session", lambda: self._refresh(store, sid, entry, now)
+                        "refreshing a session", lambda: ops.refresh(sid, entry, now)
                     )
                 self._cache.discard(sid)
-            self._misses += 1
-            return await self._calls.run("loading a session", lambda: self._load(store, sid, now))
+            self._stats.misses += 1
+            return await self._calls.run("loading a session", lambda: ops.load(sid, now))
         finally:
             self._calls.leave()
 
@@ -262,7 +254,7 @@ class SessionRepository:
             StoreError: the database failed.
         """
         sid = self.generate_session_id() if session_id is None else check_session_id(session_id)
-        store = self._enter()
+        ops = self._enter()
         try:
             if session_id is not None:
                 state = await self.get(sid)
@@ -270,9 +262,7 @@ class SessionRepository:
                     return sid, state
             now = self._clock()
             state = await self._calls.run(
-                "creating a session",
-                lambda: self._holding(sid, self._create(store, sid, now)),
-                shield=True,
+                "creating a session", lambda: ops.create(sid, now), shield=True
             )
             return sid, state
         finally:
@@ -324,16 +314,15 @@ class SessionRepository:
         assistant = make_turn("assistant", answer, None, None, {}, [], None)
         exchange = (user, assistant)
         template = template or None
-        store = self._enter()
+        ops = self._enter()
         try:
             state = await self._calls.run(
-                "adding a turn",
-                lambda: self._append(store, sid, exchange, template, key, create=False),
+                "adding a turn", lambda: ops.append(sid, exchange, template, key, create=False)
             )
             if state is None:
                 state = await self._calls.run(
                     "adding a turn",
-                    lambda: self._append(store, sid, exchange, template, key, create=True),
+                    lambda: ops.append(sid, exchange, template, key, create=True),
                     shield=True,
                 )
         finally:
@@ -403,14 +392,11 @@ class SessionRepository:
         if if_unchanged:
             expected = state._version if read_here and state._version is not None else -1
         key = _new_key() if new_at else None
-        store = self._enter()
+        ops = self._enter()
         try:
             await self._calls.run(
                 "updating a session",
-                lambda: self._holding(
-                    sid,
-                    self._replace(store, sid, state, fields, all_turns, new_at, key, expected),
-                ),
+                lambda: ops.replace(sid, state, fields, all_turns, new_at, key, expected),
                 shield=True,
             )
         finally:
@@ -425,21 +411,20 @@ class SessionRepository:
             StoreError: the database failed.
         """
         sid = check_session_id(session_id)
-        store = self._enter()
+        ops = self._enter()
         try:
-            return await self._calls.run(
-                "deleting a session", lambda: self._delete(store, sid), shield=True
-            )
+            return await self._calls.run("deleting a session", lambda: ops.delete(sid), shield=True)
         finally:
             self._calls.leave()
 
     async def sweep_expired(self) -> int:
         """Delete every expired session now, in batches of ``sweep_batch_size``, one short
         transaction each. Returns how many sessions were deleted."""
-        store = self._enter()
+        ops = self._enter()
+        batch_size = self.config.sweep_batch_size
         try:
             return await self._calls.run(
-                "sweeping expired sessions", lambda: self._sweep(store), shield=True
+                "sweeping expired sessions", lambda: ops.sweep(batch_size), shield=True
             )
         finally:
             self._calls.leave()
@@ -450,259 +435,18 @@ class SessionRepository:
         ``cached_sessions`` (also under its old name ``active_sessions``)."""
         cached = len(self._cache)
         return {
-            "sessions_created": self._created,
-            "sessions_expired": self._expired,
+            "sessions_created": self._stats.created,
+            "sessions_expired": self._stats.expired,
             "sessions_evicted": self._cache.evictions,
-            "cache_hits": self._hits,
-            "cache_misses": self._misses,
+            "cache_hits": self._stats.hits,
+            "cache_misses": self._stats.misses,
             "cached_sessions": cached,
             "active_sessions": cached,
         }
 
-    def _enter(self) -> SqlStore:
+    def _enter(self) -> CachedStore:
         """Admit a call (``NotRunning`` if the repository is not running); the caller must
         ``self._calls.leave()`` when it ends."""
         self._calls.enter()
-        assert self._store is not None
-        return self._store
-
-    def _new_entry(self, version: int, now: float) -> CacheEntry:
-        """The entry of a session this process just created: empty, written at ``now``."""
-        return CacheEntry([], {}, None, "nl", version, now, now + self._ttl)
-
-    async def _refresh(
-        self, store: SqlStore, sid: str, entry: CacheEntry, now: float
-    ) -> ConversationState | None:
-        """A cached session whose stored expiry is due for a refresh, or (strict coherence)
-        whose cached copy must be checked: served from the cache if the stored version is
-        the cached one, else reloaded."""
-        if now - entry.last_accessed > self._refresh_after:
-            version = await store.touch(sid, _utc(now), self._ttl, entry.unflushed_hits + 1)
-            refreshed = True
-        else:
-            stored = await store.version_of(sid)
-            live = stored is not None and stored[1].timestamp() > now
-            version = stored[0] if live and stored is not None else None
-            refreshed = False
-        if version is None or version != entry.version:
-            self._cache.discard(sid)
-            return await self._load(store, sid, now)
-        if refreshed:
-            entry.last_accessed, entry.expires_at = now, now + self._ttl
-            entry.unflushed_hits = 0
-        else:
-            entry.unflushed_hits += 1
-        self._hits += 1
-        return entry.fork(sid)
-
-    async def _load(self, store: SqlStore, sid: str, now: float) -> ConversationState | None:
-        return await self._holding(sid, self._load_held(store, sid, now))
-
-    async def _load_held(self, store: SqlStore, sid: str, now: float) -> ConversationState | None:
-        generation = self._cache.generation
-        loaded = await store.load(sid)
-        if loaded is None:
-            return None
-        now_utc = _utc(now)
-        if loaded.expires_at <= now_utc:
-            if await store.drop_expired(sid, now_utc):
-                self._expired += 1
-            self._cache.discard(sid)
-            return None
-        entry = CacheEntry(
-            loaded.turns,
-            loaded.current_slots,
-            loaded.current_template_id,
-            loaded.language,
-            loaded.version,
-            loaded.last_accessed.timestamp(),
-            loaded.expires_at.timestamp(),
-        )
-        if now - entry.last_accessed > self._refresh_after:
-            if await store.touch(sid, now_utc, self._ttl, 1) is None:
-                self._cache.discard(sid)
-                return None
-            entry.last_accessed, entry.expires_at = now, now + self._ttl
-        else:
-            entry.unflushed_hits = 1
-        self._cache.put_loaded(sid, entry, generation)
-        return entry.fork(sid)
-
-    async def _holding(self, sid: str, operation: Awaitable[T]) -> T:
-        """Run a read or write of ``sid`` with change announcements for it held back until
-        the cache has the operation's result (see ``SessionCache.hold``)."""
-        self._cache.hold(sid)
-        try:
-            return await operation
-        finally:
-            self._cache.release(sid)
-
-    async def _create(self, store: SqlStore, sid: str, now: float) -> ConversationState:
-        generation = self._cache.generation
-        created, expired = await store.create(sid, _utc(now), self._ttl)
-        self._expired += expired
-        if not created:
-            state = await self._load(store, sid, now)
-            if state is not None:
-                return state
-        self._created += created
-        entry = self._new_entry(0, now)
-        if created:
-            self._cache.put_loaded(sid, entry, generation)
-        return entry.fork(sid)
-
-    def _count_write(self, written: Written) -> None:
-        self._created += written.created
-        self._expired += written.expired_removed
-
-    async def _append(
-        self,
-        store: SqlStore,
-        sid: str,
-        exchange: tuple[ConversationTurn, ConversationTurn],
-        template_id: str | None,
-        key: str,
-        *,
-        create: bool,
-    ) -> ConversationState | None:
-        now = self._clock()
-        generation = self._cache.generation
-        before = self._cache.peek(sid)
-        hits = before.unflushed_hits if before is not None else 0
-        self._cache.hold(sid)
-        try:
-            written = await store.append(
-                sid,
-                exchange,
-                merge_slots=exchange[0].slots,
-                template_id=template_id,
-                now=_utc(now),
-                ttl=self._ttl,
-                hits=hits,
-                key=key,
-                create=create,
-            )
-            if written is None:
-                return None
-            if written.duplicate:
-                return await self._reloaded(store, sid, now, exchange)
-            self._count_write(written)
-            entry = self._cache.get(sid)
-            if written.created:
-                entry = self._new_entry(written.version, now)
-                entry.extend(written.turns)
-                self._cache.put_loaded(sid, entry, generation)
-                return entry.fork(sid)
-            if entry is not None and entry.version == written.version - 1:
-                entry.extend(written.turns)
-                entry.committed(written.version, now, self._ttl, hits)
-                return entry.fork(sid)
-            return await self._reloaded(store, sid, now, written.turns)
-        except BaseException:
-            self._cache.discard(sid)
-            raise
-        finally:
-            self._cache.release(sid)
-
-    async def _reloaded(
-        self, store: SqlStore, sid: str, now: float, written: Sequence[ConversationTurn]
-    ) -> ConversationState:
-        """The state after a write that the cache could not follow. If the session is gone
-        already (another worker deleted it, or it expired, between the write and this read),
-        the state holds just the turns written, with the context they carry."""
-        reloaded = await self._load(store, sid, now)
-        if reloaded is not None:
-            return reloaded
-        state = ConversationState()
-        for turn in written:
-            state.current_template_id = carry_context(
-                turn, state.current_slots, state.current_template_id
-            )
-        state.turns = list(written)
-        return state
-
-    async def _replace(
-        self,
-        store: SqlStore,
-        sid: str,
-        state: ConversationState,
-        fields: SessionFields,
-        all_turns: list[ConversationTurn],
-        new_at: list[int],
-        key: str | None,
-        expected: int | None,
-    ) -> None:
-        now = self._clock()
-        generation = self._cache.generation
-        before = self._cache.peek(sid)
-        hits = before.unflushed_hits if before is not None else 0
-        try:
-            written = await store.replace(
-                sid,
-                fields,
-                [all_turns[index] for index in new_at],
-                all_turns,
-                now=_utc(now),
-                ttl=self._ttl,
-                hits=hits,
-                key=key,
-                expected=expected,
-            )
-        except BaseException:
-            self._cache.discard(sid)
-            raise
-        if written.duplicate:
-            # Sent again after a lost connection, and the first attempt had been stored.
-            self._cache.discard(sid)
-            return
-        if written.stale:
-            self._cache.discard(sid)
-            raise StaleStateError(
-                f"session {sid!r} was written or deleted after this state was read; "
-                "get it again, apply the change, and update again"
-            )
-        self._count_write(written)
-        if written.created:
-            all_turns = written.turns
-        else:
-            for index, turn in zip(new_at, written.turns, strict=True):
-                all_turns[index] = turn
-        state.turns[:] = all_turns
-        state._session_id = sid
-        state._origin = tuple(all_turns)
-        state._stored = len(all_turns)
-        state._version = written.version
-        entry = self._cache.peek(sid)
-        if written.created:
-            entry = self._new_entry(written.version, now)
-            entry.turns = list(written.turns)
-        elif entry is not None and entry.version == written.version - 1:
-            entry.turns = entry.turns + written.turns
-            entry.committed(written.version, now, self._ttl, hits)
-        else:
-            self._cache.discard(sid)
-            return
-        entry.current_slots = dict(fields.current_slots)
-        entry.current_template_id = fields.current_template_id
-        entry.language = fields.language
-        if written.created:
-            self._cache.put_loaded(sid, entry, generation)
-
-    async def _delete(self, store: SqlStore, sid: str) -> bool:
-        try:
-            return await store.delete(sid, _utc(self._clock()))
-        finally:
-            self._cache.discard(sid)
-
-    async def _sweep(self, store: SqlStore) -> int:
-        now = _utc(self._clock())
-        batch_size = self.config.sweep_batch_size
-        total = 0
-        while True:
-            deleted = await store.sweep_batch(now, batch_size)
-            for sid in deleted:
-                self._cache.discard(sid)
-            total += len(deleted)
-            self._expired += len(deleted)
-            if len(deleted) < batch_size:
-                return total
+        assert self._ops is not None
+        return self._ops

@@ -20,7 +20,7 @@ Sql = Callable[..., Awaitable[list[Any]]]
 
 
 def fast(repo: SessionRepository) -> bool:
-    store = repo._store
+    store = repo._ops.store if repo._ops else None
     assert store is not None
     return store.fast_path
 

@@ -131,7 +131,7 @@ async def test_a_session_deleted_between_append_and_reload_returns_just_the_exch
     b = await make_repo(cache_coherence="local")
     await a.add_turn("vanish", "q1", "a1")
     await b.add_turn("vanish", "q2", "a2")  # a's cached copy is now behind: a must reload
-    store = a._store
+    store = a._ops.store if a._ops else None
     assert store is not None
     real_load = store.load
 

@@ -110,7 +110,7 @@ async def _sweep_with_writer(
     task = asyncio.create_task(writer())
     await asyncio.sleep(0)
     batch_size = repo.config.sweep_batch_size
-    store = repo._store  # the sweep's batches, timed one by one
+    store = repo._ops.store if repo._ops else None  # the sweep's batches, timed one by one
     assert store is not None
     now = now_utc()
     batches: list[float] = []

@@ -1,0 +1,314 @@
+"""Each repository operation as one database operation (``store.SqlStore``) followed by the
+cache update that keeps the cache equal to what was committed.
+
+``repository.py`` checks input, admits the call and picks the operation; this module knows how
+a load, a refresh, a create, an append, an update, a delete and a sweep change the cache. A
+failed write discards the session's entry, so nothing uncommitted is ever served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TypeVar
+
+from .cache import CacheEntry, SessionCache
+from .errors import StaleStateError
+from .models import ConversationState, ConversationTurn, carry_context
+from .store import SessionFields, SqlStore, Written
+
+__all__ = ["CachedStore", "Stats"]
+
+T = TypeVar("T")
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, timezone.utc)
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters since start (see ``SessionRepository.get_stats``)."""
+
+    created: int = 0
+    expired: int = 0
+    hits: int = 0
+    misses: int = 0
+
+
+class CachedStore:
+    """A ``SqlStore`` and the ``SessionCache`` in front of it, for one repository."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        cache: SessionCache,
+        stats: Stats,
+        *,
+        ttl: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        """The SQL side (tests and the benchmark reach the statements through it)."""
+        self._cache = cache
+        self.stats = stats
+        self._ttl = ttl
+        self._refresh_after = ttl / 10
+        self._clock = clock
+
+    def _new_entry(self, version: int, now: float) -> CacheEntry:
+        """The entry of a session this process just created: empty, written at ``now``."""
+        return CacheEntry([], {}, None, "nl", version, now, now + self._ttl)
+
+    async def refresh(self, sid: str, entry: CacheEntry, now: float) -> ConversationState | None:
+        """A cached session whose stored expiry is due for a refresh, or (strict coherence)
+        whose cached copy must be checked: served from the cache if the stored version is
+        the cached one, else reloaded."""
+        if now - entry.last_accessed > self._refresh_after:
+            version = await self.store.touch(sid, _utc(now), self._ttl, entry.unflushed_hits + 1)
+            refreshed = True
+        else:
+            stored = await self.store.version_of(sid)
+            live = stored is not None and stored[1].timestamp() > now
+            version = stored[0] if live and stored is not None else None
+            refreshed = False
+        if version is None or version != entry.version:
+            self._cache.discard(sid)
+            return await self.load(sid, now)
+        if refreshed:
+            entry.last_accessed, entry.expires_at = now, now + self._ttl
+            entry.unflushed_hits = 0
+        else:
+            entry.unflushed_hits += 1
+        self.stats.hits += 1
+        return entry.fork(sid)
+
+    async def load(self, sid: str, now: float) -> ConversationState | None:
+        return await self._holding(sid, self._load_held(sid, now))
+
+    async def _load_held(self, sid: str, now: float) -> ConversationState | None:
+        generation = self._cache.generation
+        loaded = await self.store.load(sid)
+        if loaded is None:
+            return None
+        now_utc = _utc(now)
+        if loaded.expires_at <= now_utc:
+            if await self.store.drop_expired(sid, now_utc):
+                self.stats.expired += 1
+            self._cache.discard(sid)
+            return None
+        entry = CacheEntry(
+            loaded.turns,
+            loaded.current_slots,
+            loaded.current_template_id,
+            loaded.language,
+            loaded.version,
+            loaded.last_accessed.timestamp(),
+            loaded.expires_at.timestamp(),
+        )
+        if now - entry.last_accessed > self._refresh_after:
+            if await self.store.touch(sid, now_utc, self._ttl, 1) is None:
+                self._cache.discard(sid)
+                return None
+            entry.last_accessed, entry.expires_at = now, now + self._ttl
+        else:
+            entry.unflushed_hits = 1
+        self._cache.put_loaded(sid, entry, generation)
+        return entry.fork(sid)
+
+    async def _holding(self, sid: str, operation: Awaitable[T]) -> T:
+        """Run a read or write of ``sid`` with change announcements for it held back until
+        the cache has the operation's result (see ``SessionCache.hold``)."""
+        self._cache.hold(sid)
+        try:
+            return await operation
+        finally:
+            self._cache.release(sid)
+
+    async def create(self, sid: str, now: float) -> ConversationState:
+        """Create the session unless a live one exists; its state either way."""
+        return await self._holding(sid, self._create_held(sid, now))
+
+    async def _create_held(self, sid: str, now: float) -> ConversationState:
+        generation = self._cache.generation
+        created, expired = await self.store.create(sid, _utc(now), self._ttl)
+        self.stats.expired += expired
+        if not created:
+            state = await self.load(sid, now)
+            if state is not None:
+                return state
+        self.stats.created += created
+        entry = self._new_entry(0, now)
+        if created:
+            self._cache.put_loaded(sid, entry, generation)
+        return entry.fork(sid)
+
+    def _count_write(self, written: Written) -> None:
+        self.stats.created += written.created
+        self.stats.expired += written.expired_removed
+
+    async def append(
+        self,
+        sid: str,
+        exchange: tuple[ConversationTurn, ConversationTurn],
+        template_id: str | None,
+        key: str,
+        *,
+        create: bool,
+    ) -> ConversationState | None:
+        now = self._clock()
+        generation = self._cache.generation
+        before = self._cache.peek(sid)
+        hits = before.unflushed_hits if before is not None else 0
+        self._cache.hold(sid)
+        try:
+            written = await self.store.append(
+                sid,
+                exchange,
+                merge_slots=exchange[0].slots,
+                template_id=template_id,
+                now=_utc(now),
+                ttl=self._ttl,
+                hits=hits,
+                key=key,
+                create=create,
+            )
+            if written is None:
+                return None
+            if written.duplicate:
+                return await self._reloaded(sid, now, exchange)
+            self._count_write(written)
+            entry = self._cache.get(sid)
+            if written.created:
+                entry = self._new_entry(written.version, now)
+                entry.extend(written.turns)
+                self._cache.put_loaded(sid, entry, generation)
+                return entry.fork(sid)
+            if entry is not None and entry.version == written.version - 1:
+                entry.extend(written.turns)
+                entry.committed(written.version, now, self._ttl, hits)
+                return entry.fork(sid)
+            return await self._reloaded(sid, now, written.turns)
+        except BaseException:
+            self._cache.discard(sid)
+            raise
+        finally:
+            self._cache.release(sid)
+
+    async def _reloaded(
+        self, sid: str, now: float, written: Sequence[ConversationTurn]
+    ) -> ConversationState:
+        """The state after a write that the cache could not follow. If the session is gone
+        already (another worker deleted it, or it expired, between the write and this read),
+        the state holds just the turns written, with the context they carry."""
+        reloaded = await self.load(sid, now)
+        if reloaded is not None:
+            return reloaded
+        state = ConversationState()
+        for turn in written:
+            state.current_template_id = carry_context(
+                turn, state.current_slots, state.current_template_id
+            )
+        state.turns = list(written)
+        return state
+
+    async def replace(
+        self,
+        sid: str,
+        state: ConversationState,
+        fields: SessionFields,
+        all_turns: list[ConversationTurn],
+        new_at: list[int],
+        key: str | None,
+        expected: int | None,
+    ) -> None:
+        """``update``: write the session fields and the new turns, then bring ``state`` and
+        the cache in line with what was stored."""
+        await self._holding(
+            sid, self._replace_held(sid, state, fields, all_turns, new_at, key, expected)
+        )
+
+    async def _replace_held(
+        self,
+        sid: str,
+        state: ConversationState,
+        fields: SessionFields,
+        all_turns: list[ConversationTurn],
+        new_at: list[int],
+        key: str | None,
+        expected: int | None,
+    ) -> None:
+        now = self._clock()
+        generation = self._cache.generation
+        before = self._cache.peek(sid)
+        hits = before.unflushed_hits if before is not None else 0
+        try:
+            written = await self.store.replace(
+                sid,
+                fields,
+                [all_turns[index] for index in new_at],
+                all_turns,
+                now=_utc(now),
+                ttl=self._ttl,
+                hits=hits,
+                key=key,
+                expected=expected,
+            )
+        except BaseException:
+            self._cache.discard(sid)
+            raise
+        if written.duplicate:
+            # Sent again after a lost connection, and the first attempt had been stored.
+            self._cache.discard(sid)
+            return
+        if written.stale:
+            self._cache.discard(sid)
+            raise StaleStateError(
+                f"session {sid!r} was written or deleted after this state was read; "
+                "get it again, apply the change, and update again"
+            )
+        self._count_write(written)
+        if written.created:
+            all_turns = written.turns
+        else:
+            for index, turn in zip(new_at, written.turns, strict=True):
+                all_turns[index] = turn
+        state.turns[:] = all_turns
+        state._session_id = sid
+        state._origin = tuple(all_turns)
+        state._stored = len(all_turns)
+        state._version = written.version
+        entry = self._cache.peek(sid)
+        if written.created:
+            entry = self._new_entry(written.version, now)
+            entry.turns = list(written.turns)
+        elif entry is not None and entry.version == written.version - 1:
+            entry.turns = entry.turns + written.turns
+            entry.committed(written.version, now, self._ttl, hits)
+        else:
+            self._cache.discard(sid)
+            return
+        entry.current_slots = dict(fields.current_slots)
+        entry.current_template_id = fields.current_template_id
+        entry.language = fields.language
+        if written.created:
+            self._cache.put_loaded(sid, entry, generation)
+
+    async def delete(self, sid: str) -> bool:
+        try:
+            return await self.store.delete(sid, _utc(self._clock()))
+        finally:
+            self._cache.discard(sid)
+
+    async def sweep(self, batch_size: int) -> int:
+        now = _utc(self._clock())
+        total = 0
+        while True:
+            deleted = await self.store.sweep_batch(now, batch_size)
+            for sid in deleted:
+                self._cache.discard(sid)
+            total += len(deleted)
+            self.stats.expired += len(deleted)
+            if len(deleted) < batch_size:
+                return total
