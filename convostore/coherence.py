@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, Protocol
 
+from sqlalchemy import Dialect
 from sqlalchemy.engine import URL
 
 from .cache import SessionCache
+from .driver import Compiled
+from .statements import Statements
 
 __all__ = [
     "CHANNEL",
@@ -37,6 +42,7 @@ CHANNEL = "convostore_changes"
 SQLITE_POLL_INTERVAL = 0.02
 """Seconds between two looks at a SQLite file's ``data_version``: it bounds how long another
 process's write may go unseen (p99 well under 50 ms with the poll's own cost)."""
+_DATA_VERSION = "PRAGMA data_version"
 _PING_INTERVAL = 5.0
 _MAX_BACKOFF = 5.0
 _FIRST_CONNECT_WAIT = 5.0
@@ -50,7 +56,7 @@ class Watcher(Protocol):
     async def stop(self) -> None: ...
 
 
-class _Loop:
+class _Loop(ABC):
     """A background loop that keeps a change source connected, with the cache off while it is
     not, and reconnects with backoff. Subclasses say how to connect and follow."""
 
@@ -100,8 +106,10 @@ class _Loop:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
+    @abstractmethod
     async def _follow(self) -> None:
-        raise NotImplementedError
+        """Connect, call ``_connected()``, and apply changes until the source is lost
+        (then raise)."""
 
     def _connected(self) -> None:
         """The source is followed from now on: whatever was cached before may have missed
@@ -158,21 +166,25 @@ class SqliteWatcher(_Loop):
 
     name = "change poller"
 
-    def __init__(self, cache: SessionCache, path: str) -> None:
+    def __init__(self, cache: SessionCache, path: str, dialect: Dialect) -> None:
         super().__init__(cache)
         self._path = path
+        sql = Statements("sqlite")
+        self._since = Compiled(sql.changes_since, dialect)
+        self._oldest = Compiled(sql.oldest_change, dialect)
+        self._newest = Compiled(sql.newest_change, dialect)
 
     async def _follow(self) -> None:
         import aiosqlite
 
         async with aiosqlite.connect(self._path) as conn:
             await conn.execute("PRAGMA query_only = ON")
-            version = await _scalar(conn, "PRAGMA data_version")
-            last = await _scalar(conn, "SELECT coalesce(max(id), 0) FROM convostore_changes")
+            version = await _scalar(conn, _DATA_VERSION)
+            last = await _scalar(conn, self._newest.sql, self._newest.args({}))
             self._connected()
             while True:
                 await asyncio.sleep(SQLITE_POLL_INTERVAL)
-                now = await _scalar(conn, "PRAGMA data_version")
+                now = await _scalar(conn, _DATA_VERSION)
                 if now == version:
                     continue
                 version = now
@@ -180,15 +192,12 @@ class SqliteWatcher(_Loop):
 
     async def _apply(self, conn: Any, last: int) -> int:
         """Apply the feed's rows after ``last``; returns the newest row seen."""
-        cursor = await conn.execute(
-            "SELECT id, session_id, version FROM convostore_changes WHERE id > ? ORDER BY id",
-            (last,),
-        )
+        cursor = await conn.execute(self._since.sql, self._since.args({"after": last}))
         rows = await cursor.fetchall()
         if not rows:
             return last
         if rows[0][0] != last + 1:
-            oldest = await _scalar(conn, "SELECT min(id) FROM convostore_changes")
+            oldest = await _scalar(conn, self._oldest.sql, self._oldest.args({}))
             if oldest > last + 1:
                 logger.info("convostore: change feed pruned past this process; cache cleared")
                 self._cache.clear()
@@ -203,8 +212,8 @@ def _terminate_connected(connecting: asyncio.Future[Any]) -> None:
         connecting.result().terminate()
 
 
-async def _scalar(conn: Any, sql: str) -> int:
-    cursor = await conn.execute(sql)
+async def _scalar(conn: Any, sql: str, args: Sequence[Any] = ()) -> int:
+    cursor = await conn.execute(sql, args)
     row = await cursor.fetchone()
     return int(row[0])
 

@@ -174,7 +174,7 @@ class SessionRepository:
             return PostgresWatcher(self._cache, listen)
         if url.database in (None, "", ":memory:"):
             return None  # an in-memory database has no other process
-        return SqliteWatcher(self._cache, url.database)
+        return SqliteWatcher(self._cache, url.database, engine.dialect)
 
     async def stop(self) -> None:
         """Stop the expiry task, refuse new calls, wait for every call in flight to end, and

@@ -73,7 +73,7 @@ class Statements:
         }
         template = bindparam("template_id", type_=Text())
 
-        self.append: Update = (
+        self.allocate: Update = (
             update(sessions)
             .where(fresh)
             .values(
@@ -153,6 +153,7 @@ class Statements:
         )
         """SQLite: the change feed after row ``after``."""
         self.oldest_change = select(func.min(changes.c.id))
+        self.newest_change = select(func.coalesce(func.max(changes.c.id), 0))
         self.version_of = select(sessions.c.version, sessions.c.expires_at).where(
             sessions.c.session_id == bindparam("sid")
         )
@@ -163,9 +164,11 @@ class Statements:
         self.load: CompoundSelect[Any] = self._load()
         """A whole session in one statement (so one round trip and one snapshot)."""
 
-        self.append_in_one: Select[Any] | None = (
-            self._append_cte() if dialect == "postgresql" else None
+        self.append_cte: Select[Any] | None = (
+            self._one_statement_append() if dialect == "postgresql" else None
         )
+        """PostgreSQL: the whole append (``allocate`` plus the turn and slot inserts) as one
+        statement; None on SQLite, which runs them as one transaction in one thread hop."""
 
     @staticmethod
     def _load() -> CompoundSelect[Any]:
@@ -226,17 +229,17 @@ class Statements:
             return sessions.c.current_slots.op("||")(merge)
         return func.json_patch(sessions.c.current_slots, merge)
 
-    def _append_cte(self) -> Select[Any]:
+    def _one_statement_append(self) -> Select[Any]:
         """PostgreSQL: the whole append as one statement, one round trip, atomic by itself.
 
-        ``bumped`` is ``append`` (it locks the session row and allocates sequence numbers);
+        ``bumped`` is ``allocate`` (it locks the session row and allocates sequence numbers);
         the turns and their slots arrive as parallel arrays and are inserted from it, so a
         missing or expired session inserts nothing and the statement returns no row.
         Turn arrays: ``roles``, ``contents``, ``resolved``, ``templates``, ``results`` (JSON
         text); slot arrays: ``slot_ords`` (1-based position of the turn), ``slot_names``,
         ``slot_values``.
         """
-        bumped = self.append.cte("bumped")
+        bumped = self.allocate.cte("bumped")
         text_array = postgresql.ARRAY(Text())
         new = (
             func.unnest(

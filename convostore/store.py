@@ -133,8 +133,10 @@ class SqlStore:
         self._driver = choose_executor(engine, owns_engine=owns_engine, fast_path=fast_path)
         self.fast_path = not isinstance(self._driver, CoreExecutor)
         """Whether the hot paths run on the driver directly (see ``executor.py``)."""
-        one_statement = sql.append_in_one
-        self._append = Compiled(sql.append if one_statement is None else one_statement, dialect)
+        one_statement = sql.append_cte
+        self._live_append = Compiled(
+            sql.allocate if one_statement is None else one_statement, dialect
+        )
         self._insert_turns = Compiled(sql.insert_turns, dialect)
         self._insert_slots = Compiled(sql.insert_slots, dialect)
         self._touch = Compiled(sql.touch, dialect)
@@ -203,7 +205,7 @@ class SqlStore:
             "key": key,
         }
         try:
-            row = await self._append_live(params, new_turns)
+            row = await self._append_to_live(params, new_turns)
         except Exception as exc:
             if _is_key_conflict(exc):
                 return _DUPLICATE
@@ -216,7 +218,7 @@ class SqlStore:
             created, expired = await self._ensure(conn, sid, now, ttl)
             if not created and await self._key_stored(conn, sid, key):
                 return _DUPLICATE
-            row = (await conn.execute(self.sql.append, params)).one()
+            row = (await conn.execute(self.sql.allocate, params)).one()
             await self._insert(conn, sid, row[0], new_turns, now, key)
         return Written(row[1], created, expired, _stamped(new_turns, now))
 
@@ -231,13 +233,13 @@ class SqlStore:
         async with self.engine.connect() as conn:
             return await self._key_stored(conn, sid, key)
 
-    async def _append_live(
+    async def _append_to_live(
         self, params: dict[str, Any], new_turns: Sequence[ConversationTurn]
     ) -> tuple[Any, ...] | None:
         """The append on a live session, in one round trip (PostgreSQL) or one thread hop
         (SQLite). Returns (turn_count, version), or None if the session is not live."""
         driver = self._driver
-        if self.sql.append_in_one is not None:
+        if self.sql.append_cte is not None:
             params["roles"] = [t.role for t in new_turns]
             params["contents"] = [t.content for t in new_turns]
             params["resolved"] = [t.resolved_question for t in new_turns]
@@ -250,7 +252,7 @@ class SqlStore:
                     names.append(name)
                     values.append(value)
             params["slot_ords"], params["slot_names"], params["slot_values"] = ords, names, values
-            records = await driver.write(self._append, params)
+            records = await driver.write(self._live_append, params)
             return tuple(records[0]) if records else None
 
         def inserts(row: tuple[Any, ...]) -> list[tuple[Compiled, Sequence[dict[str, Any]]]]:
@@ -260,7 +262,7 @@ class SqlStore:
             return [(self._insert_turns, turn_rows), (self._insert_slots, slot_rows)]
 
         assert not isinstance(driver, PostgresDriver)
-        rows = await driver.write_transaction(self._append, params, inserts)
+        rows = await driver.write_transaction(self._live_append, params, inserts)
         return rows[0] if rows else None
 
     async def _insert(
