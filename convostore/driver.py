@@ -102,6 +102,7 @@ class PostgresDriver:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         """An ``asyncpg.Connection`` from the pool, returned (or discarded on error) after."""
+        pool = self.engine.sync_engine.pool
         pooled = await self.engine.raw_connection()
         driver = pooled.driver_connection
         assert driver is not None
@@ -115,11 +116,15 @@ class PostgresDriver:
                 # connection out as it meets it).
                 await self.engine.dispose()
             raise
-        pool = self.engine.sync_engine.pool
-        if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
+        if (
+            isinstance(pool, QueuePool)
+            and self.engine.sync_engine.pool is pool
+            and pool.checkedin() < pool.size()
+        ):
             # The pool keeps this connection, and its reset on return is a rollback that
             # SQLAlchemy's asyncpg adapter skips when it opened no transaction (it opened none
-            # here), so returning it needs no I/O and no greenlet.
+            # here), so returning it needs no I/O and no greenlet. After a dispose the
+            # connection goes back to the old pool, which closes it: that needs the greenlet.
             pooled.close()
         else:
             await _give_back(pooled)
