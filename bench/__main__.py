@@ -92,7 +92,12 @@ def parse(argv: list[str]) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:
+        from .soak import main as soak
+
+        return soak(argv[1:])
+    options = parse(argv)
     record = asyncio.run(run(options))
     options.out.mkdir(parents=True, exist_ok=True)
     plots, note = write_plots(record["series"], options.out)
