@@ -6,7 +6,17 @@ from collections.abc import Awaitable, Callable
 
 from ..context import Context
 from ..results import Row
-from . import append, cache_hit, cold_get, expiry, large_store, memory, peers, throughput
+from . import (
+    append,
+    cache_hit,
+    coherence,
+    cold_get,
+    expiry,
+    large_store,
+    memory,
+    peers,
+    throughput,
+)
 
 __all__ = ["SCENARIOS", "Scenario"]
 
@@ -20,6 +30,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "large": ("large store (PostgreSQL)", large_store.run),
     "expiry": ("expiry sweep (PostgreSQL)", expiry.run),
     "memory": ("memory per cached session", memory.run),
+    "coherence": ("coherence across processes: staleness and costs", coherence.run),
     "peers": ("peers (--peers)", peers.run),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""
