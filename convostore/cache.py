@@ -7,7 +7,8 @@ changed only after a commit, so a failed write never leaves an uncommitted state
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .models import ConversationState, ConversationTurn, carry_context, make_state
@@ -168,6 +169,15 @@ class SessionCache:
             self._held[session_id] = _Held()
         else:
             held.writes += 1
+
+    @contextmanager
+    def holding(self, session_id: str) -> Iterator[None]:
+        """``hold`` ... ``release`` around a block."""
+        self.hold(session_id)
+        try:
+            yield
+        finally:
+            self.release(session_id)
 
     def release(self, session_id: str) -> None:
         """A read or write started with ``hold`` ended and its result is in the cache: apply

@@ -8,10 +8,9 @@ failed write discards the session's entry, so nothing uncommitted is ever served
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TypeVar
 
 from .cache import CacheEntry, SessionCache
 from .errors import StaleStateError
@@ -19,8 +18,6 @@ from .models import ConversationState, ConversationTurn, carry_context
 from .store import SessionFields, SqlStore, Written
 
 __all__ = ["CachedStore", "Stats"]
-
-T = TypeVar("T")
 
 
 def _utc(epoch: float) -> datetime:
@@ -85,64 +82,53 @@ class CachedStore:
         return entry.fork(sid)
 
     async def load(self, sid: str, now: float) -> ConversationState | None:
-        return await self._holding(sid, self._load_held(sid, now))
-
-    async def _load_held(self, sid: str, now: float) -> ConversationState | None:
-        generation = self._cache.generation
-        loaded = await self.store.load(sid)
-        if loaded is None:
-            return None
-        now_utc = _utc(now)
-        if loaded.expires_at <= now_utc:
-            if await self.store.drop_expired(sid, now_utc):
-                self.stats.expired += 1
-            self._cache.discard(sid)
-            return None
-        entry = CacheEntry(
-            loaded.turns,
-            loaded.current_slots,
-            loaded.current_template_id,
-            loaded.language,
-            loaded.version,
-            loaded.last_accessed.timestamp(),
-            loaded.expires_at.timestamp(),
-        )
-        if now - entry.last_accessed > self._refresh_after:
-            if await self.store.touch(sid, now_utc, self._ttl, 1) is None:
+        """Read the session (None if unknown or expired, which it then removes), refresh its
+        expiry if due, and cache it unless it changed meanwhile."""
+        with self._cache.holding(sid):
+            generation = self._cache.generation
+            loaded = await self.store.load(sid)
+            if loaded is None:
+                return None
+            now_utc = _utc(now)
+            if loaded.expires_at <= now_utc:
+                if await self.store.drop_expired(sid, now_utc):
+                    self.stats.expired += 1
                 self._cache.discard(sid)
                 return None
-            entry.last_accessed, entry.expires_at = now, now + self._ttl
-        else:
-            entry.unflushed_hits = 1
-        self._cache.put_loaded(sid, entry, generation)
-        return entry.fork(sid)
-
-    async def _holding(self, sid: str, operation: Awaitable[T]) -> T:
-        """Run a read or write of ``sid`` with change announcements for it held back until
-        the cache has the operation's result (see ``SessionCache.hold``)."""
-        self._cache.hold(sid)
-        try:
-            return await operation
-        finally:
-            self._cache.release(sid)
+            entry = CacheEntry(
+                loaded.turns,
+                loaded.current_slots,
+                loaded.current_template_id,
+                loaded.language,
+                loaded.version,
+                loaded.last_accessed.timestamp(),
+                loaded.expires_at.timestamp(),
+            )
+            if now - entry.last_accessed > self._refresh_after:
+                if await self.store.touch(sid, now_utc, self._ttl, 1) is None:
+                    self._cache.discard(sid)
+                    return None
+                entry.last_accessed, entry.expires_at = now, now + self._ttl
+            else:
+                entry.unflushed_hits = 1
+            self._cache.put_loaded(sid, entry, generation)
+            return entry.fork(sid)
 
     async def create(self, sid: str, now: float) -> ConversationState:
         """Create the session unless a live one exists; its state either way."""
-        return await self._holding(sid, self._create_held(sid, now))
-
-    async def _create_held(self, sid: str, now: float) -> ConversationState:
-        generation = self._cache.generation
-        created, expired = await self.store.create(sid, _utc(now), self._ttl)
-        self.stats.expired += expired
-        if not created:
-            state = await self.load(sid, now)
-            if state is not None:
-                return state
-        self.stats.created += created
-        entry = self._new_entry(0, now)
-        if created:
-            self._cache.put_loaded(sid, entry, generation)
-        return entry.fork(sid)
+        with self._cache.holding(sid):
+            generation = self._cache.generation
+            created, expired = await self.store.create(sid, _utc(now), self._ttl)
+            self.stats.expired += expired
+            if not created:
+                state = await self.load(sid, now)
+                if state is not None:
+                    return state
+            self.stats.created += created
+            entry = self._new_entry(0, now)
+            if created:
+                self._cache.put_loaded(sid, entry, generation)
+            return entry.fork(sid)
 
     def _count_write(self, written: Written) -> None:
         self.stats.created += written.created
@@ -225,75 +211,62 @@ class CachedStore:
     ) -> None:
         """``update``: write the session fields and the new turns, then bring ``state`` and
         the cache in line with what was stored."""
-        await self._holding(
-            sid, self._replace_held(sid, state, fields, all_turns, new_at, key, expected)
-        )
-
-    async def _replace_held(
-        self,
-        sid: str,
-        state: ConversationState,
-        fields: SessionFields,
-        all_turns: list[ConversationTurn],
-        new_at: list[int],
-        key: str | None,
-        expected: int | None,
-    ) -> None:
-        now = self._clock()
-        generation = self._cache.generation
-        before = self._cache.peek(sid)
-        hits = before.unflushed_hits if before is not None else 0
-        try:
-            written = await self.store.replace(
-                sid,
-                fields,
-                [all_turns[index] for index in new_at],
-                all_turns,
-                now=_utc(now),
-                ttl=self._ttl,
-                hits=hits,
-                key=key,
-                expected=expected,
-            )
-        except BaseException:
-            self._cache.discard(sid)
-            raise
-        if written.duplicate:
-            # Sent again after a lost connection, and the first attempt had been stored.
-            self._cache.discard(sid)
-            return
-        if written.stale:
-            self._cache.discard(sid)
-            raise StaleStateError(
-                f"session {sid!r} was written or deleted after this state was read; "
-                "get it again, apply the change, and update again"
-            )
-        self._count_write(written)
-        if written.created:
-            all_turns = written.turns
-        else:
-            for index, turn in zip(new_at, written.turns, strict=True):
-                all_turns[index] = turn
-        state.turns[:] = all_turns
-        state._session_id = sid
-        state._origin = tuple(all_turns)
-        state._stored = len(all_turns)
-        state._version = written.version
-        entry = self._cache.peek(sid)
-        if written.created:
-            entry = self._new_entry(written.version, now)
-            entry.turns = list(written.turns)
-        elif entry is not None and entry.version == written.version - 1:
-            entry.turns = entry.turns + written.turns
-            entry.committed(written.version, now, self._ttl, hits)
-        else:
-            self._cache.discard(sid)
-            return
-        entry.current_slots = dict(fields.current_slots)
-        entry.current_template_id = fields.current_template_id
-        entry.language = fields.language
-        if written.created:
-            self._cache.put_loaded(sid, entry, generation)
+        with self._cache.holding(sid):
+            now = self._clock()
+            generation = self._cache.generation
+            before = self._cache.peek(sid)
+            hits = before.unflushed_hits if before is not None else 0
+            try:
+                written = await self.store.replace(
+                    sid,
+                    fields,
+                    [all_turns[index] for index in new_at],
+                    all_turns,
+                    now=_utc(now),
+                    ttl=self._ttl,
+                    hits=hits,
+                    key=key,
+                    expected=expected,
+                )
+            except BaseException:
+                self._cache.discard(sid)
+                raise
+            if written.duplicate:
+                # Sent again after a lost connection, and the first attempt had been stored.
+                self._cache.discard(sid)
+                return
+            if written.stale:
+                self._cache.discard(sid)
+                raise StaleStateError(
+                    f"session {sid!r} was written or deleted after this state was read; "
+                    "get it again, apply the change, and update again"
+                )
+            self._count_write(written)
+            if written.created:
+                all_turns = written.turns
+            else:
+                for index, turn in zip(new_at, written.turns, strict=True):
+                    all_turns[index] = turn
+            state.turns[:] = all_turns
+            state._session_id = sid
+            state._origin = tuple(all_turns)
+            state._stored = len(all_turns)
+            state._version = written.version
+            entry = self._cache.peek(sid)
+            if written.created:
+                entry = self._new_entry(written.version, now)
+                entry.turns = list(written.turns)
+            elif entry is not None and entry.version == written.version - 1:
+                entry.turns = entry.turns + written.turns
+                entry.committed(written.version, now, self._ttl, hits)
+            else:
+                self._cache.discard(sid)
+                return
+            entry.current_slots = dict(fields.current_slots)
+            entry.current_template_id = fields.current_template_id
+            entry.language = fields.language
+            if written.created:
+                self._cache.put_loaded(sid, entry, generation)
 
     async def delete(self, sid: str) -> bool:
         try:
