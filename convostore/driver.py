@@ -12,9 +12,10 @@ appending an exchange, loading a session, sliding its expiry.
 - SQLite (aiosqlite): each operation runs as one function in the connection's worker thread,
   a whole transaction in one thread hop instead of one hop per statement.
 
-Any error invalidates the pooled connection (it is never reused in an unknown state); an error
-that means the server went away also empties the pool of an engine convostore created, so
-that after a database restart the retry (``lifecycle.py``) finds fresh connections at once.
+A connection that failed in an unknown state (cancelled mid-statement, lost) is invalidated,
+never reused; one on which PostgreSQL merely refused a statement goes back to the pool. An
+error that means the server went away also empties the pool of an engine convostore created,
+so that after a database restart the retry (``lifecycle.py``) finds fresh connections at once.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ class PostgresDriver:
         try:
             yield driver
         except BaseException as exc:
+            if _server_refused(exc) and not driver.is_closed():
+                # The server answered with an error (a constraint, a trigger): the statement
+                # ended and, in autocommit, no transaction is left open, so the connection is
+                # as good as before and goes back to the pool.
+                await _give_back(pooled)
+                raise
             await _discard(pooled, exc)
             if self._owns_engine and (driver.is_closed() or is_disconnect(exc)):
                 # The server went away, so its siblings in the pool are dead too. An engine
@@ -144,6 +151,13 @@ async def _give_back(pooled: Any) -> None:
     closing a connection beyond its size), which SQLAlchemy's asyncio layer only allows inside
     its greenlet."""
     await greenlet_spawn(pooled.close)
+
+
+def _server_refused(exc: BaseException) -> bool:
+    """An error PostgreSQL sent for a statement (it has a SQLSTATE), other than one that
+    means the connection or the server is going away."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and not is_disconnect(exc)
 
 
 async def _discard(pooled: Any, exc: BaseException) -> None:
