@@ -76,10 +76,12 @@ def upgrade() -> None:
     else:
         op.create_table(
             "convostore_changes",
-            sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+            # A plain rowid key: new rows take max(id) + 1, which only ever grows because the
+            # sweep's pruning always keeps the newest row (AUTOINCREMENT's bookkeeping would
+            # cost every append a second write).
+            sa.Column("id", sa.Integer(), primary_key=True),
             sa.Column("session_id", sa.String(128), nullable=False),
             sa.Column("version", sa.BigInteger(), nullable=False),
-            sqlite_autoincrement=True,
         )
         for trigger in _SQLITE_TRIGGERS:
             op.execute(trigger)
