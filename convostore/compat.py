@@ -2,7 +2,9 @@
 
 ``get_session_manager()`` returns one shared, started ``SessionRepository`` per process, built
 from the ``StoreConfig`` given on the first call (later configs are ignored, as before);
-``shutdown_session_manager()`` stops it.
+``shutdown_session_manager()`` stops it. The original manager kept sessions in memory and
+needed no migration step, so code written for it gets none either: unless its config sets
+``auto_migrate``, the shared repository brings the schema up to date itself, on PostgreSQL too.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ def _get_lock() -> asyncio.Lock:
 
 
 async def get_session_manager(config: StoreConfig | None = None) -> SessionRepository:
-    """The process's shared repository, started on first use."""
+    """The process's shared repository, started on first use, migrating the schema unless
+    ``config`` sets ``auto_migrate``."""
     global _shared
     async with _get_lock():
         if _shared is None:
+            config = config or StoreConfig()
+            if config.auto_migrate is None:
+                config = config.model_copy(update={"auto_migrate": True})
             repository = SessionRepository(config)
             await repository.start()
             _shared = repository

@@ -48,8 +48,13 @@ class StoreConfig(BaseModel):
     max_sessions: int = Field(default=10_000, ge=1)
     """Capacity of the in-process LRU cache, in sessions. Default 10,000."""
 
-    auto_migrate: bool = False
-    """True: ``start()`` upgrades the schema to the newest migration. Default False."""
+    auto_migrate: bool | None = None
+    """True: ``start()`` upgrades the schema to the newest migration; False: it raises
+    ``SchemaNotReady`` on a database that lacks it. Default None, automatic: True on SQLite,
+    the embedded store that has no deploy step of its own, False on PostgreSQL, where a
+    production schema changes in the deploy (``convostore migrate``), not when a worker starts.
+    ``get_session_manager()`` takes None as True on both, as the original manager needed no
+    migration step."""
 
     sweep_batch_size: int = Field(default=500, ge=1)
     """Sessions deleted per expiry transaction, so a sweep never holds long locks. Default 500

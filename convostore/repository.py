@@ -37,7 +37,7 @@ from .cached_store import CachedStore, Stats
 from .coherence import PostgresWatcher, SqliteWatcher, Watcher
 from .config import StoreConfig
 from .engine import check_database, create_engine, prepare_engine, release_engine
-from .errors import InvalidTurn, NotRunning
+from .errors import InvalidTurn, NotRunning, SchemaNotReady
 from .expiry import run_periodically
 from .lifecycle import Calls
 from .migrate import check_schema, upgrade
@@ -127,12 +127,13 @@ class SessionRepository:
         return self._engine
 
     async def start(self) -> None:
-        """Open the engine, check (or with ``auto_migrate``, upgrade) the schema, start
-        following other processes' writes (``cache_coherence="bounded"``) and start the expiry
-        task. Starting a running repository does nothing.
+        """Open the engine, check (or with ``auto_migrate``, by default on SQLite, upgrade) the
+        schema, start following other processes' writes (``cache_coherence="bounded"``) and
+        start the expiry task. Starting a running repository does nothing.
 
         Raises:
-            SchemaNotReady: the database lacks the newest migration and ``auto_migrate`` is off.
+            SchemaNotReady: the database lacks the newest migration and ``auto_migrate`` is off
+                (by default on PostgreSQL).
             StoreError: the database cannot be reached.
             NotRunning: the repository was stopped; create a new one instead.
         """
@@ -144,10 +145,7 @@ class SessionRepository:
             )
         engine = prepare_engine(self._engine or create_engine(self.config))
         try:
-            if self.config.auto_migrate:
-                await upgrade(engine)
-            else:
-                await check_schema(engine)
+            await self._ensure_schema(engine)
             store = SqlStore(engine, owns_engine=self._owns_engine, fast_path=self.config.fast_path)
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:
@@ -163,6 +161,20 @@ class SessionRepository:
                 run_periodically(self.config.cleanup_interval, self.sweep_expired),
                 name="convostore-expiry-sweep",
             )
+
+    async def _ensure_schema(self, engine: AsyncEngine) -> None:
+        """Check the schema; upgrade one that is behind when ``auto_migrate`` says so (None: on
+        SQLite). A current schema is only read: no write lock, and no statement an engine's own
+        transaction handling could object to."""
+        try:
+            await check_schema(engine)
+        except SchemaNotReady:
+            migrate = self.config.auto_migrate
+            if migrate is None:
+                migrate = engine.dialect.name == "sqlite"
+            if not migrate:
+                raise
+            await upgrade(engine)
 
     def _make_watcher(self, engine: AsyncEngine) -> Watcher | None:
         """What follows other processes' writes, if the coherence mode needs one."""

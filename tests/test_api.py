@@ -76,7 +76,9 @@ def test_input_errors_are_value_errors(error: type[Exception]) -> None:
 async def test_failures_raise_their_convostore_errors(empty_url: str, url: str, sql: Sql) -> None:
     """A missing schema raises SchemaNotReady, use before start NotRunning, a failing
     statement StoreError (the driver's error chained): all of them ConvostoreErrors."""
-    unmigrated = SessionRepository(StoreConfig(database_url=empty_url, cleanup_interval=0))
+    unmigrated = SessionRepository(
+        StoreConfig(database_url=empty_url, cleanup_interval=0, auto_migrate=False)
+    )
     with pytest.raises(SchemaNotReady) as not_ready:
         await unmigrated.start()
     with pytest.raises(NotRunning) as not_running:
@@ -99,7 +101,7 @@ def test_store_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.session_ttl == 1800
     assert cfg.cleanup_interval == 300
     assert cfg.max_sessions == 10_000
-    assert cfg.auto_migrate is False
+    assert cfg.auto_migrate is None
 
 
 def test_store_config_reads_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from convostore import (
     ConversationTurn,
+    SchemaNotReady,
     SessionConfig,
     StoreConfig,
     get_session_manager,
@@ -103,5 +104,25 @@ async def test_config_passed_to_get_session_manager(
 
         assert await get_session_manager(config_class(max_sessions=99)) is m
         assert m.config.max_sessions == 3
+    finally:
+        await shutdown_session_manager()
+
+
+async def test_shared_manager_migrates_an_empty_database(
+    empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The original manager needed no migration step, so the shared one migrates an empty
+    database itself, on PostgreSQL too; a config that sets auto_migrate=False keeps it off."""
+    monkeypatch.setenv(URL_ENV, empty_url)
+    try:
+        with pytest.raises(SchemaNotReady):
+            await get_session_manager(StoreConfig(auto_migrate=False, cleanup_interval=0))
+        m = await get_session_manager(StoreConfig(cleanup_interval=0))
+        assert m.config.auto_migrate is True
+        sid, _ = await m.get_or_create(None)
+        await m.add_turn_to_session(sid, "q", "a", None, None, {}, [])
+        state = await m.get(sid)
+        assert state is not None
+        assert [turn.content for turn in state.turns] == ["q", "a"]
     finally:
         await shutdown_session_manager()

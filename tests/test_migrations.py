@@ -195,7 +195,7 @@ async def test_check_schema_on_empty_then_migrated_database(empty_url: str) -> N
         with pytest.raises(SchemaNotReady, match=r"convostore migrate|alembic upgrade head"):
             await check_schema(engine)
         with pytest.raises(SchemaNotReady):
-            await SessionRepository(StoreConfig(database_url=empty_url)).start()
+            await SessionRepository(StoreConfig(database_url=empty_url, auto_migrate=False)).start()
 
         await upgrade_url(empty_url)
         await check_schema(engine)

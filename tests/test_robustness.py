@@ -414,9 +414,11 @@ async def test_timestamps_ignore_process_and_server_time_zones(
 async def test_start_on_empty_database_needs_migration(
     empty_url: str, empty_engine: AsyncEngine
 ) -> None:
-    """start() on an empty database raises SchemaNotReady naming `convostore migrate`;
-    with auto_migrate=True it migrates and works."""
-    plain = SessionRepository(StoreConfig(database_url=empty_url, cleanup_interval=0))
+    """start() on an empty database with auto_migrate=False raises SchemaNotReady naming
+    `convostore migrate`; with auto_migrate=True it migrates and works."""
+    plain = SessionRepository(
+        StoreConfig(database_url=empty_url, cleanup_interval=0, auto_migrate=False)
+    )
     with pytest.raises(SchemaNotReady) as raised:
         await plain.start()
     assert isinstance(raised.value, ConvostoreError)
