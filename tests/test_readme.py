@@ -1,17 +1,25 @@
-"""The README's promises: its analytics queries, its usage example and the command line."""
+"""The README's promises: its analytics queries, every Python snippet, the default of
+``auto_migrate`` and the command line."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from conftest import FakeClock, MakeRepo, Sql
+from conftest import MakeRepo, Sql
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from convostore import SessionRepository, StoreConfig
+from convostore import SchemaNotReady, SessionRepository, StoreConfig, shutdown_session_manager
+from convostore.config import DATABASE_URL_ENV
+from convostore.migrate import upgrade_url
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -69,19 +77,139 @@ async def test_analytics_queries(make_repo: MakeRepo, sql: Sql) -> None:
     assert lengths == [(1, 2, 0), (2, 1, 1)]
 
 
-async def test_usage_example_runs(
-    url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+SNIPPETS = {
+    "usage": "asyncio.run(main())",
+    "fastapi": "app = FastAPI(lifespan=lifespan)",
+    "compat": "from convostore import get_session_manager",
+    "pgbouncer": 'pooler="pgbouncer"',
+}
+"""Each README ```python block, by a line only it has; each has a test below."""
+
+
+def _snippet(name: str) -> str:
+    (block,) = [block for block in _blocks("python") if SNIPPETS[name] in block]
+    return block
+
+
+def test_every_python_block_is_tested() -> None:
+    """Every ```python block in the README is one of the snippets the tests below run, so a new
+    one cannot slip in untested."""
+    blocks = _blocks("python")
+    assert len(blocks) == len(SNIPPETS)
+    assert sorted(name for block in blocks for name, line in SNIPPETS.items() if line in block) == (
+        sorted(SNIPPETS)
+    )
+
+
+async def _migrate_postgres(backend: str, url: str) -> None:
+    """The deploy's `convostore migrate`, which the README asks for on PostgreSQL only."""
+    if backend == "postgresql":
+        await upgrade_url(url)
+
+
+async def _stored_contents(url: str, sid: str) -> list[str]:
+    repo = SessionRepository(StoreConfig(database_url=url, cleanup_interval=0, auto_migrate=False))
+    async with repo:
+        state = await repo.get(sid)
+    assert state is not None
+    return [turn.content for turn in state.turns]
+
+
+async def test_usage_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The README's first Python example runs as written (its SQLite URL pointed at this
-    test's backend)."""
-    example = _blocks("python")[0].replace("sqlite+aiosqlite:///chat.db", url)
-    assert "asyncio.run(main())" in example
+    """The usage snippet runs as written on an empty database (its SQLite URL pointed at this
+    test's), after `convostore migrate` on PostgreSQL."""
+    await _migrate_postgres(backend, empty_url)
+    example = _snippet("usage").replace("sqlite+aiosqlite:///chat.db", empty_url)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "readme_example"}
     await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
-    repo = SessionRepository(StoreConfig(database_url=url, cleanup_interval=0), clock=FakeClock())
+    engine = create_async_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            sessions = await conn.scalar(text("SELECT COUNT(*) FROM sessions"))
+            turns = await conn.scalar(text("SELECT COUNT(*) FROM turns"))
+    finally:
+        await engine.dispose()
+    assert (sessions, turns) == (1, 2)
+
+
+async def test_fastapi_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FastAPI app, built as written with its URL from env CONVOSTORE_DATABASE_URL, answers
+    a question and its follow-up through its lifespan, on an empty database (after `convostore
+    migrate` on PostgreSQL)."""
+    await _migrate_postgres(backend, empty_url)
+    monkeypatch.setenv(DATABASE_URL_ENV, empty_url)
+    namespace: dict[str, Any] = {"__name__": "readme_fastapi"}
+    exec(compile(_snippet("fastapi"), "README.md", "exec"), namespace)
+    app = namespace["app"]
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
+    ):
+        first = await client.post("/ask", params={"question": "Welke archieven in Utrecht?"})
+        assert first.status_code == 200, first.text
+        sid = first.json()["session_id"]
+        second = await client.post(
+            "/ask", params={"question": "En in Enschede?", "session_id": sid}
+        )
+        assert second.status_code == 200, second.text
+    assert second.json() == {"session_id": sid, "answer": "(2 earlier turns) ..."}
+    assert len(await _stored_contents(empty_url, sid)) == 4
+
+
+async def test_compat_snippet_runs(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snippet for code written for the original SessionManager runs on an empty database
+    with no migration step, on PostgreSQL too. Its top-level awaits run as in an async function
+    of that code, whose variables (the request's values) the test supplies."""
+    monkeypatch.setenv(DATABASE_URL_ENV, empty_url)
+    namespace: dict[str, Any] = {
+        "__name__": "readme_compat",
+        "session_id": None,
+        "question": "Welke archieven zijn er in Utrecht?",
+        "answer": "Er zijn 12 archieven in Utrecht.",
+        "resolved": None,
+        "template_id": "archives_in_place",
+        "slots": {"place": "Utrecht"},
+        "results": [{"name": "Het Utrechts Archief"}],
+    }
+    code = compile(_snippet("compat"), "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    try:
+        await eval(code, namespace)
+    finally:
+        await shutdown_session_manager()
+    assert await _stored_contents(empty_url, namespace["sid"]) == [
+        namespace["question"],
+        namespace["answer"],
+    ]
+
+
+def test_pgbouncer_snippet_runs() -> None:
+    """The PgBouncer snippet builds the config it describes."""
+    namespace: dict[str, Any] = {"__name__": "readme_pgbouncer"}
+    exec(compile(_snippet("pgbouncer"), "README.md", "exec"), namespace)
+    config = namespace["config"]
+    assert isinstance(config, StoreConfig)
+    assert (config.pooler, config.listen_url) == (
+        "pgbouncer",
+        "postgresql+asyncpg://app@db:5432/app",
+    )
+
+
+async def test_auto_migrate_default(backend: str, empty_url: str) -> None:
+    """The settings table's default: on an empty database start() creates the schema on SQLite
+    and raises SchemaNotReady on PostgreSQL, where the deploy migrates."""
+    repo = SessionRepository(StoreConfig(database_url=empty_url, cleanup_interval=0))
+    if backend == "postgresql":
+        with pytest.raises(SchemaNotReady, match="convostore migrate"):
+            await repo.start()
+        return
     async with repo:
-        assert (await repo.get_stats())["cached_sessions"] == 0
+        await repo.add_turn("s", "q", "a")
+    assert await _stored_contents(empty_url, "s") == ["q", "a"]
 
 
 @pytest.mark.parametrize("command", [["convostore"], [sys.executable, "-m", "convostore"]])
