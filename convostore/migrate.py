@@ -14,18 +14,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .errors import SchemaNotReady, translate_errors
+from .errors import ConfigError, SchemaNotReady, translate_errors
 from .urls import check_database_url
 
 __all__ = [
     "VERSION_TABLE",
     "alembic_config",
     "check_schema",
+    "current_revision_url",
     "head_revision",
     "lock_for_migration",
+    "migrate_url",
     "script_location",
     "upgrade",
     "upgrade_url",
@@ -64,24 +68,101 @@ def _current_revisions(connection: Connection) -> tuple[str, ...]:
     return tuple(context.get_current_heads())
 
 
-def _upgrade_on(connection: Connection, revision: str) -> None:
+def _migrate_on(connection: Connection, revision: str, allow_downgrade: bool) -> None:
+    """Upgrade to ``revision``, or downgrade when it lies below the database's revision (only
+    with ``allow_downgrade``: alembic's upgrade to an older revision silently does nothing).
+    Relative revisions (``-1``) are refused: alembic resolves them from head, not from the
+    database's revision, so they would not mean what they say."""
+    if "+" in revision or "-" in revision:
+        raise ConfigError(
+            f"revision {revision!r}: relative revisions are not supported; "
+            "name a revision id, head or base"
+        )
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        targets = {r.revision for r in script.get_revisions(revision) if r is not None}
+    except (CommandError, RevisionError) as exc:
+        raise ConfigError(f"revision {revision!r}: {exc}") from None
+    current = _current_revisions(connection)
+    below: set[str] = set()
+    for head in current:
+        try:
+            below |= {r.revision for r in script.iterate_revisions(head, "base")} - {head}
+        except (CommandError, RevisionError):
+            raise SchemaNotReady(
+                f"the database has schema revision {head}, which this convostore does not "
+                "know: it was migrated by a newer convostore"
+            ) from None
+    downgrade = bool(current) and targets <= below
+    if downgrade and not allow_downgrade:
+        raise ConfigError(
+            f"the database is at {_describe(current)}; going to {revision!r} is a downgrade, "
+            "which needs --allow-downgrade"
+        )
     config = alembic_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    try:
+        if downgrade:
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
+    except (CommandError, RevisionError) as exc:
+        raise ConfigError(f"revision {revision!r}: {exc}") from None
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+async def upgrade(
+    engine: AsyncEngine, revision: str = "head", *, allow_downgrade: bool = False
+) -> None:
     """Bring the database to ``revision`` in one transaction, one process at a time.
 
     Several workers starting together with ``auto_migrate=True`` queue up: PostgreSQL holds an
     advisory lock, SQLite the database's write lock, for the whole upgrade; whoever comes
-    second finds the schema current and does nothing.
+    second finds the schema current and does nothing. A revision below the database's is a
+    downgrade, run only with ``allow_downgrade``; without it, and for a revision the scripts
+    do not know, ``ConfigError`` before any change.
     """
     with translate_errors("schema migration"):
         async with engine.connect() as conn:
             await lock_for_migration(conn)
-            await conn.run_sync(_upgrade_on, revision)
+            await conn.run_sync(_migrate_on, revision, allow_downgrade)
             await conn.commit()
+
+
+def _describe(current: tuple[str, ...]) -> str:
+    """``current`` as text: ``0002 (head)``, ``0001``, or ``no convostore schema``."""
+    if not current:
+        return "no convostore schema"
+    head = head_revision()
+    return ", ".join(f"{r} (head)" if r == head else r for r in current)
+
+
+async def migrate_url(url: str, revision: str = "head", *, allow_downgrade: bool = False) -> str:
+    """``upgrade`` the database at ``url`` (what ``convostore migrate`` runs) and return the
+    revision it is at afterwards, read back from the database, as text."""
+    engine = create_async_engine(check_database_url(url))
+    try:
+        await upgrade(engine, revision, allow_downgrade=allow_downgrade)
+        return await _read_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _read_revision(engine: AsyncEngine) -> str:
+    with translate_errors("reading the schema version"):
+        async with engine.connect() as conn:
+            return _describe(await conn.run_sync(_current_revisions))
+
+
+async def current_revision_url(url: str, *, require_head: bool = False) -> str:
+    """The revision the database at ``url`` is at, as text: ``0002 (head)``, ``0001``, or
+    ``no convostore schema``; with ``require_head``, ``SchemaNotReady`` unless it is at head."""
+    engine = create_async_engine(check_database_url(url))
+    try:
+        if require_head:
+            await check_schema(engine)
+        return await _read_revision(engine)
+    finally:
+        await engine.dispose()
 
 
 async def lock_for_migration(conn: AsyncConnection) -> None:

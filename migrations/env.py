@@ -2,7 +2,9 @@
 
 A caller that already holds a connection passes it in ``config.attributes["connection"]`` (the
 library does, inside its lock); otherwise the URL is ``-x url=...``, else the ``sqlalchemy.url``
-option, else env ``CONVOSTORE_DATABASE_URL``, else the default SQLite file.
+option, else env ``CONVOSTORE_DATABASE_URL``, else the default SQLite file. Logging is configured
+from the ini file only when it has the logging sections, so a three-line ini (``[alembic]``,
+``script_location``, ``sqlalchemy.url``) works too.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ async def _run_with_url(url: str) -> None:
         await engine.dispose()
 
 
+def _configure_logging() -> None:
+    """Apply the ini file's logging sections, if it has them (``fileConfig`` raises
+    ``KeyError: 'formatters'`` on a file without)."""
+    if config.config_file_name is None:
+        return
+    if all(config.file_config.has_section(name) for name in ("formatters", "handlers", "loggers")):
+        logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
 def _url() -> str:
     explicit = context.get_x_argument(as_dictionary=True).get("url")
     return resolve_database_url(explicit or config.get_main_option("sqlalchemy.url"))
@@ -64,6 +75,5 @@ else:
     if shared is not None:
         _run(shared)
     else:
-        if config.config_file_name is not None:
-            logging.config.fileConfig(config.config_file_name, disable_existing_loggers=False)
+        _configure_logging()
         asyncio.run(_run_with_url(_url()))
