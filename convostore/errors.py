@@ -3,7 +3,7 @@
 Every exception raised on purpose derives from ``ConvostoreError``::
 
     ConvostoreError
-    ├── ConfigError        (also ValueError)   a URL or engine convostore cannot use, when built
+    ├── ConfigError        (also ValueError)   a URL, engine or migration target it cannot use
     ├── InvalidSessionId   (also ValueError)   bad session id, raised before any SQL
     ├── InvalidTurn        (also ValueError)   text or results the store cannot hold or that
     │                                          exceed the size limits, before any SQL
@@ -49,8 +49,10 @@ class ConvostoreError(Exception):
 
 
 class ConfigError(ConvostoreError, ValueError):
-    """The database URL or engine is one convostore cannot use; the message says what to write
-    instead. Raised when a ``SessionRepository`` is built, before any connection is made."""
+    """The database URL or engine is one convostore cannot use (raised when a
+    ``SessionRepository`` is built, before any connection is made), or a migration target it
+    refuses (an unknown revision, a downgrade without ``allow_downgrade``); the message says
+    what to do instead."""
 
 
 class InvalidSessionId(ConvostoreError, ValueError):
