@@ -1,0 +1,77 @@
+"""convostore inside a host application's own alembic environment.
+
+A host that keeps its schema in alembic calls ``upgrade_in(connection)`` from its ``env.py``, so
+one ``alembic upgrade head`` brings both schemas to head, and passes ``exclude_convostore`` as
+``include_name`` so its autogenerate leaves convostore's tables alone. convostore's revisions
+stay in ``convostore_alembic_version``: adding its scripts to the host's ``version_locations``
+instead would record them in the host's ``alembic_version``, where convostore never looks.
+"""
+
+from __future__ import annotations
+
+from alembic import context, op
+from alembic.runtime.environment import NameFilterParentNames, NameFilterType
+from sqlalchemy import Connection, text
+
+from .migrate import _ADVISORY_LOCK_KEY, VERSION_TABLE, _migrate_on
+
+__all__ = ["CONVOSTORE_TABLES", "exclude_convostore", "upgrade_in"]
+
+CONVOSTORE_TABLES = frozenset(
+    {"sessions", "turns", "turn_slots", "convostore_changes", VERSION_TABLE}
+)
+"""Every table convostore's migrations create (``convostore_changes`` on SQLite only)."""
+
+
+def upgrade_in(connection: Connection) -> None:
+    """Bring convostore's schema to head on the host's ``connection``, recording it in
+    ``convostore_alembic_version``.
+
+    Inside the host's transaction (``context.begin_transaction()``) the work commits with the
+    host's; otherwise in a transaction of its own. It takes the lock convostore's own migrations
+    take, so workers starting with ``auto_migrate=True`` meanwhile wait and then find the schema
+    current. The host's alembic ``context`` and ``op`` are put back afterwards, so it may be
+    called anywhere in ``env.py``.
+    """
+    saved = (getattr(context, "_proxy", None), getattr(op, "_proxy", None))
+    try:
+        if connection.in_transaction():
+            _locked_upgrade(connection)
+        else:
+            with connection.begin():
+                _locked_upgrade(connection)
+    finally:
+        for proxy in saved:
+            if proxy is not None:
+                proxy._install_proxy()
+
+
+def _locked_upgrade(connection: Connection) -> None:
+    """``lock_for_migration`` for a sync connection that may already hold a transaction, then
+    the upgrade. SQLite's write lock is only taken when the driver has not begun one yet (a
+    transaction that has written holds it already)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+    elif connection.dialect.name == "sqlite" and not _driver_in_transaction(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    _migrate_on(connection, "head", allow_downgrade=False)
+
+
+def _driver_in_transaction(connection: Connection) -> bool:
+    """Whether the DB-API connection (sqlite3's or aiosqlite's) has begun a transaction, which
+    SQLAlchemy's ``in_transaction`` does not tell: sqlite3 begins one only before a write."""
+    driver = connection.connection.driver_connection
+    return driver is not None and bool(driver.in_transaction)
+
+
+def exclude_convostore(
+    name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames
+) -> bool:
+    """alembic's ``include_name`` filter for the host's autogenerate: False for convostore's
+    tables (its version table included) and anything on them, so the host's migrations never
+    propose dropping them. Only the default schema is convostore's."""
+    if parent_names.get("schema_name") is not None:
+        return True
+    if type_ == "table":
+        return name not in CONVOSTORE_TABLES
+    return parent_names.get("table_name") not in CONVOSTORE_TABLES
