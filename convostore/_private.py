@@ -1,4 +1,4 @@
-"""The private APIs of other libraries that convostore's fast path uses, one helper each.
+"""The private APIs of other libraries that convostore uses, one helper each.
 
 Each helper says whether its API is there, so that the caller can fall back to a public
 route when a new release moved it; pyproject.toml pins the versions known to work.
@@ -7,13 +7,20 @@ route when a new release moved it; pyproject.toml pins the versions known to wor
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 from pydantic import BaseModel
 
-__all__ = ["SlotSetters", "aiosqlite_thread_api", "pydantic_slot_setters", "run_in_sqlite_thread"]
+__all__ = [
+    "SlotSetters",
+    "aiosqlite_thread_api",
+    "alembic_proxies_kept",
+    "pydantic_slot_setters",
+    "run_in_sqlite_thread",
+]
 
 T = TypeVar("T")
 
@@ -60,3 +67,25 @@ def run_in_sqlite_thread(
     when ``aiosqlite_thread_api()``."""
     execute: Callable[[Callable[[], T]], Awaitable[T]] = connection._execute
     return execute(lambda: work(connection._conn))
+
+
+@contextmanager
+def alembic_proxies_kept() -> Iterator[None]:
+    """Run a nested alembic migration without losing the caller's ``alembic.context`` and
+    ``alembic.op``: alembic installs one proxy target per process for each, and a nested run
+    replaces, then removes them, which breaks the host's own run in progress.
+
+    Relies on alembic's private ``_proxy`` attribute and ``_install_proxy()`` method of the
+    objects behind those proxies (known to work with alembic 1.13 to 1.20). Where they are
+    missing the block still runs, and the host's run may then fail: its docs say to run
+    ``convostore migrate`` as its own deploy step instead."""
+    from alembic import context, op
+
+    saved = [getattr(module, "_proxy", None) for module in (context, op)]
+    try:
+        yield
+    finally:
+        for proxy in saved:
+            install = getattr(proxy, "_install_proxy", None)
+            if callable(install):
+                install()

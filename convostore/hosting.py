@@ -9,16 +9,23 @@ instead would record them in the host's ``alembic_version``, where convostore ne
 
 from __future__ import annotations
 
-from alembic import context, op
 from alembic.runtime.environment import NameFilterParentNames, NameFilterType
 from sqlalchemy import Connection, text
 
+from ._private import alembic_proxies_kept
 from .migrate import _ADVISORY_LOCK_KEY, VERSION_TABLE, _migrate_on
 
 __all__ = ["CONVOSTORE_TABLES", "exclude_convostore", "upgrade_in"]
 
 CONVOSTORE_TABLES = frozenset(
-    {"sessions", "turns", "turn_slots", "convostore_changes", VERSION_TABLE}
+    {
+        "sessions",
+        "turns",
+        "turn_slots",
+        "convostore_changes",
+        "convostore_compatibility",
+        VERSION_TABLE,
+    }
 )
 """Every table convostore's migrations create (``convostore_changes`` on SQLite only)."""
 
@@ -33,17 +40,12 @@ def upgrade_in(connection: Connection) -> None:
     current. The host's alembic ``context`` and ``op`` are put back afterwards, so it may be
     called anywhere in ``env.py``.
     """
-    saved = (getattr(context, "_proxy", None), getattr(op, "_proxy", None))
-    try:
+    with alembic_proxies_kept():
         if connection.in_transaction():
             _locked_upgrade(connection)
         else:
             with connection.begin():
                 _locked_upgrade(connection)
-    finally:
-        for proxy in saved:
-            if proxy is not None:
-                proxy._install_proxy()
 
 
 def _locked_upgrade(connection: Connection) -> None:

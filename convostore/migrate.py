@@ -8,21 +8,24 @@ beside any alembic history of the host application.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
+from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError, RevisionMap
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, text
+from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .errors import ConfigError, SchemaNotReady, translate_errors
 from .urls import check_database_url
 
 __all__ = [
+    "COMPATIBLE_ATTRIBUTE",
     "VERSION_TABLE",
     "alembic_config",
     "check_schema",
@@ -30,6 +33,7 @@ __all__ = [
     "head_revision",
     "lock_for_migration",
     "migrate_url",
+    "record_compatibility",
     "script_location",
     "upgrade",
     "upgrade_url",
@@ -184,17 +188,99 @@ async def upgrade_url(url: str, revision: str = "head") -> None:
         await engine.dispose()
 
 
+COMPATIBLE_ATTRIBUTE = "compatible_with_older_code"
+"""A revision script that sets this module attribute to True declares that code of the revision
+below it still runs on the schema it leaves (an additive change); absent means False."""
+
+_compatibility = Table(
+    "convostore_compatibility",
+    MetaData(),
+    Column("revision", String(32), primary_key=True),
+    Column("oldest_code_revision", String(32), nullable=False),
+)
+"""One row: the database's revision, and the oldest revision whose code can run on it. Every
+migration through ``migrations/env.py`` rewrites it, with the newer scripts at hand, so that
+older code, which lacks those scripts, can still tell whether it may start. Like the version
+table it lives outside alembic's revisions (and outside ``schema.metadata``)."""
+
+
+def _oldest_code_revision(revisions: RevisionMap, revision: str) -> str:
+    """The oldest revision whose code runs on a database at ``revision``: walk down while each
+    revision declares itself compatible with the code below it."""
+    oldest = revision
+    for script in revisions.iterate_revisions(revision, "base"):
+        if script is None:
+            break
+        oldest = script.revision
+        if not (isinstance(script, Script) and getattr(script.module, COMPATIBLE_ATTRIBUTE, False)):
+            break
+    return oldest
+
+
+def record_compatibility(
+    ctx: MigrationContext, step: MigrationInfo, heads: Collection[str], run_args: Mapping[str, Any]
+) -> None:
+    """alembic's ``on_version_apply`` hook (``migrations/env.py`` installs it): after each
+    step, store the new revision's oldest compatible code revision, or drop the record at base.
+    Future releases must keep this hook, or their databases refuse every older worker."""
+    connection = ctx.connection
+    if connection is None:
+        return
+    if len(heads) != 1:
+        _compatibility.drop(connection, checkfirst=True)
+        return
+    (revision,) = heads
+    oldest = _oldest_code_revision(step.revision_map, revision)
+    _compatibility.create(connection, checkfirst=True)
+    connection.execute(_compatibility.delete())
+    connection.execute(
+        _compatibility.insert().values(revision=revision, oldest_code_revision=oldest)
+    )
+
+
+def _read_schema_state(connection: Connection) -> tuple[tuple[str, ...], str | None]:
+    """The database's revisions, and the oldest code revision recorded for them (None when
+    nothing is recorded for exactly that revision)."""
+    current = _current_revisions(connection)
+    if len(current) != 1 or not inspect(connection).has_table(_compatibility.name):
+        return current, None
+    oldest = connection.execute(
+        select(_compatibility.c.oldest_code_revision).where(_compatibility.c.revision == current[0])
+    ).scalar_one_or_none()
+    return current, oldest
+
+
 async def check_schema(engine: AsyncEngine) -> None:
-    """Raise ``SchemaNotReady`` unless the database is at the newest migration."""
-    head = head_revision()
+    """Raise ``SchemaNotReady`` unless this code can run on the database: it is at the newest
+    migration, or at a newer one (migrated by a newer convostore, during a rolling deploy) whose
+    recorded oldest compatible code revision is one this code's scripts know. An older schema
+    is always refused."""
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
     with translate_errors("reading the schema version"):
         async with engine.connect() as conn:
-            current = await conn.run_sync(_current_revisions)
+            current, oldest_code = await conn.run_sync(_read_schema_state)
     if current == (head,):
         return
+    if len(current) == 1 and not _knows(script, current[0]):
+        if oldest_code is not None and _knows(script, oldest_code):
+            return
+        needs = f"code of revision {oldest_code}" if oldest_code else "newer code"
+        raise SchemaNotReady(
+            f"the database has schema revision {current[0]}, newer than this convostore's "
+            f"revision {head}, and it needs {needs}: upgrade convostore before starting it"
+        )
     found = "no convostore schema" if not current else f"schema revision {', '.join(current)}"
     raise SchemaNotReady(
         f"the database has {found}, but this convostore needs revision {head}. "
         "Run `convostore migrate --url <database url>` (or `alembic upgrade head` in a "
         "source checkout), or start the repository with StoreConfig(auto_migrate=True)."
     )
+
+
+def _knows(script: ScriptDirectory, revision: str) -> bool:
+    """Whether ``revision`` is one of ``script``'s revisions."""
+    try:
+        return script.get_revision(revision) is not None
+    except (CommandError, RevisionError):
+        return False

@@ -4,7 +4,8 @@ A caller that already holds a connection passes it in ``config.attributes["conne
 library does, inside its lock); otherwise the URL is ``-x url=...``, else the ``sqlalchemy.url``
 option, else env ``CONVOSTORE_DATABASE_URL``, else the default SQLite file. Logging is configured
 from the ini file only when it has the logging sections, so a three-line ini (``[alembic]``,
-``script_location``, ``sqlalchemy.url``) works too.
+``script_location``, ``sqlalchemy.url``) works too. Every online step records which code may run
+on the result (``convostore.migrate.record_compatibility``), for rolling deploys.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from convostore.config import resolve_database_url
-from convostore.migrate import VERSION_TABLE, lock_for_migration
+from convostore.migrate import VERSION_TABLE, lock_for_migration, record_compatibility
 from convostore.schema import compared, metadata
 
 config = context.config
@@ -31,6 +32,7 @@ def _run(connection: Connection) -> None:
         include_name=compared,
         compare_type=True,
         render_as_batch=connection.dialect.name == "sqlite",
+        on_version_apply=record_compatibility,
     )
     with context.begin_transaction():
         context.run_migrations()

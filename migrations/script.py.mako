@@ -17,6 +17,9 @@ revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+compatible_with_older_code: bool = False
+"""True only if code of the revision below still runs on this schema (an additive change), so
+that workers not yet upgraded keep starting during a rolling deploy."""
 
 
 def upgrade() -> None:

@@ -27,7 +27,7 @@ from convostore.hosting import exclude_convostore
 from convostore.migrate import VERSION_TABLE, head_revision
 
 HOST_REVISION = "host0001"
-CONVOSTORE_TABLES = {"sessions", "turns", "turn_slots", VERSION_TABLE}
+CONVOSTORE_TABLES = {"sessions", "turns", "turn_slots", "convostore_compatibility", VERSION_TABLE}
 
 HOST_ENV = """
 import asyncio
@@ -197,3 +197,30 @@ def test_exclude_convostore_keeps_host_names() -> None:
     assert exclude_convostore("ix_orders_item", "index", {"table_name": "orders"})
     assert exclude_convostore("sessions", "table", {"schema_name": "billing"})
     assert exclude_convostore("public", "schema", {})
+
+
+def test_alembic_proxies_kept_puts_the_callers_back_and_tolerates_their_absence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one helper around alembic's private proxy API: it reinstalls what the caller had
+    after a nested run cleared it, and runs the block anyway where the API is missing."""
+    from alembic import context
+
+    from convostore._private import alembic_proxies_kept
+
+    installed: list[str] = []
+
+    class Proxy:
+        def _install_proxy(self) -> None:
+            installed.append("host")
+
+    monkeypatch.setattr(context, "_proxy", Proxy(), raising=False)
+    with alembic_proxies_kept():
+        monkeypatch.setattr(context, "_proxy", None, raising=False)  # a nested run's exit
+    assert installed == ["host"]
+
+    monkeypatch.delattr(context, "_proxy", raising=False)
+    ran = []
+    with alembic_proxies_kept():
+        ran.append(True)
+    assert ran == [True]

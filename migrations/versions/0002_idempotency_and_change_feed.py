@@ -26,6 +26,8 @@ revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+compatible_with_older_code: bool = False
+"""0001's code neither listens for cache invalidations nor writes idempotency keys."""
 
 _PG_FUNCTION = """
 CREATE FUNCTION convostore_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
