@@ -43,6 +43,7 @@ SQLITE_POLL_INTERVAL = 0.02
 """Seconds between two looks at a SQLite file's ``data_version``: it bounds how long another
 process's write may go unseen (p99 well under 50 ms with the poll's own cost)."""
 _DATA_VERSION = "PRAGMA data_version"
+_ADAPTER_OPTIONS = ("prepared_statement_cache_size", "prepared_statement_name_func")
 _PING_INTERVAL = 5.0
 _MAX_BACKOFF = 5.0
 _FIRST_CONNECT_WAIT = 5.0
@@ -124,9 +125,9 @@ class PostgresWatcher(_Loop):
 
     name = "change listener"
 
-    def __init__(self, cache: SessionCache, url: URL) -> None:
+    def __init__(self, cache: SessionCache, url: URL, dialect: Dialect) -> None:
         super().__init__(cache)
-        self._connect_args = _asyncpg_connect_args(url)
+        self._connect_args = _asyncpg_connect_args(url, dialect)
 
     async def _follow(self) -> None:
         import asyncpg  # type: ignore[import-untyped]
@@ -218,17 +219,8 @@ async def _scalar(conn: Any, sql: str, args: Sequence[Any] = ()) -> int:
     return int(row[0])
 
 
-def _asyncpg_connect_args(url: URL) -> dict[str, Any]:
-    """``asyncpg.connect`` keywords for a SQLAlchemy URL (host, port, user, password,
-    database, and any other query options asyncpg takes by name)."""
-    args: dict[str, Any] = {
-        "host": url.host,
-        "port": url.port,
-        "user": url.username,
-        "password": url.password,
-        "database": url.database,
-    }
-    for name, value in url.query.items():
-        if name not in ("prepared_statement_cache_size", "async_fallback"):
-            args[name] = value
-    return {name: value for name, value in args.items() if value is not None}
+def _asyncpg_connect_args(url: URL, dialect: Dialect) -> dict[str, Any]:
+    """``asyncpg.connect`` keywords for a URL, as SQLAlchemy's asyncpg dialect derives them,
+    less the options only its adapter takes."""
+    _, options = dialect.create_connect_args(url)
+    return {name: value for name, value in options.items() if name not in _ADAPTER_OPTIONS}

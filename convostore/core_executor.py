@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .driver import Compiled, Inserts
+from .engine import begin_immediate
 
 __all__ = ["CoreExecutor"]
 
@@ -43,7 +44,7 @@ class CoreExecutor:
         SQLite transaction is begun with the write lock unless the engine began one already (a
         connection in autocommit, as SQLAlchemy's aiosqlite recipe sets it up, may not have)."""
         async with self.engine.begin() as conn:
-            began = self._sqlite and await _begin_immediate(conn)
+            began = self._sqlite and await conn.run_sync(begin_immediate)
             try:
                 rows = [tuple(row) for row in await _rows(conn, head, params)]
                 if rows and then is not None:
@@ -65,15 +66,3 @@ class CoreExecutor:
 async def _rows(conn: AsyncConnection, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
     result = await conn.exec_driver_sql(compiled.sql, tuple(compiled.args(params)))
     return list(result.all())
-
-
-async def _begin_immediate(conn: AsyncConnection) -> bool:
-    """Begin a SQLite transaction with the write lock unless the driver connection is in one
-    already; returns whether it did."""
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
-    if driver.in_transaction:
-        return False
-    await conn.exec_driver_sql("BEGIN IMMEDIATE")
-    return True

@@ -8,7 +8,7 @@ import sqlite3
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -18,6 +18,7 @@ from .urls import check_database_url, hide_password
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
+    "begin_immediate",
     "check_database",
     "create_engine",
     "prepare_engine",
@@ -135,3 +136,15 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
                     raise
     finally:
         cursor.close()
+
+
+def begin_immediate(connection: Connection) -> bool:
+    """Begin a SQLite transaction holding the write lock (``BEGIN IMMEDIATE``) unless the
+    driver connection is in a transaction already, which SQLAlchemy's ``in_transaction`` does
+    not tell (sqlite3 begins one only before a write; an engine set up with SQLAlchemy's
+    aiosqlite recipe begins its own). Returns whether it began one."""
+    driver = connection.connection.driver_connection
+    if driver is not None and driver.in_transaction:
+        return False
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    return True

@@ -10,10 +10,10 @@ instead would record them in the host's ``alembic_version``, where convostore ne
 from __future__ import annotations
 
 from alembic.runtime.environment import NameFilterParentNames, NameFilterType
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from ._private import alembic_proxies_kept
-from .migrate import _ADVISORY_LOCK_KEY, VERSION_TABLE, _migrate_on
+from .migrate import VERSION_TABLE, _migrate_on, take_migration_lock
 
 __all__ = ["CONVOSTORE_TABLES", "exclude_convostore", "upgrade_in"]
 
@@ -49,21 +49,9 @@ def upgrade_in(connection: Connection) -> None:
 
 
 def _locked_upgrade(connection: Connection) -> None:
-    """``lock_for_migration`` for a sync connection that may already hold a transaction, then
-    the upgrade. SQLite's write lock is only taken when the driver has not begun one yet (a
-    transaction that has written holds it already)."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-    elif connection.dialect.name == "sqlite" and not _driver_in_transaction(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    """The upgrade under the lock convostore's own migrations take."""
+    take_migration_lock(connection)
     _migrate_on(connection, "head", allow_downgrade=False)
-
-
-def _driver_in_transaction(connection: Connection) -> bool:
-    """Whether the DB-API connection (sqlite3's or aiosqlite's) has begun a transaction, which
-    SQLAlchemy's ``in_transaction`` does not tell: sqlite3 begins one only before a write."""
-    driver = connection.connection.driver_connection
-    return driver is not None and bool(driver.in_transaction)
 
 
 def exclude_convostore(

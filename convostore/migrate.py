@@ -21,6 +21,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .engine import begin_immediate
 from .errors import ConfigError, SchemaNotReady, translate_errors
 from .urls import check_database_url
 
@@ -35,6 +36,7 @@ __all__ = [
     "migrate_url",
     "record_compatibility",
     "script_location",
+    "take_migration_lock",
     "upgrade",
     "upgrade_url",
 ]
@@ -170,12 +172,18 @@ async def current_revision_url(url: str, *, require_head: bool = False) -> str:
 
 
 async def lock_for_migration(conn: AsyncConnection) -> None:
-    """Begin the migration's transaction holding a lock that a second migrator waits for:
-    an advisory lock on PostgreSQL, the write lock on SQLite. Commit releases it."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-    elif conn.dialect.name == "sqlite":
-        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    """``take_migration_lock`` on an async connection."""
+    await conn.run_sync(take_migration_lock)
+
+
+def take_migration_lock(connection: Connection) -> None:
+    """Hold, until the transaction ends, a lock that a second migrator waits for: an advisory
+    lock on PostgreSQL, the write lock on SQLite (begun here unless the connection's driver
+    is in a transaction already, which then holds or takes it)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+    elif connection.dialect.name == "sqlite":
+        begin_immediate(connection)
 
 
 async def upgrade_url(url: str, revision: str = "head") -> None:

@@ -228,11 +228,6 @@ class SqlStore:
         found = await conn.execute(self.sql.key_stored, {"sid": sid, "key": key})
         return found.first() is not None
 
-    async def stored(self, sid: str, key: str) -> bool:
-        """Whether the write with idempotency ``key`` is stored in session ``sid``."""
-        async with self.engine.connect() as conn:
-            return await self._key_stored(conn, sid, key)
-
     async def _append_to_live(
         self, params: dict[str, Any], new_turns: Sequence[ConversationTurn]
     ) -> tuple[Any, ...] | None:
