@@ -12,15 +12,17 @@ from .config import StoreConfig
 from .errors import (
     ConfigError,
     ConvostoreError,
+    InvalidPage,
     InvalidSessionId,
     InvalidTurn,
     NotRunning,
+    NotSessionOwner,
     SchemaNotReady,
     StaleStateError,
     StoreError,
     StoreUnavailable,
 )
-from .models import ConversationState, ConversationTurn
+from .models import ConversationState, ConversationSummary, ConversationTurn
 from .repository import SessionRepository
 
 SessionConfig = StoreConfig
@@ -29,11 +31,14 @@ SessionConfig = StoreConfig
 __all__ = [
     "ConfigError",
     "ConversationState",
+    "ConversationSummary",
     "ConversationTurn",
     "ConvostoreError",
+    "InvalidPage",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
+    "NotSessionOwner",
     "SchemaNotReady",
     "SessionConfig",
     "SessionRepository",

@@ -53,6 +53,8 @@ class CacheEntry:
     """Epoch seconds of the stored ``expires_at``."""
     unflushed_hits: int = 0
     """Cache hits not yet added to the stored ``access_count``; the next write adds them."""
+    user_id: str | None = None
+    """The session's owner (None: created without one)."""
 
     def fork(self, session_id: str) -> ConversationState:
         """A state its caller may change freely: fresh ``turns`` list and ``current_slots``

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .cache import CacheEntry, SessionCache
-from .errors import StaleStateError
+from .errors import NotSessionOwner, StaleStateError
 from .models import ConversationState, ConversationTurn, carry_context
 from .store import SessionFields, SqlStore, Written
 
-__all__ = ["CachedStore", "Stats"]
+__all__ = ["CachedStore", "Stats", "owned", "utc"]
 
 
-def _utc(epoch: float) -> datetime:
+def utc(epoch: float) -> datetime:
+    """Epoch seconds as an aware UTC datetime."""
     return datetime.fromtimestamp(epoch, timezone.utc)
 
 
@@ -32,6 +33,7 @@ class Stats:
     expired: int = 0
     hits: int = 0
     misses: int = 0
+    transcripts_deleted: int = 0
 
 
 class CachedStore:
@@ -54,16 +56,18 @@ class CachedStore:
         self._refresh_after = ttl / 10
         self._clock = clock
 
-    def _new_entry(self, version: int, now: float) -> CacheEntry:
+    def _new_entry(self, version: int, now: float, owner: str | None) -> CacheEntry:
         """The entry of a session this process just created: empty, written at ``now``."""
-        return CacheEntry([], {}, None, "nl", version, now, now + self._ttl)
+        return CacheEntry([], {}, None, "nl", version, now, now + self._ttl, user_id=owner)
 
-    async def refresh(self, sid: str, entry: CacheEntry, now: float) -> ConversationState | None:
+    async def refresh(
+        self, sid: str, entry: CacheEntry, now: float, owner: str | None
+    ) -> ConversationState | None:
         """A cached session whose stored expiry is due for a refresh, or (strict coherence)
         whose cached copy must be checked: served from the cache if the stored version is
-        the cached one, else reloaded."""
+        the cached one, else reloaded. ``owner`` as for ``load``."""
         if now - entry.last_accessed > self._refresh_after:
-            version = await self.store.touch(sid, _utc(now), self._ttl, entry.unflushed_hits + 1)
+            version = await self.store.touch(sid, utc(now), self._ttl, entry.unflushed_hits + 1)
             refreshed = True
         else:
             stored = await self.store.version_of(sid)
@@ -72,24 +76,25 @@ class CachedStore:
             refreshed = False
         if version is None or version != entry.version:
             self._cache.discard(sid)
-            return await self.load(sid, now)
+            return await self.load(sid, now, owner)
         if refreshed:
             entry.last_accessed, entry.expires_at = now, now + self._ttl
             entry.unflushed_hits = 0
         else:
             entry.unflushed_hits += 1
         self.stats.hits += 1
-        return entry.fork(sid)
+        return owned(sid, entry, owner).fork(sid)
 
-    async def load(self, sid: str, now: float) -> ConversationState | None:
+    async def load(self, sid: str, now: float, owner: str | None) -> ConversationState | None:
         """Read the session (None if unknown or expired, which it then removes), refresh its
-        expiry if due, and cache it unless it changed meanwhile."""
+        expiry if due, and cache it unless it changed meanwhile. With an ``owner``, a session
+        of another owner raises ``NotSessionOwner`` (it is cached all the same)."""
         with self._cache.holding(sid):
             generation = self._cache.generation
             loaded = await self.store.load(sid)
             if loaded is None:
                 return None
-            now_utc = _utc(now)
+            now_utc = utc(now)
             if loaded.expires_at <= now_utc:
                 if await self.store.drop_expired(sid, now_utc):
                     self.stats.expired += 1
@@ -103,6 +108,7 @@ class CachedStore:
                 loaded.version,
                 loaded.last_accessed.timestamp(),
                 loaded.expires_at.timestamp(),
+                user_id=loaded.user_id,
             )
             if now - entry.last_accessed > self._refresh_after:
                 if await self.store.touch(sid, now_utc, self._ttl, 1) is None:
@@ -112,20 +118,21 @@ class CachedStore:
             else:
                 entry.unflushed_hits = 1
             self._cache.put_loaded(sid, entry, generation)
-            return entry.fork(sid)
+            return owned(sid, entry, owner).fork(sid)
 
-    async def create(self, sid: str, now: float) -> ConversationState:
-        """Create the session unless a live one exists; its state either way."""
+    async def create(self, sid: str, now: float, owner: str | None) -> ConversationState:
+        """Create the session (owned by ``owner``) unless a live one exists; its state either
+        way, or ``NotSessionOwner`` if the live one has another owner."""
         with self._cache.holding(sid):
             generation = self._cache.generation
-            created, expired = await self.store.create(sid, _utc(now), self._ttl)
+            created, expired = await self.store.create(sid, utc(now), self._ttl, owner)
             self.stats.expired += expired
             if not created:
-                state = await self.load(sid, now)
+                state = await self.load(sid, now, owner)
                 if state is not None:
                     return state
             self.stats.created += created
-            entry = self._new_entry(0, now)
+            entry = self._new_entry(0, now, owner)
             if created:
                 self._cache.put_loaded(sid, entry, generation)
             return entry.fork(sid)
@@ -142,6 +149,7 @@ class CachedStore:
         key: str,
         *,
         create: bool,
+        owner: str | None,
     ) -> ConversationState | None:
         now = self._clock()
         generation = self._cache.generation
@@ -154,11 +162,12 @@ class CachedStore:
                 exchange,
                 merge_slots=exchange[0].slots,
                 template_id=template_id,
-                now=_utc(now),
+                now=utc(now),
                 ttl=self._ttl,
                 hits=hits,
                 key=key,
                 create=create,
+                uid=owner,
             )
             if written is None:
                 return None
@@ -167,7 +176,7 @@ class CachedStore:
             self._count_write(written)
             entry = self._cache.get(sid)
             if written.created:
-                entry = self._new_entry(written.version, now)
+                entry = self._new_entry(written.version, now, owner)
                 entry.extend(written.turns)
                 self._cache.put_loaded(sid, entry, generation)
                 return entry.fork(sid)
@@ -188,7 +197,7 @@ class CachedStore:
         """The state after a write that the cache could not follow. If the session is gone
         already (another worker deleted it, or it expired, between the write and this read),
         the state holds just the turns written, with the context they carry."""
-        reloaded = await self.load(sid, now)
+        reloaded = await self.load(sid, now, None)
         if reloaded is not None:
             return reloaded
         state = ConversationState()
@@ -222,7 +231,7 @@ class CachedStore:
                     fields,
                     [all_turns[index] for index in new_at],
                     all_turns,
-                    now=_utc(now),
+                    now=utc(now),
                     ttl=self._ttl,
                     hits=hits,
                     key=key,
@@ -254,7 +263,7 @@ class CachedStore:
             state._version = written.version
             entry = self._cache.peek(sid)
             if written.created:
-                entry = self._new_entry(written.version, now)
+                entry = self._new_entry(written.version, now, None)
                 entry.turns = list(written.turns)
             elif entry is not None and entry.version == written.version - 1:
                 entry.turns = entry.turns + written.turns
@@ -270,12 +279,14 @@ class CachedStore:
 
     async def delete(self, sid: str) -> bool:
         try:
-            return await self.store.delete(sid, _utc(self._clock()))
+            return await self.store.delete(sid, utc(self._clock()))
         finally:
             self._cache.discard(sid)
 
     async def sweep(self, batch_size: int) -> int:
-        now = _utc(self._clock())
+        """End every expired session, then delete the transcripts past retention, in batches
+        of ``batch_size``. Returns how many sessions ended."""
+        now = utc(self._clock())
         total = 0
         while True:
             deleted = await self.store.sweep_batch(now, batch_size)
@@ -284,4 +295,16 @@ class CachedStore:
             total += len(deleted)
             self.stats.expired += len(deleted)
             if len(deleted) < batch_size:
+                break
+        while True:
+            gone = await self.store.sweep_transcripts_batch(now, batch_size)
+            self.stats.transcripts_deleted += gone
+            if gone < batch_size:
                 return total
+
+
+def owned(sid: str, entry: CacheEntry, owner: str | None) -> CacheEntry:
+    """``entry``, if a caller acting for ``owner`` (None: anyone) may use the session."""
+    if owner is not None and entry.user_id != owner:
+        raise NotSessionOwner(f"session {sid!r} belongs to another user")
+    return entry

@@ -42,6 +42,12 @@ class StoreConfig(BaseModel):
     session_ttl: float = Field(default=1800, gt=0)
     """Seconds of inactivity after which a session expires (sliding). Default 1800."""
 
+    transcript_retention: float = Field(default=30 * 24 * 3600, ge=0)
+    """Seconds the transcript of an ended session (its ``conversations`` row, turns and slots)
+    stays queryable in SQL, counted from the conversation's last activity. 0: it is deleted
+    with the session (by the same sweep or ``delete``). Default 30 days. The API never reads
+    an ended conversation; ``list_sessions``, ``export_user`` and ``erase_user`` do."""
+
     cleanup_interval: float = Field(default=300, ge=0)
     """Seconds between scheduled expiry sweeps; 0 disables the background task. Default 300."""
 

@@ -4,12 +4,14 @@ Every exception raised on purpose derives from ``ConvostoreError``::
 
     ConvostoreError
     ├── ConfigError        (also ValueError)   a URL, engine or migration target it cannot use
-    ├── InvalidSessionId   (also ValueError)   bad session id, raised before any SQL
+    ├── InvalidSessionId   (also ValueError)   bad session or user id, raised before any SQL
     ├── InvalidTurn        (also ValueError)   text or results the store cannot hold or that
     │                                          exceed the size limits, before any SQL
+    ├── InvalidPage        (also ValueError)   list_sessions: a bad limit or cursor
     ├── SchemaNotReady                         the database lacks the newest migration
     ├── NotRunning         (also RuntimeError) the repository is not started, or already stopped
     ├── StaleStateError                        update(if_unchanged=True): the session moved on
+    ├── NotSessionOwner    (also PermissionError) the live session belongs to another user
     └── StoreError                             the database or driver failed; cause chained
         └── StoreUnavailable                   the database stayed unreachable for reconnect_timeout
 
@@ -30,9 +32,11 @@ from sqlalchemy.exc import SQLAlchemyError
 __all__ = [
     "ConfigError",
     "ConvostoreError",
+    "InvalidPage",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
+    "NotSessionOwner",
     "SchemaNotReady",
     "StaleStateError",
     "StoreError",
@@ -64,6 +68,10 @@ class InvalidTurn(ConvostoreError, ValueError):
     ``StoreConfig`` allow; the message names the field (and the limit)."""
 
 
+class InvalidPage(ConvostoreError, ValueError):
+    """``list_sessions``: ``limit`` is not 1-1000, or ``before`` is not a conversation id."""
+
+
 class SchemaNotReady(ConvostoreError):
     """The database has no convostore schema, or an older one; the message says how to migrate."""
 
@@ -75,6 +83,12 @@ class NotRunning(ConvostoreError, RuntimeError):
 class StaleStateError(ConvostoreError):
     """``update(..., if_unchanged=True)``: the stored session was written (or deleted) after
     the state was read, so the update was refused and nothing was stored."""
+
+
+class NotSessionOwner(ConvostoreError, PermissionError):
+    """``get_or_create`` or ``add_turn`` with a ``user_id``: the live session under that id was
+    created for another user, or for none. Nothing was read or written; use another session
+    id (``get`` answers None in this case instead)."""
 
 
 class StoreError(ConvostoreError):

@@ -19,9 +19,12 @@ __all__ = ["CONVOSTORE_TABLES", "exclude_convostore", "upgrade_in"]
 
 CONVOSTORE_TABLES = frozenset(
     {
+        "conversations",
         "sessions",
         "turns",
         "turn_slots",
+        "exchanges",
+        "slot_values",
         "convostore_changes",
         "convostore_compatibility",
         VERSION_TABLE,

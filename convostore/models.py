@@ -19,6 +19,7 @@ from ._private import SlotSetters, pydantic_slot_setters
 __all__ = [
     "HISTORY_WINDOW",
     "ConversationState",
+    "ConversationSummary",
     "ConversationTurn",
     "StateBuilder",
     "TurnBuilder",
@@ -55,6 +56,26 @@ def carry_context(
     if turn.role == "user" and turn.slots:
         current_slots.update(turn.slots)
     return turn.template_id or current_template_id
+
+
+class ConversationSummary(BaseModel):
+    """One conversation of a user, as ``SessionRepository.list_sessions`` lists it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conversation_id: int
+    """Tells apart conversations that used the same session id (and pages the list)."""
+    session_id: str
+    user_id: str
+    started_at: datetime
+    ended_at: datetime | None
+    """When the session ended (its last activity); None while its session row exists."""
+    live: bool
+    """Whether the session is live: ``get(session_id)`` returns this conversation."""
+    turns: int
+    """Turns stored (two per exchange)."""
+    last_activity: datetime
+    """When the last turn was stored (``started_at`` if none was)."""
 
 
 class ConversationState(BaseModel):

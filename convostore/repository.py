@@ -32,16 +32,17 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cache import SessionCache
-from .cached_store import CachedStore, Stats
+from .cache import CacheEntry, SessionCache
+from .cached_store import CachedStore, Stats, owned, utc
 from .coherence import PostgresWatcher, SqliteWatcher, Watcher
 from .config import StoreConfig
 from .engine import check_database, create_engine, prepare_engine, release_engine
-from .errors import InvalidTurn, NotRunning, SchemaNotReady
+from .errors import InvalidPage, InvalidTurn, NotRunning, NotSessionOwner, SchemaNotReady
 from .expiry import run_periodically
 from .lifecycle import Calls
 from .migrate import check_schema, upgrade
-from .models import ConversationState, make_turn
+from .models import ConversationState, ConversationSummary, make_turn
+from .owners import Owners
 from .store import SessionFields, SqlStore
 from .urls import hide_password
 from .validation import (
@@ -49,9 +50,11 @@ from .validation import (
     check_idempotency_key,
     check_language,
     check_optional_text,
+    check_owner,
     check_session_id,
     check_text,
     check_turn,
+    check_user_id,
     copy_results,
     copy_slots,
 )
@@ -99,6 +102,7 @@ class SessionRepository:
         self._stats = Stats()
         self._calls = Calls(float(self.config.reconnect_timeout))
         self._ops: CachedStore | None = None
+        self._owners: Owners | None = None
         self._watcher: Watcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
@@ -146,7 +150,12 @@ class SessionRepository:
         engine = prepare_engine(self._engine or create_engine(self.config))
         try:
             await self._ensure_schema(engine)
-            store = SqlStore(engine, owns_engine=self._owns_engine, fast_path=self.config.fast_path)
+            store = SqlStore(
+                engine,
+                owns_engine=self._owns_engine,
+                fast_path=self.config.fast_path,
+                retention=float(self.config.transcript_retention),
+            )
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:
                 await self._watcher.start()
@@ -155,6 +164,7 @@ class SessionRepository:
             raise
         self._engine = engine
         self._ops = CachedStore(store, self._cache, self._stats, ttl=self._ttl, clock=self._clock)
+        self._owners = Owners(engine)
         self._calls.phase = "running"
         if self.config.cleanup_interval > 0:
             self._sweeper = asyncio.create_task(
@@ -220,14 +230,15 @@ class SessionRepository:
         """A new unguessable, URL-safe session id (192 random bits)."""
         return secrets.token_urlsafe(24)
 
-    async def get(self, session_id: str) -> ConversationState | None:
-        """The session's state, or None if it is unknown or expired.
+    async def get(self, session_id: str, *, user_id: str | None = None) -> ConversationState | None:
+        """The session's state, or None if it is unknown or expired, or if ``user_id`` is
+        given and the session is not that user's (created for another user, or for none).
 
         Served from the cache without SQL when possible. The state is the caller's to change;
         changes reach the store only through ``update``.
 
         Raises:
-            InvalidSessionId: before any SQL.
+            InvalidSessionId: a bad session id or user id, before any SQL.
             StoreError: the database failed (``StoreUnavailable``: it stayed unreachable).
         """
         now = self._clock()
@@ -239,42 +250,70 @@ class SessionRepository:
             and now < entry.expires_at
             and now - entry.last_accessed <= self._refresh_after
             and not self._strict
+            and user_id is None
         ):
             entry.unflushed_hits += 1
             self._stats.hits += 1
             return entry.fork(session_id)
         sid = check_session_id(session_id)
+        owner = check_owner(user_id)
+        try:
+            return await self._get(sid, entry, now, owner)
+        except NotSessionOwner:
+            return None
+
+    async def _get(
+        self, sid: str, entry: CacheEntry | None, now: float, owner: str | None
+    ) -> ConversationState | None:
+        """``get`` past the unchecked hit; raises ``NotSessionOwner`` for another's session."""
+        if (
+            entry is not None
+            and now < entry.expires_at
+            and now - entry.last_accessed <= self._refresh_after
+            and not self._strict
+        ):
+            entry.unflushed_hits += 1
+            self._stats.hits += 1
+            return owned(sid, entry, owner).fork(sid)
         ops = self._enter()
         try:
             if entry is not None:
                 if now < entry.expires_at:
                     return await self._calls.run(
-                        "refreshing a session", lambda: ops.refresh(sid, entry, now)
+                        "refreshing a session", lambda: ops.refresh(sid, entry, now, owner)
                     )
                 self._cache.discard(sid)
             self._stats.misses += 1
-            return await self._calls.run("loading a session", lambda: ops.load(sid, now))
+            return await self._calls.run("loading a session", lambda: ops.load(sid, now, owner))
         finally:
             self._calls.leave()
 
-    async def get_or_create(self, session_id: str | None = None) -> tuple[str, ConversationState]:
+    async def get_or_create(
+        self, session_id: str | None = None, *, user_id: str | None = None
+    ) -> tuple[str, ConversationState]:
         """The session's id and state; a session that is unknown or expired is created under
         that id, and ``None`` creates one under a fresh id from ``generate_session_id()``.
 
+        ``user_id`` makes that user the owner of a session this call creates. A live session
+        of another owner (or of none) is never handed out to a call with a ``user_id``: it
+        raises ``NotSessionOwner`` and leaves the session as it is.
+
         Raises:
-            InvalidSessionId: before any SQL.
+            InvalidSessionId: a bad session id or user id, before any SQL.
+            NotSessionOwner: the live session under that id is not ``user_id``'s.
             StoreError: the database failed.
         """
         sid = self.generate_session_id() if session_id is None else check_session_id(session_id)
+        owner = check_owner(user_id)
         ops = self._enter()
         try:
             if session_id is not None:
-                state = await self.get(sid)
+                state = await self._get(sid, self._cache.get(sid), self._clock(), owner)
                 if state is not None:
                     return sid, state
             now = self._clock()
             state = await self._calls.run(
-                "creating a session", lambda: ops.create(sid, now), shield=True
+                "creating a session", lambda: ops.create(sid, now, owner), shield=True
             )
             return sid, state
         finally:
@@ -291,6 +330,7 @@ class SessionRepository:
         slots: Mapping[str, str] | None = None,
         results: Sequence[Mapping[str, Any]] | None = None,
         idempotency_key: str | None = None,
+        user_id: str | None = None,
     ) -> ConversationState:
         """Append one exchange (a user turn with ``question`` and the other fields, then an
         assistant turn with ``answer``) and return the session's new state.
@@ -304,12 +344,18 @@ class SessionRepository:
         session stores nothing and returns the session's state. Without one, convostore makes
         its own, so its own retries after a lost connection never store an exchange twice.
 
+        ``user_id``: a session this call creates belongs to that user, and a live session of
+        another owner (or of none) is never written (``NotSessionOwner``).
+
         Raises:
             InvalidSessionId, InvalidTurn: before any SQL (the message names the field).
+            NotSessionOwner: the live session under that id is not ``user_id``'s; nothing
+                was stored.
             StoreError: the database failed; nothing of the exchange was stored.
             StoreUnavailable: the database stayed unreachable for ``reconnect_timeout``.
         """
         sid = check_session_id(session_id)
+        owner = check_owner(user_id)
         key = _new_key() if idempotency_key is None else check_idempotency_key(idempotency_key)
         limits = self._limits
         template = check_optional_text("template_id", template_id, limits)
@@ -329,12 +375,13 @@ class SessionRepository:
         ops = self._enter()
         try:
             state = await self._calls.run(
-                "adding a turn", lambda: ops.append(sid, exchange, template, key, create=False)
+                "adding a turn",
+                lambda: ops.append(sid, exchange, template, key, create=False, owner=owner),
             )
             if state is None:
                 state = await self._calls.run(
                     "adding a turn",
-                    lambda: ops.append(sid, exchange, template, key, create=True),
+                    lambda: ops.append(sid, exchange, template, key, create=True, owner=owner),
                     shield=True,
                 )
         finally:
@@ -441,14 +488,81 @@ class SessionRepository:
         finally:
             self._calls.leave()
 
+    async def list_sessions(
+        self, user_id: str, *, limit: int = 20, before: int | None = None
+    ) -> list[ConversationSummary]:
+        """The user's conversations, live and retained, newest first, at most ``limit``. For
+        the next page pass the last one's ``conversation_id`` as ``before``.
+
+        Raises:
+            InvalidSessionId: a bad user id, before any SQL.
+            InvalidPage: ``limit`` is not 1-1000 or ``before`` not a positive int.
+            StoreError: the database failed.
+        """
+        uid = check_user_id(user_id)
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise InvalidPage(f"limit must be an int from 1 to 1000, not {limit!r}")
+        if before is not None and (type(before) is not int or before < 1):
+            raise InvalidPage(f"before must be a conversation_id (a positive int), not {before!r}")
+        owners = self._users()
+        now = utc(self._clock())
+        try:
+            return await self._calls.run(
+                "listing sessions", lambda: owners.summaries(uid, now, limit, before)
+            )
+        finally:
+            self._calls.leave()
+
+    async def export_user(self, user_id: str) -> dict[str, Any]:
+        """Everything stored about the user (data-subject access): each conversation, live or
+        retained, with its turns, slots and results, as data ``json.dumps`` takes as is.
+
+        Raises:
+            InvalidSessionId: a bad user id, before any SQL.
+            StoreError: the database failed.
+        """
+        uid = check_user_id(user_id)
+        owners = self._users()
+        now = utc(self._clock())
+        try:
+            return await self._calls.run("exporting a user", lambda: owners.export(uid, now))
+        finally:
+            self._calls.leave()
+
+    async def erase_user(self, user_id: str) -> dict[str, int]:
+        """Delete every row of the user in every table: live sessions (other workers' caches
+        drop them too), retained transcripts, their turns, slots and results, in batches of
+        ``sweep_batch_size`` conversations, one transaction each. Returns the rows deleted
+        per table (``sessions``, ``conversations``, ``turns``, ``turn_slots``). A session the
+        user creates while this runs may survive it; run it again after blocking the user.
+
+        Raises:
+            InvalidSessionId: a bad user id, before any SQL.
+            StoreError: the database failed; the batches before the failure stay erased.
+        """
+        uid = check_user_id(user_id)
+        owners = self._users()
+        batch = self.config.sweep_batch_size
+        try:
+            counts, ended = await self._calls.run(
+                "erasing a user", lambda: owners.erase(uid, batch), shield=True
+            )
+        finally:
+            self._calls.leave()
+        for sid in ended:
+            self._cache.discard(sid)
+        return counts
+
     async def get_stats(self) -> dict[str, int]:
         """Counters since start: ``sessions_created``, ``sessions_expired`` (removed by expiry,
-        on read or by the sweep), ``sessions_evicted``, ``cache_hits``, ``cache_misses``, and
+        on read or by the sweep), ``transcripts_deleted`` (conversations the sweep deleted past
+        ``transcript_retention``), ``sessions_evicted``, ``cache_hits``, ``cache_misses``, and
         ``cached_sessions`` (also under its old name ``active_sessions``)."""
         cached = len(self._cache)
         return {
             "sessions_created": self._stats.created,
             "sessions_expired": self._stats.expired,
+            "transcripts_deleted": self._stats.transcripts_deleted,
             "sessions_evicted": self._cache.evictions,
             "cache_hits": self._stats.hits,
             "cache_misses": self._stats.misses,
@@ -462,3 +576,9 @@ class SessionRepository:
         self._calls.enter()
         assert self._ops is not None
         return self._ops
+
+    def _users(self) -> Owners:
+        """``_enter`` for the per-user calls."""
+        self._calls.enter()
+        assert self._owners is not None
+        return self._owners

@@ -1,9 +1,13 @@
-"""The tables: ``sessions``, ``turns`` and ``turn_slots``, in one ``metadata``.
+"""The tables: ``conversations``, ``sessions``, ``turns`` and ``turn_slots``, in one ``metadata``.
 
-Every key leads with ``session_id``, so one session's rows sit together (and on one shard of a
-distributed PostgreSQL-compatible engine). Turns and their slots are rows, not a JSON blob, so
+Two lifetimes: a ``sessions`` row is the live state the API reads and writes, and goes when the
+session ends (expiry, ``delete``); a ``conversations`` row is the transcript's header, and it and
+its turns stay until ``transcript_retention`` has passed. A session id can be used again after
+its session ended, so turns are keyed by ``conversation_id``, which tells apart two
+conversations under one session id. Turns and their slots are rows, not a JSON blob, so
 appending costs the same at turn 1,000 as at turn 1 and analytics need no JSON functions.
-The migrations in ``migrations/versions`` create exactly these tables; a test checks they agree.
+The migrations in ``migrations/versions`` create exactly these tables (and, beside them, the
+triggers and the analytics views); a test checks they agree.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "UTCDateTime",
     "changes",
     "compared",
+    "conversations",
     "metadata",
     "sessions",
     "turn_slots",
@@ -107,10 +112,35 @@ class UTCDateTime(TypeDecorator[datetime]):
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 """JSON on SQLite, JSONB on PostgreSQL."""
 
+ConversationKey = BigInteger().with_variant(Integer(), "sqlite")
+"""A 64-bit key; on SQLite ``INTEGER`` so that the primary key is the rowid."""
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("conversation_id", ConversationKey, nullable=False, autoincrement=True),
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("user_id", String(MAX_SESSION_ID_LENGTH), nullable=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime(), nullable=True),
+    Column("language", String(32), nullable=True),
+    PrimaryKeyConstraint("conversation_id"),
+    Index(None, "session_id"),
+    Index(None, "user_id", "conversation_id"),
+    Index(None, "ended_at"),
+)
+"""One row per conversation: everything said under one session id from its creation until its
+session ended. ``ended_at`` is NULL while the session lives; when the ``sessions`` row goes, a
+trigger sets it to the session's last activity (``last_accessed``) and copies its language.
+The retention sweep deletes conversations whose ``ended_at`` is older than
+``transcript_retention``, with their turns and slots (by cascade)."""
+
 sessions = Table(
     "sessions",
     metadata,
     Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("conversation_id", ConversationKey, nullable=False),
+    Column("user_id", String(MAX_SESSION_ID_LENGTH), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("last_accessed", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
@@ -122,15 +152,19 @@ sessions = Table(
     Column("version", BigInteger(), nullable=False),
     PrimaryKeyConstraint("session_id"),
     Index(None, "expires_at"),
+    Index(None, "conversation_id", unique=True),
 )
-"""One row per session. ``turn_count`` hands out turn sequence numbers; ``version`` is bumped by
-every write of the session's content, so a cached copy can tell whether it is current."""
+"""One row per live session, pointing at its conversation. ``turn_count`` hands out turn
+sequence numbers; ``version`` is bumped by every write of the session's content, so a cached
+copy can tell whether it is current. ``user_id`` (the owner, or NULL) is set at creation and
+never changes."""
 
 turns = Table(
     "turns",
     metadata,
-    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("conversation_id", ConversationKey, nullable=False),
     Column("seq", Integer(), nullable=False),
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
     Column("role", String(16), nullable=False),
     Column("content", Text(), nullable=False),
     Column("resolved_question", Text(), nullable=True),
@@ -138,29 +172,35 @@ turns = Table(
     Column("results", JSONDocument, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("idempotency_key", String(MAX_SESSION_ID_LENGTH), nullable=True),
-    PrimaryKeyConstraint("session_id", "seq"),
-    ForeignKeyConstraint(["session_id"], ["sessions.session_id"], ondelete="CASCADE"),
-    Index(None, "session_id", "idempotency_key", unique=True),
+    PrimaryKeyConstraint("conversation_id", "seq"),
+    ForeignKeyConstraint(
+        ["conversation_id"], ["conversations.conversation_id"], ondelete="CASCADE"
+    ),
+    Index(None, "conversation_id", "idempotency_key", unique=True),
 )
-"""One row per message; ``seq`` counts from 1 within the session. The first turn of every
-append carries the append's ``idempotency_key`` (unique within the session), so an append
-sent twice is stored once."""
+"""One row per message; ``seq`` counts from 1 within the conversation, whose ``session_id`` it
+repeats for analysts. The first turn of every append carries the append's ``idempotency_key``
+(unique within the conversation), so an append sent twice is stored once."""
 
 turn_slots = Table(
     "turn_slots",
     metadata,
-    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("conversation_id", ConversationKey, nullable=False),
     Column("seq", Integer(), nullable=False),
     Column("name", Text(), nullable=False),
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
     Column("value", Text(), nullable=False),
-    PrimaryKeyConstraint("session_id", "seq", "name"),
-    ForeignKeyConstraint(["session_id"], ["sessions.session_id"], ondelete="CASCADE"),
+    PrimaryKeyConstraint("conversation_id", "seq", "name"),
+    ForeignKeyConstraint(
+        ["conversation_id"], ["conversations.conversation_id"], ondelete="CASCADE"
+    ),
 )
-"""One row per slot a turn carried (e.g. place = Utrecht), keyed by the turn's (session_id, seq).
+"""One row per slot a turn carried (e.g. place = Utrecht), keyed by the turn's
+(conversation_id, seq).
 
-The foreign key points at the session, not the turn: rows are only ever written together with
-their turn and deleted with their session, and cascading once per session instead of once per
-turn makes the expiry sweep about three times faster on PostgreSQL."""
+The foreign key points at the conversation, not the turn: rows are only ever written together
+with their turn and deleted with their conversation, and cascading once per conversation
+instead of once per turn makes deleting transcripts about three times faster on PostgreSQL."""
 
 changes = Table(
     "convostore_changes",

@@ -28,6 +28,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     true,
     union_all,
@@ -35,7 +36,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .schema import JSONDocument, UTCDateTime, changes, sessions, turn_slots, turns
+from .schema import (
+    JSONDocument,
+    UTCDateTime,
+    changes,
+    conversations,
+    sessions,
+    turn_slots,
+    turns,
+)
 
 __all__ = ["Statements"]
 
@@ -43,10 +52,11 @@ __all__ = ["Statements"]
 class Statements:
     """The statements for one dialect (``sqlite`` or ``postgresql``).
 
-    Parameter names: ``sid`` session id; ``now`` and ``expires`` timestamps; ``hits`` accesses
-    to add to ``access_count``; ``n`` turns being appended; ``key`` the append's idempotency
-    key; ``merge`` slots to merge into ``current_slots``; ``slots``, ``template_id``,
-    ``language`` session fields to set.
+    Parameter names: ``sid`` session id; ``uid`` the caller's user id (None: any owner);
+    ``cid`` conversation id; ``now`` and ``expires`` timestamps; ``hits`` accesses to add to
+    ``access_count``; ``n`` turns being appended; ``key`` the append's idempotency key;
+    ``merge`` slots to merge into ``current_slots``; ``slots``, ``template_id``, ``language``
+    session fields to set; ``batch`` rows per batch.
     """
 
     def __init__(self, dialect: str) -> None:
@@ -54,13 +64,23 @@ class Statements:
             raise ValueError(f"convostore supports SQLite and PostgreSQL, not {dialect}")
         self.dialect = dialect
         now = bindparam("now", type_=UTCDateTime())
-        live = and_(sessions.c.session_id == bindparam("sid"), sessions.c.expires_at > now)
+        sid = bindparam("sid", type_=String())
+        live = and_(sessions.c.session_id == sid, sessions.c.expires_at > now)
+        key = bindparam("key", type_=String())
+        self.conversation_of = (
+            select(sessions.c.conversation_id).where(sessions.c.session_id == sid).scalar_subquery()
+        )
+        """The live conversation of session ``sid``."""
         self.key_stored: Select[Any] = select(turns.c.seq).where(
-            turns.c.session_id == bindparam("sid"),
-            turns.c.idempotency_key == bindparam("key", type_=String()),
+            turns.c.conversation_id == self.conversation_of, turns.c.idempotency_key == key
         )
         """The turn that carries an append's idempotency key, if that append is stored."""
-        fresh = and_(live, ~self.key_stored.exists())
+        stored_here = select(turns.c.seq).where(
+            turns.c.conversation_id == sessions.c.conversation_id, turns.c.idempotency_key == key
+        )
+        fresh = and_(live, ~stored_here.exists())
+        uid = bindparam("uid", type_=String())
+        owned = or_(cast(uid, String()).is_(None), sessions.c.user_id == uid)
         refreshed: dict[str, Any] = {
             "last_accessed": now,
             "expires_at": bindparam("expires", type_=UTCDateTime()),
@@ -75,16 +95,16 @@ class Statements:
 
         self.allocate: Update = (
             update(sessions)
-            .where(fresh)
+            .where(fresh, owned)
             .values(
                 **grown,
                 current_slots=self._merged_slots(),
                 current_template_id=func.coalesce(template, sessions.c.current_template_id),
             )
-            .returning(sessions.c.turn_count, sessions.c.version)
+            .returning(sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id)
         )
-        """Allocate ``n`` sequence numbers on a live session, merging slots and template,
-        unless the append with idempotency ``key`` is stored already."""
+        """Allocate ``n`` sequence numbers on a live session that ``uid`` may write, merging
+        slots and template, unless the append with idempotency ``key`` is stored already."""
 
         self.replace: Update = (
             update(sessions)
@@ -95,7 +115,7 @@ class Statements:
                 current_template_id=template,
                 language=bindparam("language", type_=sessions.c.language.type),
             )
-            .returning(sessions.c.turn_count, sessions.c.version)
+            .returning(sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id)
         )
         """Allocate ``n`` sequence numbers on a live session, setting its fields, unless the
         write with idempotency ``key`` is stored already (a NULL key never is)."""
@@ -115,17 +135,29 @@ class Statements:
             index_elements=[sessions.c.session_id]
         )
         """Insert a session row unless one exists (concurrent creators do not collide)."""
+        self.start_conversation = (
+            insert(conversations)
+            .values(session_id=sid, user_id=uid, started_at=now)
+            .returning(conversations.c.conversation_id)
+        )
+        """A new conversation's row; its session row is inserted next, in the same
+        transaction."""
+        self.delete_conversation = delete(conversations).where(
+            conversations.c.conversation_id == bindparam("cid", type_=BigInteger())
+        )
+        """A conversation and (by cascade) its turns and slots."""
+        self.owner_of = select(sessions.c.user_id).where(sessions.c.session_id == sid)
 
         self.drop_expired = (
             delete(sessions)
             .where(sessions.c.session_id == bindparam("sid"), sessions.c.expires_at <= now)
-            .returning(sessions.c.session_id)
+            .returning(sessions.c.conversation_id)
         )
-        """Delete the session if it has expired; returns its id if it did."""
+        """Delete the session if it has expired; returns its conversation if it did."""
         self.delete = (
             delete(sessions)
             .where(sessions.c.session_id == bindparam("sid"))
-            .returning(sessions.c.expires_at)
+            .returning(sessions.c.expires_at, sessions.c.conversation_id)
         )
         expired_ids = (
             select(sessions.c.session_id)
@@ -140,8 +172,24 @@ class Statements:
             .where(sessions.c.session_id.in_(expired_ids))
             .returning(sessions.c.session_id)
         )
-        """Delete up to ``batch`` expired sessions (turns and slots by cascade), skipping rows
-        another transaction holds (PostgreSQL), so sweepers never wait on each other."""
+        """Delete up to ``batch`` expired sessions (their conversations end, by trigger),
+        skipping rows another transaction holds (PostgreSQL), so sweepers never wait on each
+        other."""
+        past_retention = (
+            select(conversations.c.conversation_id)
+            .where(conversations.c.ended_at <= bindparam("cutoff", type_=UTCDateTime()))
+            .order_by(conversations.c.ended_at)
+            .limit(bindparam("batch", type_=Integer()))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        self.sweep_transcripts = (
+            delete(conversations)
+            .where(conversations.c.conversation_id.in_(past_retention))
+            .returning(conversations.c.conversation_id)
+        )
+        """Delete up to ``batch`` conversations that ended by ``cutoff``, with their turns and
+        slots (by cascade), skipping rows another transaction holds."""
         self.prune_changes = delete(changes).where(
             changes.c.id <= select(func.max(changes.c.id)).scalar_subquery() - bindparam("keep")
         )
@@ -162,7 +210,8 @@ class Statements:
         self.insert_slots: Insert = insert(turn_slots)
 
         self.load: CompoundSelect[Any] = self._load()
-        """A whole session in one statement (so one round trip and one snapshot)."""
+        """A whole session in one statement (so one round trip and one snapshot): the turns
+        of its live conversation."""
 
         self.append_cte: Select[Any] | None = (
             self._one_statement_append() if dialect == "postgresql" else None
@@ -176,14 +225,18 @@ class Statements:
 
         The session row comes first (``seq`` 0; turns count from 1) and carries its fields in
         the turn columns: ``role`` is the language, ``content`` the current template,
-        ``results`` the current slots, ``created_at`` last_accessed, plus ``version`` and
-        ``expires_at``. Turns are read up to the session's ``turn_count`` within the same
-        statement, so an append committed meanwhile is either wholly in or wholly out. Turns
-        and slots are two index range scans; a join here would leave the plan to statistics,
-        and on a new table without them PostgreSQL made it quadratic.
+        ``resolved_question`` the owner's user id, ``results`` the current slots,
+        ``created_at`` last_accessed, plus ``version`` and ``expires_at``. Turns are read up to
+        the session's ``turn_count`` within the same statement, so an append committed
+        meanwhile is either wholly in or wholly out. Turns and slots are two index range scans;
+        a join here would leave the plan to statistics, and on a new table without them
+        PostgreSQL made it quadratic.
         """
         sid = bindparam("sid", type_=String())
         upto = select(sessions.c.turn_count).where(sessions.c.session_id == sid).scalar_subquery()
+        conversation = (
+            select(sessions.c.conversation_id).where(sessions.c.session_id == sid).scalar_subquery()
+        )
         turn_rows = select(
             turns.c.seq,
             turns.c.role,
@@ -196,7 +249,7 @@ class Statements:
             null().label("value"),
             cast(null(), BigInteger()).label("version"),
             cast(null(), UTCDateTime()).label("expires_at"),
-        ).where(turns.c.session_id == sid, turns.c.seq <= upto)
+        ).where(turns.c.conversation_id == conversation, turns.c.seq <= upto)
         slot_rows = select(
             turn_slots.c.seq,
             *(null() for _ in range(6)),
@@ -204,12 +257,12 @@ class Statements:
             turn_slots.c.value,
             null(),
             null(),
-        ).where(turn_slots.c.session_id == sid, turn_slots.c.seq <= upto)
+        ).where(turn_slots.c.conversation_id == conversation, turn_slots.c.seq <= upto)
         session_row = select(
             literal(0, Integer()),
             sessions.c.language,
             sessions.c.current_template_id,
-            null(),
+            sessions.c.user_id,
             null(),
             sessions.c.current_slots,
             sessions.c.last_accessed,
@@ -263,6 +316,7 @@ class Statements:
         now = bindparam("now", type_=UTCDateTime())
         new_turns = insert(turns).from_select(
             [
+                "conversation_id",
                 "session_id",
                 "seq",
                 "role",
@@ -274,6 +328,7 @@ class Statements:
                 "idempotency_key",
             ],
             select(
+                bumped.c.conversation_id,
                 bindparam("sid"),
                 first + new.c.ord,
                 new.c.role,
@@ -297,8 +352,14 @@ class Statements:
             .render_derived()
         )
         new_slots = insert(turn_slots).from_select(
-            ["session_id", "seq", "name", "value"],
-            select(bindparam("sid"), first + slots.c.ord, slots.c.name, slots.c.value)
+            ["conversation_id", "session_id", "seq", "name", "value"],
+            select(
+                bumped.c.conversation_id,
+                bindparam("sid"),
+                first + slots.c.ord,
+                slots.c.name,
+                slots.c.value,
+            )
             .select_from(bumped)
             .join(slots, true()),
         )

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .core_executor import CoreExecutor
 from .driver import Compiled, PostgresDriver
-from .errors import register_driver_errors
+from .errors import NotSessionOwner, register_driver_errors
 from .executor import choose_executor
 from .models import ConversationTurn, make_turn
 from .statements import Statements
@@ -79,6 +79,7 @@ class Loaded:
     version: int
     last_accessed: datetime
     expires_at: datetime
+    user_id: str | None
 
 
 def _stamped(turns: Sequence[ConversationTurn], created_at: datetime) -> list[ConversationTurn]:
@@ -92,18 +93,20 @@ def _stamped(turns: Sequence[ConversationTurn], created_at: datetime) -> list[Co
 
 def _rows(
     sid: str,
+    cid: int,
     first_seq: int,
     new_turns: Sequence[ConversationTurn],
     now: datetime,
     key: str | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The ``turns`` and ``turn_slots`` rows of turns numbered from ``first_seq``; the first
-    turn carries the write's idempotency ``key``."""
+    """The ``turns`` and ``turn_slots`` rows of turns numbered from ``first_seq`` in
+    conversation ``cid``; the first turn carries the write's idempotency ``key``."""
     turn_rows: list[dict[str, Any]] = []
     slot_rows: list[dict[str, Any]] = []
     for seq, turn in enumerate(new_turns, start=first_seq):
         turn_rows.append(
             {
+                "conversation_id": cid,
                 "session_id": sid,
                 "seq": seq,
                 "role": turn.role,
@@ -116,7 +119,7 @@ def _rows(
             }
         )
         slot_rows.extend(
-            {"session_id": sid, "seq": seq, "name": name, "value": value}
+            {"conversation_id": cid, "session_id": sid, "seq": seq, "name": name, "value": value}
             for name, value in turn.slots.items()
         )
     return turn_rows, slot_rows
@@ -125,8 +128,17 @@ def _rows(
 class SqlStore:
     """The operations of a ``SessionRepository``, on one engine."""
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool, fast_path: bool = True) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        owns_engine: bool,
+        fast_path: bool = True,
+        retention: float = 0,
+    ) -> None:
         self.engine = engine
+        self.retention = retention
+        """Seconds a transcript stays after its session ended (0: it goes with the session)."""
         dialect = engine.dialect
         register_driver_errors(dialect)
         self.sql = sql = Statements(dialect.name)
@@ -145,21 +157,34 @@ class SqlStore:
         self._session_row = _SessionRow.of(load)
         self._turn_row = _TurnRow.of(load)
         self._sweep = Compiled(sql.sweep, dialect)
+        self._sweep_transcripts = Compiled(sql.sweep_transcripts, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
 
-    async def create(self, sid: str, now: datetime, ttl: float) -> tuple[bool, bool]:
-        """Create an empty session unless a live one exists. Returns (created, expired_removed)."""
+    async def create(
+        self, sid: str, now: datetime, ttl: float, uid: str | None = None
+    ) -> tuple[bool, bool]:
+        """Create an empty session owned by ``uid`` unless a live one exists. Returns
+        (created, expired_removed)."""
         async with self.engine.begin() as conn:
-            return await self._ensure(conn, sid, now, ttl)
+            return await self._ensure(conn, sid, now, ttl, uid)
 
     async def _ensure(
-        self, conn: AsyncConnection, sid: str, now: datetime, ttl: float
+        self, conn: AsyncConnection, sid: str, now: datetime, ttl: float, uid: str | None
     ) -> tuple[bool, bool]:
-        expired = (await conn.execute(self.sql.drop_expired, {"sid": sid, "now": now})).first()
+        """Create the session, with a new conversation, unless a live one exists; an expired
+        one is removed first (its conversation ends)."""
+        sql = self.sql
+        expired = (await conn.execute(sql.drop_expired, {"sid": sid, "now": now})).scalar()
+        if expired is not None and self.retention <= 0:
+            await conn.execute(sql.delete_conversation, {"cid": expired})
+        cid = await conn.execute(sql.start_conversation, {"sid": sid, "uid": uid, "now": now})
+        conversation_id = cid.scalar_one()
         created = await conn.execute(
-            self.sql.create,
+            sql.create,
             {
                 "session_id": sid,
+                "conversation_id": conversation_id,
+                "user_id": uid,
                 "created_at": now,
                 "last_accessed": now,
                 "expires_at": now + timedelta(seconds=ttl),
@@ -171,7 +196,19 @@ class SqlStore:
                 "version": 0,
             },
         )
-        return created.rowcount == 1, expired is not None
+        if created.rowcount != 1:
+            # A concurrent creator won: its conversation is the live one.
+            await conn.execute(sql.delete_conversation, {"cid": conversation_id})
+            return False, expired is not None
+        return True, expired is not None
+
+    async def _check_owner(self, conn: AsyncConnection, sid: str, uid: str | None) -> None:
+        """Raise ``NotSessionOwner`` unless ``uid`` may write the stored session ``sid``."""
+        if uid is None:
+            return
+        owner = (await conn.execute(self.sql.owner_of, {"sid": sid})).scalar()
+        if owner != uid:
+            raise NotSessionOwner(f"session {sid!r} belongs to another user")
 
     async def append(
         self,
@@ -185,11 +222,13 @@ class SqlStore:
         hits: int,
         key: str,
         create: bool,
+        uid: str | None = None,
     ) -> Written | None:
         """Append turns after whatever is stored, merging slots and template into the session
         row, unless the append with idempotency ``key`` is stored already (then the result says
-        ``duplicate``). A missing or expired session is created first if ``create``; otherwise
-        the result is None and nothing is written.
+        ``duplicate``). A missing or expired session is created first (owned by ``uid``) if
+        ``create``; otherwise the result is None and nothing is written. With ``uid``, a live
+        session of another owner is never written: ``create`` raises ``NotSessionOwner``.
 
         Without ``create`` this is one statement (or one SQLite transaction in one call), so a
         cancelled caller leaves it done or not done; creating takes a SQLAlchemy transaction.
@@ -203,6 +242,7 @@ class SqlStore:
             "merge": merge_slots,
             "template_id": template_id,
             "key": key,
+            "uid": uid,
         }
         try:
             row = await self._append_to_live(params, new_turns)
@@ -215,11 +255,13 @@ class SqlStore:
         if not create:
             return None
         async with self.engine.begin() as conn:
-            created, expired = await self._ensure(conn, sid, now, ttl)
-            if not created and await self._key_stored(conn, sid, key):
-                return _DUPLICATE
+            created, expired = await self._ensure(conn, sid, now, ttl, uid)
+            if not created:
+                await self._check_owner(conn, sid, uid)
+                if await self._key_stored(conn, sid, key):
+                    return _DUPLICATE
             row = (await conn.execute(self.sql.allocate, params)).one()
-            await self._insert(conn, sid, row[0], new_turns, now, key)
+            await self._insert(conn, sid, row, new_turns, now, key)
         return Written(row[1], created, expired, _stamped(new_turns, now))
 
     async def _key_stored(self, conn: AsyncConnection, sid: str, key: str | None) -> bool:
@@ -252,7 +294,12 @@ class SqlStore:
 
         def inserts(row: tuple[Any, ...]) -> list[tuple[Compiled, Sequence[dict[str, Any]]]]:
             turn_rows, slot_rows = _rows(
-                params["sid"], row[0] - len(new_turns) + 1, new_turns, params["now"], params["key"]
+                params["sid"],
+                row[2],
+                row[0] - len(new_turns) + 1,
+                new_turns,
+                params["now"],
+                params["key"],
             )
             return [(self._insert_turns, turn_rows), (self._insert_slots, slot_rows)]
 
@@ -264,12 +311,15 @@ class SqlStore:
         self,
         conn: AsyncConnection,
         sid: str,
-        last_seq: int,
+        allocated: Sequence[Any],
         new_turns: Sequence[ConversationTurn],
         now: datetime,
         key: str | None,
     ) -> None:
-        turn_rows, slot_rows = _rows(sid, last_seq - len(new_turns) + 1, new_turns, now, key)
+        """Insert the turns (and slots) numbered by ``allocated``, the row of ``allocate`` or
+        ``replace``: (turn_count, version, conversation_id)."""
+        last_seq, _, cid = allocated
+        turn_rows, slot_rows = _rows(sid, cid, last_seq - len(new_turns) + 1, new_turns, now, key)
         if turn_rows:
             await conn.execute(self.sql.insert_turns, turn_rows)
         if slot_rows:
@@ -316,14 +366,14 @@ class SqlStore:
                     return _DUPLICATE
                 if expected is not None and expected >= 0:
                     return _STALE
-                created, expired = await self._ensure(conn, sid, now, ttl)
+                created, expired = await self._ensure(conn, sid, now, ttl, None)
                 if not created and expected is not None:
                     return _STALE
                 if created:
                     new_turns = all_turns
                     params["n"] = len(new_turns)
                 row = (await conn.execute(self.sql.replace, params)).one()
-            await self._insert(conn, sid, row[0], new_turns, now, key)
+            await self._insert(conn, sid, row, new_turns, now, key)
         return Written(row[1], created, expired, _stamped(new_turns, now))
 
     async def touch(self, sid: str, now: datetime, ttl: float, hits: int) -> int | None:
@@ -338,14 +388,24 @@ class SqlStore:
         return int(rows[0][0]) if rows else None
 
     async def drop_expired(self, sid: str, now: datetime) -> bool:
-        """Delete the session if it has expired. Returns whether a row went."""
-        return bool(await self._driver.write(self._drop_expired, {"sid": sid, "now": now}))
+        """Delete the session if it has expired (without retention, its conversation too).
+        Returns whether a row went."""
+        rows = await self._driver.write(self._drop_expired, {"sid": sid, "now": now})
+        if rows and self.retention <= 0:
+            async with self.engine.begin() as conn:
+                await conn.execute(self.sql.delete_conversation, {"cid": rows[0][0]})
+        return bool(rows)
 
     async def delete(self, sid: str, now: datetime) -> bool:
-        """Delete the session and its turns. Returns whether it was live."""
+        """Delete the session (its conversation ends; without retention it goes too, with its
+        turns). Returns whether it was live."""
         async with self.engine.begin() as conn:
-            expires_at = (await conn.execute(self.sql.delete, {"sid": sid})).scalar()
-        return expires_at is not None and expires_at > now
+            row = (await conn.execute(self.sql.delete, {"sid": sid})).first()
+            if row is None:
+                return False
+            if self.retention <= 0:
+                await conn.execute(self.sql.delete_conversation, {"cid": row[1]})
+        return bool(row[0] > now)
 
     async def version_of(self, sid: str) -> tuple[int, datetime] | None:
         """The stored session's version and expiry, or None if there is no such row."""
@@ -365,6 +425,15 @@ class SqlStore:
                 await conn.execute(self.sql.prune_changes, {"keep": CHANGES_KEPT})
         return [row[0] for row in rows]
 
+    async def sweep_transcripts_batch(self, now: datetime, batch_size: int) -> int:
+        """Delete up to ``batch_size`` conversations that ended ``retention`` or more before
+        ``now``, with their turns and slots, in one statement. Returns how many went."""
+        cutoff = now - timedelta(seconds=self.retention)
+        rows = await self._driver.write(
+            self._sweep_transcripts, {"cutoff": cutoff, "batch": batch_size}
+        )
+        return len(rows)
+
     async def load(self, sid: str) -> Loaded | None:
         """Read a session and its turns (expired or not; the caller decides)."""
         rows = await self._driver.read(self._load, {"sid": sid})
@@ -380,6 +449,7 @@ class SqlStore:
             head[at.version],
             head[at.last_accessed],
             head[at.expires_at],
+            head[at.user_id],
         )
 
 
@@ -393,6 +463,7 @@ class _SessionRow(NamedTuple):
     last_accessed: int
     version: int
     expires_at: int
+    user_id: int
 
     @classmethod
     def of(cls, load: Compiled) -> _SessionRow:
@@ -407,6 +478,7 @@ class _SessionRow(NamedTuple):
             at["created_at"],
             at["version"],
             at["expires_at"],
+            at["resolved_question"],
         )
 
 
@@ -465,6 +537,9 @@ def _unchanged(value: Any) -> Any:
     return value
 
 
+_KEY_INDEX = "ix_turns_conversation_id_idempotency_key"
+
+
 def _is_key_conflict(exc: BaseException) -> bool:
     """Whether a write failed on the idempotency key's unique index: a concurrent call with
     the same key stored the exchange first (PostgreSQL; SQLite writers never overlap)."""
@@ -472,7 +547,7 @@ def _is_key_conflict(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if "ix_turns_session_id_idempotency_key" in str(getattr(current, "constraint_name", "")):
+        if _KEY_INDEX in str(getattr(current, "constraint_name", "")):
             return True
         # Through SQLAlchemy's execution (the Core executor) the driver's error is chained.
         current = getattr(current, "orig", None) or current.__cause__

@@ -25,6 +25,7 @@ __all__ = [
     "check_session_id",
     "check_text",
     "check_turn",
+    "check_user_id",
     "copy_results",
     "copy_slots",
 ]
@@ -235,3 +236,16 @@ def check_idempotency_key(key: object) -> str:
         return check_session_id(key)
     except InvalidSessionId as exc:
         raise InvalidTurn(str(exc).replace("session id", "idempotency_key", 1)) from None
+
+
+def check_user_id(user_id: object) -> str:
+    """A user id follows the session-id rules: 1-128 printable ASCII characters."""
+    try:
+        return check_session_id(user_id)
+    except InvalidSessionId as exc:
+        raise InvalidSessionId(str(exc).replace("session id", "user_id", 1)) from None
+
+
+def check_owner(user_id: object) -> str | None:
+    """``check_user_id``, where None means "no owner given"."""
+    return None if user_id is None else check_user_id(user_id)

@@ -38,11 +38,14 @@ Sql = Callable[..., Awaitable[list[Any]]]
 EXPECTED_ALL = [
     "ConfigError",
     "ConversationState",
+    "ConversationSummary",
     "ConversationTurn",
     "ConvostoreError",
+    "InvalidPage",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
+    "NotSessionOwner",
     "SchemaNotReady",
     "SessionConfig",
     "SessionRepository",
@@ -85,6 +88,7 @@ async def test_failures_raise_their_convostore_errors(empty_url: str, url: str, 
         await unmigrated.get("x")
     async with SessionRepository(StoreConfig(database_url=url, cleanup_interval=0)) as repo:
         await repo.add_turn("s", "q", "a")
+        await sql("DROP VIEW slot_values")
         await sql("DROP TABLE turn_slots")
         with pytest.raises(StoreError) as failed:
             await repo.add_turn("s", "q", "a", slots={"place": "Utrecht"})

@@ -27,7 +27,14 @@ from convostore.hosting import exclude_convostore
 from convostore.migrate import VERSION_TABLE, head_revision
 
 HOST_REVISION = "host0001"
-CONVOSTORE_TABLES = {"sessions", "turns", "turn_slots", "convostore_compatibility", VERSION_TABLE}
+CONVOSTORE_TABLES = {
+    "conversations",
+    "sessions",
+    "turns",
+    "turn_slots",
+    "convostore_compatibility",
+    VERSION_TABLE,
+}
 
 HOST_ENV = """
 import asyncio

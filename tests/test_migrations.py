@@ -206,35 +206,55 @@ async def test_check_schema_on_empty_then_migrated_database(empty_url: str) -> N
         assert await repo.get(sid) is not None
 
 
-async def test_turns_primary_key_and_cascading_foreign_key(url: str) -> None:
-    """turns has primary key (session_id, seq) and a foreign key to sessions ON DELETE CASCADE."""
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [("turns", ["conversation_id", "seq"]), ("turn_slots", ["conversation_id", "seq", "name"])],
+)
+async def test_turns_are_keyed_by_conversation_and_cascade_from_it(
+    url: str, table: str, key: list[str]
+) -> None:
+    """turns and turn_slots are keyed by conversation, with one foreign key, to conversations,
+    ON DELETE CASCADE (none to sessions: a transcript outlives its session)."""
 
     def facts(conn: Connection) -> tuple[Any, Any]:
         inspector = inspect(conn)
-        return inspector.get_pk_constraint("turns"), inspector.get_foreign_keys("turns")
+        return inspector.get_pk_constraint(table), inspector.get_foreign_keys(table)
 
     pk, fks = await _on(url, facts)
-    assert pk["constrained_columns"] == ["session_id", "seq"]
-    to_sessions = [fk for fk in fks if fk["referred_table"] == "sessions"]
-    assert len(to_sessions) == 1, fks
-    assert to_sessions[0]["constrained_columns"] == ["session_id"]
-    assert to_sessions[0]["referred_columns"] == ["session_id"]
-    assert to_sessions[0]["options"].get("ondelete", "").upper() == "CASCADE"
+    assert pk["constrained_columns"] == key
+    assert [fk["referred_table"] for fk in fks] == ["conversations"], fks
+    assert fks[0]["constrained_columns"] == fks[0]["referred_columns"] == ["conversation_id"]
+    assert fks[0]["options"].get("ondelete", "").upper() == "CASCADE"
 
 
-async def test_deleting_session_row_cascades_to_turns_and_slots(make_repo: Any, sql: Any) -> None:
-    """A raw DELETE of a sessions row through the repository's engine removes its turns and
-    turn_slots (foreign keys are enforced, on SQLite too), and nothing of other sessions."""
+async def test_deleting_a_session_row_ends_its_conversation_and_keeps_the_turns(
+    make_repo: Any, sql: Any
+) -> None:
+    """A raw DELETE of a sessions row (through the repository's engine, foreign keys enforced
+    on SQLite too) marks its conversation ended at its last activity, with its language, and
+    keeps the turns; deleting the conversation row removes its turns and slots, and nothing
+    of other conversations."""
     repo: SessionRepository = await make_repo()
     gone, _ = await repo.get_or_create()
     kept, _ = await repo.get_or_create()
     for sid in (gone, kept):
         await repo.add_turn(sid, "Archieven in Utrecht?", "Twaalf.", slots={"place": "Utrecht"})
         await repo.add_turn(sid, "En in Enschede?", "Drie.", slots={"place": "Enschede"})
+    (last_accessed,) = (
+        await sql("SELECT last_accessed FROM sessions WHERE session_id = :s", s=gone)
+    )[0]
 
     async with repo.engine.begin() as conn:
         await conn.execute(text("DELETE FROM sessions WHERE session_id = :s"), {"s": gone})
+    ended = await sql("SELECT ended_at, language FROM conversations WHERE session_id = :s", s=gone)
+    assert [(str(end), language) for end, language in ended] == [(str(last_accessed), "nl")]
+    assert await sql("SELECT ended_at FROM conversations WHERE session_id = :s", s=kept) == [
+        (None,)
+    ]
+    assert len(await sql("SELECT seq FROM turns WHERE session_id = :s", s=gone)) == 4
 
+    async with repo.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM conversations WHERE session_id = :s"), {"s": gone})
     for table, expected_kept in (("turns", 4), ("turn_slots", 2)):
         rows = await sql(
             f"SELECT session_id, count(*) FROM {table} GROUP BY session_id ORDER BY session_id"

@@ -675,8 +675,9 @@ async def test_cache_hit_runs_no_sql(repo: SessionRepository) -> None:
 async def test_sliding_expiry_reads_keep_a_session_alive(
     make_repo: MakeRepo, sql: Sql, clock: Clock
 ) -> None:
-    """Reads after ttl/10 slide expires_at in the db; without reads the session and rows go."""
-    repo = await make_repo(session_ttl=100)
+    """Reads after ttl/10 slide expires_at in the db; without reads the session and (without
+    transcript retention) its rows go."""
+    repo = await make_repo(session_ttl=100, transcript_retention=0)
     sid = "sliding"
     t0 = clock.now
     await repo.add_turn(sid, "q", "a", slots={"place": "Utrecht"})
@@ -729,7 +730,7 @@ async def test_sweep_deletes_expired_sessions_only(
     make_repo: MakeRepo, sql: Sql, clock: Clock
 ) -> None:
     """sweep_expired() deletes expired sessions' rows and cache entries, sparing live ones."""
-    repo = await make_repo(session_ttl=100)
+    repo = await make_repo(session_ttl=100, transcript_retention=0)
     old = [f"old-{i}" for i in range(3)]
     new = [f"new-{i}" for i in range(2)]
     for sid in old:
@@ -756,7 +757,7 @@ async def test_sweep_in_small_batches_deletes_every_expired_session(
     make_repo: MakeRepo, sql: Sql, clock: Clock
 ) -> None:
     """With sweep_batch_size=2, one sweep still deletes all 5 expired sessions."""
-    repo = await make_repo(session_ttl=100, sweep_batch_size=2)
+    repo = await make_repo(session_ttl=100, sweep_batch_size=2, transcript_retention=0)
     for index in range(5):
         await repo.add_turn(f"batch-{index}", "q", "a", slots={"k": "v"})
     clock.advance(101)
@@ -771,12 +772,12 @@ async def test_add_turn_on_expired_unswept_session_starts_fresh(
     make_repo: MakeRepo, sql: Sql, clock: Clock
 ) -> None:
     """add_turn to an expired session that was never swept starts a new, empty session."""
-    repo = await make_repo(session_ttl=100)
+    repo = await make_repo(session_ttl=100, transcript_retention=0)
     sid = "herboren"
     await repo.add_turn(sid, "oud", "oud antwoord", template_id="t_old", slots={"place": "Utrecht"})
     clock.advance(101)
     state = await repo.add_turn(sid, "nieuw", "nieuw antwoord", slots={"type": "museum"})
-    fresh = await (await make_repo(session_ttl=100)).get(sid)
+    fresh = await (await make_repo(session_ttl=100, transcript_retention=0)).get(sid)
     for loaded in (state, await repo.get(sid), fresh):
         assert contents(loaded) == [("user", "nieuw"), ("assistant", "nieuw antwoord")]
         assert loaded is not None
@@ -794,7 +795,7 @@ async def test_get_or_create_of_expired_session_starts_an_empty_one(
     make_repo: MakeRepo, sql: Sql, clock: Clock
 ) -> None:
     """get_or_create() of an expired, unswept id returns a new empty session under that id."""
-    repo = await make_repo(session_ttl=100)
+    repo = await make_repo(session_ttl=100, transcript_retention=0)
     sid = "verlopen-maar-terug"
     await repo.add_turn(sid, "oud", "oud antwoord", slots={"place": "Utrecht"}, template_id="t")
     clock.advance(101)
@@ -818,8 +819,8 @@ async def test_expired_session_is_gone_for_a_repository_that_cached_it(
     make_repo: MakeRepo, sql: Sql, clock: Clock
 ) -> None:
     """A second repository's cached copy does not outlive the session's expiry."""
-    writer = await make_repo(session_ttl=100)
-    reader = await make_repo(session_ttl=100)
+    writer = await make_repo(session_ttl=100, transcript_retention=0)
+    reader = await make_repo(session_ttl=100, transcript_retention=0)
     sid = "shared-expiry"
     await writer.add_turn(sid, "q", "a")
     assert await reader.get(sid) is not None
@@ -839,7 +840,7 @@ async def test_expired_session_is_gone_for_a_repository_that_cached_it(
 
 async def test_delete_live_session(make_repo: MakeRepo, sql: Sql) -> None:
     """delete() of a live session returns True, removes its rows and its cache entry."""
-    repo = await make_repo()
+    repo = await make_repo(transcript_retention=0)
     sid = "weg"
     await repo.add_turn(sid, "q", "a", slots={"place": "Utrecht"})
     await repo.add_turn("blijft", "q", "a")
@@ -865,7 +866,7 @@ async def test_delete_expired_unswept_session_returns_false_and_removes_rows(
     make_repo: MakeRepo, sql: Sql, clock: Clock
 ) -> None:
     """delete() of an expired, unswept session returns False but still removes its rows."""
-    repo = await make_repo(session_ttl=100)
+    repo = await make_repo(session_ttl=100, transcript_retention=0)
     sid = "verlopen"
     await repo.add_turn(sid, "q", "a", slots={"place": "Utrecht"})
     clock.advance(101)

@@ -506,7 +506,7 @@ async def test_background_sweep_deletes_expired_sessions_and_stops_cleanly(
     ones, and stop() ends its task cleanly."""
     caplog.set_level(logging.WARNING)
     existing = asyncio.all_tasks()
-    repo = await make_repo(cleanup_interval=0.05, session_ttl=10)
+    repo = await make_repo(cleanup_interval=0.05, session_ttl=10, transcript_retention=0)
     background = asyncio.all_tasks() - existing
     assert background, "start() started no background task"
 

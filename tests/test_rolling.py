@@ -1,7 +1,7 @@
-"""Rolling deploys: code at head 0002 starts on a database a newer release migrated, when every
+"""Rolling deploys: code at its head starts on a database a newer release migrated, when every
 newer revision declares itself compatible with older code, and refuses it otherwise; an older
 schema is still refused. The newer releases are copies of ``migrations/`` with test-only
-revisions 0003 and up."""
+revisions after the head (``NEXT`` and up)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,23 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from convostore import SchemaNotReady, SessionRepository, StoreConfig
-from convostore.migrate import VERSION_TABLE, check_schema, script_location, upgrade_url
+from convostore.migrate import (
+    VERSION_TABLE,
+    check_schema,
+    head_revision,
+    script_location,
+    upgrade_url,
+)
 
 RECORD = "convostore_compatibility"
+HEAD = head_revision() or ""
+PREVIOUS = f"{int(HEAD) - 1:04d}"
+
+
+def _after_head(steps: int) -> str:
+    """The test-only revision ``steps`` after the head."""
+    return f"{int(HEAD) + steps:04d}"
+
 
 _REVISION = '''"""test-only revision {revision}: an additive table"""
 
@@ -47,13 +61,13 @@ def downgrade() -> None:
 
 
 def _newer_release(tmp_path: Path, *compatible: bool) -> Path:
-    """A copy of this release's migrations plus revisions 0003, 0004, ... whose
+    """A copy of this release's migrations plus revisions after the head whose
     ``compatible_with_older_code`` are ``compatible``, in order."""
     location = tmp_path / "newer_migrations"
     shutil.copytree(script_location(), location, ignore=shutil.ignore_patterns("__pycache__"))
-    down = "0002"
-    for number, flag in enumerate(compatible, start=3):
-        revision = f"{number:04d}"
+    down = HEAD
+    for steps, flag in enumerate(compatible, start=1):
+        revision = _after_head(steps)
         text_ = _REVISION.format(revision=revision, down=down, compatible=flag)
         (location / "versions" / f"{revision}_rolling_test.py").write_text(text_)
         down = revision
@@ -92,7 +106,7 @@ async def _rows(url: str, statement: str) -> list[tuple[Any, ...]]:
 async def test_older_code_starts_on_a_compatible_newer_schema(
     empty_url: str, tmp_path: Path, compatible: tuple[bool, ...]
 ) -> None:
-    """When every revision above 0002 is compatible with older code, check_schema and a
+    """When every revision above the head is compatible with older code, check_schema and a
     repository that does not migrate accept the newer database, and work on it."""
     await _alembic(_newer_release(tmp_path, *compatible), empty_url, "upgrade", "head")
 
@@ -105,19 +119,19 @@ async def test_older_code_starts_on_a_compatible_newer_schema(
 
 
 @pytest.mark.parametrize(
-    ("compatible", "needs"), [((False,), "0003"), ((True, False), "0004"), ((False, True), "0003")]
+    ("compatible", "needs"), [((False,), 1), ((True, False), 2), ((False, True), 1)]
 )
 async def test_older_code_refuses_a_newer_schema_with_an_incompatible_revision(
-    empty_url: str, tmp_path: Path, compatible: tuple[bool, ...], needs: str
+    empty_url: str, tmp_path: Path, compatible: tuple[bool, ...], needs: int
 ) -> None:
-    """One incompatible revision above 0002 is enough for SchemaNotReady, naming the
+    """One incompatible revision above the head is enough for SchemaNotReady, naming the
     database's revision, this code's, and the code the database needs; with auto_migrate
     too, since this code cannot downgrade what it does not know."""
     await _alembic(_newer_release(tmp_path, *compatible), empty_url, "upgrade", "head")
-    newest = f"{2 + len(compatible):04d}"
+    newest = _after_head(len(compatible))
 
-    pattern = rf"revision {newest}, newer than this convostore's revision 0002.*code of revision "
-    with pytest.raises(SchemaNotReady, match=pattern + needs):
+    pattern = rf"revision {newest}, newer than this convostore's revision {HEAD}.*code of revision "
+    with pytest.raises(SchemaNotReady, match=pattern + _after_head(needs)):
         await _check(empty_url)
     for migrate in (False, True):
         config = StoreConfig(database_url=empty_url, auto_migrate=migrate, cleanup_interval=0)
@@ -126,16 +140,18 @@ async def test_older_code_refuses_a_newer_schema_with_an_incompatible_revision(
 
 
 async def test_older_schema_is_refused_and_head_accepted(empty_url: str) -> None:
-    """Code at 0002 refuses a database at 0001 (older, whatever it records) and accepts one
-    at exactly 0002, which records that only 0002's code runs on it."""
-    await upgrade_url(empty_url, "0001")
-    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [("0001", "0001")]
-    with pytest.raises(SchemaNotReady, match=r"schema revision 0001, but .* needs revision 0002"):
+    """Code at the head refuses a database at the revision before (older, whatever it
+    records) and accepts one at exactly the head, which records that only the head's code
+    runs on it (the head is not compatible with older code)."""
+    await upgrade_url(empty_url, PREVIOUS)
+    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(PREVIOUS, PREVIOUS)]
+    pattern = rf"schema revision {PREVIOUS}, but .* needs revision {HEAD}"
+    with pytest.raises(SchemaNotReady, match=pattern):
         await _check(empty_url)
 
     await upgrade_url(empty_url)
     await _check(empty_url)
-    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [("0002", "0002")]
+    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(HEAD, HEAD)]
 
 
 async def test_unknown_revision_without_a_record_is_refused(url: str) -> None:
@@ -152,14 +168,14 @@ async def test_unknown_revision_without_a_record_is_refused(url: str) -> None:
 
 
 async def test_downgrades_rewrite_the_record(empty_url: str, tmp_path: Path) -> None:
-    """Each migration step rewrites the record: downgrading the newer release to 0002 records
-    0002 again, and downgrading to base drops the record's table."""
+    """Each migration step rewrites the record: downgrading the newer release to the head
+    records the head again, and downgrading to base drops the record's table."""
     newer = _newer_release(tmp_path, True)
     await _alembic(newer, empty_url, "upgrade", "head")
-    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [("0003", "0002")]
+    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(_after_head(1), HEAD)]
 
-    await _alembic(newer, empty_url, "downgrade", "0002")
-    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [("0002", "0002")]
+    await _alembic(newer, empty_url, "downgrade", HEAD)
+    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(HEAD, HEAD)]
 
     await _alembic(newer, empty_url, "downgrade", "base")
     engine = create_async_engine(empty_url)

@@ -1,0 +1,205 @@
+"""What convostore keeps about one user: their conversations listed, exported and erased.
+
+These read and delete by ``conversations.user_id``, which covers live sessions and retained
+transcripts alike (a live session's conversation carries the same owner as its session row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BindParameter, Integer, Select, String, bindparam, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .models import ConversationSummary
+from .schema import conversations, sessions, turn_slots, turns
+
+__all__ = ["ERASED_TABLES", "Owners"]
+
+ERASED_TABLES = ("sessions", "conversations", "turns", "turn_slots")
+"""The keys of ``erase_user``'s counts: every table that holds a user's rows."""
+
+_uid = bindparam("uid", type_=String())
+_ids: BindParameter[Any] = bindparam("ids", expanding=True)
+_c, _s, _t, _slot = conversations.c, sessions.c, turns.c, turn_slots.c
+
+
+def _summaries() -> Select[Any]:
+    """A user's conversations, newest first, from ``before`` down, ``limit`` of them."""
+    turn_count = (
+        select(func.count()).where(_t.conversation_id == _c.conversation_id).scalar_subquery()
+    )
+    last_turn = (
+        select(_t.created_at)
+        .where(_t.conversation_id == _c.conversation_id)
+        .order_by(_t.seq.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            _c.conversation_id,
+            _c.session_id,
+            _c.started_at,
+            _c.ended_at,
+            _s.expires_at,
+            turn_count.label("turns"),
+            last_turn.label("last_turn_at"),
+        )
+        .select_from(conversations.outerjoin(sessions, _s.conversation_id == _c.conversation_id))
+        .where(_c.user_id == _uid, _c.conversation_id < bindparam("before", type_=Integer()))
+        .order_by(_c.conversation_id.desc())
+        .limit(bindparam("limit", type_=Integer()))
+    )
+
+
+class Owners:
+    """``list_sessions``, ``export_user`` and ``erase_user`` on one engine."""
+
+    _list = _summaries()
+    _batch = (
+        select(_c.conversation_id)
+        .where(_c.user_id == _uid)
+        .order_by(_c.conversation_id)
+        .limit(bindparam("batch", type_=Integer()))
+        .with_for_update()
+    )
+    _erase = (
+        delete(turn_slots).where(_slot.conversation_id.in_(_ids)),
+        delete(turns).where(_t.conversation_id.in_(_ids)),
+        delete(sessions).where(_s.conversation_id.in_(_ids)).returning(_s.session_id),
+        delete(conversations).where(_c.conversation_id.in_(_ids)),
+    )
+    _export_conversations = (
+        select(
+            _c.conversation_id,
+            _c.session_id,
+            _c.started_at,
+            _c.ended_at,
+            func.coalesce(_s.language, _c.language),
+            _s.current_slots,
+            _s.current_template_id,
+            _s.expires_at,
+        )
+        .select_from(conversations.outerjoin(sessions, _s.conversation_id == _c.conversation_id))
+        .where(_c.user_id == _uid)
+        .order_by(_c.conversation_id)
+    )
+    _export_turns = (
+        select(
+            _t.conversation_id,
+            _t.seq,
+            _t.role,
+            _t.content,
+            _t.resolved_question,
+            _t.template_id,
+            _t.results,
+            _t.created_at,
+        )
+        .join(conversations, _c.conversation_id == _t.conversation_id)
+        .where(_c.user_id == _uid)
+        .order_by(_t.conversation_id, _t.seq)
+    )
+    _export_slots = (
+        select(_slot.conversation_id, _slot.seq, _slot.name, _slot.value)
+        .join(conversations, _c.conversation_id == _slot.conversation_id)
+        .where(_c.user_id == _uid)
+        .order_by(_slot.conversation_id, _slot.seq, _slot.name)
+    )
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def summaries(
+        self, uid: str, now: datetime, limit: int, before: int | None
+    ) -> list[ConversationSummary]:
+        """The user's conversations below conversation id ``before``, newest first."""
+        params = {"uid": uid, "limit": limit, "before": before or 2**62}
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(self._list, params)).all()
+        return [
+            ConversationSummary(
+                conversation_id=cid,
+                session_id=sid,
+                user_id=uid,
+                started_at=started,
+                ended_at=ended,
+                live=expires is not None and expires > now,
+                turns=count,
+                last_activity=last or started,
+            )
+            for cid, sid, started, ended, expires, count, last in rows
+        ]
+
+    async def erase(self, uid: str, batch_size: int) -> tuple[dict[str, int], list[str]]:
+        """Delete every row of the user, ``batch_size`` conversations per transaction.
+        Returns the rows deleted per table and the ids of the live sessions that went."""
+        counts = dict.fromkeys(ERASED_TABLES, 0)
+        ended: list[str] = []
+        params: dict[str, Any] = {"uid": uid, "batch": batch_size}
+        while True:
+            async with self.engine.begin() as conn:
+                ids = list((await conn.execute(self._batch, params)).scalars())
+                if not ids:
+                    return counts, ended
+                await self._erase_batch(conn, ids, counts, ended)
+
+    async def _erase_batch(
+        self, conn: AsyncConnection, ids: list[int], counts: dict[str, int], ended: list[str]
+    ) -> None:
+        slots, turn_rows, live, gone = self._erase
+        counts["turn_slots"] += (await conn.execute(slots, {"ids": ids})).rowcount
+        counts["turns"] += (await conn.execute(turn_rows, {"ids": ids})).rowcount
+        sids = list((await conn.execute(live, {"ids": ids})).scalars())
+        counts["sessions"] += len(sids)
+        ended.extend(sids)
+        counts["conversations"] += (await conn.execute(gone, {"ids": ids})).rowcount
+
+    async def export(self, uid: str, now: datetime) -> dict[str, Any]:
+        """Everything stored about the user, as JSON-ready data (timestamps in ISO 8601)."""
+        params = {"uid": uid}
+        async with self.engine.connect() as conn, conn.begin():
+            heads = (await conn.execute(self._export_conversations, params)).all()
+            turn_rows = (await conn.execute(self._export_turns, params)).all()
+            slot_rows = (await conn.execute(self._export_slots, params)).all()
+        slots: dict[tuple[int, int], dict[str, str]] = {}
+        for cid, seq, name, value in slot_rows:
+            slots.setdefault((cid, seq), {})[name] = value
+        by_conversation: dict[int, list[dict[str, Any]]] = {}
+        for cid, seq, role, content, resolved, template, results, created in turn_rows:
+            by_conversation.setdefault(cid, []).append(
+                {
+                    "seq": seq,
+                    "role": role,
+                    "content": content,
+                    "resolved_question": resolved,
+                    "template_id": template,
+                    "slots": slots.get((cid, seq), {}),
+                    "results": results,
+                    "created_at": created.isoformat(),
+                }
+            )
+        return {
+            "user_id": uid,
+            "exported_at": now.isoformat(),
+            "conversations": list(_conversations(heads, by_conversation, now)),
+        }
+
+
+def _conversations(
+    heads: Iterable[Any], turns_of: dict[int, list[dict[str, Any]]], now: datetime
+) -> Iterable[dict[str, Any]]:
+    for cid, sid, started, ended, language, current_slots, template, expires in heads:
+        yield {
+            "conversation_id": cid,
+            "session_id": sid,
+            "started_at": started.isoformat(),
+            "ended_at": None if ended is None else ended.isoformat(),
+            "live": expires is not None and expires > now,
+            "language": language,
+            "current_slots": current_slots,
+            "current_template_id": template,
+            "turns": turns_of.get(cid, []),
+        }
