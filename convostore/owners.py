@@ -10,7 +10,17 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, Integer, Select, String, bindparam, delete, func, select
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .models import ConversationSummary
@@ -27,7 +37,7 @@ _c, _s, _t, _slot = conversations.c, sessions.c, turns.c, turn_slots.c
 
 
 def _summaries() -> Select[Any]:
-    """A user's conversations, newest first, from ``before`` down, ``limit`` of them."""
+    """A user's conversations, newest first, ``limit`` of them."""
     turn_count = (
         select(func.count()).where(_t.conversation_id == _c.conversation_id).scalar_subquery()
     )
@@ -49,7 +59,7 @@ def _summaries() -> Select[Any]:
             last_turn.label("last_turn_at"),
         )
         .select_from(conversations.outerjoin(sessions, _s.conversation_id == _c.conversation_id))
-        .where(_c.user_id == _uid, _c.conversation_id < bindparam("before", type_=Integer()))
+        .where(_c.user_id == _uid)
         .order_by(_c.conversation_id.desc())
         .limit(bindparam("limit", type_=Integer()))
     )
@@ -116,9 +126,12 @@ class Owners:
         self, uid: str, now: datetime, limit: int, before: int | None
     ) -> list[ConversationSummary]:
         """The user's conversations below conversation id ``before``, newest first."""
-        params = {"uid": uid, "limit": limit, "before": before or 2**62}
+        query = self._list
+        if before is not None:
+            query = query.where(_c.conversation_id < bindparam("before", type_=BigInteger()))
+        params = {"uid": uid, "limit": limit, "before": before}
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(self._list, params)).all()
+            rows = (await conn.execute(query, params)).all()
         return [
             ConversationSummary(
                 conversation_id=cid,
