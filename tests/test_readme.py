@@ -78,10 +78,11 @@ async def test_analytics_queries(make_repo: MakeRepo, sql: Sql) -> None:
 
 
 SNIPPETS = {
-    "usage": "asyncio.run(main())",
+    "usage": "history = state.to_dspy_history()",
     "fastapi": "app = FastAPI(lifespan=lifespan)",
     "compat": "from convostore import get_session_manager",
     "pgbouncer": 'pooler="pgbouncer"',
+    "users": 'user_id="u-99"',
 }
 """Each README ```python block, by a line only it has; each has a test below."""
 
@@ -133,6 +134,28 @@ async def test_usage_snippet_runs(
     finally:
         await engine.dispose()
     assert (sessions, turns) == (1, 2)
+
+
+async def test_users_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The users snippet runs as written on an empty database and leaves nothing of the
+    user behind, after `convostore migrate` on PostgreSQL."""
+    await _migrate_postgres(backend, empty_url)
+    example = _snippet("users").replace("sqlite+aiosqlite:///chat.db", empty_url)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+    engine = create_async_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            counts = [
+                await conn.scalar(text(f"SELECT COUNT(*) FROM {table}"))
+                for table in ("sessions", "conversations", "turns", "turn_slots")
+            ]
+    finally:
+        await engine.dispose()
+    assert counts == [0, 0, 0, 0]
 
 
 async def test_fastapi_snippet_runs(
