@@ -16,10 +16,12 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    and_,
     bindparam,
     delete,
     func,
     select,
+    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -36,17 +38,22 @@ _ids: BindParameter[Any] = bindparam("ids", expanding=True)
 _c, _s, _t, _slot = conversations.c, sessions.c, turns.c, turn_slots.c
 
 
+def _of(columns: Any) -> Any:
+    """``columns`` (a table's ``c``) hold a row of the conversation of ``_c``."""
+    return and_(columns.session_id == _c.session_id, columns.conversation_id == _c.conversation_id)
+
+
+def _among(columns: Any) -> Any:
+    """``columns`` hold a row of one of the conversations ``ids`` ((session_id,
+    conversation_id) pairs)."""
+    return tuple_(columns.session_id, columns.conversation_id).in_(_ids)
+
+
 def _summaries() -> Select[Any]:
     """A user's conversations, newest first, ``limit`` of them."""
-    turn_count = (
-        select(func.count()).where(_t.conversation_id == _c.conversation_id).scalar_subquery()
-    )
+    turn_count = select(func.count()).where(_of(_t)).scalar_subquery()
     last_turn = (
-        select(_t.created_at)
-        .where(_t.conversation_id == _c.conversation_id)
-        .order_by(_t.seq.desc())
-        .limit(1)
-        .scalar_subquery()
+        select(_t.created_at).where(_of(_t)).order_by(_t.seq.desc()).limit(1).scalar_subquery()
     )
     return (
         select(
@@ -58,7 +65,7 @@ def _summaries() -> Select[Any]:
             turn_count.label("turns"),
             last_turn.label("last_turn_at"),
         )
-        .select_from(conversations.outerjoin(sessions, _s.conversation_id == _c.conversation_id))
+        .select_from(conversations.outerjoin(sessions, _of(_s)))
         .where(_c.user_id == _uid)
         .order_by(_c.conversation_id.desc())
         .limit(bindparam("limit", type_=Integer()))
@@ -70,17 +77,17 @@ class Owners:
 
     _list = _summaries()
     _batch = (
-        select(_c.conversation_id)
+        select(_c.session_id, _c.conversation_id)
         .where(_c.user_id == _uid)
         .order_by(_c.conversation_id)
         .limit(bindparam("batch", type_=Integer()))
         .with_for_update()
     )
     _erase = (
-        delete(turn_slots).where(_slot.conversation_id.in_(_ids)),
-        delete(turns).where(_t.conversation_id.in_(_ids)),
-        delete(sessions).where(_s.conversation_id.in_(_ids)).returning(_s.session_id),
-        delete(conversations).where(_c.conversation_id.in_(_ids)),
+        delete(turn_slots).where(_among(_slot)),
+        delete(turns).where(_among(_t)),
+        delete(sessions).where(_among(_s)).returning(_s.session_id),
+        delete(conversations).where(_among(_c)),
     )
     _export_conversations = (
         select(
@@ -93,7 +100,7 @@ class Owners:
             _s.current_template_id,
             _s.expires_at,
         )
-        .select_from(conversations.outerjoin(sessions, _s.conversation_id == _c.conversation_id))
+        .select_from(conversations.outerjoin(sessions, _of(_s)))
         .where(_c.user_id == _uid)
         .order_by(_c.conversation_id)
     )
@@ -108,13 +115,13 @@ class Owners:
             _t.results,
             _t.created_at,
         )
-        .join(conversations, _c.conversation_id == _t.conversation_id)
+        .join(conversations, _of(_t))
         .where(_c.user_id == _uid)
         .order_by(_t.conversation_id, _t.seq)
     )
     _export_slots = (
         select(_slot.conversation_id, _slot.seq, _slot.name, _slot.value)
-        .join(conversations, _c.conversation_id == _slot.conversation_id)
+        .join(conversations, _of(_slot))
         .where(_c.user_id == _uid)
         .order_by(_slot.conversation_id, _slot.seq, _slot.name)
     )
@@ -154,13 +161,17 @@ class Owners:
         params: dict[str, Any] = {"uid": uid, "batch": batch_size}
         while True:
             async with self.engine.begin() as conn:
-                ids = list((await conn.execute(self._batch, params)).scalars())
+                ids = [tuple(row) for row in await conn.execute(self._batch, params)]
                 if not ids:
                     return counts, ended
                 await self._erase_batch(conn, ids, counts, ended)
 
     async def _erase_batch(
-        self, conn: AsyncConnection, ids: list[int], counts: dict[str, int], ended: list[str]
+        self,
+        conn: AsyncConnection,
+        ids: list[tuple[Any, ...]],
+        counts: dict[str, int],
+        ended: list[str],
     ) -> None:
         slots, turn_rows, live, gone = self._erase
         counts["turn_slots"] += (await conn.execute(slots, {"ids": ids})).rowcount

@@ -3,11 +3,14 @@
 Two lifetimes: a ``sessions`` row is the live state the API reads and writes, and goes when the
 session ends (expiry, ``delete``); a ``conversations`` row is the transcript's header, and it and
 its turns stay until ``transcript_retention`` has passed. A session id can be used again after
-its session ended, so turns are keyed by ``conversation_id``, which tells apart two
-conversations under one session id. Turns and their slots are rows, not a JSON blob, so
-appending costs the same at turn 1,000 as at turn 1 and analytics need no JSON functions.
-The migrations in ``migrations/versions`` create exactly these tables (and, beside them, the
-triggers and the analytics views); a test checks they agree.
+its session ended, so turns carry a ``conversation_id`` too, which tells the two apart.
+
+Every key leads with ``session_id``, so one session's rows sit together (and on one shard of a
+distributed PostgreSQL-compatible engine, with ``session_id`` as the distribution column).
+Turns and their slots are rows, not a JSON blob, so appending costs the same at turn 1,000 as
+at turn 1 and analytics need no JSON functions. The migrations in ``migrations/versions``
+create exactly these tables (and, beside them, the triggers, the analytics views and on
+PostgreSQL the sequence ``conversation_ids``); a test checks they agree.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    Sequence,
     String,
     Table,
     Text,
@@ -39,6 +43,7 @@ __all__ = [
     "UTCDateTime",
     "changes",
     "compared",
+    "conversation_ids",
     "conversations",
     "metadata",
     "sessions",
@@ -113,19 +118,23 @@ JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 """JSON on SQLite, JSONB on PostgreSQL."""
 
 ConversationKey = BigInteger().with_variant(Integer(), "sqlite")
-"""A 64-bit key; on SQLite ``INTEGER`` so that the primary key is the rowid."""
+"""A 64-bit conversation id: from the sequence ``conversation_ids`` on PostgreSQL, the next
+after the largest on SQLite (whose writers take turns)."""
+
+conversation_ids = Sequence("conversation_ids", metadata=metadata)
+"""PostgreSQL: hands out conversation ids."""
 
 conversations = Table(
     "conversations",
     metadata,
-    Column("conversation_id", ConversationKey, nullable=False, autoincrement=True),
     Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("conversation_id", ConversationKey, nullable=False, autoincrement=False),
     Column("user_id", String(MAX_SESSION_ID_LENGTH), nullable=True),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("ended_at", UTCDateTime(), nullable=True),
     Column("language", String(32), nullable=True),
-    PrimaryKeyConstraint("conversation_id"),
-    Index(None, "session_id"),
+    PrimaryKeyConstraint("session_id", "conversation_id"),
+    Index(None, "conversation_id"),
     Index(None, "user_id", "conversation_id"),
     Index(None, "ended_at"),
 )
@@ -152,19 +161,20 @@ sessions = Table(
     Column("version", BigInteger(), nullable=False),
     PrimaryKeyConstraint("session_id"),
     Index(None, "expires_at"),
-    Index(None, "conversation_id", unique=True),
 )
 """One row per live session, pointing at its conversation. ``turn_count`` hands out turn
 sequence numbers; ``version`` is bumped by every write of the session's content, so a cached
 copy can tell whether it is current. ``user_id`` (the owner, or NULL) is set at creation and
 never changes."""
 
+_in_conversation = ["session_id", "conversation_id"]
+
 turns = Table(
     "turns",
     metadata,
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
     Column("conversation_id", ConversationKey, nullable=False),
     Column("seq", Integer(), nullable=False),
-    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
     Column("role", String(16), nullable=False),
     Column("content", Text(), nullable=False),
     Column("resolved_question", Text(), nullable=True),
@@ -172,31 +182,34 @@ turns = Table(
     Column("results", JSONDocument, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("idempotency_key", String(MAX_SESSION_ID_LENGTH), nullable=True),
-    PrimaryKeyConstraint("conversation_id", "seq"),
+    PrimaryKeyConstraint("session_id", "conversation_id", "seq"),
     ForeignKeyConstraint(
-        ["conversation_id"], ["conversations.conversation_id"], ondelete="CASCADE"
+        _in_conversation,
+        [f"conversations.{name}" for name in _in_conversation],
+        ondelete="CASCADE",
     ),
-    Index(None, "conversation_id", "idempotency_key", unique=True),
+    Index(None, "session_id", "conversation_id", "idempotency_key", unique=True),
 )
-"""One row per message; ``seq`` counts from 1 within the conversation, whose ``session_id`` it
-repeats for analysts. The first turn of every append carries the append's ``idempotency_key``
-(unique within the conversation), so an append sent twice is stored once."""
+"""One row per message; ``seq`` counts from 1 within the conversation. The first turn of every
+append carries the append's ``idempotency_key`` (unique within the conversation), so an append
+sent twice is stored once."""
 
 turn_slots = Table(
     "turn_slots",
     metadata,
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
     Column("conversation_id", ConversationKey, nullable=False),
     Column("seq", Integer(), nullable=False),
     Column("name", Text(), nullable=False),
-    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
     Column("value", Text(), nullable=False),
-    PrimaryKeyConstraint("conversation_id", "seq", "name"),
+    PrimaryKeyConstraint("session_id", "conversation_id", "seq", "name"),
     ForeignKeyConstraint(
-        ["conversation_id"], ["conversations.conversation_id"], ondelete="CASCADE"
+        _in_conversation,
+        [f"conversations.{name}" for name in _in_conversation],
+        ondelete="CASCADE",
     ),
 )
-"""One row per slot a turn carried (e.g. place = Utrecht), keyed by the turn's
-(conversation_id, seq).
+"""One row per slot a turn carried (e.g. place = Utrecht), keyed by its turn's key.
 
 The foreign key points at the conversation, not the turn: rows are only ever written together
 with their turn and deleted with their conversation, and cascading once per conversation

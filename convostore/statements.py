@@ -31,6 +31,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
     union_all,
     update,
 )
@@ -40,6 +41,7 @@ from .schema import (
     JSONDocument,
     UTCDateTime,
     changes,
+    conversation_ids,
     conversations,
     sessions,
     turn_slots,
@@ -72,11 +74,15 @@ class Statements:
         )
         """The live conversation of session ``sid``."""
         self.key_stored: Select[Any] = select(turns.c.seq).where(
-            turns.c.conversation_id == self.conversation_of, turns.c.idempotency_key == key
+            turns.c.session_id == sid,
+            turns.c.conversation_id == self.conversation_of,
+            turns.c.idempotency_key == key,
         )
         """The turn that carries an append's idempotency key, if that append is stored."""
         stored_here = select(turns.c.seq).where(
-            turns.c.conversation_id == sessions.c.conversation_id, turns.c.idempotency_key == key
+            turns.c.session_id == sessions.c.session_id,
+            turns.c.conversation_id == sessions.c.conversation_id,
+            turns.c.idempotency_key == key,
         )
         fresh = and_(live, ~stored_here.exists())
         uid = bindparam("uid", type_=String())
@@ -135,15 +141,23 @@ class Statements:
             index_elements=[sessions.c.session_id]
         )
         """Insert a session row unless one exists (concurrent creators do not collide)."""
+        next_id: ColumnElement[Any] = (
+            conversation_ids.next_value()
+            if dialect == "postgresql"
+            else select(
+                func.coalesce(func.max(conversations.c.conversation_id), 0) + 1
+            ).scalar_subquery()
+        )
         self.start_conversation = (
             insert(conversations)
-            .values(session_id=sid, user_id=uid, started_at=now)
+            .values(session_id=sid, conversation_id=next_id, user_id=uid, started_at=now)
             .returning(conversations.c.conversation_id)
         )
         """A new conversation's row; its session row is inserted next, in the same
         transaction."""
         self.delete_conversation = delete(conversations).where(
-            conversations.c.conversation_id == bindparam("cid", type_=BigInteger())
+            conversations.c.session_id == sid,
+            conversations.c.conversation_id == bindparam("cid", type_=BigInteger()),
         )
         """A conversation and (by cascade) its turns and slots."""
         self.owner_of = select(sessions.c.user_id).where(sessions.c.session_id == sid)
@@ -175,17 +189,17 @@ class Statements:
         """Delete up to ``batch`` expired sessions (their conversations end, by trigger),
         skipping rows another transaction holds (PostgreSQL), so sweepers never wait on each
         other."""
+        in_conversation = tuple_(conversations.c.session_id, conversations.c.conversation_id)
         past_retention = (
-            select(conversations.c.conversation_id)
+            select(conversations.c.session_id, conversations.c.conversation_id)
             .where(conversations.c.ended_at <= bindparam("cutoff", type_=UTCDateTime()))
             .order_by(conversations.c.ended_at)
             .limit(bindparam("batch", type_=Integer()))
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
         self.sweep_transcripts = (
             delete(conversations)
-            .where(conversations.c.conversation_id.in_(past_retention))
+            .where(in_conversation.in_(past_retention))
             .returning(conversations.c.conversation_id)
         )
         """Delete up to ``batch`` conversations that ended by ``cutoff``, with their turns and
@@ -249,7 +263,9 @@ class Statements:
             null().label("value"),
             cast(null(), BigInteger()).label("version"),
             cast(null(), UTCDateTime()).label("expires_at"),
-        ).where(turns.c.conversation_id == conversation, turns.c.seq <= upto)
+        ).where(
+            turns.c.session_id == sid, turns.c.conversation_id == conversation, turns.c.seq <= upto
+        )
         slot_rows = select(
             turn_slots.c.seq,
             *(null() for _ in range(6)),
@@ -257,7 +273,11 @@ class Statements:
             turn_slots.c.value,
             null(),
             null(),
-        ).where(turn_slots.c.conversation_id == conversation, turn_slots.c.seq <= upto)
+        ).where(
+            turn_slots.c.session_id == sid,
+            turn_slots.c.conversation_id == conversation,
+            turn_slots.c.seq <= upto,
+        )
         session_row = select(
             literal(0, Integer()),
             sessions.c.language,

@@ -176,7 +176,7 @@ class SqlStore:
         sql = self.sql
         expired = (await conn.execute(sql.drop_expired, {"sid": sid, "now": now})).scalar()
         if expired is not None and self.retention <= 0:
-            await conn.execute(sql.delete_conversation, {"cid": expired})
+            await conn.execute(sql.delete_conversation, {"sid": sid, "cid": expired})
         cid = await conn.execute(sql.start_conversation, {"sid": sid, "uid": uid, "now": now})
         conversation_id = cid.scalar_one()
         created = await conn.execute(
@@ -198,7 +198,7 @@ class SqlStore:
         )
         if created.rowcount != 1:
             # A concurrent creator won: its conversation is the live one.
-            await conn.execute(sql.delete_conversation, {"cid": conversation_id})
+            await conn.execute(sql.delete_conversation, {"sid": sid, "cid": conversation_id})
             return False, expired is not None
         return True, expired is not None
 
@@ -393,7 +393,7 @@ class SqlStore:
         rows = await self._driver.write(self._drop_expired, {"sid": sid, "now": now})
         if rows and self.retention <= 0:
             async with self.engine.begin() as conn:
-                await conn.execute(self.sql.delete_conversation, {"cid": rows[0][0]})
+                await conn.execute(self.sql.delete_conversation, {"sid": sid, "cid": rows[0][0]})
         return bool(rows)
 
     async def delete(self, sid: str, now: datetime) -> bool:
@@ -404,7 +404,7 @@ class SqlStore:
             if row is None:
                 return False
             if self.retention <= 0:
-                await conn.execute(self.sql.delete_conversation, {"cid": row[1]})
+                await conn.execute(self.sql.delete_conversation, {"sid": sid, "cid": row[1]})
         return bool(row[0] > now)
 
     async def version_of(self, sid: str) -> tuple[int, datetime] | None:
@@ -537,7 +537,7 @@ def _unchanged(value: Any) -> Any:
     return value
 
 
-_KEY_INDEX = "ix_turns_conversation_id_idempotency_key"
+_KEY_INDEX = "ix_turns_session_id_conversation_id_idempotency_key"
 
 
 def _is_key_conflict(exc: BaseException) -> bool:

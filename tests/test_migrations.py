@@ -208,13 +208,17 @@ async def test_check_schema_on_empty_then_migrated_database(empty_url: str) -> N
 
 @pytest.mark.parametrize(
     ("table", "key"),
-    [("turns", ["conversation_id", "seq"]), ("turn_slots", ["conversation_id", "seq", "name"])],
+    [
+        ("turns", ["session_id", "conversation_id", "seq"]),
+        ("turn_slots", ["session_id", "conversation_id", "seq", "name"]),
+    ],
 )
 async def test_turns_are_keyed_by_conversation_and_cascade_from_it(
     url: str, table: str, key: list[str]
 ) -> None:
-    """turns and turn_slots are keyed by conversation, with one foreign key, to conversations,
-    ON DELETE CASCADE (none to sessions: a transcript outlives its session)."""
+    """turns and turn_slots are keyed by session and conversation, with one foreign key, to
+    conversations, ON DELETE CASCADE (none to sessions: a transcript outlives its session).
+    Every key leads with session_id, the distribution column on a sharded engine."""
 
     def facts(conn: Connection) -> tuple[Any, Any]:
         inspector = inspect(conn)
@@ -223,7 +227,8 @@ async def test_turns_are_keyed_by_conversation_and_cascade_from_it(
     pk, fks = await _on(url, facts)
     assert pk["constrained_columns"] == key
     assert [fk["referred_table"] for fk in fks] == ["conversations"], fks
-    assert fks[0]["constrained_columns"] == fks[0]["referred_columns"] == ["conversation_id"]
+    assert fks[0]["constrained_columns"] == ["session_id", "conversation_id"]
+    assert fks[0]["referred_columns"] == ["session_id", "conversation_id"]
     assert fks[0]["options"].get("ondelete", "").upper() == "CASCADE"
 
 

@@ -4,14 +4,15 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-01
 
-- ``conversations``: one row per conversation (``conversation_id``, ``session_id``,
-  ``user_id``, ``started_at``, ``ended_at``, ``language``). Every existing session becomes one
-  live conversation, started at the session's ``created_at``.
+- ``conversations``: one row per conversation, keyed by (``session_id``, ``conversation_id``),
+  with ``user_id``, ``started_at``, ``ended_at``, ``language``; on PostgreSQL the sequence
+  ``conversation_ids`` hands out the ids. Every existing session becomes one live
+  conversation, started at the session's ``created_at``.
 - ``sessions`` gains ``conversation_id`` (its live conversation) and ``user_id`` (its owner;
   NULL for existing sessions).
-- ``turns`` and ``turn_slots`` gain ``conversation_id`` and are keyed by it instead of by
-  ``session_id``, with foreign keys to ``conversations`` instead of ``sessions``: deleting a
-  session no longer deletes its turns. The idempotency keys are unique per conversation.
+- ``turns`` and ``turn_slots`` gain ``conversation_id`` after ``session_id`` in their keys, with
+  foreign keys to ``conversations`` instead of ``sessions``: deleting a session no longer
+  deletes its turns. The idempotency keys are unique per conversation.
 - A trigger on ``sessions`` marks a conversation ended (``ended_at`` = the session's
   ``last_accessed``, and its ``language``) when its session row is deleted.
 - Views ``exchanges`` and ``slot_values`` for analysts.
@@ -42,7 +43,7 @@ _PG_END_FUNCTION = """
 CREATE FUNCTION convostore_end_conversation() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE conversations SET ended_at = OLD.last_accessed, language = OLD.language
-    WHERE conversation_id = OLD.conversation_id;
+    WHERE session_id = OLD.session_id AND conversation_id = OLD.conversation_id;
     RETURN NULL;
 END
 $$
@@ -55,7 +56,7 @@ _SQLITE_END_TRIGGER = """
 CREATE TRIGGER convostore_conversation_ended AFTER DELETE ON sessions
 BEGIN
     UPDATE conversations SET ended_at = OLD.last_accessed, language = OLD.language
-    WHERE conversation_id = OLD.conversation_id;
+    WHERE session_id = OLD.session_id AND conversation_id = OLD.conversation_id;
 END
 """
 _EXCHANGES = """
@@ -65,10 +66,11 @@ SELECT q.session_id, q.conversation_id, q.seq, c.user_id,
        COALESCE(s.language, c.language) AS language, q.created_at,
        c.ended_at IS NULL AS live
 FROM turns q
-JOIN conversations c ON c.conversation_id = q.conversation_id
-LEFT JOIN sessions s ON s.conversation_id = q.conversation_id
+JOIN conversations c ON c.session_id = q.session_id AND c.conversation_id = q.conversation_id
+LEFT JOIN sessions s ON s.session_id = q.session_id AND s.conversation_id = q.conversation_id
 LEFT JOIN turns a
-    ON a.conversation_id = q.conversation_id AND a.seq = q.seq + 1 AND a.role = 'assistant'
+    ON a.session_id = q.session_id AND a.conversation_id = q.conversation_id
+    AND a.seq = q.seq + 1 AND a.role = 'assistant'
 WHERE q.role = 'user'
 """
 _SLOT_VALUES = """
@@ -76,8 +78,9 @@ CREATE VIEW slot_values AS
 SELECT t.session_id, t.conversation_id, t.seq, c.user_id, t.name, t.value, q.template_id,
        q.created_at
 FROM turn_slots t
-JOIN turns q ON q.conversation_id = t.conversation_id AND q.seq = t.seq
-JOIN conversations c ON c.conversation_id = t.conversation_id
+JOIN turns q
+    ON q.session_id = t.session_id AND q.conversation_id = t.conversation_id AND q.seq = t.seq
+JOIN conversations c ON c.session_id = t.session_id AND c.conversation_id = t.conversation_id
 """
 
 
@@ -104,7 +107,7 @@ def _rekey(table: str, key: list[str], referred: str) -> None:
 
     On SQLite, dropping a table that others reference deletes their rows by cascade, so a
     table is only ever copied while nothing references it."""
-    column = "conversation_id" if referred == "conversations" else "session_id"
+    columns = ["session_id", "conversation_id"] if referred == "conversations" else ["session_id"]
     before = "sessions" if referred == "conversations" else "conversations"
     with _recreated(table) as batch:
         batch.drop_constraint(f"fk_{table}_{before}", type_="foreignkey")
@@ -112,29 +115,34 @@ def _rekey(table: str, key: list[str], referred: str) -> None:
         batch.alter_column("conversation_id", existing_type=_key, nullable=False)
         batch.create_primary_key(f"pk_{table}", key)
         batch.create_foreign_key(
-            f"fk_{table}_{referred}", referred, [column], [column], ondelete="CASCADE"
+            f"fk_{table}_{referred}", referred, columns, columns, ondelete="CASCADE"
         )
 
 
 def upgrade() -> None:
     op.create_table(
         "conversations",
-        sa.Column("conversation_id", _key, nullable=False, autoincrement=True),
         sa.Column("session_id", sa.String(128), nullable=False),
+        sa.Column("conversation_id", _key, nullable=False, autoincrement=False),
         sa.Column("user_id", sa.String(128), nullable=True),
         sa.Column("started_at", _timestamp, nullable=False),
         sa.Column("ended_at", _timestamp, nullable=True),
         sa.Column("language", sa.String(32), nullable=True),
-        sa.PrimaryKeyConstraint("conversation_id", name="pk_conversations"),
+        sa.PrimaryKeyConstraint("session_id", "conversation_id", name="pk_conversations"),
     )
-    op.create_index("ix_conversations_session_id", "conversations", ["session_id"])
+    op.create_index("ix_conversations_conversation_id", "conversations", ["conversation_id"])
     op.create_index(
         "ix_conversations_user_id_conversation_id", "conversations", ["user_id", "conversation_id"]
     )
     op.create_index("ix_conversations_ended_at", "conversations", ["ended_at"])
+    if _sqlite():
+        number = "row_number() OVER (ORDER BY created_at, session_id)"
+    else:
+        op.execute("CREATE SEQUENCE conversation_ids")
+        number = "nextval('conversation_ids')"
     op.execute(
-        "INSERT INTO conversations (session_id, started_at) "
-        "SELECT session_id, created_at FROM sessions ORDER BY created_at, session_id"
+        "INSERT INTO conversations (session_id, conversation_id, started_at) "
+        f"SELECT session_id, {number}, created_at FROM sessions ORDER BY created_at, session_id"
     )
     for table in ("sessions", "turns", "turn_slots"):
         op.add_column(table, sa.Column("conversation_id", _key, nullable=True))
@@ -149,18 +157,17 @@ def upgrade() -> None:
             f"WHERE s.session_id = {table}.session_id)"
         )
     op.drop_index("ix_turns_session_id_idempotency_key", table_name="turns")
-    _rekey("turn_slots", ["conversation_id", "seq", "name"], "conversations")
-    _rekey("turns", ["conversation_id", "seq"], "conversations")
+    _rekey("turn_slots", ["session_id", "conversation_id", "seq", "name"], "conversations")
+    _rekey("turns", ["session_id", "conversation_id", "seq"], "conversations")
     triggers = _session_triggers() if _sqlite() else []
     with _recreated("sessions") as batch:
         batch.alter_column("conversation_id", existing_type=_key, nullable=False)
     for trigger in triggers:
         op.execute(trigger)
-    op.create_index("ix_sessions_conversation_id", "sessions", ["conversation_id"], unique=True)
     op.create_index(
-        "ix_turns_conversation_id_idempotency_key",
+        "ix_turns_session_id_conversation_id_idempotency_key",
         "turns",
-        ["conversation_id", "idempotency_key"],
+        ["session_id", "conversation_id", "idempotency_key"],
         unique=True,
     )
     if _sqlite():
@@ -183,8 +190,7 @@ def downgrade() -> None:
     live = "SELECT conversation_id FROM sessions"
     op.execute(f"DELETE FROM turn_slots WHERE conversation_id NOT IN ({live})")
     op.execute(f"DELETE FROM turns WHERE conversation_id NOT IN ({live})")
-    op.drop_index("ix_turns_conversation_id_idempotency_key", table_name="turns")
-    op.drop_index("ix_sessions_conversation_id", table_name="sessions")
+    op.drop_index("ix_turns_session_id_conversation_id_idempotency_key", table_name="turns")
     triggers = _session_triggers() if _sqlite() else []
     with _recreated("sessions") as batch:
         batch.drop_column("user_id")
@@ -203,3 +209,5 @@ def downgrade() -> None:
         unique=True,
     )
     op.drop_table("conversations")
+    if not _sqlite():
+        op.execute("DROP SEQUENCE conversation_ids")
