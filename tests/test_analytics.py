@@ -1,0 +1,297 @@
+"""Every query in docs/analytics.md, run on a known dataset on both backends.
+
+The dataset is built through the API with the fake clock, so its timestamps, owners and
+endings are known; the expected rows below were worked out by hand from it (see ``_seed``),
+not by running the queries. A query added to the doc without an expected result fails
+``test_doc_queries_are_all_tested``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeClock, MakeRepo
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from convostore import SessionRepository
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "analytics.md"
+MARKED = re.compile(
+    r"<!-- query: (?P<name>\w+)(?: dialect=(?P<dialect>\w+))? -->\n```sql\n(?P<sql>.*?)```",
+    flags=re.DOTALL,
+)
+DIALECTS = ("sqlite", "postgresql")
+SESSION_TIME_ZONE = "Asia/Kolkata"
+"""The PostgreSQL session's time zone while the queries run: UTC+05:30 moves the 21:00 UTC
+exchange to the next day and every exchange to another hour, unless a query converts to UTC."""
+
+DAY_ONE = 1_790_035_200.0
+"""2026-09-22 00:00 UTC, the first midnight after the fake clock's start."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One marked ```sql block of the doc."""
+
+    name: str
+    dialect: str | None
+    """None: the one text for both backends."""
+    sql: str
+
+
+def _doc_queries() -> list[Query]:
+    """The doc's queries, each from its ``<!-- query: name [dialect=...] -->`` marker."""
+    doc = DOC.read_text(encoding="utf-8")
+    return [Query(m["name"], m["dialect"], m["sql"]) for m in MARKED.finditer(doc)]
+
+
+def _at(clock: FakeClock, day: int, hour: int, minute: int = 0) -> None:
+    """Move the clock forward to ``hour:minute`` UTC on day ``day`` (1 or 2) of the dataset."""
+    target = DAY_ONE + (day - 1) * 86_400 + hour * 3600 + minute * 60
+    assert target >= clock.now, "the dataset's steps must go forward in time"
+    clock.advance(target - clock.now)
+
+
+def _found(count: int) -> list[dict[str, Any]]:
+    """A search result of ``count`` archives (only empty or not matters to the queries)."""
+    return [{"name": f"archive {n}"} for n in range(count)]
+
+
+async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
+    """Seven conversations over two days (times UTC; "follow-up": resolved_question set and
+    different from the question; "empty": results == []):
+
+    day 1 (2026-09-22), ended by the sweep at 08:00 on day 2:
+      C1 alice, session S1: 09:00 archives_in_place place=Utrecht, 2 results;
+         09:05 follow-up, archives_in_place place=Enschede, 1 result;
+         09:10 follow-up, archives_in_place place=Zwolle, empty.
+      C2 bob: 14:00 opening_hours place=Utrecht, 1 result.
+      C3 anonymous: 21:00 "Hallo", no template, no slots, empty.
+    day 2 (2026-09-23):
+      C4 carol: 10:30 archives_in_place place=Deventer, empty;
+         10:31 resolved_question equal to the question (no follow-up), archives_in_place
+         place=Deventer, 1 result; 10:45 follow-up, archives_in_place place=Zwolle, 1 result;
+         ended by ``delete`` at 11:00.
+      C5 alice, session S1 again: 16:00 archives_in_place place=Utrecht, 2 results;
+         16:02 follow-up, opening_hours place=Utrecht day=zaterdag, 1 result. Live.
+      C6 bob: 16:30 opening_hours place=Zwolle, empty. Live.
+      C7 dave: opened at 17:00, no questions. Live.
+    Ended: C1 (10 minutes), C2, C3 (0 minutes), C4 (15 minutes), all retained.
+    """
+    archives, opening = "archives_in_place", "opening_hours"
+    _at(clock, 1, 9)
+    s1, _ = await repo.get_or_create(None, user_id="alice")
+    await repo.add_turn(
+        s1,
+        "Welke archieven zijn er in Utrecht?",
+        "Er zijn er twee.",
+        template_id=archives,
+        slots={"place": "Utrecht"},
+        results=_found(2),
+        user_id="alice",
+    )
+    _at(clock, 1, 9, 5)
+    await repo.add_turn(
+        s1,
+        "En in Enschede?",
+        "Eén.",
+        resolved_question="Welke archieven zijn er in Enschede?",
+        template_id=archives,
+        slots={"place": "Enschede"},
+        results=_found(1),
+        user_id="alice",
+    )
+    _at(clock, 1, 9, 10)
+    await repo.add_turn(
+        s1,
+        "En in Zwolle?",
+        "Geen gevonden.",
+        resolved_question="Welke archieven zijn er in Zwolle?",
+        template_id=archives,
+        slots={"place": "Zwolle"},
+        results=[],
+        user_id="alice",
+    )
+    _at(clock, 1, 14)
+    s2, _ = await repo.get_or_create(None, user_id="bob")
+    await repo.add_turn(
+        s2,
+        "Wanneer is het archief in Utrecht open?",
+        "Van 9 tot 17 uur.",
+        template_id=opening,
+        slots={"place": "Utrecht"},
+        results=_found(1),
+        user_id="bob",
+    )
+    _at(clock, 1, 21)
+    s3, _ = await repo.get_or_create(None)
+    await repo.add_turn(s3, "Hallo", "Hoi!")
+
+    _at(clock, 2, 8)
+    assert await repo.sweep_expired() == 3
+
+    _at(clock, 2, 10, 30)
+    s4, _ = await repo.get_or_create(None, user_id="carol")
+    await repo.add_turn(
+        s4,
+        "Archieven in Deventer?",
+        "Geen gevonden.",
+        template_id=archives,
+        slots={"place": "Deventer"},
+        results=[],
+        user_id="carol",
+    )
+    _at(clock, 2, 10, 31)
+    await repo.add_turn(
+        s4,
+        "Welke archieven zijn er in Deventer?",
+        "Eén.",
+        resolved_question="Welke archieven zijn er in Deventer?",
+        template_id=archives,
+        slots={"place": "Deventer"},
+        results=_found(1),
+        user_id="carol",
+    )
+    _at(clock, 2, 10, 45)
+    await repo.add_turn(
+        s4,
+        "En in Zwolle?",
+        "Eén.",
+        resolved_question="Welke archieven zijn er in Zwolle?",
+        template_id=archives,
+        slots={"place": "Zwolle"},
+        results=_found(1),
+        user_id="carol",
+    )
+    _at(clock, 2, 11)
+    assert await repo.delete(s4)
+
+    _at(clock, 2, 16)
+    await repo.add_turn(
+        s1,
+        "Welke archieven zijn er in Utrecht?",
+        "Er zijn er twee.",
+        template_id=archives,
+        slots={"place": "Utrecht"},
+        results=_found(2),
+        user_id="alice",
+    )
+    _at(clock, 2, 16, 2)
+    await repo.add_turn(
+        s1,
+        "En op zaterdag?",
+        "Van 10 tot 14 uur.",
+        resolved_question="Wanneer is het archief in Utrecht op zaterdag open?",
+        template_id=opening,
+        slots={"place": "Utrecht", "day": "zaterdag"},
+        results=_found(1),
+        user_id="alice",
+    )
+    _at(clock, 2, 16, 30)
+    s6, _ = await repo.get_or_create(None, user_id="bob")
+    await repo.add_turn(
+        s6,
+        "Wanneer is het archief in Zwolle open?",
+        "Dat weet ik niet.",
+        template_id=opening,
+        slots={"place": "Zwolle"},
+        results=[],
+        user_id="bob",
+    )
+    _at(clock, 2, 17)
+    await repo.get_or_create(None, user_id="dave")
+
+
+EXPECTED: dict[str, list[tuple[Any, ...]]] = {
+    # (day, exchanges, conversations): C1 3 + C2 1 + C3 1; C4 3 + C5 2 + C6 1.
+    "exchanges_per_day": [("2026-09-22", 5, 3), ("2026-09-23", 6, 3)],
+    # (hour, exchanges): C1's three at 9, C4's three at 10, C2 at 14, C5 and C6 at 16, C3 at 21.
+    "hourly_load": [(9, 3), (10, 3), (14, 1), (16, 3), (21, 1)],
+    # (template, questions, conversations): archives C1 3 + C4 3 + C5 1; opening C2, C5, C6.
+    "top_templates": [("archives_in_place", 7, 3), ("opening_hours", 3, 3), ("(none)", 1, 1)],
+    # (questions, follow_ups, pct): C1's 2nd and 3rd, C4's 3rd, C5's 2nd of 11; 400/11 = 36.36.
+    "follow_up_rate": [(11, 4, 36.4)],
+    # (name, value, mentions, conversations).
+    "top_slot_values": [
+        ("place", "Utrecht", 4, 3),  # C1, C2, C5 twice
+        ("place", "Zwolle", 3, 3),  # C1, C4, C6
+        ("place", "Deventer", 2, 1),  # C4 twice
+        ("day", "zaterdag", 1, 1),  # C5
+        ("place", "Enschede", 1, 1),  # C1
+    ],
+    # (template_id, questions, empty): C1's Zwolle and C4's first; C6. C3 has no template.
+    "empty_results": [("archives_in_place", 7, 2), ("opening_hours", 3, 1)],
+    # (ended, after_one): C1, C2, C3, C4 ended; C2 and C3 had one exchange (C6 is live).
+    "abandoned_after_one": [(4, 2)],
+    # (conversations, median): lengths 1, 1, 1, 2, 3, 3 (C7 asked nothing): (1 + 2) / 2.
+    "median_length": [(6, 1.5)],
+    # (ended, avg_minutes, max_minutes): C1 10, C2 0, C3 0, C4 15.
+    "conversation_minutes": [(4, 6.25, 15.0)],
+    # (owner, conversations, questions): alice C1 + C5, carol C4, bob C2 + C6, C3, dave C7.
+    "per_user_activity": [
+        ("alice", 2, 5),
+        ("carol", 1, 3),
+        ("bob", 2, 2),
+        ("(anonymous)", 1, 1),
+        ("dave", 1, 0),
+    ],
+    # (state, conversations, exchanges): C1-C4 with 3 + 1 + 1 + 3; C5-C7 with 2 + 1 + 0.
+    "live_vs_ended": [("ended", 4, 8), ("live", 3, 3)],
+}
+
+
+def _plain(value: Any) -> Any:
+    """PostgreSQL's numeric as the float SQLite returns, so one expected row fits both."""
+    return float(value) if isinstance(value, Decimal) else value
+
+
+def test_doc_queries_are_all_tested() -> None:
+    """The doc asks at least eight questions; every ```sql block in it is marked, and each
+    question has exactly one text per backend (one portable text, or one per dialect) and an
+    expected result here, so no query in the doc goes untested."""
+    queries = _doc_queries()
+    doc = DOC.read_text(encoding="utf-8")
+    assert len(queries) == doc.count("```sql")
+    names = {query.name for query in queries}
+    assert len(names) >= 8
+    assert names == set(EXPECTED)
+    for name in names:
+        dialects = sorted(str(q.dialect) for q in queries if q.name == name)
+        assert dialects in (["None"], sorted(DIALECTS)), name
+
+
+@pytest.fixture
+async def analyst(url: str, backend: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test's database whose PostgreSQL sessions are in a time zone other
+    than UTC, as an analyst's might be."""
+    options: dict[str, Any] = {}
+    if backend == "postgresql":
+        options["connect_args"] = {"server_settings": {"timezone": SESSION_TIME_ZONE}}
+    engine = create_async_engine(url, **options)
+    yield engine
+    await engine.dispose()
+
+
+async def test_doc_queries(
+    make_repo: MakeRepo, clock: FakeClock, analyst: AsyncEngine, backend: str
+) -> None:
+    """Each of the doc's queries for this backend returns exactly the rows worked out from the
+    dataset, on retained and live conversations alike."""
+    await _seed(await make_repo(), clock)
+    queries = [query for query in _doc_queries() if query.dialect in (None, backend)]
+    got: dict[str, list[tuple[Any, ...]]] = {}
+    async with analyst.connect() as conn:
+        if backend == "postgresql":
+            assert await conn.scalar(text("SHOW timezone")) == SESSION_TIME_ZONE
+        for query in queries:
+            rows = (await conn.execute(text(query.sql))).all()
+            got[query.name] = [tuple(_plain(value) for value in row) for row in rows]
+    assert len(got) == len(queries)
+    assert got == EXPECTED
