@@ -49,7 +49,10 @@ def _summaries() -> Select[Any]:
             last_turn.label("last_turn_at"),
         )
         .select_from(conversations.outerjoin(sessions, _s.conversation_id == _c.conversation_id))
-        .where(_c.user_id == _uid, _c.conversation_id < bindparam("before", type_=Integer()))
+        .where(
+            _c.user_id == _uid,
+            _c.conversation_id < bindparam("before", type_=_c.conversation_id.type),
+        )
         .order_by(_c.conversation_id.desc())
         .limit(bindparam("limit", type_=Integer()))
     )
