@@ -364,20 +364,22 @@ _SESSIONS = text(
 )
 
 
-async def _populated_0001(url: str, clock: FakeClock, via: str) -> list[Seeded]:
-    """Seed 0001's data into the empty database at ``url`` and bring it to head ``via``
-    ``upgrade_url`` or a repository's ``auto_migrate`` (on SQLite with foreign keys
-    enforced); checks that no turn or slot row changed on the way."""
-    seeded = _population(_now(clock), keys=False)
-    await upgrade_url(url, "0001")
-    await _on(url, lambda c: _seed(c, seeded, keys=False))
-    before = (await _rows(url, _TURNS), await _rows(url, _SLOTS))
+async def _upgraded(url: str, clock: FakeClock, revision: str, via: str) -> list[Seeded]:
+    """Seed the data of ``revision`` (0001, or 0002 with idempotency keys) into the empty
+    database at ``url`` and bring it to head ``via`` ``upgrade_url`` or a repository's
+    ``auto_migrate`` (which on SQLite enforces foreign keys during the table copies); checks
+    that no session, turn or slot row changed on the way."""
+    keys = revision == "0002"
+    seeded = _population(_now(clock), keys=keys)
+    await upgrade_url(url, revision)
+    await _on(url, lambda c: _seed(c, seeded, keys=keys))
+    before = [await _rows(url, query) for query in (_SESSIONS, _TURNS, _SLOTS)]
     if via == "upgrade_url":
         await upgrade_url(url)
     else:
         async with _repository(url, clock, auto_migrate=True):
             pass
-    assert (await _rows(url, _TURNS), await _rows(url, _SLOTS)) == before
+    assert [await _rows(url, query) for query in (_SESSIONS, _TURNS, _SLOTS)] == before
     return seeded
 
 
@@ -391,7 +393,7 @@ async def test_0001_database_reads_back_and_goes_on_at_head(
     """A populated 0001 database at head: each session is one live conversation (started at
     its creation, no owner) that turns and slots point at; ``get`` returns every live session
     as inserted; appends continue the numbering; expired sessions end, keeping their turns."""
-    seeded = await _populated_0001(empty_url, clock, via)
+    seeded = await _upgraded(empty_url, clock, "0001", via)
     by_id = {s.session_id: s for s in seeded}
 
     conversations = await _rows(
@@ -531,10 +533,7 @@ async def test_0002_database_keeps_idempotency_keys_and_the_change_feed(
     """A populated 0002 database at head keeps every turn's idempotency key, which still
     makes a repeated append a no-op, and its change feed still fires on a write and a delete
     (on SQLite 0003 copies ``sessions``, which drops its triggers, and must re-create them)."""
-    seeded = _population(_now(clock), keys=True)
-    await upgrade_url(empty_url, "0002")
-    await _on(empty_url, lambda c: _seed(c, seeded, keys=True))
-    await upgrade_url(empty_url)
+    seeded = await _upgraded(empty_url, clock, "0002", "upgrade_url")
 
     keys = await _rows(
         empty_url, "SELECT session_id, seq, idempotency_key FROM turns ORDER BY session_id, seq"
@@ -698,6 +697,6 @@ async def test_upgraded_populated_database_has_the_schema_of_a_fresh_one(
 ) -> None:
     """After 0001 -> head with data, alembic finds no drift against ``schema.metadata``, and
     the whole schema (keys, indexes, views, triggers) equals a fresh head database's."""
-    await _populated_0001(empty_url, clock, via)
+    await _upgraded(empty_url, clock, "0001", via)
     assert await _on(empty_url, drift) == []
     assert await _on(empty_url, fingerprint) == await _on(url, fingerprint)
