@@ -1156,3 +1156,21 @@ async def test_to_dspy_history_of_a_loaded_state(make_repo: MakeRepo) -> None:
         assert history == {"messages": expected}
     else:
         assert history.messages == expected
+
+
+async def test_list_sessions_pages_newest_first(make_repo: MakeRepo, clock: Clock) -> None:
+    """list_sessions lists only the user's conversations, live and ended, newest first, and
+    pages with ``before``. On PostgreSQL the first page once failed: its implicit ``before``
+    (2**62, above every conversation id) went to asyncpg as an int32 parameter."""
+    repo = await make_repo()
+    await repo.add_turn("oud", "Eerste?", "Ja.", user_id="dana")
+    assert await repo.delete("oud")
+    clock.advance(1)
+    await repo.add_turn("nieuw", "Tweede?", "Ja.", user_id="dana")
+    await repo.add_turn("anders", "Van een ander?", "Ja.", user_id="erik")
+
+    first = await repo.list_sessions("dana", limit=1)
+    assert [(c.session_id, c.live, c.turns) for c in first] == [("nieuw", True, 2)]
+    rest = await repo.list_sessions("dana", before=first[0].conversation_id)
+    assert [(c.session_id, c.live, c.turns) for c in rest] == [("oud", False, 2)]
+    assert [c.session_id for c in await repo.list_sessions("dana")] == ["nieuw", "oud"]
