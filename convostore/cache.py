@@ -55,11 +55,20 @@ class CacheEntry:
     """Cache hits not yet added to the stored ``access_count``; the next write adds them."""
     user_id: str | None = None
     """The session's owner (None: created without one)."""
+    complete: bool = True
+    """Whether ``turns`` holds the whole history; False after a windowed read, when it holds
+    the newest turns only (and whatever was appended since)."""
 
-    def fork(self, session_id: str) -> ConversationState:
+    def covers(self, last_turns: int | None) -> bool:
+        """Whether the entry holds the turns a read of the ``last_turns`` newest (None: all)
+        returns."""
+        return self.complete or (last_turns is not None and len(self.turns) >= last_turns)
+
+    def fork(self, session_id: str, last_turns: int | None = None) -> ConversationState:
         """A state its caller may change freely: fresh ``turns`` list and ``current_slots``
-        dict, shared (frozen) turns, no validation."""
-        turns = self.turns
+        dict, shared (frozen) turns, no validation. With ``last_turns``, only the newest of
+        them (the entry must ``cover`` it)."""
+        turns = self.turns if last_turns is None else self.turns[-last_turns:]
         return make_state(
             list(turns),
             dict(self.current_slots),
@@ -138,11 +147,18 @@ class SessionCache:
 
     def put_loaded(self, session_id: str, entry: CacheEntry, generation: int) -> None:
         """Cache a state read from the database at ``generation``, unless a removal happened
-        since or the cache already holds a newer version."""
+        since or the cache already holds a newer version, or as much of the same version."""
         if generation != self.generation:
             return
         current = self._entries.get(session_id)
-        if current is not None and current.version >= entry.version:
+        if current is not None and (
+            current.version > entry.version
+            or (
+                current.version == entry.version
+                and (current.complete or not entry.complete)
+                and len(current.turns) >= len(entry.turns)
+            )
+        ):
             return
         self.put(session_id, entry)
 

@@ -61,11 +61,16 @@ class CachedStore:
         return CacheEntry([], {}, None, "nl", version, now, now + self._ttl, user_id=owner)
 
     async def refresh(
-        self, sid: str, entry: CacheEntry, now: float, owner: str | None
+        self,
+        sid: str,
+        entry: CacheEntry,
+        now: float,
+        owner: str | None,
+        window: int | None = None,
     ) -> ConversationState | None:
         """A cached session whose stored expiry is due for a refresh, or (strict coherence)
         whose cached copy must be checked: served from the cache if the stored version is
-        the cached one, else reloaded. ``owner`` as for ``load``."""
+        the cached one, else reloaded. ``owner`` and ``window`` as for ``load``."""
         if now - entry.last_accessed > self._refresh_after:
             version = await self.store.touch(sid, utc(now), self._ttl, entry.unflushed_hits + 1)
             refreshed = True
@@ -76,22 +81,25 @@ class CachedStore:
             refreshed = False
         if version is None or version != entry.version:
             self._cache.discard(sid)
-            return await self.load(sid, now, owner)
+            return await self.load(sid, now, owner, window)
         if refreshed:
             entry.last_accessed, entry.expires_at = now, now + self._ttl
             entry.unflushed_hits = 0
         else:
             entry.unflushed_hits += 1
         self.stats.hits += 1
-        return owned(sid, entry, owner).fork(sid)
+        return owned(sid, entry, owner).fork(sid, window)
 
-    async def load(self, sid: str, now: float, owner: str | None) -> ConversationState | None:
-        """Read the session (None if unknown or expired, which it then removes), refresh its
-        expiry if due, and cache it unless it changed meanwhile. With an ``owner``, a session
-        of another owner raises ``NotSessionOwner`` (it is cached all the same)."""
+    async def load(
+        self, sid: str, now: float, owner: str | None, window: int | None = None
+    ) -> ConversationState | None:
+        """Read the session (None if unknown or expired, which it then removes), or only its
+        ``window`` newest turns, refresh its expiry if due, and cache it unless it changed
+        meanwhile. With an ``owner``, a session of another owner raises ``NotSessionOwner``
+        (it is cached all the same)."""
         with self._cache.holding(sid):
             generation = self._cache.generation
-            loaded = await self.store.load(sid)
+            loaded = await self.store.load(sid, window)
             if loaded is None:
                 return None
             now_utc = utc(now)
@@ -109,6 +117,7 @@ class CachedStore:
                 loaded.last_accessed.timestamp(),
                 loaded.expires_at.timestamp(),
                 user_id=loaded.user_id,
+                complete=window is None or len(loaded.turns) < window,
             )
             if now - entry.last_accessed > self._refresh_after:
                 if await self.store.touch(sid, now_utc, self._ttl, 1) is None:
@@ -118,7 +127,7 @@ class CachedStore:
             else:
                 entry.unflushed_hits = 1
             self._cache.put_loaded(sid, entry, generation)
-            return owned(sid, entry, owner).fork(sid)
+            return owned(sid, entry, owner).fork(sid, window)
 
     async def create(self, sid: str, now: float, owner: str | None) -> ConversationState:
         """Create the session (owned by ``owner``) unless a live one exists; its state either

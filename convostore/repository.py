@@ -55,6 +55,7 @@ from .validation import (
     check_text,
     check_turn,
     check_user_id,
+    check_window,
     copy_results,
     copy_slots,
 )
@@ -230,15 +231,23 @@ class SessionRepository:
         """A new unguessable, URL-safe session id (192 random bits)."""
         return secrets.token_urlsafe(24)
 
-    async def get(self, session_id: str, *, user_id: str | None = None) -> ConversationState | None:
+    async def get(
+        self, session_id: str, *, user_id: str | None = None, last_turns: int | None = None
+    ) -> ConversationState | None:
         """The session's state, or None if it is unknown or expired, or if ``user_id`` is
         given and the session is not that user's (created for another user, or for none).
+
+        ``last_turns``: the state holds only the newest ``last_turns`` turns (the session
+        fields are whole), read so in SQL, so a long history costs nothing extra. The cache
+        keeps what was read: a later read of more turns goes to the database once. ``update``
+        with such a state appends the turns you add, as always.
 
         Served from the cache without SQL when possible. The state is the caller's to change;
         changes reach the store only through ``update``.
 
         Raises:
             InvalidSessionId: a bad session id or user id, before any SQL.
+            InvalidPage: ``last_turns`` is not a positive int.
             StoreError: the database failed (``StoreUnavailable``: it stayed unreachable).
         """
         now = self._clock()
@@ -251,21 +260,31 @@ class SessionRepository:
             and now - entry.last_accessed <= self._refresh_after
             and not self._strict
             and user_id is None
+            and last_turns is None
+            and entry.complete
         ):
             entry.unflushed_hits += 1
             self._stats.hits += 1
             return entry.fork(session_id)
         sid = check_session_id(session_id)
         owner = check_owner(user_id)
+        window = check_window(last_turns)
         try:
-            return await self._get(sid, entry, now, owner)
+            return await self._get(sid, entry, now, owner, window)
         except NotSessionOwner:
             return None
 
     async def _get(
-        self, sid: str, entry: CacheEntry | None, now: float, owner: str | None
+        self,
+        sid: str,
+        entry: CacheEntry | None,
+        now: float,
+        owner: str | None,
+        window: int | None = None,
     ) -> ConversationState | None:
         """``get`` past the unchecked hit; raises ``NotSessionOwner`` for another's session."""
+        if entry is not None and not entry.covers(window):
+            entry = None
         if (
             entry is not None
             and now < entry.expires_at
@@ -274,17 +293,20 @@ class SessionRepository:
         ):
             entry.unflushed_hits += 1
             self._stats.hits += 1
-            return owned(sid, entry, owner).fork(sid)
+            return owned(sid, entry, owner).fork(sid, window)
         ops = self._enter()
         try:
             if entry is not None:
                 if now < entry.expires_at:
                     return await self._calls.run(
-                        "refreshing a session", lambda: ops.refresh(sid, entry, now, owner)
+                        "refreshing a session",
+                        lambda: ops.refresh(sid, entry, now, owner, window),
                     )
                 self._cache.discard(sid)
             self._stats.misses += 1
-            return await self._calls.run("loading a session", lambda: ops.load(sid, now, owner))
+            return await self._calls.run(
+                "loading a session", lambda: ops.load(sid, now, owner, window)
+            )
         finally:
             self._calls.leave()
 

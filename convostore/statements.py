@@ -242,15 +242,16 @@ class Statements:
         ``resolved_question`` the owner's user id, ``results`` the current slots,
         ``created_at`` last_accessed, plus ``version`` and ``expires_at``. Turns are read up to
         the session's ``turn_count`` within the same statement, so an append committed
-        meanwhile is either wholly in or wholly out. Turns and slots are two index range scans;
-        a join here would leave the plan to statistics, and on a new table without them
-        PostgreSQL made it quadratic.
+        meanwhile is either wholly in or wholly out; only the newest ``window`` of them. Turns
+        and slots are two index range scans; a join here would leave the plan to statistics,
+        and on a new table without them PostgreSQL made it quadratic.
         """
         sid = bindparam("sid", type_=String())
         upto = select(sessions.c.turn_count).where(sessions.c.session_id == sid).scalar_subquery()
         conversation = (
             select(sessions.c.conversation_id).where(sessions.c.session_id == sid).scalar_subquery()
         )
+        after = upto - bindparam("window", type_=Integer())
         turn_rows = select(
             turns.c.seq,
             turns.c.role,
@@ -264,7 +265,10 @@ class Statements:
             cast(null(), BigInteger()).label("version"),
             cast(null(), UTCDateTime()).label("expires_at"),
         ).where(
-            turns.c.session_id == sid, turns.c.conversation_id == conversation, turns.c.seq <= upto
+            turns.c.session_id == sid,
+            turns.c.conversation_id == conversation,
+            turns.c.seq <= upto,
+            turns.c.seq > after,
         )
         slot_rows = select(
             turn_slots.c.seq,
@@ -277,6 +281,7 @@ class Statements:
             turn_slots.c.session_id == sid,
             turn_slots.c.conversation_id == conversation,
             turn_slots.c.seq <= upto,
+            turn_slots.c.seq > after,
         )
         session_row = select(
             literal(0, Integer()),

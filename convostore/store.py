@@ -434,9 +434,12 @@ class SqlStore:
         )
         return len(rows)
 
-    async def load(self, sid: str) -> Loaded | None:
-        """Read a session and its turns (expired or not; the caller decides)."""
-        rows = await self._driver.read(self._load, {"sid": sid})
+    async def load(self, sid: str, window: int | None = None) -> Loaded | None:
+        """Read a session and its turns, or its ``window`` newest turns (expired or not; the
+        caller decides)."""
+        rows = await self._driver.read(
+            self._load, {"sid": sid, "window": _ALL_TURNS if window is None else window}
+        )
         at = self._session_row
         if not rows or rows[0][at.seq] != 0:
             return None
@@ -536,6 +539,9 @@ def _fold_turns(rows: Sequence[Sequence[Any]], layout: _TurnRow) -> list[Convers
 def _unchanged(value: Any) -> Any:
     return value
 
+
+_ALL_TURNS = 2**31 - 1
+"""The load's window when it reads every turn (sequence numbers are 32-bit)."""
 
 _KEY_INDEX = "ix_turns_session_id_conversation_id_idempotency_key"
 

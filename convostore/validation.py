@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidSessionId, InvalidTurn
+from .errors import InvalidPage, InvalidSessionId, InvalidTurn
 from .models import ConversationTurn, make_turn
 from .schema import MAX_SESSION_ID_LENGTH
 
@@ -26,6 +26,7 @@ __all__ = [
     "check_text",
     "check_turn",
     "check_user_id",
+    "check_window",
     "copy_results",
     "copy_slots",
 ]
@@ -249,3 +250,10 @@ def check_user_id(user_id: object) -> str:
 def check_owner(user_id: object) -> str | None:
     """``check_user_id``, where None means "no owner given"."""
     return None if user_id is None else check_user_id(user_id)
+
+
+def check_window(last_turns: object) -> int | None:
+    """``get``'s ``last_turns``: None (every turn) or a positive int."""
+    if last_turns is None or (type(last_turns) is int and 0 < last_turns < 2**31):
+        return last_turns
+    raise InvalidPage(f"last_turns must be a positive int or None, not {last_turns!r}")
