@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from .cache import CacheEntry, SessionCache
 from .errors import NotSessionOwner, StaleStateError
+from .expiry import RefreshesBehind
 from .models import ConversationState, ConversationTurn, carry_context
 from .store import SessionFields, SqlStore, Written
 
@@ -47,6 +48,8 @@ class CachedStore:
         *,
         ttl: float,
         clock: Callable[[], float],
+        behind: RefreshesBehind | None = None,
+        trusted: bool = False,
     ) -> None:
         self.store = store
         """The SQL side (tests and the benchmark reach the statements through it)."""
@@ -55,6 +58,11 @@ class CachedStore:
         self._ttl = ttl
         self._refresh_after = ttl / 10
         self._clock = clock
+        self.behind = behind
+        """Where reads leave their expiry refreshes (None: reads write them themselves)."""
+        self._trusted = trusted
+        """Whether cached copies are kept current by a watcher (``"bounded"`` coherence), so
+        a refresh need not check the stored version."""
 
     def _new_entry(self, version: int, now: float, owner: str | None) -> CacheEntry:
         """The entry of a session this process just created: empty, written at ``now``."""
@@ -71,18 +79,22 @@ class CachedStore:
         """A cached session whose stored expiry is due for a refresh, or (strict coherence)
         whose cached copy must be checked: served from the cache if the stored version is
         the cached one, else reloaded. ``owner`` and ``window`` as for ``load``."""
-        if now - entry.last_accessed > self._refresh_after:
+        due = now - entry.last_accessed > self._refresh_after
+        behind = self.behind
+        if due and behind is None:
             version = await self.store.touch(sid, utc(now), self._ttl, entry.unflushed_hits + 1)
-            refreshed = True
+        elif due and self._trusted:
+            version = entry.version
         else:
             stored = await self.store.version_of(sid)
             live = stored is not None and stored[1].timestamp() > now
             version = stored[0] if live and stored is not None else None
-            refreshed = False
         if version is None or version != entry.version:
             self._cache.discard(sid)
             return await self.load(sid, now, owner, window)
-        if refreshed:
+        if due:
+            if behind is not None:
+                behind.note(sid, utc(now), entry.unflushed_hits + 1)
             entry.last_accessed, entry.expires_at = now, now + self._ttl
             entry.unflushed_hits = 0
         else:
@@ -120,7 +132,9 @@ class CachedStore:
                 complete=window is None or len(loaded.turns) < window,
             )
             if now - entry.last_accessed > self._refresh_after:
-                if await self.store.touch(sid, now_utc, self._ttl, 1) is None:
+                if self.behind is not None:
+                    self.behind.note(sid, now_utc, 1)
+                elif await self.store.touch(sid, now_utc, self._ttl, 1) is None:
                     self._cache.discard(sid)
                     return None
                 entry.last_accessed, entry.expires_at = now, now + self._ttl
@@ -295,6 +309,8 @@ class CachedStore:
     async def sweep(self, batch_size: int) -> int:
         """End every expired session, then delete the transcripts past retention, in batches
         of ``batch_size``. Returns how many sessions ended."""
+        if self.behind is not None:
+            await self.behind.flush()  # a session read just now must not go
         now = utc(self._clock())
         total = 0
         while True:

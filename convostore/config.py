@@ -51,6 +51,14 @@ class StoreConfig(BaseModel):
     cleanup_interval: float = Field(default=300, ge=0)
     """Seconds between scheduled expiry sweeps; 0 disables the background task. Default 300."""
 
+    refresh_delay: float = Field(default=1.0, ge=0)
+    """Seconds a read's expiry refresh may wait before it is written, batched with others' (a
+    read refreshes the stored expiry only when it is more than a tenth of the TTL old). The
+    refresh leaves the request path: a cold read costs the same whether it is due or not.
+    Pending refreshes are written before a sweep and at ``stop()``; a crash loses them, which
+    lets those sessions expire up to this much sooner. 0: each read writes its own refresh
+    before it returns. Default 1."""
+
     max_sessions: int = Field(default=10_000, ge=1)
     """Capacity of the in-process LRU cache, in sessions. Default 10,000."""
 

@@ -1,23 +1,30 @@
-"""TTL expiry: the background task that runs the batched sweep (``SqlStore.sweep_batch``).
+"""TTL expiry off the request path: the background tasks that run the batched sweep and write
+the expiry refreshes reads leave behind.
 
-Each batch is its own short transaction that deletes at most ``batch_size`` sessions by primary
-key (turns and slots go by ON DELETE CASCADE), so a sweep never holds long locks. On PostgreSQL
-rows another transaction holds are skipped (``SKIP LOCKED``) and left for the next sweep, so
-several workers can sweep at once without waiting on each other or on writers.
+Each sweep batch is its own short transaction that deletes at most ``batch_size`` rows by
+primary key, so a sweep never holds long locks. On PostgreSQL rows another transaction holds
+are skipped (``SKIP LOCKED``) and left for the next sweep, so several workers can sweep at once
+without waiting on each other or on writers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
-__all__ = ["run_periodically"]
+__all__ = ["RefreshesBehind", "run_periodically"]
 
 logger = logging.getLogger("convostore")
 
+Touch = Callable[[Sequence[tuple[str, datetime, int]]], Awaitable[None]]
+"""Writes refreshes: (session id, read at, hits) each, in one transaction."""
 
-async def run_periodically(interval: float, job: Callable[[], Awaitable[object]]) -> None:
+
+async def run_periodically(
+    interval: float, job: Callable[[], Awaitable[object]], what: str = "expiry sweep"
+) -> None:
     """Run ``job`` every ``interval`` seconds until cancelled. A failing run, whatever the
     error, is logged and the next one still happens: expiry must not end because the
     database was briefly away or one batch hit a bug."""
@@ -26,4 +33,38 @@ async def run_periodically(interval: float, job: Callable[[], Awaitable[object]]
         try:
             await job()
         except Exception:
-            logger.exception("convostore: scheduled expiry sweep failed; retrying next interval")
+            logger.exception("convostore: scheduled %s failed; retrying next interval", what)
+
+
+class RefreshesBehind:
+    """Expiry refreshes that reads need, written behind them in batches.
+
+    A read that finds the stored ``last_accessed`` stale notes its refresh here and returns at
+    once; ``flush`` (every ``refresh_delay`` seconds, before a sweep, at ``stop()``) writes
+    what is pending, ``batch_size`` sessions per transaction. A refresh only slides an expiry
+    forward, so one lost to a crash or a failed flush makes that session expire up to the
+    delay (plus the usual tenth of the TTL) sooner than it would have; no content is at
+    stake."""
+
+    def __init__(self, touch: Touch, batch_size: int) -> None:
+        self._touch = touch
+        self._batch_size = batch_size
+        self._pending: dict[str, tuple[datetime, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def note(self, sid: str, now: datetime, hits: int) -> None:
+        """Remember that session ``sid`` was read at ``now``, with ``hits`` reads to add."""
+        earlier = self._pending.get(sid)
+        self._pending[sid] = (now, hits + (earlier[1] if earlier else 0))
+
+    async def flush(self) -> int:
+        """Write every pending refresh. Returns how many were written; on a failure, the
+        batches not yet written are dropped and the error raised."""
+        pending, self._pending = self._pending, {}
+        items = [(sid, now, hits) for sid, (now, hits) in pending.items()]
+        size = self._batch_size
+        for start in range(0, len(items), size):
+            await self._touch(items[start : start + size])
+        return len(items)

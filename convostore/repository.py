@@ -26,6 +26,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -37,8 +38,16 @@ from .cached_store import CachedStore, Stats, owned, utc
 from .coherence import PostgresWatcher, SqliteWatcher, Watcher
 from .config import StoreConfig
 from .engine import check_database, create_engine, prepare_engine, release_engine
-from .errors import InvalidPage, InvalidTurn, NotRunning, NotSessionOwner, SchemaNotReady
-from .expiry import run_periodically
+from .errors import (
+    ConvostoreError,
+    InvalidPage,
+    InvalidTurn,
+    NotRunning,
+    NotSessionOwner,
+    SchemaNotReady,
+    translate_errors,
+)
+from .expiry import RefreshesBehind, logger, run_periodically
 from .lifecycle import Calls
 from .migrate import check_schema, upgrade
 from .models import ConversationState, ConversationSummary, make_turn
@@ -106,6 +115,7 @@ class SessionRepository:
         self._owners: Owners | None = None
         self._watcher: Watcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self._stopped: asyncio.Event | None = None
 
     def __repr__(self) -> str:
@@ -164,13 +174,32 @@ class SessionRepository:
             await release_engine(engine, owned=self._owns_engine)
             raise
         self._engine = engine
-        self._ops = CachedStore(store, self._cache, self._stats, ttl=self._ttl, clock=self._clock)
+        delay = float(self.config.refresh_delay)
+        behind = (
+            RefreshesBehind(partial(store.touch_many, ttl=self._ttl), self.config.sweep_batch_size)
+            if delay > 0
+            else None
+        )
+        self._ops = CachedStore(
+            store,
+            self._cache,
+            self._stats,
+            ttl=self._ttl,
+            clock=self._clock,
+            behind=behind,
+            trusted=self.config.cache_coherence == "bounded",
+        )
         self._owners = Owners(engine)
         self._calls.phase = "running"
         if self.config.cleanup_interval > 0:
             self._sweeper = asyncio.create_task(
                 run_periodically(self.config.cleanup_interval, self.sweep_expired),
                 name="convostore-expiry-sweep",
+            )
+        if behind is not None:
+            self._flusher = asyncio.create_task(
+                run_periodically(delay, behind.flush, "expiry refresh"),
+                name="convostore-expiry-refresh",
             )
 
     async def _ensure_schema(self, engine: AsyncEngine) -> None:
@@ -212,11 +241,13 @@ class SessionRepository:
             return
         self._stopped = asyncio.Event()
         try:
-            if self._sweeper is not None:
-                self._sweeper.cancel()
-                await asyncio.wait([self._sweeper])
-                self._sweeper = None
+            for task in (self._sweeper, self._flusher):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.wait([task])
+            self._sweeper = self._flusher = None
             await self._calls.drain()
+            await self._flush_refreshes()
             if self._watcher is not None:
                 await self._watcher.stop()
             self._cache.clear()
@@ -225,6 +256,18 @@ class SessionRepository:
         finally:
             self._calls.phase = "stopped"
             self._stopped.set()
+
+    async def _flush_refreshes(self) -> None:
+        """At ``stop()``: write the expiry refreshes reads left behind; a failure is logged
+        (those sessions may then expire up to ``refresh_delay`` sooner)."""
+        behind = self._ops.behind if self._ops is not None else None
+        if behind is None or not len(behind):
+            return
+        try:
+            with translate_errors("writing expiry refreshes"):
+                await behind.flush()
+        except ConvostoreError:
+            logger.warning("convostore: expiry refreshes were not written at stop()", exc_info=True)
 
     @staticmethod
     def generate_session_id() -> str:

@@ -135,6 +135,18 @@ class Statements:
             update(sessions).where(live).values(**refreshed).returning(sessions.c.version)
         )
         """Slide a live session's expiry."""
+        later = func.greatest if dialect == "postgresql" else func.max
+        self.touch_behind: Update = (
+            update(sessions)
+            .where(live)
+            .values(
+                last_accessed=later(sessions.c.last_accessed, now),
+                expires_at=later(sessions.c.expires_at, bindparam("expires", type_=UTCDateTime())),
+                access_count=sessions.c.access_count + bindparam("hits"),
+            )
+        )
+        """A refresh written behind a read at ``now``: slides the expiry of the session if it
+        was live then, never backwards (a write since may have slid it further)."""
 
         dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self.create: Insert = dialect_insert(sessions).on_conflict_do_nothing(

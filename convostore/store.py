@@ -387,6 +387,16 @@ class SqlStore:
         rows = await self._driver.write(self._touch, params)
         return int(rows[0][0]) if rows else None
 
+    async def touch_many(self, refreshes: Sequence[tuple[str, datetime, int]], ttl: float) -> None:
+        """Write refreshes reads left behind, (session id, read at, hits) each, in one
+        transaction, in session id order so that concurrent flushes lock rows alike."""
+        params = [
+            {"sid": sid, "now": now, "expires": now + timedelta(seconds=ttl), "hits": hits}
+            for sid, now, hits in sorted(refreshes)
+        ]
+        async with self.engine.begin() as conn:
+            await conn.execute(self.sql.touch_behind, params)
+
     async def drop_expired(self, sid: str, now: datetime) -> bool:
         """Delete the session if it has expired (without retention, its conversation too).
         Returns whether a row went."""

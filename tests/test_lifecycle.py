@@ -135,9 +135,9 @@ async def test_a_session_deleted_between_append_and_reload_returns_just_the_exch
     assert store is not None
     real_load = store.load
 
-    async def deleted_first(sid: str) -> Any:
+    async def deleted_first(sid: str, window: int | None = None) -> Any:
         await b.delete(sid)
-        return await real_load(sid)
+        return await real_load(sid, window)
 
     monkeypatch.setattr(store, "load", deleted_first)
     state = await a.add_turn("vanish", "q3", "a3", slots={"place": "Utrecht"}, template_id="t")

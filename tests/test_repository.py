@@ -677,7 +677,7 @@ async def test_sliding_expiry_reads_keep_a_session_alive(
 ) -> None:
     """Reads after ttl/10 slide expires_at in the db; without reads the session and (without
     transcript retention) its rows go."""
-    repo = await make_repo(session_ttl=100, transcript_retention=0)
+    repo = await make_repo(session_ttl=100, transcript_retention=0, refresh_delay=0)
     sid = "sliding"
     t0 = clock.now
     await repo.add_turn(sid, "q", "a", slots={"place": "Utrecht"})
@@ -703,7 +703,7 @@ async def test_read_within_a_tenth_of_ttl_does_not_write(
     make_repo: MakeRepo, sql: Sql, clock: Clock
 ) -> None:
     """Reads within ttl/10 (hit or cold load) write nothing; a read after ttl/10 refreshes."""
-    repo = await make_repo(session_ttl=100)
+    repo = await make_repo(session_ttl=100, refresh_delay=0)
     sid = "no-write"
     t0 = clock.now
     await repo.add_turn(sid, "q", "a")
@@ -712,7 +712,7 @@ async def test_read_within_a_tenth_of_ttl_does_not_write(
     with count_statements(repo.engine) as hit_statements:
         assert await repo.get(sid) is not None
     assert hit_statements == []
-    other = await make_repo(session_ttl=100)
+    other = await make_repo(session_ttl=100, refresh_delay=0)
     clock.advance(4)  # t0 + 9
     with count_statements(other.engine) as cold_statements:
         assert await other.get(sid) is not None

@@ -16,7 +16,10 @@ contents in order, ``current_slots``, and None for a deleted or expired session.
 
 Expiry is modelled exactly by moving the clock only in steps of ``STEP`` seconds, more than a
 tenth of the TTL: every read or write of a live session then stores a fresh expiry, so a
-session expires ``TTL`` seconds after its last access.
+session expires ``TTL`` seconds after its last access. The workers write a read's refresh
+before returning (``refresh_delay=0``): with the default write-behind a sweep in the other
+worker may take a session up to the delay early, which a clock moved by hand would turn into
+whole steps (``test_refresh_behind.py`` covers that mode).
 
 Env ``CONVOSTORE_TEST_SM_COHERENCE`` picks another ``cache_coherence`` mode (default
 ``bounded``); with ``local`` the test fails, as it should: a worker keeps serving its cached
@@ -130,6 +133,7 @@ class StoreMachine(RuleBasedStateMachine):
             session_ttl=TTL,
             max_sessions=MAX_SESSIONS,
             cache_coherence=self.mode,
+            refresh_delay=0,  # the model's exact expiry needs each read's refresh stored at once
         )
         repository = SessionRepository(config, clock=self.clock)
         await repository.start()
