@@ -525,11 +525,15 @@ def _fold_turns(rows: Sequence[Sequence[Any]], layout: _TurnRow) -> list[Convers
     columns, load_results, load_created_at = layout
     result: list[ConversationTurn] = []
     slots: dict[str, str] = {}
+    stamp: Any = None
+    stamped: Any = None
     for role, content, resolved, template_id, results, created_at, name, value in map(
         columns, rows
     ):
         if name is None:
             slots = {}
+            if created_at != stamp:  # both turns of an exchange share it: convert it once
+                stamp, stamped = created_at, load_created_at(created_at)
             result.append(
                 make_turn(
                     role,
@@ -538,7 +542,7 @@ def _fold_turns(rows: Sequence[Sequence[Any]], layout: _TurnRow) -> list[Convers
                     template_id,
                     slots,
                     load_results(results),
-                    load_created_at(created_at),
+                    stamped,
                 )
             )
         else:
