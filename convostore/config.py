@@ -9,6 +9,7 @@ else its default. A value from the environment or the file that does not validat
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Iterator
@@ -77,12 +78,31 @@ def _environment_error(error: ValidationError, given: dict[str, Any]) -> ConfigE
     return ConfigError(f"invalid StoreConfig settings from {where}: {'; '.join(problems)}")
 
 
+_PYDANTIC = frozenset({"pydantic", "pydantic_core", "pydantic_settings"})
+
+
+def _stacklevel_outside() -> int:
+    """The ``stacklevel`` at which a warning raised by this module's caller names the line that
+    built the config, past the frames of this module and of pydantic."""
+    frame = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None  # the caller: stacklevel 1
+    level = 1
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if module != __name__ and module.partition(".")[0] not in _PYDANTIC:
+            break
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 class StoreConfig(BaseSettings):
     """Settings of a ``SessionRepository``. Durations are seconds (int or float).
 
     Each field is also read from the environment variable ``CONVOSTORE_<FIELD>`` (any case; an
     empty one counts as unset), and from a ``.env`` file only through ``from_env``; a
-    constructor argument wins over both. Unknown fields are refused.
+    constructor argument wins over both. Unknown fields are refused; the original
+    SessionConfig's ``redis_*`` fields are accepted and ignored, with a ``FutureWarning``.
 
     ``repr()`` and ``str()`` show the database URL with its password as ``***``, and validation
     errors leave out the values given, so neither shows a password.
@@ -223,13 +243,17 @@ class StoreConfig(BaseSettings):
     @classmethod
     def _drop_legacy_redis_fields(cls, data: Any) -> Any:
         """Accept the original SessionConfig's Redis settings so old code still runs, with a
-        warning: the database now does what Redis did."""
-        if isinstance(data, dict) and any(key in data for key in _LEGACY_REDIS_FIELDS):
-            warnings.warn(
-                "StoreConfig ignores the Redis settings of the original SessionConfig: "
-                "sessions are stored in the SQL database at database_url",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            data = {k: v for k, v in data.items() if k not in _LEGACY_REDIS_FIELDS}
+        warning that Python shows by default, naming the caller's line: the database now does
+        what Redis did, so the settings do nothing."""
+        if isinstance(data, dict):
+            legacy = [key for key in _LEGACY_REDIS_FIELDS if key in data]
+            if legacy:
+                warnings.warn(
+                    f"StoreConfig ignores the Redis settings of the original SessionConfig "
+                    f"({', '.join(legacy)}): sessions are stored in the SQL database at "
+                    "database_url; remove them",
+                    FutureWarning,
+                    stacklevel=_stacklevel_outside(),
+                )
+                data = {k: v for k, v in data.items() if k not in _LEGACY_REDIS_FIELDS}
         return data

@@ -1,18 +1,22 @@
 """Settings from the environment: every ``StoreConfig`` field has a ``CONVOSTORE_*`` variable, a
-constructor argument wins over it, a ``.env`` file is read only through ``from_env``, and a bad
-value from either is a ``ConfigError`` naming the variable. The README's settings table covers
-every field."""
+constructor argument wins over it, a ``.env`` file is read only through ``from_env``, a bad value
+from either is a ``ConfigError`` naming the variable, and the original SessionConfig's Redis
+fields warn with a ``FutureWarning`` that Python shows by default. The README's settings table
+and its list of old names cover every field."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from convostore import ConfigError, ConvostoreError, StoreConfig
+from convostore import ConfigError, ConvostoreError, SessionConfig, StoreConfig
 from convostore.config import resolve_database_url
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
@@ -38,6 +42,17 @@ SAMPLES: dict[str, tuple[str, Any]] = {
 }
 """Per field: a value as an environment variable holds it, and the setting it gives, which is
 not the default."""
+
+ORIGINAL_FIELDS = (
+    "session_ttl",
+    "cleanup_interval",
+    "max_sessions",
+    "redis_enabled",
+    "redis_url",
+    "redis_prefix",
+    "redis_db",
+)
+"""The fields of the original SessionManager's SessionConfig."""
 
 
 def env_name(field: str) -> str:
@@ -163,6 +178,27 @@ def test_bad_arguments_stay_validation_errors(monkeypatch: pytest.MonkeyPatch) -
     )
 
 
+@pytest.mark.parametrize("build", [StoreConfig, SessionConfig, StoreConfig.from_env])
+def test_redis_fields_warn_at_the_callers_line(build: Any) -> None:
+    """The FutureWarning names the fields given and the line that gave them, whichever way the
+    config is built."""
+    with pytest.warns(FutureWarning, match=r"\(redis_enabled, redis_db\)") as record:
+        config = build(session_ttl=60, redis_enabled=True, redis_db=1)
+    assert config.session_ttl == 60
+    assert [warning.filename for warning in record] == [__file__]
+
+
+def test_redis_warning_is_shown_by_default() -> None:
+    """A plain interpreter (Python's default warning filters) prints the warning."""
+    code = "from convostore import SessionConfig; SessionConfig(redis_url='redis://localhost')"
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "<string>:1: FutureWarning: StoreConfig ignores the Redis settings" in done.stderr
+
+
 def _section(heading: str) -> str:
     """The README text from ``heading`` to the next heading."""
     start = README.index(heading)
@@ -176,3 +212,9 @@ def test_readme_settings_table_has_every_field_and_variable() -> None:
     for field in StoreConfig.model_fields:
         (row,) = [row for row in rows if f"`{field}`" in row.split("|")[1]]
         assert f"`{env_name(field)}`" in row, row
+
+
+def test_readme_lists_every_original_field() -> None:
+    names = _section("#### Old configuration names")
+    for field in ORIGINAL_FIELDS:
+        assert f"`{field}`" in names, field
