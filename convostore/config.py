@@ -1,19 +1,38 @@
-"""``StoreConfig``: where the store lives and how long sessions and cached states last."""
+"""``StoreConfig``: where the store lives and how long sessions and cached states last.
+
+Each setting comes from the constructor argument of its name, else the environment variable
+``CONVOSTORE_<NAME>``, else (``StoreConfig.from_env(env_file=...)`` only) that ``.env`` file,
+else its default. A value from the environment or the file that does not validate raises
+``ConfigError`` naming the variable; a bad constructor argument raises pydantic's
+``ValidationError``, as it always did.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .errors import ConfigError
 from .urls import hide_password
 
-__all__ = ["DATABASE_URL_ENV", "DEFAULT_DATABASE_URL", "StoreConfig", "resolve_database_url"]
+__all__ = [
+    "DATABASE_URL_ENV",
+    "DEFAULT_DATABASE_URL",
+    "ENV_PREFIX",
+    "StoreConfig",
+    "resolve_database_url",
+]
 
-DATABASE_URL_ENV = "CONVOSTORE_DATABASE_URL"
+ENV_PREFIX = "CONVOSTORE_"
+"""Setting ``name`` is read from the environment variable ``CONVOSTORE_<NAME>``."""
+DATABASE_URL_ENV = f"{ENV_PREFIX}DATABASE_URL"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///convostore.db"
 _LEGACY_REDIS_FIELDS = ("redis_enabled", "redis_url", "redis_prefix", "redis_db")
 
@@ -24,16 +43,80 @@ def resolve_database_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
 
 
-class StoreConfig(BaseModel):
+class _FieldsOnly(PydanticBaseSettingsSource):
+    """The values a ``.env`` file holds for ``StoreConfig``'s fields. pydantic-settings passes
+    every other entry of the file on as an unknown field, which ``StoreConfig`` refuses, while
+    the file may well hold other programs' settings too, as the environment does."""
+
+    def __init__(self, dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(dotenv.settings_cls)
+        self._dotenv = dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._dotenv.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {name: value for name, value in self._dotenv().items() if name in fields}
+
+
+def _environment_error(error: ValidationError, given: dict[str, Any]) -> ConfigError | None:
+    """A ``ConfigError`` listing every problem of ``error``, each named by its environment
+    variable when its value did not come from the constructor; None if none did."""
+    problems: list[str] = []
+    from_environment = False
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else ""
+        if name and name not in given:
+            from_environment = True
+            name = f"{ENV_PREFIX}{name.upper()}"
+        problems.append(f"{name}: {item['msg']}")
+    if not from_environment:
+        return None
+    env_file = given.get("_env_file")
+    where = f"the environment or {os.fspath(env_file)}" if env_file else "the environment"
+    return ConfigError(f"invalid StoreConfig settings from {where}: {'; '.join(problems)}")
+
+
+_PYDANTIC = frozenset({"pydantic", "pydantic_core", "pydantic_settings"})
+
+
+def _stacklevel_outside() -> int:
+    """The ``stacklevel`` at which a warning raised by this module's caller names the line that
+    built the config, past the frames of this module and of pydantic."""
+    frame = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None  # the caller: stacklevel 1
+    level = 1
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if module != __name__ and module.partition(".")[0] not in _PYDANTIC:
+            break
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+class StoreConfig(BaseSettings):
     """Settings of a ``SessionRepository``. Durations are seconds (int or float).
+
+    Each field is also read from the environment variable ``CONVOSTORE_<FIELD>`` (any case; an
+    empty one counts as unset), and from a ``.env`` file only through ``from_env``; a
+    constructor argument wins over both. Unknown fields are refused; the original
+    SessionConfig's ``redis_*`` fields are accepted and ignored, with a ``FutureWarning``.
 
     ``repr()`` and ``str()`` show the database URL with its password as ``***``, and validation
     errors leave out the values given, so neither shows a password.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        frozen=True,
+        extra="forbid",
+        hide_input_in_errors=True,
+    )
 
-    database_url: str = Field(default_factory=resolve_database_url)
+    database_url: str = DEFAULT_DATABASE_URL
     """SQLAlchemy async URL: ``sqlite+aiosqlite:///file.db`` or ``postgresql+asyncpg://...``.
     Default: env ``CONVOSTORE_DATABASE_URL``, else ``sqlite+aiosqlite:///convostore.db``.
     Checked when a ``SessionRepository`` is built (``ConfigError``), not here: a repository
@@ -118,6 +201,39 @@ class StoreConfig(BaseModel):
     room for dozens of retrieved passages with their metadata, while keeping what a cold load
     of a long session reads bounded."""
 
+    if not TYPE_CHECKING:  # hidden, so that type checkers keep checking a call's field names
+
+        def __init__(self, **values: Any) -> None:
+            """Validate ``values`` and the environment's settings; a value from the
+            environment that is invalid raises ``ConfigError`` naming its variable."""
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                error = _environment_error(exc, values)
+                if error is None:
+                    raise
+                raise error from exc
+
+    @classmethod
+    def from_env(cls, env_file: str | os.PathLike[str] | None = None, **values: Any) -> StoreConfig:
+        """The settings from ``values``, else the environment, else ``env_file`` (a ``.env``
+        file of ``CONVOSTORE_<FIELD>=value`` lines; skipped if it does not exist; its other
+        entries are ignored), else the defaults. ``StoreConfig(...)`` never reads a file."""
+        return cls(_env_file=env_file, **values)  # type: ignore[call-arg]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Constructor arguments, the environment, then the ``.env`` file's fields (no secrets
+        directory)."""
+        return init_settings, env_settings, _FieldsOnly(dotenv_settings)
+
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             secret = name in ("database_url", "listen_url") and value is not None
@@ -127,13 +243,17 @@ class StoreConfig(BaseModel):
     @classmethod
     def _drop_legacy_redis_fields(cls, data: Any) -> Any:
         """Accept the original SessionConfig's Redis settings so old code still runs, with a
-        warning: the database now does what Redis did."""
-        if isinstance(data, dict) and any(key in data for key in _LEGACY_REDIS_FIELDS):
-            warnings.warn(
-                "StoreConfig ignores the Redis settings of the original SessionConfig: "
-                "sessions are stored in the SQL database at database_url",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            data = {k: v for k, v in data.items() if k not in _LEGACY_REDIS_FIELDS}
+        warning that Python shows by default, naming the caller's line: the database now does
+        what Redis did, so the settings do nothing."""
+        if isinstance(data, dict):
+            legacy = [key for key in _LEGACY_REDIS_FIELDS if key in data]
+            if legacy:
+                warnings.warn(
+                    f"StoreConfig ignores the Redis settings of the original SessionConfig "
+                    f"({', '.join(legacy)}): sessions are stored in the SQL database at "
+                    "database_url; remove them",
+                    FutureWarning,
+                    stacklevel=_stacklevel_outside(),
+                )
+                data = {k: v for k, v in data.items() if k not in _LEGACY_REDIS_FIELDS}
         return data

@@ -3,7 +3,8 @@
 Every exception raised on purpose derives from ``ConvostoreError``::
 
     ConvostoreError
-    ├── ConfigError        (also ValueError)   a URL, engine or migration target it cannot use
+    ├── ConfigError        (also ValueError)   a URL, engine or migration target it cannot use,
+    │                                          or a setting from the environment that is invalid
     ├── InvalidSessionId   (also ValueError)   bad session or user id, raised before any SQL
     ├── InvalidTurn        (also ValueError)   text or results the store cannot hold or that
     │                                          exceed the size limits, before any SQL
@@ -56,7 +57,8 @@ class ConfigError(ConvostoreError, ValueError):
     """The database URL or engine is one convostore cannot use (raised when a
     ``SessionRepository`` is built, before any connection is made), or a migration target it
     refuses (an unknown revision, a downgrade without ``allow_downgrade``); the message says
-    what to do instead."""
+    what to do instead. Also a ``StoreConfig`` setting from a ``CONVOSTORE_*`` environment
+    variable or a ``.env`` file that is not valid; the message names the variable."""
 
 
 class InvalidSessionId(ConvostoreError, ValueError):

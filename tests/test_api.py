@@ -150,10 +150,10 @@ def test_unknown_config_fields_are_rejected() -> None:
         StoreConfig(session_tll=60)  # type: ignore[call-arg]
 
 
-def test_original_redis_fields_are_accepted_with_a_deprecation_warning() -> None:
-    """The original SessionConfig's redis_* settings still construct, with a DeprecationWarning,
-    and the other settings are kept."""
-    with pytest.warns(DeprecationWarning, match="Redis"):
+def test_original_redis_fields_are_accepted_with_a_future_warning() -> None:
+    """The original SessionConfig's redis_* settings still construct, with a FutureWarning
+    (shown by default, unlike a DeprecationWarning), and the other settings are kept."""
+    with pytest.warns(FutureWarning, match="Redis"):
         cfg = SessionConfig(  # type: ignore[call-arg]
             session_ttl=600,
             cleanup_interval=60,
