@@ -1,27 +1,39 @@
-"""The ``convostore`` command, on click: ``demo`` and ``migrate``.
+"""The ``convostore`` command, on click with rich tables: ``demo``, ``migrate``, and for the
+people who run convostore ``stats``, ``show`` and ``sweep``.
 
-A thin layer over library functions: each command parses its options, calls the library and
-prints what comes back. Every command that opens a database takes ``--url``, else env
-``CONVOSTORE_DATABASE_URL``, else the SQLite file ``convostore.db``. A user's mistake (a bad
-URL, a database without the schema) is one line on stderr and exit code 1; wrong arguments
-are click's usage error, exit code 2. A new command is one decorated function on ``cli``.
+A thin layer over library functions (``admin``, ``migrate``, the repository): each command
+parses its options, calls the library and prints what comes back. Every command that opens a
+database takes ``--url``, else env ``CONVOSTORE_DATABASE_URL``, else the SQLite file
+``convostore.db``. A user's mistake (a bad URL or id, a database without the schema, an
+unknown session) is one line on stderr and exit code 1; wrong arguments are click's usage
+error, exit code 2. A new command is one decorated function on ``cli``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import IO, Any, TypeVar
 
 import click
+from rich.console import Console
+from rich.table import Column, Table
+from rich.text import Text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL, resolve_database_url
+from . import admin
+from .config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL, StoreConfig, resolve_database_url
 from .errors import ConvostoreError
+from .models import ConversationTurn
+from .repository import SessionRepository
 from .urls import hide_password
 
 __all__ = ["cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class Failure(click.ClickException):
@@ -55,10 +67,76 @@ def url_option(command: F) -> F:
     )(command)
 
 
+def json_option(command: F) -> F:
+    """``--json``: print JSON for scripts instead of tables."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
+    )(command)
+
+
+def read(url: str, query: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run ``query`` on the migrated database at ``url`` (``admin.open_database``)."""
+
+    async def run() -> T:
+        async with admin.open_database(url) as engine:
+            return await query(engine)
+
+    return asyncio.run(run())
+
+
+def with_repository(config: StoreConfig, call: Callable[[SessionRepository], Awaitable[T]]) -> T:
+    """Run ``call`` on a repository started for this one command (see
+    ``admin.command_config``), stopped afterwards."""
+
+    async def run() -> T:
+        async with SessionRepository(config) as repo:
+            return await call(repo)
+
+    return asyncio.run(run())
+
+
+def console() -> Console:
+    """Rich output on stdout; no syntax highlighting, as the text is data."""
+    return Console(highlight=False)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _bytes(size: int) -> str:
+    """``size`` bytes for people: 152.0 KiB."""
+    if size < 1024:
+        return f"{size} B"
+    amount, unit = size / 1024, "KiB"
+    for larger in ("MiB", "GiB"):
+        if amount < 1024:
+            break
+        amount, unit = amount / 1024, larger
+    return f"{amount:.1f} {unit}"
+
+
+def _plural(number: int, noun: str) -> str:
+    """``3 sessions``, ``1 session``."""
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
+def _duration(seconds: float) -> str:
+    """``30 days``, ``1 hour``, ``90 seconds``."""
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            return _plural(int(seconds // size), unit)
+    return f"{seconds:g} seconds"
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
 @click.group("convostore", cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="convostore", message="%(prog)s %(version)s")
 def cli() -> None:
-    """Conversation state in SQL: the demo and migrations.
+    """Conversation state in SQL: the demo, migrations, and tools for operators.
 
     Every command that opens a database takes --url, else env CONVOSTORE_DATABASE_URL, else
     the SQLite file convostore.db in the working directory.
@@ -125,6 +203,185 @@ def migrate(action: str | None, url: str, revision: str | None, allow_downgrade:
         now = asyncio.run(current_revision_url(url, require_head=action == "check"))
     shown = now if now.startswith("no ") else f"convostore schema at {now}"
     click.echo(f"{shown} on {hide_password(url)}")
+
+
+@cli.command()
+@url_option
+@json_option
+def stats(url: str, as_json: bool) -> None:
+    """How much the database holds.
+
+    Live sessions, expired sessions waiting for the sweep, ended conversations whose
+    transcripts are kept, turns, conversations per language, questions per template, and
+    the database's size as the backend reports it.
+
+    \b
+    Examples:
+      convostore stats --url postgresql+asyncpg://app@db/app
+      convostore stats --json
+    """
+    numbers = read(url, admin.stats)
+    if as_json:
+        print_json({"database": hide_password(url), **numbers.as_json()})
+        return
+    size = "size unknown" if numbers.database_bytes is None else _bytes(numbers.database_bytes)
+    out = console()
+    out.print(Text(f"{hide_password(url)} ({numbers.backend}, {size})"))
+    totals = Table(
+        "", Column("count", justify="right"), title="Sessions and turns", title_justify="left"
+    )
+    totals.add_row("live sessions", f"{numbers.live_sessions:,}")
+    totals.add_row("expired sessions waiting for the sweep", f"{numbers.expired_sessions:,}")
+    totals.add_row("ended conversations (transcripts kept)", f"{numbers.ended_conversations:,}")
+    totals.add_row("turns", f"{numbers.turns:,}")
+    out.print(totals)
+    for title, header, counts in (
+        ("Conversations per language", ("language", "conversations"), numbers.languages),
+        ("Questions per template", ("template", "questions"), numbers.templates),
+    ):
+        name_header, count_header = header
+        table = Table(
+            name_header, Column(count_header, justify="right"), title=title, title_justify="left"
+        )
+        for name, count in counts:
+            table.add_row(Text("(none)" if name is None else name), f"{count:,}")
+        out.print(table)
+
+
+@cli.command()
+@click.argument("session_id")
+@url_option
+@click.option(
+    "--all",
+    "include_ended",
+    is_flag=True,
+    help="Also show the ended conversations kept under this id (oldest first).",
+)
+@json_option
+def show(session_id: str, url: str, include_ended: bool, as_json: bool) -> None:
+    """Print a session's conversation as a transcript.
+
+    One row per turn: time (UTC), role, content, resolved question, template and slots.
+    Reading it does not keep the session alive. A session id with no live conversation
+    (with --all: no conversation at all) is an error, exit code 1.
+
+    \b
+    Examples:
+      convostore show 3q2T1xvJ0rNW --url postgresql+asyncpg://app@db/app
+      convostore show 3q2T1xvJ0rNW --all --json
+    """
+    found = read(
+        url,
+        lambda engine: admin.transcripts(engine, session_id, include_ended=include_ended),
+    )
+    if not found:
+        raise Failure(
+            f"no conversation under session id {session_id!r}"
+            if include_ended
+            else f"no live session {session_id!r} (--all shows ended conversations too)"
+        )
+    if as_json:
+        print_json({"session_id": session_id, "conversations": [t.as_json() for t in found]})
+        return
+    out = console()
+    for transcript in found:
+        if transcript.live:
+            state = "live"
+        elif transcript.ended_at is not None:
+            state = f"ended {_when(transcript.ended_at)}"
+        else:
+            state = "expired, waiting for the sweep"
+        owner = f"user {transcript.user_id}" if transcript.user_id else "no user"
+        out.print(
+            Text(
+                f"session {transcript.session_id}, conversation {transcript.conversation_id} "
+                f"({state}, {owner}, language {transcript.language}, "
+                f"started {_when(transcript.started_at)} UTC)"
+            )
+        )
+        out.print(_turns_table(transcript.turns))
+
+
+def _turns_table(turns: Sequence[ConversationTurn]) -> Table:
+    """One row per turn; the time column shows the date only where it changes."""
+    table = Table(
+        Column("time", no_wrap=True),
+        "role",
+        *(
+            Column(header, overflow="fold")
+            for header in ("content", "resolved question", "template", "slots")
+        ),
+    )
+    day = None
+    for turn in turns:
+        stamp = turn.created_at
+        if stamp is None:
+            time = ""
+        elif stamp.date() == day:
+            time = stamp.strftime("%H:%M:%S")
+        else:
+            time, day = stamp.strftime("%Y-%m-%d\n%H:%M:%S"), stamp.date()
+        slots = ", ".join(f"{name}={value}" for name, value in turn.slots.items())
+        table.add_row(
+            time,
+            turn.role,
+            Text(turn.content),
+            Text(turn.resolved_question or ""),
+            Text(turn.template_id or ""),
+            Text(slots),
+        )
+    return table
+
+
+_RETENTION = float(StoreConfig.model_fields["transcript_retention"].default)
+
+
+@cli.command()
+@url_option
+@click.option(
+    "--retention",
+    type=click.FloatRange(min=0),
+    default=_RETENTION,
+    metavar="SECONDS",
+    help=(
+        "Transcript retention: ended conversations whose last activity is older go. Give "
+        f"the transcript_retention your workers use (default: {_RETENTION:.0f}, "
+        f"{_duration(_RETENTION)})."
+    ),
+)
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+def sweep(url: str, retention: float, dry_run: bool) -> None:
+    """Run the expiry sweep now.
+
+    Deletes the expired sessions (their conversations end and are kept as transcripts),
+    then the transcripts older than the retention, in short batches, as the workers'
+    background sweep does. --dry-run counts both without deleting.
+
+    \b
+    Examples:
+      convostore sweep --url postgresql+asyncpg://app@db/app
+      convostore sweep --dry-run --retention 604800
+    """
+    on = f"on {hide_password(url)} (retention {_duration(retention)})"
+    if dry_run:
+        ending, deleting = read(
+            url, lambda engine: admin.sweep_preview(engine, retention=retention)
+        )
+        click.echo(
+            f"would end {_plural(ending, 'expired session')} and delete "
+            f"{_plural(deleting, 'transcript')} {on}; dry run, nothing was deleted"
+        )
+        return
+
+    async def run_sweep(repo: SessionRepository) -> dict[str, int]:
+        await repo.sweep_expired()
+        return await repo.get_stats()
+
+    counts = with_repository(admin.command_config(url, transcript_retention=retention), run_sweep)
+    click.echo(
+        f"ended {_plural(counts['sessions_expired'], 'expired session')} and deleted "
+        f"{_plural(counts['transcripts_deleted'], 'transcript')} {on}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
