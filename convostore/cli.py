@@ -1,5 +1,5 @@
 """The ``convostore`` command, on click with rich tables: ``demo``, ``migrate``, and for the
-people who run convostore ``stats``, ``show`` and ``sweep``.
+people who run convostore ``stats``, ``show``, ``sweep``, ``erase-user`` and ``export-user``.
 
 A thin layer over library functions (``admin``, ``migrate``, the repository): each command
 parses its options, calls the library and prints what comes back. Every command that opens a
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
@@ -29,6 +31,7 @@ from .errors import ConvostoreError
 from .models import ConversationTurn
 from .repository import SessionRepository
 from .urls import hide_password
+from .validation import check_user_id
 
 __all__ = ["cli", "main"]
 
@@ -93,6 +96,20 @@ def with_repository(config: StoreConfig, call: Callable[[SessionRepository], Awa
             return await call(repo)
 
     return asyncio.run(run())
+
+
+def write_file(path: Path, text: str, *, private: bool = False) -> None:
+    """Write ``text`` to ``path``; ``private``: readable by its owner only (new files). A path
+    that cannot be written is a one-line error."""
+    try:
+        if private:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(descriptor, "w", encoding="utf-8") as file:
+                file.write(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def console() -> Console:
@@ -382,6 +399,66 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
         f"ended {_plural(counts['sessions_expired'], 'expired session')} and deleted "
         f"{_plural(counts['transcripts_deleted'], 'transcript')} {on}"
     )
+
+
+@cli.command("erase-user")
+@click.argument("user_id")
+@url_option
+@click.option("--yes", "-y", is_flag=True, help="Erase without asking first.")
+def erase_user(user_id: str, url: str, yes: bool) -> None:
+    """Delete every row of a user (right to erasure).
+
+    Live sessions, retained transcripts, their turns and slots, in batches; prints the rows
+    deleted per table. Asks first unless --yes. Block the user before, so that no new
+    session of theirs starts while it runs.
+
+    \b
+    Example:
+      convostore erase-user u-17 --yes --url postgresql+asyncpg://app@db/app
+    """
+    uid = check_user_id(user_id)
+    config = admin.command_config(url)
+    question = f"Erase every conversation of user {uid!r} on {hide_password(url)} for good?"
+    if not yes and not click.confirm(question, err=True):
+        raise Failure("nothing was erased")
+    counts = with_repository(config, lambda repo: repo.erase_user(uid))
+    out = console()
+    out.print(Text(f"erased user {uid!r} on {hide_password(url)}"))
+    table = Table("table", Column("rows deleted", justify="right"))
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}")
+    out.print(table)
+
+
+@cli.command("export-user")
+@click.argument("user_id")
+@url_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the JSON to FILE (readable by you only) instead of stdout.",
+)
+def export_user(user_id: str, url: str, output: Path | None) -> None:
+    """Print everything stored about a user as JSON (right of access).
+
+    Every conversation of the user, live and retained, with turns, slots, results and
+    timestamps. A user with no data gets an empty list of conversations.
+
+    \b
+    Examples:
+      convostore export-user u-17 --url postgresql+asyncpg://app@db/app
+      convostore export-user u-17 -o u-17.json
+    """
+    data = with_repository(admin.command_config(url), lambda repo: repo.export_user(user_id))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if output is None:
+        click.echo(text)
+        return
+    write_file(output, text + "\n", private=True)
+    conversations = _plural(len(data["conversations"]), "conversation")
+    click.echo(f"wrote {conversations} of user {user_id!r} to {output}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""The ``convostore`` command for operators: ``stats``, ``show`` and ``sweep`` on both
-backends, their one-line errors, ``--help`` and ``--version``, and that ``import convostore``
-loads neither click nor rich.
+"""The ``convostore`` command for operators: ``stats``, ``show``, ``sweep``, ``erase-user``
+and ``export-user`` on both backends, their one-line errors, ``--help`` and ``--version``, and
+that ``import convostore`` loads neither click nor rich.
 
 Data is seeded through the API with a clock set to the real time minus a few hours, because
 the commands read the real clock: one session expired and not swept, one session id with an
@@ -33,6 +33,8 @@ DB_COMMANDS = {
     "show": ["show", "live-session"],
     "sweep": ["sweep"],
     "sweep --dry-run": ["sweep", "--dry-run"],
+    "erase-user": ["erase-user", "u-1", "--yes"],
+    "export-user": ["export-user", "u-1"],
 }
 """Every command that opens a database, with the arguments it needs."""
 
@@ -260,6 +262,70 @@ async def test_sweep_keeps_transcripts_by_default(
     rows = await sql("SELECT ended_at FROM conversations WHERE session_id = 'old-session'")
     assert len(rows) == 1
     assert rows[0][0] is not None
+
+
+async def _user_rows(sql: Sql) -> list[int]:
+    """Rows of user u-1 (whose sessions are all under ``live-session``) in every table."""
+    return [
+        (await sql(statement))[0][0]
+        for statement in (
+            "SELECT COUNT(*) FROM sessions WHERE user_id = 'u-1'",
+            "SELECT COUNT(*) FROM conversations WHERE user_id = 'u-1'",
+            "SELECT COUNT(*) FROM turns WHERE session_id = 'live-session'",
+            "SELECT COUNT(*) FROM turn_slots WHERE session_id = 'live-session'",
+        )
+    ]
+
+
+async def test_erase_user(url: str, make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> None:
+    """Answering no erases nothing; --yes erases every row of the user and prints the counts
+    per table; other users' rows stay."""
+    await _seed(make_repo, clock)
+    assert await _user_rows(sql) == [1, 2, 6, 3]
+    declined = await _invoke("erase-user", "u-1", "--url", url, input="n\n")
+    assert declined.exit_code == 1
+    assert declined.stdout == ""
+    assert declined.stderr.startswith("Erase every conversation of user 'u-1' on ")
+    assert declined.stderr.endswith("[y/N]: n\nconvostore: nothing was erased\n")
+    assert await _user_rows(sql) == [1, 2, 6, 3]
+
+    erased = _ok(await _invoke("erase-user", "u-1", "--url", url, input="y\n"))
+    assert f"erased user 'u-1' on {url}" in erased
+    for name, count in (("sessions", 1), ("conversations", 2), ("turns", 6), ("turn_slots", 3)):
+        assert re.search(rf"│ {name}\s+│\s+{count} │", erased), erased
+    assert await _user_rows(sql) == [0, 0, 0, 0]
+    assert (await sql("SELECT COUNT(*) FROM conversations")) == [(2,)]
+
+    again = _ok(await _invoke("erase-user", "u-1", "--yes", "--url", url))
+    assert re.search(r"│ turns\s+│\s+0 │", again)
+
+
+async def test_erase_user_bad_id_asks_nothing(url: str) -> None:
+    """A malformed user id is refused before the question."""
+    _fails(await _invoke("erase-user", "", "--url", url), "must not be empty")
+
+
+async def test_export_user(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path) -> None:
+    """The user's conversations as JSON on stdout, or in a file only its owner can read."""
+    await _seed(make_repo, clock)
+    data = json.loads(_ok(await _invoke("export-user", "u-1", "--url", url)))
+    assert data["user_id"] == "u-1"
+    assert [len(c["turns"]) for c in data["conversations"]] == [2, 4]
+    assert [c["live"] for c in data["conversations"]] == [False, True]
+
+    out = tmp_path / "u-1.json"
+    said = _ok(await _invoke("export-user", "u-1", "-o", str(out), "--url", url))
+    assert said == f"wrote 2 conversations of user 'u-1' to {out}\n"
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert written["conversations"] == data["conversations"]
+    assert out.stat().st_mode & 0o077 == 0
+
+    nobody = json.loads(_ok(await _invoke("export-user", "nobody", "--url", url)))
+    assert nobody["conversations"] == []
+    _fails(
+        await _invoke("export-user", "u-1", "-o", str(tmp_path / "no" / "f.json"), "--url", url),
+        "cannot write",
+    )
 
 
 @pytest.mark.parametrize("command", list(DB_COMMANDS))
