@@ -1,9 +1,10 @@
 """The ``convostore`` command, on click with rich tables: ``demo``, ``migrate``, and for the
-people who run convostore ``stats``, ``show``, ``sweep``, ``erase-user`` and ``export-user``.
+people who run convostore ``stats``, ``show``, ``sweep``, ``erase-user``, ``export-user`` and
+``report``.
 
-A thin layer over library functions (``admin``, ``migrate``, the repository): each command
-parses its options, calls the library and prints what comes back. Every command that opens a
-database takes ``--url``, else env ``CONVOSTORE_DATABASE_URL``, else the SQLite file
+A thin layer over library functions (``admin``, ``report``, ``migrate``, the repository): each
+command parses its options, calls the library and prints what comes back. Every command that
+opens a database takes ``--url``, else env ``CONVOSTORE_DATABASE_URL``, else the SQLite file
 ``convostore.db``. A user's mistake (a bad URL or id, a database without the schema, an
 unknown session) is one line on stderr and exit code 1; wrong arguments are click's usage
 error, exit code 2. A new command is one decorated function on ``cli``.
@@ -459,6 +460,38 @@ def export_user(user_id: str, url: str, output: Path | None) -> None:
     write_file(output, text + "\n", private=True)
     conversations = _plural(len(data["conversations"]), "conversation")
     click.echo(f"wrote {conversations} of user {user_id!r} to {output}")
+
+
+@cli.command()
+@url_option
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    metavar="FILE",
+    help="Where to write the HTML page.",
+)
+def report(url: str, out: Path) -> None:
+    """Write a usage report as one self-contained HTML page.
+
+    Charts of conversations and exchanges per day, top templates, the follow-up rate,
+    conversation lengths, top slot values and the load per hour, over live conversations
+    and retained transcripts. The page has no scripts and loads nothing from elsewhere:
+    open it in a browser, mail it or archive it.
+
+    \b
+    Example:
+      convostore report --out report.html --url postgresql+asyncpg://app@db/app
+    """
+    from . import report as usage
+
+    with Console(stderr=True).status("reading the figures"):
+        data = read(url, usage.collect)
+    write_file(out, usage.render(data, hide_password(url)))
+    days = len(data.per_day)
+    click.echo(f"wrote {out}: {_plural(days, 'day')} of exchanges, {data.questions:,} questions")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""The ``convostore`` command for operators: ``stats``, ``show``, ``sweep``, ``erase-user``
-and ``export-user`` on both backends, their one-line errors, ``--help`` and ``--version``, and
-that ``import convostore`` loads neither click nor rich.
+"""The ``convostore`` command for operators: ``stats``, ``show``, ``sweep``, ``erase-user``,
+``export-user`` and ``report`` on both backends, their one-line errors, ``--help`` and
+``--version``, and that ``import convostore`` loads neither click nor rich.
 
 Data is seeded through the API with a clock set to the real time minus a few hours, because
 the commands read the real clock: one session expired and not swept, one session id with an
@@ -16,14 +16,17 @@ import re
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner, Result
 from conftest import FakeClock, MakeRepo, Sql
 
+from convostore import report
+from convostore.admin import open_database
 from convostore.cli import cli
 
 BIN = Path(sys.executable).parent
@@ -35,6 +38,7 @@ DB_COMMANDS = {
     "sweep --dry-run": ["sweep", "--dry-run"],
     "erase-user": ["erase-user", "u-1", "--yes"],
     "export-user": ["export-user", "u-1"],
+    "report": ["report", "--out", "report.html"],
 }
 """Every command that opens a database, with the arguments it needs."""
 
@@ -328,6 +332,75 @@ async def test_export_user(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_
     )
 
 
+EXTERNAL = re.compile(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+
+
+async def test_report(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path) -> None:
+    """One well-formed page with an inline SVG per chart, the seeded figures, no scripts, no
+    external resources, and the database's text escaped."""
+    await _seed(make_repo, clock)
+    out = tmp_path / "report.html"
+    said = _ok(await _invoke("report", "--out", str(out), "--url", url))
+    assert said.startswith(f"wrote {out}: ")
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>\n")
+    root = ElementTree.fromstring(page.removeprefix("<!DOCTYPE html>\n"))
+    assert root.tag == "html"
+    svgs = root.findall(".//svg")
+    assert len(svgs) == 6
+    assert all(svg.get("viewBox") for svg in svgs)
+    assert "<script" not in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page
+    assert not EXTERNAL.search(page)
+    assert "@import" not in page
+    assert "url(" not in page
+    for heading in (
+        "Conversations and exchanges per day",
+        "Top templates",
+        "Top slot values",
+        "Follow-up rate",
+        "Conversation length",
+        "Load per hour of the day",
+    ):
+        assert f"<h2>{heading}</h2>" in page
+    assert "<b>4</b><span>conversations (2 live)</span>" in page
+    assert "1 of 5 questions were follow-ups" in page
+
+
+async def test_report_figures(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
+    """``report.collect`` counts the seeded data exactly, days and hours in UTC."""
+    earlier = await _seed(make_repo, clock)
+    async with open_database(url) as engine:
+        data = await report.collect(engine)
+    assert (data.conversations, data.live) == (4, 2)
+    assert (data.questions, data.follow_ups) == (5, 1)
+    assert data.templates == [("archives_in_place", 4, 3), (None, 1, 1)]
+    assert data.lengths == {1: 3, 2: 1}
+    assert data.slot_values[0] == ("place", "Utrecht", 2, 2)
+    assert sorted(data.slot_values[1:]) == [
+        ("place", "<script>x</script>", 1, 1),
+        ("place", "Enschede", 1, 1),
+        ("place", "Zwolle", 1, 1),
+    ]
+    then = datetime.fromtimestamp(earlier, timezone.utc)
+    recent = datetime.fromtimestamp(clock.now, timezone.utc)
+    assert sum(data.per_hour) == 5
+    assert data.per_hour[then.hour] >= 2
+    assert data.per_hour[recent.hour] >= 3
+    assert data.per_day[0][0] == then.date()
+    assert data.per_day[-1][0] == recent.date()
+    assert sum(exchanges for _, exchanges, _ in data.per_day) == 5
+
+
+async def test_report_on_an_empty_database(url: str, tmp_path: Path) -> None:
+    """With nothing stored every chart says so, still one SVG each."""
+    out = tmp_path / "empty.html"
+    _ok(await _invoke("report", "-o", str(out), "--url", url))
+    page = out.read_text(encoding="utf-8")
+    assert page.count("<svg ") == 6
+    assert "No exchanges yet" in page
+
+
 @pytest.mark.parametrize("command", list(DB_COMMANDS))
 @pytest.mark.parametrize(
     ("bad_url", "says"),
@@ -395,10 +468,10 @@ def test_version() -> None:
 
 
 def test_import_loads_neither_click_nor_rich() -> None:
-    """`import convostore` (and the library module the commands read with) stay free of the
+    """`import convostore` (and the library modules the command prints) stay free of the
     command line's dependencies, in a fresh interpreter."""
     code = (
-        "import sys, convostore, convostore.admin; "
+        "import sys, convostore, convostore.admin, convostore.report; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'rich')))"
     )
     done = subprocess.run(
