@@ -306,7 +306,7 @@ def show(session_id: str, url: str, include_ended: bool, as_json: bool) -> None:
         if transcript.live:
             state = "live"
         elif transcript.ended_at is not None:
-            state = f"ended {_when(transcript.ended_at)}"
+            state = f"ended {_when(transcript.ended_at)} UTC"
         else:
             state = "expired, waiting for the sweep"
         owner = f"user {transcript.user_id}" if transcript.user_id else "no user"
@@ -321,7 +321,8 @@ def show(session_id: str, url: str, include_ended: bool, as_json: bool) -> None:
 
 
 def _turns_table(turns: Sequence[ConversationTurn]) -> Table:
-    """One row per turn; the time column shows the date only where it changes."""
+    """One row per turn, each slot a line; the time column shows the date only where it
+    changes. Long cells wrap, so a narrow terminal gets a taller table, never a cut one."""
     table = Table(
         Column("time", no_wrap=True),
         "role",
@@ -339,7 +340,7 @@ def _turns_table(turns: Sequence[ConversationTurn]) -> Table:
             time = stamp.strftime("%H:%M:%S")
         else:
             time, day = stamp.strftime("%Y-%m-%d\n%H:%M:%S"), stamp.date()
-        slots = ", ".join(f"{name}={value}" for name, value in turn.slots.items())
+        slots = "\n".join(f"{name}={value}" for name, value in turn.slots.items())
         table.add_row(
             time,
             turn.role,
@@ -491,7 +492,8 @@ def report(url: str, out: Path) -> None:
         data = read(url, usage.collect)
     write_file(out, usage.render(data, hide_password(url)))
     days = len(data.per_day)
-    click.echo(f"wrote {out}: {_plural(days, 'day')} of exchanges, {data.questions:,} questions")
+    questions = _plural(data.questions, "question")
+    click.echo(f"wrote {out}: {_plural(days, 'day')} of exchanges, {questions}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

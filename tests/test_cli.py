@@ -184,7 +184,7 @@ async def test_show(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
 
     everything = _ok(await _invoke("show", "live-session", "--all", "--url", url))
     assert "Archieven in Zwolle?" in everything
-    assert re.search(r"\(ended \d{4}-\d\d-\d\d \d\d:\d\d:\d\d, user u-1", everything)
+    assert re.search(r"\(ended \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, user u-1", everything)
 
     shown = json.loads(_ok(await _invoke("show", "live-session", "--all", "--json", "--url", url)))
     assert shown["session_id"] == "live-session"
