@@ -28,7 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import admin
 from .config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL, StoreConfig, resolve_database_url
+from .demo import run_demo
 from .errors import ConvostoreError
+from .migrate import current_revision_url, migrate_url
 from .models import ConversationTurn
 from .repository import SessionRepository
 from .urls import hide_password
@@ -119,6 +121,7 @@ def console() -> Console:
 
 
 def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout, non-ASCII text as it is."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
@@ -148,6 +151,7 @@ def _duration(seconds: float) -> str:
 
 
 def _when(moment: datetime | None) -> str:
+    """A UTC timestamp to the second, or nothing."""
     return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -184,8 +188,6 @@ def demo(url: str | None) -> None:
     Example:
       convostore demo
     """
-    from .demo import run_demo
-
     asyncio.run(run_demo(url))
 
 
@@ -210,8 +212,6 @@ def migrate(action: str | None, url: str, revision: str | None, allow_downgrade:
       convostore migrate check --url postgresql+asyncpg://app@db/app
       convostore migrate --revision 0001 --allow-downgrade --url sqlite+aiosqlite:///chat.db
     """
-    from .migrate import current_revision_url, migrate_url
-
     if action is not None and (revision or allow_downgrade):
         raise click.UsageError(f"migrate {action} takes no --revision or --allow-downgrade")
     if action is None:
