@@ -1,83 +1,514 @@
-"""The ``convostore`` command: ``demo`` and ``migrate``. A thin layer over library functions:
-it parses arguments, prints, and sets the exit code.
+"""The ``convostore`` command, on click with rich tables: ``demo``, ``migrate``, and for the
+people who run convostore ``stats``, ``show``, ``sweep``, ``erase-user``, ``export-user`` and
+``report``.
 
-``convostore migrate [--revision R] [--allow-downgrade]`` moves the schema and prints the
-revision read back afterwards; ``convostore migrate current`` prints the revision;
-``convostore migrate check`` exits 1 unless the schema is at head. Errors are one line on stderr
-and exit code 1."""
+A thin layer over library functions (``admin``, ``report``, ``migrate``, the repository): each
+command parses its options, calls the library and prints what comes back. Every command that
+opens a database takes ``--url``, else env ``CONVOSTORE_DATABASE_URL``, else the SQLite file
+``convostore.db``. A user's mistake (a bad URL or id, a database without the schema, an
+unknown session) is one line on stderr and exit code 1; wrong arguments are click's usage
+error, exit code 2. A new command is one decorated function on ``cli``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
-from .config import DATABASE_URL_ENV, resolve_database_url
+import click
+from rich.console import Console
+from rich.table import Column, Table
+from rich.text import Text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import admin
+from .config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL, StoreConfig, resolve_database_url
+from .demo import run_demo
 from .errors import ConvostoreError
+from .migrate import current_revision_url, migrate_url
+from .models import ConversationTurn
+from .repository import SessionRepository
 from .urls import hide_password
+from .validation import check_user_id
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="convostore", description="Conversation state in SQL: demo and migrations."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="run a short multi-turn conversation on a new SQLite file"
-    )
-    demo.add_argument("--url", help="database URL to use instead of a new SQLite file")
-    migrate = commands.add_parser("migrate", help="bring a database's schema to the newest version")
-    migrate.add_argument(
+class Failure(click.ClickException):
+    """A user's mistake, or a database the command cannot use: ``convostore: <message>`` as
+    one line on stderr, exit code 1."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        message = " ".join(self.format_message().splitlines())
+        click.echo(f"convostore: {message}", file=file, err=True)
+
+
+class _Commands(click.Group):
+    """A group whose commands' ``ConvostoreError`` becomes a one-line ``Failure``, never a
+    traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConvostoreError as exc:
+            raise Failure(str(exc)) from None
+
+
+def url_option(command: F) -> F:
+    """``--url``, resolved as everywhere in convostore: the option, else env
+    ``CONVOSTORE_DATABASE_URL``, else the SQLite file ``convostore.db``."""
+    return click.option(
         "--url",
-        help=f"database URL (default: env {DATABASE_URL_ENV}, else sqlite+aiosqlite:///convostore.db)",
+        metavar="URL",
+        callback=lambda _ctx, _param, value: resolve_database_url(value),
+        help=f"Database URL (default: env {DATABASE_URL_ENV}, else {DEFAULT_DATABASE_URL}).",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    """``--json``: print JSON for scripts instead of tables."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
+    )(command)
+
+
+def read(url: str, query: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run ``query`` on the migrated database at ``url`` (``admin.open_database``)."""
+
+    async def run() -> T:
+        async with admin.open_database(url) as engine:
+            return await query(engine)
+
+    return asyncio.run(run())
+
+
+def with_repository(config: StoreConfig, call: Callable[[SessionRepository], Awaitable[T]]) -> T:
+    """Run ``call`` on a repository started for this one command (see
+    ``admin.command_config``), stopped afterwards."""
+
+    async def run() -> T:
+        async with SessionRepository(config) as repo:
+            return await call(repo)
+
+    return asyncio.run(run())
+
+
+def write_file(path: Path, text: str, *, private: bool = False) -> None:
+    """Write ``text`` to ``path``; ``private``: readable by its owner only (new files). A path
+    that cannot be written is a one-line error."""
+    try:
+        if private:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(descriptor, "w", encoding="utf-8") as file:
+                file.write(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def console() -> Console:
+    """Rich output on stdout; no syntax highlighting, as the text is data."""
+    return Console(highlight=False)
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout, non-ASCII text as it is."""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _bytes(size: int) -> str:
+    """``size`` bytes for people: 152.0 KiB."""
+    if size < 1024:
+        return f"{size} B"
+    amount, unit = size / 1024, "KiB"
+    for larger in ("MiB", "GiB"):
+        if amount < 1024:
+            break
+        amount, unit = amount / 1024, larger
+    return f"{amount:.1f} {unit}"
+
+
+def _plural(number: int, noun: str) -> str:
+    """``3 sessions``, ``1 session``."""
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
+
+
+def _duration(seconds: float) -> str:
+    """``30 days``, ``1 hour``, ``90 seconds``."""
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            return _plural(int(seconds // size), unit)
+    return f"{seconds:g} seconds"
+
+
+def _when(moment: datetime | None) -> str:
+    """A UTC timestamp to the second, or nothing."""
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group("convostore", cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="convostore", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Conversation state in SQL: the demo, migrations, and tools for operators.
+
+    Every command that opens a database takes --url, else env CONVOSTORE_DATABASE_URL, else
+    the SQLite file convostore.db in the working directory.
+
+    \b
+    Example:
+      convostore migrate --url postgresql+asyncpg://app@db/app
+    """
+
+
+@cli.command()
+@click.option(
+    "--url",
+    metavar="URL",
+    help="Database URL to run it on instead of a new SQLite file (it stores a conversation).",
+)
+def demo(url: str | None) -> None:
+    """Run a short conversation that survives a restart.
+
+    It stores a question, opens a fresh repository on the same database (as a restarted
+    worker would), resolves the follow-up "En in Enschede?" from the stored turns, and prints
+    the transcript and an analytics query. It runs on a new SQLite file in a temporary folder
+    unless --url names a database; env CONVOSTORE_DATABASE_URL is not read, so the demo never
+    writes into your database by accident.
+
+    \b
+    Example:
+      convostore demo
+    """
+    asyncio.run(run_demo(url))
+
+
+@cli.command()
+@click.argument("action", required=False, type=click.Choice(["current", "check"]))
+@url_option
+@click.option("--revision", metavar="R", help="Target revision (default: head).")
+@click.option(
+    "--allow-downgrade",
+    is_flag=True,
+    help="Let --revision name a revision below the database's (drops tables and data).",
+)
+def migrate(action: str | None, url: str, revision: str | None, allow_downgrade: bool) -> None:
+    """Bring the database's schema to the newest version (or to --revision).
+
+    Prints the revision read back from the database afterwards. ACTION "current" only prints
+    the database's revision; "check" exits 1 unless this convostore can start on it.
+
+    \b
+    Examples:
+      convostore migrate --url postgresql+asyncpg://app@db/app
+      convostore migrate check --url postgresql+asyncpg://app@db/app
+      convostore migrate --revision 0001 --allow-downgrade --url sqlite+aiosqlite:///chat.db
+    """
+    if action is not None and (revision or allow_downgrade):
+        raise click.UsageError(f"migrate {action} takes no --revision or --allow-downgrade")
+    if action is None:
+        target = revision or "head"
+        now = asyncio.run(migrate_url(url, target, allow_downgrade=allow_downgrade))
+    else:
+        now = asyncio.run(current_revision_url(url, require_head=action == "check"))
+    shown = now if now.startswith("no ") else f"convostore schema at {now}"
+    click.echo(f"{shown} on {hide_password(url)}")
+
+
+@cli.command()
+@url_option
+@json_option
+def stats(url: str, as_json: bool) -> None:
+    """How much the database holds.
+
+    Live sessions, expired sessions waiting for the sweep, ended conversations whose
+    transcripts are kept, turns, conversations per language, questions per template, and
+    the database's size as the backend reports it.
+
+    \b
+    Examples:
+      convostore stats --url postgresql+asyncpg://app@db/app
+      convostore stats --json
+    """
+    numbers = read(url, admin.stats)
+    if as_json:
+        print_json({"database": hide_password(url), **numbers.as_json()})
+        return
+    size = "size unknown" if numbers.database_bytes is None else _bytes(numbers.database_bytes)
+    out = console()
+    out.print(Text(f"{hide_password(url)} ({numbers.backend}, {size})"))
+    totals = Table(
+        "", Column("count", justify="right"), title="Sessions and turns", title_justify="left"
     )
-    migrate.add_argument(
-        "action",
-        nargs="?",
-        choices=("current", "check"),
-        help="current: print the database's revision; check: exit 1 unless it is at head",
+    totals.add_row("live sessions", f"{numbers.live_sessions:,}")
+    totals.add_row("expired sessions waiting for the sweep", f"{numbers.expired_sessions:,}")
+    totals.add_row("ended conversations (transcripts kept)", f"{numbers.ended_conversations:,}")
+    totals.add_row("turns", f"{numbers.turns:,}")
+    out.print(totals)
+    for title, header, counts in (
+        ("Conversations per language", ("language", "conversations"), numbers.languages),
+        ("Questions per template", ("template", "questions"), numbers.templates),
+    ):
+        name_header, count_header = header
+        table = Table(
+            name_header, Column(count_header, justify="right"), title=title, title_justify="left"
+        )
+        for name, count in counts:
+            table.add_row(Text("(none)" if name is None else name), f"{count:,}")
+        out.print(table)
+
+
+@cli.command()
+@click.argument("session_id")
+@url_option
+@click.option(
+    "--all",
+    "include_ended",
+    is_flag=True,
+    help="Also show the ended conversations kept under this id (oldest first).",
+)
+@json_option
+def show(session_id: str, url: str, include_ended: bool, as_json: bool) -> None:
+    """Print a session's conversation as a transcript.
+
+    One row per turn: time (UTC), role, content, resolved question, template and slots.
+    Reading it does not keep the session alive. A session id with no live conversation
+    (with --all: no conversation at all) is an error, exit code 1.
+
+    \b
+    Examples:
+      convostore show 3q2T1xvJ0rNW --url postgresql+asyncpg://app@db/app
+      convostore show 3q2T1xvJ0rNW --all --json
+    """
+    found = read(
+        url,
+        lambda engine: admin.transcripts(engine, session_id, include_ended=include_ended),
     )
-    migrate.add_argument("--revision", help="target revision (default: head)")
-    migrate.add_argument(
-        "--allow-downgrade",
-        action="store_true",
-        help="let --revision name a revision below the database's (drops tables and data)",
+    if not found:
+        raise Failure(
+            f"no conversation under session id {session_id!r}"
+            if include_ended
+            else f"no live session {session_id!r} (--all shows ended conversations too)"
+        )
+    if as_json:
+        print_json({"session_id": session_id, "conversations": [t.as_json() for t in found]})
+        return
+    out = console()
+    for transcript in found:
+        if transcript.live:
+            state = "live"
+        elif transcript.ended_at is not None:
+            state = f"ended {_when(transcript.ended_at)} UTC"
+        else:
+            state = "expired, waiting for the sweep"
+        owner = f"user {transcript.user_id}" if transcript.user_id else "no user"
+        out.print(
+            Text(
+                f"session {transcript.session_id}, conversation {transcript.conversation_id} "
+                f"({state}, {owner}, language {transcript.language}, "
+                f"started {_when(transcript.started_at)} UTC)"
+            )
+        )
+        out.print(_turns_table(transcript.turns))
+
+
+def _turns_table(turns: Sequence[ConversationTurn]) -> Table:
+    """One row per turn, each slot a line; the time column shows the date only where it
+    changes. Long cells wrap, so a narrow terminal gets a taller table, never a cut one."""
+    table = Table(
+        Column("time", no_wrap=True),
+        "role",
+        *(
+            Column(header, overflow="fold")
+            for header in ("content", "resolved question", "template", "slots")
+        ),
     )
-    return parser
+    day = None
+    for turn in turns:
+        stamp = turn.created_at
+        if stamp is None:
+            time = ""
+        elif stamp.date() == day:
+            time = stamp.strftime("%H:%M:%S")
+        else:
+            time, day = stamp.strftime("%Y-%m-%d\n%H:%M:%S"), stamp.date()
+        slots = "\n".join(f"{name}={value}" for name, value in turn.slots.items())
+        table.add_row(
+            time,
+            turn.role,
+            Text(turn.content),
+            Text(turn.resolved_question or ""),
+            Text(turn.template_id or ""),
+            Text(slots),
+        )
+    return table
+
+
+_RETENTION = float(StoreConfig.model_fields["transcript_retention"].default)
+
+
+@cli.command()
+@url_option
+@click.option(
+    "--retention",
+    type=click.FloatRange(min=0),
+    default=_RETENTION,
+    metavar="SECONDS",
+    help=(
+        "Transcript retention: ended conversations whose last activity is older go. Give "
+        f"the transcript_retention your workers use (default: {_RETENTION:.0f}, "
+        f"{_duration(_RETENTION)})."
+    ),
+)
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+def sweep(url: str, retention: float, dry_run: bool) -> None:
+    """Run the expiry sweep now.
+
+    Deletes the expired sessions (their conversations end and are kept as transcripts),
+    then the transcripts older than the retention, in short batches, as the workers'
+    background sweep does. --dry-run counts both without deleting.
+
+    \b
+    Examples:
+      convostore sweep --url postgresql+asyncpg://app@db/app
+      convostore sweep --dry-run --retention 604800
+    """
+    on = f"on {hide_password(url)} (retention {_duration(retention)})"
+    if dry_run:
+        ending, deleting = read(
+            url, lambda engine: admin.sweep_preview(engine, retention=retention)
+        )
+        click.echo(
+            f"would end {_plural(ending, 'expired session')} and delete "
+            f"{_plural(deleting, 'transcript')} {on}; dry run, nothing was deleted"
+        )
+        return
+
+    async def run_sweep(repo: SessionRepository) -> dict[str, int]:
+        await repo.sweep_expired()
+        return await repo.get_stats()
+
+    counts = with_repository(admin.command_config(url, transcript_retention=retention), run_sweep)
+    click.echo(
+        f"ended {_plural(counts['sessions_expired'], 'expired session')} and deleted "
+        f"{_plural(counts['transcripts_deleted'], 'transcript')} {on}"
+    )
+
+
+@cli.command("erase-user")
+@click.argument("user_id")
+@url_option
+@click.option("--yes", "-y", is_flag=True, help="Erase without asking first.")
+def erase_user(user_id: str, url: str, yes: bool) -> None:
+    """Delete every row of a user (right to erasure).
+
+    Live sessions, retained transcripts, their turns and slots, in batches; prints the rows
+    deleted per table. Asks first unless --yes. Block the user before, so that no new
+    session of theirs starts while it runs.
+
+    \b
+    Example:
+      convostore erase-user u-17 --yes --url postgresql+asyncpg://app@db/app
+    """
+    uid = check_user_id(user_id)
+    config = admin.command_config(url)
+    question = f"Erase every conversation of user {uid!r} on {hide_password(url)} for good?"
+    if not yes and not click.confirm(question, err=True):
+        raise Failure("nothing was erased")
+    counts = with_repository(config, lambda repo: repo.erase_user(uid))
+    out = console()
+    out.print(Text(f"erased user {uid!r} on {hide_password(url)}"))
+    table = Table("table", Column("rows deleted", justify="right"))
+    for name, count in counts.items():
+        table.add_row(name, f"{count:,}")
+    out.print(table)
+
+
+@cli.command("export-user")
+@click.argument("user_id")
+@url_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the JSON to FILE (readable by you only) instead of stdout.",
+)
+def export_user(user_id: str, url: str, output: Path | None) -> None:
+    """Print everything stored about a user as JSON (right of access).
+
+    Every conversation of the user, live and retained, with turns, slots, results and
+    timestamps. A user with no data gets an empty list of conversations.
+
+    \b
+    Examples:
+      convostore export-user u-17 --url postgresql+asyncpg://app@db/app
+      convostore export-user u-17 -o u-17.json
+    """
+    data = with_repository(admin.command_config(url), lambda repo: repo.export_user(user_id))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if output is None:
+        click.echo(text)
+        return
+    write_file(output, text + "\n", private=True)
+    conversations = _plural(len(data["conversations"]), "conversation")
+    click.echo(f"wrote {conversations} of user {user_id!r} to {output}")
+
+
+@cli.command()
+@url_option
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    metavar="FILE",
+    help="Where to write the HTML page.",
+)
+def report(url: str, out: Path) -> None:
+    """Write a usage report as one self-contained HTML page.
+
+    Charts of conversations and exchanges per day, top templates, the follow-up rate,
+    conversation lengths, top slot values and the load per hour, over live conversations
+    and retained transcripts. The page has no scripts and loads nothing from elsewhere:
+    open it in a browser, mail it or archive it.
+
+    \b
+    Example:
+      convostore report --out report.html --url postgresql+asyncpg://app@db/app
+    """
+    from . import report as usage
+
+    with Console(stderr=True).status("reading the figures"):
+        data = read(url, usage.collect)
+    write_file(out, usage.render(data, hide_password(url)))
+    days = len(data.per_day)
+    questions = _plural(data.questions, "question")
+    click.echo(f"wrote {out}: {_plural(days, 'day')} of exchanges, {questions}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "migrate" and args.action and (args.revision or args.allow_downgrade):
-        parser.error(f"migrate {args.action} takes no --revision or --allow-downgrade")
+    """Run the command line; returns the exit code: 0, or 1 after a one-line error. A usage
+    error prints click's message and raises ``SystemExit(2)``, as argparse did."""
+    args = None if argv is None else list(argv)
     try:
-        if args.command == "demo":
-            from .demo import run_demo
-
-            asyncio.run(run_demo(args.url))
-        else:
-            _migrate(args)
-    except ConvostoreError as exc:
-        print(f"convostore: {exc}", file=sys.stderr)
+        code = cli.main(args=args, prog_name="convostore", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("convostore: aborted", err=True)
         return 1
-    return 0
-
-
-def _migrate(args: argparse.Namespace) -> None:
-    """Run ``convostore migrate``: every action prints the revision read back from the
-    database, never the one asked for."""
-    from .migrate import current_revision_url, migrate_url
-
-    url = resolve_database_url(args.url)
-    if args.action is None:
-        revision = args.revision or "head"
-        now = asyncio.run(migrate_url(url, revision, allow_downgrade=args.allow_downgrade))
-    else:
-        now = asyncio.run(current_revision_url(url, require_head=args.action == "check"))
-    shown = now if now.startswith("no ") else f"convostore schema at {now}"
-    print(f"{shown} on {hide_password(url)}")
+    return code if isinstance(code, int) else 0

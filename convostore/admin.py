@@ -1,0 +1,367 @@
+"""What the people who run convostore ask of a database, as library functions: how much it
+holds (``stats``), one session's transcripts (``transcripts``) and what a sweep would delete
+(``sweep_preview``), read with SQLAlchemy Core. The ``convostore`` command prints them.
+
+These only read. ``open_database`` and ``command_config`` never migrate: a database without
+the newest schema raises ``SchemaNotReady``, and a SQLite URL that names no file raises
+``ConfigError`` instead of leaving an empty database behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import BindParameter, and_, bindparam, func, or_, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .config import StoreConfig
+from .engine import check_database, create_engine
+from .errors import ConfigError, translate_errors
+from .migrate import check_schema
+from .models import ConversationTurn
+from .schema import UTCDateTime, conversations, sessions, turn_slots, turns
+from .urls import hide_password
+from .validation import check_session_id
+
+__all__ = [
+    "StoreStats",
+    "Transcript",
+    "command_config",
+    "open_database",
+    "snapshot",
+    "stats",
+    "sweep_preview",
+    "transcripts",
+]
+
+_s, _c, _t, _slot = sessions.c, conversations.c, turns.c, turn_slots.c
+_now = bindparam("now", type_=UTCDateTime())
+_session_row = conversations.outerjoin(
+    sessions, and_(_s.session_id == _c.session_id, _s.conversation_id == _c.conversation_id)
+)
+"""Each conversation with its session row, if the session has not ended."""
+
+
+def command_config(url: str, *, transcript_retention: float | None = None) -> StoreConfig:
+    """Settings for a repository that one command starts and stops: it never migrates, sweeps
+    in the background or listens for other workers' writes. Raises ``ConfigError`` for a URL
+    convostore cannot use and for a SQLite file that does not exist."""
+    options: dict[str, Any] = {}
+    if transcript_retention is not None:
+        options["transcript_retention"] = transcript_retention
+    config = StoreConfig(
+        database_url=url,
+        auto_migrate=False,
+        cleanup_interval=0,
+        refresh_delay=0,
+        cache_coherence="local",
+        **options,
+    )
+    check_database(config, None)
+    parsed = make_url(url)
+    path = parsed.database
+    sqlite_file = parsed.get_backend_name() == "sqlite" and not parsed.query.get("uri")
+    if sqlite_file and path not in (None, "", ":memory:") and not Path(str(path)).is_file():
+        raise ConfigError(
+            f"database_url {hide_password(url)!r} names no SQLite file ({path} does not "
+            "exist): check the path, or create the database with `convostore migrate`"
+        )
+    return config
+
+
+@asynccontextmanager
+async def open_database(url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the convostore database at ``url``, disposed afterwards.
+
+    Raises:
+        ConfigError: a URL convostore cannot use, or a SQLite file that does not exist.
+        SchemaNotReady: the database lacks the newest migration.
+        StoreError: the database cannot be reached.
+    """
+    engine = create_engine(command_config(url))
+    try:
+        await check_schema(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read-only transaction whose statements all see the same data: REPEATABLE READ on
+    PostgreSQL; on SQLite an explicit BEGIN, as sqlite3 begins no transaction before a read
+    (and in WAL mode a read transaction is a snapshot)."""
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = await conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        async with conn.begin():
+            if conn.dialect.name == "sqlite":
+                await conn.exec_driver_sql("BEGIN")
+            yield conn
+
+
+def _utc_now(now: datetime | None) -> datetime:
+    return datetime.now(timezone.utc) if now is None else now
+
+
+def _ranked(rows: Any) -> list[tuple[str | None, int]]:
+    """(name, count) rows, most first, then by name (None last), the same on every backend."""
+    pairs = [(name, int(count)) for name, count in rows]
+    return sorted(pairs, key=lambda pair: (-pair[1], pair[0] is None, pair[0] or ""))
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """How much a convostore database holds, at one moment."""
+
+    backend: str
+    """``sqlite`` or ``postgresql``."""
+    live_sessions: int
+    """Sessions a ``get`` returns: their session row has not expired."""
+    expired_sessions: int
+    """Sessions past their expiry whose rows wait for the sweep (reads see them as gone)."""
+    ended_conversations: int
+    """Retained transcripts: conversations whose session ended (``ended_at`` set)."""
+    turns: int
+    """Turns stored, live and retained (two per exchange)."""
+    languages: list[tuple[str | None, int]]
+    """Conversations per language, live and retained, most first."""
+    templates: list[tuple[str | None, int]]
+    """Questions per template (None: no template), live and retained, most first."""
+    database_bytes: int | None
+    """The database's size as the backend reports it, or None where it does not."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures as data ``json.dumps`` takes as is."""
+        return {
+            "backend": self.backend,
+            "live_sessions": self.live_sessions,
+            "expired_sessions": self.expired_sessions,
+            "ended_conversations": self.ended_conversations,
+            "turns": self.turns,
+            "languages": [
+                {"language": language, "conversations": count} for language, count in self.languages
+            ],
+            "templates": [
+                {"template_id": template, "questions": count} for template, count in self.templates
+            ],
+            "database_bytes": self.database_bytes,
+        }
+
+
+def _count(table: Any, *where: Any) -> Any:
+    return select(func.count()).select_from(table).where(*where).scalar_subquery()
+
+
+_totals = select(
+    _count(sessions, _s.expires_at > _now),
+    _count(sessions, _s.expires_at <= _now),
+    _count(conversations, _c.ended_at.is_not(None)),
+    _count(turns),
+)
+_language = func.coalesce(_s.language, _c.language)
+_per_language = select(_language, func.count()).select_from(_session_row).group_by(_language)
+_per_template = (
+    select(_t.template_id, func.count()).where(_t.role == "user").group_by(_t.template_id)
+)
+
+
+async def _database_bytes(conn: AsyncConnection) -> int | None:
+    """The database's size: ``pg_database_size`` on PostgreSQL, pages times page size on
+    SQLite."""
+    if conn.dialect.name == "postgresql":
+        size = await conn.scalar(select(func.pg_database_size(func.current_database())))
+        return None if size is None else int(size)
+    page_count = (await conn.exec_driver_sql("PRAGMA page_count")).scalar()
+    page_size = (await conn.exec_driver_sql("PRAGMA page_size")).scalar()
+    if page_count is None or page_size is None:
+        return None
+    return int(page_count) * int(page_size)
+
+
+async def stats(engine: AsyncEngine, now: datetime | None = None) -> StoreStats:
+    """Count sessions (live, and expired waiting for the sweep), retained conversations and
+    turns, conversations per language and questions per template, as of ``now`` (default: the
+    current time), and read the database's size; all in one snapshot."""
+    params = {"now": _utc_now(now)}
+    with translate_errors("reading the statistics"):
+        async with snapshot(engine) as conn:
+            live, expired, ended, turn_count = (await conn.execute(_totals, params)).one()
+            languages = _ranked(await conn.execute(_per_language))
+            templates = _ranked(await conn.execute(_per_template))
+            size = await _database_bytes(conn)
+    return StoreStats(
+        backend=engine.dialect.name,
+        live_sessions=int(live),
+        expired_sessions=int(expired),
+        ended_conversations=int(ended),
+        turns=int(turn_count),
+        languages=languages,
+        templates=templates,
+        database_bytes=size,
+    )
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One conversation under a session id, with its turns in order."""
+
+    session_id: str
+    conversation_id: int
+    user_id: str | None
+    language: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    """When its session ended (its last activity); None while the session row exists."""
+    live: bool
+    """Whether ``get(session_id)`` returns it: its session row exists and has not expired."""
+    turns: list[ConversationTurn]
+
+    def as_json(self) -> dict[str, Any]:
+        """The transcript as data ``json.dumps`` takes as is (timestamps in ISO 8601)."""
+        return {
+            "session_id": self.session_id,
+            "conversation_id": self.conversation_id,
+            "user_id": self.user_id,
+            "language": self.language,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": None if self.ended_at is None else self.ended_at.isoformat(),
+            "live": self.live,
+            "turns": [
+                {
+                    "role": turn.role,
+                    "content": turn.content,
+                    "resolved_question": turn.resolved_question,
+                    "template_id": turn.template_id,
+                    "slots": turn.slots,
+                    "results": turn.results,
+                    "created_at": None if turn.created_at is None else turn.created_at.isoformat(),
+                }
+                for turn in self.turns
+            ],
+        }
+
+
+_sid = bindparam("sid", type_=_c.session_id.type)
+_cids: BindParameter[Any] = bindparam("cids", expanding=True)
+_heads = (
+    select(
+        _c.conversation_id,
+        _c.user_id,
+        _language,
+        _c.started_at,
+        _c.ended_at,
+        _s.expires_at,
+    )
+    .select_from(_session_row)
+    .where(_c.session_id == _sid)
+    .order_by(_c.conversation_id)
+)
+_turn_rows = (
+    select(
+        _t.conversation_id,
+        _t.seq,
+        _t.role,
+        _t.content,
+        _t.resolved_question,
+        _t.template_id,
+        _t.results,
+        _t.created_at,
+    )
+    .where(_t.session_id == _sid, _t.conversation_id.in_(_cids))
+    .order_by(_t.conversation_id, _t.seq)
+)
+_slot_rows = select(_slot.conversation_id, _slot.seq, _slot.name, _slot.value).where(
+    _slot.session_id == _sid, _slot.conversation_id.in_(_cids)
+)
+
+
+async def transcripts(
+    engine: AsyncEngine,
+    session_id: str,
+    *,
+    include_ended: bool = False,
+    now: datetime | None = None,
+) -> list[Transcript]:
+    """The live conversation of ``session_id`` as of ``now``, and with ``include_ended`` the
+    ended ones kept under that id too, oldest first; an empty list when there is none.
+
+    Read in SQL without the repository, so looking at a session does not keep it alive.
+
+    Raises:
+        InvalidSessionId: a bad session id, before any SQL.
+    """
+    sid = check_session_id(session_id)
+    when = _utc_now(now)
+    with translate_errors("reading a transcript"):
+        async with snapshot(engine) as conn:
+            heads = [
+                (cid, user, language, started, ended, expires is not None and expires > when)
+                for cid, user, language, started, ended, expires in await conn.execute(
+                    _heads, {"sid": sid}
+                )
+            ]
+            if not include_ended:
+                heads = [head for head in heads if head[5]]
+            if not heads:
+                return []
+            params = {"sid": sid, "cids": [head[0] for head in heads]}
+            turn_rows = (await conn.execute(_turn_rows, params)).all()
+            slot_rows = (await conn.execute(_slot_rows, params)).all()
+    slots: dict[tuple[int, int], dict[str, str]] = {}
+    for cid, seq, name, value in slot_rows:
+        slots.setdefault((cid, seq), {})[name] = value
+    turns_of: dict[int, list[ConversationTurn]] = {}
+    for cid, seq, role, content, resolved, template, results, created in turn_rows:
+        turns_of.setdefault(cid, []).append(
+            ConversationTurn(
+                role=role,
+                content=content,
+                resolved_question=resolved,
+                template_id=template,
+                slots=slots.get((cid, seq), {}),
+                results=results,
+                created_at=created,
+            )
+        )
+    return [
+        Transcript(sid, cid, user, language, started, ended, live, turns_of.get(cid, []))
+        for cid, user, language, started, ended, live in heads
+    ]
+
+
+_cutoff = bindparam("cutoff", type_=UTCDateTime())
+_would_sweep = select(
+    _count(sessions, _s.expires_at <= _now),
+    _count(
+        _session_row,
+        or_(
+            _c.ended_at <= _cutoff,
+            and_(_s.expires_at <= _now, _s.last_accessed <= _cutoff),
+        ),
+    ),
+)
+"""What ``sweep_expired`` at ``now`` would delete: the expired sessions (the first pass of
+``statements.sweep``), and the conversations ended by ``cutoff`` (``sweep_transcripts``),
+counting those the first pass ends, which the trigger dates at their ``last_accessed``."""
+
+
+async def sweep_preview(
+    engine: AsyncEngine, *, retention: float, now: datetime | None = None
+) -> tuple[int, int]:
+    """How many sessions and transcripts a sweep at ``now`` with ``transcript_retention``
+    ``retention`` would delete, counted without deleting anything."""
+    when = _utc_now(now)
+    params = {"now": when, "cutoff": when - timedelta(seconds=retention)}
+    with translate_errors("counting what a sweep would delete"):
+        async with snapshot(engine) as conn:
+            expired, transcripts_gone = (await conn.execute(_would_sweep, params)).one()
+    return int(expired), int(transcripts_gone)

@@ -1,0 +1,494 @@
+"""The ``convostore`` command for operators: ``stats``, ``show``, ``sweep``, ``erase-user``,
+``export-user`` and ``report`` on both backends, their one-line errors, ``--help`` and
+``--version``, and that ``import convostore`` loads neither click nor rich.
+
+Data is seeded through the API with a clock set to the real time minus a few hours, because
+the commands read the real clock: one session expired and not swept, one session id with an
+ended conversation and a live one, and one more live session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import FakeClock, MakeRepo, Sql
+
+from convostore import report
+from convostore.admin import open_database
+from convostore.cli import cli
+
+BIN = Path(sys.executable).parent
+HOUR = 3600.0
+DB_COMMANDS = {
+    "stats": ["stats"],
+    "show": ["show", "live-session"],
+    "sweep": ["sweep"],
+    "sweep --dry-run": ["sweep", "--dry-run"],
+    "erase-user": ["erase-user", "u-1", "--yes"],
+    "export-user": ["export-user", "u-1"],
+    "report": ["report", "--out", "report.html"],
+}
+"""Every command that opens a database, with the arguments it needs."""
+
+
+async def _invoke(*args: str, input: str | None = None) -> Result:
+    """Run the command line in-process (click's runner) in a thread: each command runs its
+    own event loop. The URL never comes from the environment, and tables are 200 columns
+    wide, so that no cell wraps."""
+    env = {"CONVOSTORE_DATABASE_URL": None, "COLUMNS": "200"}
+    return await asyncio.to_thread(CliRunner().invoke, cli, list(args), input=input, env=env)
+
+
+def _ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def _fails(result: Result, says: str) -> str:
+    """The command failed as a user's mistake should: exit 1, nothing on stdout, one line on
+    stderr naming the problem, no traceback."""
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == ""
+    assert result.stderr.startswith("convostore: ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.output
+    return result.stderr
+
+
+async def _seed(make_repo: MakeRepo, clock: FakeClock) -> float:
+    """The data the tests count (times relative to the real clock, which the commands read):
+
+    - ``old-session``: one exchange three hours ago, expired, not swept;
+    - ``live-session`` of user ``u-1``: a conversation three hours ago, then deleted (its
+      transcript is kept), and a new live one a minute ago: two exchanges, the second a
+      follow-up, language ``en``;
+    - ``other-session``: one exchange a minute ago, no template, a slot value with markup.
+
+    Returns the time the old ones were written (epoch seconds)."""
+    earlier = time.time() - 3 * HOUR
+    repo = await make_repo()
+    clock.now = earlier
+    await repo.add_turn(
+        "old-session",
+        "Welke archieven zijn er in Utrecht?",
+        "Twaalf.",
+        template_id="archives_in_place",
+        slots={"place": "Utrecht"},
+    )
+    await repo.add_turn(
+        "live-session",
+        "Archieven in Zwolle?",
+        "Vier.",
+        template_id="archives_in_place",
+        slots={"place": "Zwolle"},
+        user_id="u-1",
+    )
+    assert await repo.delete("live-session")
+    clock.now = time.time() - 60
+    await repo.add_turn(
+        "live-session",
+        "Welke archieven zijn er in Utrecht?",
+        "Twaalf.",
+        template_id="archives_in_place",
+        slots={"place": "Utrecht"},
+        user_id="u-1",
+    )
+    state = await repo.add_turn(
+        "live-session",
+        "En in Enschede?",
+        "Drie.",
+        resolved_question="Welke archieven zijn er in Enschede?",
+        template_id="archives_in_place",
+        slots={"place": "Enschede"},
+        user_id="u-1",
+    )
+    state.language = "en"
+    await repo.update("live-session", state)
+    await repo.add_turn("other-session", "Hallo", "Hoi", slots={"place": "<script>x</script>"})
+    return earlier
+
+
+async def test_stats(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
+    """The figures, exactly, as JSON; the table shows the same; env CONVOSTORE_DATABASE_URL
+    stands in for --url."""
+    await _seed(make_repo, clock)
+    figures = json.loads(_ok(await _invoke("stats", "--json", "--url", url)))
+    size = figures.pop("database_bytes")
+    assert isinstance(size, int)
+    assert size > 0
+    assert figures == {
+        "database": url,
+        "backend": "postgresql" if url.startswith("postgresql") else "sqlite",
+        "live_sessions": 2,
+        "expired_sessions": 1,
+        "ended_conversations": 1,
+        "turns": 10,
+        "languages": [
+            {"language": "nl", "conversations": 3},
+            {"language": "en", "conversations": 1},
+        ],
+        "templates": [
+            {"template_id": "archives_in_place", "questions": 4},
+            {"template_id": None, "questions": 1},
+        ],
+    }
+    table = _ok(await _invoke("stats", "--url", url))
+    for line in (
+        r"live sessions\s+│\s+2 │",
+        r"expired sessions waiting for the sweep\s+│\s+1 │",
+        r"ended conversations \(transcripts kept\)\s+│\s+1 │",
+        r"turns\s+│\s+10 │",
+        r"│ nl\s+│\s+3 │",
+        r"│ archives_in_place\s+│\s+4 │",
+        r"│ \(none\)\s+│\s+1 │",
+    ):
+        assert re.search(line, table), (line, table)
+
+    runner = CliRunner()
+    from_env = await asyncio.to_thread(
+        runner.invoke, cli, ["stats", "--json"], env={"CONVOSTORE_DATABASE_URL": url}
+    )
+    assert json.loads(_ok(from_env))["live_sessions"] == 2
+
+
+async def test_stats_on_an_empty_database(url: str) -> None:
+    """A migrated database without sessions: zeros and empty lists."""
+    figures = json.loads(_ok(await _invoke("stats", "--json", "--url", url)))
+    assert (figures["live_sessions"], figures["turns"], figures["templates"]) == (0, 0, [])
+
+
+async def test_show(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
+    """The live conversation as a table of its turns; --all adds the ended one under the same
+    id; --json parses and holds every turn field."""
+    await _seed(make_repo, clock)
+    table = _ok(await _invoke("show", "live-session", "--url", url))
+    assert "(live, user u-1, language en," in table
+    for text in ("Welke archieven zijn er in Utrecht?", "En in Enschede?", "Drie.", "Twaalf."):
+        assert text in table
+    assert "place=Enschede" in table
+    assert "Zwolle" not in table  # the ended conversation needs --all
+
+    everything = _ok(await _invoke("show", "live-session", "--all", "--url", url))
+    assert "Archieven in Zwolle?" in everything
+    assert re.search(r"\(ended \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, user u-1", everything)
+
+    shown = json.loads(_ok(await _invoke("show", "live-session", "--all", "--json", "--url", url)))
+    assert shown["session_id"] == "live-session"
+    ended, live = shown["conversations"]
+    assert (ended["live"], live["live"]) == (False, True)
+    assert ended["ended_at"] is not None
+    assert live["ended_at"] is None
+    assert [turn["content"] for turn in live["turns"]] == [
+        "Welke archieven zijn er in Utrecht?",
+        "Twaalf.",
+        "En in Enschede?",
+        "Drie.",
+    ]
+    assert live["turns"][2] == {
+        "role": "user",
+        "content": "En in Enschede?",
+        "resolved_question": "Welke archieven zijn er in Enschede?",
+        "template_id": "archives_in_place",
+        "slots": {"place": "Enschede"},
+        "results": [],
+        "created_at": live["turns"][2]["created_at"],
+    }
+    assert datetime.fromisoformat(live["turns"][2]["created_at"]).tzinfo is not None
+
+
+async def test_show_expired_session(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
+    """An expired session not yet swept is no live session; --all shows it as expired."""
+    await _seed(make_repo, clock)
+    _fails(await _invoke("show", "old-session", "--url", url), "no live session 'old-session'")
+    shown = _ok(await _invoke("show", "old-session", "--all", "--url", url))
+    assert "expired, waiting for the sweep" in shown
+
+
+async def test_show_unknown_or_bad_session(url: str) -> None:
+    """An unknown session id and a malformed one are one-line errors."""
+    _fails(await _invoke("show", "nobody", "--url", url), "no live session 'nobody'")
+    _fails(
+        await _invoke("show", "nobody", "--all", "--url", url),
+        "no conversation under session id 'nobody'",
+    )
+    _fails(await _invoke("show", "sessie-é", "--url", url), "outside printable ASCII")
+
+
+async def test_sweep_and_dry_run(url: str, make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> None:
+    """--dry-run counts what the sweep then deletes; with the default retention of 30 days no
+    transcript goes, with one hour the ended conversation and the expired one go."""
+    await _seed(make_repo, clock)
+    on = f"on {url} (retention 30 days)"
+    assert _ok(await _invoke("sweep", "--dry-run", "--url", url)) == (
+        f"would end 1 expired session and delete 0 transcripts {on}; dry run, nothing was deleted\n"
+    )
+    on = f"on {url} (retention 1 hour)"
+    assert _ok(await _invoke("sweep", "--dry-run", "--retention", "3600", "--url", url)) == (
+        f"would end 1 expired session and delete 2 transcripts {on}; dry run, nothing was deleted\n"
+    )
+    assert (await sql("SELECT COUNT(*) FROM conversations"))[0][0] == 4
+
+    assert _ok(await _invoke("sweep", "--retention", "3600", "--url", url)) == (
+        f"ended 1 expired session and deleted 2 transcripts {on}\n"
+    )
+    rows = await sql("SELECT session_id FROM conversations ORDER BY session_id")
+    assert [row[0] for row in rows] == ["live-session", "other-session"]
+    assert (await sql("SELECT COUNT(*) FROM sessions WHERE session_id = 'old-session'")) == [(0,)]
+    assert _ok(await _invoke("sweep", "--dry-run", "--retention", "3600", "--url", url)) == (
+        f"would end 0 expired sessions and delete 0 transcripts {on}; dry run, nothing was "
+        "deleted\n"
+    )
+
+
+async def test_sweep_keeps_transcripts_by_default(
+    url: str, make_repo: MakeRepo, clock: FakeClock, sql: Sql
+) -> None:
+    """With the default retention the sweep ends the expired session and keeps its
+    transcript."""
+    await _seed(make_repo, clock)
+    assert _ok(await _invoke("sweep", "--url", url)) == (
+        f"ended 1 expired session and deleted 0 transcripts on {url} (retention 30 days)\n"
+    )
+    rows = await sql("SELECT ended_at FROM conversations WHERE session_id = 'old-session'")
+    assert len(rows) == 1
+    assert rows[0][0] is not None
+
+
+async def _user_rows(sql: Sql) -> list[int]:
+    """Rows of user u-1 (whose sessions are all under ``live-session``) in every table."""
+    return [
+        (await sql(statement))[0][0]
+        for statement in (
+            "SELECT COUNT(*) FROM sessions WHERE user_id = 'u-1'",
+            "SELECT COUNT(*) FROM conversations WHERE user_id = 'u-1'",
+            "SELECT COUNT(*) FROM turns WHERE session_id = 'live-session'",
+            "SELECT COUNT(*) FROM turn_slots WHERE session_id = 'live-session'",
+        )
+    ]
+
+
+async def test_erase_user(url: str, make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> None:
+    """Answering no erases nothing; --yes erases every row of the user and prints the counts
+    per table; other users' rows stay."""
+    await _seed(make_repo, clock)
+    assert await _user_rows(sql) == [1, 2, 6, 3]
+    declined = await _invoke("erase-user", "u-1", "--url", url, input="n\n")
+    assert declined.exit_code == 1
+    assert declined.stdout == ""
+    assert declined.stderr.startswith("Erase every conversation of user 'u-1' on ")
+    assert declined.stderr.endswith("[y/N]: n\nconvostore: nothing was erased\n")
+    assert await _user_rows(sql) == [1, 2, 6, 3]
+
+    erased = _ok(await _invoke("erase-user", "u-1", "--url", url, input="y\n"))
+    assert f"erased user 'u-1' on {url}" in erased
+    for name, count in (("sessions", 1), ("conversations", 2), ("turns", 6), ("turn_slots", 3)):
+        assert re.search(rf"│ {name}\s+│\s+{count} │", erased), erased
+    assert await _user_rows(sql) == [0, 0, 0, 0]
+    assert (await sql("SELECT COUNT(*) FROM conversations")) == [(2,)]
+
+    again = _ok(await _invoke("erase-user", "u-1", "--yes", "--url", url))
+    assert re.search(r"│ turns\s+│\s+0 │", again)
+
+
+async def test_erase_user_bad_id_asks_nothing(url: str) -> None:
+    """A malformed user id is refused before the question."""
+    _fails(await _invoke("erase-user", "", "--url", url), "must not be empty")
+
+
+async def test_export_user(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path) -> None:
+    """The user's conversations as JSON on stdout, or in a file only its owner can read."""
+    await _seed(make_repo, clock)
+    data = json.loads(_ok(await _invoke("export-user", "u-1", "--url", url)))
+    assert data["user_id"] == "u-1"
+    assert [len(c["turns"]) for c in data["conversations"]] == [2, 4]
+    assert [c["live"] for c in data["conversations"]] == [False, True]
+
+    out = tmp_path / "u-1.json"
+    said = _ok(await _invoke("export-user", "u-1", "-o", str(out), "--url", url))
+    assert said == f"wrote 2 conversations of user 'u-1' to {out}\n"
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert written["conversations"] == data["conversations"]
+    assert out.stat().st_mode & 0o077 == 0
+
+    nobody = json.loads(_ok(await _invoke("export-user", "nobody", "--url", url)))
+    assert nobody["conversations"] == []
+    _fails(
+        await _invoke("export-user", "u-1", "-o", str(tmp_path / "no" / "f.json"), "--url", url),
+        "cannot write",
+    )
+
+
+EXTERNAL = re.compile(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+
+
+async def test_report(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path) -> None:
+    """One well-formed page with an inline SVG per chart, the seeded figures, no scripts, no
+    external resources, and the database's text escaped."""
+    await _seed(make_repo, clock)
+    out = tmp_path / "report.html"
+    said = _ok(await _invoke("report", "--out", str(out), "--url", url))
+    assert said.startswith(f"wrote {out}: ")
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>\n")
+    root = ElementTree.fromstring(page.removeprefix("<!DOCTYPE html>\n"))
+    assert root.tag == "html"
+    svgs = root.findall(".//svg")
+    assert len(svgs) == 6
+    assert all(svg.get("viewBox") for svg in svgs)
+    assert "<script" not in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page
+    assert not EXTERNAL.search(page)
+    assert "@import" not in page
+    assert "url(" not in page
+    for heading in (
+        "Conversations and exchanges per day",
+        "Top templates",
+        "Top slot values",
+        "Follow-up rate",
+        "Conversation length",
+        "Load per hour of the day",
+    ):
+        assert f"<h2>{heading}</h2>" in page
+    assert "<b>4</b><span>conversations (2 live)</span>" in page
+    assert "1 of 5 questions were follow-ups" in page
+
+
+async def test_report_figures(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
+    """``report.collect`` counts the seeded data exactly, days and hours in UTC."""
+    earlier = await _seed(make_repo, clock)
+    async with open_database(url) as engine:
+        data = await report.collect(engine)
+    assert (data.conversations, data.live) == (4, 2)
+    assert (data.questions, data.follow_ups) == (5, 1)
+    assert data.templates == [("archives_in_place", 4, 3), (None, 1, 1)]
+    assert data.lengths == {1: 3, 2: 1}
+    assert data.slot_values[0] == ("place", "Utrecht", 2, 2)
+    assert sorted(data.slot_values[1:]) == [
+        ("place", "<script>x</script>", 1, 1),
+        ("place", "Enschede", 1, 1),
+        ("place", "Zwolle", 1, 1),
+    ]
+    then = datetime.fromtimestamp(earlier, timezone.utc)
+    recent = datetime.fromtimestamp(clock.now, timezone.utc)
+    assert sum(data.per_hour) == 5
+    assert data.per_hour[then.hour] >= 2
+    assert data.per_hour[recent.hour] >= 3
+    assert data.per_day[0][0] == then.date()
+    assert data.per_day[-1][0] == recent.date()
+    assert sum(exchanges for _, exchanges, _ in data.per_day) == 5
+
+
+async def test_report_on_an_empty_database(url: str, tmp_path: Path) -> None:
+    """With nothing stored every chart says so, still one SVG each."""
+    out = tmp_path / "empty.html"
+    _ok(await _invoke("report", "-o", str(out), "--url", url))
+    page = out.read_text(encoding="utf-8")
+    assert page.count("<svg ") == 6
+    assert "No exchanges yet" in page
+
+
+@pytest.mark.parametrize("command", list(DB_COMMANDS))
+@pytest.mark.parametrize(
+    ("bad_url", "says"),
+    [
+        ("not a url", "is not a database URL"),
+        ("postgresql://app:secret@db/app", "postgresql+asyncpg://app:***@db/app"),
+        ("mysql+aiomysql://app@db/app", "convostore supports SQLite and PostgreSQL"),
+    ],
+)
+async def test_bad_url(command: str, bad_url: str, says: str) -> None:
+    """A URL convostore cannot use is one line, exit 1, without the password."""
+    error = _fails(await _invoke(*DB_COMMANDS[command], "--url", bad_url), says)
+    assert "secret" not in error
+
+
+@pytest.mark.parametrize("command", list(DB_COMMANDS))
+def test_database_without_schema(command: str, backend: str, empty_url: str) -> None:
+    """No schema is one line, exit 1, and nothing is created: on PostgreSQL SchemaNotReady
+    names `convostore migrate`; a SQLite file that does not exist is not made."""
+    result = CliRunner().invoke(cli, [*DB_COMMANDS[command], "--url", empty_url])
+    if backend == "postgresql":
+        _fails(result, "the database has no convostore schema")
+    else:
+        _fails(result, "names no SQLite file")
+        assert not Path(empty_url.removeprefix("sqlite+aiosqlite:///")).exists()
+
+
+async def test_sqlite_file_without_schema(tmp_path: Path) -> None:
+    """An existing SQLite file without the schema is SchemaNotReady, not migrated."""
+    path = tmp_path / "other.db"
+    path.write_bytes(b"")
+    _fails(await _invoke("stats", "--url", f"sqlite+aiosqlite:///{path}"), "convostore migrate")
+
+
+def test_unreachable_database() -> None:
+    """A server that does not answer is one line, exit 1."""
+    result = CliRunner().invoke(
+        cli, ["stats", "--url", "postgresql+asyncpg://nobody@127.0.0.1:1/x"]
+    )
+    _fails(result, "failed")
+
+
+def test_default_url_is_the_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --url and env CONVOSTORE_DATABASE_URL a command reads ./convostore.db."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["stats"], env={"CONVOSTORE_DATABASE_URL": None})
+    _fails(result, "sqlite+aiosqlite:///convostore.db")
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in cli.commands)])
+def test_help(command: list[str]) -> None:
+    """--help on the group and on each command explains it with an example."""
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout
+    if command and command != ["demo"]:
+        assert "--url URL" in result.stdout
+        assert "CONVOSTORE_DATABASE_URL" in result.stdout
+
+
+def test_version() -> None:
+    """--version prints the installed version."""
+    result = CliRunner().invoke(cli, ["--version"])
+    assert (result.exit_code, result.stdout) == (0, f"convostore {version('convostore')}\n")
+
+
+def test_import_loads_neither_click_nor_rich() -> None:
+    """`import convostore` (and the library modules the command prints) stay free of the
+    command line's dependencies, in a fresh interpreter."""
+    code = (
+        "import sys, convostore, convostore.admin, convostore.report; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'rich')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ
+    )
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+
+
+async def test_console_script(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
+    """The installed `convostore` script runs the same commands."""
+    await _seed(make_repo, clock)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "convostore"), "stats", "--json", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["turns"] == 10
