@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         from .soak import main as soak
 
         return soak(argv[1:])
+    if argv[:1] == ["sizes"]:
+        from .sizes import main as sizes
+
+        return sizes(argv[1:])
     options = parse(argv)
     record = asyncio.run(run(options))
     options.out.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,11 @@ failed write discards the session's entry, so nothing uncommitted is ever served
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from time import perf_counter
 
 from .cache import CacheEntry, SessionCache
 from .errors import NotSessionOwner, StaleStateError
@@ -18,7 +20,14 @@ from .expiry import RefreshesBehind
 from .models import ConversationState, ConversationTurn, carry_context
 from .store import SessionFields, SqlStore, Written
 
-__all__ = ["CachedStore", "Stats", "owned", "utc"]
+__all__ = ["CachedStore", "Stats", "TimingHook", "owned", "utc"]
+
+logger = logging.getLogger("convostore")
+
+TimingHook = Callable[[str, float], None]
+"""Told what took how long: ``"append"`` (an ``add_turn``), ``"load"`` (a session read from
+the database), ``"sweep.sessions"`` or ``"sweep.transcripts"`` (one sweep batch), and the
+seconds it took (see ``SessionRepository.add_timing_hook``)."""
 
 
 def utc(epoch: float) -> datetime:
@@ -35,6 +44,19 @@ class Stats:
     hits: int = 0
     misses: int = 0
     transcripts_deleted: int = 0
+    hooks: list[TimingHook] | None = None
+    """Who is told each timing; None, the default, costs a timed path one attribute check
+    and the cache-hit path nothing."""
+
+    def timed(self, what: str, started: float) -> None:
+        """Tell every hook that ``what``, begun at ``perf_counter()`` ``started``, ended now.
+        A hook that raises is logged and does not fail the call it timed."""
+        seconds = perf_counter() - started
+        for hook in self.hooks or ():
+            try:
+                hook(what, seconds)
+            except Exception:
+                logger.exception("convostore: a timing hook failed on %s", what)
 
 
 class CachedStore:
@@ -111,7 +133,11 @@ class CachedStore:
         (it is cached all the same)."""
         with self._cache.holding(sid):
             generation = self._cache.generation
+            hooks = self.stats.hooks
+            started = perf_counter() if hooks is not None else 0.0
             loaded = await self.store.load(sid, window)
+            if hooks is not None:
+                self.stats.timed("load", started)
             if loaded is None:
                 return None
             now_utc = utc(now)
@@ -312,18 +338,25 @@ class CachedStore:
         if self.behind is not None:
             await self.behind.flush()  # a session read just now must not go
         now = utc(self._clock())
+        stats = self.stats
         total = 0
         while True:
+            started = perf_counter()
             deleted = await self.store.sweep_batch(now, batch_size)
+            if stats.hooks is not None:
+                stats.timed("sweep.sessions", started)
             for sid in deleted:
                 self._cache.discard(sid)
             total += len(deleted)
-            self.stats.expired += len(deleted)
+            stats.expired += len(deleted)
             if len(deleted) < batch_size:
                 break
         while True:
+            started = perf_counter()
             gone = await self.store.sweep_transcripts_batch(now, batch_size)
-            self.stats.transcripts_deleted += gone
+            if stats.hooks is not None:
+                stats.timed("sweep.transcripts", started)
+            stats.transcripts_deleted += gone
             if gone < batch_size:
                 return total
 

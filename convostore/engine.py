@@ -11,7 +11,8 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import StoreConfig
 from .errors import ConfigError, hide_in_messages
@@ -71,7 +72,9 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
     """The repository's own engine for ``config.database_url``, pooled as configured.
 
     Its errors and logs leave out SQL parameters (``hide_parameters``): they are turn content,
-    which does not belong in a ``StoreError`` message or a log line."""
+    which does not belong in a ``StoreError`` message or a log line. ``create_async_engine`` is
+    looked up when called, so an instrumentation that wraps it (OpenTelemetry's
+    ``SQLAlchemyInstrumentor().instrument()``) before ``start()`` sees this engine too."""
     url = make_url(config.database_url)
     logger.debug("convostore: creating an engine for %s", hide_password(url))
     options: dict[str, Any] = {"hide_parameters": True, "json_deserializer": load_json}
@@ -92,7 +95,7 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
                 "prepared_statement_name_func": _unnamed_statement,
             }
         )
-    return prepare_engine(create_async_engine(url, **options))
+    return prepare_engine(sqlalchemy_asyncio.create_async_engine(url, **options))
 
 
 _users: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()

@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .cache import CacheEntry, SessionCache
-from .cached_store import CachedStore, Stats, owned, utc
+from .cached_store import CachedStore, Stats, TimingHook, owned, utc
 from .coherence import PostgresWatcher, SqliteWatcher, Watcher
 from .config import StoreConfig
 from .engine import check_database, create_engine, prepare_engine, release_engine
@@ -438,6 +438,8 @@ class SessionRepository:
         exchange = (user, assistant)
         template = template or None
         ops = self._enter()
+        hooks = self._stats.hooks
+        started = time.perf_counter() if hooks is not None else 0.0
         try:
             state = await self._calls.run(
                 "adding a turn",
@@ -451,6 +453,8 @@ class SessionRepository:
                 )
         finally:
             self._calls.leave()
+        if hooks is not None:
+            self._stats.timed("append", started)
         assert state is not None
         return state
 
@@ -621,19 +625,40 @@ class SessionRepository:
     async def get_stats(self) -> dict[str, int]:
         """Counters since start: ``sessions_created``, ``sessions_expired`` (removed by expiry,
         on read or by the sweep), ``transcripts_deleted`` (conversations the sweep deleted past
-        ``transcript_retention``), ``sessions_evicted``, ``cache_hits``, ``cache_misses``, and
-        ``cached_sessions`` (also under its old name ``active_sessions``)."""
-        cached = len(self._cache)
+        ``transcript_retention``), ``sessions_evicted``, ``cache_hits``, ``cache_misses``; and
+        two current values: ``cached_sessions`` (also under its old name ``active_sessions``)
+        and ``cache_enabled`` (0 while the cache is off because the change listener is down)."""
+        return self.stats()
+
+    def stats(self) -> dict[str, int]:
+        """``get_stats()`` without ``await``, for callers that cannot await: metric callbacks
+        run on their exporter's thread (see ``convostore.otel``)."""
+        cache, stats = self._cache, self._stats
+        cached = len(cache)
         return {
-            "sessions_created": self._stats.created,
-            "sessions_expired": self._stats.expired,
-            "transcripts_deleted": self._stats.transcripts_deleted,
-            "sessions_evicted": self._cache.evictions,
-            "cache_hits": self._stats.hits,
-            "cache_misses": self._stats.misses,
+            "sessions_created": stats.created,
+            "sessions_expired": stats.expired,
+            "transcripts_deleted": stats.transcripts_deleted,
+            "sessions_evicted": cache.evictions,
+            "cache_hits": stats.hits,
+            "cache_misses": stats.misses,
             "cached_sessions": cached,
             "active_sessions": cached,
+            "cache_enabled": int(cache.enabled),
         }
+
+    def add_timing_hook(self, hook: TimingHook) -> None:
+        """Call ``hook(what, seconds)`` after each ``add_turn`` (``"append"``), each read of a
+        session from the database (``"load"``) and each sweep batch (``"sweep.sessions"``,
+        ``"sweep.transcripts"``), from the task that ran it; calls that raise are not timed.
+        A hook must be quick and must not block; one that raises is logged. Without hooks
+        (the default) timing costs a timed call one attribute check, a cache hit nothing."""
+        self._stats.hooks = [*(self._stats.hooks or ()), hook]
+
+    def remove_timing_hook(self, hook: TimingHook) -> None:
+        """Stop calling ``hook`` (added with ``add_timing_hook``)."""
+        hooks = [h for h in self._stats.hooks or () if h != hook]
+        self._stats.hooks = hooks or None
 
     def _enter(self) -> CachedStore:
         """Admit a call (``NotRunning`` if the repository is not running); the caller must

@@ -7,10 +7,11 @@ the UPDATE that bumps ``turn_count`` locks the row, so concurrent writers to one
 turns, in any number of processes.
 
 The three paths every request takes (append, load, refresh expiry) run through ``driver.py``:
-the same statements, compiled once, on the pooled driver connection; or, when something watches
-SQLAlchemy's statements or ``fast_path`` is off, the same compiled statements through
-SQLAlchemy's execution (``executor.py``). The rarer ones (create, update, delete, the append
-that must first create its session) go through SQLAlchemy's execution as usual.
+the same statements, compiled once, on the pooled driver connection; or, while something
+watches SQLAlchemy's statements (asked per operation) or when ``fast_path`` is off, the same
+compiled statements through SQLAlchemy's execution (``executor.py``). The rarer ones (create,
+update, delete, the append that must first create its session) go through SQLAlchemy's
+execution as usual.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .core_executor import CoreExecutor
 from .driver import Compiled, PostgresDriver
 from .errors import NotSessionOwner, register_driver_errors
-from .executor import choose_executor
+from .executor import HotPath
 from .models import ConversationTurn, make_turn
 from .statements import Statements
 
@@ -142,9 +143,7 @@ class SqlStore:
         dialect = engine.dialect
         register_driver_errors(dialect)
         self.sql = sql = Statements(dialect.name)
-        self._driver = choose_executor(engine, owns_engine=owns_engine, fast_path=fast_path)
-        self.fast_path = not isinstance(self._driver, CoreExecutor)
-        """Whether the hot paths run on the driver directly (see ``executor.py``)."""
+        self._hot = HotPath(engine, owns_engine=owns_engine, fast_path=fast_path)
         one_statement = sql.append_cte
         self._live_append = Compiled(
             sql.allocate if one_statement is None else one_statement, dialect
@@ -159,6 +158,11 @@ class SqlStore:
         self._sweep = Compiled(sql.sweep, dialect)
         self._sweep_transcripts = Compiled(sql.sweep_transcripts, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether the hot paths run on the driver directly now (see ``executor.py``)."""
+        return not isinstance(self._hot.current(), CoreExecutor)
 
     async def create(
         self, sid: str, now: datetime, ttl: float, uid: str | None = None
@@ -275,7 +279,7 @@ class SqlStore:
     ) -> tuple[Any, ...] | None:
         """The append on a live session, in one round trip (PostgreSQL) or one thread hop
         (SQLite). Returns (turn_count, version), or None if the session is not live."""
-        driver = self._driver
+        driver = self._hot.current()
         if self.sql.append_cte is not None:
             params["roles"] = [t.role for t in new_turns]
             params["contents"] = [t.content for t in new_turns]
@@ -384,7 +388,7 @@ class SqlStore:
             "expires": now + timedelta(seconds=ttl),
             "hits": hits,
         }
-        rows = await self._driver.write(self._touch, params)
+        rows = await self._hot.current().write(self._touch, params)
         return int(rows[0][0]) if rows else None
 
     async def touch_many(self, refreshes: Sequence[tuple[str, datetime, int]], ttl: float) -> None:
@@ -400,7 +404,7 @@ class SqlStore:
     async def drop_expired(self, sid: str, now: datetime) -> bool:
         """Delete the session if it has expired (without retention, its conversation too).
         Returns whether a row went."""
-        rows = await self._driver.write(self._drop_expired, {"sid": sid, "now": now})
+        rows = await self._hot.current().write(self._drop_expired, {"sid": sid, "now": now})
         if rows and self.retention <= 0:
             async with self.engine.begin() as conn:
                 await conn.execute(self.sql.delete_conversation, {"sid": sid, "cid": rows[0][0]})
@@ -419,7 +423,7 @@ class SqlStore:
 
     async def version_of(self, sid: str) -> tuple[int, datetime] | None:
         """The stored session's version and expiry, or None if there is no such row."""
-        rows = await self._driver.read(self._version_of, {"sid": sid})
+        rows = await self._hot.current().read(self._version_of, {"sid": sid})
         if not rows:
             return None
         version, expires_at = self._version_of.row(rows[0])
@@ -429,7 +433,7 @@ class SqlStore:
         """Delete up to ``batch_size`` sessions that expired by ``now``, in one statement (its
         own transaction) on the driver path. Returns their ids. On SQLite a sweep that
         deleted nothing also prunes the change feed to its newest rows."""
-        rows = await self._driver.write(self._sweep, {"now": now, "batch": batch_size})
+        rows = await self._hot.current().write(self._sweep, {"now": now, "batch": batch_size})
         if len(rows) < batch_size and self.engine.dialect.name == "sqlite":
             async with self.engine.begin() as conn:
                 await conn.execute(self.sql.prune_changes, {"keep": CHANGES_KEPT})
@@ -439,7 +443,7 @@ class SqlStore:
         """Delete up to ``batch_size`` conversations that ended ``retention`` or more before
         ``now``, with their turns and slots, in one statement. Returns how many went."""
         cutoff = now - timedelta(seconds=self.retention)
-        rows = await self._driver.write(
+        rows = await self._hot.current().write(
             self._sweep_transcripts, {"cutoff": cutoff, "batch": batch_size}
         )
         return len(rows)
@@ -447,7 +451,7 @@ class SqlStore:
     async def load(self, sid: str, window: int | None = None) -> Loaded | None:
         """Read a session and its turns, or its ``window`` newest turns (expired or not; the
         caller decides)."""
-        rows = await self._driver.read(
+        rows = await self._hot.current().read(
             self._load, {"sid": sid, "window": _ALL_TURNS if window is None else window}
         )
         at = self._session_row

@@ -148,6 +148,30 @@ async def test_cursor_listener_sees_every_hot_path_statement(
         await engine.dispose()
 
 
+async def test_listener_added_after_start_sees_hot_paths(make_repo: MakeRepo) -> None:
+    """A cursor-execute listener added to a running repository's engine sees the append and
+    the cold load; once it is removed, the hot paths are back on the driver."""
+    writer = await make_repo()
+    await writer.add_turn("s", "q", "a")
+    repo = await make_repo(fast_path=True)
+    assert fast(repo)
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(repo.engine.sync_engine, "before_cursor_execute", record)
+    assert not fast(repo)
+    state = await repo.get("s")
+    assert state is not None
+    assert [s for s in seen if "turn_slots" in s and s.lstrip().startswith("SELECT")], seen
+    seen.clear()
+    await repo.add_turn("s", "q2", "a2")
+    assert [s for s in seen if s.lstrip().upper().startswith(("UPDATE", "WITH"))], seen
+    event.remove(repo.engine.sync_engine, "before_cursor_execute", record)
+    assert fast(repo)
+
+
 REJECT_ASSISTANT = (
     "CREATE TRIGGER reject_assistant BEFORE INSERT ON turns WHEN NEW.role = 'assistant' "
     "BEGIN SELECT RAISE(ABORT, 'rejected'); END"
