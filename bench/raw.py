@@ -2,12 +2,13 @@
 tables, written the way a careful hand-written driver call would be, without a library.
 
 An exchange is the naive transaction: BEGIN; UPDATE the session row (turn_count, version,
-last_accessed, expires_at, current_slots, current_template_id) RETURNING turn_count, which
-hands out the two sequence numbers; INSERT the user turn; INSERT the assistant turn; INSERT
-each slot row; COMMIT. On asyncpg every statement is a prepared statement (BEGIN and COMMIT
-are round trips of their own); on aiosqlite every statement is one ``execute`` (one thread
-hop), with the PRAGMAs convostore sets. A load reads the session row, then the turns joined
-with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
+last_accessed, expires_at, current_slots, current_template_id) RETURNING turn_count and
+conversation_id, which hand out the two sequence numbers and the conversation the turns belong
+to; INSERT the user turn; INSERT the assistant turn; INSERT each slot row; COMMIT. On asyncpg
+every statement is a prepared statement (BEGIN and COMMIT are round trips of their own); on
+aiosqlite every statement is one ``execute`` (one thread hop), with the PRAGMAs convostore
+sets. A load reads the session row (with its conversation id), then the conversation's turns
+joined with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
 """
 
 from __future__ import annotations
@@ -47,21 +48,23 @@ _PG_UPDATE = """
 UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
     last_accessed = $2, expires_at = $3, current_slots = current_slots || $4::jsonb,
     current_template_id = coalesce($5, current_template_id)
-WHERE session_id = $1 RETURNING turn_count"""
+WHERE session_id = $1 RETURNING turn_count, conversation_id"""
 _PG_INSERT_TURN = """
-INSERT INTO turns (session_id, seq, role, content, resolved_question, template_id, results,
-    created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)"""
-_PG_INSERT_SLOT = "INSERT INTO turn_slots (session_id, seq, name, value) VALUES ($1, $2, $3, $4)"
+INSERT INTO turns (conversation_id, seq, session_id, role, content, resolved_question,
+    template_id, results, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"""
+_PG_INSERT_SLOT = """
+INSERT INTO turn_slots (conversation_id, seq, name, session_id, value)
+VALUES ($1, $2, $3, $4, $5)"""
 _PG_HEAD = """
 SELECT version, last_accessed, expires_at, language, current_template_id, current_slots,
-    turn_count FROM sessions WHERE session_id = $1"""
+    turn_count, conversation_id FROM sessions WHERE session_id = $1"""
 _PG_TURNS = """
 SELECT seq, role, content, resolved_question, template_id, results, created_at,
     NULL AS name, NULL AS value
-FROM turns WHERE session_id = $1
+FROM turns WHERE conversation_id = $1
 UNION ALL
 SELECT seq, NULL, NULL, NULL, NULL, NULL, NULL, name, value
-FROM turn_slots WHERE session_id = $1
+FROM turn_slots WHERE conversation_id = $1
 ORDER BY 1, 8 NULLS FIRST"""
 _PG_SWEEP = """
 DELETE FROM sessions WHERE session_id IN (
@@ -73,11 +76,12 @@ _SQLITE_UPDATE = """
 UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
     last_accessed = ?, expires_at = ?, current_slots = json_patch(current_slots, ?),
     current_template_id = coalesce(?, current_template_id)
-WHERE session_id = ? RETURNING turn_count"""
+WHERE session_id = ? RETURNING turn_count, conversation_id"""
 _SQLITE_INSERT_TURN = """
-INSERT INTO turns (session_id, seq, role, content, resolved_question, template_id, results,
-    created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
-_SQLITE_INSERT_SLOT = "INSERT INTO turn_slots (session_id, seq, name, value) VALUES (?, ?, ?, ?)"
+INSERT INTO turns (conversation_id, seq, session_id, role, content, resolved_question,
+    template_id, results, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_SQLITE_INSERT_SLOT = """
+INSERT INTO turn_slots (conversation_id, seq, name, session_id, value) VALUES (?, ?, ?, ?, ?)"""
 _SQLITE_HEAD = _PG_HEAD.replace("$1", "?")
 _SQLITE_TURNS = _PG_TURNS.replace("$1", "?")
 
@@ -158,7 +162,8 @@ class RawSqlite:
                     sid,
                 ),
             )
-            turn_rows, slot_rows = _exchange_rows(sid, next(iter(rows))[0], exchange, stamp)
+            last, cid = next(iter(rows))
+            turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, stamp)
             for turn in turn_rows:
                 await db.execute(_SQLITE_INSERT_TURN, turn)
             for slot in slot_rows:
@@ -172,7 +177,8 @@ class RawSqlite:
         heads = list(await self._db.execute_fetchall(_SQLITE_HEAD, (sid,)))
         if not heads:
             return None
-        rows = await self._db.execute_fetchall(_SQLITE_TURNS, (sid, sid))
+        cid = heads[0][7]
+        rows = await self._db.execute_fetchall(_SQLITE_TURNS, (cid, cid))
         return _fold(heads[0], list(rows), parse=True)
 
     async def close(self) -> None:
@@ -180,15 +186,17 @@ class RawSqlite:
 
 
 def _exchange_rows(
-    sid: str, last: int, exchange: Exchange, stamp: object
+    sid: str, cid: int, last: int, exchange: Exchange, stamp: object
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The two turn rows (user at ``last - 1``, assistant at ``last``) and the slot rows of an
-    exchange, as the floors insert them, one statement per row."""
+    """The two turn rows (user at ``last - 1``, assistant at ``last``, in conversation
+    ``cid``) and the slot rows of an exchange, as the floors insert them, one statement per
+    row."""
     user_seq = last - 1
     turn_rows = [
         (
-            sid,
+            cid,
             user_seq,
+            sid,
             "user",
             exchange.question,
             None,
@@ -196,9 +204,9 @@ def _exchange_rows(
             exchange.results_json,
             stamp,
         ),
-        (sid, last, "assistant", exchange.answer, None, None, "[]", stamp),
+        (cid, last, sid, "assistant", exchange.answer, None, None, "[]", stamp),
     ]
-    slot_rows = [(sid, user_seq, name, value) for name, value in exchange.slots.items()]
+    slot_rows = [(cid, user_seq, name, sid, value) for name, value in exchange.slots.items()]
     return turn_rows, slot_rows
 
 
@@ -209,10 +217,10 @@ async def _pg_append(
     statement cache prepares each once per connection)."""
     now = datetime.now(timezone.utc)
     async with conn.transaction():
-        last = await conn.fetchval(
+        last, cid = await conn.fetchrow(
             _PG_UPDATE, sid, now, now + ttl, exchange.slots_json, exchange.template_id
         )
-        turn_rows, slot_rows = _exchange_rows(sid, last, exchange, now)
+        turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, now)
         for turn in turn_rows:
             await conn.execute(_PG_INSERT_TURN, *turn)
         for slot in slot_rows:
@@ -242,7 +250,7 @@ class RawPostgres:
         head = await self._statements["head"].fetchrow(sid)
         if head is None:
             return None
-        rows = await self._statements["turns"].fetch(sid)
+        rows = await self._statements["turns"].fetch(head[7])
         return _fold(head, rows, parse=False)
 
     async def close(self) -> None:

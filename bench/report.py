@@ -41,12 +41,13 @@ them alike):
 
 - **raw floor**: plain aiosqlite / asyncpg on convostore's own tables, no library. An exchange
   is the naive transaction BEGIN; UPDATE the session row (turn_count, version, last_accessed,
-  expires_at, current_slots, current_template_id) RETURNING turn_count; INSERT the user turn;
-  INSERT the assistant turn; INSERT its slot row; COMMIT. asyncpg runs each statement as a
-  prepared statement; aiosqlite runs one `execute` per statement, with convostore's PRAGMAs
-  (WAL, foreign_keys=ON, busy_timeout; synchronous left at its default). A load reads the
-  session row, then the turns and their slot rows (the same UNION ALL of two index range
-  scans that convostore runs), decoding JSON and timestamps.
+  expires_at, current_slots, current_template_id) RETURNING turn_count and conversation_id;
+  INSERT the user turn; INSERT the assistant turn; INSERT its slot row (turns and slots keyed
+  by conversation_id); COMMIT. asyncpg runs each statement as a prepared statement; aiosqlite
+  runs one `execute` per statement, with convostore's PRAGMAs (WAL, foreign_keys=ON,
+  busy_timeout; synchronous left at its default). A load reads the session row (with its
+  conversation_id), then the conversation's turns and their slot rows (the same UNION ALL of
+  two index range scans that convostore runs), decoding JSON and timestamps.
 - **cache-hit get**: `repo.get(sid)` on a random cached session (10 turns each; the
   repository read each one once), TTL one day so no read is stale enough to touch the
   database. Each level (100 … 100,000 cached sessions) has a repository of its own, all
