@@ -24,7 +24,7 @@ from .workload import (
     sqlite_timestamp,
 )
 
-__all__ = ["load_histories", "vacuum_analyze"]
+__all__ = ["checkpoint", "load_histories", "vacuum_analyze"]
 
 
 def _insert(table: str, columns: Sequence[str]) -> str:
@@ -137,5 +137,26 @@ async def vacuum_analyze(db: Database) -> None:
     try:
         for table in ("conversations", "sessions", "turns", "turn_slots"):
             await conn.execute(f"VACUUM ANALYZE {table}")
+    finally:
+        await conn.close()
+
+
+async def checkpoint(db: Database) -> None:
+    """Write what a bulk load left in the write-ahead log to the tables (PostgreSQL
+    ``CHECKPOINT``, for superusers and ``pg_checkpoint`` members, skipped for others; SQLite
+    ``wal_checkpoint``), so that a timed part after the load does not pay for a checkpoint the
+    load made due: on PostgreSQL one after a load of 100,000 sessions stalled commits for up
+    to 0.2 s."""
+    if db.backend == "sqlite":
+        lite = await connect_sqlite(db.target)
+        try:
+            await lite.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            await lite.close()
+        return
+    conn = await connect_postgres(db.target)
+    try:
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
     finally:
         await conn.close()

@@ -9,18 +9,25 @@ every statement is a prepared statement (BEGIN and COMMIT are round trips of the
 aiosqlite every statement is one ``execute`` (one thread hop), with the PRAGMAs convostore
 sets. A load reads the session row (with its conversation id), then the conversation's turns
 joined with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
+
+A sweep is convostore's two passes as hand-written batches, each one autocommitted DELETE
+... RETURNING: expired sessions (the schema's trigger ends their conversations), then
+conversations that ended ``retention`` seconds ago or more (turns and slots go by cascade).
+Each batch's keys are picked (and on PostgreSQL locked, ``FOR UPDATE SKIP LOCKED``) by an
+``IN`` subquery, as convostore's statements pick them.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
+
+from convostore.store import CHANGES_KEPT
 
 from .backends import Database
 from .workload import Exchange, sqlite_timestamp
@@ -30,10 +37,11 @@ __all__ = [
     "RawPostgresPool",
     "RawSqlite",
     "RawStore",
+    "RawSweeper",
     "connect_postgres",
     "connect_sqlite",
     "open_raw",
-    "raw_sweep",
+    "open_raw_sweeper",
 ]
 
 SQLITE_PRAGMAS = (
@@ -71,6 +79,11 @@ DELETE FROM sessions WHERE session_id IN (
     SELECT session_id FROM sessions WHERE expires_at <= $1
     ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
 RETURNING session_id"""
+_PG_SWEEP_TRANSCRIPTS = """
+DELETE FROM conversations WHERE conversation_id IN (
+    SELECT conversation_id FROM conversations WHERE ended_at <= $1
+    ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+RETURNING conversation_id"""
 
 _SQLITE_UPDATE = """
 UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
@@ -84,6 +97,16 @@ _SQLITE_INSERT_SLOT = """
 INSERT INTO turn_slots (conversation_id, seq, name, session_id, value) VALUES (?, ?, ?, ?, ?)"""
 _SQLITE_HEAD = _PG_HEAD.replace("$1", "?")
 _SQLITE_TURNS = _PG_TURNS.replace("$1", "?")
+_SQLITE_SWEEP = """
+DELETE FROM sessions WHERE session_id IN (
+    SELECT session_id FROM sessions WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)
+RETURNING session_id"""
+_SQLITE_SWEEP_TRANSCRIPTS = """
+DELETE FROM conversations WHERE conversation_id IN (
+    SELECT conversation_id FROM conversations WHERE ended_at <= ? ORDER BY ended_at LIMIT ?)
+RETURNING conversation_id"""
+_SQLITE_PRUNE_CHANGES = """
+DELETE FROM convostore_changes WHERE id <= (SELECT max(id) FROM convostore_changes) - ?"""
 
 
 class RawStore(Protocol):
@@ -285,19 +308,76 @@ async def open_raw(db: Database, ttl: float) -> RawStore:
     return await RawPostgres.open(db.target, ttl)
 
 
-async def raw_sweep(dsn: str, now: datetime, batch_size: int) -> tuple[int, list[float]]:
-    """Delete expired sessions in batches of ``batch_size`` with asyncpg, one autocommitted
-    DELETE by primary key per batch. Returns sessions deleted and each batch's seconds."""
-    conn = await connect_postgres(dsn)
-    try:
-        sweep = await conn.prepare(_PG_SWEEP)
-        total, batches = 0, []
-        while True:
-            start = time.perf_counter()
-            deleted = await sweep.fetch(now, batch_size)
-            batches.append(time.perf_counter() - start)
-            total += len(deleted)
-            if len(deleted) < batch_size:
-                return total, batches
-    finally:
-        await conn.close()
+class RawSweeper(Protocol):
+    """The floor's sweep, one batch per call, each its own autocommitted statement."""
+
+    async def sessions(self, now: datetime, batch_size: int) -> int:
+        """Delete up to ``batch_size`` sessions that expired by ``now``; returns how many."""
+        ...
+
+    async def transcripts(self, now: datetime, batch_size: int) -> int:
+        """Delete up to ``batch_size`` conversations that ended ``retention`` or more before
+        ``now``, with their turns and slots; returns how many."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class _PostgresSweeper:
+    """The sweep on asyncpg: each batch one prepared DELETE ... RETURNING in autocommit."""
+
+    def __init__(self, conn: asyncpg.Connection, retention: float) -> None:
+        self._conn = conn
+        self._retention = timedelta(seconds=retention)
+        self._statements: dict[str, Any] = {}
+
+    async def _fetch(self, sql: str, *args: Any) -> int:
+        statement = self._statements.get(sql)
+        if statement is None:
+            statement = self._statements[sql] = await self._conn.prepare(sql)
+        return len(await statement.fetch(*args))
+
+    async def sessions(self, now: datetime, batch_size: int) -> int:
+        return await self._fetch(_PG_SWEEP, now, batch_size)
+
+    async def transcripts(self, now: datetime, batch_size: int) -> int:
+        return await self._fetch(_PG_SWEEP_TRANSCRIPTS, now - self._retention, batch_size)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+class _SqliteSweeper:
+    """The sweep on aiosqlite: each batch a DELETE ... RETURNING and its COMMIT. Like
+    convostore's, a batch that comes back short prunes the change feed (the schema's triggers
+    add a row per deleted session) to its newest ``CHANGES_KEPT`` rows."""
+
+    def __init__(self, db: aiosqlite.Connection, retention: float) -> None:
+        self._db = db
+        self._retention = timedelta(seconds=retention)
+
+    async def _delete(self, sql: str, *args: Any) -> int:
+        rows = await self._db.execute_fetchall(sql, args)
+        await self._db.commit()
+        return len(list(rows))
+
+    async def sessions(self, now: datetime, batch_size: int) -> int:
+        deleted = await self._delete(_SQLITE_SWEEP, sqlite_timestamp(now), batch_size)
+        if deleted < batch_size:
+            await self._db.execute(_SQLITE_PRUNE_CHANGES, (CHANGES_KEPT,))
+            await self._db.commit()
+        return deleted
+
+    async def transcripts(self, now: datetime, batch_size: int) -> int:
+        cutoff = sqlite_timestamp(now - self._retention)
+        return await self._delete(_SQLITE_SWEEP_TRANSCRIPTS, cutoff, batch_size)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+async def open_raw_sweeper(db: Database, retention: float) -> RawSweeper:
+    """The floor's sweep on its own connection, keeping transcripts ``retention`` seconds."""
+    if db.backend == "sqlite":
+        return _SqliteSweeper(await connect_sqlite(db.target), retention)
+    return _PostgresSweeper(await connect_postgres(db.target), retention)

@@ -69,12 +69,18 @@ them alike):
 - **large store**: N sessions x 10 turns loaded with COPY (then VACUUM ANALYZE) into one
   database and 1,000 sessions x 10 turns into another; `add_turn` on cached sessions and cold
   `get` of random sessions in both, alternating.
-- **expiry sweep**: expired sessions x 10 turns loaded with COPY, then deleted with
-  `convostore.expiry.delete_expired_batch` in a loop like the repository's sweep (each batch
-  timed), while one task keeps calling `add_turn`; its p95 is compared with the same task's
-  p95 without a sweep (before and after). The raw floor sweeps an equal second load with a
-  batched DELETE ... WHERE session_id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED), with no
-  writer beside it.
+- **expiry sweep**: expired sessions x 10 turns loaded in bulk (then VACUUM ANALYZE and a
+  checkpoint), then swept in the repository's two passes, each batch timed: pass 1
+  (`SqlStore.sweep_batch`) deletes expired sessions and the schema's trigger ends their
+  conversations, pass 2 (`SqlStore.sweep_transcripts_batch`) deletes conversations past
+  `transcript_retention` with their turns and slots. With retention 30 days (the default) the
+  sweep ends the sessions and keeps the transcripts; pass 2 is timed again a retention later
+  (clock moved on; VACUUM ANALYZE and a checkpoint first). With retention 0 one sweep deletes
+  both. The raw floor sweeps an equal load of its own in the same passes, each batch one
+  DELETE ... WHERE key IN (SELECT ... ORDER BY ... LIMIT n FOR UPDATE SKIP LOCKED) RETURNING
+  (SQLite: without FOR UPDATE) and COMMIT. Beside every sweep, convostore's and the floor's,
+  one task keeps calling `add_turn`; its p95 is compared with the same task's p95 without a
+  sweep (before and after).
 - **memory**: tracemalloc bytes still allocated after the repository cached sessions of 20
   turns read from the store, per session, against the original manager holding the same
   content built through its own models.
