@@ -13,8 +13,8 @@ joined with their slot rows, and builds plain dicts (JSON decoded, timestamps as
 A sweep is convostore's two passes as hand-written batches, each one autocommitted DELETE
 ... RETURNING: expired sessions (the schema's trigger ends their conversations), then
 conversations that ended ``retention`` seconds ago or more (turns and slots go by cascade).
-Each batch's keys are picked (and on PostgreSQL locked, ``FOR UPDATE SKIP LOCKED``) by an
-``IN`` subquery, as convostore's statements pick them.
+Each batch's keys are picked and locked by a subquery (on PostgreSQL ``FOR UPDATE SKIP
+LOCKED``, and ``= ANY(ARRAY(...))`` so the rows are found by primary key; on SQLite ``IN``).
 """
 
 from __future__ import annotations
@@ -75,14 +75,14 @@ SELECT seq, NULL, NULL, NULL, NULL, NULL, NULL, name, value
 FROM turn_slots WHERE conversation_id = $1
 ORDER BY 1, 8 NULLS FIRST"""
 _PG_SWEEP = """
-DELETE FROM sessions WHERE session_id IN (
+DELETE FROM sessions WHERE session_id = ANY(ARRAY(
     SELECT session_id FROM sessions WHERE expires_at <= $1
-    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
 RETURNING session_id"""
 _PG_SWEEP_TRANSCRIPTS = """
-DELETE FROM conversations WHERE conversation_id IN (
+DELETE FROM conversations WHERE conversation_id = ANY(ARRAY(
     SELECT conversation_id FROM conversations WHERE ended_at <= $1
-    ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+    ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED))
 RETURNING conversation_id"""
 
 _SQLITE_UPDATE = """

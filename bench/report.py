@@ -77,10 +77,10 @@ them alike):
   sweep ends the sessions and keeps the transcripts; pass 2 is timed again a retention later
   (clock moved on; VACUUM ANALYZE and a checkpoint first). With retention 0 one sweep deletes
   both. The raw floor sweeps an equal load of its own in the same passes, each batch one
-  DELETE ... WHERE key IN (SELECT ... ORDER BY ... LIMIT n FOR UPDATE SKIP LOCKED) RETURNING
-  (SQLite: without FOR UPDATE) and COMMIT. Beside every sweep, convostore's and the floor's,
-  one task keeps calling `add_turn`; its p95 is compared with the same task's p95 without a
-  sweep (before and after).
+  DELETE ... WHERE key = ANY(ARRAY(SELECT ... ORDER BY ... LIMIT n FOR UPDATE SKIP LOCKED))
+  RETURNING (SQLite: IN (SELECT ... LIMIT n)) and COMMIT. Beside every sweep, convostore's and
+  the floor's, one task keeps calling `add_turn`; its p95 is compared with the same task's p95
+  without a sweep (before and after).
 - **memory**: tracemalloc bytes still allocated after the repository cached sessions of 20
   turns read from the store, per session, against the original manager holding the same
   content built through its own models.
