@@ -81,7 +81,7 @@ class Sizes:
                 store_small=200,
                 store_large=min(scale, 2_000),
                 store_iterations=16,
-                expiry_sessions=2_000,
+                expiry_sessions=1_000,
                 expiry_turns=10,
                 expiry_baseline=30,
                 memory_sessions=100,

@@ -2,24 +2,32 @@
 tables, written the way a careful hand-written driver call would be, without a library.
 
 An exchange is the naive transaction: BEGIN; UPDATE the session row (turn_count, version,
-last_accessed, expires_at, current_slots, current_template_id) RETURNING turn_count, which
-hands out the two sequence numbers; INSERT the user turn; INSERT the assistant turn; INSERT
-each slot row; COMMIT. On asyncpg every statement is a prepared statement (BEGIN and COMMIT
-are round trips of their own); on aiosqlite every statement is one ``execute`` (one thread
-hop), with the PRAGMAs convostore sets. A load reads the session row, then the turns joined
-with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
+last_accessed, expires_at, current_slots, current_template_id) RETURNING turn_count and
+conversation_id, which hand out the two sequence numbers and the conversation the turns belong
+to; INSERT the user turn; INSERT the assistant turn; INSERT each slot row; COMMIT. On asyncpg
+every statement is a prepared statement (BEGIN and COMMIT are round trips of their own); on
+aiosqlite every statement is one ``execute`` (one thread hop), with the PRAGMAs convostore
+sets. A load reads the session row (with its conversation id), then the conversation's turns
+joined with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
+
+A sweep is convostore's two passes as hand-written batches, each one autocommitted DELETE
+... RETURNING: expired sessions (the schema's trigger ends their conversations), then
+conversations that ended ``retention`` seconds ago or more (turns and slots go by cascade).
+Each batch's keys are picked and locked by a subquery (on PostgreSQL ``FOR UPDATE SKIP
+LOCKED``, and ``= ANY(ARRAY(...))`` so the rows are found by primary key; on SQLite ``IN``).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
+
+from convostore.store import CHANGES_KEPT
 
 from .backends import Database
 from .workload import Exchange, sqlite_timestamp
@@ -29,10 +37,11 @@ __all__ = [
     "RawPostgresPool",
     "RawSqlite",
     "RawStore",
+    "RawSweeper",
     "connect_postgres",
     "connect_sqlite",
     "open_raw",
-    "raw_sweep",
+    "open_raw_sweeper",
 ]
 
 SQLITE_PRAGMAS = (
@@ -47,39 +56,57 @@ _PG_UPDATE = """
 UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
     last_accessed = $2, expires_at = $3, current_slots = current_slots || $4::jsonb,
     current_template_id = coalesce($5, current_template_id)
-WHERE session_id = $1 RETURNING turn_count"""
+WHERE session_id = $1 RETURNING turn_count, conversation_id"""
 _PG_INSERT_TURN = """
-INSERT INTO turns (session_id, seq, role, content, resolved_question, template_id, results,
-    created_at) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)"""
-_PG_INSERT_SLOT = "INSERT INTO turn_slots (session_id, seq, name, value) VALUES ($1, $2, $3, $4)"
+INSERT INTO turns (conversation_id, seq, session_id, role, content, resolved_question,
+    template_id, results, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"""
+_PG_INSERT_SLOT = """
+INSERT INTO turn_slots (conversation_id, seq, name, session_id, value)
+VALUES ($1, $2, $3, $4, $5)"""
 _PG_HEAD = """
 SELECT version, last_accessed, expires_at, language, current_template_id, current_slots,
-    turn_count FROM sessions WHERE session_id = $1"""
+    turn_count, conversation_id FROM sessions WHERE session_id = $1"""
 _PG_TURNS = """
 SELECT seq, role, content, resolved_question, template_id, results, created_at,
     NULL AS name, NULL AS value
-FROM turns WHERE session_id = $1
+FROM turns WHERE session_id = $1 AND conversation_id = $2
 UNION ALL
 SELECT seq, NULL, NULL, NULL, NULL, NULL, NULL, name, value
-FROM turn_slots WHERE session_id = $1
+FROM turn_slots WHERE session_id = $1 AND conversation_id = $2
 ORDER BY 1, 8 NULLS FIRST"""
 _PG_SWEEP = """
-DELETE FROM sessions WHERE session_id IN (
+DELETE FROM sessions WHERE session_id = ANY(ARRAY(
     SELECT session_id FROM sessions WHERE expires_at <= $1
-    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))
 RETURNING session_id"""
+_PG_SWEEP_TRANSCRIPTS = """
+DELETE FROM conversations WHERE conversation_id = ANY(ARRAY(
+    SELECT conversation_id FROM conversations WHERE ended_at <= $1
+    ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+RETURNING conversation_id"""
 
 _SQLITE_UPDATE = """
 UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
     last_accessed = ?, expires_at = ?, current_slots = json_patch(current_slots, ?),
     current_template_id = coalesce(?, current_template_id)
-WHERE session_id = ? RETURNING turn_count"""
+WHERE session_id = ? RETURNING turn_count, conversation_id"""
 _SQLITE_INSERT_TURN = """
-INSERT INTO turns (session_id, seq, role, content, resolved_question, template_id, results,
-    created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
-_SQLITE_INSERT_SLOT = "INSERT INTO turn_slots (session_id, seq, name, value) VALUES (?, ?, ?, ?)"
+INSERT INTO turns (conversation_id, seq, session_id, role, content, resolved_question,
+    template_id, results, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_SQLITE_INSERT_SLOT = """
+INSERT INTO turn_slots (conversation_id, seq, name, session_id, value) VALUES (?, ?, ?, ?, ?)"""
 _SQLITE_HEAD = _PG_HEAD.replace("$1", "?")
-_SQLITE_TURNS = _PG_TURNS.replace("$1", "?")
+_SQLITE_TURNS = _PG_TURNS.replace("$1", "?1").replace("$2", "?2")
+_SQLITE_SWEEP = """
+DELETE FROM sessions WHERE session_id IN (
+    SELECT session_id FROM sessions WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)
+RETURNING session_id"""
+_SQLITE_SWEEP_TRANSCRIPTS = """
+DELETE FROM conversations WHERE conversation_id IN (
+    SELECT conversation_id FROM conversations WHERE ended_at <= ? ORDER BY ended_at LIMIT ?)
+RETURNING conversation_id"""
+_SQLITE_PRUNE_CHANGES = """
+DELETE FROM convostore_changes WHERE id <= (SELECT max(id) FROM convostore_changes) - ?"""
 
 
 class RawStore(Protocol):
@@ -158,7 +185,8 @@ class RawSqlite:
                     sid,
                 ),
             )
-            turn_rows, slot_rows = _exchange_rows(sid, next(iter(rows))[0], exchange, stamp)
+            last, cid = next(iter(rows))
+            turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, stamp)
             for turn in turn_rows:
                 await db.execute(_SQLITE_INSERT_TURN, turn)
             for slot in slot_rows:
@@ -172,7 +200,8 @@ class RawSqlite:
         heads = list(await self._db.execute_fetchall(_SQLITE_HEAD, (sid,)))
         if not heads:
             return None
-        rows = await self._db.execute_fetchall(_SQLITE_TURNS, (sid, sid))
+        cid = heads[0][7]
+        rows = await self._db.execute_fetchall(_SQLITE_TURNS, (sid, cid))
         return _fold(heads[0], list(rows), parse=True)
 
     async def close(self) -> None:
@@ -180,15 +209,17 @@ class RawSqlite:
 
 
 def _exchange_rows(
-    sid: str, last: int, exchange: Exchange, stamp: object
+    sid: str, cid: int, last: int, exchange: Exchange, stamp: object
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The two turn rows (user at ``last - 1``, assistant at ``last``) and the slot rows of an
-    exchange, as the floors insert them, one statement per row."""
+    """The two turn rows (user at ``last - 1``, assistant at ``last``, in conversation
+    ``cid``) and the slot rows of an exchange, as the floors insert them, one statement per
+    row."""
     user_seq = last - 1
     turn_rows = [
         (
-            sid,
+            cid,
             user_seq,
+            sid,
             "user",
             exchange.question,
             None,
@@ -196,9 +227,9 @@ def _exchange_rows(
             exchange.results_json,
             stamp,
         ),
-        (sid, last, "assistant", exchange.answer, None, None, "[]", stamp),
+        (cid, last, sid, "assistant", exchange.answer, None, None, "[]", stamp),
     ]
-    slot_rows = [(sid, user_seq, name, value) for name, value in exchange.slots.items()]
+    slot_rows = [(cid, user_seq, name, sid, value) for name, value in exchange.slots.items()]
     return turn_rows, slot_rows
 
 
@@ -209,10 +240,10 @@ async def _pg_append(
     statement cache prepares each once per connection)."""
     now = datetime.now(timezone.utc)
     async with conn.transaction():
-        last = await conn.fetchval(
+        last, cid = await conn.fetchrow(
             _PG_UPDATE, sid, now, now + ttl, exchange.slots_json, exchange.template_id
         )
-        turn_rows, slot_rows = _exchange_rows(sid, last, exchange, now)
+        turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, now)
         for turn in turn_rows:
             await conn.execute(_PG_INSERT_TURN, *turn)
         for slot in slot_rows:
@@ -242,7 +273,7 @@ class RawPostgres:
         head = await self._statements["head"].fetchrow(sid)
         if head is None:
             return None
-        rows = await self._statements["turns"].fetch(sid)
+        rows = await self._statements["turns"].fetch(sid, head[7])
         return _fold(head, rows, parse=False)
 
     async def close(self) -> None:
@@ -277,19 +308,76 @@ async def open_raw(db: Database, ttl: float) -> RawStore:
     return await RawPostgres.open(db.target, ttl)
 
 
-async def raw_sweep(dsn: str, now: datetime, batch_size: int) -> tuple[int, list[float]]:
-    """Delete expired sessions in batches of ``batch_size`` with asyncpg, one autocommitted
-    DELETE by primary key per batch. Returns sessions deleted and each batch's seconds."""
-    conn = await connect_postgres(dsn)
-    try:
-        sweep = await conn.prepare(_PG_SWEEP)
-        total, batches = 0, []
-        while True:
-            start = time.perf_counter()
-            deleted = await sweep.fetch(now, batch_size)
-            batches.append(time.perf_counter() - start)
-            total += len(deleted)
-            if len(deleted) < batch_size:
-                return total, batches
-    finally:
-        await conn.close()
+class RawSweeper(Protocol):
+    """The floor's sweep, one batch per call, each its own autocommitted statement."""
+
+    async def sessions(self, now: datetime, batch_size: int) -> int:
+        """Delete up to ``batch_size`` sessions that expired by ``now``; returns how many."""
+        ...
+
+    async def transcripts(self, now: datetime, batch_size: int) -> int:
+        """Delete up to ``batch_size`` conversations that ended ``retention`` or more before
+        ``now``, with their turns and slots; returns how many."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class _PostgresSweeper:
+    """The sweep on asyncpg: each batch one prepared DELETE ... RETURNING in autocommit."""
+
+    def __init__(self, conn: asyncpg.Connection, retention: float) -> None:
+        self._conn = conn
+        self._retention = timedelta(seconds=retention)
+        self._statements: dict[str, Any] = {}
+
+    async def _fetch(self, sql: str, *args: Any) -> int:
+        statement = self._statements.get(sql)
+        if statement is None:
+            statement = self._statements[sql] = await self._conn.prepare(sql)
+        return len(await statement.fetch(*args))
+
+    async def sessions(self, now: datetime, batch_size: int) -> int:
+        return await self._fetch(_PG_SWEEP, now, batch_size)
+
+    async def transcripts(self, now: datetime, batch_size: int) -> int:
+        return await self._fetch(_PG_SWEEP_TRANSCRIPTS, now - self._retention, batch_size)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+class _SqliteSweeper:
+    """The sweep on aiosqlite: each batch a DELETE ... RETURNING and its COMMIT. Like
+    convostore's, a batch that comes back short prunes the change feed (the schema's triggers
+    add a row per deleted session) to its newest ``CHANGES_KEPT`` rows."""
+
+    def __init__(self, db: aiosqlite.Connection, retention: float) -> None:
+        self._db = db
+        self._retention = timedelta(seconds=retention)
+
+    async def _delete(self, sql: str, *args: Any) -> int:
+        rows = await self._db.execute_fetchall(sql, args)
+        await self._db.commit()
+        return len(list(rows))
+
+    async def sessions(self, now: datetime, batch_size: int) -> int:
+        deleted = await self._delete(_SQLITE_SWEEP, sqlite_timestamp(now), batch_size)
+        if deleted < batch_size:
+            await self._db.execute(_SQLITE_PRUNE_CHANGES, (CHANGES_KEPT,))
+            await self._db.commit()
+        return deleted
+
+    async def transcripts(self, now: datetime, batch_size: int) -> int:
+        cutoff = sqlite_timestamp(now - self._retention)
+        return await self._delete(_SQLITE_SWEEP_TRANSCRIPTS, cutoff, batch_size)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+async def open_raw_sweeper(db: Database, retention: float) -> RawSweeper:
+    """The floor's sweep on its own connection, keeping transcripts ``retention`` seconds."""
+    if db.backend == "sqlite":
+        return _SqliteSweeper(await connect_sqlite(db.target), retention)
+    return _PostgresSweeper(await connect_postgres(db.target), retention)

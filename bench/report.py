@@ -41,12 +41,13 @@ them alike):
 
 - **raw floor**: plain aiosqlite / asyncpg on convostore's own tables, no library. An exchange
   is the naive transaction BEGIN; UPDATE the session row (turn_count, version, last_accessed,
-  expires_at, current_slots, current_template_id) RETURNING turn_count; INSERT the user turn;
-  INSERT the assistant turn; INSERT its slot row; COMMIT. asyncpg runs each statement as a
-  prepared statement; aiosqlite runs one `execute` per statement, with convostore's PRAGMAs
-  (WAL, foreign_keys=ON, busy_timeout; synchronous left at its default). A load reads the
-  session row, then the turns and their slot rows (the same UNION ALL of two index range
-  scans that convostore runs), decoding JSON and timestamps.
+  expires_at, current_slots, current_template_id) RETURNING turn_count and conversation_id;
+  INSERT the user turn; INSERT the assistant turn; INSERT its slot row (turns and slots keyed
+  by conversation_id); COMMIT. asyncpg runs each statement as a prepared statement; aiosqlite
+  runs one `execute` per statement, with convostore's PRAGMAs (WAL, foreign_keys=ON,
+  busy_timeout; synchronous left at its default). A load reads the session row (with its
+  conversation_id), then the conversation's turns and their slot rows (the same UNION ALL of
+  two index range scans that convostore runs), decoding JSON and timestamps.
 - **cache-hit get**: `repo.get(sid)` on a random cached session (10 turns each; the
   repository read each one once), TTL one day so no read is stale enough to touch the
   database. Each level (100 … 100,000 cached sessions) has a repository of its own, all
@@ -68,12 +69,18 @@ them alike):
 - **large store**: N sessions x 10 turns loaded with COPY (then VACUUM ANALYZE) into one
   database and 1,000 sessions x 10 turns into another; `add_turn` on cached sessions and cold
   `get` of random sessions in both, alternating.
-- **expiry sweep**: expired sessions x 10 turns loaded with COPY, then deleted with
-  `convostore.expiry.delete_expired_batch` in a loop like the repository's sweep (each batch
-  timed), while one task keeps calling `add_turn`; its p95 is compared with the same task's
-  p95 without a sweep (before and after). The raw floor sweeps an equal second load with a
-  batched DELETE ... WHERE session_id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED), with no
-  writer beside it.
+- **expiry sweep**: expired sessions x 10 turns loaded in bulk (then VACUUM ANALYZE and a
+  checkpoint), then swept in the repository's two passes, each batch timed: pass 1
+  (`SqlStore.sweep_batch`) deletes expired sessions and the schema's trigger ends their
+  conversations, pass 2 (`SqlStore.sweep_transcripts_batch`) deletes conversations past
+  `transcript_retention` with their turns and slots. With retention 30 days (the default) the
+  sweep ends the sessions and keeps the transcripts; pass 2 is timed again a retention later
+  (clock moved on; VACUUM ANALYZE and a checkpoint first). With retention 0 one sweep deletes
+  both. The raw floor sweeps an equal load of its own in the same passes, each batch one
+  DELETE ... WHERE key = ANY(ARRAY(SELECT ... ORDER BY ... LIMIT n FOR UPDATE SKIP LOCKED))
+  RETURNING (SQLite: IN (SELECT ... LIMIT n)) and COMMIT. Beside every sweep, convostore's and
+  the floor's, one task keeps calling `add_turn`; its p95 is compared with the same task's p95
+  without a sweep (before and after).
 - **memory**: tracemalloc bytes still allocated after the repository cached sessions of 20
   turns read from the store, per session, against the original manager holding the same
   content built through its own models.

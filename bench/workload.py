@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from convostore.schema import sessions, turn_slots, turns
+from convostore.schema import conversations, sessions, turn_slots, turns
 
 __all__ = [
+    "CONVERSATION_COLUMNS",
     "EXCHANGE",
     "SESSION_COLUMNS",
     "SLOT_COLUMNS",
@@ -23,6 +24,7 @@ __all__ = [
     "sqlite_timestamp",
 ]
 
+CONVERSATION_COLUMNS = tuple(column.name for column in conversations.columns)
 SESSION_COLUMNS = tuple(column.name for column in sessions.columns)
 TURN_COLUMNS = tuple(column.name for column in turns.columns)
 SLOT_COLUMNS = tuple(column.name for column in turn_slots.columns)
@@ -74,8 +76,9 @@ def sqlite_timestamp(value: datetime) -> str:
 
 @dataclass(slots=True)
 class HistoryRows:
-    """Rows of the three tables, as tuples in ``*_COLUMNS`` order."""
+    """Rows of the four tables, as tuples in ``*_COLUMNS`` order."""
 
+    conversations: list[tuple[Any, ...]] = field(default_factory=list)
     sessions: list[tuple[Any, ...]] = field(default_factory=list)
     turns: list[tuple[Any, ...]] = field(default_factory=list)
     slots: list[tuple[Any, ...]] = field(default_factory=list)
@@ -98,10 +101,13 @@ def history_rows(
     now: datetime,
     ttl: float,
     stamp: Callable[[datetime], Any],
+    first_conversation: int,
     expired: bool = False,
 ) -> Iterator[HistoryRows]:
     """Rows for sessions of ``n_turns`` turns each (alternating user and assistant; each user
     turn has one slot and a one-item results list), one ``HistoryRows`` per 10,000 sessions.
+    Each session has its live conversation (not ended), numbered from ``first_conversation``
+    in the order of ``sids``.
 
     Live sessions were last used ``now`` and expire ``ttl`` seconds later; ``expired`` ones
     expired an hour before ``now``. ``stamp`` encodes timestamps for the driver.
@@ -124,10 +130,13 @@ def history_rows(
     template = TEMPLATE_ID if n_turns else None
     for start in range(0, len(sids), 10_000):
         chunk = HistoryRows()
-        for sid in sids[start : start + 10_000]:
+        for cid, sid in enumerate(sids[start : start + 10_000], first_conversation + start):
+            chunk.conversations.append((cid, sid, None, created_s, None, None))
             chunk.sessions.append(
                 (
                     sid,
+                    cid,
+                    None,
                     created_s,
                     last_s,
                     expires_s,
@@ -142,8 +151,8 @@ def history_rows(
             for seq, role, content, resolved, template_id, results, place in turn_template:
                 key = f"k{seq}" if role == "user" else None  # as every append stores one
                 chunk.turns.append(
-                    (sid, seq, role, content, resolved, template_id, results, created_s, key)
+                    (cid, seq, sid, role, content, resolved, template_id, results, created_s, key)
                 )
                 if place is not None:
-                    chunk.slots.append((sid, seq, "place", place))
+                    chunk.slots.append((cid, seq, "place", sid, place))
         yield chunk

@@ -154,8 +154,9 @@ class StoreConfig(BaseSettings):
     migration step."""
 
     sweep_batch_size: int = Field(default=500, ge=1)
-    """Sessions deleted per expiry transaction, so a sweep never holds long locks. Default 500
-    (on PostgreSQL, about 40 ms a batch for sessions of 10 turns)."""
+    """Sessions deleted per expiry transaction (and, in the sweep's transcript pass,
+    conversations), so a sweep never holds long locks. Default 500 (on PostgreSQL, about 10 ms
+    a batch of sessions and 9 ms a batch of their 10-turn transcripts; see BENCHMARKS.md)."""
 
     pool_size: int = Field(default=5, ge=1)
     """Connections the repository's own engine keeps open. Default 5."""

@@ -28,7 +28,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "cold": ("cold get", cold_get.run),
     "throughput": ("concurrent throughput (PostgreSQL)", throughput.run),
     "large": ("large store (PostgreSQL)", large_store.run),
-    "expiry": ("expiry sweep (PostgreSQL)", expiry.run),
+    "expiry": ("expiry sweep, both passes, retention 30 days and 0", expiry.run),
     "memory": ("memory per cached session", memory.run),
     "coherence": ("coherence across processes: staleness and costs", coherence.run),
     "peers": ("peers (--peers)", peers.run),
