@@ -131,7 +131,7 @@ def history_rows(
     for start in range(0, len(sids), 10_000):
         chunk = HistoryRows()
         for cid, sid in enumerate(sids[start : start + 10_000], first_conversation + start):
-            chunk.conversations.append((cid, sid, None, created_s, None, None))
+            chunk.conversations.append((sid, cid, None, created_s, None, None))
             chunk.sessions.append(
                 (
                     sid,
@@ -151,8 +151,8 @@ def history_rows(
             for seq, role, content, resolved, template_id, results, place in turn_template:
                 key = f"k{seq}" if role == "user" else None  # as every append stores one
                 chunk.turns.append(
-                    (cid, seq, sid, role, content, resolved, template_id, results, created_s, key)
+                    (sid, cid, seq, role, content, resolved, template_id, results, created_s, key)
                 )
                 if place is not None:
-                    chunk.slots.append((cid, seq, "place", sid, place))
+                    chunk.slots.append((sid, cid, seq, "place", place))
         yield chunk
