@@ -208,7 +208,7 @@ async def test_use_before_start_raises_not_running(tmp_path: Path) -> None:
     never = tmp_path / "never-opened.db"
     repo = SessionRepository(StoreConfig(database_url=f"sqlite+aiosqlite:///{never}"))
     sid = repo.generate_session_id()
-    calls = {
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
         "get": lambda: repo.get(sid),
         "get_or_create(None)": lambda: repo.get_or_create(),
         "get_or_create(sid)": lambda: repo.get_or_create(sid),

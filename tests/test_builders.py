@@ -52,7 +52,7 @@ def test_built_turn_equals_a_validated_turn(built: tuple[TurnBuilder, StateBuild
     assert turn.model_copy(update={"content": "x"}) == validated.model_copy(update={"content": "x"})
     assert pickle.loads(pickle.dumps(turn)) == validated
     with pytest.raises(ValidationError):
-        turn.content = "changed"  # type: ignore[misc]
+        turn.content = "changed"
     assert turn.content == TURN["content"]
 
 

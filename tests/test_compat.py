@@ -27,8 +27,8 @@ async def test_original_usage_runs_after_changing_only_the_import(
         m = await get_session_manager()
         assert await get_session_manager() is m
 
-        sid, state = await m.get_or_create(None)
-        assert state.turns == []
+        sid, created = await m.get_or_create(None)
+        assert created.turns == []
         await m.add_turn_to_session(
             sid, "q", "a", "resolved", "tpl", {"place": "Utrecht"}, [{"x": 1}]
         )

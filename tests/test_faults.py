@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -53,7 +52,7 @@ async def exchanges(url: str) -> dict[str, list[tuple[str, str]]]:
 
 
 @pytest.fixture
-async def private_url(private_postgres: PrivatePostgres) -> AsyncIterator[str]:
+async def private_url(private_postgres: PrivatePostgres) -> str:
     await upgrade_url(private_postgres.url)
     return private_postgres.url
 

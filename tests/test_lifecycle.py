@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from convostore import NotRunning, SessionRepository, StoreConfig, StoreError
 from convostore.engine import _sqlite_on_connect
@@ -31,6 +32,7 @@ async def test_stop_waits_for_a_call_that_is_creating_its_session(
     calls = [asyncio.create_task(repo.add_turn(f"new-{k}", "q", "a")) for k in range(5)]
     await asyncio.sleep(0)  # every call has been admitted
     pool = repo.engine.pool
+    assert isinstance(pool, QueuePool), pool  # file-backed: pooled, so checkedout() exists
     await repo.stop()
     assert all(call.done() for call in calls), "stop() returned before its calls ended"
     assert [len((await call).turns) for call in calls] == [2] * 5

@@ -21,9 +21,9 @@ def _at(epoch: float) -> datetime:
 
 def _utc(value: Any) -> datetime:
     """A stored timestamp (text on SQLite) as an aware datetime."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    stamp = datetime.fromisoformat(value) if isinstance(value, str) else value
+    assert isinstance(stamp, datetime), stamp
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
 async def _stored(sql: Sql, sid: str) -> tuple[datetime, datetime, int] | None:

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from convostore import (
     ConversationState,
@@ -113,10 +114,17 @@ def wal_exists(url: str) -> bool:
     return Path(database + "-wal").exists()
 
 
+def queue_pool(repo: SessionRepository) -> QueuePool:
+    """The repository's pool: a QueuePool, as for every file-backed database."""
+    pool = repo.engine.pool
+    assert isinstance(pool, QueuePool), pool
+    return pool
+
+
 async def settle(repo: SessionRepository) -> None:
     """Let shielded operations of cancelled callers finish (bounded wait, not a timing test)."""
     for _ in range(200):
-        if repo.engine.pool.checkedout() == 0:
+        if queue_pool(repo).checkedout() == 0:
             return
         await asyncio.sleep(0.01)
 
@@ -242,7 +250,7 @@ async def test_cancelled_calls_leave_whole_exchanges_and_no_connection_behind(
     assert cancelled > 0
 
     await settle(repo)
-    assert repo.engine.pool.checkedout() == 0
+    assert queue_pool(repo).checkedout() == 0
     if backend == "postgresql":
         idle = await sql(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -281,7 +289,7 @@ async def test_stop_closes_connections_and_refuses_calls(
     else:
         assert wal_exists(url)  # WAL mode, and connections are open
 
-    pool = repo.engine.pool
+    pool = queue_pool(repo)
     await repo.stop()
     assert pool.checkedout() == 0
     assert pool.checkedin() == 0
@@ -332,6 +340,7 @@ async def test_server_dropping_connections_fails_no_call(
 
     failures: list[tuple[int, StoreError]] = []
     for attempt in range(3):
+        state: ConversationState | None
         try:
             if operation == "add_turn":
                 state = await repo.add_turn(sid, f"after{attempt}", f"answer{attempt}")
