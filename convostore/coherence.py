@@ -130,7 +130,7 @@ class PostgresWatcher(_Loop):
         self._connect_args = _asyncpg_connect_args(url, dialect)
 
     async def _follow(self) -> None:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         connecting = asyncio.ensure_future(
             asyncpg.connect(**self._connect_args, timeout=_PING_INTERVAL)

@@ -106,7 +106,7 @@ def _driver_errors() -> tuple[type[Exception], ...]:
     """SQLAlchemy's errors, and the drivers' own (the hot paths call the drivers directly)."""
     errors: list[type[Exception]] = [SQLAlchemyError, OSError, sqlite3.Error, asyncio.TimeoutError]
     try:
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
     except ImportError:
         pass
     else:

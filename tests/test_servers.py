@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 
 from bench.servers import PgBouncer, PrivatePostgres, StopMode
