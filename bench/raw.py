@@ -10,6 +10,14 @@ aiosqlite every statement is one ``execute`` (one thread hop), with the PRAGMAs 
 sets. A load reads the session row (with its conversation id), then the conversation's turns
 joined with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
 
+The true floor does the same work in the fewest steps the driver allows: on asyncpg,
+convostore's own one-statement append (``Statements("postgresql").append_cte``, compiled for
+asyncpg and prepared, positional arguments, autocommit) and its one-statement load
+(``Statements(dialect).load``); on SQLite, one hop to aiosqlite's worker thread running BEGIN
+IMMEDIATE, the UPDATE ... RETURNING, executemany of the turns and of the slots, COMMIT on the
+sqlite3 connection, and the one-statement load as one ``execute``. Loads fold the rows into
+the same plain dicts.
+
 A sweep is convostore's two passes as hand-written batches, each one autocommitted DELETE
 ... RETURNING: expired sessions (the schema's trigger ends their conversations), then
 conversations that ended ``retention`` seconds ago or more (turns and slots go by cascade).
@@ -32,6 +40,7 @@ from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from convostore._private import run_in_sqlite_thread
 from convostore.statements import Statements
 from convostore.store import CHANGES_KEPT
 
@@ -219,7 +228,7 @@ async def connect_sqlite(path: str) -> aiosqlite.Connection:
     """An aiosqlite connection with convostore's PRAGMAs."""
     db = await aiosqlite.connect(path)
     for pragma in SQLITE_PRAGMAS:
-        await db.execute(pragma)
+        await db.execute_fetchall(pragma)  # read to the end: no statement left in progress
     return db
 
 
@@ -277,7 +286,7 @@ class RawSqlite:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                last, cid = conn.execute(_SQLITE_UPDATE, head).fetchone()
+                ((last, cid),) = conn.execute(_SQLITE_UPDATE, head).fetchall()
                 turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, stamp)
                 conn.executemany(_SQLITE_INSERT_TURN, turn_rows)
                 conn.executemany(_SQLITE_INSERT_SLOT, slot_rows)
@@ -286,8 +295,7 @@ class RawSqlite:
                 conn.rollback()
                 raise
 
-        db = self._db
-        await db._execute(lambda: work(db._conn))
+        await run_in_sqlite_thread(self._db, work)
 
     async def load_one(self, sid: str, window: int = _ALL_TURNS) -> dict[str, Any] | None:
         """The true floor: convostore's one-statement load, one ``execute``."""
@@ -364,10 +372,13 @@ class RawPostgres:
         raw = cls(conn, ttl)
         for name, sql in (("head", _PG_HEAD), ("turns", _PG_TURNS)):
             raw._statements[name] = await conn.prepare(sql)
-        sql = Statements("postgresql")
-        assert sql.append_cte is not None
-        dialect = pg_asyncpg.dialect()
-        for name, statement in (("append_one", sql.append_cte), ("load_one", sql.load)):
+        statements = Statements("postgresql")
+        assert statements.append_cte is not None
+        dialect = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
+        for name, statement in (
+            ("append_one", statements.append_cte),
+            ("load_one", statements.load),
+        ):
             positional = _Positional(statement, dialect)
             raw._positional[name] = positional
             raw._statements[name] = await conn.prepare(positional.sql)
