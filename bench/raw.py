@@ -10,6 +10,14 @@ aiosqlite every statement is one ``execute`` (one thread hop), with the PRAGMAs 
 sets. A load reads the session row (with its conversation id), then the conversation's turns
 joined with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
 
+The true floor does the same work in the fewest steps the driver allows: on asyncpg,
+convostore's own one-statement append (``Statements("postgresql").append_cte``, compiled for
+asyncpg and prepared, positional arguments, autocommit) and its one-statement load
+(``Statements(dialect).load``); on SQLite, one hop to aiosqlite's worker thread running BEGIN
+IMMEDIATE, the UPDATE ... RETURNING, executemany of the turns and of the slots, COMMIT on the
+sqlite3 connection, and the one-statement load as one ``execute``. Loads fold the rows into
+the same plain dicts.
+
 A sweep is convostore's two passes as hand-written batches, each one autocommitted DELETE
 ... RETURNING: expired sessions (the schema's trigger ends their conversations), then
 conversations that ended ``retention`` seconds ago or more (turns and slots go by cascade).
@@ -20,13 +28,20 @@ LOCKED``, and ``= ANY(ARRAY(...))`` so the rows are found by primary key; on SQL
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import ClauseElement
+from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
+from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
+from sqlalchemy.sql.compiler import SQLCompiler
 
+from convostore._private import run_in_sqlite_thread
+from convostore.statements import Statements
 from convostore.store import CHANGES_KEPT
 
 from .backends import Database
@@ -109,12 +124,71 @@ _SQLITE_PRUNE_CHANGES = """
 DELETE FROM convostore_changes WHERE id <= (SELECT max(id) FROM convostore_changes) - ?"""
 
 
+_ALL_TURNS = 2**31 - 1
+"""The load's window that reads every turn (as convostore passes it)."""
+
+
+class _Positional:
+    """A convostore statement compiled for a driver, its named parameters laid out in the
+    driver's positional order (constants the statement carries filled in)."""
+
+    def __init__(self, statement: ClauseElement, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        assert compiled.positiontup is not None
+        self.sql = str(compiled)
+        self._slots = [(name, compiled.binds[name].value) for name in compiled.positiontup]
+
+    def args(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values.get(name, constant) for name, constant in self._slots]
+
+
+def _fold_one(rows: Sequence[Sequence[Any]], parse: bool) -> dict[str, Any] | None:
+    """A session as plain data from the rows of convostore's one-statement load: the session
+    row (seq 0) first, then each turn followed by its slots."""
+    if not rows or rows[0][0] != 0:
+        return None
+    head = rows[0]
+    turns: list[dict[str, Any]] = []
+    slots: dict[str, str] = {}
+    for _, role, content, resolved, template_id, results, created_at, name, value, *_ in rows[1:]:
+        if name is None:
+            slots = {}
+            if parse:
+                created_at = datetime.fromisoformat(created_at).replace(tzinfo=timezone.utc)
+            turns.append(
+                {
+                    "role": role,
+                    "content": content,
+                    "resolved_question": resolved,
+                    "template_id": template_id,
+                    "slots": slots,
+                    "results": json.loads(results),
+                    "created_at": created_at,
+                }
+            )
+        else:
+            slots[name] = value
+    return {
+        "version": head[9],
+        "language": head[1],
+        "current_template_id": head[2],
+        "current_slots": json.loads(head[5]),
+        "turns": turns,
+    }
+
+
 class RawStore(Protocol):
-    """The floor's operations."""
+    """The floor's operations: ``append`` and ``load`` the naive transaction and reads, the
+    ``*_one`` variants the true floor (one statement, or one SQLite thread hop)."""
 
     async def append(self, sid: str, exchange: Exchange) -> None: ...
 
+    async def append_one(self, sid: str, exchange: Exchange) -> None: ...
+
     async def load(self, sid: str) -> dict[str, Any] | None: ...
+
+    async def load_one(self, sid: str, window: int = _ALL_TURNS) -> dict[str, Any] | None: ...
 
     async def close(self) -> None: ...
 
@@ -154,7 +228,7 @@ async def connect_sqlite(path: str) -> aiosqlite.Connection:
     """An aiosqlite connection with convostore's PRAGMAs."""
     db = await aiosqlite.connect(path)
     for pragma in SQLITE_PRAGMAS:
-        await db.execute(pragma)
+        await db.execute_fetchall(pragma)  # read to the end: no statement left in progress
     return db
 
 
@@ -169,6 +243,7 @@ class RawSqlite:
     def __init__(self, db: aiosqlite.Connection, ttl: float) -> None:
         self._db = db
         self._ttl = timedelta(seconds=ttl)
+        self._load = _Positional(Statements("sqlite").load, sqlite_aiosqlite.dialect())
 
     async def append(self, sid: str, exchange: Exchange) -> None:
         db = self._db
@@ -195,6 +270,38 @@ class RawSqlite:
         except BaseException:
             await db.rollback()
             raise
+
+    async def append_one(self, sid: str, exchange: Exchange) -> None:
+        """The true floor: the whole transaction in one hop to aiosqlite's worker thread."""
+        now = datetime.now(timezone.utc)
+        stamp = sqlite_timestamp(now)
+        head = (
+            stamp,
+            sqlite_timestamp(now + self._ttl),
+            exchange.slots_json,
+            exchange.template_id,
+            sid,
+        )
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ((last, cid),) = conn.execute(_SQLITE_UPDATE, head).fetchall()
+                turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, stamp)
+                conn.executemany(_SQLITE_INSERT_TURN, turn_rows)
+                conn.executemany(_SQLITE_INSERT_SLOT, slot_rows)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+
+        await run_in_sqlite_thread(self._db, work)
+
+    async def load_one(self, sid: str, window: int = _ALL_TURNS) -> dict[str, Any] | None:
+        """The true floor: convostore's one-statement load, one ``execute``."""
+        args = self._load.args({"sid": sid, "window": window})
+        rows = await self._db.execute_fetchall(self._load.sql, args)
+        return _fold_one(list(rows), parse=True)
 
     async def load(self, sid: str) -> dict[str, Any] | None:
         heads = list(await self._db.execute_fetchall(_SQLITE_HEAD, (sid,)))
@@ -257,6 +364,7 @@ class RawPostgres:
         self._conn = conn
         self._ttl = timedelta(seconds=ttl)
         self._statements: dict[str, Any] = {}
+        self._positional: dict[str, _Positional] = {}
 
     @classmethod
     async def open(cls, dsn: str, ttl: float) -> RawPostgres:
@@ -264,10 +372,52 @@ class RawPostgres:
         raw = cls(conn, ttl)
         for name, sql in (("head", _PG_HEAD), ("turns", _PG_TURNS)):
             raw._statements[name] = await conn.prepare(sql)
+        statements = Statements("postgresql")
+        assert statements.append_cte is not None
+        dialect = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
+        for name, statement in (
+            ("append_one", statements.append_cte),
+            ("load_one", statements.load),
+        ):
+            positional = _Positional(statement, dialect)
+            raw._positional[name] = positional
+            raw._statements[name] = await conn.prepare(positional.sql)
         return raw
 
     async def append(self, sid: str, exchange: Exchange) -> None:
         await _pg_append(self._conn, sid, exchange, self._ttl)
+
+    async def append_one(self, sid: str, exchange: Exchange) -> None:
+        """The true floor: convostore's one-statement append, prepared, in autocommit."""
+        now = datetime.now(timezone.utc)
+        args = self._positional["append_one"].args(
+            {
+                "sid": sid,
+                "n": 2,
+                "now": now,
+                "key": None,
+                "expires": now + self._ttl,
+                "hits": 1,
+                "template_id": exchange.template_id,
+                "merge": exchange.slots_json,
+                "uid": None,
+                "roles": ["user", "assistant"],
+                "contents": [exchange.question, exchange.answer],
+                "resolved": [None, None],
+                "templates": [exchange.template_id, None],
+                "results": [exchange.results_json, "[]"],
+                "slot_ords": [1] * len(exchange.slots),
+                "slot_names": list(exchange.slots),
+                "slot_values": list(exchange.slots.values()),
+            }
+        )
+        if await self._statements["append_one"].fetchrow(*args) is None:
+            raise RuntimeError(f"session {sid}: the one-statement append wrote nothing")
+
+    async def load_one(self, sid: str, window: int = _ALL_TURNS) -> dict[str, Any] | None:
+        """The true floor: convostore's one-statement load, prepared."""
+        args = self._positional["load_one"].args({"sid": sid, "window": window})
+        return _fold_one(await self._statements["load_one"].fetch(*args), parse=False)
 
     async def load(self, sid: str) -> dict[str, Any] | None:
         head = await self._statements["head"].fetchrow(sid)

@@ -48,6 +48,20 @@ them alike):
   busy_timeout; synchronous left at its default). A load reads the session row (with its
   conversation_id), then the conversation's turns and their slot rows (the same UNION ALL of
   two index range scans that convostore runs), decoding JSON and timestamps.
+- **true floor**: the same work in the fewest driver steps: on asyncpg, convostore's own
+  one-statement append (the data-modifying CTE, `Statements("postgresql").append_cte`
+  compiled for asyncpg) and its one-statement load, each prepared and run with positional
+  arguments on a plain connection; on SQLite, the whole append in one hop to aiosqlite's
+  worker thread (BEGIN IMMEDIATE, UPDATE ... RETURNING, executemany turns, executemany slots,
+  COMMIT on the sqlite3 connection) and the one-statement load as one `execute`. Loads decode
+  JSON and timestamps into plain dicts. The naive rows stay as "naive transaction".
+- **core path**: the same add_turn and cold get through `StoreConfig(fast_path=False)`
+  (SQLAlchemy's execution), timed beside the fast path.
+- **cold get needing an expiry refresh**: sessions stored with `last_accessed` 4.8 h old
+  (older than TTL/10), each read once through a `max_sessions=1` repository (the refresh is
+  written behind the read, `refresh_delay` 1 s), against the plain cold get.
+- **windowed read**: cold `repo.get(sid, last_turns=6)` of 1,000-turn sessions against cold
+  `repo.get` of 10-turn sessions.
 - **cache-hit get**: `repo.get(sid)` on a random cached session (10 turns each; the
   repository read each one once), TTL one day so no read is stale enough to touch the
   database. Each level (100 … 100,000 cached sessions) has a repository of its own, all
@@ -85,7 +99,17 @@ them alike):
   turns read from the store, per session, against the original manager holding the same
   content built through its own models.
 - **peers** (`--peers`): appending one exchange (two messages) to a session of 1,000 stored
-  turns, and loading a 100-turn session, with each peer's own API on the same database.
+  turns, and loading a 100-turn session (sessions in random order), with each peer's own API
+  on the same database (Google ADK, whose table names clash with convostore's, on a file of
+  its own beside it / a schema of its own): OpenAI Agents `SQLAlchemySession`, and on SQLite
+  `SQLiteSession` and `AsyncSQLiteSession`; LangChain `SQLChatMessageHistory` and (PostgreSQL)
+  `PostgresChatMessageHistory`; LangGraph `AsyncSqliteSaver` / `AsyncPostgresSaver` (the
+  messages as a checkpoint's `channel_values`, one `aput` per exchange, load `aget_tuple`);
+  Google ADK `DatabaseSessionService` (`append_event` of a user and an assistant event, load
+  `get_session`). The floor is the true floor.
+- **exchange**: every append stores a 120-character question, a 600-character answer, one
+  slot and a three-item results list (169 bytes of JSON); peers store the results as the
+  user message's metadata.
 """
 
 

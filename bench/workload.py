@@ -50,9 +50,30 @@ class Exchange:
         return json.dumps(self.results)
 
 
+QUESTION_CHARS = 120
+ANSWER_CHARS = 600
+
+
+def _text(opening: str, filler: str, length: int) -> str:
+    """``opening`` continued with ``filler`` sentences, cut to exactly ``length`` characters."""
+    text = opening
+    while len(text) < length:
+        text += " " + filler
+    return text[:length]
+
+
 EXCHANGE = Exchange(
-    question="Welke archieven zijn er in Utrecht?",
-    answer="Er zijn 12 archieven in Utrecht, waaronder Het Utrechts Archief.",
+    question=_text(
+        "Welke archieven zijn er in Utrecht?",
+        "En welke daarvan hebben bouwtekeningen van voor 1900?",
+        QUESTION_CHARS,
+    ),
+    answer=_text(
+        "Er zijn 12 archieven in Utrecht, waaronder Het Utrechts Archief.",
+        "Het Utrechts Archief bewaart bouwdossiers, kadasterkaarten en notariële akten van de "
+        "stad en de provincie, en de meeste zijn in de studiezaal in te zien.",
+        ANSWER_CHARS,
+    ),
     template_id=TEMPLATE_ID,
     slots={"place": "Utrecht"},
     results=[
@@ -61,7 +82,8 @@ EXCHANGE = Exchange(
         {"name": "Archief Eemland", "city": "Amersfoort"},
     ],
 )
-"""The exchange every timed append stores."""
+"""The exchange every timed append stores: a 120-character question, a 600-character
+answer, one slot and a three-item results list (about 180 bytes of JSON)."""
 
 
 def session_ids(tag: str, count: int, start: int = 0) -> list[str]:

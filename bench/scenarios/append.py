@@ -1,5 +1,10 @@
-"""Rows 2 and 3: ``add_turn`` (one exchange) against the naive raw transaction, and its cost
-at 10, 100 and 1,000 stored turns, beside the original manager in memory and with Redis.
+"""Rows 2 and 3: ``add_turn`` (one exchange) against the raw driver, and its cost at 10, 100
+and 1,000 stored turns, beside the original manager in memory and with Redis.
+
+Two raw floors: the naive transaction (one statement at a time), and the true floor, the same
+work in one statement on asyncpg (convostore's own one-statement append, prepared) or in one
+thread hop of sqlite3. The core path (``StoreConfig(fast_path=False)``: SQLAlchemy's
+execution) appends beside the fast path.
 
 Each variant appends to sessions of its own (round robin over a few, so a session grows by
 only a few dozen turns while it is measured); convostore's sessions are cached first, as they
@@ -24,9 +29,11 @@ from ._util import add_turn, cycling, fmt_count, now_utc, timed, warm_cache
 __all__ = ["run"]
 
 ADD_TURN_TARGET = {"postgresql": 1.0, "sqlite": 1.2}
+TRUE_FLOOR_TARGET = 1.2
 FLAT_FACTOR = 1.1
 ORIGINAL_MEMORY = "original (memory)"
 ORIGINAL_REDIS = "original + Redis"
+CORE_LABEL = "convostore, core path (fast_path=False)"
 
 
 async def run(ctx: Context) -> list[Row]:
@@ -56,18 +63,27 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
     histories = sizes.histories
     conv = {h: session_ids(f"conv{h}", sizes.append_sessions) for h in histories}
     raw_sids = {h: session_ids(f"raw{h}", sizes.append_sessions) for h in histories}
+    floor_sids = {h: session_ids(f"floor{h}", sizes.append_sessions) for h in histories}
+    core_sids = {h: session_ids(f"core{h}", sizes.append_sessions) for h in histories}
     for h in histories:
-        await load_histories(db, conv[h] + raw_sids[h], h, now=now_utc(), ttl=TTL)
+        every = conv[h] + raw_sids[h] + floor_sids[h] + core_sids[h]
+        await load_histories(db, every, h, now=now_utc(), ttl=TTL)
     repo = ctx.repository(db.url)
+    core = ctx.repository(db.url, fast_path=False)
     raw = await open_raw(db, TTL)
     originals = await _originals(ctx)
     try:
-        async with repo:
+        async with repo, core:
             ops: dict[str, Op] = {}
             for h in histories:
                 await warm_cache(repo, conv[h], h)
+                await warm_cache(core, core_sids[h], h)
                 ops[f"convostore@{h}"] = cycling(conv[h], lambda sid: add_turn(repo, sid))
+                ops[f"core@{h}"] = cycling(core_sids[h], lambda sid: add_turn(core, sid))
                 ops[f"raw@{h}"] = cycling(raw_sids[h], lambda sid: raw.append(sid, EXCHANGE))
+                ops[f"floor@{h}"] = cycling(
+                    floor_sids[h], lambda sid: raw.append_one(sid, EXCHANGE)
+                )
                 for label, manager in originals.items():
                     assert ctx.seed is not None  # originals run only with the seed loaded
                     sids = session_ids(f"orig{h}", sizes.append_sessions)
@@ -79,6 +95,7 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
                 interleave(ops, sizes.append_iterations, warmup=sizes.warmup, rounds=sizes.rounds),
             )
             await _check(repo, raw, conv[histories[0]][0])
+            await _check(repo, raw, floor_sids[histories[0]][0])
     finally:
         await raw.close()
         for manager in originals.values():
@@ -117,7 +134,11 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
         "x": list(histories),
         "series": {label: [stats[f"{label}@{h}"].median for h in histories] for label in labels},
     }
-    raw_label = f"raw {'asyncpg' if server.name == 'postgresql' else 'aiosqlite'}"
+    driver = "asyncpg" if server.name == "postgresql" else "aiosqlite"
+    raw_label = f"raw {driver}, naive transaction"
+    floor_label = (
+        "raw asyncpg, one statement" if server.name == "postgresql" else "raw sqlite3, one hop"
+    )
     first = histories[0]
 
     def others(h: int) -> list[Any]:
@@ -157,6 +178,36 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
                 met=flat <= FLAT_FACTOR if last else None,
                 note=f"convostore / raw {conv.median / raw.median:.2f}×; "
                 f"raw at {fmt_count(h)} / at {fmt_count(first)} {raw.median / raw0.median:.2f}×",
+            )
+        )
+    for h in (first, histories[-1]):
+        conv, floor, core = stats[f"convostore@{h}"], stats[f"floor@{h}"], stats[f"core@{h}"]
+        ratio = conv.median / floor.median
+        rows.append(
+            Row(
+                key=f"add_turn_floor.{h}.{server.name}",
+                path=f"add_turn vs the true floor ({fmt_count(h)} stored turns)",
+                backend=server.label,
+                convostore=figure("convostore", conv),
+                raw=figure(floor_label, floor),
+                others=[figure(raw_label, stats[f"raw@{h}"]), figure(CORE_LABEL, core)],
+                ratio=ratio,
+                ratio_of="convostore / true floor",
+                target=f"≤ {TRUE_FLOOR_TARGET}× true floor",
+                met=ratio <= TRUE_FLOOR_TARGET,
+            )
+        )
+        rows.append(
+            Row(
+                key=f"add_turn_core.{h}.{server.name}",
+                path=f"add_turn, core path (fast_path=False), {fmt_count(h)} stored turns",
+                backend=server.label,
+                convostore=figure(CORE_LABEL, core),
+                raw=figure(floor_label, floor),
+                others=[figure("convostore (fast path)", conv)],
+                ratio=core.median / conv.median,
+                ratio_of="core path / fast path",
+                note=f"core path / true floor {core.median / floor.median:.2f}×",
             )
         )
     return rows

@@ -30,6 +30,8 @@ __all__ = ["run"]
 HIT_TARGET = 3e-6
 ORIGINAL_FACTOR = 50.0
 FLAT_FACTOR = 1.3
+FLOOR_FACTOR = 2.0
+FLOOR_LEVEL = 10_000
 CONVOSTORE = "convostore"
 FLOOR_LABEL = "OrderedDict LRU floor"
 ORIGINAL_LABEL = "original (memory)"
@@ -198,4 +200,20 @@ def _rows(ctx: Context, results: dict[int, dict[str, Stats]]) -> list[Row]:
             if orig is not None:
                 row.note += f"; original / convostore: {orig.median / conv.median:,.0f}×"
         rows.append(row)
+        if level == FLOOR_LEVEL:
+            floor = stats[FLOOR_LABEL]
+            rows.append(
+                Row(
+                    key=f"hit_floor.{level}",
+                    path=f"cache-hit get vs the OrderedDict floor, {fmt_count(level)} cached "
+                    "sessions, random access",
+                    backend="any (no SQL)",
+                    convostore=figure(CONVOSTORE, conv),
+                    raw=figure(FLOOR_LABEL, floor),
+                    ratio=conv.median / floor.median,
+                    ratio_of="convostore / floor",
+                    target=f"≤ {FLOOR_FACTOR:g}× floor",
+                    met=conv.median / floor.median <= FLOOR_FACTOR,
+                )
+            )
     return rows

@@ -1,8 +1,11 @@
-"""Row 9 (``--peers``): peer stores against convostore and the raw floor: appending one
-exchange to a session of 1,000 stored turns, and loading a 100-turn session."""
+"""Row 9 (``--peers``): peer stores against convostore and the raw driver's true floor
+(one statement, or one SQLite thread hop): appending one exchange to a session of 1,000
+stored turns, and loading a 100-turn session (cold; sessions in random order). A row per peer
+and operation, and one "faster than every peer" row per operation."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from ..backends import Server
@@ -50,11 +53,12 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
             await warm_cache(repo, conv_append, APPEND_TURNS)
             append_ops: dict[str, Op] = {
                 "convostore": cycling(conv_append, lambda sid: add_turn(repo, sid)),
-                "raw": cycling(raw_append, lambda sid: raw.append(sid, EXCHANGE)),
+                "raw": cycling(raw_append, lambda sid: raw.append_one(sid, EXCHANGE)),
             }
+            order = _random_order(loads, sizes.peer_iterations + sizes.warmup)
             load_ops: dict[str, Op] = {
-                "convostore": cycling(loads, cold_repo.get),
-                "raw": cycling(loads, raw.load),
+                "convostore": cycling(order, cold_repo.get),
+                "raw": cycling(order, raw.load_one),
             }
             for peer in peers:
                 appends = [peer.session_id(f"peer-append-{i}") for i in range(n)]
@@ -66,7 +70,8 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
                 if await peer.load(peer_loads[0]) != LOAD_TURNS:
                     raise RuntimeError(f"{peer.label}: prefill did not store {LOAD_TURNS} messages")
                 append_ops[peer.label] = cycling(appends, _peer_append(peer))
-                load_ops[peer.label] = cycling(peer_loads, peer.load)
+                peer_order = _random_order(peer_loads, sizes.peer_iterations + sizes.warmup)
+                load_ops[peer.label] = cycling(peer_order, peer.load)
             appended = await timed(
                 f"peers: append at {APPEND_TURNS:,} turns ({server.label})",
                 interleave(
@@ -85,23 +90,46 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
             await peer.close()
         await server.drop(db)
     labels = [peer.label for peer in peers]
-    return [
-        _row(
-            server,
-            "append",
-            f"append one exchange at {APPEND_TURNS:,} stored turns",
-            appended,
-            labels,
-        ),
-        _row(server, "load", f"load a {LOAD_TURNS}-turn session (cold)", loaded, labels),
-    ]
+    rows: list[Row] = []
+    for op, path, stats in (
+        ("append", f"append one exchange at {APPEND_TURNS:,} stored turns", appended),
+        ("load", f"load a {LOAD_TURNS}-turn session (cold, random order)", loaded),
+    ):
+        rows += [_peer_row(server, op, path, stats, label) for label in labels]
+        rows.append(_row(server, op, path, stats, labels))
+    return rows
+
+
+def _random_order(sids: list[str], count: int) -> list[str]:
+    """``count`` session ids drawn at random (a fixed seed: the same order every run)."""
+    return random.Random(len(sids)).choices(sids, k=count)
 
 
 def _peer_append(peer: Peer) -> Any:
     async def append(sid: str) -> None:
-        await peer.append(sid, EXCHANGE.question, EXCHANGE.answer)
+        await peer.append(sid, EXCHANGE)
 
     return append
+
+
+def _raw_label(server: Server) -> str:
+    if server.name == "postgresql":
+        return "raw asyncpg, one statement"
+    return "raw sqlite3, one hop"
+
+
+def _peer_row(server: Server, op: str, path: str, stats: dict[str, Stats], label: str) -> Row:
+    conv, peer = stats["convostore"], stats[label]
+    return Row(
+        key=f"peers.{op}.{label}.{server.name}",
+        path=f"peer {label}: {path}",
+        backend=server.label,
+        convostore=figure("convostore", conv),
+        raw=figure(_raw_label(server), stats["raw"]),
+        others=[figure(label, peer)],
+        ratio=peer.median / conv.median,
+        ratio_of=f"{label} / convostore",
+    )
 
 
 def _row(server: Server, op: str, path: str, stats: dict[str, Stats], labels: list[str]) -> Row:
@@ -112,7 +140,7 @@ def _row(server: Server, op: str, path: str, stats: dict[str, Stats], labels: li
         path=f"peers: {path}",
         backend=server.label,
         convostore=figure("convostore", conv),
-        raw=figure(f"raw {'asyncpg' if server.name == 'postgresql' else 'aiosqlite'}", raw),
+        raw=figure(_raw_label(server), raw),
         others=others,
         target="faster than every peer",
         note="; ".join(f"{f.label} {f.median / raw.median:.1f}× raw" for f in others)
