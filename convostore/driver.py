@@ -123,15 +123,9 @@ class PostgresDriver:
                 # connection out as it meets it).
                 await self.engine.dispose()
             raise
-        if (
-            isinstance(pool, QueuePool)
-            and self.engine.sync_engine.pool is pool
-            and pool.checkedin() < pool.size()
-        ):
-            # The pool keeps this connection, and its reset on return is a rollback that
-            # SQLAlchemy's asyncpg adapter skips when it opened no transaction (it opened none
-            # here), so returning it needs no I/O and no greenlet. After a dispose the
-            # connection goes back to the old pool, which closes it: that needs the greenlet.
+        if _kept_without_io(self.engine, pool):
+            # Its reset on return is a rollback that SQLAlchemy's asyncpg adapter skips when it
+            # opened no transaction (it opened none here).
             pooled.close()
         else:
             await _give_back(pooled)
@@ -144,6 +138,17 @@ class PostgresDriver:
 
     write = read
     """A data-modifying statement ... RETURNING is atomic by itself in autocommit."""
+
+
+def _kept_without_io(engine: AsyncEngine, pool: Any) -> bool:
+    """Whether the pool keeps a connection given back now (a pool with room, still the
+    engine's), so that returning it closes nothing. After a dispose a connection goes back to
+    the old pool, which closes it: that needs the greenlet."""
+    return (
+        isinstance(pool, QueuePool)
+        and engine.sync_engine.pool is pool
+        and pool.checkedin() < pool.size()
+    )
 
 
 async def _give_back(pooled: Any) -> None:
@@ -169,12 +174,16 @@ class SqliteDriver:
     """Runs a function on the ``sqlite3`` connection inside aiosqlite's worker thread
     (through aiosqlite's private API: see ``_private.run_in_sqlite_thread``)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
         self.engine = engine
+        self._no_reset = owns_engine
+        """The engine is convostore's own, made with ``pool_reset_on_return=None``: a
+        connection given back is not rolled back (every ``work`` ends its transaction)."""
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work(connection)`` in one thread hop. ``work`` owns its transaction: it
         commits, or rolls back before raising."""
+        pool = self.engine.sync_engine.pool
         pooled = await self.engine.raw_connection()
         try:
             aio = pooled.driver_connection
@@ -183,7 +192,10 @@ class SqliteDriver:
         except BaseException as exc:
             await _discard(pooled, exc)
             raise
-        await _give_back(pooled)
+        if self._no_reset and _kept_without_io(self.engine, pool):
+            pooled.close()  # nothing to roll back and nothing to close: no thread hop
+        else:
+            await _give_back(pooled)
         return result
 
     async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:

@@ -67,7 +67,7 @@ class HotPath:
             if engine.dialect.name == "postgresql":
                 self._driver = PostgresDriver(engine, owns_engine=owns_engine)
             else:
-                self._driver = SqliteDriver(engine)
+                self._driver = SqliteDriver(engine, owns_engine=owns_engine)
 
     def current(self) -> Executor:
         """The executor for the operation about to run."""

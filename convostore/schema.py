@@ -35,6 +35,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -188,11 +189,20 @@ turns = Table(
         [f"conversations.{name}" for name in _in_conversation],
         ondelete="CASCADE",
     ),
-    Index(None, "session_id", "conversation_id", "idempotency_key", unique=True),
+    Index(
+        None,
+        "session_id",
+        "conversation_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+    ),
 )
 """One row per message; ``seq`` counts from 1 within the conversation. The first turn of every
 append carries the append's ``idempotency_key`` (unique within the conversation), so an append
-sent twice is stored once."""
+sent twice is stored once. The key's index holds only the turns that have one: half the rows,
+and a read of a conversation's turns by ``seq`` is never planned through it."""
 
 turn_slots = Table(
     "turn_slots",

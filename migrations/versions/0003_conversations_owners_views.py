@@ -12,7 +12,8 @@ Create Date: 2026-12-01
   NULL for existing sessions).
 - ``turns`` and ``turn_slots`` gain ``conversation_id`` after ``session_id`` in their keys, with
   foreign keys to ``conversations`` instead of ``sessions``: deleting a session no longer
-  deletes its turns. The idempotency keys are unique per conversation.
+  deletes its turns. The idempotency keys are unique per conversation (a partial index: only
+  the turns that carry one).
 - A trigger on ``sessions`` marks a conversation ended (``ended_at`` = the session's
   ``last_accessed``, and its ``language``) when its session row is deleted.
 - Views ``exchanges`` and ``slot_values`` for analysts.
@@ -169,6 +170,8 @@ def upgrade() -> None:
         "turns",
         ["session_id", "conversation_id", "idempotency_key"],
         unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        sqlite_where=sa.text("idempotency_key IS NOT NULL"),
     )
     if _sqlite():
         op.execute(_SQLITE_END_TRIGGER)
