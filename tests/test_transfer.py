@@ -1,4 +1,11 @@
-"""Transcript export and import (``convostore.transfer``), on both backends."""
+"""Transcript export and import (``convostore.transfer``), and the import of the original
+SessionManager's Redis entries, on both backends.
+
+The Redis tests run against the real Redis at env ``CONVOSTORE_TEST_REDIS_URL`` (default
+``redis://127.0.0.1:6379``), in its database 13, which they flush before and after; entries are
+written by the original manager's own code (``../shared/seed/session_manager.py`` or env
+``CONVOSTORE_SEED_PATH``). They are skipped, saying why, only when Redis cannot be reached.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +13,32 @@ import copy
 import csv
 import io
 import json
+import os
+import time
 import tracemalloc
+import warnings
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from conftest import FakeClock, MakeRepo, Sql
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench.baselines import load_seed, seed_path
 from bench.transfer import fill
 from convostore import SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
+from convostore.schema import sessions
 from convostore.transfer import (
     CSV_COLUMNS,
     ConversationRecord,
     export_conversations,
     import_conversations,
+    import_redis,
 )
 
 TTL = 86_400
@@ -484,3 +502,169 @@ async def test_export_memory_does_not_grow_with_the_data(url: str) -> None:
     del out
     large = await peak()
     assert large / small < 2, (small, large)
+
+
+# --- the original manager's Redis entries ---------------------------------------------------
+
+REDIS_URL = os.environ.get("CONVOSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = 13
+PREFIX = "heritage:session:"
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[Redis]:
+    """Database 13 of the test Redis, empty; skips the test if Redis is unreachable."""
+    client = Redis.from_url(REDIS_URL, db=REDIS_DB, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        pytest.skip(f"Redis at {REDIS_URL} (env CONVOSTORE_TEST_REDIS_URL) is unreachable: {exc}")
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+async def _original_sessions(redis_client: Redis) -> dict[str, Any]:
+    """Sessions written by the original manager itself (redis_db=13): returns their states.
+
+    Its redis calls are deprecated ones (setex, close): under pytest's "error" filter they
+    would raise, and the original would log that and write nothing, so the warnings are off."""
+    seed = load_seed()
+    if seed is None:
+        pytest.fail(f"the original SessionManager is missing at {seed_path()}")
+    config = seed.SessionConfig(
+        redis_enabled=True, redis_url=REDIS_URL, redis_db=REDIS_DB, cleanup_interval=10**9
+    )
+    manager = seed.SessionManager(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        await manager.start()
+        assert manager._redis_available
+        utrecht, _ = await manager.get_or_create()
+        await manager.add_turn_to_session(
+            utrecht,
+            "Welke archieven zijn er in Utrecht?",
+            "Er zijn er 12.",
+            None,
+            "archives_in_place",
+            {"place": "Utrecht"},
+            [{"naam": "Het Utrechts Archief", "jaren": [1122, 2026]}],
+        )
+        await manager.add_turn_to_session(
+            utrecht,
+            "En in Enschede?",
+            "Drie.",
+            "Welke archieven zijn er in Enschede?",
+            None,
+            {"place": "Enschede", "soort": "gemeente"},
+            None,
+        )
+        plain, _ = await manager.get_or_create()
+        await manager.add_turn_to_session(plain, "Hoi", "Hallo")
+        empty, _ = await manager.get_or_create()
+        english, state = await manager.get_or_create()
+        state.language = "en"
+        state.add_turn(seed.ConversationTurn(role="user", content="Archives?", template_id="count"))
+        state.add_turn(seed.ConversationTurn(role="assistant", content="Forty."))
+        await manager.update(english, state)
+        states = {sid: await manager.get(sid) for sid in (utrecht, plain, empty, english)}
+        await manager.stop()
+    await redis_client.pexpire(PREFIX + plain, 600_000)
+    await redis_client.persist(PREFIX + empty)
+    return states
+
+
+def _entry(sid: str, **changes: Any) -> str:
+    entry = {
+        "session_id": sid,
+        "state": {"turns": [{"role": "user", "content": "Vraag"}], "current_slots": {}},
+        "created_at": "2026-11-30T10:00:00+00:00",
+        "last_accessed": "2026-11-30T10:05:00+00:00",
+        "access_count": 1,
+    }
+    entry.update(changes)
+    return json.dumps(entry)
+
+
+MALFORMED = {
+    "not-json": ("{oops", "Invalid JSON"),
+    "system": (
+        _entry("system", state={"turns": [{"role": "system", "content": "x"}]}),
+        "state.turns.0.role",
+    ),
+    "nul": (
+        _entry("nul", state={"turns": [{"content": "a\u0000b"}]}),
+        "state.turns[0].content contains a NUL character",
+    ),
+    "mismatch": (_entry("someone-else"), "is not the key's"),
+    "no-time": (_entry("no-time", created_at=None), "created_at"),
+    "café": (_entry("café"), "printable ASCII"),
+}
+"""Keys (after the prefix) written by hand, with their value and the reason expected."""
+
+
+async def _expiries(url: str) -> dict[str, datetime]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(sessions.c.session_id, sessions.c.expires_at))
+            return {sid: expires for sid, expires in rows}
+    finally:
+        await engine.dispose()
+
+
+async def test_redis_entries_of_the_original_manager_become_sessions(
+    redis_client: Redis, make_repo: MakeRepo, clock: FakeClock, url: str, sql: Sql
+) -> None:
+    originals = await _original_sessions(redis_client)
+    for key, (value, _) in MALFORMED.items():
+        await redis_client.set(PREFIX + key, value)
+    await redis_client.hset(PREFIX + "a-hash", "field", "value")
+    await redis_client.set("elsewhere:not-ours", _entry("not-ours"))
+    remaining = {sid: await redis_client.pttl(PREFIX + sid) for sid in originals}
+    read_at = datetime.now(timezone.utc)
+    no_ttl, shortened, *_ = sorted(remaining.values())
+    assert no_ttl == -1
+    assert 0 < shortened <= 600_000
+
+    report = await import_redis(url, REDIS_URL, db=REDIS_DB)
+    assert (report.imported, report.already_present, report.replaced) == (4, 0, 0)
+    assert (report.turns, report.slots) == (8, 3)
+    reasons = {entry.key: entry.reason for entry in report.skipped}
+    assert set(reasons) == {PREFIX + key for key in [*MALFORMED, "a-hash"]}
+    for key, (_, reason) in MALFORMED.items():
+        assert reason in reasons[PREFIX + key], (key, reasons[PREFIX + key])
+    assert "WRONGTYPE" in reasons[PREFIX + "a-hash"]
+
+    expiries = await _expiries(url)
+    for sid, pttl in remaining.items():
+        left = timedelta(milliseconds=pttl) if pttl > 0 else timedelta(seconds=1800)
+        assert abs(expiries[sid] - (read_at + left)) < timedelta(seconds=1), sid
+
+    clock.now = time.time()
+    repo = await make_repo()
+    for sid, original in originals.items():
+        state = await repo.get(sid)
+        assert state is not None, sid
+        assert [
+            (t.role, t.content, t.resolved_question, t.template_id, t.slots, t.results)
+            for t in state.turns
+        ] == [
+            (t.role, t.content, t.resolved_question, t.template_id, t.slots, t.results)
+            for t in original.turns
+        ]
+        assert state.current_slots == original.current_slots
+        assert state.current_template_id == original.current_template_id
+        assert state.language == original.language
+        assert all(turn.created_at is not None for turn in state.turns)
+    assert (await _counts(sql))["sessions"] == 4
+
+    again = await import_redis(url, REDIS_URL, db=REDIS_DB)
+    assert (again.imported, again.already_present, len(again.skipped)) == (0, 4, 7)
+    assert (await _counts(sql))["conversations"] == 4
+
+    replaced = await import_redis(url, REDIS_URL, db=REDIS_DB, on_conflict="replace")
+    assert (replaced.imported, replaced.replaced, replaced.already_present) == (4, 4, 0)
+    assert await _counts(sql) == {"conversations": 8, "sessions": 4, "turns": 16, "turn_slots": 6}
