@@ -566,7 +566,6 @@ async def export_conversations(
     if format not in ("jsonl", "csv"):
         raise ValueError(f"format must be 'jsonl' or 'csv', not {format!r}")
     queries = _export_queries(_filters(since, until, template, language, user))
-    sink = _JsonLines(out) if format == "jsonl" else _Csv(out)
     moment = now or _utcnow()
     written = 0
     async with _opened(engine_or_url, writes=False) as engine:
@@ -576,6 +575,8 @@ async def export_conversations(
                     _Rows(await conn.stream(query.execution_options(yield_per=_PAGE)))
                     for query in queries
                 ]
+                # Nothing is written (not even the CSV header) unless the database can be read.
+                sink = _JsonLines(out) if format == "jsonl" else _Csv(out)
                 while (head := await heads.peek()) is not None:
                     heads.take()
                     await _write_conversation(head, turn_rows, slot_rows, sink, moment)

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.baselines import load_seed, seed_path
 from bench.transfer import fill
-from convostore import SessionRepository, StoreConfig
+from convostore import SchemaNotReady, SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
 from convostore.schema import sessions
 from convostore.transfer import (
@@ -479,6 +479,24 @@ async def test_malformed_lines_are_reported_and_the_rest_imported(
     assert set(reasons) == set(expected)
     for number, text in expected.items():
         assert text in reasons[number], (number, reasons[number])
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+async def test_a_database_without_the_schema_is_refused(
+    empty_url: str, backend: str, kind: str
+) -> None:
+    """Nothing is written from a database convostore has not migrated; an import migrates a
+    SQLite file, as a repository would, but not PostgreSQL, where that is the deploy's job."""
+    out = io.StringIO()
+    with pytest.raises(SchemaNotReady):
+        await export_conversations(empty_url, out, format=kind)
+    assert out.getvalue() == ""
+    if backend == "postgresql":
+        with pytest.raises(SchemaNotReady, match="convostore migrate"):
+            await import_conversations(empty_url, [])
+    else:
+        assert (await import_conversations(empty_url, [])).conversations == 0
+        assert await export_conversations(empty_url, out, format=kind) == 0
 
 
 async def test_export_memory_does_not_grow_with_the_data(url: str) -> None:
