@@ -11,8 +11,8 @@
 
 The imports write the rows the repository would have written (conversation, session, turns,
 slots) and leave the rest to the schema's triggers. Conversation ids are kept where free; on
-PostgreSQL the sequence ``conversation_ids`` is advanced past the ids kept, so conversations
-created later never collide with them. This module needs no optional dependency until
+PostgreSQL the sequence ``conversation_ids`` is moved past the imported ids, so conversations
+created later do not collide with them. This module needs no optional dependency until
 ``import_redis`` runs (``pip install "convostore[redis]"``).
 """
 
@@ -42,6 +42,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    Table,
     and_,
     bindparam,
     delete,
@@ -655,23 +656,19 @@ _remove = tuple(
 _largest_id = select(func.coalesce(func.max(_c.conversation_id), 0))
 _pg_next_ids = text("SELECT nextval('conversation_ids') FROM generate_series(1, :n)")
 _pg_advance = text("SELECT setval('conversation_ids', GREATEST(:top, nextval('conversation_ids')))")
-"""Never moves the sequence back: ``nextval`` is at least every id handed out so far."""
+"""Moves the sequence past ``top``, never back: ``nextval`` is at least every id handed out."""
 
 
 async def _new_ids(conn: AsyncConnection, plan: _Plan) -> list[int]:
-    """Ids for the conversations of ``plan`` without one, all above the ids it keeps. On
-    PostgreSQL the sequence is first advanced past the kept ids; on SQLite, whose writer
-    holds the lock, they follow the largest id stored or kept."""
+    """Ids for the conversations of ``plan`` without one: the sequence's next on PostgreSQL
+    (moved past the ids kept already, by ``_plan``); on SQLite, whose writer holds the lock,
+    the ids after the largest stored or kept."""
     kept = [new.conversation_id for new in plan.added if new.conversation_id is not None]
     wanted = len(plan.added) - len(kept)
-    if conn.dialect.name == "postgresql":
-        if kept:
-            await conn.execute(_pg_advance, {"top": max(kept)})
-        if not wanted:
-            return []
-        return list((await conn.execute(_pg_next_ids, {"n": wanted})).scalars())
     if not wanted:
         return []
+    if conn.dialect.name == "postgresql":
+        return list((await conn.execute(_pg_next_ids, {"n": wanted})).scalars())
     top = max([(await conn.execute(_largest_id)).scalar_one(), *kept])
     return list(range(top + 1, top + 1 + wanted))
 
@@ -684,25 +681,22 @@ async def _apply(conn: AsyncConnection, plan: _Plan) -> None:
         for statement in _remove:
             await conn.execute(statement, {"keys": plan.removed})
     fresh = iter(await _new_ids(conn, plan))
-    rows: dict[str, list[dict[str, Any]]] = {"conversations": [], "sessions": [], "turns": []}
-    slot_rows: list[dict[str, Any]] = []
+    rows: dict[Table, list[dict[str, Any]]] = {
+        table: [] for table in (conversations, sessions, turns, turn_slots)
+    }
     for new in plan.added:
         cid = new.conversation_id if new.conversation_id is not None else next(fresh)
         key = {"session_id": new.session_id, "conversation_id": cid}
-        rows["conversations"].append({**key, **new.row})
+        rows[conversations].append({**key, **new.row})
         if new.session is not None:
-            rows["sessions"].append({**key, **new.session})
-        for row in new.turns:
+            rows[sessions].append({**key, **new.session})
+        for row in (*new.turns, *new.slots):
             row["conversation_id"] = cid
-        for row in new.slots:
-            row["conversation_id"] = cid
-        rows["turns"].extend(new.turns)
-        slot_rows.extend(new.slots)
-    for table in (conversations, sessions, turns):
-        if rows[table.name]:
-            await conn.execute(insert(table), rows[table.name])
-    if slot_rows:
-        await conn.execute(insert(turn_slots), slot_rows)
+        rows[turns] += new.turns
+        rows[turn_slots] += new.slots
+    for table, many in rows.items():
+        if many:
+            await conn.execute(insert(table), many)
 
 
 # --- import of exported conversations --------------------------------------------------------
@@ -817,9 +811,14 @@ async def _plan(
     (its id may differ between databases). A conversation id is kept when no other
     conversation has it. A live record needs its session id: a session row whose expiry has
     passed is ended first, as ``get_or_create`` would; a live one of another conversation
-    blocks the record unless ``replace``."""
+    blocks the record unless ``replace``. On PostgreSQL the sequence is moved past the batch's
+    ids before they are checked, so no conversation started from then on can take one of them
+    (only one whose id was drawn just before and is not committed yet could)."""
     sids = sorted({record.session_id for _, record in batch})
     cids = sorted({record.conversation_id for _, record in batch})
+    if conn.dialect.name == "postgresql":
+        # Before the ids are checked: a conversation started from now on cannot take one.
+        await conn.execute(_pg_advance, {"top": cids[-1]})
     stored = {
         (sid, started): cid
         for sid, cid, started in await conn.execute(_conversations_of, {"sids": sids})
