@@ -1052,8 +1052,10 @@ def _parse_entry(
         return _reason(exc)
     except ValueError as exc:  # convostore's checks
         return str(exc)
-    remaining = timedelta(milliseconds=pttl) if isinstance(pttl, int) and pttl >= 0 else None
-    return _Entry(sid, entry, now + (remaining or timedelta(seconds=ttl)))
+    left = timedelta(seconds=ttl)
+    if isinstance(pttl, int) and pttl >= 0:  # -1: the key never expires
+        left = timedelta(milliseconds=pttl)
+    return _Entry(sid, entry, now + left)
 
 
 def _rows_of_entry(parsed: _Entry) -> _NewConversation:
@@ -1142,8 +1144,11 @@ async def import_redis(
     ttl = float(
         StoreConfig.model_fields["session_ttl"].default if session_ttl is None else session_ttl
     )
+    try:
+        client = Redis.from_url(redis_url, db=db)
+    except ValueError as exc:
+        raise ConfigError(f"redis_url: {exc}") from None
     report = RedisImportReport()
-    client = Redis.from_url(redis_url, db=db)
     pattern = _glob_escape(prefix) + "*"
     seen: set[str] = set()
     read = 0

@@ -19,6 +19,7 @@ import tracemalloc
 import warnings
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.baselines import load_seed, seed_path
 from bench.transfer import fill
-from convostore import SchemaNotReady, SessionRepository, StoreConfig
+from convostore import ConfigError, SchemaNotReady, SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
 from convostore.schema import sessions
 from convostore.transfer import (
@@ -686,3 +687,8 @@ async def test_redis_entries_of_the_original_manager_become_sessions(
     replaced = await import_redis(url, REDIS_URL, db=REDIS_DB, on_conflict="replace")
     assert (replaced.imported, replaced.replaced, replaced.already_present) == (4, 4, 0)
     assert await _counts(sql) == {"conversations": 8, "sessions": 4, "turns": 16, "turn_slots": 6}
+
+
+async def test_a_redis_url_it_cannot_use_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="redis_url"):
+        await import_redis(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}", "http://127.0.0.1")
