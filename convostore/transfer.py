@@ -1,0 +1,1222 @@
+"""Transcripts in and out of a convostore database, and the original manager's Redis sessions in.
+
+- ``export_conversations``: conversations, live and retained, with their turns, as JSON Lines
+  (one conversation a line) or CSV (one turn a line). Three ordered cursors (conversations,
+  turns, slots) read one snapshot and are merged as they go, so memory stays flat however many
+  turns there are.
+- ``import_conversations``: that JSON Lines back, in batched transactions of executemany
+  inserts; a malformed line is reported with its reason and the rest goes on.
+- ``import_redis``: the sessions the original SessionManager kept in Redis (one JSON blob per
+  key, TTL on the key) as live sessions that expire when their keys would have.
+
+The imports write the rows the repository would have written (conversation, session, turns,
+slots) and leave the rest to the schema's triggers. Conversation ids are kept where free; on
+PostgreSQL the sequence ``conversation_ids`` is moved past the imported ids, so conversations
+created later do not collide with them. This module needs no optional dependency until
+``import_redis`` runs (``pip install "convostore[redis]"``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal, TextIO
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
+
+from .config import StoreConfig
+from .engine import begin_immediate, check_database, create_engine
+from .errors import ConfigError, SchemaNotReady, StoreError, translate_errors
+from .migrate import check_schema, upgrade
+from .models import ConversationTurn
+from .schema import conversations, sessions, turn_slots, turns
+from .validation import (
+    Limits,
+    check_idempotency_key,
+    check_language,
+    check_optional_text,
+    check_owner,
+    check_session_id,
+    check_turn,
+    copy_results,
+    copy_slots,
+)
+
+__all__ = [
+    "CSV_COLUMNS",
+    "ConversationRecord",
+    "ImportCounts",
+    "LineProblem",
+    "RedisImportReport",
+    "SessionRecord",
+    "SkippedEntry",
+    "TurnRecord",
+    "export_conversations",
+    "import_conversations",
+    "import_redis",
+]
+
+Progress = Callable[[int], None]
+"""Called with a running count (conversations written, lines or keys read) for a progress bar."""
+
+_PAGE = 1000
+"""Rows fetched per round trip from each export cursor."""
+_PROGRESS_EVERY = 100
+"""Conversations between two ``progress`` calls of an export."""
+_BATCH_CONVERSATIONS = 500
+_BATCH_TURNS = 10_000
+"""An import transaction holds at most this many conversations or (about) turns."""
+_REDIS_SCAN = 500
+"""Keys asked for per SCAN call; each call's keys are imported in one transaction."""
+
+_STORABLE = Limits(sys.maxsize, sys.maxsize)
+"""Imports check that the database can hold each text and result, not a repository's size
+limits: the data was stored once already, perhaps under larger limits."""
+
+_c, _s, _t, _slot = conversations.c, sessions.c, turns.c, turn_slots.c
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- the JSON Lines format ------------------------------------------------------------------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class TurnRecord(_Record):
+    """One turn of an exported conversation."""
+
+    seq: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    role: Literal["user", "assistant"]
+    content: str
+    resolved_question: str | None = None
+    template_id: str | None = None
+    slots: dict[str, str] = Field(default_factory=dict)
+    results: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: AwareDatetime
+    idempotency_key: str | None = None
+
+    @field_validator("content", "resolved_question", "template_id")
+    @classmethod
+    def _storable_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_optional_text(info.field_name or "text", value, _STORABLE)
+
+    @field_validator("slots")
+    @classmethod
+    def _storable_slots(cls, value: dict[str, str]) -> dict[str, str]:
+        return copy_slots("slots", value, _STORABLE)
+
+    @field_validator("results")
+    @classmethod
+    def _storable_results(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return copy_results("results", value, _STORABLE)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        return None if value is None else check_idempotency_key(value)
+
+
+class SessionRecord(_Record):
+    """The live session of an exported conversation: what its ``sessions`` row keeps besides
+    the conversation's fields."""
+
+    created_at: AwareDatetime
+    last_accessed: AwareDatetime
+    expires_at: AwareDatetime
+    access_count: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+
+
+class ConversationRecord(_Record):
+    """One line of an export: a conversation with its turns. ``live`` conversations carry their
+    ``session`` (and current slots and template); ended ones carry ``ended_at`` instead."""
+
+    session_id: str
+    conversation_id: Annotated[int, Field(ge=1, le=2**63 - 1)]
+    user_id: str | None = None
+    started_at: AwareDatetime
+    ended_at: AwareDatetime | None = None
+    live: bool = False
+    language: str | None = None
+    current_slots: dict[str, str] | None = None
+    current_template_id: str | None = None
+    session: SessionRecord | None = None
+    turns: list[TurnRecord] = Field(default_factory=list)
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_id(cls, value: str) -> str:
+        return check_session_id(value)
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id(cls, value: str | None) -> str | None:
+        return check_owner(value)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        return None if value is None else check_language(value)
+
+    @field_validator("current_slots")
+    @classmethod
+    def _current_slots(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else copy_slots("current_slots", value, _STORABLE)
+
+    @field_validator("current_template_id")
+    @classmethod
+    def _current_template(cls, value: str | None) -> str | None:
+        return check_optional_text("current_template_id", value, _STORABLE)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConversationRecord:
+        if self.live != (self.session is not None):
+            raise ValueError("live must be true exactly when the line has a session")
+        if self.session is not None:
+            if self.ended_at is not None:
+                raise ValueError("a live conversation has no ended_at")
+            if self.language is None:
+                raise ValueError("a live conversation needs its language")
+        elif self.current_slots is not None or self.current_template_id is not None:
+            raise ValueError("only a live conversation has current_slots or current_template_id")
+        previous = 0
+        keys: set[str] = set()
+        for index, turn in enumerate(self.turns):
+            if turn.seq <= previous:
+                raise ValueError(f"turns[{index}].seq is {turn.seq}, not above {previous}")
+            previous = turn.seq
+            if turn.idempotency_key is not None:
+                if turn.idempotency_key in keys:
+                    raise ValueError(f"turns[{index}].idempotency_key repeats an earlier turn's")
+                keys.add(turn.idempotency_key)
+        return self
+
+
+CONVERSATION_COLUMNS = (
+    "session_id",
+    "conversation_id",
+    "user_id",
+    "started_at",
+    "ended_at",
+    "live",
+    "language",
+    "current_template_id",
+    "current_slots",
+    "expires_at",
+)
+TURN_COLUMNS = (
+    "seq",
+    "role",
+    "content",
+    "resolved_question",
+    "template_id",
+    "slots",
+    "results",
+    "created_at",
+    "idempotency_key",
+)
+CSV_COLUMNS = CONVERSATION_COLUMNS + TURN_COLUMNS
+"""The CSV header: each turn's row repeats its conversation's columns."""
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
+"""JSON with sorted keys, so one database exports the same text from either backend
+(PostgreSQL's JSONB keeps keys in an order of its own)."""
+
+
+# --- engines and transactions ---------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _opened(engine_or_url: AsyncEngine | str, *, writes: bool) -> AsyncIterator[AsyncEngine]:
+    """The engine to use, on a schema this code runs on. A URL gets an engine of its own
+    (disposed at the end); a writer upgrades an unmigrated SQLite file as a repository would,
+    while PostgreSQL needs ``convostore migrate`` first (``SchemaNotReady``)."""
+    if isinstance(engine_or_url, str):
+        config = StoreConfig(database_url=engine_or_url)
+        check_database(config, None)
+        engine, owned = create_engine(config), True
+    else:
+        check_database(StoreConfig(), engine_or_url)
+        engine, owned = engine_or_url, False
+    try:
+        try:
+            await check_schema(engine)
+        except SchemaNotReady:
+            if not (writes and engine.dialect.name == "sqlite"):
+                raise
+            await upgrade(engine)
+        yield engine
+    finally:
+        if owned:
+            await engine.dispose()
+
+
+def _begin_read(connection: Connection) -> None:
+    """SQLite: begin a read transaction, so that every cursor of an export reads the snapshot
+    the first one took (the driver begins none before a read)."""
+    driver = connection.connection.driver_connection
+    if driver is not None and not driver.in_transaction:
+        connection.exec_driver_sql("BEGIN")
+
+
+@asynccontextmanager
+async def _snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose reads all see one snapshot of the database."""
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            if engine.dialect.name == "sqlite":
+                await conn.run_sync(_begin_read)
+            yield conn
+
+
+@asynccontextmanager
+async def _writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A write transaction; on SQLite it holds the write lock from the start, so the reads that
+    plan a batch see what the batch's writes build on."""
+    async with engine.begin() as conn:
+        began = engine.dialect.name == "sqlite" and await conn.run_sync(begin_immediate)
+        try:
+            yield conn
+        except BaseException:
+            if began:
+                # An engine in autocommit may skip SQLAlchemy's own rollback.
+                with suppress(Exception):
+                    await conn.exec_driver_sql("ROLLBACK")
+            raise
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def _of_conversation(columns: Any) -> ColumnElement[bool]:
+    """``columns`` (a table's ``c``) hold a row of the conversation of ``conversations``."""
+    return and_(columns.session_id == _c.session_id, columns.conversation_id == _c.conversation_id)
+
+
+def _filters(
+    since: datetime | None,
+    until: datetime | None,
+    template: str | None,
+    language: str | None,
+    user: str | None,
+) -> list[ColumnElement[bool]]:
+    """The WHERE clauses on ``conversations`` (outer-joined to ``sessions``) an export asks for:
+    started in [since, until), with a turn of ``template``, in ``language``, of ``user``."""
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None and moment.tzinfo is None:
+            raise ValueError(f"{name} must be a timezone-aware datetime")
+    clauses: list[ColumnElement[bool]] = []
+    if since is not None:
+        clauses.append(_c.started_at >= since)
+    if until is not None:
+        clauses.append(_c.started_at < until)
+    if template is not None:
+        other = turns.alias("with_template")
+        clauses.append(exists().where(_of_conversation(other.c), other.c.template_id == template))
+    if language is not None:
+        clauses.append(func.coalesce(_s.language, _c.language) == language)
+    if user is not None:
+        clauses.append(_c.user_id == user)
+    return clauses
+
+
+def _export_queries(
+    clauses: list[ColumnElement[bool]],
+) -> tuple[Select[Any], Select[Any], Select[Any]]:
+    """Conversations, their turns and their slots, each in key order, so that the three
+    streams can be merged by equal keys alone (never by comparing strings in Python, whose
+    order may not be the database's collation)."""
+    with_session = conversations.outerjoin(sessions, _of_conversation(_s))
+    heads = (
+        select(
+            _c.session_id,
+            _c.conversation_id,
+            _c.user_id,
+            _c.started_at,
+            _c.ended_at,
+            _c.language,
+            _s.language,
+            _s.current_slots,
+            _s.current_template_id,
+            _s.created_at,
+            _s.last_accessed,
+            _s.expires_at,
+            _s.access_count,
+        )
+        .select_from(with_session)
+        .where(*clauses)
+        .order_by(_c.session_id, _c.conversation_id)
+    )
+    turn_rows = select(
+        _t.session_id,
+        _t.conversation_id,
+        _t.seq,
+        _t.role,
+        _t.content,
+        _t.resolved_question,
+        _t.template_id,
+        _t.results,
+        _t.created_at,
+        _t.idempotency_key,
+    ).order_by(_t.session_id, _t.conversation_id, _t.seq)
+    slot_rows = select(
+        _slot.session_id, _slot.conversation_id, _slot.seq, _slot.name, _slot.value
+    ).order_by(_slot.session_id, _slot.conversation_id, _slot.seq, _slot.name)
+    if clauses:
+        turn_rows = turn_rows.select_from(
+            turns.join(conversations, _of_conversation(_t)).outerjoin(
+                sessions, _of_conversation(_s)
+            )
+        ).where(*clauses)
+        slot_rows = slot_rows.select_from(
+            turn_slots.join(conversations, _of_conversation(_slot)).outerjoin(
+                sessions, _of_conversation(_s)
+            )
+        ).where(*clauses)
+    return heads, turn_rows, slot_rows
+
+
+class _Rows:
+    """A streamed result, read a page at a time, with a look at the next row."""
+
+    __slots__ = ("_at", "_done", "_result", "_rows")
+
+    def __init__(self, result: AsyncResult[Any]) -> None:
+        self._result = result
+        self._rows: Sequence[Sequence[Any]] = ()
+        self._at = 0
+        self._done = False
+
+    async def peek(self) -> Sequence[Any] | None:
+        if self._at == len(self._rows):
+            if self._done:
+                return None
+            self._rows, self._at = await self._result.fetchmany(_PAGE), 0
+            if not self._rows:
+                self._done = True
+                return None
+        return self._rows[self._at]
+
+    def take(self) -> None:
+        self._at += 1
+
+
+def _head(row: Sequence[Any], now: datetime) -> dict[str, Any]:
+    """A conversation's fields as exported. A session row whose expiry has passed (not swept
+    yet) is shown as the sweep will leave it: ended at its last activity."""
+    (sid, cid, user_id, started, ended, language, session_language, current_slots) = row[:8]
+    current_template, created, last_accessed, expires, access_count = row[8:]
+    live = expires is not None and expires > now
+    if expires is not None and not live:
+        ended = last_accessed
+    return {
+        "session_id": sid,
+        "conversation_id": cid,
+        "user_id": user_id,
+        "started_at": started.isoformat(),
+        "ended_at": None if ended is None else ended.isoformat(),
+        "live": live,
+        "language": language if expires is None else session_language,
+        "current_slots": current_slots if live else None,
+        "current_template_id": current_template if live else None,
+        "session": {
+            "created_at": created.isoformat(),
+            "last_accessed": last_accessed.isoformat(),
+            "expires_at": expires.isoformat(),
+            "access_count": access_count,
+        }
+        if live
+        else None,
+    }
+
+
+def _turn(row: Sequence[Any], slots: dict[str, str]) -> dict[str, Any]:
+    _, _, seq, role, content, resolved, template_id, results, created, key = row
+    return {
+        "seq": seq,
+        "role": role,
+        "content": content,
+        "resolved_question": resolved,
+        "template_id": template_id,
+        "slots": slots,
+        "results": results,
+        "created_at": created.isoformat(),
+        "idempotency_key": key,
+    }
+
+
+class _JsonLines:
+    """Writes a conversation a line, each turn as soon as it is read."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._first = True
+
+    def begin(self, head: dict[str, Any]) -> None:
+        self._out.write(_dumps(head)[:-1] + ', "turns": [')
+        self._first = True
+
+    def turn(self, turn: dict[str, Any]) -> None:
+        self._out.write(_dumps(turn) if self._first else ", " + _dumps(turn))
+        self._first = False
+
+    def end(self) -> None:
+        self._out.write("]}\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return _dumps(value)
+    return str(value)
+
+
+class _Csv:
+    """Writes a turn a row, after its conversation's columns; a conversation without turns
+    still gets one row, with empty turn columns."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._writer = csv.writer(out)
+        self._writer.writerow(CSV_COLUMNS)
+        self._head: list[str] = []
+        self._rows = 0
+
+    def begin(self, head: dict[str, Any]) -> None:
+        session = head["session"]
+        values = {**head, "expires_at": session and session["expires_at"]}
+        self._head = [_cell(values[name]) for name in CONVERSATION_COLUMNS]
+        self._rows = 0
+
+    def turn(self, turn: dict[str, Any]) -> None:
+        self._writer.writerow(self._head + [_cell(turn[name]) for name in TURN_COLUMNS])
+        self._rows += 1
+
+    def end(self) -> None:
+        if not self._rows:
+            self._writer.writerow(self._head + [""] * len(TURN_COLUMNS))
+
+
+async def export_conversations(
+    engine_or_url: AsyncEngine | str,
+    out: TextIO,
+    *,
+    format: Literal["jsonl", "csv"] = "jsonl",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    template: str | None = None,
+    language: str | None = None,
+    user: str | None = None,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Write the conversations (live and retained) to ``out``; returns how many.
+
+    ``format="jsonl"``: one ``ConversationRecord`` per line, its turns last. ``"csv"``: the
+    ``CSV_COLUMNS`` header, then a row per turn (give ``out`` opened with ``newline=""``).
+    Filters, all optional: started in ``[since, until)`` (aware datetimes), has a turn of
+    ``template``, in ``language``, owned by ``user``. A conversation is ``live`` when its
+    session's expiry is after ``now`` (default: the current time). Reads one snapshot in
+    constant memory; ``progress(written)`` is called every 100 conversations and at the end.
+
+    Raises:
+        ConfigError: a URL or engine convostore cannot use.
+        SchemaNotReady: the database lacks the newest migration.
+        StoreError: the database failed.
+    """
+    if format not in ("jsonl", "csv"):
+        raise ValueError(f"format must be 'jsonl' or 'csv', not {format!r}")
+    queries = _export_queries(_filters(since, until, template, language, user))
+    moment = now or _utcnow()
+    written = 0
+    async with _opened(engine_or_url, writes=False) as engine:
+        with translate_errors("exporting conversations"):
+            async with _snapshot(engine) as conn:
+                heads, turn_rows, slot_rows = [
+                    _Rows(await conn.stream(query.execution_options(yield_per=_PAGE)))
+                    for query in queries
+                ]
+                # Nothing is written (not even the CSV header) unless the database can be read.
+                sink = _JsonLines(out) if format == "jsonl" else _Csv(out)
+                while (head := await heads.peek()) is not None:
+                    heads.take()
+                    await _write_conversation(head, turn_rows, slot_rows, sink, moment)
+                    written += 1
+                    if progress is not None and written % _PROGRESS_EVERY == 0:
+                        progress(written)
+    if progress is not None:
+        progress(written)
+    return written
+
+
+async def _write_conversation(
+    head: Sequence[Any], turn_rows: _Rows, slot_rows: _Rows, sink: _JsonLines | _Csv, now: datetime
+) -> None:
+    """Merge one conversation's turns and slots from their streams into ``sink``."""
+    sid, cid = head[0], head[1]
+    sink.begin(_head(head, now))
+    while (turn := await turn_rows.peek()) is not None and turn[1] == cid and turn[0] == sid:
+        turn_rows.take()
+        seq = turn[2]
+        slots: dict[str, str] = {}
+        while (slot := await slot_rows.peek()) is not None and (
+            slot[1] == cid and slot[0] == sid and slot[2] <= seq
+        ):
+            slot_rows.take()
+            if slot[2] == seq:  # a slot of no turn (never written so) is passed over
+                slots[slot[3]] = slot[4]
+        sink.turn(_turn(turn, slots))
+    while (slot := await slot_rows.peek()) is not None and slot[1] == cid and slot[0] == sid:
+        slot_rows.take()
+    sink.end()
+
+
+# --- writing imported conversations ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _NewConversation:
+    """Rows of one conversation to insert; ``conversation_id`` None: a new one is allocated.
+    The turn and slot rows lack their conversation id until then."""
+
+    session_id: str
+    conversation_id: int | None
+    row: dict[str, Any]
+    session: dict[str, Any] | None
+    turns: list[dict[str, Any]]
+    slots: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one import transaction does, in order: end the sessions ``ended`` (their
+    conversations are marked ended by the trigger), delete the conversations ``removed`` with
+    their turns and slots, then insert ``added``."""
+
+    ended: list[str] = field(default_factory=list)
+    removed: list[tuple[str, int]] = field(default_factory=list)
+    added: list[_NewConversation] = field(default_factory=list)
+
+
+_sids: BindParameter[Any] = bindparam("sids", expanding=True)
+_cids: BindParameter[Any] = bindparam("cids", expanding=True)
+_keys: BindParameter[Any] = bindparam("keys", expanding=True)
+_conversations_of = select(_c.session_id, _c.conversation_id, _c.started_at).where(
+    _c.session_id.in_(_sids)
+)
+_sessions_of = select(_s.session_id, _s.conversation_id, _s.expires_at).where(
+    _s.session_id.in_(_sids)
+)
+_holders = select(_c.session_id, _c.conversation_id).where(_c.conversation_id.in_(_cids))
+_end_sessions = delete(sessions).where(_s.session_id.in_(_sids))
+_remove = tuple(
+    delete(table).where(tuple_(table.c.session_id, table.c.conversation_id).in_(_keys))
+    for table in (turn_slots, turns, sessions, conversations)
+)
+_largest_id = select(func.coalesce(func.max(_c.conversation_id), 0))
+_pg_next_ids = text("SELECT nextval('conversation_ids') FROM generate_series(1, :n)")
+_pg_advance = text("SELECT setval('conversation_ids', GREATEST(:top, nextval('conversation_ids')))")
+"""Moves the sequence past ``top``, never back: ``nextval`` is at least every id handed out."""
+
+
+async def _new_ids(conn: AsyncConnection, plan: _Plan) -> list[int]:
+    """Ids for the conversations of ``plan`` without one: the sequence's next on PostgreSQL
+    (moved past the ids kept already, by ``_plan``); on SQLite, whose writer holds the lock,
+    the ids after the largest stored or kept."""
+    kept = [new.conversation_id for new in plan.added if new.conversation_id is not None]
+    wanted = len(plan.added) - len(kept)
+    if not wanted:
+        return []
+    if conn.dialect.name == "postgresql":
+        return list((await conn.execute(_pg_next_ids, {"n": wanted})).scalars())
+    top = max([(await conn.execute(_largest_id)).scalar_one(), *kept])
+    return list(range(top + 1, top + 1 + wanted))
+
+
+async def _apply(conn: AsyncConnection, plan: _Plan) -> None:
+    """Run ``plan`` on ``conn``, inserting with executemany."""
+    if plan.ended:
+        await conn.execute(_end_sessions, {"sids": plan.ended})
+    if plan.removed:
+        for statement in _remove:
+            await conn.execute(statement, {"keys": plan.removed})
+    fresh = iter(await _new_ids(conn, plan))
+    rows: dict[Table, list[dict[str, Any]]] = {
+        table: [] for table in (conversations, sessions, turns, turn_slots)
+    }
+    for new in plan.added:
+        cid = new.conversation_id if new.conversation_id is not None else next(fresh)
+        key = {"session_id": new.session_id, "conversation_id": cid}
+        rows[conversations].append({**key, **new.row})
+        if new.session is not None:
+            rows[sessions].append({**key, **new.session})
+        for row in (*new.turns, *new.slots):
+            row["conversation_id"] = cid
+        rows[turns] += new.turns
+        rows[turn_slots] += new.slots
+    for table, many in rows.items():
+        if many:
+            await conn.execute(insert(table), many)
+
+
+# --- import of exported conversations --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LineProblem:
+    """A line that was not imported, and why."""
+
+    line: int
+    """1-based line number."""
+    reason: str
+
+
+@dataclass(slots=True)
+class ImportCounts:
+    """What ``import_conversations`` did."""
+
+    conversations: int = 0
+    """Conversations written (new ones and replacements)."""
+    sessions: int = 0
+    """Live sessions written."""
+    turns: int = 0
+    slots: int = 0
+    skipped: int = 0
+    """Conversations already in the database (same session id and start), left as they were
+    (``on_conflict="skip"``)."""
+    replaced: int = 0
+    """Conversations already in the database, deleted and written anew (``"replace"``)."""
+    renumbered: int = 0
+    """Conversations written under a new id because theirs was taken."""
+    sessions_ended: int = 0
+    """Live sessions in the database ended to make room for an imported live conversation of
+    the same session id (``"replace"``)."""
+    problems: list[LineProblem] = field(default_factory=list)
+    """Lines not imported: malformed ones, and live conversations whose session id is live
+    with another conversation."""
+
+
+def _reason(exc: ValidationError) -> str:
+    """A validation error on one line of text."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)
+
+
+def _rows_of(record: ConversationRecord) -> _NewConversation:
+    """A record's rows, keeping its conversation id (``_plan`` may drop it)."""
+    sid = record.session_id
+    session = record.session
+    last_seq = record.turns[-1].seq if record.turns else 0
+    turn_rows: list[dict[str, Any]] = []
+    slot_rows: list[dict[str, Any]] = []
+    for turn in record.turns:
+        turn_rows.append(
+            {
+                "session_id": sid,
+                "seq": turn.seq,
+                "role": turn.role,
+                "content": turn.content,
+                "resolved_question": turn.resolved_question,
+                "template_id": turn.template_id,
+                "results": turn.results,
+                "created_at": turn.created_at,
+                "idempotency_key": turn.idempotency_key,
+            }
+        )
+        slot_rows.extend(
+            {"session_id": sid, "seq": turn.seq, "name": name, "value": value}
+            for name, value in turn.slots.items()
+        )
+    return _NewConversation(
+        sid,
+        record.conversation_id,
+        {
+            "user_id": record.user_id,
+            "started_at": record.started_at,
+            "ended_at": record.ended_at,
+            "language": None if session is not None else record.language,
+        },
+        None
+        if session is None
+        else {
+            "user_id": record.user_id,
+            "created_at": session.created_at,
+            "last_accessed": session.last_accessed,
+            "expires_at": session.expires_at,
+            "access_count": session.access_count,
+            "language": record.language,
+            "current_template_id": record.current_template_id,
+            "current_slots": record.current_slots or {},
+            "turn_count": last_seq,
+            "version": 0,
+        },
+        turn_rows,
+        slot_rows,
+    )
+
+
+async def _plan(
+    conn: AsyncConnection,
+    batch: list[tuple[int, ConversationRecord]],
+    replace: bool,
+    now: datetime,
+    counts: ImportCounts,
+) -> _Plan:
+    """Decide, against what is stored, what to do with each record of ``batch``.
+
+    A conversation is the same as a stored one when its session id and ``started_at`` are
+    (its id may differ between databases). A conversation id is kept when no other
+    conversation has it. A live record needs its session id: a session row whose expiry has
+    passed is ended first, as ``get_or_create`` would; a live one of another conversation
+    blocks the record unless ``replace``. On PostgreSQL the sequence is moved past the batch's
+    ids before they are checked, so no conversation started from then on can take one of them
+    (only one whose id was drawn just before and is not committed yet could)."""
+    sids = sorted({record.session_id for _, record in batch})
+    cids = sorted({record.conversation_id for _, record in batch})
+    if conn.dialect.name == "postgresql":
+        # Before the ids are checked: a conversation started from now on cannot take one.
+        await conn.execute(_pg_advance, {"top": cids[-1]})
+    stored = {
+        (sid, started): cid
+        for sid, cid, started in await conn.execute(_conversations_of, {"sids": sids})
+    }
+    live_rows = {
+        sid: (cid, expires)
+        for sid, cid, expires in await conn.execute(_sessions_of, {"sids": sids})
+    }
+    holders: dict[int, set[str]] = {}
+    for sid, cid in await conn.execute(_holders, {"cids": cids}):
+        holders.setdefault(cid, set()).add(sid)
+    plan = _Plan()
+    lines: dict[tuple[str, datetime], int] = {}
+    sessions_claimed: dict[str, int] = {}
+    for number, record in batch:
+        sid = record.session_id
+        identity = (sid, record.started_at)
+        if identity in lines:
+            counts.problems.append(
+                LineProblem(number, f"the same conversation as line {lines[identity]}")
+            )
+            continue
+        lines[identity] = number
+        present = stored.get(identity)
+        if present is not None and not replace:
+            counts.skipped += 1
+            continue
+        if record.session is not None:
+            if sid in sessions_claimed:
+                counts.problems.append(
+                    LineProblem(number, f"session {sid!r} is live on line {sessions_claimed[sid]}")
+                )
+                continue
+            row = live_rows.get(sid)
+            if row is not None and row[0] != present:
+                if row[1] > now and not replace:
+                    counts.problems.append(
+                        LineProblem(
+                            number,
+                            f"session {sid!r} is live in the database with conversation "
+                            f"{row[0]} (on_conflict='replace' ends it)",
+                        )
+                    )
+                    continue
+                plan.ended.append(sid)
+                counts.sessions_ended += row[1] > now
+            sessions_claimed[sid] = number
+        if present is not None:
+            plan.removed.append((sid, present))
+            holders.get(present, set()).discard(sid)
+            counts.replaced += 1
+        new = _rows_of(record)
+        if holders.get(record.conversation_id):
+            new.conversation_id = None
+            counts.renumbered += 1
+        else:
+            holders[record.conversation_id] = {sid}
+        plan.added.append(new)
+        counts.conversations += 1
+        counts.sessions += new.session is not None
+        counts.turns += len(new.turns)
+        counts.slots += len(new.slots)
+    return plan
+
+
+async def import_conversations(
+    engine_or_url: AsyncEngine | str,
+    lines: Iterable[str],
+    *,
+    on_conflict: Literal["skip", "replace"] = "skip",
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> ImportCounts:
+    """Import JSON Lines as ``export_conversations`` writes them; returns the counts.
+
+    Each line is checked (``ConversationRecord``); a malformed one is reported in
+    ``problems`` with its line number and reason, and the import goes on. Lines are written
+    in batches (500 conversations or about 10,000 turns), each one transaction. A
+    conversation already stored (same session id and ``started_at``) is left as it is
+    (``on_conflict="skip"``, so importing a file twice changes nothing) or deleted and written
+    anew (``"replace"``). Conversation ids are kept unless taken; live conversations get
+    their session rows back, expiry included (``now``, default the current time, decides
+    which stored sessions are live). Blank lines are passed over; ``progress(lines_read)``
+    is called after each batch.
+
+    Raises:
+        ConfigError: a URL or engine convostore cannot use.
+        SchemaNotReady: a PostgreSQL database lacks the newest migration (a SQLite file is
+            upgraded).
+        StoreError: the database failed; the batches before stay imported.
+    """
+    if on_conflict not in ("skip", "replace"):
+        raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
+    counts = ImportCounts()
+    async with _opened(engine_or_url, writes=True) as engine:
+        batch: list[tuple[int, ConversationRecord]] = []
+        batch_turns = 0
+        number = 0
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = ConversationRecord.model_validate_json(line)
+            except ValidationError as exc:
+                counts.problems.append(LineProblem(number, _reason(exc)))
+                continue
+            batch.append((number, record))
+            batch_turns += len(record.turns)
+            if len(batch) >= _BATCH_CONVERSATIONS or batch_turns >= _BATCH_TURNS:
+                await _import_batch(engine, batch, on_conflict == "replace", now, counts)
+                batch, batch_turns = [], 0
+                if progress is not None:
+                    progress(number)
+        if batch:
+            await _import_batch(engine, batch, on_conflict == "replace", now, counts)
+        if progress is not None:
+            progress(number)
+    return counts
+
+
+async def _import_batch(
+    engine: AsyncEngine,
+    batch: list[tuple[int, ConversationRecord]],
+    replace: bool,
+    now: datetime | None,
+    counts: ImportCounts,
+) -> None:
+    """One transaction: plan the batch against the database, then write it."""
+    with translate_errors("importing conversations"):
+        async with _writing(engine) as conn:
+            plan = await _plan(conn, batch, replace, now or _utcnow(), counts)
+            await _apply(conn, plan)
+
+
+# --- import from the original manager's Redis ------------------------------------------------
+
+
+def _original_time(value: object) -> datetime:
+    """A timestamp as the original's ``SessionEntry.from_dict`` reads it (ISO 8601 text); it
+    wrote UTC, so a time without zone is taken as UTC."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be ISO 8601 text, not {type(value).__name__}")
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+class _OriginalState(BaseModel):
+    """The original ``ConversationState`` (its turns have the fields of convostore's turn,
+    without ``created_at``)."""
+
+    turns: list[ConversationTurn] = Field(default_factory=list)
+    current_slots: dict[str, str] = Field(default_factory=dict)
+    current_template_id: str | None = None
+    language: str = "nl"
+
+
+class _OriginalEntry(BaseModel):
+    """The original ``SessionEntry.to_dict()``, read as leniently as its ``from_dict``."""
+
+    session_id: str
+    state: _OriginalState
+    created_at: datetime
+    last_accessed: datetime
+    access_count: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+
+    @field_validator("created_at", "last_accessed", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> datetime:
+        return _original_time(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedEntry:
+    """A Redis key that was not imported, and why."""
+
+    key: str
+    reason: str
+
+
+@dataclass(slots=True)
+class RedisImportReport:
+    """What ``import_redis`` did."""
+
+    imported: int = 0
+    """Sessions written, each a live session with its conversation."""
+    turns: int = 0
+    slots: int = 0
+    already_present: int = 0
+    """Entries whose session id is live in the database, left as it is (``on_conflict="skip"``)."""
+    replaced: int = 0
+    """Entries whose session id was live in the database: that session was ended (its
+    transcript stays, as after any session end) and the entry imported (``"replace"``)."""
+    skipped: list[SkippedEntry] = field(default_factory=list)
+    """Keys not imported: malformed entries, other value types, keys gone meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A parsed entry with its expiry."""
+
+    session_id: str
+    entry: _OriginalEntry
+    expires_at: datetime
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis SCAN pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _parse_entry(
+    key: str, prefix: str, value: object, pttl: object, now: datetime, ttl: float
+) -> _Entry | str:
+    """The entry under ``key`` with its expiry, or the reason it cannot be imported."""
+    if isinstance(value, Exception):
+        return f"cannot be read as a string value: {value}"
+    if not isinstance(value, bytes) or pttl == -2:
+        return "the key expired or was deleted during the import"
+    try:
+        sid = check_session_id(key[len(prefix) :])
+        entry = _OriginalEntry.model_validate_json(value)
+        if entry.session_id != sid:
+            return f"its session_id {entry.session_id!r} is not the key's"
+        state = entry.state
+        for index, turn in enumerate(state.turns):
+            check_turn(f"state.turns[{index}]", turn, _STORABLE)
+        copy_slots("state.current_slots", state.current_slots, _STORABLE)
+        check_optional_text("state.current_template_id", state.current_template_id, _STORABLE)
+        check_language(state.language)
+    except ValidationError as exc:
+        return _reason(exc)
+    except ValueError as exc:  # convostore's checks
+        return str(exc)
+    left = timedelta(seconds=ttl)
+    if isinstance(pttl, int) and pttl >= 0:  # -1: the key never expires
+        left = timedelta(milliseconds=pttl)
+    return _Entry(sid, entry, now + left)
+
+
+def _rows_of_entry(parsed: _Entry) -> _NewConversation:
+    """An entry's rows: a live conversation started at its ``created_at``. The original kept
+    no time per turn, so every turn gets the entry's ``last_accessed`` (its last write)."""
+    sid, entry = parsed.session_id, parsed.entry
+    state = entry.state
+    turn_rows: list[dict[str, Any]] = []
+    slot_rows: list[dict[str, Any]] = []
+    for seq, turn in enumerate(state.turns, start=1):
+        turn_rows.append(
+            {
+                "session_id": sid,
+                "seq": seq,
+                "role": turn.role,
+                "content": turn.content,
+                "resolved_question": turn.resolved_question,
+                "template_id": turn.template_id,
+                "results": turn.results,
+                "created_at": entry.last_accessed,
+                "idempotency_key": None,
+            }
+        )
+        slot_rows.extend(
+            {"session_id": sid, "seq": seq, "name": name, "value": value}
+            for name, value in turn.slots.items()
+        )
+    return _NewConversation(
+        sid,
+        None,
+        {"user_id": None, "started_at": entry.created_at, "ended_at": None, "language": None},
+        {
+            "user_id": None,
+            "created_at": entry.created_at,
+            "last_accessed": entry.last_accessed,
+            "expires_at": parsed.expires_at,
+            "access_count": entry.access_count,
+            "language": state.language,
+            "current_template_id": state.current_template_id,
+            "current_slots": state.current_slots,
+            "turn_count": len(turn_rows),
+            "version": 0,
+        },
+        turn_rows,
+        slot_rows,
+    )
+
+
+async def import_redis(
+    engine_or_url: AsyncEngine | str,
+    redis_url: str,
+    *,
+    prefix: str = "heritage:session:",
+    db: int = 1,
+    now: datetime | None = None,
+    session_ttl: float | None = None,
+    on_conflict: Literal["skip", "replace"] = "skip",
+    progress: Progress | None = None,
+) -> RedisImportReport:
+    """Import the sessions the original SessionManager kept in Redis; returns the report.
+
+    Reads every key ``prefix<session id>`` of database ``db`` (unless ``redis_url`` names
+    one, which wins, as in the original) with SCAN, each value in the original's
+    ``SessionEntry.to_dict()`` format, and writes it as a live session with its conversation,
+    turns and slots, one transaction per SCAN page. The session expires when the key would
+    have: ``now`` (default: the time each page is read) plus the key's remaining TTL; a key
+    without one gets ``session_ttl`` (default ``StoreConfig``'s, 1800 s). A session id that is
+    live in the database is left alone and counted as ``already_present``
+    (``on_conflict="skip"``), or ended and replaced (``"replace"``). A bad entry never stops
+    the import: it is reported in ``skipped`` with the reason. Needs ``convostore[redis]``.
+
+    Raises:
+        ConfigError: a URL or engine convostore cannot use, or the redis package is missing.
+        SchemaNotReady: a PostgreSQL database lacks the newest migration.
+        StoreError: the database or Redis failed; the pages before stay imported.
+    """
+    try:
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
+    except ImportError as missing:
+        raise ConfigError(
+            'import_redis needs the redis package: pip install "convostore[redis]"'
+        ) from missing
+    if on_conflict not in ("skip", "replace"):
+        raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
+    ttl = float(
+        StoreConfig.model_fields["session_ttl"].default if session_ttl is None else session_ttl
+    )
+    try:
+        client = Redis.from_url(redis_url, db=db)
+    except ValueError as exc:
+        raise ConfigError(f"redis_url: {exc}") from None
+    report = RedisImportReport()
+    pattern = _glob_escape(prefix) + "*"
+    seen: set[str] = set()
+    read = 0
+    try:
+        async with _opened(engine_or_url, writes=True) as engine:
+            cursor: int | None = None
+            while cursor != 0:
+                cursor, keys = await client.scan(cursor or 0, match=pattern, count=_REDIS_SCAN)
+                parsed: list[_Entry] = []
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.get(key)
+                        pipe.pttl(key)
+                    replies = await pipe.execute(raise_on_error=False)
+                moment = now or _utcnow()
+                for index, raw_key in enumerate(keys):
+                    read += 1
+                    key = (
+                        raw_key
+                        if isinstance(raw_key, str)
+                        else raw_key.decode("utf-8", "backslashreplace")
+                    )
+                    if key in seen:  # SCAN may return a key twice
+                        continue
+                    seen.add(key)
+                    value, pttl = replies[2 * index], replies[2 * index + 1]
+                    entry = _parse_entry(key, prefix, value, pttl, moment, ttl)
+                    if isinstance(entry, str):
+                        report.skipped.append(SkippedEntry(key, entry))
+                    else:
+                        parsed.append(entry)
+                if parsed:
+                    await _import_entries(engine, parsed, on_conflict == "replace", moment, report)
+                if progress is not None:
+                    progress(read)
+    except RedisError as exc:
+        raise StoreError(f"reading Redis failed: {exc}") from exc
+    finally:
+        await client.aclose()
+    return report
+
+
+async def _import_entries(
+    engine: AsyncEngine,
+    entries: list[_Entry],
+    replace: bool,
+    now: datetime,
+    report: RedisImportReport,
+) -> None:
+    """One transaction for one SCAN page's entries."""
+    plan = _Plan()
+    with translate_errors("importing Redis sessions"):
+        async with _writing(engine) as conn:
+            sids = [entry.session_id for entry in entries]
+            stored = {
+                sid: expires for sid, _, expires in await conn.execute(_sessions_of, {"sids": sids})
+            }
+            for entry in entries:
+                expires = stored.get(entry.session_id)
+                if expires is not None:
+                    if expires > now and not replace:
+                        report.already_present += 1
+                        continue
+                    plan.ended.append(entry.session_id)
+                    report.replaced += expires > now
+                new = _rows_of_entry(entry)
+                plan.added.append(new)
+                report.imported += 1
+                report.turns += len(new.turns)
+                report.slots += len(new.slots)
+            await _apply(conn, plan)
