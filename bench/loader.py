@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from .backends import Database
 from .raw import connect_postgres, connect_sqlite

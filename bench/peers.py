@@ -373,7 +373,7 @@ class GoogleAdk:
             path = Path(db.target)
             url = f"sqlite+aiosqlite:///{path.with_name(path.stem + '-adk.db')}"
             return cls(DatabaseSessionService(db_url=url))
-        import asyncpg  # type: ignore[import-untyped]
+        import asyncpg
 
         conn = await asyncpg.connect(db.target)
         try:

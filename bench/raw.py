@@ -34,7 +34,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import aiosqlite
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from sqlalchemy import ClauseElement
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite

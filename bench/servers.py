@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, TypeVar
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 __all__ = [
     "LOOPBACK",

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 from dataclasses import dataclass
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from convostore import SessionRepository, StoreConfig
 

@@ -27,7 +27,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Literal, cast
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from convostore import SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url

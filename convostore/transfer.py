@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Literal, TextIO
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AwareDatetime,
@@ -81,11 +81,19 @@ __all__ = [
     "RedisImportReport",
     "SessionRecord",
     "SkippedEntry",
+    "TextSink",
     "TurnRecord",
     "export_conversations",
     "import_conversations",
     "import_redis",
 ]
+
+
+class TextSink(Protocol):
+    """Where an export writes: anything with ``write(str)``, such as an open text file."""
+
+    def write(self, text: str, /) -> object: ...
+
 
 Progress = Callable[[int], None]
 """Called with a running count (conversations written, lines or keys read) for a progress bar."""
@@ -486,7 +494,7 @@ def _turn(row: Sequence[Any], slots: dict[str, str]) -> dict[str, Any]:
 class _JsonLines:
     """Writes a conversation a line, each turn as soon as it is read."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextSink) -> None:
         self._out = out
         self._first = True
 
@@ -516,7 +524,7 @@ class _Csv:
     """Writes a turn a row, after its conversation's columns; a conversation without turns
     still gets one row, with empty turn columns."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextSink) -> None:
         self._writer = csv.writer(out)
         self._writer.writerow(CSV_COLUMNS)
         self._head: list[str] = []
@@ -539,7 +547,7 @@ class _Csv:
 
 async def export_conversations(
     engine_or_url: AsyncEngine | str,
-    out: TextIO,
+    out: TextSink,
     *,
     format: Literal["jsonl", "csv"] = "jsonl",
     since: datetime | None = None,

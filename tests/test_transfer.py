@@ -20,7 +20,7 @@ import warnings
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from conftest import FakeClock, MakeRepo, Sql
@@ -484,7 +484,7 @@ async def test_malformed_lines_are_reported_and_the_rest_imported(
 
 @pytest.mark.parametrize("kind", ["jsonl", "csv"])
 async def test_a_database_without_the_schema_is_refused(
-    empty_url: str, backend: str, kind: str
+    empty_url: str, backend: str, kind: Literal["jsonl", "csv"]
 ) -> None:
     """Nothing is written from a database convostore has not migrated; an import migrates a
     SQLite file, as a repository would, but not PostgreSQL, where that is the deploy's job."""
