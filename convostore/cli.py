@@ -1,6 +1,6 @@
 """The ``convostore`` command, on click with rich tables: ``demo``, ``migrate``, and for the
-people who run convostore ``stats``, ``show``, ``sweep``, ``erase-user``, ``export-user`` and
-``report``.
+people who run convostore ``stats``, ``show``, ``sweep``, ``export``, ``import``,
+``import-redis``, ``erase-user``, ``export-user`` and ``report``.
 
 A thin layer over library functions (``admin``, ``report``, ``migrate``, the repository): each
 command parses its options, calls the library and prints what comes back. Every command that
@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TextIO, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -494,6 +497,191 @@ def report(url: str, out: Path) -> None:
     days = len(data.per_day)
     questions = _plural(data.questions, "question")
     click.echo(f"wrote {out}: {_plural(days, 'day')} of exchanges, {questions}")
+
+
+def _utc_option(name: str, text: str) -> Callable[[F], F]:
+    """A date option (``2026-11-30`` or ``2026-11-30T14:00``), taken as UTC."""
+
+    def utc(_ctx: click.Context, _param: click.Parameter, value: datetime | None) -> Any:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+    return click.option(
+        name,
+        type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]),
+        callback=utc,
+        help=text,
+    )
+
+
+@contextmanager
+def _progress(what: str, shown: bool) -> Iterator[Callable[[int], None]]:
+    """A count of ``what`` done so far, on stderr while it is a terminal; else nothing."""
+    if not shown:
+        yield lambda _done: None
+        return
+    columns = (TextColumn(f"{what}: {{task.completed:,.0f}}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done: bar.update(task, completed=done)
+
+
+@cli.command()
+@url_option
+@click.option(
+    "--format",
+    "kind",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl: a conversation per line with its turns; csv: a turn per row.",
+)
+@click.option(
+    "-o",
+    "--out",
+    default="-",
+    metavar="FILE",
+    help="Where to write; - (the default) is stdout.",
+)
+@_utc_option("--since", "Only conversations started at or after this time (UTC).")
+@_utc_option("--until", "Only conversations started before this time (UTC).")
+@click.option("--template", metavar="ID", help="Only conversations with a question of it.")
+@click.option("--language", metavar="LANG", help="Only conversations in this language.")
+@click.option("--user", metavar="USER_ID", help="Only this user's conversations.")
+def export(
+    url: str,
+    kind: Literal["jsonl", "csv"],
+    out: str,
+    since: datetime | None,
+    until: datetime | None,
+    template: str | None,
+    language: str | None,
+    user: str | None,
+) -> None:
+    """Export conversations, live and retained, streaming in constant memory.
+
+    \b
+    Examples:
+      convostore export -o transcripts.jsonl --since 2026-11-01
+      convostore export --format csv --template archives_in_place -o - | head
+    """
+    from .transfer import export_conversations
+
+    def write_to(file: TextIO, shown: bool) -> int:
+        with _progress("conversations exported", shown) as progress:
+            return asyncio.run(
+                export_conversations(
+                    url,
+                    file,
+                    format=kind,
+                    since=since,
+                    until=until,
+                    template=template,
+                    language=language,
+                    user=user,
+                    progress=progress,
+                )
+            )
+
+    if out == "-":
+        write_to(sys.stdout, shown=False)
+        return
+    try:
+        with open(out, "w", encoding="utf-8", newline="") as file:
+            written = write_to(file, shown=Console(stderr=True).is_terminal)
+    except OSError as exc:
+        raise Failure(f"cannot write {out}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {out}: {_plural(written, 'conversation')}")
+
+
+@cli.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@url_option
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["skip", "replace"]),
+    default="skip",
+    show_default=True,
+    help="A conversation already stored (same session id and start): keep it, or replace it.",
+)
+def import_(file: TextIO, url: str, on_conflict: Literal["skip", "replace"]) -> None:
+    """Import conversations from a JSONL export (- reads stdin). Importing a file twice
+    changes nothing; malformed lines are reported and passed over.
+
+    \b
+    Example:
+      convostore import transcripts.jsonl --url postgresql+asyncpg://app@db/app
+    """
+    from .transfer import import_conversations
+
+    with _progress("lines read", Console(stderr=True).is_terminal) as progress:
+        counts = asyncio.run(
+            import_conversations(url, file, on_conflict=on_conflict, progress=progress)
+        )
+    click.echo(
+        f"imported {_plural(counts.conversations, 'conversation')} "
+        f"({_plural(counts.turns, 'turn')}, {_plural(counts.sessions, 'live session')}); "
+        f"{counts.skipped} already stored, {counts.replaced} replaced, "
+        f"{_plural(len(counts.problems), 'line')} not imported"
+    )
+    for problem in counts.problems[:20]:
+        click.echo(f"  line {problem.line}: {problem.reason}", err=True)
+
+
+@cli.command("import-redis")
+@click.option("--redis-url", required=True, metavar="URL", help="The old store's Redis.")
+@url_option
+@click.option("--prefix", default="heritage:session:", show_default=True, help="The keys' prefix.")
+@click.option("--db", default=1, show_default=True, help="The Redis database number.")
+@click.option(
+    "--session-ttl",
+    type=float,
+    default=1800,
+    show_default=True,
+    help="Seconds of life for an entry whose key has no TTL.",
+)
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["skip", "replace"]),
+    default="skip",
+    show_default=True,
+    help="A session id already live here: keep it, or end it and import the entry.",
+)
+def import_redis_command(
+    redis_url: str,
+    url: str,
+    prefix: str,
+    db: int,
+    session_ttl: float,
+    on_conflict: Literal["skip", "replace"],
+) -> None:
+    """Move sessions over from the original SessionManager's Redis store, each keeping its
+    remaining TTL. Malformed entries are reported and passed over. Needs the `redis` extra.
+
+    \b
+    Example:
+      convostore import-redis --redis-url redis://cache:6379 --db 1 --url sqlite+aiosqlite:///chat.db
+    """
+    from .transfer import import_redis
+
+    with _progress("keys read", Console(stderr=True).is_terminal) as progress:
+        done = asyncio.run(
+            import_redis(
+                url,
+                redis_url,
+                prefix=prefix,
+                db=db,
+                session_ttl=session_ttl,
+                on_conflict=on_conflict,
+                progress=progress,
+            )
+        )
+    click.echo(
+        f"imported {_plural(done.imported, 'session')} ({_plural(done.turns, 'turn')}); "
+        f"{done.already_present} already present, {done.replaced} replaced, "
+        f"{_plural(len(done.skipped), 'key')} skipped"
+    )
+    for skipped in done.skipped[:20]:
+        click.echo(f"  {skipped.key}: {skipped.reason}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,87 @@
+"""``convostore export``, ``import`` and ``import-redis``: the command line over
+``convostore.transfer``, on both backends (Redis: the real local one, database 13)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import FakeClock, MakeRepo
+from redis.asyncio import Redis
+from test_cli import _invoke, _ok, _seed
+from test_transfer import PREFIX, REDIS_URL, _entry, redis_client
+
+from convostore import SessionRepository, StoreConfig
+from convostore.migrate import upgrade_url
+
+__all__ = ["redis_client"]  # the fixture, used here by name
+
+
+async def _target(backend: str, empty_url: str) -> str:
+    """An empty database to import into: PostgreSQL migrated by the deploy step; a new SQLite
+    file the import migrates itself."""
+    if backend == "postgresql":
+        await upgrade_url(empty_url)
+    return empty_url
+
+
+async def test_export_then_import_round_trips(
+    make_repo: MakeRepo, clock: FakeClock, url: str, empty_url: str, backend: str, tmp_path: Path
+) -> None:
+    """Every conversation goes out as a JSONL line and comes back in; a second import stores
+    nothing; a malformed line is named on stderr and the rest imported."""
+    await _seed(make_repo, clock)
+    path = tmp_path / "out.jsonl"
+    assert _ok(await _invoke("export", "--url", url, "-o", str(path))) == (
+        f"wrote {path}: 4 conversations\n"
+    )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert sorted(json.loads(line)["session_id"] for line in lines) == [
+        "live-session",
+        "live-session",
+        "old-session",
+        "other-session",
+    ]
+    target = await _target(backend, empty_url)
+    first = _ok(await _invoke("import", str(path), "--url", target))
+    assert first.startswith("imported 4 conversations (")
+    again = _ok(await _invoke("import", str(path), "--url", target))
+    assert again.startswith("imported 0 conversations (0 turns")
+    assert "4 already stored" in again
+    again_out = tmp_path / "again.jsonl"
+    _ok(await _invoke("export", "--url", target, "-o", str(again_out)))
+    assert sorted(again_out.read_text(encoding="utf-8").splitlines()) == sorted(lines)
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(f"{{oops\n{lines[0]}\n", encoding="utf-8")
+    result = await _invoke("import", str(broken), "--url", target, "--on-conflict", "replace")
+    assert result.exit_code == 0, result.output
+    assert "1 replaced, 1 line not imported" in result.stdout
+    assert result.stderr.startswith("  line 1: ")
+
+
+async def test_export_filters_and_formats(make_repo: MakeRepo, clock: FakeClock, url: str) -> None:
+    """--user keeps that user's conversations; --format csv writes a turn per row to stdout."""
+    await _seed(make_repo, clock)
+    mine = _ok(await _invoke("export", "--url", url, "--user", "u-1")).splitlines()
+    assert [json.loads(line)["user_id"] for line in mine] == ["u-1", "u-1"]
+    rows = _ok(await _invoke("export", "--url", url, "--format", "csv")).splitlines()
+    assert rows[0].startswith("session_id,")
+    assert len(rows) == 1 + 2 + 2 + 4 + 2  # header; old; live-session ended, live; other
+
+
+async def test_import_redis_moves_the_old_stores_sessions(redis_client: Redis, url: str) -> None:
+    """A well-formed entry becomes a live session with its turns; a malformed one is named
+    on stderr with its reason, and the rest goes on."""
+    await redis_client.set(f"{PREFIX}kept", _entry("kept"), ex=600)
+    await redis_client.set(f"{PREFIX}broken", "{oops", ex=600)
+    result = await _invoke("import-redis", "--redis-url", REDIS_URL, "--db", "13", "--url", url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "imported 1 session (1 turn); 0 already present, 0 replaced, 1 key skipped\n"
+    )
+    assert result.stderr.startswith(f"  {PREFIX}broken: ")
+    async with SessionRepository(StoreConfig(database_url=url, cleanup_interval=0)) as repo:
+        state = await repo.get("kept")
+    assert state is not None
+    assert [turn.content for turn in state.turns] == ["Vraag"]
