@@ -566,6 +566,8 @@ def export(
     """
     from .transfer import export_conversations
 
+    admin.command_config(url)  # a URL it cannot use, or a SQLite file that is not there
+
     def write_to(file: TextIO, shown: bool) -> int:
         with _progress("conversations exported", shown) as progress:
             return asyncio.run(

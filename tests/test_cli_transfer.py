@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import FakeClock, MakeRepo
 from redis.asyncio import Redis
-from test_cli import _invoke, _ok, _seed
+from test_cli import _fails, _invoke, _ok, _seed
 from test_transfer import PREFIX, REDIS_URL, _entry, redis_client
 
 from convostore import SessionRepository, StoreConfig
@@ -68,6 +68,14 @@ async def test_export_filters_and_formats(make_repo: MakeRepo, clock: FakeClock,
     rows = _ok(await _invoke("export", "--url", url, "--format", "csv")).splitlines()
     assert rows[0].startswith("session_id,")
     assert len(rows) == 1 + 2 + 2 + 4 + 2  # header; old; live-session ended, live; other
+
+
+async def test_export_of_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -> None:
+    """An export names a database to read: a SQLite file that is not there is one line and
+    exit 1, and no empty file is left behind."""
+    path = tmp_path / "missing.db"
+    _fails(await _invoke("export", "--url", f"sqlite+aiosqlite:///{path}"), "names no SQLite file")
+    assert not path.exists()
 
 
 async def test_import_redis_moves_the_old_stores_sessions(redis_client: Redis, url: str) -> None:
