@@ -663,7 +663,7 @@ def import_redis_command(
     Example:
       convostore import-redis --redis-url redis://cache:6379 --db 1 --url sqlite+aiosqlite:///chat.db
     """
-    from .transfer import import_redis
+    from .redis_import import import_redis
 
     with _progress("keys read", Console(stderr=True).is_terminal) as progress:
         done = asyncio.run(

@@ -190,8 +190,6 @@ def _median_length(lengths: dict[int, int]) -> float | None:
     return sum(picked) / len(picked)
 
 
-# --- SVG charts -------------------------------------------------------------------------------
-
 BLUE, AMBER, GRID, INK, MUTED = "#2563eb", "#d97706", "#e5e7eb", "#1f2937", "#6b7280"
 
 
@@ -378,8 +376,6 @@ def _share_chart(part: int, whole: int, label: str, width: int = 520) -> str:
     ]
     return _svg(width, height, label, body)
 
-
-# --- the page -----------------------------------------------------------------------------------
 
 _STYLE = """
 :root { color-scheme: light; }

@@ -1,4 +1,5 @@
-"""Transcripts in and out of a convostore database, and the original manager's Redis sessions in.
+"""Transcripts in and out of a convostore database (the Redis import, in ``redis_import.py``,
+writes through the same plans).
 
 - ``export_conversations``: conversations, live and retained, with their turns, as JSON Lines
   (one conversation a line) or CSV (one turn a line). Three ordered cursors (conversations,
@@ -6,14 +7,11 @@
   turns there are.
 - ``import_conversations``: that JSON Lines back, in batched transactions of executemany
   inserts; a malformed line is reported with its reason and the rest goes on.
-- ``import_redis``: the sessions the original SessionManager kept in Redis (one JSON blob per
-  key, TTL on the key) as live sessions that expire when their keys would have.
 
 The imports write the rows the repository would have written (conversation, session, turns,
 slots) and leave the rest to the schema's triggers. Conversation ids are kept where free; on
 PostgreSQL the sequence ``conversation_ids`` is moved past the imported ids, so conversations
-created later do not collide with them. This module needs no optional dependency until
-``import_redis`` runs (``pip install "convostore[redis]"``).
+created later do not collide with them.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
@@ -57,9 +55,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
 
 from .config import StoreConfig
 from .engine import begin_immediate, check_database, create_engine
-from .errors import ConfigError, SchemaNotReady, StoreError, translate_errors
+from .errors import SchemaNotReady, translate_errors
 from .migrate import check_schema, upgrade
-from .models import ConversationTurn
 from .schema import conversations, sessions, turn_slots, turns
 from .validation import (
     Limits,
@@ -68,7 +65,6 @@ from .validation import (
     check_optional_text,
     check_owner,
     check_session_id,
-    check_turn,
     copy_results,
     copy_slots,
 )
@@ -78,14 +74,11 @@ __all__ = [
     "ConversationRecord",
     "ImportCounts",
     "LineProblem",
-    "RedisImportReport",
     "SessionRecord",
-    "SkippedEntry",
     "TextSink",
     "TurnRecord",
     "export_conversations",
     "import_conversations",
-    "import_redis",
 ]
 
 
@@ -105,21 +98,16 @@ _PROGRESS_EVERY = 100
 _BATCH_CONVERSATIONS = 500
 _BATCH_TURNS = 10_000
 """An import transaction holds at most this many conversations or (about) turns."""
-_REDIS_SCAN = 500
-"""Keys asked for per SCAN call; each call's keys are imported in one transaction."""
-
-_STORABLE = Limits(sys.maxsize, sys.maxsize)
+STORABLE = Limits(sys.maxsize, sys.maxsize)
 """Imports check that the database can hold each text and result, not a repository's size
 limits: the data was stored once already, perhaps under larger limits."""
 
 _c, _s, _t, _slot = conversations.c, sessions.c, turns.c, turn_slots.c
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
+    """Now, in UTC: what decides which sessions are live when no ``now`` is given."""
     return datetime.now(timezone.utc)
-
-
-# --- the JSON Lines format ------------------------------------------------------------------
 
 
 class _Record(BaseModel):
@@ -142,17 +130,17 @@ class TurnRecord(_Record):
     @field_validator("content", "resolved_question", "template_id")
     @classmethod
     def _storable_text(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return check_optional_text(info.field_name or "text", value, _STORABLE)
+        return check_optional_text(info.field_name or "text", value, STORABLE)
 
     @field_validator("slots")
     @classmethod
     def _storable_slots(cls, value: dict[str, str]) -> dict[str, str]:
-        return copy_slots("slots", value, _STORABLE)
+        return copy_slots("slots", value, STORABLE)
 
     @field_validator("results")
     @classmethod
     def _storable_results(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return copy_results("results", value, _STORABLE)
+        return copy_results("results", value, STORABLE)
 
     @field_validator("idempotency_key")
     @classmethod
@@ -204,12 +192,12 @@ class ConversationRecord(_Record):
     @field_validator("current_slots")
     @classmethod
     def _current_slots(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return None if value is None else copy_slots("current_slots", value, _STORABLE)
+        return None if value is None else copy_slots("current_slots", value, STORABLE)
 
     @field_validator("current_template_id")
     @classmethod
     def _current_template(cls, value: str | None) -> str | None:
-        return check_optional_text("current_template_id", value, _STORABLE)
+        return check_optional_text("current_template_id", value, STORABLE)
 
     @model_validator(mode="after")
     def _consistent(self) -> ConversationRecord:
@@ -267,11 +255,8 @@ _dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 (PostgreSQL's JSONB keeps keys in an order of its own)."""
 
 
-# --- engines and transactions ---------------------------------------------------------------
-
-
 @asynccontextmanager
-async def _opened(engine_or_url: AsyncEngine | str, *, writes: bool) -> AsyncIterator[AsyncEngine]:
+async def opened(engine_or_url: AsyncEngine | str, *, writes: bool) -> AsyncIterator[AsyncEngine]:
     """The engine to use, on a schema this code runs on. A URL gets an engine of its own
     (disposed at the end); a writer upgrades an unmigrated SQLite file as a repository would,
     while PostgreSQL needs ``convostore migrate`` first (``SchemaNotReady``)."""
@@ -316,7 +301,7 @@ async def _snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 
 @asynccontextmanager
-async def _writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A write transaction; on SQLite it holds the write lock from the start, so the reads that
     plan a batch see what the batch's writes build on."""
     async with engine.begin() as conn:
@@ -329,9 +314,6 @@ async def _writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
                 with suppress(Exception):
                     await conn.exec_driver_sql("ROLLBACK")
             raise
-
-
-# --- export ----------------------------------------------------------------------------------
 
 
 def _of_conversation(columns: Any) -> ColumnElement[bool]:
@@ -575,9 +557,9 @@ async def export_conversations(
     if format not in ("jsonl", "csv"):
         raise ValueError(f"format must be 'jsonl' or 'csv', not {format!r}")
     queries = _export_queries(_filters(since, until, template, language, user))
-    moment = now or _utcnow()
+    moment = now or utcnow()
     written = 0
-    async with _opened(engine_or_url, writes=False) as engine:
+    async with opened(engine_or_url, writes=False) as engine:
         with translate_errors("exporting conversations"):
             async with _snapshot(engine) as conn:
                 heads, turn_rows, slot_rows = [
@@ -619,11 +601,8 @@ async def _write_conversation(
     sink.end()
 
 
-# --- writing imported conversations ----------------------------------------------------------
-
-
 @dataclass(slots=True)
-class _NewConversation:
+class NewConversation:
     """Rows of one conversation to insert; ``conversation_id`` None: a new one is allocated.
     The turn and slot rows lack their conversation id until then."""
 
@@ -636,14 +615,14 @@ class _NewConversation:
 
 
 @dataclass(slots=True)
-class _Plan:
+class Plan:
     """What one import transaction does, in order: end the sessions ``ended`` (their
     conversations are marked ended by the trigger), delete the conversations ``removed`` with
     their turns and slots, then insert ``added``."""
 
     ended: list[str] = field(default_factory=list)
     removed: list[tuple[str, int]] = field(default_factory=list)
-    added: list[_NewConversation] = field(default_factory=list)
+    added: list[NewConversation] = field(default_factory=list)
 
 
 _sids: BindParameter[Any] = bindparam("sids", expanding=True)
@@ -652,7 +631,7 @@ _keys: BindParameter[Any] = bindparam("keys", expanding=True)
 _conversations_of = select(_c.session_id, _c.conversation_id, _c.started_at).where(
     _c.session_id.in_(_sids)
 )
-_sessions_of = select(_s.session_id, _s.conversation_id, _s.expires_at).where(
+sessions_of = select(_s.session_id, _s.conversation_id, _s.expires_at).where(
     _s.session_id.in_(_sids)
 )
 _holders = select(_c.session_id, _c.conversation_id).where(_c.conversation_id.in_(_cids))
@@ -667,7 +646,7 @@ _pg_advance = text("SELECT setval('conversation_ids', GREATEST(:top, nextval('co
 """Moves the sequence past ``top``, never back: ``nextval`` is at least every id handed out."""
 
 
-async def _new_ids(conn: AsyncConnection, plan: _Plan) -> list[int]:
+async def _new_ids(conn: AsyncConnection, plan: Plan) -> list[int]:
     """Ids for the conversations of ``plan`` without one: the sequence's next on PostgreSQL
     (moved past the ids kept already, by ``_plan``); on SQLite, whose writer holds the lock,
     the ids after the largest stored or kept."""
@@ -681,7 +660,7 @@ async def _new_ids(conn: AsyncConnection, plan: _Plan) -> list[int]:
     return list(range(top + 1, top + 1 + wanted))
 
 
-async def _apply(conn: AsyncConnection, plan: _Plan) -> None:
+async def apply_plan(conn: AsyncConnection, plan: Plan) -> None:
     """Run ``plan`` on ``conn``, inserting with executemany."""
     if plan.ended:
         await conn.execute(_end_sessions, {"sids": plan.ended})
@@ -705,9 +684,6 @@ async def _apply(conn: AsyncConnection, plan: _Plan) -> None:
     for table, many in rows.items():
         if many:
             await conn.execute(insert(table), many)
-
-
-# --- import of exported conversations --------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -744,7 +720,7 @@ class ImportCounts:
     with another conversation."""
 
 
-def _reason(exc: ValidationError) -> str:
+def validation_reason(exc: ValidationError) -> str:
     """A validation error on one line of text."""
     parts = []
     for error in exc.errors(include_url=False, include_input=False, include_context=False):
@@ -753,7 +729,7 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _rows_of(record: ConversationRecord) -> _NewConversation:
+def _rows_of(record: ConversationRecord) -> NewConversation:
     """A record's rows, keeping its conversation id (``_plan`` may drop it)."""
     sid = record.session_id
     session = record.session
@@ -778,7 +754,7 @@ def _rows_of(record: ConversationRecord) -> _NewConversation:
             {"session_id": sid, "seq": turn.seq, "name": name, "value": value}
             for name, value in turn.slots.items()
         )
-    return _NewConversation(
+    return NewConversation(
         sid,
         record.conversation_id,
         {
@@ -812,7 +788,7 @@ async def _plan(
     replace: bool,
     now: datetime,
     counts: ImportCounts,
-) -> _Plan:
+) -> Plan:
     """Decide, against what is stored, what to do with each record of ``batch``.
 
     A conversation is the same as a stored one when its session id and ``started_at`` are
@@ -832,13 +808,12 @@ async def _plan(
         for sid, cid, started in await conn.execute(_conversations_of, {"sids": sids})
     }
     live_rows = {
-        sid: (cid, expires)
-        for sid, cid, expires in await conn.execute(_sessions_of, {"sids": sids})
+        sid: (cid, expires) for sid, cid, expires in await conn.execute(sessions_of, {"sids": sids})
     }
     holders: dict[int, set[str]] = {}
     for sid, cid in await conn.execute(_holders, {"cids": cids}):
         holders.setdefault(cid, set()).add(sid)
-    plan = _Plan()
+    plan = Plan()
     lines: dict[tuple[str, datetime], int] = {}
     sessions_claimed: dict[str, int] = {}
     for number, record in batch:
@@ -921,7 +896,7 @@ async def import_conversations(
     if on_conflict not in ("skip", "replace"):
         raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
     counts = ImportCounts()
-    async with _opened(engine_or_url, writes=True) as engine:
+    async with opened(engine_or_url, writes=True) as engine:
         batch: list[tuple[int, ConversationRecord]] = []
         batch_turns = 0
         number = 0
@@ -931,7 +906,7 @@ async def import_conversations(
             try:
                 record = ConversationRecord.model_validate_json(line)
             except ValidationError as exc:
-                counts.problems.append(LineProblem(number, _reason(exc)))
+                counts.problems.append(LineProblem(number, validation_reason(exc)))
                 continue
             batch.append((number, record))
             batch_turns += len(record.turns)
@@ -956,275 +931,6 @@ async def _import_batch(
 ) -> None:
     """One transaction: plan the batch against the database, then write it."""
     with translate_errors("importing conversations"):
-        async with _writing(engine) as conn:
-            plan = await _plan(conn, batch, replace, now or _utcnow(), counts)
-            await _apply(conn, plan)
-
-
-# --- import from the original manager's Redis ------------------------------------------------
-
-
-def _original_time(value: object) -> datetime:
-    """A timestamp as the original's ``SessionEntry.from_dict`` reads it (ISO 8601 text); it
-    wrote UTC, so a time without zone is taken as UTC."""
-    if not isinstance(value, str):
-        raise ValueError(f"must be ISO 8601 text, not {type(value).__name__}")
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-class _OriginalState(BaseModel):
-    """The original ``ConversationState`` (its turns have the fields of convostore's turn,
-    without ``created_at``)."""
-
-    turns: list[ConversationTurn] = Field(default_factory=list)
-    current_slots: dict[str, str] = Field(default_factory=dict)
-    current_template_id: str | None = None
-    language: str = "nl"
-
-
-class _OriginalEntry(BaseModel):
-    """The original ``SessionEntry.to_dict()``, read as leniently as its ``from_dict``."""
-
-    session_id: str
-    state: _OriginalState
-    created_at: datetime
-    last_accessed: datetime
-    access_count: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
-
-    @field_validator("created_at", "last_accessed", mode="before")
-    @classmethod
-    def _time(cls, value: object) -> datetime:
-        return _original_time(value)
-
-
-@dataclass(frozen=True, slots=True)
-class SkippedEntry:
-    """A Redis key that was not imported, and why."""
-
-    key: str
-    reason: str
-
-
-@dataclass(slots=True)
-class RedisImportReport:
-    """What ``import_redis`` did."""
-
-    imported: int = 0
-    """Sessions written, each a live session with its conversation."""
-    turns: int = 0
-    slots: int = 0
-    already_present: int = 0
-    """Entries whose session id is live in the database, left as it is (``on_conflict="skip"``)."""
-    replaced: int = 0
-    """Entries whose session id was live in the database: that session was ended (its
-    transcript stays, as after any session end) and the entry imported (``"replace"``)."""
-    skipped: list[SkippedEntry] = field(default_factory=list)
-    """Keys not imported: malformed entries, other value types, keys gone meanwhile."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """A parsed entry with its expiry."""
-
-    session_id: str
-    entry: _OriginalEntry
-    expires_at: datetime
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally by a Redis SCAN pattern."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
-
-
-def _parse_entry(
-    key: str, prefix: str, value: object, pttl: object, now: datetime, ttl: float
-) -> _Entry | str:
-    """The entry under ``key`` with its expiry, or the reason it cannot be imported."""
-    if isinstance(value, Exception):
-        return f"cannot be read as a string value: {value}"
-    if not isinstance(value, bytes) or pttl == -2:
-        return "the key expired or was deleted during the import"
-    try:
-        sid = check_session_id(key[len(prefix) :])
-        entry = _OriginalEntry.model_validate_json(value)
-        if entry.session_id != sid:
-            return f"its session_id {entry.session_id!r} is not the key's"
-        state = entry.state
-        for index, turn in enumerate(state.turns):
-            check_turn(f"state.turns[{index}]", turn, _STORABLE)
-        copy_slots("state.current_slots", state.current_slots, _STORABLE)
-        check_optional_text("state.current_template_id", state.current_template_id, _STORABLE)
-        check_language(state.language)
-    except ValidationError as exc:
-        return _reason(exc)
-    except ValueError as exc:  # convostore's checks
-        return str(exc)
-    left = timedelta(seconds=ttl)
-    if isinstance(pttl, int) and pttl >= 0:  # -1: the key never expires
-        left = timedelta(milliseconds=pttl)
-    return _Entry(sid, entry, now + left)
-
-
-def _rows_of_entry(parsed: _Entry) -> _NewConversation:
-    """An entry's rows: a live conversation started at its ``created_at``. The original kept
-    no time per turn, so every turn gets the entry's ``last_accessed`` (its last write)."""
-    sid, entry = parsed.session_id, parsed.entry
-    state = entry.state
-    turn_rows: list[dict[str, Any]] = []
-    slot_rows: list[dict[str, Any]] = []
-    for seq, turn in enumerate(state.turns, start=1):
-        turn_rows.append(
-            {
-                "session_id": sid,
-                "seq": seq,
-                "role": turn.role,
-                "content": turn.content,
-                "resolved_question": turn.resolved_question,
-                "template_id": turn.template_id,
-                "results": turn.results,
-                "created_at": entry.last_accessed,
-                "idempotency_key": None,
-            }
-        )
-        slot_rows.extend(
-            {"session_id": sid, "seq": seq, "name": name, "value": value}
-            for name, value in turn.slots.items()
-        )
-    return _NewConversation(
-        sid,
-        None,
-        {"user_id": None, "started_at": entry.created_at, "ended_at": None, "language": None},
-        {
-            "user_id": None,
-            "created_at": entry.created_at,
-            "last_accessed": entry.last_accessed,
-            "expires_at": parsed.expires_at,
-            "access_count": entry.access_count,
-            "language": state.language,
-            "current_template_id": state.current_template_id,
-            "current_slots": state.current_slots,
-            "turn_count": len(turn_rows),
-            "version": 0,
-        },
-        turn_rows,
-        slot_rows,
-    )
-
-
-async def import_redis(
-    engine_or_url: AsyncEngine | str,
-    redis_url: str,
-    *,
-    prefix: str = "heritage:session:",
-    db: int = 1,
-    now: datetime | None = None,
-    session_ttl: float | None = None,
-    on_conflict: Literal["skip", "replace"] = "skip",
-    progress: Progress | None = None,
-) -> RedisImportReport:
-    """Import the sessions the original SessionManager kept in Redis; returns the report.
-
-    Reads every key ``prefix<session id>`` of database ``db`` (unless ``redis_url`` names
-    one, which wins, as in the original) with SCAN, each value in the original's
-    ``SessionEntry.to_dict()`` format, and writes it as a live session with its conversation,
-    turns and slots, one transaction per SCAN page. The session expires when the key would
-    have: ``now`` (default: the time each page is read) plus the key's remaining TTL; a key
-    without one gets ``session_ttl`` (default ``StoreConfig``'s, 1800 s). A session id that is
-    live in the database is left alone and counted as ``already_present``
-    (``on_conflict="skip"``), or ended and replaced (``"replace"``). A bad entry never stops
-    the import: it is reported in ``skipped`` with the reason. Needs ``convostore[redis]``.
-
-    Raises:
-        ConfigError: a URL or engine convostore cannot use, or the redis package is missing.
-        SchemaNotReady: a PostgreSQL database lacks the newest migration.
-        StoreError: the database or Redis failed; the pages before stay imported.
-    """
-    try:
-        from redis.asyncio import Redis
-        from redis.exceptions import RedisError
-    except ImportError as missing:
-        raise ConfigError(
-            'import_redis needs the redis package: pip install "convostore[redis]"'
-        ) from missing
-    if on_conflict not in ("skip", "replace"):
-        raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
-    ttl = float(
-        StoreConfig.model_fields["session_ttl"].default if session_ttl is None else session_ttl
-    )
-    try:
-        client = Redis.from_url(redis_url, db=db)
-    except ValueError as exc:
-        raise ConfigError(f"redis_url: {exc}") from None
-    report = RedisImportReport()
-    pattern = _glob_escape(prefix) + "*"
-    seen: set[str] = set()
-    read = 0
-    try:
-        async with _opened(engine_or_url, writes=True) as engine:
-            cursor: int | None = None
-            while cursor != 0:
-                cursor, keys = await client.scan(cursor or 0, match=pattern, count=_REDIS_SCAN)
-                parsed: list[_Entry] = []
-                async with client.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.get(key)
-                        pipe.pttl(key)
-                    replies = await pipe.execute(raise_on_error=False)
-                moment = now or _utcnow()
-                for index, raw_key in enumerate(keys):
-                    read += 1
-                    key = (
-                        raw_key
-                        if isinstance(raw_key, str)
-                        else raw_key.decode("utf-8", "backslashreplace")
-                    )
-                    if key in seen:  # SCAN may return a key twice
-                        continue
-                    seen.add(key)
-                    value, pttl = replies[2 * index], replies[2 * index + 1]
-                    entry = _parse_entry(key, prefix, value, pttl, moment, ttl)
-                    if isinstance(entry, str):
-                        report.skipped.append(SkippedEntry(key, entry))
-                    else:
-                        parsed.append(entry)
-                if parsed:
-                    await _import_entries(engine, parsed, on_conflict == "replace", moment, report)
-                if progress is not None:
-                    progress(read)
-    except RedisError as exc:
-        raise StoreError(f"reading Redis failed: {exc}") from exc
-    finally:
-        await client.aclose()
-    return report
-
-
-async def _import_entries(
-    engine: AsyncEngine,
-    entries: list[_Entry],
-    replace: bool,
-    now: datetime,
-    report: RedisImportReport,
-) -> None:
-    """One transaction for one SCAN page's entries."""
-    plan = _Plan()
-    with translate_errors("importing Redis sessions"):
-        async with _writing(engine) as conn:
-            sids = [entry.session_id for entry in entries]
-            stored = {
-                sid: expires for sid, _, expires in await conn.execute(_sessions_of, {"sids": sids})
-            }
-            for entry in entries:
-                expires = stored.get(entry.session_id)
-                if expires is not None:
-                    if expires > now and not replace:
-                        report.already_present += 1
-                        continue
-                    plan.ended.append(entry.session_id)
-                    report.replaced += expires > now
-                new = _rows_of_entry(entry)
-                plan.added.append(new)
-                report.imported += 1
-                report.turns += len(new.turns)
-                report.slots += len(new.slots)
-            await _apply(conn, plan)
+        async with writing(engine) as conn:
+            plan = await _plan(conn, batch, replace, now or utcnow(), counts)
+            await apply_plan(conn, plan)

@@ -33,13 +33,13 @@ from bench.baselines import load_seed, seed_path
 from bench.transfer import fill
 from convostore import ConfigError, SchemaNotReady, SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
+from convostore.redis_import import import_redis
 from convostore.schema import sessions
 from convostore.transfer import (
     CSV_COLUMNS,
     ConversationRecord,
     export_conversations,
     import_conversations,
-    import_redis,
 )
 
 TTL = 86_400
