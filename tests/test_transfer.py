@@ -552,7 +552,10 @@ async def _original_sessions(redis_client: Redis) -> dict[str, Any]:
     would raise, and the original would log that and write nothing, so the warnings are off."""
     seed = load_seed()
     if seed is None:
-        pytest.fail(f"the original SessionManager is missing at {seed_path()}")
+        pytest.skip(
+            f"the original SessionManager is not at {seed_path()} (env CONVOSTORE_SEED_PATH "
+            "names it; .ci/run finds ../shared/seed)"
+        )
     config = seed.SessionConfig(
         redis_enabled=True, redis_url=REDIS_URL, redis_db=REDIS_DB, cleanup_interval=10**9
     )
