@@ -149,32 +149,12 @@ def _fold_one(rows: Sequence[Sequence[Any]], parse: bool) -> dict[str, Any] | No
     if not rows or rows[0][0] != 0:
         return None
     head = rows[0]
-    turns: list[dict[str, Any]] = []
-    slots: dict[str, str] = {}
-    for _, role, content, resolved, template_id, results, created_at, name, value, *_ in rows[1:]:
-        if name is None:
-            slots = {}
-            if parse:
-                created_at = datetime.fromisoformat(created_at).replace(tzinfo=timezone.utc)
-            turns.append(
-                {
-                    "role": role,
-                    "content": content,
-                    "resolved_question": resolved,
-                    "template_id": template_id,
-                    "slots": slots,
-                    "results": json.loads(results),
-                    "created_at": created_at,
-                }
-            )
-        else:
-            slots[name] = value
     return {
         "version": head[9],
         "language": head[1],
         "current_template_id": head[2],
         "current_slots": json.loads(head[5]),
-        "turns": turns,
+        "turns": _turns(rows[1:], parse),
     }
 
 
@@ -195,9 +175,21 @@ class RawStore(Protocol):
 
 def _fold(head: Sequence[Any], rows: Sequence[Sequence[Any]], parse: bool) -> dict[str, Any]:
     """A session as plain data from its row and its turn-and-slot rows."""
+    return {
+        "version": head[0],
+        "language": head[3],
+        "current_template_id": head[4],
+        "current_slots": json.loads(head[5]),
+        "turns": _turns(rows, parse),
+    }
+
+
+def _turns(rows: Sequence[Sequence[Any]], parse: bool) -> list[dict[str, Any]]:
+    """Turn rows, each followed by its slot rows (seq, role, content, resolved_question,
+    template_id, results, created_at, name, value, then anything), as plain dicts."""
     turns: list[dict[str, Any]] = []
     slots: dict[str, str] = {}
-    for _, role, content, resolved, template_id, results, created_at, name, value in rows:
+    for _, role, content, resolved, template_id, results, created_at, name, value, *_ in rows:
         if name is None:
             slots = {}
             if parse:
@@ -215,13 +207,7 @@ def _fold(head: Sequence[Any], rows: Sequence[Sequence[Any]], parse: bool) -> di
             )
         else:
             slots[name] = value
-    return {
-        "version": head[0],
-        "language": head[3],
-        "current_template_id": head[4],
-        "current_slots": json.loads(head[5]),
-        "turns": turns,
-    }
+    return turns
 
 
 async def connect_sqlite(path: str) -> aiosqlite.Connection:

@@ -10,10 +10,23 @@ from typing import Any, TypeVar
 
 from convostore import ConversationState, SessionRepository
 
-from ..timing import Op
+from ..backends import Server
+from ..results import Row, figure
+from ..timing import Op, Stats
 from ..workload import EXCHANGE
 
-__all__ = ["add_turn", "cycling", "fmt_count", "now_utc", "timed", "warm_cache"]
+__all__ = [
+    "CORE_LABEL",
+    "add_turn",
+    "cycling",
+    "floor_rows",
+    "fmt_count",
+    "now_utc",
+    "timed",
+    "warm_cache",
+]
+
+CORE_LABEL = "convostore, core path (fast_path=False)"
 
 T = TypeVar("T")
 
@@ -63,3 +76,45 @@ async def timed(label: str, work: Awaitable[T]) -> T:
     result = await work
     print(f"  {label}: {time.perf_counter() - start:.1f} s", flush=True)
     return result
+
+
+def floor_rows(
+    server: Server,
+    keys: tuple[str, str],
+    paths: tuple[str, str],
+    measured: dict[str, Stats],
+    labels: tuple[str, str],
+    target: float,
+) -> list[Row]:
+    """The two rows of an operation against its true floor: convostore (fast path) / floor
+    with ``target``, and the core path / fast path (``keys`` and ``paths`` of each).
+    ``measured`` holds ``convostore``, ``floor``, ``core`` and ``naive`` (the naive raw floor);
+    ``labels`` name the floor and the naive raw floor."""
+    conv, floor, core = measured["convostore"], measured["floor"], measured["core"]
+    floor_label, naive_label = labels
+    ratio = conv.median / floor.median
+    return [
+        Row(
+            key=f"{keys[0]}.{server.name}",
+            path=paths[0],
+            backend=server.label,
+            convostore=figure("convostore", conv),
+            raw=figure(floor_label, floor),
+            others=[figure(naive_label, measured["naive"]), figure(CORE_LABEL, core)],
+            ratio=ratio,
+            ratio_of="convostore / true floor",
+            target=f"≤ {target}× true floor",
+            met=ratio <= target,
+        ),
+        Row(
+            key=f"{keys[1]}.{server.name}",
+            path=paths[1],
+            backend=server.label,
+            convostore=figure(CORE_LABEL, core),
+            raw=figure(floor_label, floor),
+            others=[figure("convostore (fast path)", conv)],
+            ratio=core.median / conv.median,
+            ratio_of="core path / fast path",
+            note=f"core path / true floor {core.median / floor.median:.2f}×",
+        ),
+    ]

@@ -24,7 +24,7 @@ from ..raw import open_raw
 from ..results import Row, figure
 from ..timing import Op, Stats, interleave
 from ..workload import EXCHANGE, session_ids
-from ._util import add_turn, cycling, fmt_count, now_utc, timed, warm_cache
+from ._util import add_turn, cycling, floor_rows, fmt_count, now_utc, timed, warm_cache
 
 __all__ = ["run"]
 
@@ -33,7 +33,6 @@ TRUE_FLOOR_TARGET = 1.2
 FLAT_FACTOR = 1.1
 ORIGINAL_MEMORY = "original (memory)"
 ORIGINAL_REDIS = "original + Redis"
-CORE_LABEL = "convostore, core path (fast_path=False)"
 
 
 async def run(ctx: Context) -> list[Row]:
@@ -181,33 +180,21 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
             )
         )
     for h in (first, histories[-1]):
-        conv, floor, core = stats[f"convostore@{h}"], stats[f"floor@{h}"], stats[f"core@{h}"]
-        ratio = conv.median / floor.median
-        rows.append(
-            Row(
-                key=f"add_turn_floor.{h}.{server.name}",
-                path=f"add_turn vs the true floor ({fmt_count(h)} stored turns)",
-                backend=server.label,
-                convostore=figure("convostore", conv),
-                raw=figure(floor_label, floor),
-                others=[figure(raw_label, stats[f"raw@{h}"]), figure(CORE_LABEL, core)],
-                ratio=ratio,
-                ratio_of="convostore / true floor",
-                target=f"≤ {TRUE_FLOOR_TARGET}× true floor",
-                met=ratio <= TRUE_FLOOR_TARGET,
-            )
-        )
-        rows.append(
-            Row(
-                key=f"add_turn_core.{h}.{server.name}",
-                path=f"add_turn, core path (fast_path=False), {fmt_count(h)} stored turns",
-                backend=server.label,
-                convostore=figure(CORE_LABEL, core),
-                raw=figure(floor_label, floor),
-                others=[figure("convostore (fast path)", conv)],
-                ratio=core.median / conv.median,
-                ratio_of="core path / fast path",
-                note=f"core path / true floor {core.median / floor.median:.2f}×",
-            )
+        measured = {
+            "convostore": stats[f"convostore@{h}"],
+            "floor": stats[f"floor@{h}"],
+            "core": stats[f"core@{h}"],
+            "naive": stats[f"raw@{h}"],
+        }
+        rows += floor_rows(
+            server,
+            (f"add_turn_floor.{h}", f"add_turn_core.{h}"),
+            (
+                f"add_turn vs the true floor ({fmt_count(h)} stored turns)",
+                f"add_turn, core path (fast_path=False), {fmt_count(h)} stored turns",
+            ),
+            measured,
+            (floor_label, raw_label),
+            TRUE_FLOOR_TARGET,
         )
     return rows

@@ -26,7 +26,7 @@ from ..raw import open_raw
 from ..results import Row, figure
 from ..timing import Op, Stats, interleave
 from ..workload import session_ids
-from ._util import cycling, fmt_count, now_utc, timed
+from ._util import cycling, floor_rows, fmt_count, now_utc, timed
 
 __all__ = ["run"]
 
@@ -38,7 +38,6 @@ WINDOW = 6
 LONG_TURNS = 1_000
 SHORT_TURNS = 10
 ORIGINAL_REDIS = "original + Redis (not in memory)"
-CORE_LABEL = "convostore, core path (fast_path=False)"
 
 
 async def run(ctx: Context) -> list[Row]:
@@ -126,33 +125,16 @@ def _rows(server: Server, stats: dict[str, Stats], turns: int) -> list[Row]:
             met=ratio <= TARGET,
         )
     ]
-    ratio = conv.median / floor.median
-    rows.append(
-        Row(
-            key=f"cold_get_floor.{server.name}",
-            path=f"cold get of a {fmt_count(turns)}-turn session vs the true floor",
-            backend=server.label,
-            convostore=figure("convostore", conv),
-            raw=figure(floor_label, floor),
-            others=[figure(raw_label, naive), figure(CORE_LABEL, core)],
-            ratio=ratio,
-            ratio_of="convostore / true floor",
-            target=f"≤ {TRUE_FLOOR_TARGET}× true floor",
-            met=ratio <= TRUE_FLOOR_TARGET,
-        )
-    )
-    rows.append(
-        Row(
-            key=f"cold_get_core.{server.name}",
-            path=f"cold get of a {fmt_count(turns)}-turn session, core path (fast_path=False)",
-            backend=server.label,
-            convostore=figure(CORE_LABEL, core),
-            raw=figure(floor_label, floor),
-            others=[figure("convostore (fast path)", conv)],
-            ratio=core.median / conv.median,
-            ratio_of="core path / fast path",
-            note=f"core path / true floor {core.median / floor.median:.2f}×",
-        )
+    rows += floor_rows(
+        server,
+        ("cold_get_floor", "cold_get_core"),
+        (
+            f"cold get of a {fmt_count(turns)}-turn session vs the true floor",
+            f"cold get of a {fmt_count(turns)}-turn session, core path (fast_path=False)",
+        ),
+        {"convostore": conv, "floor": floor, "core": core, "naive": naive},
+        (floor_label, raw_label),
+        TRUE_FLOOR_TARGET,
     )
     stale = stats["stale"]
     ratio = stale.median / conv.median
