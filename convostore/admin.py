@@ -25,7 +25,7 @@ from .engine import check_database, create_engine
 from .errors import ConfigError, translate_errors
 from .migrate import check_schema
 from .models import ConversationTurn
-from .schema import UTCDateTime, conversations, sessions, turn_slots, turns
+from .schema import UTCDateTime, conversations, of_conversation, sessions, turn_slots, turns
 from .urls import hide_password
 from .validation import check_session_id
 
@@ -42,9 +42,7 @@ __all__ = [
 
 _s, _c, _t, _slot = sessions.c, conversations.c, turns.c, turn_slots.c
 _now = bindparam("now", type_=UTCDateTime())
-_session_row = conversations.outerjoin(
-    sessions, and_(_s.session_id == _c.session_id, _s.conversation_id == _c.conversation_id)
-)
+_session_row = conversations.outerjoin(sessions, of_conversation(_s))
 """Each conversation with its session row, if the session has not ended."""
 
 

@@ -16,7 +16,6 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    and_,
     bindparam,
     delete,
     func,
@@ -26,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .models import ConversationSummary
-from .schema import conversations, sessions, turn_slots, turns
+from .schema import conversations, of_conversation, sessions, turn_slots, turns
 
 __all__ = ["ERASED_TABLES", "Owners"]
 
@@ -38,11 +37,6 @@ _ids: BindParameter[Any] = bindparam("ids", expanding=True)
 _c, _s, _t, _slot = conversations.c, sessions.c, turns.c, turn_slots.c
 
 
-def _of(columns: Any) -> Any:
-    """``columns`` (a table's ``c``) hold a row of the conversation of ``_c``."""
-    return and_(columns.session_id == _c.session_id, columns.conversation_id == _c.conversation_id)
-
-
 def _among(columns: Any) -> Any:
     """``columns`` hold a row of one of the conversations ``ids`` ((session_id,
     conversation_id) pairs)."""
@@ -51,9 +45,13 @@ def _among(columns: Any) -> Any:
 
 def _summaries() -> Select[Any]:
     """A user's conversations, newest first, ``limit`` of them."""
-    turn_count = select(func.count()).where(_of(_t)).scalar_subquery()
+    turn_count = select(func.count()).where(of_conversation(_t)).scalar_subquery()
     last_turn = (
-        select(_t.created_at).where(_of(_t)).order_by(_t.seq.desc()).limit(1).scalar_subquery()
+        select(_t.created_at)
+        .where(of_conversation(_t))
+        .order_by(_t.seq.desc())
+        .limit(1)
+        .scalar_subquery()
     )
     return (
         select(
@@ -65,7 +63,7 @@ def _summaries() -> Select[Any]:
             turn_count.label("turns"),
             last_turn.label("last_turn_at"),
         )
-        .select_from(conversations.outerjoin(sessions, _of(_s)))
+        .select_from(conversations.outerjoin(sessions, of_conversation(_s)))
         .where(_c.user_id == _uid)
         .order_by(_c.conversation_id.desc())
         .limit(bindparam("limit", type_=Integer()))
@@ -100,7 +98,7 @@ class Owners:
             _s.current_template_id,
             _s.expires_at,
         )
-        .select_from(conversations.outerjoin(sessions, _of(_s)))
+        .select_from(conversations.outerjoin(sessions, of_conversation(_s)))
         .where(_c.user_id == _uid)
         .order_by(_c.conversation_id)
     )
@@ -115,13 +113,13 @@ class Owners:
             _t.results,
             _t.created_at,
         )
-        .join(conversations, _of(_t))
+        .join(conversations, of_conversation(_t))
         .where(_c.user_id == _uid)
         .order_by(_t.conversation_id, _t.seq)
     )
     _export_slots = (
         select(_slot.conversation_id, _slot.seq, _slot.name, _slot.value)
-        .join(conversations, _of(_slot))
+        .join(conversations, of_conversation(_slot))
         .where(_c.user_id == _uid)
         .order_by(_slot.conversation_id, _slot.seq, _slot.name)
     )

@@ -23,6 +23,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    ColumnElement,
     DateTime,
     Dialect,
     ForeignKeyConstraint,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    and_,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -47,6 +49,7 @@ __all__ = [
     "conversation_ids",
     "conversations",
     "metadata",
+    "of_conversation",
     "sessions",
     "turn_slots",
     "turns",
@@ -224,6 +227,16 @@ turn_slots = Table(
 The foreign key points at the conversation, not the turn: rows are only ever written together
 with their turn and deleted with their conversation, and cascading once per conversation
 instead of once per turn makes deleting transcripts about three times faster on PostgreSQL."""
+
+
+def of_conversation(columns: Any) -> ColumnElement[bool]:
+    """The join condition of a table with ``conversations``: ``columns`` (the table's ``c``)
+    hold a row of that conversation (both key columns match)."""
+    key = conversations.c
+    return and_(
+        columns.session_id == key.session_id, columns.conversation_id == key.conversation_id
+    )
+
 
 changes = Table(
     "convostore_changes",

@@ -41,7 +41,6 @@ from sqlalchemy import (
     Connection,
     Select,
     Table,
-    and_,
     bindparam,
     delete,
     exists,
@@ -57,7 +56,7 @@ from .config import StoreConfig
 from .engine import begin_immediate, check_database, create_engine
 from .errors import SchemaNotReady, translate_errors
 from .migrate import check_schema, upgrade
-from .schema import conversations, sessions, turn_slots, turns
+from .schema import conversations, of_conversation, sessions, turn_slots, turns
 from .validation import (
     Limits,
     check_idempotency_key,
@@ -316,11 +315,6 @@ async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             raise
 
 
-def _of_conversation(columns: Any) -> ColumnElement[bool]:
-    """``columns`` (a table's ``c``) hold a row of the conversation of ``conversations``."""
-    return and_(columns.session_id == _c.session_id, columns.conversation_id == _c.conversation_id)
-
-
 def _filters(
     since: datetime | None,
     until: datetime | None,
@@ -340,7 +334,7 @@ def _filters(
         clauses.append(_c.started_at < until)
     if template is not None:
         other = turns.alias("with_template")
-        clauses.append(exists().where(_of_conversation(other.c), other.c.template_id == template))
+        clauses.append(exists().where(of_conversation(other.c), other.c.template_id == template))
     if language is not None:
         clauses.append(func.coalesce(_s.language, _c.language) == language)
     if user is not None:
@@ -354,7 +348,7 @@ def _export_queries(
     """Conversations, their turns and their slots, each in key order, so that the three
     streams can be merged by equal keys alone (never by comparing strings in Python, whose
     order may not be the database's collation)."""
-    with_session = conversations.outerjoin(sessions, _of_conversation(_s))
+    with_session = conversations.outerjoin(sessions, of_conversation(_s))
     heads = (
         select(
             _c.session_id,
@@ -392,13 +386,11 @@ def _export_queries(
     ).order_by(_slot.session_id, _slot.conversation_id, _slot.seq, _slot.name)
     if clauses:
         turn_rows = turn_rows.select_from(
-            turns.join(conversations, _of_conversation(_t)).outerjoin(
-                sessions, _of_conversation(_s)
-            )
+            turns.join(conversations, of_conversation(_t)).outerjoin(sessions, of_conversation(_s))
         ).where(*clauses)
         slot_rows = slot_rows.select_from(
-            turn_slots.join(conversations, _of_conversation(_slot)).outerjoin(
-                sessions, _of_conversation(_s)
+            turn_slots.join(conversations, of_conversation(_slot)).outerjoin(
+                sessions, of_conversation(_s)
             )
         ).where(*clauses)
     return heads, turn_rows, slot_rows
