@@ -4,7 +4,8 @@ SessionManager's Redis entries, on both backends.
 The Redis tests run against the real Redis at env ``CONVOSTORE_TEST_REDIS_URL`` (default
 ``redis://127.0.0.1:6379``), in its database 13, which they flush before and after; entries are
 written by the original manager's own code (``../shared/seed/session_manager.py`` or env
-``CONVOSTORE_SEED_PATH``). They are skipped, saying why, only when Redis cannot be reached.
+``CONVOSTORE_SEED_PATH``). They are skipped, saying why, when Redis cannot be reached or the
+original's source is not there.
 """
 
 from __future__ import annotations
@@ -554,7 +555,7 @@ async def _original_sessions(redis_client: Redis) -> dict[str, Any]:
     if seed is None:
         pytest.skip(
             f"the original SessionManager is not at {seed_path()} (env CONVOSTORE_SEED_PATH "
-            "names it; .ci/run finds ../shared/seed)"
+            "names it)"
         )
     config = seed.SessionConfig(
         redis_enabled=True, redis_url=REDIS_URL, redis_db=REDIS_DB, cleanup_interval=10**9
