@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._private import aiosqlite_thread_api
 from .core_executor import CoreExecutor
-from .driver import PostgresDriver, SqliteDriver
+from .driver import Lender, PostgresDriver, SqliteDriver
 
 __all__ = ["Executor", "HotPath"]
 
@@ -55,8 +55,16 @@ class HotPath:
     that moment (a listener or logging added before or after the repository started), then
     SQLAlchemy's execution."""
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool, fast_path: bool) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        owns_engine: bool,
+        fast_path: bool,
+        keep_connection: int | None = None,
+    ) -> None:
         self.core = CoreExecutor(engine)
+        self._lender = Lender(engine, capacity=keep_connection)
         self._sync_engine = engine.sync_engine
         self._driver: PostgresDriver | SqliteDriver | None = None
         never = _no_fast_path(engine, fast_path=fast_path)
@@ -65,9 +73,9 @@ class HotPath:
             logger.debug("convostore: statements run through SQLAlchemy's execution: %s", reason)
         if never is None:
             if engine.dialect.name == "postgresql":
-                self._driver = PostgresDriver(engine, owns_engine=owns_engine)
+                self._driver = PostgresDriver(self._lender, owns_engine=owns_engine)
             else:
-                self._driver = SqliteDriver(engine, owns_engine=owns_engine)
+                self._driver = SqliteDriver(self._lender, owns_engine=owns_engine)
 
     def current(self) -> Executor:
         """The executor for the operation about to run."""
@@ -75,3 +83,7 @@ class HotPath:
         if driver is None or _watched(self._sync_engine) is not None:
             return self.core
         return driver
+
+    async def close(self) -> None:
+        """Give back the connection the driver kept between operations, if any."""
+        await self._lender.release()

@@ -166,6 +166,9 @@ class SessionRepository:
                 owns_engine=self._owns_engine,
                 fast_path=self.config.fast_path,
                 retention=float(self.config.transcript_retention),
+                keep_connection=(
+                    self.config.pool_size + self.config.max_overflow if self._owns_engine else None
+                ),
             )
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:
@@ -251,8 +254,12 @@ class SessionRepository:
             if self._watcher is not None:
                 await self._watcher.stop()
             self._cache.clear()
-            if self._engine is not None:
-                await release_engine(self._engine, owned=self._owns_engine)
+            try:
+                if self._ops is not None:
+                    await self._ops.store.close()
+            finally:
+                if self._engine is not None:
+                    await release_engine(self._engine, owned=self._owns_engine)
         finally:
             self._calls.phase = "stopped"
             self._stopped.set()

@@ -136,14 +136,20 @@ class SqlStore:
         owns_engine: bool,
         fast_path: bool = True,
         retention: float = 0,
+        keep_connection: int | None = None,
     ) -> None:
+        """``keep_connection``: the pool's capacity (size plus overflow) of an engine
+        convostore created, whose hot path may keep a connection between operations
+        (``driver.Lender``); None for an engine passed in."""
         self.engine = engine
         self.retention = retention
         """Seconds a transcript stays after its session ended (0: it goes with the session)."""
         dialect = engine.dialect
         register_driver_errors(dialect)
         self.sql = sql = Statements(dialect.name)
-        self._hot = HotPath(engine, owns_engine=owns_engine, fast_path=fast_path)
+        self._hot = HotPath(
+            engine, owns_engine=owns_engine, fast_path=fast_path, keep_connection=keep_connection
+        )
         one_statement = sql.append_cte
         self._live_append = Compiled(
             sql.allocate if one_statement is None else one_statement, dialect
@@ -158,6 +164,10 @@ class SqlStore:
         self._sweep = Compiled(sql.sweep, dialect)
         self._sweep_transcripts = Compiled(sql.sweep_transcripts, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
+
+    async def close(self) -> None:
+        """Give back the connection the hot path kept (before the engine is disposed)."""
+        await self._hot.close()
 
     @property
     def fast_path(self) -> bool:

@@ -4,12 +4,14 @@ path, and that a SQLite exchange is atomic under SQLAlchemy's aiosqlite recipe."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from convostore import (
     ConversationState,
@@ -228,3 +230,63 @@ async def test_sqlite_exchange_is_atomic_whatever_the_engine_settings(
             assert [t.content for t in state.turns] == ["q", "a"]
     finally:
         await engine.dispose()
+
+
+def checked_out(engine: AsyncEngine) -> int:
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool.checkedout()
+
+
+async def test_own_engine_keeps_one_connection_between_operations(make_repo: MakeRepo) -> None:
+    """On convostore's own engine the fast path keeps the connection an operation used for the
+    next one (no pool checkout per call), and gives it back at stop()."""
+    repo = await make_repo()
+    if not fast(repo):
+        pytest.skip("the Core path (CONVOSTORE_TEST_FAST_PATH=0) keeps no connection")
+    engine = repo.engine
+    checkouts: list[int] = []
+    await repo.add_turn("kept", "q1", "a1")
+    assert checked_out(engine) == 1
+    listener = lambda *args: checkouts.append(1)  # noqa: E731
+    await repo.add_turn("kept", "q2", "a2")
+    assert (await repo.get("other")) is None
+    assert checked_out(engine) == 1
+    event.listen(engine.sync_engine, "checkout", listener)
+    try:
+        await repo.add_turn("kept", "q3", "a3")
+        # Something watches checkouts now: every operation checks out, and none is kept.
+        assert checkouts == [1]
+        assert checked_out(engine) == 0
+    finally:
+        event.remove(engine.sync_engine, "checkout", listener)
+    await repo.add_turn("kept", "q4", "a4")
+    assert checked_out(engine) == 1
+    pool = engine.sync_engine.pool
+    await repo.stop()
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedout() == 0
+
+
+async def test_engine_passed_in_keeps_no_connection(url: str) -> None:
+    """A caller's engine gets every connection back after each operation."""
+    engine = create_async_engine(url)
+    try:
+        async with SessionRepository(StoreConfig(cleanup_interval=0), engine=engine) as repo:
+            await repo.add_turn("s", "q", "a")
+            assert await repo.get("nobody") is None
+            assert checked_out(engine) == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_kept_connection_never_starves_the_pool(make_repo: MakeRepo) -> None:
+    """With room for one connection only, concurrent calls all finish: the fast path keeps
+    none when the pool could lend no other."""
+    repo = await make_repo(pool_size=1, max_overflow=0)
+    await repo.add_turn("starve", "q", "a")
+    states = await asyncio.wait_for(
+        asyncio.gather(*(repo.add_turn(f"starve{i}", "q", "a") for i in range(8))), timeout=20
+    )
+    assert all(len(state.turns) == 2 for state in states)
+    assert checked_out(repo.engine) == 0
