@@ -50,9 +50,7 @@ class CoreExecutor:
                 if rows and then is not None:
                     for compiled, many in then(rows[0]):
                         if many:
-                            await conn.exec_driver_sql(
-                                compiled.sql, [tuple(compiled.args(p)) for p in many]
-                            )
+                            await conn.exec_driver_sql(compiled.sql, [tuple(a) for a in many])
             except BaseException:
                 if began:
                     # In autocommit SQLAlchemy may skip its own rollback

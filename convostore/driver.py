@@ -47,9 +47,9 @@ __all__ = [
 
 T = TypeVar("T")
 Processor = Callable[[Any], Any]
-Inserts = Callable[[tuple[Any, ...]], Sequence[tuple["Compiled", Sequence[Mapping[str, Any]]]]]
+Inserts = Callable[[tuple[Any, ...]], Sequence[tuple["Compiled", Sequence[Sequence[Any]]]]]
 """Given the first row of a write transaction's head statement: the inserts that follow it,
-each a statement and its parameter sets."""
+each a statement and its rows of positional arguments (``Compiled.args``)."""
 
 
 class Compiled:
@@ -78,6 +78,13 @@ class Compiled:
         ]
         """Each result column's conversion from the driver's value, or None if there is none."""
         self._processing = [(i, f) for i, f in enumerate(self.processors) if f is not None]
+
+    def position(self, key: str) -> int:
+        """The index in ``args`` of parameter ``key``, which must have no bind processor (so
+        that a value set there later goes to the driver as it is)."""
+        (index,) = [i for i, (name, _, processor) in enumerate(self._binds) if name == key]
+        assert self._binds[index][2] is None
+        return index
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         """The positional arguments for ``params``, bind processors applied."""
@@ -273,19 +280,22 @@ class SqliteDriver:
     async def write_transaction(
         self, head: Compiled, params: Mapping[str, Any], then: Inserts | None = None
     ) -> list[tuple[Any, ...]]:
-        """``write_transaction`` in one thread hop."""
-        return await self.run(lambda conn: write_transaction(conn, head, params, then))
+        """``write_transaction`` in one thread hop. Arguments are bound here, before the hop:
+        Python run in the worker thread competes with the event loop for the GIL, and took
+        twice as long there."""
+        args = head.args(params)
+        return await self.run(lambda conn: write_transaction(conn, head.sql, args, then))
 
 
 def write_transaction(
     connection: sqlite3.Connection,
-    head: Compiled,
-    params: Mapping[str, Any],
+    sql: str,
+    args: Sequence[Any],
     then: Inserts | None = None,
 ) -> list[tuple[Any, ...]]:
-    """One SQLite write transaction: ``head`` (an UPDATE or DELETE ... RETURNING), then the
-    inserts ``then(first row)`` asks for. Returns head's rows; if there are none, nothing is
-    written.
+    """One SQLite write transaction: the head statement ``sql`` (an UPDATE or DELETE ...
+    RETURNING), then the inserts ``then(first row)`` asks for. Returns head's rows; if there
+    are none, nothing is written.
 
     The transaction is begun here, explicitly and with the write lock (``BEGIN IMMEDIATE``),
     whatever the connection's own transaction settings: a connection in autocommit (as
@@ -294,13 +304,13 @@ def write_transaction(
     if not connection.in_transaction:
         connection.execute("BEGIN IMMEDIATE")
     try:
-        rows = [tuple(row) for row in connection.execute(head.sql, head.args(params))]
+        rows = [tuple(row) for row in connection.execute(sql, args)]
         if not rows:
             connection.rollback()
             return rows
         for compiled, many in then(rows[0]) if then else ():
             if many:
-                connection.executemany(compiled.sql, [compiled.args(p) for p in many])
+                connection.executemany(compiled.sql, many)
         connection.commit()
         return rows
     except BaseException:

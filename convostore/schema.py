@@ -98,6 +98,28 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value  # type: ignore[no-any-return]
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        """On SQLite, the UTC text in one call, remembered for the last value: an append binds
+        the same timestamp for the session row and each turn."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        utc = timezone.utc
+        last: list[tuple[datetime | None, str | None]] = [(None, None)]
+
+        def to_text(value: datetime | None) -> str | None:
+            seen = last[0]
+            if value is seen[0]:
+                return seen[1]
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("convostore stores timezone-aware datetimes only")
+            text = value.astimezone(utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+            last[0] = (value, text)  # one assignment: safe if two threads bind at once
+            return text
+
+        return to_text
+
     def result_processor(
         self, dialect: Dialect, coltype: object
     ) -> Callable[[Any], datetime | None]:

@@ -156,6 +156,11 @@ class SqlStore:
         )
         self._insert_turns = Compiled(sql.insert_turns, dialect)
         self._insert_slots = Compiled(sql.insert_slots, dialect)
+        self._numbering = {
+            compiled: (compiled.position("conversation_id"), compiled.position("seq"))
+            for compiled in (self._insert_turns, self._insert_slots)
+        }
+        """Where an insert's conversation and turn number go in its arguments."""
         self._touch = Compiled(sql.touch, dialect)
         self._drop_expired = Compiled(sql.drop_expired, dialect)
         self._load = load = Compiled(sql.load, dialect)
@@ -306,16 +311,21 @@ class SqlStore:
             records = await driver.write(self._live_append, params)
             return tuple(records[0]) if records else None
 
-        def inserts(row: tuple[Any, ...]) -> list[tuple[Compiled, Sequence[dict[str, Any]]]]:
-            turn_rows, slot_rows = _rows(
-                params["sid"],
-                row[2],
-                row[0] - len(new_turns) + 1,
-                new_turns,
-                params["now"],
-                params["key"],
-            )
-            return [(self._insert_turns, turn_rows), (self._insert_slots, slot_rows)]
+        # The rows are bound now, numbered from 0 in conversation 0; the worker thread only
+        # sets the conversation and adds the first number once the head statement told them.
+        turn_rows, slot_rows = _rows(params["sid"], 0, 0, new_turns, params["now"], params["key"])
+        bound = [
+            (compiled, [compiled.args(row) for row in rows], *self._numbering[compiled])
+            for compiled, rows in ((self._insert_turns, turn_rows), (self._insert_slots, slot_rows))
+        ]
+
+        def inserts(row: tuple[Any, ...]) -> list[tuple[Compiled, list[list[Any]]]]:
+            first, cid = row[0] - len(new_turns) + 1, row[2]
+            for _, many, cid_at, seq_at in bound:
+                for args in many:
+                    args[cid_at] = cid
+                    args[seq_at] += first
+            return [(compiled, many) for compiled, many, _, _ in bound]
 
         assert not isinstance(driver, PostgresDriver)
         rows = await driver.write_transaction(self._live_append, params, inserts)
