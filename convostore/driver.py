@@ -160,6 +160,11 @@ class Lender:
         else:
             await _give_back(pooled)
 
+    @property
+    def kept(self) -> int:
+        """How many connections are kept now (0 or 1)."""
+        return 0 if self._kept is None else 1
+
     async def release(self) -> None:
         """Return the kept connection to its pool."""
         kept, self._kept = self._kept, None

@@ -84,6 +84,11 @@ class HotPath:
             return self.core
         return driver
 
+    @property
+    def kept_connections(self) -> int:
+        """Pooled connections checked out and kept between operations (0 or 1)."""
+        return self._lender.kept
+
     async def close(self) -> None:
         """Give back the connection the driver kept between operations, if any."""
         await self._lender.release()

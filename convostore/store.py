@@ -175,6 +175,11 @@ class SqlStore:
         await self._hot.close()
 
     @property
+    def kept_connections(self) -> int:
+        """Pooled connections the hot path keeps checked out between operations (0 or 1)."""
+        return self._hot.kept_connections
+
+    @property
     def fast_path(self) -> bool:
         """Whether the hot paths run on the driver directly now (see ``executor.py``)."""
         return not isinstance(self._hot.current(), CoreExecutor)
