@@ -21,8 +21,7 @@ so that after a database restart the retry (``lifecycle.py``) finds fresh connec
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import ARRAY, ClauseElement, Dialect
@@ -181,37 +180,35 @@ class PostgresDriver:
         self.engine = lender.engine
         self._owns_engine = owns_engine
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        """An ``asyncpg.Connection`` from the pool, returned (or discarded on error) after."""
+    async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
+        """The rows of one statement, on a lent ``asyncpg.Connection``."""
         pooled, pool = await self.lender.take()
         driver = pooled.driver_connection
         assert driver is not None
         try:
-            yield driver
+            rows: list[Any] = await driver.fetch(compiled.sql, *compiled.args(params))
         except BaseException as exc:
-            if _server_refused(exc) and not driver.is_closed():
-                # The server answered with an error (a constraint, a trigger): the statement
-                # ended and, in autocommit, no transaction is left open, so the connection is
-                # as good as before and goes back to the pool.
-                await _give_back(pooled)
-                raise
-            await _discard(pooled, exc)
-            if self._owns_engine and (driver.is_closed() or is_disconnect(exc)):
-                # The server went away, so its siblings in the pool are dead too. An engine
-                # passed in is the caller's: its pool is left alone (the retry takes each dead
-                # connection out as it meets it).
-                await self.engine.dispose()
+            await self._failed(pooled, driver, exc)
             raise
         # Its reset on return is a rollback that SQLAlchemy's asyncpg adapter skips when it
         # opened no transaction (it opened none here).
         await self.lender.give_back(pooled, pool, reset=False)
-
-    async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
-        """The rows of one statement."""
-        async with self.connection() as conn:
-            rows: list[Any] = await conn.fetch(compiled.sql, *compiled.args(params))
         return rows
+
+    async def _failed(self, pooled: Any, driver: Any, exc: BaseException) -> None:
+        """Give back or discard the connection a statement failed on."""
+        if _server_refused(exc) and not driver.is_closed():
+            # The server answered with an error (a constraint, a trigger): the statement ended
+            # and, in autocommit, no transaction is left open, so the connection is as good as
+            # before and goes back to the pool.
+            await _give_back(pooled)
+            return
+        await _discard(pooled, exc)
+        if self._owns_engine and (driver.is_closed() or is_disconnect(exc)):
+            # The server went away, so its siblings in the pool are dead too. An engine passed
+            # in is the caller's: its pool is left alone (the retry takes each dead connection
+            # out as it meets it).
+            await self.engine.dispose()
 
     write = read
     """A data-modifying statement ... RETURNING is atomic by itself in autocommit."""
