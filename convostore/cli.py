@@ -585,7 +585,14 @@ def export(
             )
 
     if out == "-":
-        write_to(sys.stdout, shown=False)
+        try:
+            write_to(sys.stdout, shown=False)
+        except (OSError, ConvostoreError) as exc:
+            if not _reader_left(exc):
+                raise
+            # The program reading stdout stopped (``| head``): end quietly, as Unix tools do,
+            # and point stdout at /dev/null so that Python's last flush cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     try:
         with open(out, "w", encoding="utf-8", newline="") as file:
@@ -593,6 +600,16 @@ def export(
     except OSError as exc:
         raise Failure(f"cannot write {out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {out}: {_plural(written, 'conversation')}")
+
+
+def _reader_left(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, writing to a pipe whose reader closed it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BrokenPipeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @cli.command("import")

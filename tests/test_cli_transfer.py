@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 from conftest import FakeClock, MakeRepo
 from redis.asyncio import Redis
-from test_cli import _fails, _invoke, _ok, _seed
+from test_cli import BIN, _fails, _invoke, _ok, _seed
 from test_transfer import PREFIX, REDIS_URL, _entry, redis_client
 
 from convostore import SessionRepository, StoreConfig
@@ -68,6 +70,31 @@ async def test_export_filters_and_formats(make_repo: MakeRepo, clock: FakeClock,
     rows = _ok(await _invoke("export", "--url", url, "--format", "csv")).splitlines()
     assert rows[0].startswith("session_id,")
     assert len(rows) == 1 + 2 + 2 + 4 + 2  # header; old; live-session ended, live; other
+
+
+async def test_export_to_a_reader_that_stops_ends_quietly(make_repo: MakeRepo, url: str) -> None:
+    """``convostore export -o - | head``: when the reader closes the pipe, the export stops
+    with exit code 0 and nothing on stderr (it printed a "Broken pipe" failure before)."""
+    repo = await make_repo()
+    for number in range(150):  # about 150 kB of JSONL: more than a pipe buffers
+        await repo.add_turn(f"piped-{number}", "q" * 400, "a" * 600)
+
+    def export_into_head() -> tuple[int, bytes, bytes]:
+        with subprocess.Popen(
+            [str(BIN / "convostore"), "export", "--url", url, "-o", "-"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            first = process.stdout.read(1000)
+            process.stdout.close()
+            errors = process.stderr.read()
+            return process.wait(timeout=60), first, errors
+
+    code, first, errors = await asyncio.to_thread(export_into_head)
+    assert first.startswith(b'{"'), first[:80]  # a JSONL line began
+    assert (code, errors) == (0, b"")
 
 
 async def test_export_of_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -> None:
