@@ -13,10 +13,11 @@ joined with their slot rows, and builds plain dicts (JSON decoded, timestamps as
 The true floor does the same work in the fewest steps the driver allows: on asyncpg,
 convostore's own one-statement append (``Statements("postgresql").append_cte``, compiled for
 asyncpg and prepared, positional arguments, autocommit) and its one-statement load
-(``Statements(dialect).load``); on SQLite, one hop to aiosqlite's worker thread running BEGIN
-IMMEDIATE, the UPDATE ... RETURNING, executemany of the turns and of the slots, COMMIT on the
-sqlite3 connection, and the one-statement load as one ``execute``. Loads fold the rows into
-the same plain dicts.
+(``Statements("postgresql").load``); on SQLite, one hop to aiosqlite's worker thread running
+BEGIN IMMEDIATE, the UPDATE ... RETURNING, executemany of the turns and of the slots, COMMIT on
+the sqlite3 connection, and for a load one hop running convostore's three-part read
+(``Statements("sqlite").load_session``, ``load_turns``, ``load_slots``) in one read
+transaction, as convostore's fast path does. Loads fold the rows into the same plain dicts.
 
 A sweep is convostore's two passes as hand-written batches, each one autocommitted DELETE
 ... RETURNING: expired sessions (the schema's trigger ends their conversations), then
@@ -158,6 +159,33 @@ def _fold_one(rows: Sequence[Sequence[Any]], parse: bool) -> dict[str, Any] | No
     }
 
 
+def _fold_parts(
+    head: Sequence[Any], turn_rows: Sequence[Sequence[Any]], slot_rows: Sequence[Sequence[Any]]
+) -> dict[str, Any]:
+    """A session as plain data from the rows of convostore's three-part SQLite load."""
+    slots: dict[int, dict[str, str]] = {}
+    for seq, name, value in slot_rows:
+        slots.setdefault(seq, {})[name] = value
+    return {
+        "version": head[5],
+        "language": head[0],
+        "current_template_id": head[1],
+        "current_slots": json.loads(head[3]),
+        "turns": [
+            {
+                "role": role,
+                "content": content,
+                "resolved_question": resolved,
+                "template_id": template_id,
+                "slots": slots.get(seq, {}),
+                "results": json.loads(results),
+                "created_at": datetime.fromisoformat(created_at).replace(tzinfo=timezone.utc),
+            }
+            for seq, role, content, resolved, template_id, results, created_at in turn_rows
+        ],
+    }
+
+
 class RawStore(Protocol):
     """The floor's operations: ``append`` and ``load`` the naive transaction and reads, the
     ``*_one`` variants the true floor (one statement, or one SQLite thread hop)."""
@@ -229,7 +257,15 @@ class RawSqlite:
     def __init__(self, db: aiosqlite.Connection, ttl: float) -> None:
         self._db = db
         self._ttl = timedelta(seconds=ttl)
-        self._load = _Positional(Statements("sqlite").load, sqlite_aiosqlite.dialect())
+        statements, dialect = Statements("sqlite"), sqlite_aiosqlite.dialect()
+        self._load_parts = tuple(
+            _Positional(statement, dialect)
+            for statement in (
+                statements.load_session,
+                statements.load_turns,
+                statements.load_slots,
+            )
+        )
 
     async def append(self, sid: str, exchange: Exchange) -> None:
         db = self._db
@@ -284,10 +320,27 @@ class RawSqlite:
         await run_in_sqlite_thread(self._db, work)
 
     async def load_one(self, sid: str, window: int = _ALL_TURNS) -> dict[str, Any] | None:
-        """The true floor: convostore's one-statement load, one ``execute``."""
-        args = self._load.args({"sid": sid, "window": window})
-        rows = await self._db.execute_fetchall(self._load.sql, args)
-        return _fold_one(list(rows), parse=True)
+        """The true floor: convostore's three-part load in one read transaction, one hop."""
+        head, turns, slots = self._load_parts
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Any], list[Any], list[Any]]:
+            conn.execute("BEGIN")
+            try:
+                heads = conn.execute(head.sql, head.args({"sid": sid})).fetchall()
+                if not heads:
+                    return heads, [], []
+                upto, cid = heads[0][7], heads[0][8]
+                params = {"sid": sid, "cid": cid, "upto": upto, "after": upto - window}
+                return (
+                    heads,
+                    conn.execute(turns.sql, turns.args(params)).fetchall(),
+                    conn.execute(slots.sql, slots.args(params)).fetchall(),
+                )
+            finally:
+                conn.rollback()
+
+        heads, turn_rows, slot_rows = await run_in_sqlite_thread(self._db, work)
+        return _fold_parts(heads[0], turn_rows, slot_rows) if heads else None
 
     async def load(self, sid: str) -> dict[str, Any] | None:
         heads = list(await self._db.execute_fetchall(_SQLITE_HEAD, (sid,)))

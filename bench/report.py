@@ -53,8 +53,9 @@ them alike):
   compiled for asyncpg) and its one-statement load, each prepared and run with positional
   arguments on a plain connection; on SQLite, the whole append in one hop to aiosqlite's
   worker thread (BEGIN IMMEDIATE, UPDATE ... RETURNING, executemany turns, executemany slots,
-  COMMIT on the sqlite3 connection) and the one-statement load as one `execute`. Loads decode
-  JSON and timestamps into plain dicts. The naive rows stay as "naive transaction".
+  COMMIT on the sqlite3 connection) and convostore's SQLite load (the session row, then its
+  turns, then their slots, three index range scans in one read transaction) in one hop.
+  Loads decode JSON and timestamps into plain dicts. The naive rows stay as "naive transaction".
 - **core path**: the same add_turn and cold get through `StoreConfig(fast_path=False)`
   (SQLAlchemy's execution), timed beside the fast path.
 - **cold get needing an expiry refresh**: sessions stored with `last_accessed` 4.8 h old

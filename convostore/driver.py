@@ -40,6 +40,7 @@ __all__ = [
     "Lender",
     "PostgresDriver",
     "Processor",
+    "Reads",
     "SqliteDriver",
     "write_transaction",
 ]
@@ -49,6 +50,11 @@ Processor = Callable[[Any], Any]
 Inserts = Callable[[tuple[Any, ...]], Sequence[tuple["Compiled", Sequence[Sequence[Any]]]]]
 """Given the first row of a write transaction's head statement: the inserts that follow it,
 each a statement and its rows of positional arguments (``Compiled.args``)."""
+
+
+Reads = Callable[[Sequence[Any]], Sequence[tuple["Compiled", Mapping[str, Any]]]]
+"""Given the first row of a read's head statement: the statements to read after it, each
+with its parameters (bound in the worker thread: they should need no processors)."""
 
 
 class Compiled:
@@ -274,6 +280,29 @@ class SqliteDriver:
         return await self.run(
             lambda conn: conn.execute(compiled.sql, compiled.args(params)).fetchall()
         )
+
+    async def read_parts(
+        self, head: Compiled, params: Mapping[str, Any], then: Reads
+    ) -> tuple[list[Any], list[list[Any]]]:
+        """The rows of ``head``, then of each statement ``then(first row of head)`` asks for
+        (none if head has no rows), in one read transaction (one snapshot) and one hop."""
+        args = head.args(params)
+
+        def read(connection: sqlite3.Connection) -> tuple[list[Any], list[list[Any]]]:
+            began = not connection.in_transaction
+            if began:
+                connection.execute("BEGIN")
+            try:
+                rows = connection.execute(head.sql, args).fetchall()
+                return rows, [
+                    connection.execute(compiled.sql, compiled.args(more)).fetchall()
+                    for compiled, more in (then(rows[0]) if rows else ())
+                ]
+            finally:
+                if began:
+                    connection.rollback()  # it only read: this ends its snapshot
+
+        return await self.run(read)
 
     async def write(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
         """The rows of one data-modifying statement ... RETURNING, committed, in one hop."""

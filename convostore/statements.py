@@ -242,6 +242,12 @@ class Statements:
         """A whole session in one statement (so one round trip and one snapshot): the turns
         of its live conversation."""
 
+        self.load_session, self.load_turns, self.load_slots = self._load_in_parts()
+        """SQLite's fast path: ``load`` as three statements in one read transaction (one
+        snapshot) and one thread hop. SQLite merges the ordered union of ``load`` in a
+        coroutine per part, which took 40% of its time; each part here is a plain range scan
+        in index order."""
+
         self.append_cte: Select[Any] | None = (
             self._one_statement_append() if dialect == "postgresql" else None
         )
@@ -313,6 +319,43 @@ class Statements:
         ).where(sessions.c.session_id == sid)
         rows = union_all(turn_rows, slot_rows, session_row)
         return rows.order_by(rows.selected_columns.seq, rows.selected_columns.name.nulls_first())
+
+    @staticmethod
+    def _load_in_parts() -> tuple[Select[Any], Select[Any], Select[Any]]:
+        """The session's row (with the number and conversation of its newest turn); then,
+        given those as ``upto`` and ``cid``, the newest ``window`` of its turns, and their
+        slots, each in order."""
+        session_row = select(
+            sessions.c.language,
+            sessions.c.current_template_id,
+            sessions.c.user_id,
+            sessions.c.current_slots,
+            sessions.c.last_accessed,
+            sessions.c.version,
+            sessions.c.expires_at,
+            sessions.c.turn_count,
+            sessions.c.conversation_id,
+        ).where(sessions.c.session_id == bindparam("sid", type_=String()))
+        parts = []
+        for table, columns, order in (
+            (
+                turns,
+                ("role", "content", "resolved_question", "template_id", "results", "created_at"),
+                ("seq",),
+            ),
+            (turn_slots, ("name", "value"), ("seq", "name")),
+        ):
+            parts.append(
+                select(table.c.seq, *(table.c[name] for name in columns))
+                .where(
+                    table.c.session_id == bindparam("sid", type_=String()),
+                    table.c.conversation_id == bindparam("cid", type_=Integer()),
+                    table.c.seq <= bindparam("upto", type_=Integer()),
+                    table.c.seq > bindparam("after", type_=Integer()),
+                )
+                .order_by(*(table.c[name] for name in order))
+            )
+        return session_row, parts[0], parts[1]
 
     def _one_of(self, key: Column[Any], batch: ScalarSelect[Any]) -> ColumnElement[bool]:
         """``key`` is one of the keys ``batch`` selects: a batch delete's condition.

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .core_executor import CoreExecutor
-from .driver import Compiled, PostgresDriver
+from .driver import Compiled, PostgresDriver, SqliteDriver
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
 from .models import ConversationTurn, make_turn
@@ -166,6 +166,10 @@ class SqlStore:
         self._load = load = Compiled(sql.load, dialect)
         self._session_row = _SessionRow.of(load)
         self._turn_row = _TurnRow.of(load)
+        self._load_session = Compiled(sql.load_session, dialect)
+        self._load_turns = turn_part = Compiled(sql.load_turns, dialect)
+        self._load_slots = Compiled(sql.load_slots, dialect)
+        self._part_conversions = _conversions(turn_part)
         self._sweep = Compiled(sql.sweep, dialect)
         self._sweep_transcripts = Compiled(sql.sweep_transcripts, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
@@ -476,7 +480,10 @@ class SqlStore:
     async def load(self, sid: str, window: int | None = None) -> Loaded | None:
         """Read a session and its turns, or its ``window`` newest turns (expired or not; the
         caller decides)."""
-        rows = await self._hot.current().read(
+        driver = self._hot.current()
+        if isinstance(driver, SqliteDriver):
+            return await self._load_in_parts(driver, sid, _ALL_TURNS if window is None else window)
+        rows = await driver.read(
             self._load, {"sid": sid, "window": _ALL_TURNS if window is None else window}
         )
         at = self._session_row
@@ -492,6 +499,33 @@ class SqlStore:
             head[at.last_accessed],
             head[at.expires_at],
             head[at.user_id],
+        )
+
+    async def _load_in_parts(self, driver: SqliteDriver, sid: str, window: int) -> Loaded | None:
+        """``load`` on SQLite's fast path: the session row, its turns and their slots, three
+        range scans in one snapshot (see ``Statements.load_session``)."""
+
+        def turns_and_slots(head: Sequence[Any]) -> list[tuple[Compiled, dict[str, Any]]]:
+            upto, cid = head[7], head[8]
+            params = {"sid": sid, "cid": cid, "upto": upto, "after": upto - window}
+            return [(self._load_turns, params), (self._load_slots, params)]
+
+        heads, parts = await driver.read_parts(self._load_session, {"sid": sid}, turns_and_slots)
+        if not heads:
+            return None
+        turn_rows, slot_rows = parts
+        language, template_id, user_id, slots, last_accessed, version, expires_at, _, _ = (
+            self._load_session.row(heads[0])
+        )
+        return Loaded(
+            _fold_parts(turn_rows, slot_rows, *self._part_conversions),
+            dict(slots),
+            template_id,
+            language,
+            version,
+            last_accessed,
+            expires_at,
+            user_id,
         )
 
 
@@ -539,10 +573,20 @@ class _TurnRow(NamedTuple):
         at = load.columns
         names = ("role", "content", "resolved_question", "template_id", "results", "created_at")
         return cls(
-            itemgetter(*(at[name] for name in (*names, "name", "value"))),
-            load.processors[at["results"]] or _unchanged,
-            load.processors[at["created_at"]] or _unchanged,
+            itemgetter(*(at[name] for name in (*names, "name", "value"))), *_conversions(load)
         )
+
+
+def _conversions(
+    statement: Compiled,
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """SQLAlchemy's conversions of the ``results`` and ``created_at`` columns ``statement``
+    reads."""
+    at, processors = statement.columns, statement.processors
+    return (
+        processors[at["results"]] or _unchanged,
+        processors[at["created_at"]] or _unchanged,
+    )
 
 
 def _fold_turns(rows: Sequence[Sequence[Any]], layout: _TurnRow) -> list[ConversationTurn]:
@@ -576,6 +620,39 @@ def _fold_turns(rows: Sequence[Sequence[Any]], layout: _TurnRow) -> list[Convers
             )
         else:
             slots[name] = value
+    return result
+
+
+def _fold_parts(
+    turn_rows: Sequence[Sequence[Any]],
+    slot_rows: Sequence[Sequence[Any]],
+    load_results: Callable[[Any], Any],
+    load_created_at: Callable[[Any], Any],
+) -> list[ConversationTurn]:
+    """``_fold_turns`` for a load read in parts: the turn rows (seq, role, content,
+    resolved_question, template_id, results, created_at) in order, and the slot rows (seq,
+    name, value)."""
+    slots_of: dict[int, dict[str, str]] = {}
+    for seq, name, value in slot_rows:
+        slots_of.setdefault(seq, {})[name] = value
+    result: list[ConversationTurn] = []
+    stamp: Any = None
+    stamped: Any = None
+    for seq, role, content, resolved, template_id, results, created_at in turn_rows:
+        if created_at != stamp:
+            stamp, stamped = created_at, load_created_at(created_at)
+        slots = slots_of.get(seq)
+        result.append(
+            make_turn(
+                role,
+                content,
+                resolved,
+                template_id,
+                {} if slots is None else slots,
+                load_results(results),
+                stamped,
+            )
+        )
     return result
 
 

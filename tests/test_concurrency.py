@@ -209,3 +209,39 @@ async def test_concurrent_get_or_create_of_one_new_id(repo: SessionRepository, s
     assert await sql("SELECT session_id FROM sessions") == [(sid,)]
     stats = await repo.get_stats()
     assert stats["sessions_created"] == 1
+
+
+async def test_cold_loads_during_appends_see_whole_exchanges(make_repo: MakeRepo) -> None:
+    """A repository that loads a session from the database (never from its cache) while
+    another appends to it always gets a state the database held: whole exchanges in order,
+    each user turn with its own slot, and the session's slots those of its last user turn."""
+    writer = await make_repo()
+    reader = await make_repo(max_sessions=1)  # reading two sessions in turn: every get is cold
+    sid, _ = await writer.get_or_create()
+    other, _ = await reader.get_or_create()
+
+    async def write() -> None:
+        for n in range(40):
+            await writer.add_turn(sid, f"q{n}", f"a{n}", slots={"n": str(n)})
+
+    seen: list[ConversationState] = []
+
+    async def read() -> None:
+        while not writing.done():
+            state = await reader.get(sid)
+            assert state is not None
+            seen.append(state)
+            await reader.get(other)
+
+    writing = asyncio.ensure_future(write())
+    await asyncio.gather(writing, read())
+    assert len({len(state.turns) for state in seen}) > 1, "no load fell between two appends"
+    for state in seen:
+        pairs = [
+            (user.role, user.content, user.slots, assistant.role, assistant.content)
+            for user, assistant in zip(state.turns[::2], state.turns[1::2], strict=True)
+        ]
+        assert pairs == [
+            ("user", f"q{n}", {"n": str(n)}, "assistant", f"a{n}") for n in range(len(pairs))
+        ]
+        assert state.current_slots == ({"n": str(len(pairs) - 1)} if pairs else {})

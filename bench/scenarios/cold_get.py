@@ -4,8 +4,9 @@ same rows, beside the original manager reading its Redis blob after a restart.
 convostore reads through a repository with ``max_sessions=1`` cycling over many sessions, so
 every ``get`` misses the cache and loads the session row and its turns with their slots.
 
-Beside it, in the same interleaved run: the true floor (convostore's one-statement load run on
-the raw driver, rows folded into plain dicts), the core path (``fast_path=False``), cold gets
+Beside it, in the same interleaved run: the true floor (convostore's own load run on the raw
+driver: on asyncpg its one statement, on SQLite its three-part read in one thread hop; rows
+folded into plain dicts), the core path (``fast_path=False``), cold gets
 that need an expiry refresh (stored ``last_accessed`` older than TTL/10; each session read
 once, so each read needs one), and windowed reads (``last_turns=6`` of 1,000-turn sessions)
 against cold gets of 10-turn sessions.
@@ -107,7 +108,11 @@ def _rows(server: Server, stats: dict[str, Stats], turns: int) -> list[Row]:
     conv, naive, floor, core = stats["convostore"], stats["raw"], stats["floor"], stats["core"]
     driver = "asyncpg" if server.name == "postgresql" else "aiosqlite"
     raw_label = f"raw {driver}, naive (two statements)"
-    floor_label = f"raw {driver}, one-statement load"
+    floor_label = (
+        "raw asyncpg, one-statement load"
+        if server.name == "postgresql"
+        else "raw sqlite3, three-part load in one hop"
+    )
     ratio = conv.median / naive.median
     rows = [
         Row(
