@@ -17,7 +17,7 @@ execution as usual.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import itemgetter
@@ -166,10 +166,11 @@ class SqlStore:
         self._load = load = Compiled(sql.load, dialect)
         self._session_row = _SessionRow.of(load)
         self._turn_row = _TurnRow.of(load)
+        self._slot_at = (load.columns["seq"], load.columns["name"], load.columns["value"])
         self._load_session = Compiled(sql.load_session, dialect)
         self._load_turns = turn_part = Compiled(sql.load_turns, dialect)
         self._load_slots = Compiled(sql.load_slots, dialect)
-        self._part_conversions = _conversions(turn_part)
+        self._part_row = _TurnRow.of(turn_part)
         self._sweep = Compiled(sql.sweep, dialect)
         self._sweep_transcripts = Compiled(sql.sweep_transcripts, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
@@ -491,7 +492,7 @@ class SqlStore:
             return None
         head = self._load.row(rows[0])
         return Loaded(
-            _fold_turns(rows[1:], self._turn_row),
+            _fold_turns(rows[1:], self._turn_row, self._slot_at),
             dict(head[at.current_slots]),
             head[at.current_template_id],
             head[at.language],
@@ -518,7 +519,7 @@ class SqlStore:
             self._load_session.row(heads[0])
         )
         return Loaded(
-            _fold_parts(turn_rows, slot_rows, *self._part_conversions),
+            _turns(turn_rows, _slots_by_turn(slot_rows), self._part_row),
             dict(slots),
             template_id,
             language,
@@ -559,96 +560,69 @@ class _SessionRow(NamedTuple):
 
 
 class _TurnRow(NamedTuple):
-    """How to read a load's turn and slot rows: their columns by name, and SQLAlchemy's
-    conversions of the ``results`` and ``created_at`` columns."""
+    """How to read a load's turn rows: their columns, and SQLAlchemy's conversions of the
+    ``results`` and ``created_at`` columns."""
 
     columns: itemgetter[tuple[Any, ...]]
-    """A row's (role, content, resolved_question, template_id, results, created_at, name,
-    value)."""
+    """A row's (seq, role, content, resolved_question, template_id, results, created_at)."""
     load_results: Callable[[Any], Any]
     load_created_at: Callable[[Any], Any]
 
     @classmethod
-    def of(cls, load: Compiled) -> _TurnRow:
-        at = load.columns
+    def of(cls, statement: Compiled) -> _TurnRow:
+        at, processors = statement.columns, statement.processors
         names = ("role", "content", "resolved_question", "template_id", "results", "created_at")
         return cls(
-            itemgetter(*(at[name] for name in (*names, "name", "value"))), *_conversions(load)
+            itemgetter(*(at[name] for name in ("seq", *names))),
+            processors[at["results"]] or _unchanged,
+            processors[at["created_at"]] or _unchanged,
         )
 
 
-def _conversions(
-    statement: Compiled,
-) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    """SQLAlchemy's conversions of the ``results`` and ``created_at`` columns ``statement``
-    reads."""
-    at, processors = statement.columns, statement.processors
-    return (
-        processors[at["results"]] or _unchanged,
-        processors[at["created_at"]] or _unchanged,
+def _fold_turns(
+    rows: Sequence[Sequence[Any]], layout: _TurnRow, slot_at: tuple[int, int, int]
+) -> list[ConversationTurn]:
+    """The turns of the one-statement load's rows after the session's (each turn's row, then
+    its slot rows, whose seq, name and value are at ``slot_at``)."""
+    seq_at, name_at, value_at = slot_at
+    return _turns(
+        [row for row in rows if row[name_at] is None],
+        _slots_by_turn(
+            (row[seq_at], row[name_at], row[value_at]) for row in rows if row[name_at] is not None
+        ),
+        layout,
     )
 
 
-def _fold_turns(rows: Sequence[Sequence[Any]], layout: _TurnRow) -> list[ConversationTurn]:
-    """Driver rows of a load (each turn's row, then its slot rows) into turns, in order.
+def _slots_by_turn(rows: Iterable[Sequence[Any]]) -> dict[int, dict[str, str]]:
+    """Slot rows (seq, name, value) as each turn's slots, by seq."""
+    slots: dict[int, dict[str, str]] = {}
+    for seq, name, value in rows:
+        slots.setdefault(seq, {})[name] = value
+    return slots
 
-    The ``results`` and ``created_at`` conversions are applied here, to turn rows only,
-    rather than to every row beforehand, because this loop is most of a cold load's Python
-    time."""
+
+def _turns(
+    rows: Sequence[Sequence[Any]], slots: dict[int, dict[str, str]], layout: _TurnRow
+) -> list[ConversationTurn]:
+    """Turn rows, in order, into turns with their ``slots``.
+
+    The ``results`` and ``created_at`` conversions are applied here rather than to every row
+    beforehand, because this loop is most of a cold load's Python time."""
     columns, load_results, load_created_at = layout
     result: list[ConversationTurn] = []
-    slots: dict[str, str] = {}
     stamp: Any = None
     stamped: Any = None
-    for role, content, resolved, template_id, results, created_at, name, value in map(
-        columns, rows
-    ):
-        if name is None:
-            slots = {}
-            if created_at != stamp:  # both turns of an exchange share it: convert it once
-                stamp, stamped = created_at, load_created_at(created_at)
-            result.append(
-                make_turn(
-                    role,
-                    content,
-                    resolved,
-                    template_id,
-                    slots,
-                    load_results(results),
-                    stamped,
-                )
-            )
-        else:
-            slots[name] = value
-    return result
-
-
-def _fold_parts(
-    turn_rows: Sequence[Sequence[Any]],
-    slot_rows: Sequence[Sequence[Any]],
-    load_results: Callable[[Any], Any],
-    load_created_at: Callable[[Any], Any],
-) -> list[ConversationTurn]:
-    """``_fold_turns`` for a load read in parts: the turn rows (seq, role, content,
-    resolved_question, template_id, results, created_at) in order, and the slot rows (seq,
-    name, value)."""
-    slots_of: dict[int, dict[str, str]] = {}
-    for seq, name, value in slot_rows:
-        slots_of.setdefault(seq, {})[name] = value
-    result: list[ConversationTurn] = []
-    stamp: Any = None
-    stamped: Any = None
-    for seq, role, content, resolved, template_id, results, created_at in turn_rows:
-        if created_at != stamp:
+    for seq, role, content, resolved, template_id, results, created_at in map(columns, rows):
+        if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
-        slots = slots_of.get(seq)
         result.append(
             make_turn(
                 role,
                 content,
                 resolved,
                 template_id,
-                {} if slots is None else slots,
+                slots.get(seq) or {},
                 load_results(results),
                 stamped,
             )
