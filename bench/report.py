@@ -122,10 +122,10 @@ def format_value(value: float | None, kind: str) -> str:
         return f"{value:,.0f}/s"
     if kind == "bytes":
         return f"{value:,.0f} B"
-    if value < 1e-3:
-        return f"{value * 1e6:.3g} µs"
-    if value < 1:
-        return f"{value * 1e3:.3g} ms"
+    for scale, unit in ((1e6, "µs"), (1e3, "ms")):
+        shown = f"{value * scale:.3g}"
+        if float(shown) < 1000:  # 999.6 µs is shown as 1 ms, not as "1e+03 µs"
+            return f"{shown} {unit}"
     return f"{value:.3g} s"
 
 
