@@ -62,6 +62,7 @@ class HotPath:
         owns_engine: bool,
         fast_path: bool,
         keep_connection: int | None = None,
+        prepare: bool = False,
     ) -> None:
         self.core = CoreExecutor(engine)
         self._lender = Lender(engine, capacity=keep_connection)
@@ -73,7 +74,9 @@ class HotPath:
             logger.debug("convostore: statements run through SQLAlchemy's execution: %s", reason)
         if never is None:
             if engine.dialect.name == "postgresql":
-                self._driver = PostgresDriver(self._lender, owns_engine=owns_engine)
+                self._driver = PostgresDriver(
+                    self._lender, owns_engine=owns_engine, prepare=prepare
+                )
             else:
                 self._driver = SqliteDriver(self._lender, owns_engine=owns_engine)
 
@@ -88,6 +91,12 @@ class HotPath:
     def kept_connections(self) -> int:
         """Pooled connections checked out and kept between operations (0 or 1)."""
         return self._lender.kept
+
+    @property
+    def prepared_statements(self) -> int:
+        """Statements the PostgreSQL driver holds prepared (0 on SQLite)."""
+        driver = self._driver
+        return driver.prepared if isinstance(driver, PostgresDriver) else 0
 
     async def close(self) -> None:
         """Give back the connection the driver kept between operations, if any."""

@@ -169,6 +169,7 @@ class SessionRepository:
                 keep_connection=(
                     self.config.pool_size + self.config.max_overflow if self._owns_engine else None
                 ),
+                prepare=self._owns_engine and self.config.pooler is None,
             )
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:

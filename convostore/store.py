@@ -137,10 +137,12 @@ class SqlStore:
         fast_path: bool = True,
         retention: float = 0,
         keep_connection: int | None = None,
+        prepare: bool = False,
     ) -> None:
         """``keep_connection``: the pool's capacity (size plus overflow) of an engine
         convostore created, whose hot path may keep a connection between operations
-        (``driver.Lender``); None for an engine passed in."""
+        (``driver.Lender``); None for an engine passed in. ``prepare``: PostgreSQL's hot
+        statements run prepared (``driver.PostgresDriver``)."""
         self.engine = engine
         self.retention = retention
         """Seconds a transcript stays after its session ended (0: it goes with the session)."""
@@ -148,7 +150,11 @@ class SqlStore:
         register_driver_errors(dialect)
         self.sql = sql = Statements(dialect.name)
         self._hot = HotPath(
-            engine, owns_engine=owns_engine, fast_path=fast_path, keep_connection=keep_connection
+            engine,
+            owns_engine=owns_engine,
+            fast_path=fast_path,
+            keep_connection=keep_connection,
+            prepare=prepare,
         )
         one_statement = sql.append_cte
         self._live_append = Compiled(
@@ -178,6 +184,11 @@ class SqlStore:
     async def close(self) -> None:
         """Give back the connection the hot path kept (before the engine is disposed)."""
         await self._hot.close()
+
+    @property
+    def prepared_statements(self) -> int:
+        """Hot statements held prepared on PostgreSQL connections (``driver.PostgresDriver``)."""
+        return self._hot.prepared_statements
 
     @property
     def kept_connections(self) -> int:
