@@ -23,7 +23,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
 
 from sqlalchemy import ARRAY, ClauseElement, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,6 +42,7 @@ __all__ = [
     "Processor",
     "Reads",
     "SqliteDriver",
+    "prepared_statements",
     "write_transaction",
 ]
 
@@ -175,6 +175,11 @@ class Lender:
             await _give_back(pooled)
 
     @property
+    def kept_prepared(self) -> int:
+        """Statements prepared on the kept connection (0 if none is kept)."""
+        return 0 if self._kept is None else prepared_statements(self._kept[0])
+
+    @property
     def kept(self) -> int:
         """How many connections are kept now (0 or 1)."""
         return 0 if self._kept is None else 1
@@ -195,15 +200,14 @@ class PostgresDriver:
     asyncpg's cache first: 18 us more for ``SELECT 1``). Only on convostore's own engine and
     not behind a transaction pooler, whose server connections change under a client; never
     while the connection has query loggers (they would not see it). A statement a migration
-    made stale is prepared again."""
+    made stale is prepared again. The statements live in the pooled connection's ``info``, so
+    they go with the connection when the pool closes or invalidates it."""
 
     def __init__(self, lender: Lender, *, owns_engine: bool, prepare: bool = False) -> None:
         self.lender = lender
         self.engine = lender.engine
         self._owns_engine = owns_engine
         self._prepare = prepare
-        self._prepared: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
-        """Each connection's prepared statements, by SQL."""
 
     async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
         """The rows of one statement, on a lent ``asyncpg.Connection``."""
@@ -213,7 +217,7 @@ class PostgresDriver:
         args = compiled.args(params)
         try:
             if self._prepare and not asyncpg_query_logged(driver):
-                rows = await self._fetch_prepared(driver, compiled.sql, args)
+                rows = await _fetch_prepared(pooled, driver, compiled.sql, args)
             else:
                 rows = await driver.fetch(compiled.sql, *args)
         except BaseException as exc:
@@ -222,27 +226,6 @@ class PostgresDriver:
         # Its reset on return is a rollback that SQLAlchemy's asyncpg adapter skips when it
         # opened no transaction (it opened none here).
         await self.lender.give_back(pooled, pool, reset=False)
-        return rows
-
-    @property
-    def prepared(self) -> int:
-        """How many statements are prepared now, over all connections."""
-        return sum(len(statements) for statements in self._prepared.values())
-
-    async def _fetch_prepared(self, driver: Any, sql: str, args: list[Any]) -> list[Any]:
-        statements = self._prepared.get(driver)
-        if statements is None:
-            statements = self._prepared[driver] = {}
-        statement = statements.get(sql)
-        if statement is None:
-            statement = statements[sql] = await driver.prepare(sql)
-        try:
-            rows: list[Any] = await statement.fetch(*args)
-        except _STALE:
-            # A migration changed a table the statement reads; the server ran nothing.
-            # ``fetch`` prepares it anew; the next call prepares our own again.
-            del statements[sql]
-            rows = await driver.fetch(sql, *args)
         return rows
 
     async def _failed(self, pooled: Any, driver: Any, exc: BaseException) -> None:
@@ -262,6 +245,31 @@ class PostgresDriver:
 
     write = read
     """A data-modifying statement ... RETURNING is atomic by itself in autocommit."""
+
+
+_PREPARED = "convostore_prepared"
+"""The key, in a pooled connection's ``info``, of its prepared statements by SQL. ``info``
+lives as long as the driver connection: a connection closed or invalidated takes them along."""
+
+
+def prepared_statements(pooled: Any) -> int:
+    """How many statements are prepared on a pooled connection."""
+    return len(pooled.info.get(_PREPARED, ()))
+
+
+async def _fetch_prepared(pooled: Any, driver: Any, sql: str, args: list[Any]) -> list[Any]:
+    statements: dict[str, Any] = pooled.info.setdefault(_PREPARED, {})
+    statement = statements.get(sql)
+    if statement is None:
+        statement = statements[sql] = await driver.prepare(sql)
+    try:
+        rows: list[Any] = await statement.fetch(*args)
+    except _STALE:
+        # A migration changed a table the statement reads; the server ran nothing. ``fetch``
+        # prepares it anew; the next call prepares our own again.
+        del statements[sql]
+        rows = await driver.fetch(sql, *args)
+    return rows
 
 
 def _kept_without_io(engine: AsyncEngine, pool: Any) -> bool:

@@ -94,9 +94,8 @@ class HotPath:
 
     @property
     def prepared_statements(self) -> int:
-        """Statements the PostgreSQL driver holds prepared (0 on SQLite)."""
-        driver = self._driver
-        return driver.prepared if isinstance(driver, PostgresDriver) else 0
+        """Statements prepared on the connection kept between operations."""
+        return self._lender.kept_prepared
 
     async def close(self) -> None:
         """Give back the connection the driver kept between operations, if any."""

@@ -187,7 +187,7 @@ class SqlStore:
 
     @property
     def prepared_statements(self) -> int:
-        """Hot statements held prepared on PostgreSQL connections (``driver.PostgresDriver``)."""
+        """Hot statements prepared on the connection the hot path keeps (PostgreSQL)."""
         return self._hot.prepared_statements
 
     @property
