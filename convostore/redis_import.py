@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .config import StoreConfig
 from .errors import ConfigError, StoreError, translate_errors
 from .models import ConversationTurn
+from .schema import rows_of_turns
 from .transfer import (
     STORABLE,
     NewConversation,
@@ -152,26 +153,9 @@ def _rows_of_entry(parsed: _Entry) -> NewConversation:
     no time per turn, so every turn gets the entry's ``last_accessed`` (its last write)."""
     sid, entry = parsed.session_id, parsed.entry
     state = entry.state
-    turn_rows: list[dict[str, Any]] = []
-    slot_rows: list[dict[str, Any]] = []
-    for seq, turn in enumerate(state.turns, start=1):
-        turn_rows.append(
-            {
-                "session_id": sid,
-                "seq": seq,
-                "role": turn.role,
-                "content": turn.content,
-                "resolved_question": turn.resolved_question,
-                "template_id": turn.template_id,
-                "results": turn.results,
-                "created_at": entry.last_accessed,
-                "idempotency_key": None,
-            }
-        )
-        slot_rows.extend(
-            {"session_id": sid, "seq": seq, "name": name, "value": value}
-            for name, value in turn.slots.items()
-        )
+    rows, slot_rows = rows_of_turns(
+        sid, 0, ((seq, turn, entry.last_accessed, None) for seq, turn in enumerate(state.turns, 1))
+    )
     return NewConversation(
         sid,
         None,
@@ -185,10 +169,10 @@ def _rows_of_entry(parsed: _Entry) -> NewConversation:
             "language": state.language,
             "current_template_id": state.current_template_id,
             "current_slots": state.current_slots,
-            "turn_count": len(turn_rows),
+            "turn_count": len(rows),
             "version": 0,
         },
-        turn_rows,
+        rows,
         slot_rows,
     )
 

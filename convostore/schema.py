@@ -15,9 +15,9 @@ PostgreSQL the sequence ``conversation_ids``); a test checks they agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -258,6 +258,57 @@ def of_conversation(columns: Any) -> ColumnElement[bool]:
     return and_(
         columns.session_id == key.session_id, columns.conversation_id == key.conversation_id
     )
+
+
+class TurnFields(Protocol):
+    """What a turn row is made of: a ``ConversationTurn``, or an imported turn record."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+    @property
+    def resolved_question(self) -> str | None: ...
+
+    @property
+    def template_id(self) -> str | None: ...
+
+    @property
+    def slots(self) -> Mapping[str, str]: ...
+
+    @property
+    def results(self) -> Any: ...
+
+
+def rows_of_turns(
+    sid: str, cid: int, numbered: Iterable[tuple[int, TurnFields, datetime, str | None]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``turns`` and ``turn_slots`` rows of turns of conversation ``cid`` of session
+    ``sid``, each given as (seq, turn, created_at, idempotency key)."""
+    rows: list[dict[str, Any]] = []
+    slot_rows: list[dict[str, Any]] = []
+    for seq, turn, created_at, key in numbered:
+        rows.append(
+            {
+                "conversation_id": cid,
+                "session_id": sid,
+                "seq": seq,
+                "role": turn.role,
+                "content": turn.content,
+                "resolved_question": turn.resolved_question,
+                "template_id": turn.template_id,
+                "results": turn.results,
+                "created_at": created_at,
+                "idempotency_key": key,
+            }
+        )
+        slot_rows.extend(
+            {"conversation_id": cid, "session_id": sid, "seq": seq, "name": name, "value": value}
+            for name, value in turn.slots.items()
+        )
+    return rows, slot_rows
 
 
 changes = Table(

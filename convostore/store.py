@@ -30,6 +30,7 @@ from .driver import Compiled, PostgresDriver, SqliteDriver
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
 from .models import ConversationTurn, make_turn
+from .schema import rows_of_turns
 from .statements import Statements
 
 __all__ = ["CHANGES_KEPT", "Loaded", "SessionFields", "SqlStore", "Written"]
@@ -100,30 +101,16 @@ def _rows(
     now: datetime,
     key: str | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The ``turns`` and ``turn_slots`` rows of turns numbered from ``first_seq`` in
-    conversation ``cid``; the first turn carries the write's idempotency ``key``."""
-    turn_rows: list[dict[str, Any]] = []
-    slot_rows: list[dict[str, Any]] = []
-    for seq, turn in enumerate(new_turns, start=first_seq):
-        turn_rows.append(
-            {
-                "conversation_id": cid,
-                "session_id": sid,
-                "seq": seq,
-                "role": turn.role,
-                "content": turn.content,
-                "resolved_question": turn.resolved_question,
-                "template_id": turn.template_id,
-                "results": turn.results,
-                "created_at": now,
-                "idempotency_key": key if seq == first_seq else None,
-            }
-        )
-        slot_rows.extend(
-            {"conversation_id": cid, "session_id": sid, "seq": seq, "name": name, "value": value}
-            for name, value in turn.slots.items()
-        )
-    return turn_rows, slot_rows
+    """The rows of turns numbered from ``first_seq`` in conversation ``cid``, written at
+    ``now``; the first turn carries the write's idempotency ``key``."""
+    return rows_of_turns(
+        sid,
+        cid,
+        (
+            (seq, turn, now, key if seq == first_seq else None)
+            for seq, turn in enumerate(new_turns, first_seq)
+        ),
+    )
 
 
 class SqlStore:

@@ -56,7 +56,7 @@ from .config import StoreConfig
 from .engine import begin_immediate, check_database, create_engine
 from .errors import SchemaNotReady, translate_errors
 from .migrate import check_schema, upgrade
-from .schema import conversations, of_conversation, sessions, turn_slots, turns
+from .schema import conversations, of_conversation, rows_of_turns, sessions, turn_slots, turns
 from .validation import (
     Limits,
     check_idempotency_key,
@@ -596,7 +596,7 @@ async def _write_conversation(
 @dataclass(slots=True)
 class NewConversation:
     """Rows of one conversation to insert; ``conversation_id`` None: a new one is allocated.
-    The turn and slot rows lack their conversation id until then."""
+    The turn and slot rows carry conversation 0 until ``apply_plan`` sets the real one."""
 
     session_id: str
     conversation_id: int | None
@@ -726,26 +726,9 @@ def _rows_of(record: ConversationRecord) -> NewConversation:
     sid = record.session_id
     session = record.session
     last_seq = record.turns[-1].seq if record.turns else 0
-    turn_rows: list[dict[str, Any]] = []
-    slot_rows: list[dict[str, Any]] = []
-    for turn in record.turns:
-        turn_rows.append(
-            {
-                "session_id": sid,
-                "seq": turn.seq,
-                "role": turn.role,
-                "content": turn.content,
-                "resolved_question": turn.resolved_question,
-                "template_id": turn.template_id,
-                "results": turn.results,
-                "created_at": turn.created_at,
-                "idempotency_key": turn.idempotency_key,
-            }
-        )
-        slot_rows.extend(
-            {"session_id": sid, "seq": turn.seq, "name": name, "value": value}
-            for name, value in turn.slots.items()
-        )
+    rows, slot_rows = rows_of_turns(
+        sid, 0, ((turn.seq, turn, turn.created_at, turn.idempotency_key) for turn in record.turns)
+    )
     return NewConversation(
         sid,
         record.conversation_id,
@@ -769,7 +752,7 @@ def _rows_of(record: ConversationRecord) -> NewConversation:
             "turn_count": last_seq,
             "version": 0,
         },
-        turn_rows,
+        rows,
         slot_rows,
     )
 
