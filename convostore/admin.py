@@ -25,7 +25,17 @@ from .engine import check_database, create_engine
 from .errors import ConfigError, translate_errors
 from .migrate import check_schema
 from .models import ConversationTurn
-from .schema import UTCDateTime, conversations, of_conversation, sessions, turn_slots, turns
+from .schema import (
+    TRANSCRIPT_SLOTS,
+    TRANSCRIPT_TURNS,
+    UTCDateTime,
+    conversations,
+    grouped_turns,
+    of_conversation,
+    sessions,
+    turn_slots,
+    turns,
+)
 from .urls import hide_password
 from .validation import check_session_id
 
@@ -264,20 +274,11 @@ _heads = (
     .order_by(_c.conversation_id)
 )
 _turn_rows = (
-    select(
-        _t.conversation_id,
-        _t.seq,
-        _t.role,
-        _t.content,
-        _t.resolved_question,
-        _t.template_id,
-        _t.results,
-        _t.created_at,
-    )
+    select(*TRANSCRIPT_TURNS)
     .where(_t.session_id == _sid, _t.conversation_id.in_(_cids))
     .order_by(_t.conversation_id, _t.seq)
 )
-_slot_rows = select(_slot.conversation_id, _slot.seq, _slot.name, _slot.value).where(
+_slot_rows = select(*TRANSCRIPT_SLOTS).where(
     _slot.session_id == _sid, _slot.conversation_id.in_(_cids)
 )
 
@@ -314,24 +315,29 @@ async def transcripts(
             params = {"sid": sid, "cids": [head[0] for head in heads]}
             turn_rows = (await conn.execute(_turn_rows, params)).all()
             slot_rows = (await conn.execute(_slot_rows, params)).all()
-    slots: dict[tuple[int, int], dict[str, str]] = {}
-    for cid, seq, name, value in slot_rows:
-        slots.setdefault((cid, seq), {})[name] = value
-    turns_of: dict[int, list[ConversationTurn]] = {}
-    for cid, seq, role, content, resolved, template, results, created in turn_rows:
-        turns_of.setdefault(cid, []).append(
-            ConversationTurn(
-                role=role,
-                content=content,
-                resolved_question=resolved,
-                template_id=template,
-                slots=slots.get((cid, seq), {}),
-                results=results,
-                created_at=created,
-            )
-        )
+    turns_of = grouped_turns(turn_rows, slot_rows)
     return [
-        Transcript(sid, cid, user, language, started, ended, live, turns_of.get(cid, []))
+        Transcript(
+            sid,
+            cid,
+            user,
+            language,
+            started,
+            ended,
+            live,
+            [
+                ConversationTurn(
+                    role=turn.role,
+                    content=turn.content,
+                    resolved_question=turn.resolved_question,
+                    template_id=turn.template_id,
+                    slots=turn.slots,
+                    results=turn.results,
+                    created_at=turn.created_at,
+                )
+                for turn in turns_of.get(cid, [])
+            ],
+        )
         for cid, user, language, started, ended, live in heads
     ]
 

@@ -25,7 +25,16 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .models import ConversationSummary
-from .schema import conversations, of_conversation, sessions, turn_slots, turns
+from .schema import (
+    TRANSCRIPT_SLOTS,
+    TRANSCRIPT_TURNS,
+    conversations,
+    grouped_turns,
+    of_conversation,
+    sessions,
+    turn_slots,
+    turns,
+)
 
 __all__ = ["ERASED_TABLES", "Owners"]
 
@@ -103,22 +112,13 @@ class Owners:
         .order_by(_c.conversation_id)
     )
     _export_turns = (
-        select(
-            _t.conversation_id,
-            _t.seq,
-            _t.role,
-            _t.content,
-            _t.resolved_question,
-            _t.template_id,
-            _t.results,
-            _t.created_at,
-        )
+        select(*TRANSCRIPT_TURNS)
         .join(conversations, of_conversation(_t))
         .where(_c.user_id == _uid)
         .order_by(_t.conversation_id, _t.seq)
     )
     _export_slots = (
-        select(_slot.conversation_id, _slot.seq, _slot.name, _slot.value)
+        select(*TRANSCRIPT_SLOTS)
         .join(conversations, of_conversation(_slot))
         .where(_c.user_id == _uid)
         .order_by(_slot.conversation_id, _slot.seq, _slot.name)
@@ -186,23 +186,10 @@ class Owners:
             heads = (await conn.execute(self._export_conversations, params)).all()
             turn_rows = (await conn.execute(self._export_turns, params)).all()
             slot_rows = (await conn.execute(self._export_slots, params)).all()
-        slots: dict[tuple[int, int], dict[str, str]] = {}
-        for cid, seq, name, value in slot_rows:
-            slots.setdefault((cid, seq), {})[name] = value
-        by_conversation: dict[int, list[dict[str, Any]]] = {}
-        for cid, seq, role, content, resolved, template, results, created in turn_rows:
-            by_conversation.setdefault(cid, []).append(
-                {
-                    "seq": seq,
-                    "role": role,
-                    "content": content,
-                    "resolved_question": resolved,
-                    "template_id": template,
-                    "slots": slots.get((cid, seq), {}),
-                    "results": results,
-                    "created_at": created.isoformat(),
-                }
-            )
+        by_conversation = {
+            cid: [{**turn._asdict(), "created_at": turn.created_at.isoformat()} for turn in turns]
+            for cid, turns in grouped_turns(turn_rows, slot_rows).items()
+        }
         return {
             "user_id": uid,
             "exported_at": now.isoformat(),

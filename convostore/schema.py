@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -258,6 +258,60 @@ def of_conversation(columns: Any) -> ColumnElement[bool]:
     return and_(
         columns.session_id == key.session_id, columns.conversation_id == key.conversation_id
     )
+
+
+TURN_FIELDS = (
+    turns.c.seq,
+    turns.c.role,
+    turns.c.content,
+    turns.c.resolved_question,
+    turns.c.template_id,
+    turns.c.results,
+    turns.c.created_at,
+)
+"""A turn as every read of turns selects it: its number, then what a turn holds."""
+
+TRANSCRIPT_TURNS = (turns.c.conversation_id, *TURN_FIELDS)
+"""The columns of a transcript's turn rows (``grouped_turns`` reads them)."""
+
+TRANSCRIPT_SLOTS = (
+    turn_slots.c.conversation_id,
+    turn_slots.c.seq,
+    turn_slots.c.name,
+    turn_slots.c.value,
+)
+"""The columns of a transcript's slot rows."""
+
+
+class TranscriptTurn(NamedTuple):
+    """One stored turn with its slots, as read for ``show`` and ``export_user``."""
+
+    seq: int
+    role: Literal["user", "assistant"]
+    content: str
+    resolved_question: str | None
+    template_id: str | None
+    slots: dict[str, str]
+    results: Any
+    created_at: datetime
+
+
+def grouped_turns(
+    turn_rows: Iterable[Any], slot_rows: Iterable[Any]
+) -> dict[int, list[TranscriptTurn]]:
+    """Rows of ``TRANSCRIPT_TURNS`` (in order) and ``TRANSCRIPT_SLOTS``, as each
+    conversation's turns."""
+    slots: dict[tuple[int, int], dict[str, str]] = {}
+    for cid, seq, name, value in slot_rows:
+        slots.setdefault((cid, seq), {})[name] = value
+    grouped: dict[int, list[TranscriptTurn]] = {}
+    for cid, seq, role, content, resolved, template, results, created in turn_rows:
+        grouped.setdefault(cid, []).append(
+            TranscriptTurn(
+                seq, role, content, resolved, template, slots.get((cid, seq), {}), results, created
+            )
+        )
+    return grouped
 
 
 class TurnFields(Protocol):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ScalarSelect,
     Select,
     String,
+    Table,
     Text,
     Update,
     and_,
@@ -40,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .schema import (
+    TURN_FIELDS,
     JSONDocument,
     UTCDateTime,
     changes,
@@ -274,13 +276,7 @@ class Statements:
         )
         after = upto - bindparam("window", type_=Integer())
         turn_rows = select(
-            turns.c.seq,
-            turns.c.role,
-            turns.c.content,
-            turns.c.resolved_question,
-            turns.c.template_id,
-            turns.c.results,
-            turns.c.created_at,
+            *TURN_FIELDS,
             null().label("name"),
             null().label("value"),
             cast(null(), BigInteger()).label("version"),
@@ -336,26 +332,22 @@ class Statements:
             sessions.c.turn_count,
             sessions.c.conversation_id,
         ).where(sessions.c.session_id == bindparam("sid", type_=String()))
-        parts = []
-        for table, columns, order in (
-            (
-                turns,
-                ("role", "content", "resolved_question", "template_id", "results", "created_at"),
-                ("seq",),
-            ),
-            (turn_slots, ("name", "value"), ("seq", "name")),
-        ):
-            parts.append(
-                select(table.c.seq, *(table.c[name] for name in columns))
-                .where(
-                    table.c.session_id == bindparam("sid", type_=String()),
-                    table.c.conversation_id == bindparam("cid", type_=Integer()),
-                    table.c.seq <= bindparam("upto", type_=Integer()),
-                    table.c.seq > bindparam("after", type_=Integer()),
-                )
-                .order_by(*(table.c[name] for name in order))
+
+        def in_window(table: Table, *columns: ColumnElement[Any]) -> Select[Any]:
+            """``columns`` of the conversation's rows numbered ``after`` < seq <= ``upto``."""
+            return select(*columns).where(
+                table.c.session_id == bindparam("sid", type_=String()),
+                table.c.conversation_id == bindparam("cid", type_=Integer()),
+                table.c.seq <= bindparam("upto", type_=Integer()),
+                table.c.seq > bindparam("after", type_=Integer()),
             )
-        return session_row, parts[0], parts[1]
+
+        slot = turn_slots.c
+        return (
+            session_row,
+            in_window(turns, *TURN_FIELDS).order_by(turns.c.seq),
+            in_window(turn_slots, slot.seq, slot.name, slot.value).order_by(slot.seq, slot.name),
+        )
 
     def _one_of(self, key: Column[Any], batch: ScalarSelect[Any]) -> ColumnElement[bool]:
         """``key`` is one of the keys ``batch`` selects: a batch delete's condition.
