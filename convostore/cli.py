@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import admin
 from .config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL, StoreConfig, resolve_database_url
 from .demo import run_demo
-from .errors import ConvostoreError
+from .errors import ConvostoreError, causes
 from .migrate import current_revision_url, migrate_url
 from .models import ConversationTurn
 from .repository import SessionRepository
@@ -604,12 +604,7 @@ def export(
 
 def _reader_left(exc: BaseException) -> bool:
     """Whether ``exc`` is, or was caused by, writing to a pipe whose reader closed it."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, BrokenPipeError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(cause, BrokenPipeError) for cause in causes(exc))
 
 
 @cli.command("import")

@@ -42,7 +42,6 @@ __all__ = [
     "Processor",
     "Reads",
     "SqliteDriver",
-    "prepared_statements",
     "write_transaction",
 ]
 
@@ -177,7 +176,7 @@ class Lender:
     @property
     def kept_prepared(self) -> int:
         """Statements prepared on the kept connection (0 if none is kept)."""
-        return 0 if self._kept is None else prepared_statements(self._kept[0])
+        return 0 if self._kept is None else len(self._kept[0].info.get(_PREPARED, ()))
 
     @property
     def kept(self) -> int:
@@ -250,11 +249,6 @@ class PostgresDriver:
 _PREPARED = "convostore_prepared"
 """The key, in a pooled connection's ``info``, of its prepared statements by SQL. ``info``
 lives as long as the driver connection: a connection closed or invalidated takes them along."""
-
-
-def prepared_statements(pooled: Any) -> int:
-    """How many statements are prepared on a pooled connection."""
-    return len(pooled.info.get(_PREPARED, ()))
 
 
 async def _fetch_prepared(pooled: Any, driver: Any, sql: str, args: list[Any]) -> list[Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Dialect
@@ -41,6 +42,7 @@ __all__ = [
     "StaleStateError",
     "StoreError",
     "StoreUnavailable",
+    "causes",
     "hide_in_messages",
     "is_disconnect",
     "register_driver_errors",
@@ -179,10 +181,7 @@ class translate_errors:
 def is_disconnect(exc: BaseException) -> bool:
     """Whether an error means the connection (and likely its pool siblings) is dead or the
     server cannot be reached, so the same call may succeed on a fresh connection."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in causes(exc):
         if getattr(current, "connection_invalidated", False) or _closed_aiosqlite(current):
             return True
         if isinstance(current, (OSError, asyncio.TimeoutError)):
@@ -197,5 +196,15 @@ def is_disconnect(exc: BaseException) -> bool:
             "ConnectionFailureError",
         ) and type(current).__module__.startswith("asyncpg"):
             return True
-        current = current.__cause__ or current.__context__
     return False
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it (``__cause__``, else ``__context__``), and so on; each
+    once, should the chain loop."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

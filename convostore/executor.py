@@ -65,7 +65,8 @@ class HotPath:
         prepare: bool = False,
     ) -> None:
         self.core = CoreExecutor(engine)
-        self._lender = Lender(engine, capacity=keep_connection)
+        self.lender = Lender(engine, capacity=keep_connection)
+        """Lends the drivers their connections (and keeps one, on convostore's own engine)."""
         self._sync_engine = engine.sync_engine
         self._driver: PostgresDriver | SqliteDriver | None = None
         never = _no_fast_path(engine, fast_path=fast_path)
@@ -74,11 +75,9 @@ class HotPath:
             logger.debug("convostore: statements run through SQLAlchemy's execution: %s", reason)
         if never is None:
             if engine.dialect.name == "postgresql":
-                self._driver = PostgresDriver(
-                    self._lender, owns_engine=owns_engine, prepare=prepare
-                )
+                self._driver = PostgresDriver(self.lender, owns_engine=owns_engine, prepare=prepare)
             else:
-                self._driver = SqliteDriver(self._lender, owns_engine=owns_engine)
+                self._driver = SqliteDriver(self.lender, owns_engine=owns_engine)
 
     def current(self) -> Executor:
         """The executor for the operation about to run."""
@@ -87,16 +86,6 @@ class HotPath:
             return self.core
         return driver
 
-    @property
-    def kept_connections(self) -> int:
-        """Pooled connections checked out and kept between operations (0 or 1)."""
-        return self._lender.kept
-
-    @property
-    def prepared_statements(self) -> int:
-        """Statements prepared on the connection kept between operations."""
-        return self._lender.kept_prepared
-
     async def close(self) -> None:
         """Give back the connection the driver kept between operations, if any."""
-        await self._lender.release()
+        await self.lender.release()

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .core_executor import CoreExecutor
-from .driver import Compiled, PostgresDriver, SqliteDriver
+from .driver import Compiled, Lender, PostgresDriver, SqliteDriver
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
 from .models import ConversationTurn, make_turn
@@ -173,14 +173,9 @@ class SqlStore:
         await self._hot.close()
 
     @property
-    def prepared_statements(self) -> int:
-        """Hot statements prepared on the connection the hot path keeps (PostgreSQL)."""
-        return self._hot.prepared_statements
-
-    @property
-    def kept_connections(self) -> int:
-        """Pooled connections the hot path keeps checked out between operations (0 or 1)."""
-        return self._hot.kept_connections
+    def lender(self) -> Lender:
+        """What lends the hot path its connections (``driver.Lender``)."""
+        return self._hot.lender
 
     @property
     def fast_path(self) -> bool:

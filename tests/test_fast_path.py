@@ -325,7 +325,7 @@ async def test_prepared_statements_survive_a_schema_change(
     loaded = await repo.get("prepared")  # a cold load on this repository
     assert loaded is not None
     await repo.add_turn("prepared", "q2", "a2")
-    assert repo._ops.store.prepared_statements >= 2  # the load and the append
+    assert repo._ops.store.lender.kept_prepared >= 2  # the load and the append
     # The views read turns.content; a migration would recreate them around such a change.
     await sql("DROP VIEW exchanges")
     await sql("ALTER TABLE turns ALTER COLUMN content TYPE varchar")
@@ -342,6 +342,6 @@ async def test_prepared_statements_survive_a_schema_change(
             await theirs.add_turn("theirs", "q", "a")
             assert await theirs.get("nobody") is None  # a load, too
             assert theirs._ops is not None
-            assert theirs._ops.store.prepared_statements == 0
+            assert theirs._ops.store.lender.kept_prepared == 0
     finally:
         await engine.dispose()

@@ -125,7 +125,7 @@ def in_use(repo: SessionRepository) -> int:
     """Connections checked out of the pool besides the one the fast path keeps between
     operations (``driver.Lender``)."""
     assert repo._ops is not None
-    return queue_pool(repo).checkedout() - repo._ops.store.kept_connections
+    return queue_pool(repo).checkedout() - repo._ops.store.lender.kept
 
 
 async def settle(repo: SessionRepository) -> None:
