@@ -23,6 +23,8 @@ Consistency, in short:
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -75,9 +77,28 @@ Clock = Callable[[], float]
 """Returns the current time as epoch seconds, like ``time.time`` (the default)."""
 
 
-def _new_key() -> str:
-    """The idempotency key of an append whose caller gave none."""
-    return secrets.token_urlsafe(12)
+class _Keys:
+    """The idempotency keys of appends whose caller gave none: a random prefix (96 bits) per
+    process and a counter, so no two appends share one, without the system call for random
+    bytes that ``secrets`` makes per key (a twentieth of an append's own Python time). A
+    forked child draws a prefix of its own: it must not repeat its parent's keys."""
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._counter = itertools.count()
+        self.reseed()
+        if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+            os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self._prefix = secrets.token_urlsafe(12)
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+_new_key = _Keys()
 
 
 class SessionRepository:

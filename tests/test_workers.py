@@ -8,7 +8,9 @@ nothing but the database: each has its own engine, cache and change watcher).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -141,6 +143,30 @@ async def test_same_idempotency_key_stores_the_exchange_once(make_repo: MakeRepo
     assert rows == [(1, "user"), (2, "assistant"), (3, "user"), (4, "assistant")]
     keys = await sql("SELECT idempotency_key FROM turns WHERE session_id = 'idem' ORDER BY seq")
     assert [row[0] for row in keys] == ["req-1", None, "req-2", None]
+
+
+def test_keys_convostore_makes_differ_in_a_forked_worker() -> None:
+    """Workers forked from one parent (a pre-loading app server) must not make the same
+    idempotency keys: on one session, a worker's append would then count as another's retry
+    and not be stored. Runs no SQL, so on no backend."""
+    from convostore.repository import _new_key
+
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        child = os.fork()
+    if child == 0:
+        os.write(write, _new_key().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        in_child = pipe.read()
+    in_parent = [_new_key() for _ in range(3)]
+    assert in_child
+    assert in_child not in in_parent
+    assert len(set(in_parent)) == 3
+    assert all(len(key) <= 128 and key.isascii() and key.isprintable() for key in in_parent)
 
 
 async def test_concurrent_calls_with_one_key_store_it_once(make_repo: MakeRepo, sql: Sql) -> None:
