@@ -299,18 +299,28 @@ class SqlStore:
         (SQLite). Returns (turn_count, version), or None if the session is not live."""
         driver = self._hot.current()
         if self.sql.append_cte is not None:
-            params["roles"] = [t.role for t in new_turns]
-            params["contents"] = [t.content for t in new_turns]
-            params["resolved"] = [t.resolved_question for t in new_turns]
-            params["templates"] = [t.template_id for t in new_turns]
-            params["results"] = [json.dumps(t.results) for t in new_turns]
+            roles, contents, resolved, templates, results = [], [], [], [], []
             ords, names, values = [], [], []
             for ord_, turn in enumerate(new_turns, start=1):
+                roles.append(turn.role)
+                contents.append(turn.content)
+                resolved.append(turn.resolved_question)
+                templates.append(turn.template_id)
+                results.append(json.dumps(turn.results) if turn.results else "[]")
                 for name, value in turn.slots.items():
                     ords.append(ord_)
                     names.append(name)
                     values.append(value)
-            params["slot_ords"], params["slot_names"], params["slot_values"] = ords, names, values
+            params.update(
+                roles=roles,
+                contents=contents,
+                resolved=resolved,
+                templates=templates,
+                results=results,
+                slot_ords=ords,
+                slot_names=names,
+                slot_values=values,
+            )
             records = await driver.write(self._live_append, params)
             return tuple(records[0]) if records else None
 
