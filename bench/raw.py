@@ -14,8 +14,11 @@ The true floor does the same work in the fewest steps the driver allows: on asyn
 convostore's own one-statement append (``Statements("postgresql").append_cte``, compiled for
 asyncpg and prepared, positional arguments, autocommit) and its one-statement load
 (``Statements("postgresql").load``); on SQLite, one hop to aiosqlite's worker thread running
-BEGIN IMMEDIATE, the UPDATE ... RETURNING, executemany of the turns and of the slots, COMMIT on
-the sqlite3 connection, and for a load one hop running convostore's three-part read
+BEGIN IMMEDIATE, convostore's own UPDATE ... RETURNING (``Statements("sqlite").allocate``),
+executemany of the turns and of the slots, COMMIT on the sqlite3 connection. Its appends store
+the same rows as convostore's: the user turn carries an idempotency key, as every ``add_turn``
+stores one (``keyed=False`` leaves it out, as the floor did before). For a load, one hop
+running convostore's three-part read
 (``Statements("sqlite").load_session``, ``load_turns``, ``load_slots``) in one read
 transaction, as convostore's fast path does. Loads fold the rows into the same plain dicts.
 
@@ -42,6 +45,7 @@ from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from convostore._private import run_in_sqlite_thread
+from convostore.repository import _new_key as new_key
 from convostore.statements import Statements
 from convostore.store import CHANGES_KEPT
 
@@ -109,6 +113,9 @@ WHERE session_id = ? RETURNING turn_count, conversation_id"""
 _SQLITE_INSERT_TURN = """
 INSERT INTO turns (conversation_id, seq, session_id, role, content, resolved_question,
     template_id, results, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_SQLITE_INSERT_KEYED_TURN = """
+INSERT INTO turns (conversation_id, seq, session_id, role, content, resolved_question,
+    template_id, results, created_at, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _SQLITE_INSERT_SLOT = """
 INSERT INTO turn_slots (conversation_id, seq, name, session_id, value) VALUES (?, ?, ?, ?, ?)"""
 _SQLITE_HEAD = _PG_HEAD.replace("$1", "?")
@@ -192,7 +199,7 @@ class RawStore(Protocol):
 
     async def append(self, sid: str, exchange: Exchange) -> None: ...
 
-    async def append_one(self, sid: str, exchange: Exchange) -> None: ...
+    async def append_one(self, sid: str, exchange: Exchange, *, keyed: bool = True) -> None: ...
 
     async def load(self, sid: str) -> dict[str, Any] | None: ...
 
@@ -258,6 +265,7 @@ class RawSqlite:
         self._db = db
         self._ttl = timedelta(seconds=ttl)
         statements, dialect = Statements("sqlite"), sqlite_aiosqlite.dialect()
+        self._allocate = _Positional(statements.allocate, dialect)
         self._load_parts = tuple(
             _Positional(statement, dialect)
             for statement in (
@@ -293,24 +301,43 @@ class RawSqlite:
             await db.rollback()
             raise
 
-    async def append_one(self, sid: str, exchange: Exchange) -> None:
-        """The true floor: the whole transaction in one hop to aiosqlite's worker thread."""
+    async def append_one(self, sid: str, exchange: Exchange, *, keyed: bool = True) -> None:
+        """The true floor: the whole transaction in one hop to aiosqlite's worker thread:
+        convostore's own head statement (``Statements("sqlite").allocate``: it also checks
+        the expiry and that the key is new), then the rows with their idempotency key.
+        ``keyed=False``: the earlier floor, a hand-written UPDATE and rows without a key."""
         now = datetime.now(timezone.utc)
         stamp = sqlite_timestamp(now)
-        head = (
-            stamp,
-            sqlite_timestamp(now + self._ttl),
-            exchange.slots_json,
-            exchange.template_id,
-            sid,
-        )
+        expires = sqlite_timestamp(now + self._ttl)
+        key = new_key() if keyed else None
+        if keyed:
+            head_sql = self._allocate.sql
+            head = self._allocate.args(
+                {
+                    "now": stamp,
+                    "expires": expires,
+                    "hits": 1,
+                    "template_id": exchange.template_id,
+                    "merge": exchange.slots_json,
+                    "n": 2,
+                    "sid": sid,
+                    "key": key,
+                    "uid": None,
+                }
+            )
+            insert_turn = _SQLITE_INSERT_KEYED_TURN
+        else:
+            head_sql = _SQLITE_UPDATE
+            head = [stamp, expires, exchange.slots_json, exchange.template_id, sid]
+            insert_turn = _SQLITE_INSERT_TURN
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                ((last, cid),) = conn.execute(_SQLITE_UPDATE, head).fetchall()
-                turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, stamp)
-                conn.executemany(_SQLITE_INSERT_TURN, turn_rows)
+                row = conn.execute(head_sql, head).fetchone()
+                last, cid = row[0], row[-1]
+                turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, stamp, key)
+                conn.executemany(insert_turn, turn_rows)
                 conn.executemany(_SQLITE_INSERT_SLOT, slot_rows)
                 conn.commit()
             except BaseException:
@@ -355,26 +382,26 @@ class RawSqlite:
 
 
 def _exchange_rows(
-    sid: str, cid: int, last: int, exchange: Exchange, stamp: object
+    sid: str, cid: int, last: int, exchange: Exchange, stamp: object, key: str | None = None
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The two turn rows (user at ``last - 1``, assistant at ``last``, in conversation
     ``cid``) and the slot rows of an exchange, as the floors insert them, one statement per
-    row."""
+    row. With a ``key``, the user turn's row ends with it (``_*_INSERT_KEYED_TURN``), as
+    convostore stores one per append."""
     user_seq = last - 1
-    turn_rows = [
-        (
-            cid,
-            user_seq,
-            sid,
-            "user",
-            exchange.question,
-            None,
-            exchange.template_id,
-            exchange.results_json,
-            stamp,
-        ),
-        (cid, last, sid, "assistant", exchange.answer, None, None, "[]", stamp),
-    ]
+    user = (
+        cid,
+        user_seq,
+        sid,
+        "user",
+        exchange.question,
+        None,
+        exchange.template_id,
+        exchange.results_json,
+        stamp,
+    )
+    assistant = (cid, last, sid, "assistant", exchange.answer, None, None, "[]", stamp)
+    turn_rows = [user, assistant] if key is None else [(*user, key), (*assistant, None)]
     slot_rows = [(cid, user_seq, name, sid, value) for name, value in exchange.slots.items()]
     return turn_rows, slot_rows
 
@@ -426,15 +453,17 @@ class RawPostgres:
     async def append(self, sid: str, exchange: Exchange) -> None:
         await _pg_append(self._conn, sid, exchange, self._ttl)
 
-    async def append_one(self, sid: str, exchange: Exchange) -> None:
-        """The true floor: convostore's one-statement append, prepared, in autocommit."""
+    async def append_one(self, sid: str, exchange: Exchange, *, keyed: bool = True) -> None:
+        """The true floor: convostore's one-statement append, prepared, in autocommit, with an
+        idempotency key as convostore stores one per append. ``keyed=False``: the earlier
+        floor, without a key (the statement then skips the key's check and index entry)."""
         now = datetime.now(timezone.utc)
         args = self._positional["append_one"].args(
             {
                 "sid": sid,
                 "n": 2,
                 "now": now,
-                "key": None,
+                "key": new_key() if keyed else None,
                 "expires": now + self._ttl,
                 "hits": 1,
                 "template_id": exchange.template_id,

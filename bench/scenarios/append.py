@@ -3,8 +3,9 @@ and 1,000 stored turns, beside the original manager in memory and with Redis.
 
 Two raw floors: the naive transaction (one statement at a time), and the true floor, the same
 work in one statement on asyncpg (convostore's own one-statement append, prepared) or in one
-thread hop of sqlite3. The core path (``StoreConfig(fast_path=False)``: SQLAlchemy's
-execution) appends beside the fast path.
+thread hop of sqlite3, storing the same rows as convostore, idempotency key included; the true
+floor without the key (as it was before) is shown beside it. The core path
+(``StoreConfig(fast_path=False)``: SQLAlchemy's execution) appends beside the fast path.
 
 Each variant appends to sessions of its own (round robin over a few, so a session grows by
 only a few dozen turns while it is measured); convostore's sessions are cached first, as they
@@ -33,6 +34,7 @@ TRUE_FLOOR_TARGET = 1.2
 FLAT_FACTOR = 1.1
 ORIGINAL_MEMORY = "original (memory)"
 ORIGINAL_REDIS = "original + Redis"
+KEYLESS = "without the key (the earlier floor)"
 
 
 async def run(ctx: Context) -> list[Row]:
@@ -64,8 +66,9 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
     raw_sids = {h: session_ids(f"raw{h}", sizes.append_sessions) for h in histories}
     floor_sids = {h: session_ids(f"floor{h}", sizes.append_sessions) for h in histories}
     core_sids = {h: session_ids(f"core{h}", sizes.append_sessions) for h in histories}
+    keyless_sids = {h: session_ids(f"keyless{h}", sizes.append_sessions) for h in histories}
     for h in histories:
-        every = conv[h] + raw_sids[h] + floor_sids[h] + core_sids[h]
+        every = conv[h] + raw_sids[h] + floor_sids[h] + core_sids[h] + keyless_sids[h]
         await load_histories(db, every, h, now=now_utc(), ttl=TTL)
     repo = ctx.repository(db.url)
     core = ctx.repository(db.url, fast_path=False)
@@ -82,6 +85,9 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
                 ops[f"raw@{h}"] = cycling(raw_sids[h], lambda sid: raw.append(sid, EXCHANGE))
                 ops[f"floor@{h}"] = cycling(
                     floor_sids[h], lambda sid: raw.append_one(sid, EXCHANGE)
+                )
+                ops[f"keyless@{h}"] = cycling(
+                    keyless_sids[h], lambda sid: raw.append_one(sid, EXCHANGE, keyed=False)
                 )
                 for label, manager in originals.items():
                     assert ctx.seed is not None  # originals run only with the seed loaded
@@ -186,7 +192,7 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
             "core": stats[f"core@{h}"],
             "naive": stats[f"raw@{h}"],
         }
-        rows += floor_rows(
+        pair = floor_rows(
             server,
             (f"add_turn_floor.{h}", f"add_turn_core.{h}"),
             (
@@ -197,4 +203,11 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
             (floor_label, raw_label),
             TRUE_FLOOR_TARGET,
         )
+        keyless = stats[f"keyless@{h}"]
+        pair[0].others.append(figure(f"{floor_label}, {KEYLESS}", keyless))
+        pair[0].note = (
+            f"the floor stores an idempotency key, as add_turn does; convostore / the floor "
+            f"{KEYLESS}: {measured['convostore'].median / keyless.median:.2f}×"
+        )
+        rows += pair
     return rows
