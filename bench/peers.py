@@ -14,7 +14,9 @@ imported only when asked for (``--peers``); a missing package is reported and sk
   assistant event, a load ``get_session``
 
 Each stores an exchange as two messages, the exchange's results JSON as the user message's
-metadata, in its own tables of the same database.
+metadata, in its own tables of the same database. Their histories are filled with the same
+texts and results as convostore's stored histories (``workload.history_exchanges``), so a
+load reads the same payload from each.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .backends import Database
-from .workload import Exchange
+from .workload import Exchange, history_exchanges
 
 __all__ = ["PEER_PACKAGES", "Peer", "open_peers"]
 
@@ -65,16 +67,6 @@ def _messages(question: str, answer: str, results: list[dict[str, Any]] | None =
     return [HumanMessage(content=question, additional_kwargs=extra), AIMessage(content=answer)]
 
 
-def _history(n_turns: int) -> list[tuple[str, str]]:
-    return [
-        (
-            f"Welke archieven zijn er in Plaats {i}?",
-            f"Er zijn {i % 17 + 1} archieven in Plaats {i}.",
-        )
-        for i in range(1, n_turns // 2 + 1)
-    ]
-
-
 class _LangChainHistory:
     """What both LangChain peers share: one history object per session, messages in and out."""
 
@@ -91,7 +83,7 @@ class _LangChainHistory:
         return history
 
     async def prefill(self, sid: str, n_turns: int) -> None:
-        messages = [m for q, a in _history(n_turns) for m in _messages(q, a)]
+        messages = [m for q, a, r in history_exchanges(n_turns) for m in _messages(q, a, r)]
         await self._get(sid).aadd_messages(messages)
 
     async def append(self, sid: str, exchange: Exchange) -> None:
@@ -162,7 +154,7 @@ class _AgentsSessions:
         return session
 
     async def prefill(self, sid: str, n_turns: int) -> None:
-        items = [item for q, a in _history(n_turns) for item in _agent_items(q, a)]
+        items = [i for q, a, r in history_exchanges(n_turns) for i in _agent_items(q, a, r)]
         await self._get(sid).add_items(items)
 
     async def append(self, sid: str, exchange: Exchange) -> None:
@@ -337,7 +329,9 @@ class LangGraphSaver:
         self._threads[sid] = (messages, version, checkpoint["id"])
 
     async def prefill(self, sid: str, n_turns: int) -> None:
-        await self._put(sid, [m for q, a in _history(n_turns) for m in _messages(q, a)])
+        await self._put(
+            sid, [m for q, a, r in history_exchanges(n_turns) for m in _messages(q, a, r)]
+        )
 
     async def append(self, sid: str, exchange: Exchange) -> None:
         await self._put(sid, _messages(exchange.question, exchange.answer, exchange.results))
@@ -418,7 +412,9 @@ class GoogleAdk:
             await self._service.append_event(session, event)
 
     async def prefill(self, sid: str, n_turns: int) -> None:
-        await self._add(sid, [e for q, a in _history(n_turns) for e in self._events(q, a, None)])
+        await self._add(
+            sid, [e for q, a, r in history_exchanges(n_turns) for e in self._events(q, a, r)]
+        )
 
     async def append(self, sid: str, exchange: Exchange) -> None:
         await self._add(sid, self._events(exchange.question, exchange.answer, exchange.results))

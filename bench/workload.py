@@ -116,6 +116,22 @@ def _turn_texts(seq: int) -> tuple[str, str, str]:
     )
 
 
+def history_results(place: str) -> list[dict[str, Any]]:
+    """The results a stored history's user turn about ``place`` carries."""
+    return [{"name": f"Archief van {place}", "city": place}]
+
+
+def history_exchanges(n_turns: int) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """The exchanges of a stored history of ``n_turns`` turns (``history_rows``): question,
+    answer and the user turn's results, for the stores that take whole exchanges (the peers),
+    so that they store and load the same texts and payload as convostore's rows hold."""
+    exchanges = []
+    for seq in range(1, n_turns, 2):
+        question, _, place = _turn_texts(seq)
+        exchanges.append((question, _turn_texts(seq + 1)[1], history_results(place)))
+    return exchanges
+
+
 def history_rows(
     sids: Sequence[str],
     n_turns: int,
@@ -143,7 +159,7 @@ def history_rows(
     for seq in range(1, n_turns + 1):
         question, answer, place = _turn_texts(seq)
         if seq % 2:
-            results = json.dumps([{"name": f"Archief van {place}", "city": place}])
+            results = json.dumps(history_results(place))
             turn_template.append((seq, "user", question, None, TEMPLATE_ID, results, place))
         else:
             turn_template.append((seq, "assistant", answer, None, None, "[]", None))
