@@ -1,6 +1,7 @@
 """Value conversions on the hot paths: ``engine.load_json``, the JSON decoder of convostore's
 own engines (the same results as ``json.loads`` for every document, its errors included), and
-the SQLite text of ``schema.UTCDateTime`` (SQLAlchemy's own, byte for byte)."""
+the SQLite text of ``schema.UTCDateTime`` (SQLAlchemy's own, byte for byte, and read back as
+the UTC time it names)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,46 @@ def test_sqlite_timestamp_text_is_sqlalchemys(value: datetime) -> None:
     assert ours(None) is None
     with pytest.raises(ValueError, match="timezone-aware"):
         ours(value.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(1, 1, 1, tzinfo=timezone.utc),
+        datetime(2026, 12, 1, 18, 0, 0, tzinfo=timezone.utc),
+        datetime(2026, 3, 29, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=-7))),
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc),
+    ],
+)
+def test_sqlite_timestamp_text_reads_back_as_the_same_utc_time(value: datetime) -> None:
+    dialect = sqlite.dialect()
+    impl = UTCDateTime().dialect_impl(dialect)
+    write, read = impl.bind_processor(dialect), impl.result_processor(dialect, None)
+    assert write is not None
+    assert read is not None
+    back = read(write(value))
+    assert back == value
+    assert back.tzinfo is timezone.utc
+    assert read(None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-12-01 18:00:00", datetime(2026, 12, 1, 18, tzinfo=timezone.utc)),
+        ("2026-12-01T18:00:00.000005", datetime(2026, 12, 1, 18, 0, 0, 5, tzinfo=timezone.utc)),
+        ("2026-12-01 20:00:00+02:00", datetime(2026, 12, 1, 18, tzinfo=timezone.utc)),
+        ("2026-12-01 18:00:00Z", datetime(2026, 12, 1, 18, tzinfo=timezone.utc)),
+    ],
+)
+def test_sqlite_timestamp_text_written_elsewhere_reads_as_utc(
+    text: str, expected: datetime
+) -> None:
+    """Rows not written by convostore (no microseconds, a T, an offset) read as the UTC time
+    they name."""
+    dialect = sqlite.dialect()
+    read = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+    assert read is not None
+    back = read(text)
+    assert back == expected
+    assert back.tzinfo is timezone.utc
