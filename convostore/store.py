@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .core_executor import CoreExecutor
 from .driver import Compiled, Lender, PostgresDriver, SqliteDriver
+from .engine import load_json
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
 from .models import ConversationTurn, make_turn
@@ -158,12 +159,13 @@ class SqlStore:
         self._drop_expired = Compiled(sql.drop_expired, dialect)
         self._load = load = Compiled(sql.load, dialect)
         self._session_row = _SessionRow.of(load)
-        self._turn_row = _TurnRow.of(load)
+        decode_json = load_json if owns_engine else None
+        self._turn_row = _TurnRow.of(load, decode_json)
         self._slot_at = (load.columns["name"], load.columns["value"])
         self._load_session = Compiled(sql.load_session, dialect)
         self._load_turns = turn_part = Compiled(sql.load_turns, dialect)
         self._load_slots = Compiled(sql.load_slots, dialect)
-        self._part_row = _TurnRow.of(turn_part)
+        self._part_row = _TurnRow.of(turn_part, decode_json)
         self._sweep = Compiled(sql.sweep, dialect)
         self._sweep_transcripts = Compiled(sql.sweep_transcripts, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
@@ -572,12 +574,18 @@ class _TurnRow(NamedTuple):
     load_created_at: Callable[[Any], Any]
 
     @classmethod
-    def of(cls, statement: Compiled) -> _TurnRow:
+    def of(cls, statement: Compiled, decode_json: Callable[[Any], Any] | None = None) -> _TurnRow:
+        """``decode_json``: the engine's own JSON decoder, called directly where SQLAlchemy
+        decodes ``results`` in Python (SQLite), instead of through the two calls of its
+        processor around it. Only for convostore's own engines, whose decoder is known."""
         at, processors = statement.columns, statement.processors
         names = ("role", "content", "resolved_question", "template_id", "results", "created_at")
+        results = processors[at["results"]]
+        if results is not None and decode_json is not None:
+            results = decode_json
         return cls(
             itemgetter(*(at[name] for name in ("seq", *names))),
-            processors[at["results"]] or _unchanged,
+            results or _unchanged,
             processors[at["created_at"]] or _unchanged,
         )
 

@@ -5,6 +5,7 @@ path, and that a SQLite exchange is atomic under SQLAlchemy's aiosqlite recipe."
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -276,6 +277,29 @@ async def test_engine_passed_in_keeps_no_connection(url: str) -> None:
             await repo.add_turn("s", "q", "a")
             assert await repo.get("nobody") is None
             assert checked_out(engine) == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_engine_passed_in_decodes_results_with_its_own_json_deserializer(url: str) -> None:
+    """convostore decodes its own engines' JSON with its own decoder; a caller's engine keeps
+    the ``json_deserializer`` it was made with, on a cold load as everywhere."""
+    decoded: list[str] = []
+
+    def deserialize(text: str) -> Any:
+        decoded.append(text)
+        return json.loads(text)
+
+    engine = create_async_engine(url, json_deserializer=deserialize)
+    try:
+        async with SessionRepository(StoreConfig(cleanup_interval=0), engine=engine) as repo:
+            await repo.add_turn("theirs", "q", "a", results=[{"name": "Het Utrechts Archief"}])
+        decoded.clear()
+        async with SessionRepository(StoreConfig(cleanup_interval=0), engine=engine) as cold:
+            state = await cold.get("theirs")
+        assert state is not None
+        assert state.turns[0].results == [{"name": "Het Utrechts Archief"}]
+        assert '[{"name": "Het Utrechts Archief"}]' in decoded
     finally:
         await engine.dispose()
 
