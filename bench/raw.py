@@ -173,6 +173,7 @@ def _fold_parts(
     slots: dict[int, dict[str, str]] = {}
     for seq, name, value in slot_rows:
         slots.setdefault(seq, {})[name] = value
+    parsed = _Stamps()
     return {
         "version": head[5],
         "language": head[0],
@@ -186,11 +187,28 @@ def _fold_parts(
                 "template_id": template_id,
                 "slots": slots.get(seq, {}),
                 "results": json.loads(results),
-                "created_at": datetime.fromisoformat(created_at).replace(tzinfo=timezone.utc),
+                "created_at": parsed(created_at),
             }
             for seq, role, content, resolved, template_id, results, created_at in turn_rows
         ],
     }
+
+
+class _Stamps:
+    """SQLite's timestamp text as aware datetimes, the last one remembered: the turns of an
+    exchange share theirs, and a careful reader parses it once (as convostore does)."""
+
+    __slots__ = ("_parsed", "_text")
+
+    def __init__(self) -> None:
+        self._text: str | None = None
+        self._parsed: datetime | None = None
+
+    def __call__(self, text: str) -> datetime | None:
+        if text != self._text:
+            self._text = text
+            self._parsed = datetime.fromisoformat(text + "+00:00")  # UTC, stored without
+        return self._parsed
 
 
 class RawStore(Protocol):
@@ -224,11 +242,12 @@ def _turns(rows: Sequence[Sequence[Any]], parse: bool) -> list[dict[str, Any]]:
     template_id, results, created_at, name, value, then anything), as plain dicts."""
     turns: list[dict[str, Any]] = []
     slots: dict[str, str] = {}
+    parsed = _Stamps()
     for _, role, content, resolved, template_id, results, created_at, name, value, *_ in rows:
         if name is None:
             slots = {}
             if parse:
-                created_at = datetime.fromisoformat(created_at).replace(tzinfo=timezone.utc)
+                created_at = parsed(created_at)
             turns.append(
                 {
                     "role": role,

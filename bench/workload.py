@@ -116,6 +116,10 @@ def _turn_texts(seq: int) -> tuple[str, str, str]:
     )
 
 
+EXCHANGE_SPACING = 30
+"""Seconds between the exchanges of a stored history."""
+
+
 def history_results(place: str) -> list[dict[str, Any]]:
     """The results a stored history's user turn about ``place`` carries."""
     return [{"name": f"Archief van {place}", "city": place}]
@@ -148,21 +152,27 @@ def history_rows(
     in the order of ``sids``.
 
     Live sessions were last used ``now`` and expire ``ttl`` seconds later; ``expired`` ones
-    expired an hour before ``now``. ``stamp`` encodes timestamps for the driver.
+    expired an hour before ``now``. Each exchange was stored ``EXCHANGE_SPACING`` seconds
+    after the one before, the last one when the session was last used (a load parses each
+    exchange's timestamp: one shared by every turn would flatter a reader that remembers the
+    last one it parsed). ``stamp`` encodes timestamps for the driver.
     """
     if expired:
         last, expires = now - timedelta(seconds=ttl + 3600), now - timedelta(seconds=3600)
     else:
         last, expires = now, now + timedelta(seconds=ttl)
-    created_s, last_s, expires_s = stamp(last), stamp(last), stamp(expires)
+    exchanges = (n_turns + 1) // 2
+    created_s = stamp(last - timedelta(seconds=EXCHANGE_SPACING * exchanges))
+    last_s, expires_s = stamp(last), stamp(expires)
     turn_template: list[tuple[Any, ...]] = []
     for seq in range(1, n_turns + 1):
         question, answer, place = _turn_texts(seq)
+        at = stamp(last - timedelta(seconds=EXCHANGE_SPACING * (exchanges - (seq + 1) // 2)))
         if seq % 2:
             results = json.dumps(history_results(place))
-            turn_template.append((seq, "user", question, None, TEMPLATE_ID, results, place))
+            turn_template.append((seq, "user", question, None, TEMPLATE_ID, results, place, at))
         else:
-            turn_template.append((seq, "assistant", answer, None, None, "[]", None))
+            turn_template.append((seq, "assistant", answer, None, None, "[]", None, at))
     last_place = next((t[6] for t in reversed(turn_template) if t[6] is not None), None)
     current_slots = json.dumps({"place": last_place} if last_place else {})
     template = TEMPLATE_ID if n_turns else None
@@ -186,10 +196,10 @@ def history_rows(
                     n_turns // 2,
                 )
             )
-            for seq, role, content, resolved, template_id, results, place in turn_template:
+            for seq, role, content, resolved, template_id, results, place, at in turn_template:
                 key = f"k{seq}" if role == "user" else None  # as every append stores one
                 chunk.turns.append(
-                    (sid, cid, seq, role, content, resolved, template_id, results, created_s, key)
+                    (sid, cid, seq, role, content, resolved, template_id, results, at, key)
                 )
                 if place is not None:
                     chunk.slots.append((sid, cid, seq, "place", place))
