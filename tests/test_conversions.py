@@ -15,6 +15,14 @@ from sqlalchemy.dialects import sqlite
 from convostore.engine import load_json
 from convostore.schema import UTCDateTime
 
+TIMES = [
+    datetime(1, 1, 1, tzinfo=timezone.utc),
+    datetime(2026, 12, 1, 18, 0, 0, tzinfo=timezone.utc),
+    datetime(2026, 3, 29, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=-7))),
+    datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc),
+]
+"""Timestamps at the ends of the range, and one given in another time zone."""
+
 
 @pytest.mark.parametrize(
     "text",
@@ -48,15 +56,7 @@ def test_load_json_raises_what_json_loads_raises(text: str) -> None:
         load_json(text)
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        datetime(1, 1, 1, tzinfo=timezone.utc),
-        datetime(2026, 12, 1, 18, 0, 0, tzinfo=timezone.utc),
-        datetime(2026, 3, 29, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=-7))),
-        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc),
-    ],
-)
+@pytest.mark.parametrize("value", TIMES)
 def test_sqlite_timestamp_text_is_sqlalchemys(value: datetime) -> None:
     """convostore's own SQLite bind writes exactly the text SQLAlchemy's DATETIME writes for
     the same UTC time (stored rows compare as text), twice in a row (the second from its
@@ -74,15 +74,7 @@ def test_sqlite_timestamp_text_is_sqlalchemys(value: datetime) -> None:
         ours(value.replace(tzinfo=None))
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        datetime(1, 1, 1, tzinfo=timezone.utc),
-        datetime(2026, 12, 1, 18, 0, 0, tzinfo=timezone.utc),
-        datetime(2026, 3, 29, 2, 30, 0, 5, tzinfo=timezone(timedelta(hours=-7))),
-        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc),
-    ],
-)
+@pytest.mark.parametrize("value", TIMES)
 def test_sqlite_timestamp_text_reads_back_as_the_same_utc_time(value: datetime) -> None:
     dialect = sqlite.dialect()
     impl = UTCDateTime().dialect_impl(dialect)
