@@ -72,7 +72,10 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
         await load_histories(db, every, h, now=now_utc(), ttl=TTL)
     repo = ctx.repository(db.url)
     core = ctx.repository(db.url, fast_path=False)
-    raw = await open_raw(db, TTL)
+    # Each raw variant on a connection of its own, as convostore's repository has its own: a
+    # server backend that serves more of the interleaved blocks stays warmer and measured
+    # up to a fifth faster on PostgreSQL.
+    raw, floor, keyless = [await open_raw(db, TTL) for _ in range(3)]
     originals = await _originals(ctx)
     try:
         async with repo, core:
@@ -84,10 +87,10 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
                 ops[f"core@{h}"] = cycling(core_sids[h], lambda sid: add_turn(core, sid))
                 ops[f"raw@{h}"] = cycling(raw_sids[h], lambda sid: raw.append(sid, EXCHANGE))
                 ops[f"floor@{h}"] = cycling(
-                    floor_sids[h], lambda sid: raw.append_one(sid, EXCHANGE)
+                    floor_sids[h], lambda sid: floor.append_one(sid, EXCHANGE)
                 )
                 ops[f"keyless@{h}"] = cycling(
-                    keyless_sids[h], lambda sid: raw.append_one(sid, EXCHANGE, keyed=False)
+                    keyless_sids[h], lambda sid: keyless.append_one(sid, EXCHANGE, keyed=False)
                 )
                 for label, manager in originals.items():
                     assert ctx.seed is not None  # originals run only with the seed loaded
@@ -102,7 +105,8 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
             await _check(repo, raw, conv[histories[0]][0])
             await _check(repo, raw, floor_sids[histories[0]][0])
     finally:
-        await raw.close()
+        for store in (raw, floor, keyless):
+            await store.close()
         for manager in originals.values():
             await stop_original(manager)
         await server.drop(db)

@@ -68,7 +68,7 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
     core = ctx.repository(db.url, max_sessions=1, fast_path=False)
     stale_repo = ctx.repository(db.url, max_sessions=1)
     window_repo = ctx.repository(db.url, max_sessions=1)
-    raw = await open_raw(db, TTL)
+    raw, floor = await open_raw(db, TTL), await open_raw(db, TTL)  # a connection each
     original = None
     if ctx.seed is not None:
         original = await start_original(ctx.seed, ttl=TTL, max_sessions=1, redis=True)
@@ -77,7 +77,7 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
             ops: dict[str, Op] = {
                 "convostore": cycling(sids, _read(repo.get, turns)),
                 "raw": cycling(sids, _read_raw(raw.load, turns)),
-                "floor": cycling(sids, _read_raw(raw.load_one, turns)),
+                "floor": cycling(sids, _read_raw(floor.load_one, turns)),
                 "core": cycling(sids, _read(core.get, turns)),
                 "stale": _once_each(stale, _read(stale_repo.get, turns)),
                 "window": cycling(longs, _read(_windowed(window_repo), WINDOW)),
@@ -98,6 +98,7 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
                 ctx.note(f"cold get ({server.label}): {misses} misses for {expected} reads")
     finally:
         await raw.close()
+        await floor.close()
         if original is not None:
             await stop_original(original)
         await server.drop(db)
