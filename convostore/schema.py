@@ -114,7 +114,9 @@ class UTCDateTime(TypeDecorator[datetime]):
                 return None
             if value.tzinfo is None:
                 raise ValueError("convostore stores timezone-aware datetimes only")
-            text = value.astimezone(utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+            # The aware text without its "+00:00": datetime.replace(tzinfo=None) before
+            # formatting cost more than the formatting.
+            text = value.astimezone(utc).isoformat(" ", "microseconds")[:-6]
             last[0] = (value, text)  # one assignment: safe if two threads bind at once
             return text
 

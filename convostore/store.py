@@ -16,7 +16,6 @@ execution as usual.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .core_executor import CoreExecutor
 from .driver import Compiled, Lender, PostgresDriver, SqliteDriver
-from .engine import load_json
+from .engine import dump_json, load_json
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
 from .models import ConversationTurn, make_turn
@@ -308,7 +307,7 @@ class SqlStore:
                 contents.append(turn.content)
                 resolved.append(turn.resolved_question)
                 templates.append(turn.template_id)
-                results.append(json.dumps(turn.results) if turn.results else "[]")
+                results.append(dump_json(turn.results))
                 for name, value in turn.slots.items():
                     ords.append(ord_)
                     names.append(name)

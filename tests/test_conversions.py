@@ -1,7 +1,8 @@
-"""Value conversions on the hot paths: ``engine.load_json``, the JSON decoder of convostore's
-own engines (the same results as ``json.loads`` for every document, its errors included), and
-the SQLite text of ``schema.UTCDateTime`` (SQLAlchemy's own, byte for byte, and read back as
-the UTC time it names)."""
+"""Value conversions on the hot paths: ``engine.load_json`` and ``engine.dump_json``, the JSON
+decoder and encoder of convostore's own engines (the same results as ``json.loads`` and
+``json.dumps`` for every document, the decoder's errors included), and the SQLite text of
+``schema.UTCDateTime`` (SQLAlchemy's own, byte for byte, and read back as the UTC time it
+names)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy import DateTime
 from sqlalchemy.dialects import sqlite
 
-from convostore.engine import load_json
+from convostore.engine import dump_json, load_json
 from convostore.schema import UTCDateTime
 
 TIMES = [
@@ -46,6 +47,13 @@ def test_empty_documents_are_fresh_objects() -> None:
     first, second = load_json("[]"), load_json("[]")
     assert first == second == []
     assert first is not second
+
+
+@pytest.mark.parametrize(
+    "value", [[], {}, (), "", 0, None, False, [{}], {"a": []}, [{"name": "Archief"}]]
+)
+def test_dump_json_agrees_with_json_dumps(value: object) -> None:
+    assert dump_json(value) == json.dumps(value)
 
 
 @pytest.mark.parametrize("text", ["[1] x", "[1", "", "nul"])
