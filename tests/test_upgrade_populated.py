@@ -700,3 +700,44 @@ async def test_upgraded_populated_database_has_the_schema_of_a_fresh_one(
     await _upgraded(empty_url, clock, "0001", via)
     assert await _on(empty_url, drift) == []
     assert await _on(empty_url, fingerprint) == await _on(url, fingerprint)
+
+
+def _orphan(conn: Connection, session_id: str) -> None:
+    """Delete a session row without its turns and slots, as a delete with foreign keys off
+    leaves them (SQLite's default outside convostore, the sqlite3 shell's included;
+    PostgreSQL's replica mode)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+    conn.execute(text("DELETE FROM sessions WHERE session_id = :sid"), {"sid": session_id})
+
+
+@VIA
+async def test_turns_left_by_a_session_deleted_with_foreign_keys_off_do_not_stop_the_upgrade(
+    empty_url: str, clock: FakeClock, via: str
+) -> None:
+    """No release can read turns whose session row is gone; the upgrade drops them (they would
+    belong to no conversation) and keeps every other row."""
+    seeded = _population(_now(clock), keys=True)
+    await upgrade_url(empty_url, "0002")
+    await _on(empty_url, lambda c: _seed(c, seeded, keys=True))
+    await _on(empty_url, lambda c: _orphan(c, UNICODE))
+    orphans = "SELECT count(*) FROM {} WHERE session_id = :sid"
+    assert (await _rows(empty_url, orphans.format("turns"), sid=UNICODE))[0][0] > 0
+    kept = [
+        [row for row in await _rows(empty_url, query) if row[0] != UNICODE]
+        for query in (_TURNS, _SLOTS)
+    ]
+    if via == "upgrade_url":
+        await upgrade_url(empty_url)
+    else:
+        async with _repository(empty_url, clock, auto_migrate=True):
+            pass
+    for table_name in ("turns", "turn_slots"):
+        assert await _rows(empty_url, orphans.format(table_name), sid=UNICODE) == [(0,)]
+    assert [await _rows(empty_url, query) for query in (_TURNS, _SLOTS)] == kept
+    async with _repository(empty_url, clock) as repo:
+        assert await repo.get(UNICODE) is None
+        state = await repo.get(FOLLOWUP)
+        assert state is not None
+        followup = next(s for s in seeded if s.session_id == FOLLOWUP)
+        assert len(state.turns) == 2 * len(followup.exchanges)

@@ -18,6 +18,9 @@ Create Date: 2026-12-01
   ``last_accessed``, and its ``language``) when its session row is deleted.
 - Views ``exchanges`` and ``slot_values`` for analysts.
 
+Turns and slots left without their session row (deleted with foreign keys off) are deleted
+first: no release could read them.
+
 Downgrading keeps only live conversations: transcripts of ended sessions and the owners are
 dropped, because 0002's schema has nowhere to keep them.
 """
@@ -121,6 +124,14 @@ def _rekey(table: str, key: list[str], referred: str) -> None:
 
 
 def upgrade() -> None:
+    # Turns and slots whose session row is gone (deleted with foreign keys off, as SQLite
+    # leaves them outside convostore) were readable by no release and would belong to no
+    # conversation: they go, rather than fail the NOT NULL below.
+    for table in ("turn_slots", "turns"):
+        op.execute(
+            f"DELETE FROM {table} WHERE NOT EXISTS "
+            f"(SELECT 1 FROM sessions WHERE sessions.session_id = {table}.session_id)"
+        )
     op.create_table(
         "conversations",
         sa.Column("session_id", sa.String(128), nullable=False),
