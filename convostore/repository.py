@@ -27,7 +27,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -83,9 +83,10 @@ class _Keys:
     bytes that ``secrets`` makes per key (a twentieth of an append's own Python time). A
     forked child draws a prefix of its own: it must not repeat its parent's keys."""
 
+    _prefix: str
+    _counter: Iterator[int]
+
     def __init__(self) -> None:
-        self._prefix = ""
-        self._counter = itertools.count()
         self.reseed()
         if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
             os.register_at_fork(after_in_child=self.reseed)

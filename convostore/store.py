@@ -161,7 +161,10 @@ class SqlStore:
         decode_json = load_json if owns_engine else None
         self._turn_row = _TurnRow.of(load, decode_json)
         self._slot_at = (load.columns["name"], load.columns["value"])
-        self._load_session = Compiled(sql.load_session, dialect)
+        self._load_session = head = Compiled(sql.load_session, dialect)
+        self._newest_at = (head.columns["turn_count"], head.columns["conversation_id"])
+        """Where the session row of a load in parts has its newest turn's number and its
+        conversation, which bound the turn and slot reads."""
         self._load_turns = turn_part = Compiled(sql.load_turns, dialect)
         self._load_slots = Compiled(sql.load_slots, dialect)
         self._part_row = _TurnRow.of(turn_part, decode_json)
@@ -510,8 +513,10 @@ class SqlStore:
         """``load`` on SQLite's fast path: the session row, its turns and their slots, three
         range scans in one snapshot (see ``Statements.load_session``)."""
 
+        upto_at, cid_at = self._newest_at
+
         def turns_and_slots(head: Sequence[Any]) -> list[tuple[Compiled, dict[str, Any]]]:
-            upto, cid = head[7], head[8]
+            upto, cid = head[upto_at], head[cid_at]
             params = {"sid": sid, "cid": cid, "upto": upto, "after": upto - window}
             return [(self._load_turns, params), (self._load_slots, params)]
 
