@@ -9,26 +9,36 @@ driver's raw values, to which the store applies ``Compiled.processors`` on eithe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .driver import Compiled, Inserts
+from .driver import Compiled, Inserts, Lender
 from .engine import begin_immediate
+from .gate import Gate
 
 __all__ = ["CoreExecutor"]
 
 
 class CoreExecutor:
-    """Runs compiled statements in SQLAlchemy transactions on the engine."""
+    """Runs compiled statements in SQLAlchemy transactions on the engine.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    A connection the fast path kept between operations (``lender``) goes back to the pool
+    before each: the repository lets in only as many operations at once as the pool can lend
+    connections, counting the kept one, which no operation here would use."""
+
+    def __init__(self, engine: AsyncEngine, lender: Lender, writes: Gate | None = None) -> None:
+        """``writes``: the gate a write transaction passes first (SQLite's, see
+        ``executor.HotPath.writes``)."""
         self.engine = engine
+        self._lender = lender
+        self._writes = writes if writes is not None else nullcontext()
         self._sqlite = engine.dialect.name == "sqlite"
 
     async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
         """The rows of one statement."""
+        await self._lender.release()
         async with self.engine.connect() as conn:
             return await _rows(conn, compiled, params)
 
@@ -43,7 +53,8 @@ class CoreExecutor:
         asks for, in one transaction; returns head's rows. As ``driver.write_transaction``, the
         SQLite transaction is begun with the write lock unless the engine began one already (a
         connection in autocommit, as SQLAlchemy's aiosqlite recipe sets it up, may not have)."""
-        async with self.engine.begin() as conn:
+        await self._lender.release()
+        async with self._writes, self.engine.begin() as conn:
             began = self._sqlite and await conn.run_sync(begin_immediate)
             try:
                 rows = [tuple(row) for row in await _rows(conn, head, params)]

@@ -33,6 +33,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from ._private import asyncpg_query_logged, run_in_sqlite_thread
 from .errors import is_disconnect
+from .gate import Gate
 
 __all__ = [
     "Compiled",
@@ -300,8 +301,10 @@ class SqliteDriver:
     """Runs a function on the ``sqlite3`` connection inside aiosqlite's worker thread
     (through aiosqlite's private API: see ``_private.run_in_sqlite_thread``)."""
 
-    def __init__(self, lender: Lender, *, owns_engine: bool = False) -> None:
+    def __init__(self, lender: Lender, writes: Gate, *, owns_engine: bool = False) -> None:
+        """``writes``: the gate each write transaction passes first (``HotPath.writes``)."""
         self.lender = lender
+        self._writes = writes
         self.engine = lender.engine
         self._no_reset = owns_engine
         """The engine is convostore's own, made with ``pool_reset_on_return=None``: a
@@ -361,7 +364,8 @@ class SqliteDriver:
         Python run in the worker thread competes with the event loop for the GIL, and took
         twice as long there."""
         args = head.args(params)
-        return await self.run(lambda conn: write_transaction(conn, head.sql, args, then))
+        async with self._writes:
+            return await self.run(lambda conn: write_transaction(conn, head.sql, args, then))
 
 
 def write_transaction(

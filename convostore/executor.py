@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ._private import aiosqlite_thread_api
 from .core_executor import CoreExecutor
 from .driver import Lender, PostgresDriver, SqliteDriver
+from .gate import Gate
 
 __all__ = ["Executor", "HotPath"]
 
@@ -64,9 +65,14 @@ class HotPath:
         keep_connection: int | None = None,
         prepare: bool = False,
     ) -> None:
-        self.core = CoreExecutor(engine)
         self.lender = Lender(engine, capacity=keep_connection)
         """Lends the drivers their connections (and keeps one, on convostore's own engine)."""
+        self.writes = Gate(1) if engine.dialect.name == "sqlite" else None
+        """SQLite: this process's write transactions, one at a time in arrival order. The
+        file takes one writer at a time anyway; left to contend for its lock, writers poll it
+        with growing sleeps (the busy timeout), and one that keeps missing it waited seconds
+        while others were served."""
+        self.core = CoreExecutor(engine, self.lender, self.writes)
         self._sync_engine = engine.sync_engine
         self._driver: PostgresDriver | SqliteDriver | None = None
         never = _no_fast_path(engine, fast_path=fast_path)
@@ -74,10 +80,10 @@ class HotPath:
         if reason is not None:
             logger.debug("convostore: statements run through SQLAlchemy's execution: %s", reason)
         if never is None:
-            if engine.dialect.name == "postgresql":
+            if self.writes is None:
                 self._driver = PostgresDriver(self.lender, owns_engine=owns_engine, prepare=prepare)
             else:
-                self._driver = SqliteDriver(self.lender, owns_engine=owns_engine)
+                self._driver = SqliteDriver(self.lender, self.writes, owns_engine=owns_engine)
 
     def current(self) -> Executor:
         """The executor for the operation about to run."""

@@ -2,10 +2,11 @@
 
 Every call that reaches the database is admitted here first (``enter``/``leave``), so ``stop()``
 can refuse new calls and wait for every call in flight, including one that is between two of
-its transactions. Each database operation runs through ``run``, the one place where driver
-errors become ``StoreError`` and where an operation that met a dead connection is sent again:
-every write carries an idempotency key (or is idempotent by itself), so sending it again after
-an unknown outcome never stores it twice.
+its transactions. Each database operation runs through ``run``: it waits its turn at the
+``Gate``, in arrival order, so that no more operations run at once than the pool can lend
+connections; ``run`` is the one place where driver errors become ``StoreError`` and where an
+operation that met a dead connection is sent again: every write carries an idempotency key (or
+is idempotent by itself), so sending it again after an unknown outcome never stores it twice.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
 from .errors import NotRunning, StoreError, StoreUnavailable, is_disconnect, translate_errors
+from .gate import Gate
 
 __all__ = ["Calls"]
 
@@ -30,7 +32,10 @@ _MAX_BACKOFF = 1.0
 class Calls:
     """Counts the calls in flight and runs their database operations."""
 
-    def __init__(self, reconnect_timeout: float) -> None:
+    def __init__(self, reconnect_timeout: float, gate: Gate | None = None) -> None:
+        """``gate``: where operations queue for a connection (None: the pool's own queue
+        decides, as on an engine passed in)."""
+        self.gate = gate
         self.phase: Literal["new", "running", "stopping", "stopped"] = "new"
         self._reconnect_timeout = reconnect_timeout
         self._active = 0
@@ -78,15 +83,17 @@ class Calls:
 
         ``shield``: run it to its end even if the caller is cancelled (a client hung up), so
         no multi-statement transaction is cut short; the caller still sees the cancellation.
-        Single-statement operations run in the caller's task, which saves a task per call."""
+        Single-statement operations run in the caller's task, which saves a task per call.
+
+        Each attempt holds a permit of the gate while it runs, not while it backs off."""
         deadline: float | None = None
         backoff = 0.0
         while True:
             try:
                 if shield:
-                    return await self._shield(action, operation())
+                    return await self._shield(action, self.gated(operation))
                 with translate_errors(action):
-                    return await operation()
+                    return await self.gated(operation)
             except StoreError as exc:
                 if not is_disconnect(exc):
                     raise
@@ -101,6 +108,17 @@ class Calls:
                     ) from exc.__cause__
                 await asyncio.sleep(min(backoff, deadline - now))
                 backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
+
+    async def gated(self, operation: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run ``operation()`` holding a permit of the gate (waiting for one first)."""
+        gate = self.gate
+        if gate is None:
+            return await operation()
+        await gate.acquire()
+        try:
+            return await operation()
+        finally:
+            gate.release()
 
     async def _shield(self, action: str, operation: Coroutine[Any, Any, T]) -> T:
         async def translated() -> T:

@@ -28,6 +28,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -50,6 +51,7 @@ from .errors import (
     translate_errors,
 )
 from .expiry import RefreshesBehind, logger, run_periodically
+from .gate import Gate
 from .lifecycle import Calls
 from .migrate import check_schema, upgrade
 from .models import ConversationState, ConversationSummary, make_turn
@@ -132,7 +134,10 @@ class SessionRepository:
         self._strict = self.config.cache_coherence == "strict"
         self._cache = SessionCache(self.config.max_sessions)
         self._stats = Stats()
-        self._calls = Calls(float(self.config.reconnect_timeout))
+        self._calls = Calls(
+            float(self.config.reconnect_timeout),
+            Gate(self.config.pool_size + self.config.max_overflow) if self._owns_engine else None,
+        )
         self._ops: CachedStore | None = None
         self._owners: Owners | None = None
         self._watcher: Watcher | None = None
@@ -202,7 +207,7 @@ class SessionRepository:
         self._engine = engine
         delay = float(self.config.refresh_delay)
         behind = (
-            RefreshesBehind(partial(store.touch_many, ttl=self._ttl), self.config.sweep_batch_size)
+            RefreshesBehind(partial(self._touch_many, store), self.config.sweep_batch_size)
             if delay > 0
             else None
         )
@@ -227,6 +232,12 @@ class SessionRepository:
                 run_periodically(delay, behind.flush, "expiry refresh"),
                 name="convostore-expiry-refresh",
             )
+
+    async def _touch_many(
+        self, store: SqlStore, refreshes: Sequence[tuple[str, datetime, int]]
+    ) -> None:
+        """Write refreshes held back from reads, in turn with the calls' operations."""
+        await self._calls.gated(lambda: store.touch_many(refreshes, self._ttl))
 
     async def _ensure_schema(self, engine: AsyncEngine) -> None:
         """Check the schema; upgrade one that is behind when ``auto_migrate`` says so (None: on

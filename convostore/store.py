@@ -16,7 +16,8 @@ execution as usual.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import itemgetter
@@ -172,6 +173,14 @@ class SqlStore:
         self._sweep_transcripts = Compiled(sql.sweep_transcripts, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
 
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """``engine.begin()``, after this process's other SQLite write transactions
+        (``HotPath.writes``)."""
+        writes = self._hot.writes
+        async with writes if writes is not None else nullcontext(), self.engine.begin() as conn:
+            yield conn
+
     async def close(self) -> None:
         """Give back the connection the hot path kept (before the engine is disposed)."""
         await self._hot.close()
@@ -191,7 +200,7 @@ class SqlStore:
     ) -> tuple[bool, bool]:
         """Create an empty session owned by ``uid`` unless a live one exists. Returns
         (created, expired_removed)."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             return await self._ensure(conn, sid, now, ttl, uid)
 
     async def _ensure(
@@ -280,7 +289,7 @@ class SqlStore:
             return Written(row[1], False, False, _stamped(new_turns, now))
         if not create:
             return None
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             created, expired = await self._ensure(conn, sid, now, ttl, uid)
             if not created:
                 await self._check_owner(conn, sid, uid)
@@ -399,7 +408,7 @@ class SqlStore:
             "expected": expected,
         }
         first = self.sql.replace if expected is None else self.sql.replace_if_unchanged
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             row = (await conn.execute(first, params)).first()
             created = expired = False
             if row is None:
@@ -435,7 +444,7 @@ class SqlStore:
             {"sid": sid, "now": now, "expires": now + timedelta(seconds=ttl), "hits": hits}
             for sid, now, hits in sorted(refreshes)
         ]
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(self.sql.touch_behind, params)
 
     async def drop_expired(self, sid: str, now: datetime) -> bool:
@@ -443,14 +452,14 @@ class SqlStore:
         Returns whether a row went."""
         rows = await self._hot.current().write(self._drop_expired, {"sid": sid, "now": now})
         if rows and self.retention <= 0:
-            async with self.engine.begin() as conn:
+            async with self._begin() as conn:
                 await conn.execute(self.sql.delete_conversation, {"sid": sid, "cid": rows[0][0]})
         return bool(rows)
 
     async def delete(self, sid: str, now: datetime) -> bool:
         """Delete the session (its conversation ends; without retention it goes too, with its
         turns). Returns whether it was live."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             row = (await conn.execute(self.sql.delete, {"sid": sid})).first()
             if row is None:
                 return False
@@ -472,7 +481,7 @@ class SqlStore:
         deleted nothing also prunes the change feed to its newest rows."""
         rows = await self._hot.current().write(self._sweep, {"now": now, "batch": batch_size})
         if len(rows) < batch_size and self.engine.dialect.name == "sqlite":
-            async with self.engine.begin() as conn:
+            async with self._begin() as conn:
                 await conn.execute(self.sql.prune_changes, {"keep": CHANGES_KEPT})
         return [row[0] for row in rows]
 
