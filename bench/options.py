@@ -49,6 +49,8 @@ class Sizes:
     concurrency_pool: int
     concurrency_per_task: int
     concurrency_rounds: int
+    sweep_seconds: float
+    sweep_rounds: int
     store_small: int
     store_large: int
     store_iterations: int
@@ -78,6 +80,8 @@ class Sizes:
                 concurrency_pool=10,
                 concurrency_per_task=4,
                 concurrency_rounds=2,
+                sweep_seconds=0.3,
+                sweep_rounds=1,
                 store_small=200,
                 store_large=min(scale, 2_000),
                 store_iterations=16,
@@ -104,6 +108,8 @@ class Sizes:
             concurrency_pool=10,
             concurrency_per_task=60,
             concurrency_rounds=6,
+            sweep_seconds=4.0,
+            sweep_rounds=3,
             store_small=1_000,
             store_large=scale,
             store_iterations=300,

@@ -31,6 +31,7 @@ LOCKED``, and ``= ANY(ARRAY(...))`` so the rows are found by primary key; on SQL
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,7 @@ from .backends import Database
 from .workload import Exchange, sqlite_timestamp
 
 __all__ = [
+    "RawPool",
     "RawPostgres",
     "RawPostgresPool",
     "RawSqlite",
@@ -536,6 +538,32 @@ class RawPostgresPool:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+class RawPool:
+    """The floor under concurrency on either backend: ``size`` raw connections, each running
+    the true floor's append, lent first come, first served from an ``asyncio.Queue``."""
+
+    def __init__(self, stores: list[RawStore]) -> None:
+        self._stores = stores
+        self._idle: asyncio.Queue[RawStore] = asyncio.Queue()
+        for store in stores:
+            self._idle.put_nowait(store)
+
+    @classmethod
+    async def open(cls, db: Database, size: int, ttl: float) -> RawPool:
+        return cls([await open_raw(db, ttl) for _ in range(size)])
+
+    async def append(self, sid: str, exchange: Exchange) -> None:
+        store = await self._idle.get()
+        try:
+            await store.append_one(sid, exchange)
+        finally:
+            self._idle.put_nowait(store)
+
+    async def close(self) -> None:
+        for store in self._stores:
+            await store.close()
 
 
 async def open_raw(db: Database, ttl: float) -> RawStore:

@@ -81,6 +81,12 @@ them alike):
 - **concurrent throughput**: 16 tasks each appending to its own session, convostore with
   `pool_size=10, max_overflow=0` against an asyncpg pool of 10 running the naive
   transaction; rounds alternate, the figure is the median of the rounds' exchanges/s.
+- **concurrency sweep**: 1, 10, 50 and 200 callers in one process, each appending one exchange
+  to a random one of 1,000 sessions (10 stored turns each) again and again for a few seconds,
+  convostore with its default settings (pool 5 + overflow 10) against 15 raw driver
+  connections running the true floor's append, lent first come, first served; rounds
+  alternate, the figure is the median of the rounds' exchanges/s, latencies (p50, p99, max)
+  are every call's, pooled over the rounds.
 - **large store**: N sessions x 10 turns loaded with COPY (then VACUUM ANALYZE) into one
   database and 1,000 sessions x 10 turns into another; `add_turn` on cached sessions and cold
   `get` of random sessions in both, alternating.
