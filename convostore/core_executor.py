@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .driver import Compiled, Inserts, Lender
 from .engine import begin_immediate
-from .gate import Gate
+from .gate import Turns
 
 __all__ = ["CoreExecutor"]
 
@@ -28,12 +28,12 @@ class CoreExecutor:
     before each: the repository lets in only as many operations at once as the pool can lend
     connections, counting the kept one, which no operation here would use."""
 
-    def __init__(self, engine: AsyncEngine, lender: Lender, writes: Gate | None = None) -> None:
-        """``writes``: the gate a write transaction passes first (SQLite's, see
+    def __init__(self, engine: AsyncEngine, lender: Lender, writes: Turns | None = None) -> None:
+        """``writes``: where a write transaction waits its turn first (SQLite's, see
         ``executor.HotPath.writes``)."""
         self.engine = engine
         self._lender = lender
-        self._writes = writes if writes is not None else nullcontext()
+        self._writes = writes
         self._sqlite = engine.dialect.name == "sqlite"
 
     async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
@@ -54,7 +54,8 @@ class CoreExecutor:
         SQLite transaction is begun with the write lock unless the engine began one already (a
         connection in autocommit, as SQLAlchemy's aiosqlite recipe sets it up, may not have)."""
         await self._lender.release()
-        async with self._writes, self.engine.begin() as conn:
+        writes = self._writes
+        async with writes.turn() if writes else nullcontext(), self.engine.begin() as conn:
             began = self._sqlite and await conn.run_sync(begin_immediate)
             try:
                 rows = [tuple(row) for row in await _rows(conn, head, params)]

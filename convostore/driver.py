@@ -33,7 +33,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from ._private import asyncpg_query_logged, run_in_sqlite_thread
 from .errors import is_disconnect
-from .gate import Gate
+from .gate import Turns
 
 __all__ = [
     "Compiled",
@@ -301,8 +301,9 @@ class SqliteDriver:
     """Runs a function on the ``sqlite3`` connection inside aiosqlite's worker thread
     (through aiosqlite's private API: see ``_private.run_in_sqlite_thread``)."""
 
-    def __init__(self, lender: Lender, writes: Gate, *, owns_engine: bool = False) -> None:
-        """``writes``: the gate each write transaction passes first (``HotPath.writes``)."""
+    def __init__(self, lender: Lender, writes: Turns, *, owns_engine: bool = False) -> None:
+        """``writes``: where each write transaction waits its turn, in the worker thread
+        (``HotPath.writes``)."""
         self.lender = lender
         self._writes = writes
         self.engine = lender.engine
@@ -364,8 +365,16 @@ class SqliteDriver:
         Python run in the worker thread competes with the event loop for the GIL, and took
         twice as long there."""
         args = head.args(params)
-        async with self._writes:
-            return await self.run(lambda conn: write_transaction(conn, head.sql, args, then))
+        turns = self._writes
+
+        def work(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            turns.hold_in_thread()
+            try:
+                return write_transaction(connection, head.sql, args, then)
+            finally:
+                turns.release()
+
+        return await self.run(work)
 
 
 def write_transaction(

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ._private import aiosqlite_thread_api
 from .core_executor import CoreExecutor
 from .driver import Lender, PostgresDriver, SqliteDriver
-from .gate import Gate
+from .gate import Turns
 
 __all__ = ["Executor", "HotPath"]
 
@@ -67,11 +67,8 @@ class HotPath:
     ) -> None:
         self.lender = Lender(engine, capacity=keep_connection)
         """Lends the drivers their connections (and keeps one, on convostore's own engine)."""
-        self.writes = Gate(1) if engine.dialect.name == "sqlite" else None
-        """SQLite: this process's write transactions, one at a time in arrival order. The
-        file takes one writer at a time anyway; left to contend for its lock, writers poll it
-        with growing sleeps (the busy timeout), and one that keeps missing it waited seconds
-        while others were served."""
+        self.writes = Turns() if engine.dialect.name == "sqlite" else None
+        """SQLite: this process's write transactions, one at a time in the order they came."""
         self.core = CoreExecutor(engine, self.lender, self.writes)
         self._sync_engine = engine.sync_engine
         self._driver: PostgresDriver | SqliteDriver | None = None

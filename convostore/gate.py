@@ -1,4 +1,5 @@
-"""``Gate``: a first-come, first-served limit on operations running at once.
+"""First come, first served: ``Gate``, a limit on operations running at once, and ``Turns``,
+one holder at a time across worker threads and the event loop.
 
 A repository runs at most as many database operations at a time as its own engine's pool can
 lend connections (size plus overflow), and queues the rest here, in arrival order. Past that
@@ -14,10 +15,13 @@ supports).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 
-__all__ = ["Gate"]
+__all__ = ["Gate", "Turns"]
 
 
 class Gate:
@@ -68,3 +72,84 @@ class Gate:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class Turns:
+    """One holder at a time, in the order they asked, whether they wait in a worker thread
+    (``hold_in_thread``, blocking it) or in the event loop (``acquire``, awaiting).
+
+    SQLite's write transactions of one process take their turns here. The file admits one
+    writer at a time anyway; left to contend for its lock, writers poll it with growing
+    sleeps (the busy timeout), and one that kept missing it waited seconds while others were
+    served. Waiting in the worker thread that will run the transaction, the next writer
+    starts the moment the last one commits, without a trip through the event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._next = 0
+        """The ticket the next one to ask gets."""
+        self._serving = 0
+        """The ticket whose holder has the turn."""
+        self._left: set[int] = set()
+        """Tickets of loop waiters cancelled before their turn came."""
+        self._awaiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+
+    def hold_in_thread(self) -> None:
+        """Block this (worker) thread until it has the turn. Call ``release`` after."""
+        with self._lock:
+            ticket = self._next
+            self._next += 1
+            while self._serving != ticket:
+                self._changed.wait()
+
+    async def acquire(self) -> None:
+        """Wait in the event loop for the turn. Call ``release`` after. A caller cancelled
+        while waiting leaves its place, and passes on a turn handed to it in that moment."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            ticket = self._next
+            self._next += 1
+            if self._serving == ticket:
+                return
+            waiter = loop.create_future()
+            self._awaiting[ticket] = (loop, waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with self._lock:
+                before_turn = self._awaiting.pop(ticket, None) is not None
+                if before_turn:
+                    self._left.add(ticket)
+            if not before_turn and not waiter.cancelled():
+                self.release()  # the turn came and is ours; a cancelled one _grant passes on
+            raise
+
+    def release(self) -> None:
+        """End the holder's turn and give it to the next in line (from any thread)."""
+        with self._lock:
+            self._serving += 1
+            while self._serving in self._left:
+                self._left.discard(self._serving)
+                self._serving += 1
+            awaiting = self._awaiting.pop(self._serving, None)
+            if awaiting is None:
+                self._changed.notify_all()
+        if awaiting is not None:
+            loop, waiter = awaiting
+            loop.call_soon_threadsafe(self._grant, waiter)
+
+    def _grant(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.cancelled():
+            self.release()
+        else:
+            waiter.set_result(None)
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """The turn, awaited in the event loop, for the block's duration."""
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()

@@ -175,10 +175,13 @@ class SqlStore:
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        """``engine.begin()``, after this process's other SQLite write transactions
-        (``HotPath.writes``)."""
+        """``engine.begin()`` for a write: on SQLite in its turn after this process's other
+        write transactions (``HotPath.writes``), before it takes a connection. It always finds
+        one: fast-path writers hold theirs while they wait for the turn, but the repository
+        lets in no more operations than the pool has connections, and the fast path keeps an
+        idle one only while the pool could lend another (``Lender.give_back``)."""
         writes = self._hot.writes
-        async with writes if writes is not None else nullcontext(), self.engine.begin() as conn:
+        async with writes.turn() if writes else nullcontext(), self.engine.begin() as conn:
             yield conn
 
     async def close(self) -> None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
 
 from convostore import SessionRepository
-from convostore.gate import Gate
+from convostore.gate import Gate, Turns
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 
@@ -81,12 +83,104 @@ async def test_gate_cancelled_waiter_leaves_its_place_and_passes_on_a_permit() -
     await asyncio.wait_for(gate.acquire(), 1)
 
 
+async def test_turns_go_in_asking_order_across_threads_and_the_loop() -> None:
+    """Worker threads and event-loop tasks ask in turn; each gets the turn in that order,
+    one at a time."""
+    turns = Turns()
+    order: list[str] = []
+    holding = threading.Lock()
+    await turns.acquire()  # hold the turn while the others line up
+    loop = asyncio.get_running_loop()
+
+    def in_thread(name: str) -> None:
+        turns.hold_in_thread()
+        try:
+            assert holding.acquire(blocking=False), "two holders at once"
+            order.append(name)
+            holding.release()
+        finally:
+            turns.release()
+
+    async def in_loop(name: str) -> None:
+        async with turns.turn():
+            assert holding.acquire(blocking=False), "two holders at once"
+            order.append(name)
+            await asyncio.sleep(0)
+            holding.release()
+
+    asked: list[str] = []
+    pending: list[asyncio.Future[None]] = []
+    for n in range(12):
+        name = f"{'thread' if n % 3 else 'loop'}-{n}"
+        if n % 3:
+            pending.append(_in_a_thread(loop, in_thread, name))
+        else:
+            pending.append(asyncio.ensure_future(in_loop(name)))
+        await _until(partial(_asked, turns, n + 2))  # it has its ticket
+        asked.append(name)
+    turns.release()
+    await asyncio.wait_for(asyncio.gather(*pending), 10)
+    assert order == asked
+
+
+def _asked(turns: Turns, count: int) -> bool:
+    return turns._next >= count
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(5000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("timed out waiting")
+
+
+def _in_a_thread(
+    loop: asyncio.AbstractEventLoop, work: Callable[[str], None], name: str
+) -> asyncio.Future[None]:
+    """Run ``work(name)`` in a thread of its own; the future ends with it."""
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            work(name)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(done.set_exception, exc)
+        else:
+            loop.call_soon_threadsafe(done.set_result, None)
+
+    threading.Thread(target=run, daemon=True).start()
+    return done
+
+
+async def test_turns_pass_over_a_cancelled_loop_waiter() -> None:
+    turns = Turns()
+    await turns.acquire()
+    leaving = asyncio.ensure_future(turns.acquire())
+    staying = asyncio.ensure_future(turns.acquire())
+    await asyncio.sleep(0)
+    leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    turns.release()
+    await asyncio.wait_for(staying, 1)
+    # A waiter cancelled in the moment its turn came passes the turn on.
+    handed = asyncio.ensure_future(turns.acquire())
+    after = asyncio.ensure_future(turns.acquire())
+    await asyncio.sleep(0)
+    turns.release()
+    handed.cancel()
+    await asyncio.gather(handed, return_exceptions=True)
+    await asyncio.wait_for(after, 1)
+
+
 @pytest.mark.parametrize("callers", [50, 200])
 async def test_no_caller_is_starved_under_a_burst(make_repo: MakeRepo, callers: int) -> None:
-    """``callers`` coroutines append to 1,000 sessions for a few seconds with the default
-    settings: no call fails, none waits more than a second."""
+    """``callers`` coroutines append to 1,000 live sessions for a few seconds with the
+    default settings: no call fails, none waits more than a second."""
     repo = await make_repo(cleanup_interval=300)
     sids = [f"burst-{n:04d}" for n in range(SESSIONS)]
+    for start in range(0, SESSIONS, 50):
+        await asyncio.gather(*(repo.get_or_create(sid) for sid in sids[start : start + 50]))
     rng = random.Random(callers)
     waits: list[float] = []
     failures: list[BaseException] = []
