@@ -60,27 +60,29 @@ async def test_gate_is_not_overtaken_by_a_late_caller() -> None:
     assert gate.waiting == 0
 
 
-async def test_gate_cancelled_waiter_leaves_its_place_and_passes_on_a_permit() -> None:
-    gate = Gate(1)
-    await gate.acquire()
-    leaving = asyncio.ensure_future(gate.acquire())
-    staying = asyncio.ensure_future(gate.acquire())
+@pytest.mark.parametrize("make", [lambda: Gate(1), Turns], ids=["Gate", "Turns"])
+async def test_a_cancelled_waiter_leaves_its_place_and_passes_on_a_turn_handed_to_it(
+    make: Callable[[], Gate | Turns],
+) -> None:
+    lock = make()
+    await lock.acquire()
+    leaving = asyncio.ensure_future(lock.acquire())
+    staying = asyncio.ensure_future(lock.acquire())
     await asyncio.sleep(0)
     leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    lock.release()
+    await asyncio.wait_for(staying, 1)
+    # A waiter cancelled in the same moment it was handed the turn hands it on.
+    handed = asyncio.ensure_future(lock.acquire())
+    after = asyncio.ensure_future(lock.acquire())
     await asyncio.sleep(0)
-    assert gate.waiting == 1
-    gate.release()
-    await staying
-    # A waiter cancelled in the same moment it was handed the permit hands it on.
-    handed = asyncio.ensure_future(gate.acquire())
-    after = asyncio.ensure_future(gate.acquire())
-    await asyncio.sleep(0)
-    gate.release()
+    lock.release()
     handed.cancel()
     await asyncio.gather(handed, return_exceptions=True)
     await asyncio.wait_for(after, 1)
-    gate.release()
-    await asyncio.wait_for(gate.acquire(), 1)
+    lock.release()
+    await asyncio.wait_for(lock.acquire(), 1)
 
 
 async def test_turns_go_in_asking_order_across_threads_and_the_loop() -> None:
@@ -151,26 +153,6 @@ def _in_a_thread(
 
     threading.Thread(target=run, daemon=True).start()
     return done
-
-
-async def test_turns_pass_over_a_cancelled_loop_waiter() -> None:
-    turns = Turns()
-    await turns.acquire()
-    leaving = asyncio.ensure_future(turns.acquire())
-    staying = asyncio.ensure_future(turns.acquire())
-    await asyncio.sleep(0)
-    leaving.cancel()
-    await asyncio.gather(leaving, return_exceptions=True)
-    turns.release()
-    await asyncio.wait_for(staying, 1)
-    # A waiter cancelled in the moment its turn came passes the turn on.
-    handed = asyncio.ensure_future(turns.acquire())
-    after = asyncio.ensure_future(turns.acquire())
-    await asyncio.sleep(0)
-    turns.release()
-    handed.cancel()
-    await asyncio.gather(handed, return_exceptions=True)
-    await asyncio.wait_for(after, 1)
 
 
 @pytest.mark.parametrize("callers", [50, 200])
