@@ -559,8 +559,8 @@ class SessionRepository:
             raise InvalidTurn(f"state must be a ConversationState, not {type(state).__name__}")
         if state._session_id is not None and state._session_id != sid:
             raise ForeignStateError(
-                f"this state was read from session {state._session_id!r}, not {sid!r}; to copy "
-                "its conversation on purpose, pass ConversationState(**state.model_dump())"
+                f"this state was read from another session than {sid!r}; to copy its "
+                "conversation on purpose, pass ConversationState(**state.model_dump())"
             )
         read_here = state._session_id == sid
         handed = {id(turn) for turn in state._origin[: state._stored]} if read_here else set()

@@ -210,7 +210,7 @@ async def test_a_state_of_one_session_is_refused_by_update_of_another(
         for how, state in handed.items():
             assert state is not None, how
             for options in ({}, {"user_id": "alice"}, {"if_unchanged": True}):
-                with pytest.raises(ForeignStateError, match="bobs"):
+                with pytest.raises(ForeignStateError, match="another session than 'alices'"):
                     await repo.update("alices", state, **options)
     assert statements == []
     assert await _stored(sql) == before
