@@ -12,6 +12,7 @@ from .config import StoreConfig
 from .errors import (
     ConfigError,
     ConvostoreError,
+    ForeignStateError,
     InvalidPage,
     InvalidSessionId,
     InvalidTurn,
@@ -34,6 +35,7 @@ __all__ = [
     "ConversationSummary",
     "ConversationTurn",
     "ConvostoreError",
+    "ForeignStateError",
     "InvalidPage",
     "InvalidSessionId",
     "InvalidTurn",

@@ -245,7 +245,8 @@ class CachedStore:
     ) -> ConversationState:
         """The state after a write that the cache could not follow. If the session is gone
         already (another worker deleted it, or it expired, between the write and this read),
-        the state holds just the turns written, with the context they carry."""
+        the state holds just the turns written, with the context they carry, handed out for
+        ``sid`` like any other."""
         reloaded = await self.load(sid, now, None)
         if reloaded is not None:
             return reloaded
@@ -255,6 +256,7 @@ class CachedStore:
                 turn, state.current_slots, state.current_template_id
             )
         state.turns = list(written)
+        state._session_id, state._origin, state._stored = sid, tuple(written), len(written)
         return state
 
     async def replace(
@@ -266,9 +268,10 @@ class CachedStore:
         new_at: list[int],
         key: str | None,
         expected: int | None,
+        owner: str | None = None,
     ) -> None:
-        """``update``: write the session fields and the new turns, then bring ``state`` and
-        the cache in line with what was stored."""
+        """``update``: write the session fields and the new turns (to a session ``owner`` may
+        write), then bring ``state`` and the cache in line with what was stored."""
         with self._cache.holding(sid):
             now = self._clock()
             generation = self._cache.generation
@@ -285,6 +288,7 @@ class CachedStore:
                     hits=hits,
                     key=key,
                     expected=expected,
+                    uid=owner,
                 )
             except BaseException:
                 self._cache.discard(sid)
@@ -312,7 +316,7 @@ class CachedStore:
             state._version = written.version
             entry = self._cache.peek(sid)
             if written.created:
-                entry = self._new_entry(written.version, now, None)
+                entry = self._new_entry(written.version, now, owner)
                 entry.turns = list(written.turns)
             elif entry is not None and entry.version == written.version - 1:
                 entry.turns = entry.turns + written.turns
@@ -326,9 +330,9 @@ class CachedStore:
             if written.created:
                 self._cache.put_loaded(sid, entry, generation)
 
-    async def delete(self, sid: str) -> bool:
+    async def delete(self, sid: str, owner: str | None = None) -> bool:
         try:
-            return await self.store.delete(sid, utc(self._clock()))
+            return await self.store.delete(sid, utc(self._clock()), owner)
         finally:
             self._cache.discard(sid)
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import StoreConfig
 from .errors import ConfigError, hide_in_messages
+from .quiet import ENGINE_LOGGING_NAME, keep_content_out_of_logs
 from .urls import check_database_url, hide_password
 
 __all__ = [
@@ -80,14 +81,16 @@ def dump_json(value: Any) -> str:
 def create_engine(config: StoreConfig) -> AsyncEngine:
     """The repository's own engine for ``config.database_url``, pooled as configured.
 
-    Its errors and logs leave out SQL parameters (``hide_parameters``): they are turn content,
-    which does not belong in a ``StoreError`` message or a log line. ``create_async_engine`` is
-    looked up when called, so an instrumentation that wraps it (OpenTelemetry's
-    ``SQLAlchemyInstrumentor().instrument()``) before ``start()`` sees this engine too."""
+    Its errors and logs leave out SQL parameters (``hide_parameters``) and result rows
+    (``quiet``): they are turn content, which does not belong in a ``StoreError`` message or a
+    log line. ``create_async_engine`` is looked up when called, so an instrumentation that
+    wraps it (OpenTelemetry's ``SQLAlchemyInstrumentor().instrument()``) before ``start()``
+    sees this engine too."""
     url = make_url(config.database_url)
     logger.debug("convostore: creating an engine for %s", hide_password(url))
     options: dict[str, Any] = {
         "hide_parameters": True,
+        "logging_name": ENGINE_LOGGING_NAME,
         "json_serializer": dump_json,
         "json_deserializer": load_json,
     }
@@ -108,7 +111,8 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
                 "prepared_statement_name_func": _unnamed_statement,
             }
         )
-    return prepare_engine(sqlalchemy_asyncio.create_async_engine(url, **options))
+    engine = sqlalchemy_asyncio.create_async_engine(url, **options)
+    return prepare_engine(keep_content_out_of_logs(engine))
 
 
 _users: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()

@@ -12,6 +12,7 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     ├── SchemaNotReady                         the database lacks the newest migration
     ├── NotRunning         (also RuntimeError) the repository is not started, or already stopped
     ├── StaleStateError                        update(if_unchanged=True): the session moved on
+    ├── ForeignStateError  (also ValueError)   update: the state was read from another session
     ├── NotSessionOwner    (also PermissionError) the live session belongs to another user
     └── StoreError                             the database or driver failed; cause chained
         └── StoreUnavailable                   the database stayed unreachable for reconnect_timeout
@@ -33,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 __all__ = [
     "ConfigError",
     "ConvostoreError",
+    "ForeignStateError",
     "InvalidPage",
     "InvalidSessionId",
     "InvalidTurn",
@@ -88,10 +90,17 @@ class StaleStateError(ConvostoreError):
     the state was read, so the update was refused and nothing was stored."""
 
 
+class ForeignStateError(ConvostoreError, ValueError):
+    """``update(session_id, state)`` with a state the store handed out for another session:
+    its turns belong to that conversation, and copying them is refused before any SQL. To copy
+    a conversation on purpose, build a new state (``ConversationState(**state.model_dump())``),
+    which belongs to no session yet."""
+
+
 class NotSessionOwner(ConvostoreError, PermissionError):
-    """``get_or_create`` or ``add_turn`` with a ``user_id``: the live session under that id was
-    created for another user, or for none. Nothing was read or written; use another session
-    id (``get`` answers None in this case instead)."""
+    """A call with a ``user_id`` (``get_or_create``, ``add_turn``, ``update``, ``delete``): the
+    live session under that id was created for another user, or for none. Nothing was read or
+    written; use another session id (``get`` answers None in this case instead)."""
 
 
 class StoreError(ConvostoreError):

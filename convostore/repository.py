@@ -43,6 +43,7 @@ from .config import StoreConfig
 from .engine import check_database, create_engine, prepare_engine, release_engine
 from .errors import (
     ConvostoreError,
+    ForeignStateError,
     InvalidPage,
     InvalidTurn,
     NotRunning,
@@ -508,6 +509,8 @@ class SessionRepository:
         template_id: str | None = None,
         slots: Mapping[str, str] | None = None,
         results: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        user_id: str | None = None,
     ) -> ConversationState:
         """``add_turn`` with the original SessionManager's positional argument order."""
         return await self.add_turn(
@@ -518,10 +521,16 @@ class SessionRepository:
             template_id=template_id,
             slots=slots,
             results=results,
+            user_id=user_id,
         )
 
     async def update(
-        self, session_id: str, state: ConversationState, *, if_unchanged: bool = False
+        self,
+        session_id: str,
+        state: ConversationState,
+        *,
+        if_unchanged: bool = False,
+        user_id: str | None = None,
     ) -> None:
         """Persist a state the caller changed: its session fields (current slots, template,
         language) and the turns added to it since the store handed it out, appended after
@@ -530,21 +539,40 @@ class SessionRepository:
         stores nothing, while every turn object the store did not hand out counts as new. An
         unknown or expired session is created with all the state's turns.
 
+        A state the store handed out (by ``get``, ``get_or_create``, ``add_turn`` or an
+        earlier ``update``) belongs to its session: passing it for another session raises
+        ``ForeignStateError``, so one conversation's turns are never copied into another by
+        mistake. A state you build yourself (``ConversationState(...)``) belongs to no
+        session, and all its turns are new; ``ConversationState(**state.model_dump())`` copies
+        a conversation on purpose (``state.model_copy()`` keeps its session).
+
         The session fields are last-writer-wins, unless ``if_unchanged``: then the update is
         refused with ``StaleStateError`` if the stored session was written or deleted since
         the state was read (a state the store never handed out for this session expects no
         live session).
 
+        ``user_id``: as for ``add_turn``: a session this call creates belongs to that user,
+        and a live session of another owner (or of none) is never written.
+
         On success the state's new turns are replaced by the stored ones (with ``created_at``).
 
         Raises:
             InvalidSessionId, InvalidTurn: before any SQL.
+            ForeignStateError: the state was handed out for another session, before any SQL.
+            NotSessionOwner: the live session under that id is not ``user_id``'s; nothing
+                was stored.
             StaleStateError: ``if_unchanged`` and the session moved on; nothing was stored.
             StoreError: the database failed; nothing was stored.
         """
         sid = check_session_id(session_id)
+        owner = check_owner(user_id)
         if not isinstance(state, ConversationState):
             raise InvalidTurn(f"state must be a ConversationState, not {type(state).__name__}")
+        if state._session_id is not None and state._session_id != sid:
+            raise ForeignStateError(
+                f"this state was read from another session than {sid!r}; to copy its "
+                "conversation on purpose, pass ConversationState(**state.model_dump())"
+            )
         read_here = state._session_id == sid
         handed = {id(turn) for turn in state._origin[: state._stored]} if read_here else set()
         all_turns = list(state.turns)
@@ -565,24 +593,33 @@ class SessionRepository:
         try:
             await self._calls.run(
                 "updating a session",
-                lambda: ops.replace(sid, state, fields, all_turns, new_at, key, expected),
+                lambda: ops.replace(sid, state, fields, all_turns, new_at, key, expected, owner),
                 shield=True,
             )
         finally:
             self._calls.leave()
 
-    async def delete(self, session_id: str) -> bool:
+    async def delete(self, session_id: str, *, user_id: str | None = None) -> bool:
         """Delete the session and its turns. Returns False if it was unknown or already
         expired (its rows are removed all the same).
 
+        ``user_id``: only a session of that user is deleted; a live session of another owner
+        (or of none) raises ``NotSessionOwner`` and stays, and an expired one is left to the
+        sweep (False).
+
         Raises:
-            InvalidSessionId: before any SQL.
+            InvalidSessionId: a bad session id or user id, before any SQL.
+            NotSessionOwner: the live session under that id is not ``user_id``'s; nothing
+                was deleted.
             StoreError: the database failed.
         """
         sid = check_session_id(session_id)
+        owner = check_owner(user_id)
         ops = self._enter()
         try:
-            return await self._calls.run("deleting a session", lambda: ops.delete(sid), shield=True)
+            return await self._calls.run(
+                "deleting a session", lambda: ops.delete(sid, owner), shield=True
+            )
         finally:
             self._calls.leave()
 

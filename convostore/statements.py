@@ -118,7 +118,7 @@ class Statements:
 
         self.replace: Update = (
             update(sessions)
-            .where(fresh)
+            .where(fresh, owned)
             .values(
                 **grown,
                 current_slots=bindparam("slots", type_=JSONDocument),
@@ -127,8 +127,9 @@ class Statements:
             )
             .returning(sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id)
         )
-        """Allocate ``n`` sequence numbers on a live session, setting its fields, unless the
-        write with idempotency ``key`` is stored already (a NULL key never is)."""
+        """Allocate ``n`` sequence numbers on a live session that ``uid`` may write, setting
+        its fields, unless the write with idempotency ``key`` is stored already (a NULL key
+        never is)."""
 
         self.replace_if_unchanged: Update = self.replace.where(
             sessions.c.version == bindparam("expected", type_=BigInteger())
@@ -176,7 +177,8 @@ class Statements:
             conversations.c.conversation_id == bindparam("cid", type_=BigInteger()),
         )
         """A conversation and (by cascade) its turns and slots."""
-        self.owner_of = select(sessions.c.user_id).where(sessions.c.session_id == sid)
+        self.owner_of = select(sessions.c.user_id).where(live)
+        """The owner of the live session ``sid`` (no row: there is none)."""
 
         self.drop_expired = (
             delete(sessions)
@@ -186,9 +188,10 @@ class Statements:
         """Delete the session if it has expired; returns its conversation if it did."""
         self.delete = (
             delete(sessions)
-            .where(sessions.c.session_id == bindparam("sid"))
+            .where(sessions.c.session_id == bindparam("sid"), owned)
             .returning(sessions.c.expires_at, sessions.c.conversation_id)
         )
+        """Delete the session if ``uid`` may; returns its expiry and conversation if it did."""
         expired_ids = (
             select(sessions.c.session_id)
             .where(sessions.c.expires_at <= now)

@@ -240,12 +240,16 @@ class SqlStore:
             return False, expired is not None
         return True, expired is not None
 
-    async def _check_owner(self, conn: AsyncConnection, sid: str, uid: str | None) -> None:
-        """Raise ``NotSessionOwner`` unless ``uid`` may write the stored session ``sid``."""
+    async def _check_owner(
+        self, conn: AsyncConnection, sid: str, uid: str | None, now: datetime
+    ) -> None:
+        """Raise ``NotSessionOwner`` if ``sid`` is live and ``uid`` may not write it. This only
+        names the reason a write found no row: the writes themselves carry the condition, so
+        a session that changed hands in between is not written either."""
         if uid is None:
             return
-        owner = (await conn.execute(self.sql.owner_of, {"sid": sid})).scalar()
-        if owner != uid:
+        owner = (await conn.execute(self.sql.owner_of, {"sid": sid, "now": now})).first()
+        if owner is not None and owner[0] != uid:
             raise NotSessionOwner(f"session {sid!r} belongs to another user")
 
     async def append(
@@ -295,7 +299,7 @@ class SqlStore:
         async with self._begin() as conn:
             created, expired = await self._ensure(conn, sid, now, ttl, uid)
             if not created:
-                await self._check_owner(conn, sid, uid)
+                await self._check_owner(conn, sid, uid, now)
                 if await self._key_stored(conn, sid, key):
                     return _DUPLICATE
             row = (await conn.execute(self.sql.allocate, params)).one()
@@ -390,10 +394,12 @@ class SqlStore:
         hits: int,
         key: str | None,
         expected: int | None,
+        uid: str | None = None,
     ) -> Written:
         """Write the session fields and append ``new_turns`` after whatever is stored. A
-        missing or expired session is created with ``all_turns``. With new turns, ``key``
-        makes the write idempotent like ``append``'s.
+        missing or expired session is created with ``all_turns`` (owned by ``uid``). With new
+        turns, ``key`` makes the write idempotent like ``append``'s. With ``uid``, a live
+        session of another owner is never written: ``NotSessionOwner``.
 
         ``expected`` None: the last writer wins. Otherwise nothing is written (the result
         says ``stale``) unless the live session is at that version, or, for -1, there is no
@@ -409,6 +415,7 @@ class SqlStore:
             "language": fields.language,
             "key": key,
             "expected": expected,
+            "uid": uid,
         }
         first = self.sql.replace if expected is None else self.sql.replace_if_unchanged
         async with self._begin() as conn:
@@ -418,10 +425,13 @@ class SqlStore:
                 if await self._key_stored(conn, sid, key):
                     return _DUPLICATE
                 if expected is not None and expected >= 0:
+                    await self._check_owner(conn, sid, uid, now)
                     return _STALE
-                created, expired = await self._ensure(conn, sid, now, ttl, None)
-                if not created and expected is not None:
-                    return _STALE
+                created, expired = await self._ensure(conn, sid, now, ttl, uid)
+                if not created:
+                    await self._check_owner(conn, sid, uid, now)
+                    if expected is not None:
+                        return _STALE
                 if created:
                     new_turns = all_turns
                     params["n"] = len(new_turns)
@@ -459,12 +469,14 @@ class SqlStore:
                 await conn.execute(self.sql.delete_conversation, {"sid": sid, "cid": rows[0][0]})
         return bool(rows)
 
-    async def delete(self, sid: str, now: datetime) -> bool:
+    async def delete(self, sid: str, now: datetime, uid: str | None = None) -> bool:
         """Delete the session (its conversation ends; without retention it goes too, with its
-        turns). Returns whether it was live."""
+        turns). Returns whether it was live. With ``uid``, only a session of that owner goes;
+        a live one of another owner raises ``NotSessionOwner``."""
         async with self._begin() as conn:
-            row = (await conn.execute(self.sql.delete, {"sid": sid})).first()
+            row = (await conn.execute(self.sql.delete, {"sid": sid, "uid": uid})).first()
             if row is None:
+                await self._check_owner(conn, sid, uid, now)
                 return False
             if self.retention <= 0:
                 await conn.execute(self.sql.delete_conversation, {"sid": sid, "cid": row[1]})

@@ -20,6 +20,8 @@ from convostore import (
     ConfigError,
     ConversationState,
     ConvostoreError,
+    ForeignStateError,
+    InvalidPage,
     InvalidSessionId,
     InvalidTurn,
     NotRunning,
@@ -41,6 +43,7 @@ EXPECTED_ALL = [
     "ConversationSummary",
     "ConversationTurn",
     "ConvostoreError",
+    "ForeignStateError",
     "InvalidPage",
     "InvalidSessionId",
     "InvalidTurn",
@@ -69,9 +72,11 @@ def test_all_is_sorted_and_pinned() -> None:
     assert SessionConfig is StoreConfig
 
 
-@pytest.mark.parametrize("error", [ConfigError, InvalidSessionId, InvalidTurn])
+@pytest.mark.parametrize(
+    "error", [ConfigError, InvalidSessionId, InvalidTurn, InvalidPage, ForeignStateError]
+)
 def test_input_errors_are_value_errors(error: type[Exception]) -> None:
-    """ConfigError, InvalidSessionId and InvalidTurn are both ConvostoreError and ValueError."""
+    """The errors of bad input are both ConvostoreError and ValueError."""
     assert issubclass(error, ConvostoreError)
     assert issubclass(error, ValueError)
 

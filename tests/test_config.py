@@ -317,6 +317,23 @@ MARKERS = {
 }
 
 
+async def add_marked_turn(
+    repo: SessionRepository, sid: str, user_id: str | None = None
+) -> ConversationState:
+    """An exchange with a marker in each of its fields."""
+    m = MARKERS
+    return await repo.add_turn(
+        sid,
+        m["question"],
+        m["answer"],
+        resolved_question=m["resolved"],
+        template_id=m["template"],
+        slots={m["slotname"]: m["slotvalue"]},
+        results=[{m["resultkey"]: m["resultvalue"]}],
+        user_id=user_id,
+    )
+
+
 def leaks(records: list[logging.LogRecord], secrets: list[str]) -> list[str]:
     """The formatted convostore records (message, exception, stack) that contain a secret."""
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
@@ -370,15 +387,7 @@ async def test_logs_hold_no_turn_content_and_no_password(
     errors: list[ConvostoreError] = []
     async with repo, cold:
         sid, _ = await repo.get_or_create()
-        await repo.add_turn(
-            sid,
-            m["question"],
-            m["answer"],
-            resolved_question=m["resolved"],
-            template_id=m["template"],
-            slots={m["slotname"]: m["slotvalue"]},
-            results=[{m["resultkey"]: m["resultvalue"]}],
-        )
+        await add_marked_turn(repo, sid)
         assert await repo.get(sid) is not None
         state = await cold.get(sid)
         assert state is not None

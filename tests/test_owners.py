@@ -11,7 +11,15 @@ import pytest
 from _statements import count_statements
 from conftest import FakeClock, MakeRepo, Sql
 
-from convostore import InvalidPage, InvalidSessionId, NotSessionOwner, SessionRepository
+from convostore import (
+    ConversationState,
+    ConversationTurn,
+    ForeignStateError,
+    InvalidPage,
+    InvalidSessionId,
+    NotSessionOwner,
+    SessionRepository,
+)
 
 TTL = 100
 """The sessions' TTL in these tests, in seconds."""
@@ -71,6 +79,8 @@ async def test_a_bad_user_id_is_refused_before_any_sql(make_repo: MakeRepo, bad:
         repo.get("s", user_id=bad),
         repo.get_or_create("s", user_id=bad),
         repo.add_turn("s", "q", "a", user_id=bad),
+        repo.update("s", ConversationState(), user_id=bad),
+        repo.delete("s", user_id=bad),
         repo.list_sessions(bad),
         repo.export_user(bad),
         repo.erase_user(bad),
@@ -109,6 +119,107 @@ async def test_another_users_session_is_never_read_or_written(
         assert len(anyone.turns) == 2
     assert await sql("SELECT seq, content FROM turns ORDER BY seq") == before
     assert await sql("SELECT user_id FROM sessions") == [("alice",)]
+
+
+async def _stored(sql: Sql) -> dict[str, list[Any]]:
+    """Every row of the tables that hold a session."""
+    return {table: await sql(f"SELECT * FROM {table} ORDER BY 1, 2") for table in USER_TABLES}
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "core"])
+async def test_update_and_delete_write_only_the_users_own_session(
+    make_repo: MakeRepo, sql: Sql, fast_path: bool
+) -> None:
+    """update and delete with a user_id refuse Alice's session and an ownerless one with
+    NotSessionOwner, from a repository that cached it and from one that did not, with and
+    without if_unchanged: no row changes, and no cache serves what was refused. Alice's own
+    update and delete work, and her update of an unknown id creates a session that is hers
+    (in the database and in the cache)."""
+    alice = await make_repo(fast_path=fast_path)
+    await _talk(alice, "alices", "alice", "Utrecht")
+    await _talk(alice, "anon", None, "Deventer")
+    before = await _stored(sql)
+    for repo in (alice, await make_repo(fast_path=fast_path)):
+        for sid in ("alices", "anon"):
+            state = await repo.get(sid)
+            assert state is not None
+            state.add_turn(ConversationTurn(role="user", content="Bob was hier"))
+            state.current_slots["place"] = "Bobstad"
+            for if_unchanged in (False, True):
+                with pytest.raises(NotSessionOwner):
+                    await repo.update(sid, state, if_unchanged=if_unchanged, user_id="bob")
+            with pytest.raises(NotSessionOwner):
+                await repo.delete(sid, user_id="bob")
+            served = await repo.get(sid)
+            assert served is not None
+            assert "Bob was hier" not in [turn.content for turn in served.turns]
+            assert served.current_slots["place"] != "Bobstad"
+    assert await _stored(sql) == before
+
+    state = await alice.get("alices", user_id="alice")
+    assert state is not None
+    state.add_turn(ConversationTurn(role="user", content="En in Zwolle?"))
+    await alice.update("alices", state, if_unchanged=True, user_id="alice")
+    reread = await (await make_repo(fast_path=fast_path)).get("alices", user_id="alice")
+    assert reread is not None
+    assert reread.turns[-1].content == "En in Zwolle?"
+
+    new = ConversationState(turns=[ConversationTurn(role="user", content="Hallo")])
+    await alice.update("nieuw", new, user_id="alice")
+    assert await sql("SELECT user_id FROM sessions WHERE session_id = 'nieuw'") == [("alice",)]
+    assert await sql("SELECT user_id FROM conversations WHERE session_id = 'nieuw'") == [("alice",)]
+    assert await alice.get("nieuw", user_id="bob") is None
+    mine = await alice.get("nieuw", user_id="alice")
+    assert mine is not None
+    assert [turn.content for turn in mine.turns] == ["Hallo"]
+
+    assert await alice.delete("alices", user_id="alice") is True
+    assert await alice.delete("alices", user_id="alice") is False
+    assert await alice.delete("unknown", user_id="alice") is False
+    assert await sql("SELECT session_id FROM sessions ORDER BY 1") == [("anon",), ("nieuw",)]
+
+
+async def test_a_state_of_one_session_is_refused_by_update_of_another(
+    make_repo: MakeRepo, sql: Sql
+) -> None:
+    """A state the store handed out for Bob's session (by get, a windowed get, a cold get,
+    get_or_create, add_turn or update; or a model_copy of one), passed to update of Alice's
+    session, raises ForeignStateError before any SQL, whatever the user id: none of Bob's
+    turns or slots reach her session. A state built on purpose from Bob's
+    (ConversationState(**state.model_dump())) copies his conversation whole."""
+    repo = await make_repo()
+    await _talk(repo, "bobs", "bob", "Utrecht")
+    await _talk(repo, "alices", "alice", "Zwolle")
+    updated = await repo.get("bobs")
+    assert updated is not None
+    updated.add_turn(ConversationTurn(role="user", content="Geheim van Bob"))
+    await repo.update("bobs", updated)
+    handed: dict[str, ConversationState | None] = {
+        "get": await repo.get("bobs"),
+        "window": await repo.get("bobs", last_turns=2),
+        "cold": await (await make_repo()).get("bobs"),
+        "get_or_create": (await repo.get_or_create("bobs"))[1],
+        "add_turn": await repo.add_turn("bobs", "Nog geheimer?", "Ja.", user_id="bob"),
+        "update": updated,
+    }
+    bobs = handed["add_turn"]
+    assert bobs is not None
+    handed["model_copy"] = bobs.model_copy()
+    before = await _stored(sql)
+    with count_statements(repo.engine) as statements:
+        for how, state in handed.items():
+            assert state is not None, how
+            for options in ({}, {"user_id": "alice"}, {"if_unchanged": True}):
+                with pytest.raises(ForeignStateError, match="another session than 'alices'"):
+                    await repo.update("alices", state, **options)
+    assert statements == []
+    assert await _stored(sql) == before
+
+    await repo.update("kopie", ConversationState(**bobs.model_dump()), user_id="bob")
+    copy = await repo.get("kopie", user_id="bob")
+    assert copy is not None
+    assert [turn.content for turn in copy.turns] == [turn.content for turn in bobs.turns]
+    assert copy.current_slots == bobs.current_slots
 
 
 async def test_a_session_without_owner_is_not_any_users(make_repo: MakeRepo) -> None:
