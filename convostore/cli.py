@@ -7,7 +7,8 @@ command parses its options, calls the library and prints what comes back. Every 
 opens a database takes ``--url``, else env ``CONVOSTORE_DATABASE_URL``, else the SQLite file
 ``convostore.db``. A user's mistake (a bad URL or id, a database without the schema, an
 unknown session) is one line on stderr and exit code 1; wrong arguments are click's usage
-error, exit code 2. A new command is one decorated function on ``cli``.
+error, exit code 2. A file a command writes replaces the old one only once complete
+(``files.replaced``). A new command is one decorated function on ``cli``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from . import admin
 from .config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL, StoreConfig, resolve_database_url
 from .demo import run_demo
 from .errors import ConvostoreError, causes
+from .files import replaced
 from .migrate import current_revision_url, migrate_url
 from .models import ConversationTurn
 from .repository import SessionRepository
@@ -105,15 +107,12 @@ def with_repository(config: StoreConfig, call: Callable[[SessionRepository], Awa
 
 
 def write_file(path: Path, text: str, *, private: bool = False) -> None:
-    """Write ``text`` to ``path``; ``private``: readable by its owner only (new files). A path
-    that cannot be written is a one-line error."""
+    """Write ``text`` to ``path`` (see ``files.replaced``: an existing file is replaced only
+    once the new one is complete); ``private``: readable by its owner only. A path that
+    cannot be written is a one-line error."""
     try:
-        if private:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(descriptor, "w", encoding="utf-8") as file:
-                file.write(text)
-        else:
-            path.write_text(text, encoding="utf-8")
+        with replaced(path, private=private) as file:
+            file.write(text)
     except OSError as exc:
         raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -595,7 +594,7 @@ def export(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     try:
-        with open(out, "w", encoding="utf-8", newline="") as file:
+        with replaced(out, newline="") as file:
             written = write_to(file, shown=Console(stderr=True).is_terminal)
     except OSError as exc:
         raise Failure(f"cannot write {out}: {exc.strerror or exc}") from None

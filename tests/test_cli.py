@@ -332,6 +332,32 @@ async def test_export_user(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_
     )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "-o"],
+        ["export", "--format", "csv", "-o"],
+        ["report", "-o"],
+        ["export-user", "u-1", "-o"],
+    ],
+)
+def test_a_failed_command_keeps_the_file_it_would_replace(
+    command: list[str], backend: str, empty_url: str, tmp_path: Path
+) -> None:
+    """A URL with a typo in the database's name (here: a database without the schema) fails
+    the command, and the file an earlier run wrote is still there, whole, with no temporary
+    file beside it. (``export`` emptied it before connecting.)"""
+    if backend == "sqlite":
+        Path(empty_url.removeprefix("sqlite+aiosqlite:///")).touch()
+    out = tmp_path / "earlier" / "previous.out"
+    out.parent.mkdir()
+    out.write_text("the previous export\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, [*command, str(out), "--url", empty_url])
+    _fails(result, "convostore schema")
+    assert out.read_text(encoding="utf-8") == "the previous export\n"
+    assert [path.name for path in out.parent.iterdir()] == ["previous.out"]
+
+
 EXTERNAL = re.compile(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
 
