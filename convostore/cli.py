@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Literal, TextIO, TypeVar
+from typing import IO, Any, BinaryIO, Literal, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -606,8 +606,15 @@ def _reader_left(exc: BaseException) -> bool:
     return any(isinstance(cause, BrokenPipeError) for cause in causes(exc))
 
 
+def _list_on_stderr(items: Sequence[tuple[str, str]]) -> None:
+    """What was not imported and why, a line each on stderr: every one, so that a script
+    can find them all."""
+    for where, reason in items:
+        click.echo(f"  {where}: {reason}", err=True)
+
+
 @cli.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 @url_option
 @click.option(
     "--on-conflict",
@@ -616,9 +623,13 @@ def _reader_left(exc: BaseException) -> bool:
     show_default=True,
     help="A conversation already stored (same session id and start): keep it, or replace it.",
 )
-def import_(file: TextIO, url: str, on_conflict: Literal["skip", "replace"]) -> None:
+def import_(file: BinaryIO, url: str, on_conflict: Literal["skip", "replace"]) -> None:
     """Import conversations from a JSONL export (- reads stdin). Importing a file twice
-    changes nothing; malformed lines are reported and passed over.
+    changes nothing.
+
+    The file is UTF-8 (a byte order mark at its start is accepted). A line that is not
+    UTF-8, not JSON or not a conversation is reported on stderr with its number and passed
+    over; the rest is imported.
 
     \b
     Example:
@@ -636,8 +647,7 @@ def import_(file: TextIO, url: str, on_conflict: Literal["skip", "replace"]) -> 
         f"{counts.skipped} already stored, {counts.replaced} replaced, "
         f"{_plural(len(counts.problems), 'line')} not imported"
     )
-    for problem in counts.problems[:20]:
-        click.echo(f"  line {problem.line}: {problem.reason}", err=True)
+    _list_on_stderr([(f"line {problem.line}", problem.reason) for problem in counts.problems])
 
 
 @cli.command("import-redis")
@@ -693,8 +703,7 @@ def import_redis_command(
         f"{done.already_present} already present, {done.replaced} replaced, "
         f"{_plural(len(done.skipped), 'key')} skipped"
     )
-    for skipped in done.skipped[:20]:
-        click.echo(f"  {skipped.key}: {skipped.reason}", err=True)
+    _list_on_stderr([(skipped.key, skipped.reason) for skipped in done.skipped])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
