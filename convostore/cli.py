@@ -7,13 +7,15 @@ command parses its options, calls the library and prints what comes back. Every 
 opens a database takes ``--url``, else env ``CONVOSTORE_DATABASE_URL``, else the SQLite file
 ``convostore.db``. A user's mistake (a bad URL or id, a database without the schema, an
 unknown session) is one line on stderr and exit code 1; wrong arguments are click's usage
-error, exit code 2. A file a command writes replaces the old one only once complete
+error, exit code 2. Output to a pipe whose reader leaves (``| head``) ends quietly, exit
+code 0. A file a command writes replaces the old one only once complete
 (``files.replaced``). A new command is one decorated function on ``cli``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -62,9 +64,33 @@ class _Commands(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
-        except ConvostoreError as exc:
-            raise Failure(str(exc)) from None
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at exit
+            return result
+        except Exception as exc:
+            if not _reader_left(exc):
+                if isinstance(exc, ConvostoreError):
+                    raise Failure(str(exc)) from None
+                raise
+        # The program reading stdout stopped (``| head``): end quietly, as Unix tools do.
+        _discard_stdout()
+        return None
+
+
+def _reader_left(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, writing to a pipe whose reader closed it."""
+    return any(isinstance(cause, BrokenPipeError) for cause in causes(exc))
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's last flush at exit cannot fail again."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file: click's test runner
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
 
 
 def url_option(command: F) -> F:
@@ -117,9 +143,26 @@ def write_file(path: Path, text: str, *, private: bool = False) -> None:
         raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+class _Output(Console):
+    """Rich output on stdout whose closed pipe raises ``BrokenPipeError`` for the group to end
+    quietly (rich's own reaction is exit code 1)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout closed it")
+
+
+_UNLIMITED = 1_000_000
+"""Columns of output that is no terminal: tables as wide as their longest cells."""
+
+
 def console() -> Console:
-    """Rich output on stdout; no syntax highlighting, as the text is data."""
-    return Console(highlight=False)
+    """Rich output on stdout; no syntax highlighting, as the text is data. When stdout is no
+    terminal (a file, a pipe) and env COLUMNS sets no width, nothing wraps, so no word is
+    cut in two and each table row stays on one line for grep."""
+    out = _Output(highlight=False)
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out.width = _UNLIMITED
+    return out
 
 
 def print_json(data: Any) -> None:
@@ -584,14 +627,7 @@ def export(
             )
 
     if out == "-":
-        try:
-            write_to(sys.stdout, shown=False)
-        except (OSError, ConvostoreError) as exc:
-            if not _reader_left(exc):
-                raise
-            # The program reading stdout stopped (``| head``): end quietly, as Unix tools do,
-            # and point stdout at /dev/null so that Python's last flush cannot fail again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        write_to(sys.stdout, shown=False)
         return
     try:
         with replaced(out, newline="") as file:
@@ -599,11 +635,6 @@ def export(
     except OSError as exc:
         raise Failure(f"cannot write {out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {out}: {_plural(written, 'conversation')}")
-
-
-def _reader_left(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or was caused by, writing to a pipe whose reader closed it."""
-    return any(isinstance(cause, BrokenPipeError) for cause in causes(exc))
 
 
 def _list_on_stderr(items: Sequence[tuple[str, str]]) -> None:

@@ -518,3 +518,70 @@ async def test_console_script(url: str, make_repo: MakeRepo, clock: FakeClock) -
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["turns"] == 10
+
+
+def _run_piped(args: list[str], cwd: Path, *, read: bool) -> subprocess.CompletedProcess[str]:
+    """The installed script with stdout a pipe and no COLUMNS: read to the end, or closed at
+    once, before the command writes (as ``| head -0`` would)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("COLUMNS", "LINES", "CONVOSTORE_DATABASE_URL")
+    }
+    with subprocess.Popen(
+        [str(BIN / "convostore"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        output = process.stdout.read() if read else ""
+        process.stdout.close()
+        errors = process.stderr.read()
+        return subprocess.CompletedProcess(args, process.wait(timeout=60), output, errors)
+
+
+PRINTING = {
+    **DB_COMMANDS,
+    "show --json": ["show", "live-session", "--json"],
+    "stats --json": ["stats", "--json"],
+    "export": ["export"],
+    "import": ["import", "empty.jsonl"],
+    "migrate current": ["migrate", "current"],
+    "demo": ["demo"],
+}
+"""Every command that prints to stdout."""
+
+
+@pytest.mark.parametrize("command", list(PRINTING))
+async def test_every_command_ends_quietly_when_the_reader_leaves(
+    command: str, url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path
+) -> None:
+    """``convostore ... | head``: a reader that closes the pipe ends the command with exit
+    code 0 and nothing on stderr, as ``export`` did (the others exited 1)."""
+    await _seed(make_repo, clock)
+    await asyncio.to_thread((tmp_path / "empty.jsonl").write_text, "")
+    args = PRINTING[command] + ([] if command == "demo" else ["--url", url])
+    done = await asyncio.to_thread(_run_piped, args, tmp_path, read=False)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+async def test_tables_in_a_pipe_keep_words_whole(
+    url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Printed to a pipe (no terminal, no COLUMNS), a table is as wide as its cells: no word
+    is cut, each turn's text is on one line (at rich's 80 columns they wrapped mid-word)."""
+    await _seed(make_repo, clock)
+    shown = await asyncio.to_thread(
+        _run_piped, ["show", "live-session", "--url", url], tmp_path, read=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    rows = [line for line in shown.stdout.splitlines() if "│ user " in line]
+    assert len(rows) == 2, shown.stdout
+    for text in ("Welke archieven zijn er in Utrecht?", "archives_in_place", "place=Utrecht"):
+        assert text in rows[0], shown.stdout
+    assert "Welke archieven zijn er in Enschede?" in rows[1]
+    assert shown.stdout.splitlines()[0].endswith(" UTC)")  # the heading is one line too
