@@ -33,15 +33,21 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import admin
-from .config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL, StoreConfig, resolve_database_url
+from .config import (
+    DATABASE_URL_ENV,
+    DEFAULT_DATABASE_URL,
+    StoreConfig,
+    resolve_database_url,
+    setting,
+)
 from .demo import run_demo
-from .errors import ConvostoreError, causes
+from .errors import ConfigError, ConvostoreError, causes
 from .files import replaced
 from .migrate import current_revision_url, migrate_url
 from .models import ConversationTurn
 from .repository import SessionRepository
 from .urls import hide_password
-from .validation import check_user_id
+from .validation import check_language, check_session_id, check_template_id, check_user_id
 
 __all__ = ["cli", "main"]
 
@@ -109,6 +115,30 @@ def json_option(command: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
     )(command)
+
+
+def checked_by(check: Callable[[str], object]) -> Callable[[click.Context, Any, Any], Any]:
+    """A parameter callback that checks an id or filter with the library's rule (``check``,
+    from ``validation``) before the command runs: a value the library refuses is the same
+    one-line error in every command, never an empty result."""
+
+    def callback(_ctx: click.Context, _param: Any, value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return callback
+
+
+def setting_of(name: str) -> Callable[[click.Context, Any, Any], Any]:
+    """A parameter callback that checks a value as ``StoreConfig``'s field ``name``: a value a
+    repository would refuse is a usage error (exit code 2)."""
+
+    def callback(_ctx: click.Context, _param: Any, value: Any) -> Any:
+        try:
+            return setting(name, value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
 def read(url: str, query: Callable[[AsyncEngine], Awaitable[T]]) -> T:
@@ -312,7 +342,7 @@ def stats(url: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("session_id")
+@click.argument("session_id", callback=checked_by(check_session_id))
 @url_option
 @click.option(
     "--all",
@@ -404,8 +434,9 @@ _RETENTION = float(StoreConfig.model_fields["transcript_retention"].default)
 @url_option
 @click.option(
     "--retention",
-    type=click.FloatRange(min=0),
+    type=float,
     default=_RETENTION,
+    callback=setting_of("transcript_retention"),
     metavar="SECONDS",
     help=(
         "Transcript retention: ended conversations whose last activity is older go. Give "
@@ -449,7 +480,7 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
 
 
 @cli.command("erase-user")
-@click.argument("user_id")
+@click.argument("user_id", callback=checked_by(check_user_id))
 @url_option
 @click.option("--yes", "-y", is_flag=True, help="Erase without asking first.")
 def erase_user(user_id: str, url: str, yes: bool) -> None:
@@ -463,14 +494,13 @@ def erase_user(user_id: str, url: str, yes: bool) -> None:
     Example:
       convostore erase-user u-17 --yes --url postgresql+asyncpg://app@db/app
     """
-    uid = check_user_id(user_id)
     config = admin.command_config(url)
-    question = f"Erase every conversation of user {uid!r} on {hide_password(url)} for good?"
+    question = f"Erase every conversation of user {user_id!r} on {hide_password(url)} for good?"
     if not yes and not click.confirm(question, err=True):
         raise Failure("nothing was erased")
-    counts = with_repository(config, lambda repo: repo.erase_user(uid))
+    counts = with_repository(config, lambda repo: repo.erase_user(user_id))
     out = console()
-    out.print(Text(f"erased user {uid!r} on {hide_password(url)}"))
+    out.print(Text(f"erased user {user_id!r} on {hide_password(url)}"))
     table = Table("table", Column("rows deleted", justify="right"))
     for name, count in counts.items():
         table.add_row(name, f"{count:,}")
@@ -478,7 +508,7 @@ def erase_user(user_id: str, url: str, yes: bool) -> None:
 
 
 @cli.command("export-user")
-@click.argument("user_id")
+@click.argument("user_id", callback=checked_by(check_user_id))
 @url_option
 @click.option(
     "-o",
@@ -586,9 +616,24 @@ def _progress(what: str, shown: bool) -> Iterator[Callable[[int], None]]:
 )
 @_utc_option("--since", "Only conversations started at or after this time (UTC).")
 @_utc_option("--until", "Only conversations started before this time (UTC).")
-@click.option("--template", metavar="ID", help="Only conversations with a question of it.")
-@click.option("--language", metavar="LANG", help="Only conversations in this language.")
-@click.option("--user", metavar="USER_ID", help="Only this user's conversations.")
+@click.option(
+    "--template",
+    metavar="ID",
+    callback=checked_by(check_template_id),
+    help="Only conversations with a question of it.",
+)
+@click.option(
+    "--language",
+    metavar="LANG",
+    callback=checked_by(check_language),
+    help="Only conversations in this language.",
+)
+@click.option(
+    "--user",
+    metavar="USER_ID",
+    callback=checked_by(check_user_id),
+    help="Only this user's conversations.",
+)
 def export(
     url: str,
     kind: Literal["jsonl", "csv"],
@@ -685,11 +730,14 @@ def import_(file: BinaryIO, url: str, on_conflict: Literal["skip", "replace"]) -
 @click.option("--redis-url", required=True, metavar="URL", help="The old store's Redis.")
 @url_option
 @click.option("--prefix", default="heritage:session:", show_default=True, help="The keys' prefix.")
-@click.option("--db", default=1, show_default=True, help="The Redis database number.")
+@click.option(
+    "--db", type=click.IntRange(min=0), default=1, show_default=True, help="The Redis database."
+)
 @click.option(
     "--session-ttl",
     type=float,
     default=1800,
+    callback=setting_of("session_ttl"),
     show_default=True,
     help="Seconds of life for an entry whose key has no TTL.",
 )

@@ -65,6 +65,7 @@ from .validation import (
     check_optional_text,
     check_owner,
     check_session_id,
+    check_template_id,
     copy_results,
     copy_slots,
 )
@@ -324,10 +325,15 @@ def _filters(
     user: str | None,
 ) -> list[ColumnElement[bool]]:
     """The WHERE clauses on ``conversations`` (outer-joined to ``sessions``) an export asks for:
-    started in [since, until), with a turn of ``template``, in ``language``, of ``user``."""
+    started in [since, until), with a turn of ``template``, in ``language``, of ``user``; each
+    filter checked by the rule the stored value follows, so that a value no conversation can
+    have is an error, not an empty export."""
     for name, moment in (("since", since), ("until", until)):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{name} must be a timezone-aware datetime")
+    template = None if template is None else check_template_id(template)
+    language = None if language is None else check_language(language)
+    user = check_owner(user)
     clauses: list[ColumnElement[bool]] = []
     if since is not None:
         clauses.append(_c.started_at >= since)
@@ -543,6 +549,9 @@ async def export_conversations(
     constant memory; ``progress(written)`` is called every 100 conversations and at the end.
 
     Raises:
+        InvalidSessionId, InvalidTurn: a ``user``, ``language`` or ``template`` that breaks the
+            rules of what is stored (``check_user_id``, ``check_language``,
+            ``check_template_id``), before any SQL.
         ConfigError: a URL or engine convostore cannot use.
         SchemaNotReady: the database lacks the newest migration.
         StoreError: the database failed.

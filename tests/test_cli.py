@@ -585,3 +585,42 @@ async def test_tables_in_a_pipe_keep_words_whole(
         assert text in rows[0], shown.stdout
     assert "Welke archieven zijn er in Enschede?" in rows[1]
     assert shown.stdout.splitlines()[0].endswith(" UTC)")  # the heading is one line too
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["export", "--user", ""], "user_id must not be empty"),
+        (["export", "--user", "gebruiker-é"], "user_id 'gebruiker-é' has characters outside"),
+        (["export", "--language", "x" * 33], "language must be 1 to 32 characters"),
+        (["export-user", "gebruiker-é"], "user_id 'gebruiker-é' has characters outside"),
+        (["erase-user", "gebruiker-é", "--yes"], "user_id 'gebruiker-é' has characters outside"),
+        (["show", "s" * 129], "session id is 129 characters long"),
+    ],
+)
+async def test_ids_and_filters_follow_the_librarys_rules(
+    args: list[str], says: str, url: str, make_repo: MakeRepo, clock: FakeClock
+) -> None:
+    """An id or filter the library refuses is the same one-line error, exit 1, in every
+    command (``export --user ''`` exported nothing, exit 0, while ``erase-user ''`` refused
+    the id)."""
+    await _seed(make_repo, clock)
+    _fails(await _invoke(*args, "--url", url), says)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["sweep", "--retention", "-1"], "transcript_retention: Input should be greater than"),
+        (
+            ["import-redis", "--redis-url", "redis://127.0.0.1:1", "--session-ttl", "0"],
+            "session_ttl: Input should be greater than 0",
+        ),
+    ],
+)
+async def test_settings_follow_the_store_configs_rules(args: list[str], says: str) -> None:
+    """A duration the library's ``StoreConfig`` refuses is a usage error naming the setting,
+    before anything is read (``import-redis --session-ttl 0`` went on to Redis)."""
+    result = await _invoke(*args, "--url", "sqlite+aiosqlite:///nowhere.db")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert says in result.stderr

@@ -32,7 +32,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.baselines import load_seed, seed_path
 from bench.transfer import fill
-from convostore import ConfigError, SchemaNotReady, SessionRepository, StoreConfig
+from convostore import (
+    ConfigError,
+    InvalidSessionId,
+    InvalidTurn,
+    SchemaNotReady,
+    SessionRepository,
+    StoreConfig,
+)
 from convostore.migrate import upgrade_url
 from convostore.redis_import import import_redis
 from convostore.schema import sessions
@@ -696,3 +703,31 @@ async def test_redis_entries_of_the_original_manager_become_sessions(
 async def test_a_redis_url_it_cannot_use_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="redis_url"):
         await import_redis(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}", "http://127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("filters", "error", "says"),
+    [
+        ({"user": ""}, InvalidSessionId, "user_id must not be empty"),
+        ({"user": "gebruiker-é"}, InvalidSessionId, "outside printable ASCII"),
+        ({"language": "x" * 33}, InvalidTurn, "language must be 1 to 32 characters"),
+        ({"template": "a\x00b"}, InvalidTurn, "template_id contains a NUL character"),
+    ],
+)
+async def test_export_filters_follow_the_rules_of_what_is_stored(
+    url: str, filters: dict[str, str], error: type[Exception], says: str
+) -> None:
+    """A filter no stored conversation can match (a user id that breaks the user-id rules,
+    say) is an error before any SQL, not an empty export (it was, while ``erase_user`` refused
+    the same id)."""
+    out = io.StringIO()
+    with pytest.raises(error, match=says):
+        await export_conversations(url, out, **filters)  # type: ignore[arg-type]
+    assert out.getvalue() == ""
+
+
+async def test_import_redis_checks_session_ttl_by_the_settings_rule(url: str) -> None:
+    """``session_ttl`` follows ``StoreConfig``'s rule (above 0): ConfigError, before Redis or
+    the database is reached."""
+    with pytest.raises(ConfigError, match="session_ttl: Input should be greater than 0"):
+        await import_redis(url, "redis://127.0.0.1:1", session_ttl=0)
