@@ -255,9 +255,9 @@ def demo(url: str | None) -> None:
 
     It stores a question, opens a fresh repository on the same database (as a restarted
     worker would), resolves the follow-up "En in Enschede?" from the stored turns, and prints
-    the transcript and an analytics query. It runs on a new SQLite file in a temporary folder
-    unless --url names a database; env CONVOSTORE_DATABASE_URL is not read, so the demo never
-    writes into your database by accident.
+    the transcript and an analytics query. It runs on a new SQLite file in a temporary folder,
+    removed at the end, unless --url names a database; env CONVOSTORE_DATABASE_URL is not
+    read, so the demo never writes into your database by accident.
 
     \b
     Example:

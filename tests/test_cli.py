@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -624,3 +625,23 @@ async def test_settings_follow_the_store_configs_rules(args: list[str], says: st
     result = await _invoke(*args, "--url", "sqlite+aiosqlite:///nowhere.db")
     assert result.exit_code == 2, (result.output, result.exception)
     assert says in result.stderr
+
+
+def test_demo_leaves_no_folder_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's SQLite file goes with its temporary folder when the demo ends (every run
+    left a convostore-demo-* folder behind)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    said = _ok(CliRunner().invoke(cli, ["demo"]))
+    assert f"database: sqlite+aiosqlite:///{tmp_path}/convostore-demo-" in said
+    assert "resolved from the stored turns" in said
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_on_a_bad_url_says_only_what_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``demo --url notaurl`` fails with one line and prints nothing before it (it announced
+    the schema as migrated first)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _fails(CliRunner().invoke(cli, ["demo", "--url", "notaurl"]), "is not a database URL")
+    assert list(tmp_path.iterdir()) == []
