@@ -1,5 +1,6 @@
 """``convostore export``, ``import`` and ``import-redis``: the command line over
-``convostore.transfer``, on both backends (Redis: the real local one, database 13)."""
+``convostore.transfer``, on both backends (Redis: the real local one, in the tests' database,
+see test_transfer.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from test_cli import BIN, _fails, _invoke, _ok, _seed
-from test_transfer import PREFIX, REDIS_URL, _entry, redis_client
+from test_transfer import PREFIX, REDIS_DB, REDIS_URL, _entry, redis_client
 
 from convostore import SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
@@ -112,7 +113,9 @@ async def test_import_redis_moves_the_old_stores_sessions(redis_client: Redis, u
     on stderr with its reason, and the rest goes on."""
     await redis_client.set(f"{PREFIX}kept", _entry("kept"), ex=600)
     await redis_client.set(f"{PREFIX}broken", "{oops", ex=600)
-    result = await _invoke("import-redis", "--redis-url", REDIS_URL, "--db", "13", "--url", url)
+    result = await _invoke(
+        "import-redis", "--redis-url", REDIS_URL, "--db", str(REDIS_DB), "--url", url
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         "imported 1 session (1 turn); 0 already present, 0 replaced, 1 key skipped\n"
