@@ -7,12 +7,15 @@ command parses its options, calls the library and prints what comes back. Every 
 opens a database takes ``--url``, else env ``CONVOSTORE_DATABASE_URL``, else the SQLite file
 ``convostore.db``. A user's mistake (a bad URL or id, a database without the schema, an
 unknown session) is one line on stderr and exit code 1; wrong arguments are click's usage
-error, exit code 2. A new command is one decorated function on ``cli``.
+error, exit code 2. Output to a pipe whose reader leaves (``| head``) ends quietly, exit
+code 0. A file a command writes replaces the old one only once complete
+(``files.replaced``). A new command is one decorated function on ``cli``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -20,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Literal, TextIO, TypeVar
+from typing import IO, Any, BinaryIO, Literal, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -30,14 +33,21 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import admin
-from .config import DATABASE_URL_ENV, DEFAULT_DATABASE_URL, StoreConfig, resolve_database_url
+from .config import (
+    DATABASE_URL_ENV,
+    DEFAULT_DATABASE_URL,
+    StoreConfig,
+    resolve_database_url,
+    setting,
+)
 from .demo import run_demo
-from .errors import ConvostoreError, causes
+from .errors import ConfigError, ConvostoreError, causes
+from .files import replaced
 from .migrate import current_revision_url, migrate_url
 from .models import ConversationTurn
 from .repository import SessionRepository
 from .urls import hide_password
-from .validation import check_user_id
+from .validation import check_language, check_session_id, check_template_id, check_user_id
 
 __all__ = ["cli", "main"]
 
@@ -60,9 +70,33 @@ class _Commands(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
-        except ConvostoreError as exc:
-            raise Failure(str(exc)) from None
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at exit
+            return result
+        except Exception as exc:
+            if not _reader_left(exc):
+                if isinstance(exc, ConvostoreError):
+                    raise Failure(str(exc)) from None
+                raise
+        # The program reading stdout stopped (``| head``): end quietly, as Unix tools do.
+        _discard_stdout()
+        return None
+
+
+def _reader_left(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, writing to a pipe whose reader closed it."""
+    return any(isinstance(cause, BrokenPipeError) for cause in causes(exc))
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's last flush at exit cannot fail again."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file: click's test runner
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
 
 
 def url_option(command: F) -> F:
@@ -81,6 +115,30 @@ def json_option(command: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table."
     )(command)
+
+
+def checked_by(check: Callable[[str], object]) -> Callable[[click.Context, Any, Any], Any]:
+    """A parameter callback that checks an id or filter with the library's rule (``check``,
+    from ``validation``) before the command runs: a value the library refuses is the same
+    one-line error in every command, never an empty result."""
+
+    def callback(_ctx: click.Context, _param: Any, value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return callback
+
+
+def setting_of(name: str) -> Callable[[click.Context, Any, Any], Any]:
+    """A parameter callback that checks a value as ``StoreConfig``'s field ``name``: a value a
+    repository would refuse is a usage error (exit code 2)."""
+
+    def callback(_ctx: click.Context, _param: Any, value: Any) -> Any:
+        try:
+            return setting(name, value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
 def read(url: str, query: Callable[[AsyncEngine], Awaitable[T]]) -> T:
@@ -105,22 +163,36 @@ def with_repository(config: StoreConfig, call: Callable[[SessionRepository], Awa
 
 
 def write_file(path: Path, text: str, *, private: bool = False) -> None:
-    """Write ``text`` to ``path``; ``private``: readable by its owner only (new files). A path
-    that cannot be written is a one-line error."""
+    """Write ``text`` to ``path`` (see ``files.replaced``: an existing file is replaced only
+    once the new one is complete); ``private``: readable by its owner only. A path that
+    cannot be written is a one-line error."""
     try:
-        if private:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(descriptor, "w", encoding="utf-8") as file:
-                file.write(text)
-        else:
-            path.write_text(text, encoding="utf-8")
+        with replaced(path, private=private) as file:
+            file.write(text)
     except OSError as exc:
         raise Failure(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+class _Output(Console):
+    """Rich output on stdout whose closed pipe raises ``BrokenPipeError`` for the group to end
+    quietly (rich's own reaction is exit code 1)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout closed it")
+
+
+_UNLIMITED = 1_000_000
+"""Columns of output that is no terminal: tables as wide as their longest cells."""
+
+
 def console() -> Console:
-    """Rich output on stdout; no syntax highlighting, as the text is data."""
-    return Console(highlight=False)
+    """Rich output on stdout; no syntax highlighting, as the text is data. When stdout is no
+    terminal (a file, a pipe) and env COLUMNS sets no width, nothing wraps, so no word is
+    cut in two and each table row stays on one line for grep."""
+    out = _Output(highlight=False)
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out.width = _UNLIMITED
+    return out
 
 
 def print_json(data: Any) -> None:
@@ -183,9 +255,9 @@ def demo(url: str | None) -> None:
 
     It stores a question, opens a fresh repository on the same database (as a restarted
     worker would), resolves the follow-up "En in Enschede?" from the stored turns, and prints
-    the transcript and an analytics query. It runs on a new SQLite file in a temporary folder
-    unless --url names a database; env CONVOSTORE_DATABASE_URL is not read, so the demo never
-    writes into your database by accident.
+    the transcript and an analytics query. It runs on a new SQLite file in a temporary folder,
+    removed at the end, unless --url names a database; env CONVOSTORE_DATABASE_URL is not
+    read, so the demo never writes into your database by accident.
 
     \b
     Example:
@@ -270,7 +342,7 @@ def stats(url: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("session_id")
+@click.argument("session_id", callback=checked_by(check_session_id))
 @url_option
 @click.option(
     "--all",
@@ -362,8 +434,9 @@ _RETENTION = float(StoreConfig.model_fields["transcript_retention"].default)
 @url_option
 @click.option(
     "--retention",
-    type=click.FloatRange(min=0),
+    type=float,
     default=_RETENTION,
+    callback=setting_of("transcript_retention"),
     metavar="SECONDS",
     help=(
         "Transcript retention: ended conversations whose last activity is older go. Give "
@@ -407,7 +480,7 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
 
 
 @cli.command("erase-user")
-@click.argument("user_id")
+@click.argument("user_id", callback=checked_by(check_user_id))
 @url_option
 @click.option("--yes", "-y", is_flag=True, help="Erase without asking first.")
 def erase_user(user_id: str, url: str, yes: bool) -> None:
@@ -421,14 +494,13 @@ def erase_user(user_id: str, url: str, yes: bool) -> None:
     Example:
       convostore erase-user u-17 --yes --url postgresql+asyncpg://app@db/app
     """
-    uid = check_user_id(user_id)
     config = admin.command_config(url)
-    question = f"Erase every conversation of user {uid!r} on {hide_password(url)} for good?"
+    question = f"Erase every conversation of user {user_id!r} on {hide_password(url)} for good?"
     if not yes and not click.confirm(question, err=True):
         raise Failure("nothing was erased")
-    counts = with_repository(config, lambda repo: repo.erase_user(uid))
+    counts = with_repository(config, lambda repo: repo.erase_user(user_id))
     out = console()
-    out.print(Text(f"erased user {uid!r} on {hide_password(url)}"))
+    out.print(Text(f"erased user {user_id!r} on {hide_password(url)}"))
     table = Table("table", Column("rows deleted", justify="right"))
     for name, count in counts.items():
         table.add_row(name, f"{count:,}")
@@ -436,7 +508,7 @@ def erase_user(user_id: str, url: str, yes: bool) -> None:
 
 
 @cli.command("export-user")
-@click.argument("user_id")
+@click.argument("user_id", callback=checked_by(check_user_id))
 @url_option
 @click.option(
     "-o",
@@ -544,9 +616,24 @@ def _progress(what: str, shown: bool) -> Iterator[Callable[[int], None]]:
 )
 @_utc_option("--since", "Only conversations started at or after this time (UTC).")
 @_utc_option("--until", "Only conversations started before this time (UTC).")
-@click.option("--template", metavar="ID", help="Only conversations with a question of it.")
-@click.option("--language", metavar="LANG", help="Only conversations in this language.")
-@click.option("--user", metavar="USER_ID", help="Only this user's conversations.")
+@click.option(
+    "--template",
+    metavar="ID",
+    callback=checked_by(check_template_id),
+    help="Only conversations with a question of it.",
+)
+@click.option(
+    "--language",
+    metavar="LANG",
+    callback=checked_by(check_language),
+    help="Only conversations in this language.",
+)
+@click.option(
+    "--user",
+    metavar="USER_ID",
+    callback=checked_by(check_user_id),
+    help="Only this user's conversations.",
+)
 def export(
     url: str,
     kind: Literal["jsonl", "csv"],
@@ -585,30 +672,25 @@ def export(
             )
 
     if out == "-":
-        try:
-            write_to(sys.stdout, shown=False)
-        except (OSError, ConvostoreError) as exc:
-            if not _reader_left(exc):
-                raise
-            # The program reading stdout stopped (``| head``): end quietly, as Unix tools do,
-            # and point stdout at /dev/null so that Python's last flush cannot fail again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        write_to(sys.stdout, shown=False)
         return
     try:
-        with open(out, "w", encoding="utf-8", newline="") as file:
+        with replaced(out, newline="") as file:
             written = write_to(file, shown=Console(stderr=True).is_terminal)
     except OSError as exc:
         raise Failure(f"cannot write {out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {out}: {_plural(written, 'conversation')}")
 
 
-def _reader_left(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or was caused by, writing to a pipe whose reader closed it."""
-    return any(isinstance(cause, BrokenPipeError) for cause in causes(exc))
+def _list_on_stderr(items: Sequence[tuple[str, str]]) -> None:
+    """What was not imported and why, a line each on stderr: every one, so that a script
+    can find them all."""
+    for where, reason in items:
+        click.echo(f"  {where}: {reason}", err=True)
 
 
 @cli.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 @url_option
 @click.option(
     "--on-conflict",
@@ -617,9 +699,13 @@ def _reader_left(exc: BaseException) -> bool:
     show_default=True,
     help="A conversation already stored (same session id and start): keep it, or replace it.",
 )
-def import_(file: TextIO, url: str, on_conflict: Literal["skip", "replace"]) -> None:
+def import_(file: BinaryIO, url: str, on_conflict: Literal["skip", "replace"]) -> None:
     """Import conversations from a JSONL export (- reads stdin). Importing a file twice
-    changes nothing; malformed lines are reported and passed over.
+    changes nothing.
+
+    The file is UTF-8 (a byte order mark at its start is accepted). A line that is not
+    UTF-8, not JSON or not a conversation is reported on stderr with its number and passed
+    over; the rest is imported.
 
     \b
     Example:
@@ -637,19 +723,21 @@ def import_(file: TextIO, url: str, on_conflict: Literal["skip", "replace"]) -> 
         f"{counts.skipped} already stored, {counts.replaced} replaced, "
         f"{_plural(len(counts.problems), 'line')} not imported"
     )
-    for problem in counts.problems[:20]:
-        click.echo(f"  line {problem.line}: {problem.reason}", err=True)
+    _list_on_stderr([(f"line {problem.line}", problem.reason) for problem in counts.problems])
 
 
 @cli.command("import-redis")
 @click.option("--redis-url", required=True, metavar="URL", help="The old store's Redis.")
 @url_option
 @click.option("--prefix", default="heritage:session:", show_default=True, help="The keys' prefix.")
-@click.option("--db", default=1, show_default=True, help="The Redis database number.")
+@click.option(
+    "--db", type=click.IntRange(min=0), default=1, show_default=True, help="The Redis database."
+)
 @click.option(
     "--session-ttl",
     type=float,
     default=1800,
+    callback=setting_of("session_ttl"),
     show_default=True,
     help="Seconds of life for an entry whose key has no TTL.",
 )
@@ -694,8 +782,7 @@ def import_redis_command(
         f"{done.already_present} already present, {done.replaced} replaced, "
         f"{_plural(len(done.skipped), 'key')} skipped"
     )
-    for skipped in done.skipped[:20]:
-        click.echo(f"  {skipped.key}: {skipped.reason}", err=True)
+    _list_on_stderr([(skipped.key, skipped.reason) for skipped in done.skipped])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

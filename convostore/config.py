@@ -28,6 +28,7 @@ __all__ = [
     "ENV_PREFIX",
     "StoreConfig",
     "resolve_database_url",
+    "setting",
 ]
 
 ENV_PREFIX = "CONVOSTORE_"
@@ -258,3 +259,20 @@ class StoreConfig(BaseSettings):
                 )
                 data = {k: v for k, v in data.items() if k not in _LEGACY_REDIS_FIELDS}
         return data
+
+
+def setting(name: str, value: object) -> Any:
+    """``value`` as ``StoreConfig`` takes its field ``name``, checked by the same rules (None:
+    the field's default), for a function or command that uses one setting on its own.
+
+    Raises:
+        ConfigError: ``value`` breaks the field's rules; the message names the field.
+    """
+    if value is None:
+        return StoreConfig.model_fields[name].default
+    try:
+        config = StoreConfig.model_validate({name: value})
+    except ValidationError as exc:
+        reasons = "; ".join(error["msg"] for error in exc.errors(include_url=False))
+        raise ConfigError(f"{name}: {reasons}") from None
+    return getattr(config, name)

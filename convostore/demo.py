@@ -42,14 +42,24 @@ def _resolve_follow_up(state: ConversationState, place: str) -> tuple[str, str, 
 
 
 async def run_demo(url: str | None = None, echo: Callable[[str], None] = print) -> None:
-    """Run the scripted conversation against ``url`` (default: a new SQLite file)."""
-    if url is None:
-        path = Path(tempfile.mkdtemp(prefix="convostore-demo-")) / "convostore.db"
-        url = f"sqlite+aiosqlite:///{path}"
-    config = StoreConfig(database_url=url, auto_migrate=True, cleanup_interval=0)
-    echo(f"database: {hide_password(url)} (schema migrated on the spot)\n")
+    """Run the scripted conversation against ``url``; by default on a new SQLite file in a
+    temporary folder, removed afterwards (whether the demo ends or fails).
 
+    Raises:
+        ConfigError: a URL convostore cannot use, before anything is printed.
+    """
+    if url is not None:
+        await _converse(url, echo)
+        return
+    with tempfile.TemporaryDirectory(prefix="convostore-demo-") as folder:
+        await _converse(f"sqlite+aiosqlite:///{Path(folder) / 'convostore.db'}", echo)
+
+
+async def _converse(url: str, echo: Callable[[str], None]) -> None:
+    """The conversation, in two repositories one after the other on the database at ``url``."""
+    config = StoreConfig(database_url=url, auto_migrate=True, cleanup_interval=0)
     async with SessionRepository(config) as repo:
+        echo(f"database: {hide_password(url)} (schema migrated to the newest revision)\n")
         session_id, _ = await repo.get_or_create()
         question = "Welke archieven zijn er in Utrecht?"
         answer, count = _ANSWERS["Utrecht"]

@@ -447,9 +447,11 @@ class SessionRepository:
         stored together or not at all. The user turn's slots merge into ``current_slots`` and
         its template becomes ``current_template_id``.
 
-        ``idempotency_key`` (session-id rules): a second call with the same key on the same
-        session stores nothing and returns the session's state. Without one, convostore makes
-        its own, so its own retries after a lost connection never store an exchange twice.
+        ``idempotency_key`` (session-id rules): a second call with the same key in the same
+        conversation stores nothing and returns the session's state (once the session has
+        ended, a new conversation under its id stores the same key again). Without one,
+        convostore makes its own, so its own retries after a lost connection never store an
+        exchange twice.
 
         ``user_id``: a session this call creates belongs to that user, and a live session of
         another owner (or of none) is never written (``NotSessionOwner``).

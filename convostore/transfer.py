@@ -6,7 +6,8 @@ writes through the same plans).
   turns, slots) read one snapshot and are merged as they go, so memory stays flat however many
   turns there are.
 - ``import_conversations``: that JSON Lines back, in batched transactions of executemany
-  inserts; a malformed line is reported with its reason and the rest goes on.
+  inserts; a malformed line (not UTF-8, not JSON, not a conversation) is reported with its
+  number and reason and the rest goes on.
 
 The imports write the rows the repository would have written (conversation, session, turns,
 slots) and leave the rest to the schema's triggers. Conversation ids are kept where free; on
@@ -64,6 +65,7 @@ from .validation import (
     check_optional_text,
     check_owner,
     check_session_id,
+    check_template_id,
     copy_results,
     copy_slots,
 )
@@ -323,10 +325,15 @@ def _filters(
     user: str | None,
 ) -> list[ColumnElement[bool]]:
     """The WHERE clauses on ``conversations`` (outer-joined to ``sessions``) an export asks for:
-    started in [since, until), with a turn of ``template``, in ``language``, of ``user``."""
+    started in [since, until), with a turn of ``template``, in ``language``, of ``user``; each
+    filter checked by the rule the stored value follows, so that a value no conversation can
+    have is an error, not an empty export."""
     for name, moment in (("since", since), ("until", until)):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{name} must be a timezone-aware datetime")
+    template = None if template is None else check_template_id(template)
+    language = None if language is None else check_language(language)
+    user = check_owner(user)
     clauses: list[ColumnElement[bool]] = []
     if since is not None:
         clauses.append(_c.started_at >= since)
@@ -542,6 +549,9 @@ async def export_conversations(
     constant memory; ``progress(written)`` is called every 100 conversations and at the end.
 
     Raises:
+        InvalidSessionId, InvalidTurn: a ``user``, ``language`` or ``template`` that breaks the
+            rules of what is stored (``check_user_id``, ``check_language``,
+            ``check_template_id``), before any SQL.
         ConfigError: a URL or engine convostore cannot use.
         SchemaNotReady: the database lacks the newest migration.
         StoreError: the database failed.
@@ -842,9 +852,31 @@ async def _plan(
     return plan
 
 
+def _line_text(line: str | bytes, number: int) -> str:
+    """A line's text: bytes are decoded as UTF-8, and a byte order mark at the start of the
+    file, which some editors write, is dropped. Raises ``ValueError`` saying what is wrong."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            byte = line[exc.start]
+            raise ValueError(
+                f"not UTF-8: byte 0x{byte:02x} at position {exc.start + 1} (convert the file "
+                "to UTF-8)"
+            ) from None
+    if line.startswith("\ufeff"):
+        if number > 1:
+            raise ValueError(
+                "starts with a byte order mark (U+FEFF), which only the first line may have "
+                "(files joined together?)"
+            )
+        line = line[1:]
+    return line
+
+
 async def import_conversations(
     engine_or_url: AsyncEngine | str,
-    lines: Iterable[str],
+    lines: Iterable[str | bytes],
     *,
     on_conflict: Literal["skip", "replace"] = "skip",
     progress: Progress | None = None,
@@ -852,9 +884,12 @@ async def import_conversations(
 ) -> ImportCounts:
     """Import JSON Lines as ``export_conversations`` writes them; returns the counts.
 
-    Each line is checked (``ConversationRecord``); a malformed one is reported in
-    ``problems`` with its line number and reason, and the import goes on. Lines are written
-    in batches (500 conversations or about 10,000 turns), each one transaction. A
+    ``lines`` are text, or bytes decoded as UTF-8 line by line (give a file opened in binary
+    mode, so that a line in another encoding is one problem, not the end of the import); a byte
+    order mark at the start of the first line is passed over. Each line is checked
+    (``ConversationRecord``); a malformed one (not UTF-8, not JSON, not a conversation) is
+    reported in ``problems`` with its line number and reason, and the import goes on. Lines
+    are written in batches (500 conversations or about 10,000 turns), each one transaction. A
     conversation already stored (same session id and ``started_at``) is left as it is
     (``on_conflict="skip"``, so importing a file twice changes nothing) or deleted and written
     anew (``"replace"``). Conversation ids are kept unless taken; live conversations get
@@ -876,10 +911,15 @@ async def import_conversations(
         batch_turns = 0
         number = 0
         for number, line in enumerate(lines, start=1):
-            if not line.strip():
+            try:
+                text = _line_text(line, number)
+            except ValueError as exc:
+                counts.problems.append(LineProblem(number, str(exc)))
+                continue
+            if not text.strip():
                 continue
             try:
-                record = ConversationRecord.model_validate_json(line)
+                record = ConversationRecord.model_validate_json(text)
             except ValidationError as exc:
                 counts.problems.append(LineProblem(number, validation_reason(exc)))
                 continue

@@ -23,6 +23,7 @@ __all__ = [
     "check_language",
     "check_optional_text",
     "check_session_id",
+    "check_template_id",
     "check_text",
     "check_turn",
     "check_user_id",
@@ -98,6 +99,12 @@ def check_language(value: object) -> str:
     if not 0 < len(language) <= MAX_LANGUAGE_LENGTH:
         raise InvalidTurn(f"language must be 1 to {MAX_LANGUAGE_LENGTH} characters long")
     return language
+
+
+def check_template_id(value: object) -> str:
+    """A template id to look for (an export's filter): text the database can hold. The size
+    limit is a repository's setting, so none applies here."""
+    return _check_storable("template_id", value)
 
 
 def copy_slots(field: str, slots: object, limits: Limits) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """A chat service on convostore with FastAPI: follow-up questions answered from the stored turns.
 
-    pip install convostore fastapi uvicorn      # and "convostore[postgres]" for PostgreSQL
+    pip install ".[postgres]" fastapi uvicorn   # in the convostore checkout; "." for SQLite only
     uvicorn fastapi_app:app --app-dir examples
 
 - ``POST /chat`` with ``{"question": ..., "session_id": ...}`` (the id optional) answers and

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib.metadata import version
@@ -332,6 +333,32 @@ async def test_export_user(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_
     )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "-o"],
+        ["export", "--format", "csv", "-o"],
+        ["report", "-o"],
+        ["export-user", "u-1", "-o"],
+    ],
+)
+def test_a_failed_command_keeps_the_file_it_would_replace(
+    command: list[str], backend: str, empty_url: str, tmp_path: Path
+) -> None:
+    """A URL with a typo in the database's name (here: a database without the schema) fails
+    the command, and the file an earlier run wrote is still there, whole, with no temporary
+    file beside it. (``export`` emptied it before connecting.)"""
+    if backend == "sqlite":
+        Path(empty_url.removeprefix("sqlite+aiosqlite:///")).touch()
+    out = tmp_path / "earlier" / "previous.out"
+    out.parent.mkdir()
+    out.write_text("the previous export\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, [*command, str(out), "--url", empty_url])
+    _fails(result, "convostore schema")
+    assert out.read_text(encoding="utf-8") == "the previous export\n"
+    assert [path.name for path in out.parent.iterdir()] == ["previous.out"]
+
+
 EXTERNAL = re.compile(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
 
@@ -492,3 +519,129 @@ async def test_console_script(url: str, make_repo: MakeRepo, clock: FakeClock) -
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["turns"] == 10
+
+
+def _run_piped(args: list[str], cwd: Path, *, read: bool) -> subprocess.CompletedProcess[str]:
+    """The installed script with stdout a pipe and no COLUMNS: read to the end, or closed at
+    once, before the command writes (as ``| head -0`` would)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("COLUMNS", "LINES", "CONVOSTORE_DATABASE_URL")
+    }
+    with subprocess.Popen(
+        [str(BIN / "convostore"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        output = process.stdout.read() if read else ""
+        process.stdout.close()
+        errors = process.stderr.read()
+        return subprocess.CompletedProcess(args, process.wait(timeout=60), output, errors)
+
+
+PRINTING = {
+    **DB_COMMANDS,
+    "show --json": ["show", "live-session", "--json"],
+    "stats --json": ["stats", "--json"],
+    "export": ["export"],
+    "import": ["import", "empty.jsonl"],
+    "migrate current": ["migrate", "current"],
+    "demo": ["demo"],
+}
+"""Every command that prints to stdout."""
+
+
+@pytest.mark.parametrize("command", list(PRINTING))
+async def test_every_command_ends_quietly_when_the_reader_leaves(
+    command: str, url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path
+) -> None:
+    """``convostore ... | head``: a reader that closes the pipe ends the command with exit
+    code 0 and nothing on stderr, as ``export`` did (the others exited 1)."""
+    await _seed(make_repo, clock)
+    await asyncio.to_thread((tmp_path / "empty.jsonl").write_text, "")
+    args = PRINTING[command] + ([] if command == "demo" else ["--url", url])
+    done = await asyncio.to_thread(_run_piped, args, tmp_path, read=False)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+async def test_tables_in_a_pipe_keep_words_whole(
+    url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Printed to a pipe (no terminal, no COLUMNS), a table is as wide as its cells: no word
+    is cut, each turn's text is on one line (at rich's 80 columns they wrapped mid-word)."""
+    await _seed(make_repo, clock)
+    shown = await asyncio.to_thread(
+        _run_piped, ["show", "live-session", "--url", url], tmp_path, read=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    rows = [line for line in shown.stdout.splitlines() if "│ user " in line]
+    assert len(rows) == 2, shown.stdout
+    for text in ("Welke archieven zijn er in Utrecht?", "archives_in_place", "place=Utrecht"):
+        assert text in rows[0], shown.stdout
+    assert "Welke archieven zijn er in Enschede?" in rows[1]
+    assert shown.stdout.splitlines()[0].endswith(" UTC)")  # the heading is one line too
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["export", "--user", ""], "user_id must not be empty"),
+        (["export", "--user", "gebruiker-é"], "user_id 'gebruiker-é' has characters outside"),
+        (["export", "--language", "x" * 33], "language must be 1 to 32 characters"),
+        (["export-user", "gebruiker-é"], "user_id 'gebruiker-é' has characters outside"),
+        (["erase-user", "gebruiker-é", "--yes"], "user_id 'gebruiker-é' has characters outside"),
+        (["show", "s" * 129], "session id is 129 characters long"),
+    ],
+)
+async def test_ids_and_filters_follow_the_librarys_rules(
+    args: list[str], says: str, url: str, make_repo: MakeRepo, clock: FakeClock
+) -> None:
+    """An id or filter the library refuses is the same one-line error, exit 1, in every
+    command (``export --user ''`` exported nothing, exit 0, while ``erase-user ''`` refused
+    the id)."""
+    await _seed(make_repo, clock)
+    _fails(await _invoke(*args, "--url", url), says)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["sweep", "--retention", "-1"], "transcript_retention: Input should be greater than"),
+        (
+            ["import-redis", "--redis-url", "redis://127.0.0.1:1", "--session-ttl", "0"],
+            "session_ttl: Input should be greater than 0",
+        ),
+    ],
+)
+async def test_settings_follow_the_store_configs_rules(args: list[str], says: str) -> None:
+    """A duration the library's ``StoreConfig`` refuses is a usage error naming the setting,
+    before anything is read (``import-redis --session-ttl 0`` went on to Redis)."""
+    result = await _invoke(*args, "--url", "sqlite+aiosqlite:///nowhere.db")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert says in result.stderr
+
+
+def test_demo_leaves_no_folder_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's SQLite file goes with its temporary folder when the demo ends (every run
+    left a convostore-demo-* folder behind)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    said = _ok(CliRunner().invoke(cli, ["demo"]))
+    assert f"database: sqlite+aiosqlite:///{tmp_path}/convostore-demo-" in said
+    assert "resolved from the stored turns" in said
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_on_a_bad_url_says_only_what_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``demo --url notaurl`` fails with one line and prints nothing before it (it announced
+    the schema as migrated first)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _fails(CliRunner().invoke(cli, ["demo", "--url", "notaurl"]), "is not a database URL")
+    assert list(tmp_path.iterdir()) == []

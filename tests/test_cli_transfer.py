@@ -1,5 +1,6 @@
 """``convostore export``, ``import`` and ``import-redis``: the command line over
-``convostore.transfer``, on both backends (Redis: the real local one, database 13)."""
+``convostore.transfer``, on both backends (Redis: the real local one, in the tests' database,
+see test_transfer.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 from conftest import FakeClock, MakeRepo
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from test_cli import BIN, _fails, _invoke, _ok, _seed
-from test_transfer import PREFIX, REDIS_URL, _entry, redis_client
+from test_transfer import PREFIX, REDIS_DB, REDIS_URL, _entry, redis_client
 
 from convostore import SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
@@ -110,7 +113,9 @@ async def test_import_redis_moves_the_old_stores_sessions(redis_client: Redis, u
     on stderr with its reason, and the rest goes on."""
     await redis_client.set(f"{PREFIX}kept", _entry("kept"), ex=600)
     await redis_client.set(f"{PREFIX}broken", "{oops", ex=600)
-    result = await _invoke("import-redis", "--redis-url", REDIS_URL, "--db", "13", "--url", url)
+    result = await _invoke(
+        "import-redis", "--redis-url", REDIS_URL, "--db", str(REDIS_DB), "--url", url
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         "imported 1 session (1 turn); 0 already present, 0 replaced, 1 key skipped\n"
@@ -120,3 +125,63 @@ async def test_import_redis_moves_the_old_stores_sessions(redis_client: Redis, u
         state = await repo.get("kept")
     assert state is not None
     assert [turn.content for turn in state.turns] == ["Vraag"]
+
+
+def _record(session_id: str) -> bytes:
+    """A well-formed line: an ended conversation without turns."""
+    line = {
+        "session_id": session_id,
+        "conversation_id": 1,
+        "started_at": "2026-11-30T10:00:00+00:00",
+        "ended_at": "2026-11-30T10:05:00+00:00",
+        "language": "nl",
+        "turns": [],
+    }
+    return json.dumps(line).encode()
+
+
+async def test_import_reports_every_malformed_line_and_imports_the_rest(
+    backend: str, empty_url: str, tmp_path: Path
+) -> None:
+    """A byte order mark at the start of the file is accepted; a line in Latin-1, one with a
+    byte order mark in the middle of the file, and lines that are not JSON or not a
+    conversation are each named with their number and reason on stderr, and every good line
+    after them is imported too. (A line that was not UTF-8 ended the import in a traceback,
+    the lines before it committed.)"""
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        b"\n".join(
+            [
+                b"\xef\xbb\xbf" + _record("bom-at-start"),
+                _record("latin-1-\xe9").replace(b"latin-1-\\u00e9", b"latin-1-\xe9"),
+                _record("after-latin-1"),
+                b"\xef\xbb\xbf" + _record("bom-inside"),
+                b"[1, 2]",
+                b"{oops",
+                b"",
+                _record("last"),
+            ]
+        )
+        + b"\n"
+    )
+    target = await _target(backend, empty_url)
+    result = await _invoke("import", str(path), "--url", target)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.startswith("imported 3 conversations (0 turns")
+    assert result.stdout.endswith(", 4 lines not imported\n")
+    problems = result.stderr.splitlines()
+    assert [line.split(":")[0] for line in problems] == [
+        "  line 2",
+        "  line 4",
+        "  line 5",
+        "  line 6",
+    ]
+    assert "not UTF-8: byte 0xe9" in problems[0]
+    assert "byte order mark" in problems[1]
+    engine = create_async_engine(target)
+    try:
+        async with engine.connect() as conn:
+            stored = await conn.scalars(text("SELECT session_id FROM conversations"))
+            assert sorted(stored) == ["after-latin-1", "bom-at-start", "last"]
+    finally:
+        await engine.dispose()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
+import shlex
 import subprocess
 import sys
+from importlib.metadata import metadata
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +278,34 @@ def test_installed_package_ships_migrations() -> None:
     assert script_location() == package / "_migrations"
     assert (package / "_migrations" / "env.py").is_file()
     assert list((package / "_migrations" / "versions").glob("0001_*.py"))
+
+
+INSTRUCTIONS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+INSTRUCTIONS += sorted((ROOT / "examples").glob("*.py"))
+"""The files whose install lines a new user copies."""
+PIP_INSTALL = re.compile(r"pip install ([^`\n#]+)")
+FROM_HERE = re.compile(r"^(?:\.|/|dist/|convostore\[[a-z,]+\] @ file:///)")
+"""A requirement that installs convostore from the checkout, a path or a built wheel."""
+
+
+def test_install_lines_name_the_checkout_or_a_wheel() -> None:
+    """convostore is on no package index, so every ``pip install`` line of the README, docs and
+    examples installs it from the checkout, a file URL or a wheel, never by its bare name
+    (``pip install "convostore[postgres]"`` fails on a machine without it); and every extra
+    they name exists."""
+    extras = set(metadata("convostore").get_all("Provides-Extra") or [])
+    assert {"postgres", "redis", "otel"} <= extras
+    found = []
+    for path in INSTRUCTIONS:
+        for line in PIP_INSTALL.findall(path.read_text(encoding="utf-8")):
+            command = re.split(r"&&|;|\|", line)[0]
+            where = f"{path.name}: pip install {command.strip()}"
+            for requirement in shlex.split(command):
+                wanted = re.search(r"\[([a-z,]+)\]", requirement)
+                if requirement.startswith("-") or not (wanted or "convostore" in requirement):
+                    continue  # an option, or another package
+                assert FROM_HERE.match(requirement) or ".whl" in requirement, where
+                assert wanted is None or set(wanted[1].split(",")) <= extras, where
+                found.append(requirement)
+    assert ".[postgres]" in found
+    assert "convostore[postgres] @ file:///path/to/convostore" in found

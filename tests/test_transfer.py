@@ -2,10 +2,11 @@
 SessionManager's Redis entries, on both backends.
 
 The Redis tests run against the real Redis at env ``CONVOSTORE_TEST_REDIS_URL`` (default
-``redis://127.0.0.1:6379``), in its database 13, which they flush before and after; entries are
-written by the original manager's own code (``../shared/seed/session_manager.py`` or env
-``CONVOSTORE_SEED_PATH``). They are skipped, saying why, when Redis cannot be reached or the
-original's source is not there.
+``redis://127.0.0.1:6379``), in its database env ``CONVOSTORE_TEST_REDIS_DB`` (default 13),
+which they empty before and after each test; a database that holds keys of anyone else is
+never emptied: the tests skip, saying so. Entries are written by the original manager's own
+code (``../shared/seed/session_manager.py`` or env ``CONVOSTORE_SEED_PATH``). They are
+skipped, saying why, when Redis cannot be reached or the original's source is not there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 import tracemalloc
 import warnings
@@ -32,7 +35,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.baselines import load_seed, seed_path
 from bench.transfer import fill
-from convostore import ConfigError, SchemaNotReady, SessionRepository, StoreConfig
+from convostore import (
+    ConfigError,
+    InvalidSessionId,
+    InvalidTurn,
+    SchemaNotReady,
+    SessionRepository,
+    StoreConfig,
+)
 from convostore.migrate import upgrade_url
 from convostore.redis_import import import_redis
 from convostore.schema import sessions
@@ -527,27 +537,41 @@ async def test_export_memory_does_not_grow_with_the_data(url: str) -> None:
 # --- the original manager's Redis entries ---------------------------------------------------
 
 REDIS_URL = os.environ.get("CONVOSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = 13
+REDIS_DB_ENV = "CONVOSTORE_TEST_REDIS_DB"
+REDIS_DB = int(os.environ.get(REDIS_DB_ENV, "13"))
 PREFIX = "heritage:session:"
+OURS = "convostore-tests:in-use"
+"""A key the Redis tests keep in their database while they use it: a database that holds
+keys, but not this one, is someone else's, and is never emptied."""
 
 
 @pytest.fixture
 async def redis_client() -> AsyncIterator[Redis]:
-    """Database 13 of the test Redis, empty; skips the test if Redis is unreachable."""
+    """The tests' Redis database, emptied; skips the test if Redis is unreachable, or if the
+    database holds keys that are not the tests' own."""
     client = Redis.from_url(REDIS_URL, db=REDIS_DB, socket_connect_timeout=2)
     try:
         await client.ping()
+        foreign = await client.dbsize() and not await client.exists(OURS)
     except (RedisError, OSError) as exc:
         await client.aclose()
         pytest.skip(f"Redis at {REDIS_URL} (env CONVOSTORE_TEST_REDIS_URL) is unreachable: {exc}")
+    if foreign:
+        await client.aclose()
+        pytest.skip(
+            f"Redis database {REDIS_DB} at {REDIS_URL} holds keys that are not the tests', "
+            f"and the tests empty the database they use: set env {REDIS_DB_ENV} to the "
+            "number of an empty one"
+        )
     await client.flushdb()
+    await client.set(OURS, "1")
     yield client
     await client.flushdb()
     await client.aclose()
 
 
 async def _original_sessions(redis_client: Redis) -> dict[str, Any]:
-    """Sessions written by the original manager itself (redis_db=13): returns their states.
+    """Sessions written by the original manager itself (in ``REDIS_DB``): returns their states.
 
     Its redis calls are deprecated ones (setex, close): under pytest's "error" filter they
     would raise, and the original would log that and write nothing, so the warnings are off."""
@@ -696,3 +720,79 @@ async def test_redis_entries_of_the_original_manager_become_sessions(
 async def test_a_redis_url_it_cannot_use_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="redis_url"):
         await import_redis(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}", "http://127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("filters", "error", "says"),
+    [
+        ({"user": ""}, InvalidSessionId, "user_id must not be empty"),
+        ({"user": "gebruiker-é"}, InvalidSessionId, "outside printable ASCII"),
+        ({"language": "x" * 33}, InvalidTurn, "language must be 1 to 32 characters"),
+        ({"template": "a\x00b"}, InvalidTurn, "template_id contains a NUL character"),
+    ],
+)
+async def test_export_filters_follow_the_rules_of_what_is_stored(
+    url: str, filters: dict[str, str], error: type[Exception], says: str
+) -> None:
+    """A filter no stored conversation can match (a user id that breaks the user-id rules,
+    say) is an error before any SQL, not an empty export (it was, while ``erase_user`` refused
+    the same id)."""
+    out = io.StringIO()
+    with pytest.raises(error, match=says):
+        await export_conversations(url, out, **filters)  # type: ignore[arg-type]
+    assert out.getvalue() == ""
+
+
+async def test_import_redis_checks_session_ttl_by_the_settings_rule(url: str) -> None:
+    """``session_ttl`` follows ``StoreConfig``'s rule (above 0): ConfigError, before Redis or
+    the database is reached."""
+    with pytest.raises(ConfigError, match="session_ttl: Input should be greater than 0"):
+        await import_redis(url, "redis://127.0.0.1:1", session_ttl=0)
+
+
+def test_redis_tests_leave_someone_elses_database_alone() -> None:
+    """With env CONVOSTORE_TEST_REDIS_DB naming a database that holds another program's key,
+    the Redis tests skip, saying why, and the key is still there (they emptied database 13,
+    whatever it held)."""
+    from redis import Redis as SyncRedis
+
+    def database(number: int) -> SyncRedis:
+        return SyncRedis.from_url(REDIS_URL, db=number, socket_connect_timeout=2)
+
+    try:
+        spare = next(n for n in range(16) if n != REDIS_DB and not database(n).dbsize())
+    except (RedisError, OSError) as exc:
+        pytest.skip(f"Redis at {REDIS_URL} (env CONVOSTORE_TEST_REDIS_URL) is unreachable: {exc}")
+    except StopIteration:
+        pytest.skip(f"every database of the Redis at {REDIS_URL} holds keys")
+    theirs = database(spare)
+    theirs.set("another-program:setting", "keep me")
+    try:
+        test = "tests/test_cli_transfer.py::test_import_redis_moves_the_old_stores_sessions"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-rs",
+                "-m",
+                "sqlite",
+                "-p",
+                "no:cacheprovider",
+                test,
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, REDIS_DB_ENV: str(spare)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "1 skipped" in done.stdout, done.stdout
+        assert f"Redis database {spare} at {REDIS_URL} holds keys that are not the tests'" in (
+            done.stdout
+        )
+        assert theirs.get("another-program:setting") == b"keep me"
+    finally:
+        theirs.delete("another-program:setting")
+        theirs.close()

@@ -4,9 +4,10 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-01
 
-- ``turns.idempotency_key``: every append stores one on its first turn, unique per session, so
-  a write whose outcome was unknown (the connection died after the statement was sent) can be
-  sent again without storing the exchange twice. Existing turns keep NULL.
+- ``turns.idempotency_key``: every append stores one on its first turn, unique within the
+  session at this revision (0003 makes it unique per conversation), so a write whose outcome
+  was unknown (the connection died after the statement was sent) can be sent again without
+  storing the exchange twice. Existing turns keep NULL.
 - Change feed, so other workers can evict what they cached: on PostgreSQL a trigger sends
   ``NOTIFY convostore_changes`` with ``<version> <session_id>`` whenever a session's version
   moves or the session is deleted (``*`` for a deletion); on SQLite the same triggers append
