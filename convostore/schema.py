@@ -151,7 +151,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
-"""JSON on SQLite, JSONB on PostgreSQL."""
+"""JSON on SQLite, JSONB on PostgreSQL: for ``current_slots``, which PostgreSQL merges with
+``||`` (its values are strings, which JSONB keeps as they are; key order, which it does not
+keep, is name order on every read)."""
+
+JSONText = JSON()
+"""JSON kept as the text written, on SQLite and PostgreSQL (``json``, not ``jsonb``): for
+``results``, which must read back exactly as written. JSONB would turn ``1e20`` into an int,
+``-0.0`` into ``0.0`` and reorder keys, so a cold read would differ from what the writer
+cached."""
 
 ConversationKey = BigInteger().with_variant(Integer(), "sqlite")
 """A 64-bit conversation id: from the sequence ``conversation_ids`` on PostgreSQL, the next
@@ -215,7 +223,7 @@ turns = Table(
     Column("content", Text(), nullable=False),
     Column("resolved_question", Text(), nullable=True),
     Column("template_id", Text(), nullable=True),
-    Column("results", JSONDocument, nullable=False),
+    Column("results", JSONText, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("idempotency_key", String(MAX_SESSION_ID_LENGTH), nullable=True),
     PrimaryKeyConstraint("session_id", "conversation_id", "seq"),
