@@ -8,22 +8,26 @@ carry is refused with ``InvalidTurn`` before any SQL.
 from __future__ import annotations
 
 import enum
+import io
+import json
 import os
 import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 from _exact import assert_exact, tree
-from conftest import FAST_PATH, POSTGRES_URL_ENV
+from conftest import FAST_PATH, POSTGRES_URL_ENV, FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from convostore import ConversationState, InvalidTurn, SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
+from convostore.transfer import export_conversations, import_conversations
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 Sql = Callable[..., Awaitable[list[Any]]]
@@ -180,6 +184,32 @@ async def test_slots_are_in_name_order_everywhere(make_repo: MakeRepo) -> None:
     assert cached is not None
     assert_exact(cached.current_slots, {"x": "2", "y": "1"})
     assert_exact(tree(await cold(make_repo, "slots")), tree(cached))
+
+
+async def test_export_and_import_keep_results_as_written(
+    make_repo: MakeRepo, clock: FakeClock, url: str, empty_url: str, backend: str
+) -> None:
+    """An export holds results as written (key order, floats), slots in name order; imported
+    into another database, the session reads back exactly as it did at the source."""
+    results = [{"v": 1e20, "b": 1, "a": -0.0, "n": {"z": 1.0, "y": 10**30}}]
+    repo = await make_repo()
+    returned = await repo.add_turn("moved", "q", "a", slots={"b": "1", "a": "2"}, results=results)
+    now = datetime.fromtimestamp(clock(), timezone.utc)
+    out = io.StringIO()
+    assert await export_conversations(url, out, now=now) == 1
+    (record,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert_exact(record["turns"][0]["results"], results)
+    assert list(record["turns"][0]["slots"]) == ["a", "b"]
+    assert list(record["current_slots"]) == ["a", "b"]
+    if backend == "postgresql":
+        await upgrade_url(empty_url)
+    counts = await import_conversations(empty_url, io.StringIO(out.getvalue()), now=now)
+    assert counts.problems == []
+    config = StoreConfig(database_url=empty_url, cleanup_interval=0, fast_path=FAST_PATH)
+    async with SessionRepository(config, clock=clock) as there:
+        moved = await there.get("moved")
+    assert moved is not None
+    assert_exact(tree(moved), tree(returned))
 
 
 @pytest.mark.parametrize(
