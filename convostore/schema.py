@@ -41,6 +41,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from .models import name_ordered
+
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
     "UTCDateTime",
@@ -317,8 +319,8 @@ class TranscriptTurn(NamedTuple):
 def grouped_turns(
     turn_rows: Iterable[Any], slot_rows: Iterable[Any]
 ) -> dict[int, list[TranscriptTurn]]:
-    """Rows of ``TRANSCRIPT_TURNS`` (in order) and ``TRANSCRIPT_SLOTS``, as each
-    conversation's turns."""
+    """Rows of ``TRANSCRIPT_TURNS`` (in order) and ``TRANSCRIPT_SLOTS`` (in any order), as
+    each conversation's turns, their slots in name order."""
     slots: dict[tuple[int, int], dict[str, str]] = {}
     for cid, seq, name, value in slot_rows:
         slots.setdefault((cid, seq), {})[name] = value
@@ -326,7 +328,14 @@ def grouped_turns(
     for cid, seq, role, content, resolved, template, results, created in turn_rows:
         grouped.setdefault(cid, []).append(
             TranscriptTurn(
-                seq, role, content, resolved, template, slots.get((cid, seq), {}), results, created
+                seq,
+                role,
+                content,
+                resolved,
+                template,
+                name_ordered(slots.get((cid, seq), {})),
+                results,
+                created,
             )
         )
     return grouped

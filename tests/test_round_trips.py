@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from convostore import ConversationState, InvalidTurn, SessionRepository, StoreConfig
+from convostore.admin import transcripts
 from convostore.migrate import upgrade_url
 from convostore.transfer import export_conversations, import_conversations
 
@@ -164,17 +165,31 @@ async def test_cached_results_are_normalized_as_a_cold_read_returns_them(
     assert_exact(tree(await cold(make_repo, "plain")), tree(returned))
 
 
-async def test_slots_are_in_name_order_everywhere(make_repo: MakeRepo) -> None:
+async def test_slots_are_in_name_order_everywhere(make_repo: MakeRepo, clock: FakeClock) -> None:
     """A turn's slots and current_slots, merged over exchanges and replaced by update, come
-    back in name order (by code point) from the writer, its cache and a cold read."""
+    back in name order (by code point) from the writer, its cache, a cold read, ``show`` and
+    ``export_user``."""
     repo = await make_repo()
-    await repo.add_turn("slots", "q1", "a1", slots={"zz": "1", "a": "2", "é": "3", "B": "4"})
-    returned = await repo.add_turn("slots", "q2", "a2", slots={"m": "5", "a": "6", "Z": "7"})
+    first = {"zz": "1", "a": "2", "é": "3", "B": "4"}
+    await repo.add_turn("slots", "q1", "a1", slots=first, user_id="u-1")
+    second = {"m": "5", "ab": "6", "a": "7", "Z": "8"}
+    returned = await repo.add_turn("slots", "q2", "a2", slots=second, user_id="u-1")
+    names = ["B", "Z", "a", "ab", "m", "zz", "é"]  # JSONB's order puts "m" before "ab"
     assert list(returned.turns[0].slots) == ["B", "a", "zz", "é"]
-    assert list(returned.turns[2].slots) == ["Z", "a", "m"]
-    assert returned.current_slots == {"B": "4", "Z": "7", "a": "6", "m": "5", "zz": "1", "é": "3"}
-    assert list(returned.current_slots) == ["B", "Z", "a", "m", "zz", "é"]
+    assert list(returned.turns[2].slots) == ["Z", "a", "ab", "m"]
+    assert returned.current_slots == {**first, **second}
+    assert list(returned.current_slots) == names
     assert_exact(tree(await cold(make_repo, "slots")), tree(returned))
+    (shown,) = await transcripts(
+        repo.engine, "slots", now=datetime.fromtimestamp(clock(), timezone.utc)
+    )
+    assert [list(turn.slots) for turn in shown.turns[::2]] == [
+        ["B", "a", "zz", "é"],
+        ["Z", "a", "ab", "m"],
+    ]
+    (exported,) = (await repo.export_user("u-1"))["conversations"]
+    assert list(exported["current_slots"]) == names
+    assert list(exported["turns"][0]["slots"]) == ["B", "a", "zz", "é"]
 
     state = await repo.get("slots")
     assert state is not None
