@@ -384,6 +384,7 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
       convostore sweep --url postgresql+asyncpg://app@db/app
       convostore sweep --dry-run --retention 604800
     """
+    config = admin.command_config(url, transcript_retention=retention)
     on = f"on {hide_password(url)} (retention {_duration(retention)})"
     if dry_run:
         ending, deleting = read(
@@ -399,7 +400,7 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
         await repo.sweep_expired()
         return await repo.get_stats()
 
-    counts = with_repository(admin.command_config(url, transcript_retention=retention), run_sweep)
+    counts = with_repository(config, run_sweep)
     click.echo(
         f"ended {_plural(counts['sessions_expired'], 'expired session')} and deleted "
         f"{_plural(counts['transcripts_deleted'], 'transcript')} {on}"

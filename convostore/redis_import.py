@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .config import StoreConfig
+from .config import StoreConfig, check_setting
 from .errors import ConfigError, StoreError, translate_errors
 from .models import ConversationTurn
 from .schema import rows_of_turns
@@ -201,7 +201,8 @@ async def import_redis(
     the import: it is reported in ``skipped`` with the reason. Needs ``convostore[redis]``.
 
     Raises:
-        ConfigError: a URL or engine convostore cannot use, or the redis package is missing.
+        ConfigError: a URL or engine convostore cannot use, a ``session_ttl`` out of
+            ``StoreConfig``'s range, or the redis package is missing.
         SchemaNotReady: a PostgreSQL database lacks the newest migration.
         StoreError: the database or Redis failed; the pages before stay imported.
     """
@@ -215,7 +216,9 @@ async def import_redis(
     if on_conflict not in ("skip", "replace"):
         raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
     ttl = float(
-        StoreConfig.model_fields["session_ttl"].default if session_ttl is None else session_ttl
+        StoreConfig.model_fields["session_ttl"].default
+        if session_ttl is None
+        else check_setting("session_ttl", session_ttl)
     )
     try:
         client = Redis.from_url(redis_url, db=db)

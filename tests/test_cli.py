@@ -254,6 +254,33 @@ async def test_sweep_and_dry_run(url: str, make_repo: MakeRepo, clock: FakeClock
     )
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["sweep", "dry-run"])
+@pytest.mark.parametrize(
+    ("retention", "says"),
+    [
+        ("inf", "transcript_retention: Input should be a finite number"),
+        ("nan", "transcript_retention: Input should be a finite number"),
+        ("1e12", "transcript_retention: Input should be less than or equal to 3155760000"),
+    ],
+)
+async def test_sweep_refuses_a_retention_out_of_range(
+    url: str,
+    make_repo: MakeRepo,
+    clock: FakeClock,
+    sql: Sql,
+    retention: str,
+    says: str,
+    dry_run: list[str],
+) -> None:
+    """A retention no date can be counted back by is a one-line error, before anything is
+    deleted (it was an OverflowError's traceback)."""
+    await _seed(make_repo, clock)
+    result = await _invoke("sweep", *dry_run, "--retention", retention, "--url", url)
+    _fails(result, says)
+    expired = "SELECT COUNT(*) FROM sessions WHERE session_id = 'old-session'"
+    assert (await sql(expired)) == [(1,)]
+
+
 async def test_sweep_keeps_transcripts_by_default(
     url: str, make_repo: MakeRepo, clock: FakeClock, sql: Sql
 ) -> None:
