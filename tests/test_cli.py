@@ -455,6 +455,32 @@ def test_database_without_schema(command: str, backend: str, empty_url: str) -> 
         assert not Path(empty_url.removeprefix("sqlite+aiosqlite:///")).exists()
 
 
+LIBPQ_COMMANDS = {
+    **DB_COMMANDS,
+    "migrate": ["migrate"],
+    "migrate current": ["migrate", "current"],
+    "export": ["export"],
+    "import": ["import", "nothing.jsonl"],
+}
+"""Every command that opens a database, migrations and transfers included."""
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)])
+@pytest.mark.parametrize("command", list(LIBPQ_COMMANDS))
+async def test_libpq_url_options_work_or_are_one_line_errors(
+    command: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL with libpq's options, as people paste them: sslmode=require on a server without
+    SSL is the server's refusal, a value asyncpg does not know names the ones it does, both
+    one line (every command printed a TypeError's traceback); sslmode=disable connects."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nothing.jsonl").write_text("", encoding="utf-8")
+    args = LIBPQ_COMMANDS[command]
+    _fails(await _invoke(*args, "--url", f"{url}?sslmode=require"), "rejected SSL upgrade")
+    _fails(await _invoke(*args, "--url", f"{url}?sslmode=on"), "sslmode must be one of disable")
+    _ok(await _invoke("stats", "--url", f"{url}?sslmode=disable&connect_timeout=5"))
+
+
 async def test_sqlite_file_without_schema(tmp_path: Path) -> None:
     """An existing SQLite file without the schema is SchemaNotReady, not migrated."""
     path = tmp_path / "other.db"
