@@ -81,7 +81,7 @@ UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
 WHERE session_id = $1 RETURNING turn_count, conversation_id"""
 _PG_INSERT_TURN = """
 INSERT INTO turns (conversation_id, seq, session_id, role, content, resolved_question,
-    template_id, results, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"""
+    template_id, results, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json, $9)"""
 _PG_INSERT_SLOT = """
 INSERT INTO turn_slots (conversation_id, seq, name, session_id, value)
 VALUES ($1, $2, $3, $4, $5)"""

@@ -16,11 +16,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import BindParameter, and_, bindparam, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .config import StoreConfig
+from .config import StoreConfig, check_setting, settings_error
 from .engine import check_database, create_engine
 from .errors import ConfigError, translate_errors
 from .migrate import check_schema
@@ -59,18 +60,21 @@ _session_row = conversations.outerjoin(sessions, of_conversation(_s))
 def command_config(url: str, *, transcript_retention: float | None = None) -> StoreConfig:
     """Settings for a repository that one command starts and stops: it never migrates, sweeps
     in the background or listens for other workers' writes. Raises ``ConfigError`` for a URL
-    convostore cannot use and for a SQLite file that does not exist."""
+    convostore cannot use, a SQLite file that does not exist and a retention out of range."""
     options: dict[str, Any] = {}
     if transcript_retention is not None:
         options["transcript_retention"] = transcript_retention
-    config = StoreConfig(
-        database_url=url,
-        auto_migrate=False,
-        cleanup_interval=0,
-        refresh_delay=0,
-        cache_coherence="local",
-        **options,
-    )
+    try:
+        config = StoreConfig(
+            database_url=url,
+            auto_migrate=False,
+            cleanup_interval=0,
+            refresh_delay=0,
+            cache_coherence="local",
+            **options,
+        )
+    except ValidationError as exc:
+        raise settings_error(exc) from exc
     check_database(config, None)
     parsed = make_url(url)
     path = parsed.database
@@ -362,7 +366,9 @@ async def sweep_preview(
     engine: AsyncEngine, *, retention: float, now: datetime | None = None
 ) -> tuple[int, int]:
     """How many sessions and transcripts a sweep at ``now`` with ``transcript_retention``
-    ``retention`` would delete, counted without deleting anything."""
+    ``retention`` would delete, counted without deleting anything. A retention out of
+    ``StoreConfig``'s range is a ``ConfigError``."""
+    retention = check_setting("transcript_retention", retention)
     when = _utc_now(now)
     params = {"now": when, "cutoff": when - timedelta(seconds=retention)}
     with translate_errors("counting what a sweep would delete"):

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .models import ConversationState, ConversationTurn, carry_context, make_state
+from .models import ConversationState, ConversationTurn, carry_context, make_state, name_ordered
 
 __all__ = ["CacheEntry", "SessionCache"]
 
@@ -81,12 +81,17 @@ class CacheEntry:
         )
 
     def extend(self, new_turns: Iterable[ConversationTurn]) -> None:
-        """Append committed turns, carrying their slots and template into the context."""
+        """Append committed turns, carrying their slots and template into the context, whose
+        slots stay in name order, as a cold read returns them."""
         template = self.current_template_id
+        slots = self.current_slots
+        known = len(slots)
         for turn in new_turns:
             self.turns.append(turn)
-            template = carry_context(turn, self.current_slots, template)
+            template = carry_context(turn, slots, template)
         self.current_template_id = template
+        if len(slots) != known:
+            self.current_slots = name_ordered(slots)
 
     def committed(self, version: int, now: float, ttl: float, flushed_hits: int) -> None:
         """Record a write of this process: the new version, the refreshed expiry, and the hits

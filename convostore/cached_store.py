@@ -17,7 +17,7 @@ from time import perf_counter
 from .cache import CacheEntry, SessionCache
 from .errors import NotSessionOwner, StaleStateError
 from .expiry import RefreshesBehind
-from .models import ConversationState, ConversationTurn, carry_context
+from .models import ConversationState, ConversationTurn, carry_context, name_ordered
 from .store import SessionFields, SqlStore, Written
 
 __all__ = ["CachedStore", "Stats", "TimingHook", "owned", "utc"]
@@ -255,6 +255,7 @@ class CachedStore:
             state.current_template_id = carry_context(
                 turn, state.current_slots, state.current_template_id
             )
+        state.current_slots = name_ordered(state.current_slots)
         state.turns = list(written)
         state._session_id, state._origin, state._stored = sid, tuple(written), len(written)
         return state

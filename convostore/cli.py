@@ -37,8 +37,8 @@ from .config import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
     StoreConfig,
+    check_setting,
     resolve_database_url,
-    setting,
 )
 from .demo import run_demo
 from .errors import ConfigError, ConvostoreError, causes
@@ -134,7 +134,7 @@ def setting_of(name: str) -> Callable[[click.Context, Any, Any], Any]:
 
     def callback(_ctx: click.Context, _param: Any, value: Any) -> Any:
         try:
-            return setting(name, value)
+            return check_setting(name, value)
         except ConfigError as exc:
             raise click.BadParameter(str(exc)) from None
 
@@ -457,6 +457,7 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
       convostore sweep --url postgresql+asyncpg://app@db/app
       convostore sweep --dry-run --retention 604800
     """
+    config = admin.command_config(url, transcript_retention=retention)
     on = f"on {hide_password(url)} (retention {_duration(retention)})"
     if dry_run:
         ending, deleting = read(
@@ -472,7 +473,7 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
         await repo.sweep_expired()
         return await repo.get_stats()
 
-    counts = with_repository(admin.command_config(url, transcript_retention=retention), run_sweep)
+    counts = with_repository(config, run_sweep)
     click.echo(
         f"ended {_plural(counts['sessions_expired'], 'expired session')} and deleted "
         f"{_plural(counts['transcripts_deleted'], 'transcript')} {on}"

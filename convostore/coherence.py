@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL
 from .cache import SessionCache
 from .driver import Compiled
 from .statements import Statements
+from .urls import asyncpg_arguments
 
 __all__ = [
     "CHANNEL",
@@ -133,7 +134,7 @@ class PostgresWatcher(_Loop):
         import asyncpg
 
         connecting = asyncio.ensure_future(
-            asyncpg.connect(**self._connect_args, timeout=_PING_INTERVAL)
+            asyncpg.connect(**{"timeout": _PING_INTERVAL, **self._connect_args})
         )
         try:
             conn = await asyncio.shield(connecting)
@@ -220,7 +221,10 @@ async def _scalar(conn: Any, sql: str, args: Sequence[Any] = ()) -> int:
 
 
 def _asyncpg_connect_args(url: URL, dialect: Dialect) -> dict[str, Any]:
-    """``asyncpg.connect`` keywords for a URL, as SQLAlchemy's asyncpg dialect derives them,
-    less the options only its adapter takes."""
+    """``asyncpg.connect`` keywords for a URL, as SQLAlchemy's asyncpg dialect derives them
+    and convostore's engines translate them (``urls.asyncpg_arguments``), less the options
+    only its adapter takes."""
     _, options = dialect.create_connect_args(url)
-    return {name: value for name, value in options.items() if name not in _ADAPTER_OPTIONS}
+    return asyncpg_arguments(
+        {name: value for name, value in options.items() if name not in _ADAPTER_OPTIONS}
+    )

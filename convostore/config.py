@@ -4,7 +4,9 @@ Each setting comes from the constructor argument of its name, else the environme
 ``CONVOSTORE_<NAME>``, else (``StoreConfig.from_env(env_file=...)`` only) that ``.env`` file,
 else its default. A value from the environment or the file that does not validate raises
 ``ConfigError`` naming the variable; a bad constructor argument raises pydantic's
-``ValidationError``, as it always did.
+``ValidationError``, as it always did. Durations are bounded (``MAX_SECONDS``,
+``MIN_SESSION_TTL``) so that every date computed from them exists; ``SessionRepository`` checks
+a config that skipped validation again (``check_settings``) and raises ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -26,15 +29,30 @@ __all__ = [
     "DATABASE_URL_ENV",
     "DEFAULT_DATABASE_URL",
     "ENV_PREFIX",
+    "MAX_SECONDS",
+    "MAX_SWEEP_BATCH",
+    "MIN_SESSION_TTL",
     "StoreConfig",
+    "check_setting",
+    "check_settings",
     "resolve_database_url",
-    "setting",
+    "settings_error",
 ]
 
 ENV_PREFIX = "CONVOSTORE_"
 """Setting ``name`` is read from the environment variable ``CONVOSTORE_<NAME>``."""
 DATABASE_URL_ENV = f"{ENV_PREFIX}DATABASE_URL"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///convostore.db"
+MAX_SECONDS = 100 * 365.25 * 24 * 3600
+"""The longest duration a setting takes: 100 years (3,155,760,000 s). Any expiry or retention
+cutoff that far from now is still a date Python and the databases hold; infinity and NaN are
+refused, as are the durations of thousands of years that would overflow them on every call."""
+MIN_SESSION_TTL = 0.001
+"""The shortest ``session_ttl``: a millisecond. Timestamps are stored to the microsecond, so a
+shorter one could end a session in the instant it is created."""
+MAX_SWEEP_BATCH = 1_000_000
+"""The largest ``sweep_batch_size``; a batch is one transaction (about 20 s of locks at this
+size on PostgreSQL), and its size a 32-bit parameter."""
 _LEGACY_REDIS_FIELDS = ("redis_enabled", "redis_url", "redis_prefix", "redis_db")
 
 
@@ -66,17 +84,50 @@ def _environment_error(error: ValidationError, given: dict[str, Any]) -> ConfigE
     variable when its value did not come from the constructor; None if none did."""
     problems: list[str] = []
     from_environment = False
-    for item in error.errors():
-        name = str(item["loc"][0]) if item["loc"] else ""
+    for name, message in _problems(error):
         if name and name not in given:
             from_environment = True
             name = f"{ENV_PREFIX}{name.upper()}"
-        problems.append(f"{name}: {item['msg']}")
+        problems.append(f"{name}: {message}")
     if not from_environment:
         return None
     env_file = given.get("_env_file")
     where = f"the environment or {os.fspath(env_file)}" if env_file else "the environment"
     return ConfigError(f"invalid StoreConfig settings from {where}: {'; '.join(problems)}")
+
+
+def _problems(error: ValidationError) -> Iterator[tuple[str, str]]:
+    """Each problem of ``error``: the field it is about ("" if none) and what is wrong."""
+    for item in error.errors():
+        yield (str(item["loc"][0]) if item["loc"] else ""), item["msg"]
+
+
+def check_settings(config: StoreConfig) -> None:
+    """Raise ``ConfigError`` unless every setting of ``config`` is valid. ``StoreConfig(...)``
+    validates as it is built; a config made with ``model_construct`` or changed with
+    ``model_copy(update=...)`` was not, and a duration out of range would fail every call."""
+    try:
+        type(config).model_validate(config.model_dump())
+    except ValidationError as exc:
+        raise settings_error(exc) from exc
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """``value`` as ``StoreConfig`` takes its setting ``name`` (None: the setting's default),
+    for a function or command that takes one setting on its own; ``ConfigError`` naming the
+    setting if it breaks the rules."""
+    if value is None:
+        return StoreConfig.model_fields[name].default
+    try:
+        return getattr(StoreConfig.model_validate({name: value}), name)
+    except ValidationError as exc:
+        raise settings_error(exc) from exc
+
+
+def settings_error(error: ValidationError) -> ConfigError:
+    """``error``, about settings given as ``StoreConfig`` fields, as a ``ConfigError``."""
+    problems = "; ".join(f"{name}: {message}" for name, message in _problems(error))
+    return ConfigError(f"invalid StoreConfig settings: {problems}")
 
 
 _PYDANTIC = frozenset({"pydantic", "pydantic_core", "pydantic_settings"})
@@ -123,19 +174,22 @@ class StoreConfig(BaseSettings):
     Checked when a ``SessionRepository`` is built (``ConfigError``), not here: a repository
     given an engine does not use it."""
 
-    session_ttl: float = Field(default=1800, gt=0)
-    """Seconds of inactivity after which a session expires (sliding). Default 1800."""
+    session_ttl: float = Field(default=1800, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    """Seconds of inactivity after which a session expires (sliding): at least
+    ``MIN_SESSION_TTL`` (a millisecond), at most ``MAX_SECONDS`` (100 years). Default 1800."""
 
-    transcript_retention: float = Field(default=30 * 24 * 3600, ge=0)
+    transcript_retention: float = Field(
+        default=30 * 24 * 3600, ge=0, le=MAX_SECONDS, allow_inf_nan=False
+    )
     """Seconds the transcript of an ended session (its ``conversations`` row, turns and slots)
     stays queryable in SQL, counted from the conversation's last activity. 0: it is deleted
     with the session (by the same sweep or ``delete``). Default 30 days. The API never reads
     an ended conversation; ``list_sessions``, ``export_user`` and ``erase_user`` do."""
 
-    cleanup_interval: float = Field(default=300, ge=0)
+    cleanup_interval: float = Field(default=300, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     """Seconds between scheduled expiry sweeps; 0 disables the background task. Default 300."""
 
-    refresh_delay: float = Field(default=1.0, ge=0)
+    refresh_delay: float = Field(default=1.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     """Seconds a read's expiry refresh may wait before it is written, batched with others' (a
     read refreshes the stored expiry only when it is more than a tenth of the TTL old). The
     refresh leaves the request path: a cold read costs the same whether it is due or not.
@@ -154,7 +208,7 @@ class StoreConfig(BaseSettings):
     ``get_session_manager()`` takes None as True on both, as the original manager needed no
     migration step."""
 
-    sweep_batch_size: int = Field(default=500, ge=1)
+    sweep_batch_size: int = Field(default=500, ge=1, le=MAX_SWEEP_BATCH)
     """Sessions deleted per expiry transaction (and, in the sweep's transcript pass,
     conversations), so a sweep never holds long locks. Default 500 (on PostgreSQL, about 10 ms
     a batch of sessions and 9 ms a batch of their 10-turn transcripts; see BENCHMARKS.md)."""
@@ -182,7 +236,7 @@ class StoreConfig(BaseSettings):
     """``"pgbouncer"``: the URL points at PgBouncer in transaction mode, so convostore uses no
     named prepared statements (asyncpg's and SQLAlchemy's statement caches off). Default None."""
 
-    reconnect_timeout: float = Field(default=10, ge=0)
+    reconnect_timeout: float = Field(default=10, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     """Seconds a call keeps retrying on fresh connections while the database is unreachable
     (a restart, a failover) before it raises ``StoreUnavailable``. Default 10."""
 
@@ -241,6 +295,17 @@ class StoreConfig(BaseSettings):
             secret = name in ("database_url", "listen_url") and value is not None
             yield name, hide_password(value) if secret else value
 
+    @field_validator("session_ttl")
+    @classmethod
+    def _long_enough(cls, value: float) -> float:
+        if value < MIN_SESSION_TTL:
+            raise PydanticCustomError(
+                "too_short",
+                "Input should be at least {least} (a millisecond)",
+                {"least": MIN_SESSION_TTL},
+            )
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _drop_legacy_redis_fields(cls, data: Any) -> Any:
@@ -259,20 +324,3 @@ class StoreConfig(BaseSettings):
                 )
                 data = {k: v for k, v in data.items() if k not in _LEGACY_REDIS_FIELDS}
         return data
-
-
-def setting(name: str, value: object) -> Any:
-    """``value`` as ``StoreConfig`` takes its field ``name``, checked by the same rules (None:
-    the field's default), for a function or command that uses one setting on its own.
-
-    Raises:
-        ConfigError: ``value`` breaks the field's rules; the message names the field.
-    """
-    if value is None:
-        return StoreConfig.model_fields[name].default
-    try:
-        config = StoreConfig.model_validate({name: value})
-    except ValidationError as exc:
-        reasons = "; ".join(error["msg"] for error in exc.errors(include_url=False))
-        raise ConfigError(f"{name}: {reasons}") from None
-    return getattr(config, name)

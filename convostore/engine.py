@@ -10,20 +10,21 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import StoreConfig
 from .errors import ConfigError, hide_in_messages
 from .quiet import ENGINE_LOGGING_NAME, keep_content_out_of_logs
-from .urls import check_database_url, hide_password
+from .urls import asyncpg_arguments, check_database_url, hide_password
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "begin_immediate",
     "check_database",
     "create_engine",
+    "engine_for_url",
     "prepare_engine",
     "release_engine",
 ]
@@ -37,7 +38,8 @@ ordinary contention between tasks or processes on one file never says "database 
 
 def check_database(config: StoreConfig, engine: object | None) -> None:
     """Raise ``ConfigError`` unless a repository can run on ``engine`` or, without one, on
-    ``config.database_url``; from then on that URL's password is masked in error messages."""
+    ``config.database_url``, and listen on ``config.listen_url`` if it is given; from then on
+    those URLs' passwords are masked in error messages."""
     if engine is None:
         url = check_database_url(config.database_url)
     elif isinstance(engine, AsyncEngine):
@@ -48,6 +50,8 @@ def check_database(config: StoreConfig, engine: object | None) -> None:
             f"(on sqlite+aiosqlite or postgresql+asyncpg), not {type(engine).__name__}"
         )
     hide_in_messages(url.password)
+    if config.listen_url is not None:
+        hide_in_messages(check_database_url(config.listen_url, "listen_url").password)
 
 
 _decode = json.JSONDecoder().raw_decode
@@ -111,8 +115,25 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
                 "prepared_statement_name_func": _unnamed_statement,
             }
         )
+    return prepare_engine(keep_content_out_of_logs(engine_for_url(url, **options)))
+
+
+def engine_for_url(url: str | URL, **options: Any) -> AsyncEngine:
+    """``create_async_engine(url, **options)`` (looked up when called, for instrumentations
+    that wrap it), whose PostgreSQL connections take the URL's libpq options
+    (``?sslmode=require``, ``connect_timeout``, ``application_name``, ...) as asyncpg does
+    (``urls.asyncpg_arguments``); SQLAlchemy would pass them on as keywords asyncpg refuses."""
     engine = sqlalchemy_asyncio.create_async_engine(url, **options)
-    return prepare_engine(keep_content_out_of_logs(engine))
+    if engine.dialect.name == "postgresql":
+        event.listen(engine.sync_engine, "do_connect", _libpq_options)
+    return engine
+
+
+def _libpq_options(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    """SQLAlchemy's ``do_connect`` event: the connect keywords, translated in place."""
+    translated = asyncpg_arguments(cparams)
+    cparams.clear()
+    cparams.update(translated)
 
 
 _users: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()

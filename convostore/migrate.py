@@ -19,9 +19,9 @@ from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionError, RevisionMap
 from alembic.util.exc import CommandError
 from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .engine import begin_immediate
+from .engine import begin_immediate, engine_for_url
 from .errors import ConfigError, SchemaNotReady, translate_errors
 from .urls import check_database_url
 
@@ -145,7 +145,7 @@ def _describe(current: tuple[str, ...]) -> str:
 async def migrate_url(url: str, revision: str = "head", *, allow_downgrade: bool = False) -> str:
     """``upgrade`` the database at ``url`` (what ``convostore migrate`` runs) and return the
     revision it is at afterwards, read back from the database, as text."""
-    engine = create_async_engine(check_database_url(url))
+    engine = engine_for_url(check_database_url(url))
     try:
         await upgrade(engine, revision, allow_downgrade=allow_downgrade)
         return await _read_revision(engine)
@@ -162,7 +162,7 @@ async def _read_revision(engine: AsyncEngine) -> str:
 async def current_revision_url(url: str, *, require_head: bool = False) -> str:
     """The revision the database at ``url`` is at, as text: ``0002 (head)``, ``0001``, or
     ``no convostore schema``; with ``require_head``, ``SchemaNotReady`` unless it is at head."""
-    engine = create_async_engine(check_database_url(url))
+    engine = engine_for_url(check_database_url(url))
     try:
         if require_head:
             await check_schema(engine)
@@ -189,7 +189,7 @@ def take_migration_lock(connection: Connection) -> None:
 async def upgrade_url(url: str, revision: str = "head") -> None:
     """``upgrade`` on a database given by URL (what ``convostore migrate`` runs); a URL
     convostore cannot use raises ``ConfigError`` first."""
-    engine = create_async_engine(check_database_url(url))
+    engine = engine_for_url(check_database_url(url))
     try:
         await upgrade(engine, revision)
     finally:

@@ -8,7 +8,7 @@ share the same turn objects and copying a state is a list copy, not a deep copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ __all__ = [
     "carry_context",
     "make_state",
     "make_turn",
+    "name_ordered",
 ]
 
 HISTORY_WINDOW = 6
@@ -46,6 +47,16 @@ class ConversationTurn(BaseModel):
     results: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime | None = None
     """When the store saved the turn (UTC); None until it is stored."""
+
+
+def name_ordered(slots: Mapping[str, str]) -> dict[str, str]:
+    """``slots`` as a new dict in name order (by code point, as ``sorted`` orders strings).
+
+    The store keeps slots in this order everywhere, so a session read cold from either
+    backend equals the cached copy key for key: a turn's slots are rows sorted by name, and
+    ``current_slots`` is merged inside the database, whose order PostgreSQL's JSONB does not
+    keep."""
+    return dict(sorted(slots.items()))
 
 
 def carry_context(

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .models import ConversationSummary
+from .models import ConversationSummary, name_ordered
 from .schema import (
     TRANSCRIPT_SLOTS,
     TRANSCRIPT_TURNS,
@@ -208,7 +208,7 @@ def _conversations(
             "ended_at": None if ended is None else ended.isoformat(),
             "live": expires is not None and expires > now,
             "language": language,
-            "current_slots": current_slots,
+            "current_slots": None if current_slots is None else name_ordered(current_slots),
             "current_template_id": template,
             "turns": turns_of.get(cid, []),
         }

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .config import setting
+from .config import check_setting
 from .errors import ConfigError, StoreError, translate_errors
 from .models import ConversationTurn
 from .schema import rows_of_turns
@@ -215,7 +215,7 @@ async def import_redis(
         ) from missing
     if on_conflict not in ("skip", "replace"):
         raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
-    ttl = float(setting("session_ttl", session_ttl))
+    ttl = float(check_setting("session_ttl", session_ttl))
     try:
         client = Redis.from_url(redis_url, db=db)
     except ValueError as exc:

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .cache import CacheEntry, SessionCache
 from .cached_store import CachedStore, Stats, TimingHook, owned, utc
 from .coherence import PostgresWatcher, SqliteWatcher, Watcher
-from .config import StoreConfig
+from .config import StoreConfig, check_settings
 from .engine import check_database, create_engine, prepare_engine, release_engine
 from .errors import (
     ConvostoreError,
@@ -113,6 +113,10 @@ class SessionRepository:
     ``await repo.start()`` ... ``await repo.stop()``.
 
     ``clock`` replaces ``time.time`` as the source of "now" (tests move it instead of sleeping).
+
+    The constructor raises ``ConfigError`` for a database URL or engine it cannot use, and for
+    a config whose settings are out of range (one that skipped validation: ``model_construct``,
+    ``model_copy(update=...)``).
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class SessionRepository:
         if isinstance(config, str):
             config = StoreConfig(database_url=config)
         self.config: StoreConfig = config if config is not None else StoreConfig()
+        check_settings(self.config)
         check_database(self.config, engine)
         self._limits = Limits(self.config.max_text_chars, self.config.max_results_bytes)
         self._engine = engine

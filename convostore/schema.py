@@ -41,6 +41,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from .models import name_ordered
+
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
     "UTCDateTime",
@@ -151,7 +153,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
-"""JSON on SQLite, JSONB on PostgreSQL."""
+"""JSON on SQLite, JSONB on PostgreSQL: for ``current_slots``, which PostgreSQL merges with
+``||`` (its values are strings, which JSONB keeps as they are; key order, which it does not
+keep, is name order on every read)."""
+
+JSONText = JSON()
+"""JSON kept as the text written, on SQLite and PostgreSQL (``json``, not ``jsonb``): for
+``results``, which must read back exactly as written. JSONB would turn ``1e20`` into an int,
+``-0.0`` into ``0.0`` and reorder keys, so a cold read would differ from what the writer
+cached."""
 
 ConversationKey = BigInteger().with_variant(Integer(), "sqlite")
 """A 64-bit conversation id: from the sequence ``conversation_ids`` on PostgreSQL, the next
@@ -215,7 +225,7 @@ turns = Table(
     Column("content", Text(), nullable=False),
     Column("resolved_question", Text(), nullable=True),
     Column("template_id", Text(), nullable=True),
-    Column("results", JSONDocument, nullable=False),
+    Column("results", JSONText, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("idempotency_key", String(MAX_SESSION_ID_LENGTH), nullable=True),
     PrimaryKeyConstraint("session_id", "conversation_id", "seq"),
@@ -309,8 +319,8 @@ class TranscriptTurn(NamedTuple):
 def grouped_turns(
     turn_rows: Iterable[Any], slot_rows: Iterable[Any]
 ) -> dict[int, list[TranscriptTurn]]:
-    """Rows of ``TRANSCRIPT_TURNS`` (in order) and ``TRANSCRIPT_SLOTS``, as each
-    conversation's turns."""
+    """Rows of ``TRANSCRIPT_TURNS`` (in order) and ``TRANSCRIPT_SLOTS`` (in any order), as
+    each conversation's turns, their slots in name order."""
     slots: dict[tuple[int, int], dict[str, str]] = {}
     for cid, seq, name, value in slot_rows:
         slots.setdefault((cid, seq), {})[name] = value
@@ -318,7 +328,14 @@ def grouped_turns(
     for cid, seq, role, content, resolved, template, results, created in turn_rows:
         grouped.setdefault(cid, []).append(
             TranscriptTurn(
-                seq, role, content, resolved, template, slots.get((cid, seq), {}), results, created
+                seq,
+                role,
+                content,
+                resolved,
+                template,
+                name_ordered(slots.get((cid, seq), {})),
+                results,
+                created,
             )
         )
     return grouped

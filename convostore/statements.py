@@ -43,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .schema import (
     TURN_FIELDS,
     JSONDocument,
+    JSONText,
     UTCDateTime,
     changes,
     conversation_ids,
@@ -243,7 +244,7 @@ class Statements:
         self.insert_turns: Insert = insert(turns)
         self.insert_slots: Insert = insert(turn_slots)
 
-        self.load: CompoundSelect[Any] = self._load()
+        self.load: CompoundSelect[Any] = self._load(dialect)
         """A whole session in one statement (so one round trip and one snapshot): the turns
         of its live conversation."""
 
@@ -260,7 +261,7 @@ class Statements:
         statement; None on SQLite, which runs them as one transaction in one thread hop."""
 
     @staticmethod
-    def _load() -> CompoundSelect[Any]:
+    def _load(dialect: str) -> CompoundSelect[Any]:
         """A session's row, then each turn's row followed by its slot rows, in one result.
 
         The session row comes first (``seq`` 0; turns count from 1) and carries its fields in
@@ -271,6 +272,11 @@ class Statements:
         meanwhile is either wholly in or wholly out; only the newest ``window`` of them. Turns
         and slots are two index range scans; a join here would leave the plan to statistics,
         and on a new table without them PostgreSQL made it quadratic.
+
+        PostgreSQL: slot names are sorted in the "C" collation (by code point, as SQLite's
+        BINARY and Python's ``sorted`` do), whatever the database's collation, so a turn's
+        slots read back in the order the cache holds them; and ``current_slots`` (JSONB) is
+        read as ``json`` to share the column with ``results``.
         """
         sid = bindparam("sid", type_=String())
         upto = select(sessions.c.turn_count).where(sessions.c.session_id == sid).scalar_subquery()
@@ -290,10 +296,11 @@ class Statements:
             turns.c.seq <= upto,
             turns.c.seq > after,
         )
+        postgres = dialect == "postgresql"
         slot_rows = select(
             turn_slots.c.seq,
             *(null() for _ in range(6)),
-            turn_slots.c.name,
+            turn_slots.c.name.collate("C") if postgres else turn_slots.c.name,
             turn_slots.c.value,
             null(),
             null(),
@@ -309,7 +316,7 @@ class Statements:
             sessions.c.current_template_id,
             sessions.c.user_id,
             null(),
-            sessions.c.current_slots,
+            cast(sessions.c.current_slots, JSONText) if postgres else sessions.c.current_slots,
             sessions.c.last_accessed,
             null(),
             null(),
@@ -426,7 +433,7 @@ class Statements:
                 new.c.content,
                 new.c.resolved_question,
                 new.c.template_id,
-                cast(new.c.results, postgresql.JSONB()),
+                cast(new.c.results, JSONText),
                 now,
                 case((new.c.ord == 1, bindparam("key", type_=String())), else_=null()),
             )

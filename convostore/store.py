@@ -30,7 +30,7 @@ from .driver import Compiled, Lender, PostgresDriver, SqliteDriver
 from .engine import dump_json, load_json
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
-from .models import ConversationTurn, make_turn
+from .models import ConversationTurn, make_turn, name_ordered
 from .schema import rows_of_turns
 from .statements import Statements
 
@@ -524,7 +524,7 @@ class SqlStore:
         head = self._load.row(rows[0])
         return Loaded(
             _fold_turns(rows[1:], self._turn_row, self._slot_at),
-            dict(head[at.current_slots]),
+            name_ordered(head[at.current_slots]),
             head[at.current_template_id],
             head[at.language],
             head[at.version],
@@ -553,7 +553,7 @@ class SqlStore:
         )
         return Loaded(
             _turns(turn_rows, _slots_by_turn(slot_rows), self._part_row),
-            dict(slots),
+            name_ordered(slots),
             template_id,
             language,
             version,

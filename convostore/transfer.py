@@ -57,6 +57,7 @@ from .config import StoreConfig
 from .engine import begin_immediate, check_database, create_engine
 from .errors import SchemaNotReady, translate_errors
 from .migrate import check_schema, upgrade
+from .models import name_ordered
 from .schema import conversations, of_conversation, rows_of_turns, sessions, turn_slots, turns
 from .validation import (
     Limits,
@@ -251,9 +252,10 @@ CSV_COLUMNS = CONVERSATION_COLUMNS + TURN_COLUMNS
 """The CSV header: each turn's row repeats its conversation's columns."""
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
-"""JSON with sorted keys, so one database exports the same text from either backend
-(PostgreSQL's JSONB keeps keys in an order of its own)."""
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+"""JSON with ``results`` as written and slots in name order, as both backends read them back:
+one database exports the same text from either, and an import of it stores what was
+exported."""
 
 
 @asynccontextmanager
@@ -444,7 +446,7 @@ def _head(row: Sequence[Any], now: datetime) -> dict[str, Any]:
         "ended_at": None if ended is None else ended.isoformat(),
         "live": live,
         "language": language if expires is None else session_language,
-        "current_slots": current_slots if live else None,
+        "current_slots": name_ordered(current_slots) if live else None,
         "current_template_id": current_template if live else None,
         "session": {
             "created_at": created.isoformat(),
@@ -597,7 +599,7 @@ async def _write_conversation(
             slot_rows.take()
             if slot[2] == seq:  # a slot of no turn (never written so) is passed over
                 slots[slot[3]] = slot[4]
-        sink.turn(_turn(turn, slots))
+        sink.turn(_turn(turn, name_ordered(slots)))
     while (slot := await slot_rows.peek()) is not None and slot[1] == cid and slot[0] == sid:
         slot_rows.take()
     sink.end()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidPage, InvalidSessionId, InvalidTurn
-from .models import ConversationTurn, make_turn
+from .models import ConversationTurn, make_turn, name_ordered
 from .schema import MAX_SESSION_ID_LENGTH
 
 __all__ = [
@@ -108,13 +109,16 @@ def check_template_id(value: object) -> str:
 
 
 def copy_slots(field: str, slots: object, limits: Limits) -> dict[str, str]:
-    """A checked copy of a name -> value mapping of strings; None gives an empty dict."""
+    """A checked copy of a name -> value mapping of strings, in name order (as the store
+    reads slots back: see ``models.name_ordered``); None gives an empty dict."""
     if slots is None:
         return {}
     if not isinstance(slots, (dict, Mapping)):
         raise InvalidTurn(f"{field} must be a dict of strings, not {type(slots).__name__}")
     copied: dict[str, str] = {}
     most = limits.text_chars
+    ordered = True
+    last = ""
     for name, value in slots.items():
         # Plain ASCII strings within the limit pass at once; anything else gets the full check
         # (and its message, whose formatting would cost more than the check itself).
@@ -130,15 +134,20 @@ def copy_slots(field: str, slots: object, limits: Limits) -> dict[str, str]:
         ):
             check_text(f"{field} name", name, limits)
             check_text(f"{field}[{name!r}]", value, limits)
+            name, value = str.__str__(name), str.__str__(value)
+        if name < last:
+            ordered = False
+        last = name
         copied[name] = value
-    return copied
+    return copied if ordered else name_ordered(copied)
 
 
 def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, Any]]:
     """A checked deep copy of a list of JSON objects; None gives an empty list.
 
-    Refuses what JSON cannot represent faithfully (non-string keys, NaN and infinities, and
-    objects of other types: sets, datetimes, ...) and results longer than
+    Refuses what JSON cannot represent faithfully (non-string keys, NaN and infinities, ints
+    of more than ``MAX_INT_DIGITS`` digits, and objects of other types: sets, datetimes, ...)
+    and results longer than
     ``limits.results_bytes`` as ``json.dumps`` writes them, as the store does. The copy adds
     up a bound of that length as it goes; only results the bound puts over the limit (the
     bound allows up to 6 bytes a character, 12 for non-ASCII text) are encoded to measure.
@@ -155,7 +164,11 @@ def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, 
         for index, item in enumerate(results):
             if not isinstance(item, (dict, Mapping)):
                 raise _Unstorable(f"must be a dict, not {type(item).__name__}", [index])
-            copied.append(_copy_json(item, bound))
+            try:
+                copied.append(_copy_json(item, bound))
+            except _Unstorable as exc:
+                exc.path.insert(0, index)
+                raise
     except _Unstorable as exc:
         where = "".join(f"[{part!r}]" for part in exc.path)
         raise InvalidTurn(f"{field}{where} {exc.reason}") from None
@@ -185,25 +198,43 @@ _NODE_BYTES = 30
 """A bound of what any JSON value adds besides its text: quotes, brackets, separators, and
 the whole of a float (at most 24 characters), a small int, true, false or null."""
 
+MAX_INT_DIGITS = 4300
+"""The most digits an int in ``results`` may have: Python's default limit for converting
+between int and text (``sys.get_int_max_str_digits``). ``json`` refuses to write or read a
+longer one, so a process with the default limit could not read it back."""
+
+_SHORT_INT_BITS = 2100
+"""An int of at most this many bits has fewer than 640 digits, under any limit Python allows:
+only longer ones are converted to count their digits."""
+
 
 def _copy_json(value: Any, bound: list[int]) -> Any:
-    """A checked copy of a JSON value; adds a bound of its ``json.dumps`` length to
+    """A checked copy of a JSON value as a cold read returns it (``json.loads`` of what
+    ``json.dumps`` writes): tuples become lists, other mappings dicts, and subclasses of str,
+    int and float their plain values. Adds a bound of its ``json.dumps`` length to
     ``bound[0]``: 6 bytes a character of ASCII text (``\\u00XX``), 12 of other text (an
     escaped surrogate pair), a digit per 3 bits of an int, ``_NODE_BYTES`` a value."""
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str or isinstance(value, str):
         is_ascii = value.isascii()
         if "\x00" in value or (not is_ascii and not _is_utf8(value)):
             raise _Unstorable("contains a NUL character or a lone surrogate")
         bound[0] += _NODE_BYTES + (6 if is_ascii else 12) * len(value)
+        return value if kind is str else str.__str__(value)
+    if value is None or kind is bool:
+        bound[0] += _NODE_BYTES
         return value
-    if value is None or isinstance(value, (bool, int)):
-        bound[0] += _NODE_BYTES + (0 if value is None else value.bit_length() // 3)
-        return value
+    if kind is int or isinstance(value, int):
+        bits = value.bit_length()
+        if bits > _SHORT_INT_BITS:
+            _check_digits(value)
+        bound[0] += _NODE_BYTES + bits // 3
+        return value if kind is int else int.__int__(value)
     bound[0] += _NODE_BYTES
-    if isinstance(value, float):
+    if kind is float or isinstance(value, float):
         if not math.isfinite(value):
             raise _Unstorable(f"is {value}, which JSON cannot represent")
-        return value
+        return value if kind is float else float.__float__(value)
     if isinstance(value, (dict, Mapping)):  # dict first: it spares the ABC check
         copy: dict[str, Any] = {}
         for key, item in value.items():
@@ -234,7 +265,27 @@ def _copy_json(value: Any, bound: list[int]) -> Any:
                 exc.path.insert(0, index)
                 raise
         return items
-    raise _Unstorable(f"is a {type(value).__name__}, which is not JSON-serializable")
+    raise _Unstorable(f"is a {kind.__name__}, which is not JSON-serializable")
+
+
+def _check_digits(value: int) -> None:
+    """Refuse an int of more than ``MAX_INT_DIGITS`` digits, or of more than this process
+    converts to text."""
+    size = abs(value)
+    if size >= _TOO_LONG:
+        raise _Unstorable(
+            f"is an int of more than {MAX_INT_DIGITS:,} digits, which JSON readers refuse "
+            "(Python's default sys.get_int_max_str_digits)"
+        )
+    limit = sys.get_int_max_str_digits()
+    if limit and size >= 10**limit:
+        raise _Unstorable(
+            f"is an int of more than {limit:,} digits, which this process does not convert "
+            "to text (sys.get_int_max_str_digits)"
+        )
+
+
+_TOO_LONG = 10**MAX_INT_DIGITS
 
 
 def _is_utf8(value: str) -> bool:

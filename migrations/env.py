@@ -15,9 +15,9 @@ import logging.config
 
 from alembic import context
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from convostore.config import resolve_database_url
+from convostore.engine import engine_for_url
 from convostore.migrate import VERSION_TABLE, lock_for_migration, record_compatibility
 from convostore.schema import compared, metadata
 
@@ -39,7 +39,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_with_url(url: str) -> None:
-    engine = create_async_engine(url)
+    engine = engine_for_url(url)
     try:
         async with engine.connect() as connection:
             await lock_for_migration(connection)

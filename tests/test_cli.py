@@ -255,6 +255,33 @@ async def test_sweep_and_dry_run(url: str, make_repo: MakeRepo, clock: FakeClock
     )
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["sweep", "dry-run"])
+@pytest.mark.parametrize(
+    ("retention", "says"),
+    [
+        ("inf", "transcript_retention: Input should be a finite number"),
+        ("nan", "transcript_retention: Input should be a finite number"),
+        ("1e12", "transcript_retention: Input should be less than or equal to 3155760000"),
+    ],
+)
+async def test_sweep_refuses_a_retention_out_of_range(
+    url: str,
+    make_repo: MakeRepo,
+    clock: FakeClock,
+    sql: Sql,
+    retention: str,
+    says: str,
+    dry_run: list[str],
+) -> None:
+    """A retention no date can be counted back by is a one-line error, before anything is
+    deleted (it was an OverflowError's traceback)."""
+    await _seed(make_repo, clock)
+    result = await _invoke("sweep", *dry_run, "--retention", retention, "--url", url)
+    _fails(result, says)
+    expired = "SELECT COUNT(*) FROM sessions WHERE session_id = 'old-session'"
+    assert (await sql(expired)) == [(1,)]
+
+
 async def test_sweep_keeps_transcripts_by_default(
     url: str, make_repo: MakeRepo, clock: FakeClock, sql: Sql
 ) -> None:
@@ -453,6 +480,32 @@ def test_database_without_schema(command: str, backend: str, empty_url: str) -> 
     else:
         _fails(result, "names no SQLite file")
         assert not Path(empty_url.removeprefix("sqlite+aiosqlite:///")).exists()
+
+
+LIBPQ_COMMANDS = {
+    **DB_COMMANDS,
+    "migrate": ["migrate"],
+    "migrate current": ["migrate", "current"],
+    "export": ["export"],
+    "import": ["import", "nothing.jsonl"],
+}
+"""Every command that opens a database, migrations and transfers included."""
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)])
+@pytest.mark.parametrize("command", list(LIBPQ_COMMANDS))
+async def test_libpq_url_options_work_or_are_one_line_errors(
+    command: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL with libpq's options, as people paste them: sslmode=require on a server without
+    SSL is the server's refusal, a value asyncpg does not know names the ones it does, both
+    one line (every command printed a TypeError's traceback); sslmode=disable connects."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nothing.jsonl").write_text("", encoding="utf-8")
+    args = LIBPQ_COMMANDS[command]
+    _fails(await _invoke(*args, "--url", f"{url}?sslmode=require"), "rejected SSL upgrade")
+    _fails(await _invoke(*args, "--url", f"{url}?sslmode=on"), "sslmode must be one of disable")
+    _ok(await _invoke("stats", "--url", f"{url}?sslmode=disable&connect_timeout=5"))
 
 
 async def test_sqlite_file_without_schema(tmp_path: Path) -> None:

@@ -429,3 +429,60 @@ async def test_logs_hold_no_turn_content_and_no_password(
     assert "deleting sessions is refused" in logging.Formatter().format(failed[0])
     secrets = [*MARKERS.values(), PASSWORD]
     assert leaks(caplog.records, secrets) == [f"convostore DEBUG probe {MARKERS['probe']}"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("session_ttl", float("inf")),
+        ("session_ttl", 1e12),
+        ("session_ttl", 1e-9),
+        ("transcript_retention", float("inf")),
+        ("cleanup_interval", float("nan")),
+        ("sweep_batch_size", 0),
+    ],
+)
+def test_a_config_that_skipped_validation_is_a_config_error(field: str, value: float) -> None:
+    """A config changed with model_copy(update=...) (or made with model_construct) was never
+    validated: the repository's constructor checks it, before any connection."""
+    config = StoreConfig(database_url="sqlite+aiosqlite:///never.db").model_copy(
+        update={field: value}
+    )
+    with pytest.raises(ConfigError, match=f"invalid StoreConfig settings: {field}: "):
+        SessionRepository(config)
+    assert not Path("never.db").exists()
+
+
+async def test_durations_work_up_to_their_bounds_and_not_beyond(
+    url: str, clock: Any, sql: Sql
+) -> None:
+    """The longest TTL and retention (100 years) and the shortest TTL (a millisecond): writes,
+    reads and sweeps work; a step past either bound is a ConfigError where 1e12 s overflowed
+    every call and 1e-9 s failed the first write with "No row was found"."""
+    longest = 100 * 365.25 * 24 * 3600
+    config = StoreConfig(
+        database_url=url,
+        cleanup_interval=longest,
+        refresh_delay=longest,
+        reconnect_timeout=longest,
+        session_ttl=longest,
+        transcript_retention=longest,
+        sweep_batch_size=1_000_000,
+    )
+    async with SessionRepository(config, clock=clock) as repo:
+        await repo.add_turn("long", "q", "a")
+        assert await repo.get("long") is not None
+        assert await repo.sweep_expired() == 0
+        assert await repo.delete("long")
+        assert await repo.sweep_expired() == 0
+    assert await sql("SELECT count(*) FROM turns") == [(2,)]
+    brief = config.model_copy(update={"session_ttl": 0.001})
+    async with SessionRepository(brief, clock=clock) as repo:
+        state = await repo.add_turn("brief", "q", "a")
+        assert len(state.turns) == 2
+        clock.advance(0.002)
+        assert await repo.get("brief") is None
+    beyond = {"session_ttl": longest * 1.01, "transcript_retention": longest * 1.01}
+    for field, value in [*beyond.items(), ("session_ttl", 0.0009)]:
+        with pytest.raises(ConfigError, match=f"{field}: Input should be"):
+            SessionRepository(config.model_copy(update={field: value}))

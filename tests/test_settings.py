@@ -218,3 +218,34 @@ def test_readme_lists_every_original_field() -> None:
     names = _section("#### Old configuration names")
     for field in ORIGINAL_FIELDS:
         assert f"`{field}`" in names, field
+
+
+OUT_OF_RANGE: list[tuple[str, str, str]] = [
+    ("session_ttl", "inf", "Input should be a finite number"),
+    ("session_ttl", "nan", "Input should be a finite number"),
+    ("session_ttl", "1e12", "Input should be less than or equal to 3155760000"),
+    ("session_ttl", "1e-9", "Input should be at least 0.001 (a millisecond)"),
+    ("transcript_retention", "inf", "Input should be a finite number"),
+    ("transcript_retention", "1e12", "Input should be less than or equal to 3155760000"),
+    ("cleanup_interval", "inf", "Input should be a finite number"),
+    ("refresh_delay", "1e12", "Input should be less than or equal to 3155760000"),
+    ("reconnect_timeout", "nan", "Input should be a finite number"),
+    ("sweep_batch_size", str(2**31), "Input should be less than or equal to 1000000"),
+]
+"""Settings a repository would accept and then fail on, every call or every sweep (a date
+past year 9999, an infinite sleep, a TTL that ends a session as it is created, a batch size
+past a 32-bit parameter), as an environment variable holds them."""
+
+
+@pytest.mark.parametrize(("field", "raw", "message"), OUT_OF_RANGE)
+def test_settings_out_of_range_are_refused_when_built(
+    monkeypatch: pytest.MonkeyPatch, field: str, raw: str, message: str
+) -> None:
+    """As a constructor argument: pydantic's ValidationError, as for every bad argument; from
+    the environment: ConfigError naming the variable."""
+    value: Any = float(raw) if "." in raw or "e" in raw or raw in ("inf", "nan") else int(raw)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        StoreConfig(**{field: value})
+    monkeypatch.setenv(env_name(field), raw)
+    with pytest.raises(ConfigError, match=re.escape(f"{env_name(field)}: {message}")):
+        StoreConfig()

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+from _exact import assert_exact, tree
 from _schema import drift, fingerprint
 from conftest import FAST_PATH, FakeClock
 from sqlalchemy import (
@@ -700,6 +701,65 @@ async def test_upgraded_populated_database_has_the_schema_of_a_fresh_one(
     await _upgraded(empty_url, clock, "0001", via)
     assert await _on(empty_url, drift) == []
     assert await _on(empty_url, fingerprint) == await _on(url, fingerprint)
+
+
+async def test_0003_database_reads_back_as_before_and_exactly_from_then_on(
+    empty_url: str, backend: str, clock: FakeClock
+) -> None:
+    """A populated 0003 database, with results that PostgreSQL's JSONB normalized when they
+    were written (a float beyond 2**64 turned int, -0.0 lost its sign, keys reordered), at
+    head: ``results`` is json on PostgreSQL, every stored result reads back exactly as it did
+    before (same values, types and key order), and what is written from then on reads back as
+    written; the downgrade to 0003 gives JSONB back and keeps every turn."""
+    floats = Seeded(
+        "s-floats",
+        _now(clock) - timedelta(minutes=3),
+        (
+            Exchange(
+                "Hoeveel?",
+                "Veel.",
+                _now(clock) - timedelta(minutes=2),
+                slots={"b": "2", "a": "1"},
+                results=[{"v": 1e20, "zero": -0.0, "b": 1, "a": 1.5}],
+                key="key-floats-1",
+            ),
+        ),
+    )
+    seeded = [*_population(_now(clock), keys=True), floats]
+    await upgrade_url(empty_url, "0002")
+    await _on(empty_url, lambda c: _seed(c, seeded, keys=True))
+    await upgrade_url(empty_url, "0003")
+    before = await _rows(empty_url, _TURNS)
+    async with _repository(empty_url, clock, auto_migrate=True) as repo:
+        states = {s.session_id: await _state(repo, s.session_id) for s in seeded[:3]}
+        assert states == {s.session_id: s.state() for s in seeded[:3]}
+        stored = await repo.get("s-floats")
+        assert stored is not None
+        after = await _rows(empty_url, _TURNS)
+        assert_exact([list(row) for row in after], [list(row) for row in before])
+        if backend == "postgresql":
+            assert stored.turns[0].results == [{"a": 1.5, "b": 1, "v": 10**20, "zero": 0.0}]
+        written = [{"v": 1e20, "zero": -0.0, "b": 1, "a": 1.5}]
+        returned = await repo.add_turn(
+            "s-floats", "En nu?", "Exact.", slots={"y": "1", "x": "2"}, results=written
+        )
+        assert_exact(returned.turns[-2].results, written)
+    async with _repository(empty_url, clock) as cold:
+        read = await cold.get("s-floats")
+        assert read is not None
+        assert_exact(tree(read), tree(returned))
+
+    type_of_results = (
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_name = 'turns' AND column_name = 'results'"
+    )
+    if backend == "postgresql":
+        assert await _rows(empty_url, type_of_results) == [("json",)]
+    turns = await _rows(empty_url, "SELECT count(*) FROM turns")
+    assert await migrate_url(empty_url, "0003", allow_downgrade=True) == "0003"
+    assert await _rows(empty_url, "SELECT count(*) FROM turns") == turns
+    if backend == "postgresql":
+        assert await _rows(empty_url, type_of_results) == [("jsonb",)]
 
 
 def _orphan(conn: Connection, session_id: str) -> None:
