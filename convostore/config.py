@@ -15,12 +15,13 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
 from .urls import hide_password
+from .validation import check_language
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -202,6 +203,13 @@ class StoreConfig(BaseSettings):
     room for dozens of retrieved passages with their metadata, while keeping what a cold load
     of a long session reads bounded."""
 
+    default_language: str | None = None
+    """The language a new session is tagged with, and what ``update`` stores for a state whose
+    ``language`` is None. Default None: a session has no language until the application sets
+    ``state.language`` and calls ``update``, so statistics never guess one.
+    ``get_session_manager()`` makes it "nl", the language of every state of the original
+    SessionManager, unless its config sets it."""
+
     if not TYPE_CHECKING:  # hidden, so that type checkers keep checking a call's field names
 
         def __init__(self, **values: Any) -> None:
@@ -239,6 +247,11 @@ class StoreConfig(BaseSettings):
         for name, value in super().__repr_args__():
             secret = name in ("database_url", "listen_url") and value is not None
             yield name, hide_password(value) if secret else value
+
+    @field_validator("default_language")
+    @classmethod
+    def _default_language(cls, value: str | None) -> str | None:
+        return None if value is None else check_language(value)
 
     @model_validator(mode="before")
     @classmethod

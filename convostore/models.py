@@ -88,7 +88,9 @@ class ConversationState(BaseModel):
     turns: list[ConversationTurn] = Field(default_factory=list)
     current_slots: dict[str, str] = Field(default_factory=dict)
     current_template_id: str | None = None
-    language: str = "nl"
+    language: str | None = None
+    """The conversation's language code (e.g. "nl"), stored with the session by ``update``;
+    None: not tagged (a new session gets ``StoreConfig.default_language``, by default None)."""
 
     _session_id: str | None = PrivateAttr(default=None)
     _origin: Sequence[ConversationTurn] = PrivateAttr(default=())
@@ -144,7 +146,7 @@ StateBuilder = Callable[
         list[ConversationTurn],
         dict[str, str],
         str | None,
-        str,
+        str | None,
         str | None,
         Sequence[ConversationTurn],
         int,
@@ -199,7 +201,7 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
         turns: list[ConversationTurn],
         current_slots: dict[str, str],
         current_template_id: str | None,
-        language: str,
+        language: str | None,
         session_id: str | None,
         origin: Sequence[ConversationTurn],
         stored: int,
@@ -251,7 +253,7 @@ def _constructed_state(
     turns: list[ConversationTurn],
     current_slots: dict[str, str],
     current_template_id: str | None,
-    language: str,
+    language: str | None,
     session_id: str | None,
     origin: Sequence[ConversationTurn],
     stored: int,

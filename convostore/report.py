@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .admin import snapshot
 from .errors import translate_errors
-from .schema import UTCDateTime, conversations, sessions
+from .schema import UTCDateTime, conversations, live_session, sessions
 
 __all__ = ["ReportData", "collect", "render"]
 
@@ -107,7 +107,7 @@ def _queries(dialect: str) -> dict[str, Any]:
         "conversations": select(
             select(func.count()).select_from(conversations).scalar_subquery(),
             select(func.count())
-            .where(sessions.c.expires_at > bindparam("now", type_=UTCDateTime()))
+            .where(live_session(sessions.c.expires_at, bindparam("now", type_=UTCDateTime())))
             .scalar_subquery(),
         ),
         "per_day": select(days.c.day, func.count(), func.count(distinct(days.c.conversation_id)))

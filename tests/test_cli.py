@@ -138,7 +138,7 @@ async def test_stats(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
         "ended_conversations": 1,
         "turns": 10,
         "languages": [
-            {"language": "nl", "conversations": 3},
+            {"language": None, "conversations": 3},
             {"language": "en", "conversations": 1},
         ],
         "templates": [
@@ -152,7 +152,7 @@ async def test_stats(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
         r"expired sessions waiting for the sweep\s+│\s+1 │",
         r"ended conversations \(transcripts kept\)\s+│\s+1 │",
         r"turns\s+│\s+10 │",
-        r"│ nl\s+│\s+3 │",
+        r"│ \(none\)\s+│\s+3 │",
         r"│ archives_in_place\s+│\s+4 │",
         r"│ \(none\)\s+│\s+1 │",
     ):
