@@ -32,6 +32,8 @@ from .schema import (
     UTCDateTime,
     conversations,
     grouped_turns,
+    is_live,
+    live_session,
     of_conversation,
     sessions,
     turn_slots,
@@ -173,9 +175,10 @@ def _count(table: Any, *where: Any) -> Any:
     return select(func.count()).select_from(table).where(*where).scalar_subquery()
 
 
+_live = live_session(_s.expires_at, _now)
 _totals = select(
-    _count(sessions, _s.expires_at > _now),
-    _count(sessions, _s.expires_at <= _now),
+    _count(sessions, _live),
+    _count(sessions, ~_live),
     _count(conversations, _c.ended_at.is_not(None)),
     _count(turns),
 )
@@ -307,7 +310,7 @@ async def transcripts(
     with translate_errors("reading a transcript"):
         async with snapshot(engine) as conn:
             heads = [
-                (cid, user, language, started, ended, expires is not None and expires > when)
+                (cid, user, language, started, ended, is_live(expires, when))
                 for cid, user, language, started, ended, expires in await conn.execute(
                     _heads, {"sid": sid}
                 )

@@ -45,7 +45,7 @@ class CacheEntry:
     turns it was handed (see ``ConversationState._origin``)."""
     current_slots: dict[str, str]
     current_template_id: str | None
-    language: str
+    language: str | None
     version: int
     last_accessed: float
     """Epoch seconds of the stored ``last_accessed``; reads refresh it only when it is stale."""

@@ -88,7 +88,8 @@ class CachedStore:
 
     def _new_entry(self, version: int, now: float, owner: str | None) -> CacheEntry:
         """The entry of a session this process just created: empty, written at ``now``."""
-        return CacheEntry([], {}, None, "nl", version, now, now + self._ttl, user_id=owner)
+        language = self.store.default_language
+        return CacheEntry([], {}, None, language, version, now, now + self._ttl, user_id=owner)
 
     async def refresh(
         self,

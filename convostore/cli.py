@@ -388,7 +388,7 @@ def show(session_id: str, url: str, include_ended: bool, as_json: bool) -> None:
         out.print(
             Text(
                 f"session {transcript.session_id}, conversation {transcript.conversation_id} "
-                f"({state}, {owner}, language {transcript.language}, "
+                f"({state}, {owner}, language {transcript.language or '(none)'}, "
                 f"started {_when(transcript.started_at)} UTC)"
             )
         )

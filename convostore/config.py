@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .errors import ConfigError
 from .urls import hide_password
+from .validation import check_language
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -257,6 +258,13 @@ class StoreConfig(BaseSettings):
     room for dozens of retrieved passages with their metadata, while keeping what a cold load
     of a long session reads bounded."""
 
+    default_language: str | None = None
+    """The language a new session is tagged with, and what ``update`` stores for a state whose
+    ``language`` is None. Default None: a session has no language until the application sets
+    ``state.language`` and calls ``update``, so statistics never guess one.
+    ``get_session_manager()`` makes it "nl", the language of every state of the original
+    SessionManager, unless its config sets it."""
+
     if not TYPE_CHECKING:  # hidden, so that type checkers keep checking a call's field names
 
         def __init__(self, **values: Any) -> None:
@@ -305,6 +313,11 @@ class StoreConfig(BaseSettings):
                 {"least": MIN_SESSION_TTL},
             )
         return value
+
+    @field_validator("default_language")
+    @classmethod
+    def _default_language(cls, value: str | None) -> str | None:
+        return None if value is None else check_language(value)
 
     @model_validator(mode="before")
     @classmethod

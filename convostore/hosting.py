@@ -25,6 +25,7 @@ CONVOSTORE_TABLES = frozenset(
         "turn_slots",
         "exchanges",
         "slot_values",
+        "conversation_status",
         "convostore_changes",
         "convostore_compatibility",
         VERSION_TABLE,

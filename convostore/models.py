@@ -99,7 +99,9 @@ class ConversationState(BaseModel):
     turns: list[ConversationTurn] = Field(default_factory=list)
     current_slots: dict[str, str] = Field(default_factory=dict)
     current_template_id: str | None = None
-    language: str = "nl"
+    language: str | None = None
+    """The conversation's language code (e.g. "nl"), stored with the session by ``update``;
+    None: not tagged (a new session gets ``StoreConfig.default_language``, by default None)."""
 
     _session_id: str | None = PrivateAttr(default=None)
     _origin: Sequence[ConversationTurn] = PrivateAttr(default=())
@@ -155,7 +157,7 @@ StateBuilder = Callable[
         list[ConversationTurn],
         dict[str, str],
         str | None,
-        str,
+        str | None,
         str | None,
         Sequence[ConversationTurn],
         int,
@@ -210,7 +212,7 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
         turns: list[ConversationTurn],
         current_slots: dict[str, str],
         current_template_id: str | None,
-        language: str,
+        language: str | None,
         session_id: str | None,
         origin: Sequence[ConversationTurn],
         stored: int,
@@ -262,7 +264,7 @@ def _constructed_state(
     turns: list[ConversationTurn],
     current_slots: dict[str, str],
     current_template_id: str | None,
-    language: str,
+    language: str | None,
     session_id: str | None,
     origin: Sequence[ConversationTurn],
     stored: int,

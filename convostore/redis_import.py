@@ -57,7 +57,8 @@ def _original_time(value: object) -> datetime:
 
 class _OriginalState(BaseModel):
     """The original ``ConversationState`` (its turns have the fields of convostore's turn,
-    without ``created_at``)."""
+    without ``created_at``). Its language defaults to "nl", as the original model's did: the
+    original application's states were all Dutch."""
 
     turns: list[ConversationTurn] = Field(default_factory=list)
     current_slots: dict[str, str] = Field(default_factory=dict)

@@ -2,16 +2,18 @@
 
 ``collect`` reads the figures from the analytics views ``exchanges`` and ``slot_values`` (the
 queries of docs/analytics.md, in SQLAlchemy Core) and ``render`` lays them out as HTML with
-inline SVG charts drawn here: no scripts, no stylesheets or fonts from elsewhere, so the file
+inline SVG charts (``charts``): no scripts, no stylesheets or fonts from elsewhere, so the file
 can be mailed or archived and opens the same anywhere. Text from the database (templates,
-slot values) is escaped. The charts scale with the page through their ``viewBox``.
+slot values) is escaped. The page fits a phone (390 px) without scrolling sideways, and each
+chart is drawn for the width it is shown at, so its text stays readable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from functools import partial
 from html import escape
 from typing import Any
 
@@ -31,8 +33,20 @@ from sqlalchemy import table as view
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .admin import snapshot
+from .charts import (
+    AMBER,
+    BLUE,
+    HALF,
+    VARIANT_CSS,
+    WIDE,
+    bar_chart,
+    column_chart,
+    per_day_chart,
+    responsive,
+    share_chart,
+)
 from .errors import translate_errors
-from .schema import UTCDateTime, conversations, sessions
+from .schema import UTCDateTime, conversations, live_session, sessions
 
 __all__ = ["ReportData", "collect", "render"]
 
@@ -107,7 +121,7 @@ def _queries(dialect: str) -> dict[str, Any]:
         "conversations": select(
             select(func.count()).select_from(conversations).scalar_subquery(),
             select(func.count())
-            .where(sessions.c.expires_at > bindparam("now", type_=UTCDateTime()))
+            .where(live_session(sessions.c.expires_at, bindparam("now", type_=UTCDateTime())))
             .scalar_subquery(),
         ),
         "per_day": select(days.c.day, func.count(), func.count(distinct(days.c.conversation_id)))
@@ -190,215 +204,36 @@ def _median_length(lengths: dict[int, int]) -> float | None:
     return sum(picked) / len(picked)
 
 
-BLUE, AMBER, GRID, INK, MUTED = "#2563eb", "#d97706", "#e5e7eb", "#1f2937", "#6b7280"
-
-
-def _num(value: float) -> str:
-    """A coordinate, short."""
-    return f"{value:.1f}".rstrip("0").rstrip(".")
-
-
-def _nice_ticks(top: int, most: int = 5) -> list[int]:
-    """Axis ticks from 0 to at least ``top`` in steps of 1, 2 or 5 times a power of ten."""
-    step = 1
-    while True:
-        for factor in (1, 2, 5):
-            size = step * factor
-            if -(-max(top, 1) // size) <= most:
-                return list(range(0, -(-max(top, 1) // size) * size + 1, size))
-        step *= 10
-
-
-def _svg(width: int, height: int, label: str, body: list[str]) -> str:
-    return (
-        f'<svg viewBox="0 0 {width} {height}" style="max-width: {width}px" role="img" '
-        f'aria-label="{escape(label)}">'
-        f"<title>{escape(label)}</title>{''.join(body)}</svg>"
-    )
-
-
-def _text(x: float, y: float, content: str, **attributes: str) -> str:
-    extra = "".join(f' {name.replace("_", "-")}="{value}"' for name, value in attributes.items())
-    return f'<text x="{_num(x)}" y="{_num(y)}"{extra}>{escape(content)}</text>'
-
-
-def _empty(width: int, label: str, message: str) -> str:
-    return _svg(
-        width, 120, label, [_text(width / 2, 64, message, text_anchor="middle", fill=MUTED)]
-    )
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _y_axis(
-    body: list[str], ticks: list[int], left: float, right: float, y_of: Callable[[float], float]
-) -> None:
-    """Horizontal grid lines with their values on the left."""
-    for tick in ticks:
-        y = y_of(tick)
-        body.append(
-            f'<line x1="{_num(left)}" x2="{_num(right)}" y1="{_num(y)}" y2="{_num(y)}" '
-            f'stroke="{GRID}" />'
-        )
-        body.append(_text(left - 8, y + 4, f"{tick:,}", text_anchor="end", fill=MUTED))
-
-
-def _column_chart(
-    labels: Sequence[str], values: Sequence[int], label: str, width: int = 520
-) -> str:
-    """Vertical bars, one per label, with the value above each when there is room."""
-    if not any(values):
-        return _empty(width, label, "No exchanges yet")
-    height, left, right, top, bottom = 260, 48, 12, 16, 40
-    ticks = _nice_ticks(max(values))
-    plot_h = height - top - bottom
-    slot = (width - left - right) / len(values)
-
-    def y_of(value: float) -> float:
-        return top + plot_h * (1 - value / ticks[-1])
-
-    body: list[str] = []
-    _y_axis(body, ticks, left, width - right, y_of)
-    every = 1 if len(values) <= 12 else 3
-    for index, (name, value) in enumerate(zip(labels, values, strict=True)):
-        x = left + index * slot + slot * 0.15
-        y = y_of(value)
-        body.append(
-            f'<rect x="{_num(x)}" y="{_num(y)}" width="{_num(slot * 0.7)}" '
-            f'height="{_num(top + plot_h - y)}" rx="2" fill="{BLUE}">'
-            f"<title>{escape(f'{name}: {value:,}')}</title></rect>"
-        )
-        center = x + slot * 0.35
-        if len(values) <= 12 and value:
-            body.append(_text(center, y - 5, f"{value:,}", text_anchor="middle", fill=INK))
-        if index % every == 0:
-            body.append(_text(center, height - bottom + 18, name, text_anchor="middle", fill=MUTED))
-    return _svg(width, height, label, body)
-
-
-def _bar_chart(rows: Sequence[tuple[str, int, str]], label: str, width: int = 520) -> str:
-    """Horizontal bars: (name, value, note) per row, the name on the left, value and note at
-    the bar's end."""
-    if not rows:
-        return _empty(width, label, "Nothing to show yet")
-    row_h, name_w, note_w, top = 30, 200, 180, 8
-    height = top * 2 + row_h * len(rows)
-    longest = max(value for _, value, _ in rows) or 1
-    room = width - name_w - note_w - 8
-    body: list[str] = []
-    for index, (name, value, note) in enumerate(rows):
-        y = top + index * row_h
-        bar = max(room * value / longest, 2)
-        body.append(_text(name_w - 10, y + 19, _short(name, 26), text_anchor="end", fill=INK))
-        body.append(
-            f'<rect x="{name_w}" y="{y + 5}" width="{_num(bar)}" height="{row_h - 10}" rx="2" '
-            f'fill="{BLUE}"><title>{escape(f"{name}: {note}")}</title></rect>'
-        )
-        body.append(_text(name_w + bar + 8, y + 19, note, fill=MUTED))
-    return _svg(width, height, label, body)
-
-
-def _line_chart(
-    days: Sequence[date],
-    series: Sequence[tuple[str, Sequence[int], str]],
-    label: str,
-    width: int = 1000,
-) -> str:
-    """Lines over days, one per (name, values, colour), with a legend; dots where the days
-    are few enough to tell apart."""
-    if not days:
-        return _empty(width, label, "No exchanges yet")
-    height, left, right, top, bottom = 300, 56, 28, 34, 40
-    ticks = _nice_ticks(max(max(values) for _, values, _ in series))
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def x_of(index: int) -> float:
-        return left + (plot_w / 2 if len(days) == 1 else plot_w * index / (len(days) - 1))
-
-    def y_of(value: float) -> float:
-        return top + plot_h * (1 - value / ticks[-1])
-
-    body: list[str] = []
-    _y_axis(body, ticks, left, width - right, y_of)
-    every = max(1, -(-len(days) // 8))
-    for index, day in enumerate(days):
-        if index % every == 0:
-            body.append(
-                _text(
-                    x_of(index),
-                    height - bottom + 20,
-                    day.strftime("%d %b"),
-                    text_anchor="middle",
-                    fill=MUTED,
-                )
-            )
-    x = left
-    for name, values, colour in series:
-        points = " ".join(f"{_num(x_of(i))},{_num(y_of(v))}" for i, v in enumerate(values))
-        body.append(
-            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2.5" '
-            'stroke-linejoin="round" />'
-        )
-        if len(days) <= 62:
-            for index, value in enumerate(values):
-                tip = escape(f"{days[index]:%Y-%m-%d}: {value:,} {name}")
-                body.append(
-                    f'<circle cx="{_num(x_of(index))}" cy="{_num(y_of(value))}" r="3.5" '
-                    f'fill="{colour}"><title>{tip}</title></circle>'
-                )
-        body.append(f'<rect x="{x}" y="8" width="14" height="14" rx="2" fill="{colour}" />')
-        body.append(_text(x + 20, 20, name, fill=INK))
-        x += 30 + 8 * len(name)
-    return _svg(width, height, label, body)
-
-
-def _share_chart(part: int, whole: int, label: str, width: int = 520) -> str:
-    """One bar split into ``part`` and the rest of ``whole``, with the percentage."""
-    if not whole:
-        return _empty(width, label, "No questions yet")
-    height, left, right = 120, 12, 12
-    share = part / whole
-    split = (width - left - right) * share
-    rest = whole - part
-    body = [
-        _text(left, 34, f"{share:.1%}", font_size="28", font_weight="600", fill=INK),
-        _text(left + 120, 34, f"{part:,} of {whole:,} questions were follow-ups", fill=MUTED),
-        f'<rect x="{left}" y="52" width="{_num(width - left - right)}" height="28" rx="3" '
-        f'fill="{GRID}"><title>{escape(f"{rest:,} questions on their own")}</title></rect>',
-        f'<rect x="{left}" y="52" width="{_num(split)}" height="28" rx="3" fill="{AMBER}">'
-        f"<title>{escape(f'{part:,} follow-ups')}</title></rect>",
-        f'<rect x="{left}" y="94" width="12" height="12" rx="2" fill="{AMBER}" />',
-        _text(left + 18, 104, "follow-up (resolved from earlier turns)", fill=MUTED),
-        f'<rect x="{left + 290}" y="94" width="12" height="12" rx="2" fill="{GRID}" />',
-        _text(left + 308, 104, "on its own", fill=MUTED),
-    ]
-    return _svg(width, height, label, body)
-
-
-_STYLE = """
+_STYLE = (
+    """
 :root { color-scheme: light; }
-body { margin: 0; background: #f3f4f6; color: #1f2937;
+body { margin: 0; background: #f3f4f6; color: #1f2937; overflow-wrap: anywhere;
   font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
 main { max-width: 1080px; margin: 0 auto; padding: 28px 20px 40px; }
 h1 { font-size: 1.6rem; margin: 0 0 4px; }
 h2 { font-size: 1.1rem; margin: 0 0 2px; }
 p.lead, p.note, footer { color: #4b5563; margin: 0 0 12px; }
 p.note { font-size: 0.9rem; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr));
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(170px, 100%), 1fr));
   gap: 12px; margin: 20px 0; }
 .card { background: #fff; border-radius: 10px; padding: 14px 16px;
   box-shadow: 0 1px 2px rgba(0, 0, 0, 0.06); }
 .card b { display: block; font-size: 1.6rem; line-height: 1.2; }
 .card span { color: #4b5563; font-size: 0.9rem; }
-.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(400px, 1fr)); gap: 16px; }
+.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(480px, 100%), 1fr));
+  gap: 16px; }
 section { background: #fff; border-radius: 10px; padding: 16px 20px; margin: 0 0 16px;
   box-shadow: 0 1px 2px rgba(0, 0, 0, 0.06); min-width: 0; }
 svg { display: block; width: 100%; height: auto; margin: 0 auto;
   font-size: 13px; font-family: inherit; }
 footer { font-size: 0.85rem; margin-top: 24px; }
+@media (max-width: 599.98px) {
+  main { padding: 20px 12px 32px; }
+  section { padding: 14px; }
+}
 """
+    + VARIANT_CSS
+)
 
 
 def _section(title: str, note: str, chart: str) -> str:
@@ -433,7 +268,13 @@ def render(data: ReportData, database: str, generated_at: datetime | None = None
     now = generated_at or datetime.now(timezone.utc)
     days = [day for day, _, _ in data.per_day]
     median = _median_length(data.lengths)
-    period = f"{days[0]:%d %b %Y} – {days[-1]:%d %b %Y}" if days else "no exchanges yet"
+    period = (
+        "no exchanges yet"
+        if not days
+        else f"{days[0]:%d %b %Y}"
+        if len(days) == 1
+        else f"{days[0]:%d %b %Y} – {days[-1]:%d %b %Y}"
+    )
     rate = f"{data.follow_ups / data.questions:.0%}" if data.questions else "–"
     cards = "".join(
         (
@@ -456,45 +297,62 @@ def render(data: ReportData, database: str, generated_at: datetime | None = None
         _section(
             "Conversations and exchanges per day",
             "Exchanges asked each day, and the conversations they were asked in (UTC days).",
-            _line_chart(
-                days,
-                [
-                    ("exchanges", [asked for _, asked, _ in data.per_day], BLUE),
-                    ("conversations", [among for _, _, among in data.per_day], AMBER),
-                ],
-                "Conversations and exchanges per day",
+            responsive(
+                partial(
+                    per_day_chart,
+                    days,
+                    [
+                        ("exchanges", [asked for _, asked, _ in data.per_day], BLUE),
+                        ("conversations", [among for _, _, among in data.per_day], AMBER),
+                    ],
+                    "Conversations and exchanges per day",
+                ),
+                WIDE,
             ),
         ),
         '<div class="pair">',
         _section(
             "Top templates",
             f"Questions per template, the {TOP} most asked.",
-            _bar_chart(templates, "Questions per template"),
+            responsive(partial(bar_chart, templates, "Questions per template"), HALF),
         ),
         _section(
             "Top slot values",
             f"What people asked about: slot values by mentions, the {TOP} most mentioned.",
-            _bar_chart(slots, "Most mentioned slot values"),
+            responsive(partial(bar_chart, slots, "Most mentioned slot values"), HALF),
         ),
         _section(
             "Follow-up rate",
             "Questions stored with a resolved question that differs from what was typed.",
-            _share_chart(data.follow_ups, data.questions, "Follow-up rate"),
+            responsive(
+                partial(share_chart, data.follow_ups, data.questions, "Follow-up rate"), HALF
+            ),
         ),
         _section(
             "Conversation length",
             "Conversations by their number of exchanges.",
-            _column_chart(length_labels, length_counts, "Conversations by number of exchanges"),
+            responsive(
+                partial(
+                    column_chart,
+                    length_labels,
+                    length_counts,
+                    "Conversations by number of exchanges",
+                ),
+                HALF,
+            ),
         ),
         "</div>",
         _section(
             "Load per hour of the day",
             "Exchanges per hour (UTC), over the whole period.",
-            _column_chart(
-                [f"{hour:02d}" for hour in range(24)],
-                data.per_hour,
-                "Exchanges per hour of the day",
-                width=1000,
+            responsive(
+                partial(
+                    column_chart,
+                    [f"{hour:02d}" for hour in range(24)],
+                    data.per_hour,
+                    "Exchanges per hour of the day",
+                ),
+                WIDE,
             ),
         ),
     ]

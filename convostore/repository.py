@@ -203,6 +203,7 @@ class SessionRepository:
                     self.config.pool_size + self.config.max_overflow if self._owns_engine else None
                 ),
                 prepare=self._owns_engine and self.config.pooler is None,
+                default_language=self.config.default_language,
             )
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:
@@ -540,8 +541,9 @@ class SessionRepository:
         user_id: str | None = None,
     ) -> None:
         """Persist a state the caller changed: its session fields (current slots, template,
-        language) and the turns added to it since the store handed it out, appended after
-        whatever is stored now, in their order. Stored turns are never rewritten or deleted:
+        language; a ``language`` of None stores ``StoreConfig.default_language``) and the
+        turns added to it since the store handed it out, appended after whatever is stored
+        now, in their order. Stored turns are never rewritten or deleted:
         removing or replacing a handed-out turn in ``state.turns`` (to keep a window, say)
         stores nothing, while every turn object the store did not hand out counts as new. An
         unknown or expired session is created with all the state's turns.
@@ -590,7 +592,9 @@ class SessionRepository:
         fields = SessionFields(
             copy_slots("current_slots", state.current_slots, limits),
             check_optional_text("current_template_id", state.current_template_id, limits),
-            check_language(state.language),
+            self.config.default_language
+            if state.language is None
+            else check_language(state.language),
         )
         expected: int | None = None
         if if_unchanged:

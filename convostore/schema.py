@@ -50,6 +50,8 @@ __all__ = [
     "compared",
     "conversation_ids",
     "conversations",
+    "is_live",
+    "live_session",
     "metadata",
     "of_conversation",
     "sessions",
@@ -200,7 +202,7 @@ sessions = Table(
     Column("last_accessed", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("access_count", BigInteger(), nullable=False),
-    Column("language", String(32), nullable=False),
+    Column("language", String(32), nullable=True),
     Column("current_template_id", Text(), nullable=True),
     Column("current_slots", JSONDocument, nullable=False),
     Column("turn_count", Integer(), nullable=False),
@@ -211,7 +213,7 @@ sessions = Table(
 """One row per live session, pointing at its conversation. ``turn_count`` hands out turn
 sequence numbers; ``version`` is bumped by every write of the session's content, so a cached
 copy can tell whether it is current. ``user_id`` (the owner, or NULL) is set at creation and
-never changes."""
+never changes. ``language`` is NULL until something tags the session with one."""
 
 _in_conversation = ["session_id", "conversation_id"]
 
@@ -278,6 +280,19 @@ def of_conversation(columns: Any) -> ColumnElement[bool]:
     return and_(
         columns.session_id == key.session_id, columns.conversation_id == key.conversation_id
     )
+
+
+def live_session(expires_at: Any, now: Any) -> ColumnElement[bool]:
+    """Whether a session is live at ``now``, in SQL: its row exists (``expires_at`` is not
+    NULL, as an outer join leaves it for an ended conversation) and its expiry is in the
+    future. This is what ``get`` serves, and the one meaning of "live" in ``stats``, the report,
+    ``list_sessions``, the exports and the analytics views (which use the database's clock)."""
+    return and_(expires_at.is_not(None), expires_at > now)
+
+
+def is_live(expires_at: datetime | None, now: datetime) -> bool:
+    """``live_session`` for a row already read: ``expires_at`` None means no session row."""
+    return expires_at is not None and expires_at > now
 
 
 TURN_FIELDS = (

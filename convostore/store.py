@@ -68,7 +68,7 @@ class SessionFields:
 
     current_slots: dict[str, str]
     current_template_id: str | None
-    language: str
+    language: str | None
 
 
 @dataclass(slots=True)
@@ -78,7 +78,7 @@ class Loaded:
     turns: list[ConversationTurn]
     current_slots: dict[str, str]
     current_template_id: str | None
-    language: str
+    language: str | None
     version: int
     last_accessed: datetime
     expires_at: datetime
@@ -126,6 +126,7 @@ class SqlStore:
         retention: float = 0,
         keep_connection: int | None = None,
         prepare: bool = False,
+        default_language: str | None = None,
     ) -> None:
         """``keep_connection``: the pool's capacity (size plus overflow) of an engine
         convostore created, whose hot path may keep a connection between operations
@@ -134,6 +135,8 @@ class SqlStore:
         self.engine = engine
         self.retention = retention
         """Seconds a transcript stays after its session ended (0: it goes with the session)."""
+        self.default_language = default_language
+        """The language of a session created here (``StoreConfig.default_language``)."""
         dialect = engine.dialect
         register_driver_errors(dialect)
         self.sql = sql = Statements(dialect.name)
@@ -227,7 +230,7 @@ class SqlStore:
                 "last_accessed": now,
                 "expires_at": now + timedelta(seconds=ttl),
                 "access_count": 0,
-                "language": "nl",
+                "language": self.default_language,
                 "current_template_id": None,
                 "current_slots": {},
                 "turn_count": 0,

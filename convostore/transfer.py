@@ -58,7 +58,15 @@ from .engine import begin_immediate, check_database, create_engine
 from .errors import SchemaNotReady, translate_errors
 from .migrate import check_schema, upgrade
 from .models import name_ordered
-from .schema import conversations, of_conversation, rows_of_turns, sessions, turn_slots, turns
+from .schema import (
+    conversations,
+    is_live,
+    of_conversation,
+    rows_of_turns,
+    sessions,
+    turn_slots,
+    turns,
+)
 from .validation import (
     Limits,
     check_idempotency_key,
@@ -208,8 +216,6 @@ class ConversationRecord(_Record):
         if self.session is not None:
             if self.ended_at is not None:
                 raise ValueError("a live conversation has no ended_at")
-            if self.language is None:
-                raise ValueError("a live conversation needs its language")
         elif self.current_slots is not None or self.current_template_id is not None:
             raise ValueError("only a live conversation has current_slots or current_template_id")
         previous = 0
@@ -435,7 +441,7 @@ def _head(row: Sequence[Any], now: datetime) -> dict[str, Any]:
     yet) is shown as the sweep will leave it: ended at its last activity."""
     (sid, cid, user_id, started, ended, language, session_language, current_slots) = row[:8]
     current_template, created, last_accessed, expires, access_count = row[8:]
-    live = expires is not None and expires > now
+    live = is_live(expires, now)
     if expires is not None and not live:
         ended = last_accessed
     return {

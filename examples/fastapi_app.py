@@ -4,15 +4,18 @@
     uvicorn fastapi_app:app --app-dir examples
 
 - ``POST /chat`` with ``{"question": ..., "session_id": ...}`` (the id optional) answers and
-  stores the exchange. The answer is an echo that names the previous question of the session,
-  where a real service runs its RAG pipeline on the conversation state.
+  stores the exchange. The answer is an echo that names the previous question of the session
+  (each quoted up to ``QUOTED`` characters), where a real service runs its RAG pipeline on the
+  conversation state.
 - ``GET /sessions/{session_id}`` returns the transcript.
 
 The repository is opened in the app's lifespan, with its settings from the ``CONVOSTORE_*``
 environment variables (on PostgreSQL run ``convostore migrate`` in the deploy first), and
 handed to each request by the ``get_repository`` dependency. A malformed session id or a
-question the store cannot hold is 400, an unknown session 404, and a database that stays
-unreachable for ``CONVOSTORE_RECONNECT_TIMEOUT`` seconds 503.
+question the store cannot hold (``CONVOSTORE_MAX_TEXT_CHARS``, a NUL character) is 400 with
+convostore's message naming the field, an unknown session 404, and a database that stays
+unreachable for ``CONVOSTORE_RECONNECT_TIMEOUT`` seconds 503. A new session is stored with its
+first exchange, by ``add_turn``, so a refused chat leaves nothing behind.
 
 Session ids: by default the server makes the id of every new session (unguessable), and a
 ``/chat`` with an id it does not know (or whose session expired) is 404, so clients cannot
@@ -71,13 +74,22 @@ class Transcript(BaseModel):
     turns: list[Turn]
 
 
+QUOTED = 200
+"""Characters of a question the echo repeats: an answer stays short whatever was asked, so a
+question the store can hold never makes an answer it cannot."""
+
+
+def _quote(text: str) -> str:
+    return text if len(text) <= QUOTED else text[: QUOTED - 1] + "…"
+
+
 def answer(question: str, state: ConversationState) -> str:
     """Stands in for the RAG pipeline: echoes the question and, for a follow-up, the previous
     question it builds on, read from the stored conversation."""
     previous = state.get_previous_user_turn()
     if previous is None:
-        return f"You asked: {question}"
-    return f"You asked: {question} (following up on: {previous.content})"
+        return f"You asked: {_quote(question)}"
+    return f"You asked: {_quote(question)} (following up on: {_quote(previous.content)})"
 
 
 @asynccontextmanager
@@ -121,15 +133,15 @@ def create_app(settings: ChatSettings | None = None) -> FastAPI:
 
     @app.post("/chat")
     async def chat(body: ChatRequest, repository: Repository) -> ChatResponse:
+        # A new conversation starts from an empty state; add_turn stores it with its first
+        # exchange, after checking both, so nothing is stored for a chat it refuses.
         if body.session_id is None:
-            session_id, state = await repository.get_or_create()
-        elif allow_client_ids:
-            session_id, state = await repository.get_or_create(body.session_id)
+            session_id, state = repository.generate_session_id(), ConversationState()
         else:
-            found = await repository.get(body.session_id)
-            if found is None:
+            session_id, found = body.session_id, await repository.get(body.session_id)
+            if found is None and not allow_client_ids:
                 raise HTTPException(404, "unknown session")
-            session_id, state = body.session_id, found
+            state = found or ConversationState()
         reply = answer(body.question, state)
         await repository.add_turn(session_id, body.question, reply)
         return ChatResponse(session_id=session_id, answer=reply)

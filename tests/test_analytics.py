@@ -2,15 +2,19 @@
 
 The dataset is built through the API with the fake clock, so its timestamps, owners and
 endings are known; the expected rows below were worked out by hand from it (see ``_seed``),
-not by running the queries. A query added to the doc without an expected result fails
+not by running the queries. The views tell live conversations by the database's clock, so the
+dataset's first day is today (UTC) and its second tomorrow: the sessions left live at the end
+are live for the database too. A query added to the doc without an expected result fails
 ``test_doc_queries_are_all_tested``.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,8 +36,13 @@ SESSION_TIME_ZONE = "Asia/Kolkata"
 """The PostgreSQL session's time zone while the queries run: UTC+05:30 moves the 21:00 UTC
 exchange to the next day and every exchange to another hour, unless a query converts to UTC."""
 
-DAY_ONE = 1_790_035_200.0
-"""2026-09-22 00:00 UTC, the first midnight after the fake clock's start."""
+DAY_ONE = time.time() // 86_400 * 86_400
+"""Today 00:00 UTC."""
+DAYS = [
+    (datetime.fromtimestamp(DAY_ONE, timezone.utc) + timedelta(days=n)).strftime("%Y-%m-%d")
+    for n in range(2)
+]
+"""The dataset's two days as the queries spell them."""
 
 
 @dataclass(frozen=True)
@@ -68,13 +77,13 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
     """Seven conversations over two days (times UTC; "follow-up": resolved_question set and
     different from the question; "empty": results == []):
 
-    day 1 (2026-09-22), ended by the sweep at 08:00 on day 2:
+    day 1 (today), ended by the sweep at 08:00 on day 2:
       C1 alice, session S1: 09:00 archives_in_place place=Utrecht, 2 results;
          09:05 follow-up, archives_in_place place=Enschede, 1 result;
          09:10 follow-up, archives_in_place place=Zwolle, empty.
       C2 bob: 14:00 opening_hours place=Utrecht, 1 result.
       C3 anonymous: 21:00 "Hallo", no template, no slots, empty.
-    day 2 (2026-09-23):
+    day 2 (tomorrow):
       C4 carol: 10:30 archives_in_place place=Deventer, empty;
          10:31 resolved_question equal to the question (no follow-up), archives_in_place
          place=Deventer, 1 result; 10:45 follow-up, archives_in_place place=Zwolle, 1 result;
@@ -211,7 +220,7 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
 
 EXPECTED: dict[str, list[tuple[Any, ...]]] = {
     # (day, exchanges, conversations): C1 3 + C2 1 + C3 1; C4 3 + C5 2 + C6 1.
-    "exchanges_per_day": [("2026-09-22", 5, 3), ("2026-09-23", 6, 3)],
+    "exchanges_per_day": [(DAYS[0], 5, 3), (DAYS[1], 6, 3)],
     # (hour, exchanges): C1's three at 9, C4's three at 10, C2 at 14, C5 and C6 at 16, C3 at 21.
     "hourly_load": [(9, 3), (10, 3), (14, 1), (16, 3), (21, 1)],
     # (template, questions, conversations): archives C1 3 + C4 3 + C5 1; opening C2, C5, C6.

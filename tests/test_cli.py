@@ -139,7 +139,7 @@ async def test_stats(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
         "ended_conversations": 1,
         "turns": 10,
         "languages": [
-            {"language": "nl", "conversations": 3},
+            {"language": None, "conversations": 3},
             {"language": "en", "conversations": 1},
         ],
         "templates": [
@@ -153,7 +153,7 @@ async def test_stats(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
         r"expired sessions waiting for the sweep\s+│\s+1 │",
         r"ended conversations \(transcripts kept\)\s+│\s+1 │",
         r"turns\s+│\s+10 │",
-        r"│ nl\s+│\s+3 │",
+        r"│ \(none\)\s+│\s+3 │",
         r"│ archives_in_place\s+│\s+4 │",
         r"│ \(none\)\s+│\s+1 │",
     ):
@@ -392,8 +392,9 @@ EXTERNAL = re.compile(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""
 
 
 async def test_report(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path: Path) -> None:
-    """One well-formed page with an inline SVG per chart, the seeded figures, no scripts, no
-    external resources, and the database's text escaped."""
+    """One well-formed page with a section per chart, holding an inline SVG for each viewport
+    class (one drawing may serve several), the seeded figures, no scripts, no external
+    resources, and the database's text escaped."""
     await _seed(make_repo, clock)
     out = tmp_path / "report.html"
     said = _ok(await _invoke("report", "--out", str(out), "--url", url))
@@ -402,9 +403,12 @@ async def test_report(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path:
     assert page.startswith("<!DOCTYPE html>\n")
     root = ElementTree.fromstring(page.removeprefix("<!DOCTYPE html>\n"))
     assert root.tag == "html"
-    svgs = root.findall(".//svg")
-    assert len(svgs) == 6
-    assert all(svg.get("viewBox") for svg in svgs)
+    sections = root.findall(".//section")
+    assert len(sections) == 6
+    for section in sections:
+        variants = [name for svg in section.findall("svg") for name in svg.get("class", "").split()]
+        assert sorted(variants) == ["l", "m", "s"]
+    assert all(svg.get("viewBox") for svg in root.findall(".//svg"))
     assert "<script" not in page
     assert "&lt;script&gt;x&lt;/script&gt;" in page
     assert not EXTERNAL.search(page)
@@ -449,11 +453,11 @@ async def test_report_figures(url: str, make_repo: MakeRepo, clock: FakeClock) -
 
 
 async def test_report_on_an_empty_database(url: str, tmp_path: Path) -> None:
-    """With nothing stored every chart says so, still one SVG each."""
+    """With nothing stored every chart says so, still a section each."""
     out = tmp_path / "empty.html"
     _ok(await _invoke("report", "-o", str(out), "--url", url))
     page = out.read_text(encoding="utf-8")
-    assert page.count("<svg ") == 6
+    assert page.count("<section>") == 6
     assert "No exchanges yet" in page
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.servers import PrivatePostgres
 from convostore.migrate import upgrade_url
@@ -135,6 +137,66 @@ async def test_invalid_input_is_a_400(example: ModuleType, allow_client_ids: boo
         assert response.status_code == 400, response.text
         assert "question" in response.json()["detail"]
         assert (await client.get("/sessions/unknown")).status_code == 404
+
+
+async def stored_sessions(url: str) -> list[tuple[str, int]]:
+    """Each stored conversation's session id and number of turns."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT c.session_id, (SELECT COUNT(*) FROM turns t WHERE t.session_id = "
+                    "c.session_id AND t.conversation_id = c.conversation_id) FROM conversations c "
+                    "ORDER BY 1"
+                )
+            )
+            return [(sid, int(count)) for sid, count in rows]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("allow_client_ids", [False, True])
+async def test_a_refused_chat_leaves_no_session_behind(
+    example: ModuleType, empty_url: str, allow_client_ids: bool
+) -> None:
+    """A new chat (server-made id, or with client ids allowed, a new id of the client's)
+    whose question the store refuses stores nothing: the session is stored with its first
+    exchange or not at all."""
+    app = example.create_app(example.ChatSettings(allow_client_session_ids=allow_client_ids))
+    async with serve(app) as client:
+        bodies: list[dict[str, Any]] = [{"question": "nul \x00 byte"}]
+        if allow_client_ids:
+            bodies.append({"question": "nul \x00 byte", "session_id": "mine"})
+        for body in bodies:
+            response = await client.post("/chat", json=body)
+            assert response.status_code == 400, response.text
+            assert "question" in response.json()["detail"]
+        assert await stored_sessions(empty_url) == []
+        sid = (await chat(client, UTRECHT))["session_id"]
+    assert await stored_sessions(empty_url) == [(sid, 2)]
+
+
+async def test_a_long_question_is_refused_as_a_question(
+    example: ModuleType, empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every question the store can hold is answered, follow-ups too: the echo quotes only
+    the start of a question, so the answer never outgrows the limit. One character more is a
+    400 that names the question and its limit, not the answer, and stores nothing."""
+    monkeypatch.setenv("CONVOSTORE_MAX_TEXT_CHARS", "500")
+    async with serve(example.create_app()) as client:
+        first = await chat(client, "U" * 500)
+        sid = first["session_id"]
+        follow_up = await chat(client, "E" * 500, sid)
+        assert len(follow_up["answer"]) < 500
+        assert follow_up["answer"].endswith(f"(following up on: {'U' * 199}…)")
+        for session_id in (None, sid):
+            body = {"question": "x" * 501, "session_id": session_id}
+            response = await client.post("/chat", json=body)
+            assert response.status_code == 400, response.text
+            detail = response.json()["detail"]
+            assert detail.startswith("question is 501 characters long; at most 500"), detail
+    assert await stored_sessions(empty_url) == [(sid, 4)]
 
 
 @pytest.mark.postgresql

@@ -229,7 +229,7 @@ async def test_deleting_a_session_row_ends_its_conversation_and_keeps_the_turns(
     on SQLite too) marks its conversation ended at its last activity, with its language, and
     keeps the turns; deleting the conversation row removes its turns and slots, and nothing
     of other conversations."""
-    repo: SessionRepository = await make_repo()
+    repo: SessionRepository = await make_repo(default_language="nl")
     gone, _ = await repo.get_or_create()
     kept, _ = await repo.get_or_create()
     for sid in (gone, kept):

@@ -61,12 +61,12 @@ def test_turn_rejects_unknown_role() -> None:
 
 
 def test_state_defaults() -> None:
-    """A new ConversationState has no turns, no slots, no template, and language "nl"."""
+    """A new ConversationState has no turns, no slots, no template, and no language."""
     state = ConversationState()
     assert state.turns == []
     assert state.current_slots == {}
     assert state.current_template_id is None
-    assert state.language == "nl"
+    assert state.language is None
     assert ConversationState().turns is not state.turns
 
 

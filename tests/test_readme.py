@@ -9,6 +9,8 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.metadata import metadata
 from pathlib import Path
 from typing import Any
@@ -136,26 +138,30 @@ async def test_users_snippet_runs(
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "readme_example"}
     await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
-    engine = create_async_engine(empty_url)
+    assert await _row_counts(empty_url) == [0, 0, 0, 0]
+
+
+async def _row_counts(url: str) -> list[int]:
+    """Rows in ``sessions``, ``conversations``, ``turns`` and ``turn_slots``."""
+    engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            counts = [
-                await conn.scalar(text(f"SELECT COUNT(*) FROM {table}"))
+            return [
+                int(await conn.scalar(text(f"SELECT COUNT(*) FROM {table}")) or 0)
                 for table in ("sessions", "conversations", "turns", "turn_slots")
             ]
     finally:
         await engine.dispose()
-    assert counts == [0, 0, 0, 0]
 
 
-async def test_fastapi_snippet_runs(
-    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The FastAPI app, built as written with its URL from env CONVOSTORE_DATABASE_URL, answers
-    a question and its follow-up through its lifespan, on an empty database (after `convostore
-    migrate` on PostgreSQL)."""
-    await _migrate_postgres(backend, empty_url)
-    monkeypatch.setenv(DATABASE_URL_ENV, empty_url)
+@asynccontextmanager
+async def _fastapi_snippet(
+    backend: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the README's FastAPI app, built as written with its URL from env
+    CONVOSTORE_DATABASE_URL (after `convostore migrate` on PostgreSQL), its lifespan run."""
+    await _migrate_postgres(backend, url)
+    monkeypatch.setenv(DATABASE_URL_ENV, url)
     namespace: dict[str, Any] = {"__name__": "readme_fastapi"}
     exec(compile(_snippet("fastapi"), "README.md", "exec"), namespace)
     app = namespace["app"]
@@ -163,6 +169,15 @@ async def test_fastapi_snippet_runs(
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
     ):
+        yield client
+
+
+async def test_fastapi_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FastAPI app answers a question and its follow-up through its lifespan, on an empty
+    database."""
+    async with _fastapi_snippet(backend, empty_url, monkeypatch) as client:
         first = await client.post("/ask", params={"question": "Welke archieven in Utrecht?"})
         assert first.status_code == 200, first.text
         sid = first.json()["session_id"]
@@ -172,6 +187,27 @@ async def test_fastapi_snippet_runs(
         assert second.status_code == 200, second.text
     assert second.json() == {"session_id": sid, "answer": "(2 earlier turns) ..."}
     assert len(await _stored_contents(empty_url, sid)) == 4
+
+
+async def test_fastapi_snippet_makes_the_ids_and_refuses_with_4xx(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients cannot choose session ids: an id the server did not make is 404, a malformed one
+    400 with convostore's reason (never a 500), and so is a question convostore cannot store;
+    none of them leaves a row behind."""
+    async with _fastapi_snippet(backend, empty_url, monkeypatch) as client:
+        for session_id, status, says in (
+            ("café", 400, "session id"),
+            ("x" * 129, 400, "session id"),
+            ("mine", 404, "unknown or expired session"),
+        ):
+            response = await client.post("/ask", params={"question": "q", "session_id": session_id})
+            assert response.status_code == status, (session_id, response.text)
+            assert says in response.json()["detail"]
+        response = await client.post("/ask", params={"question": "nul \x00 byte"})
+        assert response.status_code == 400, response.text
+        assert "question" in response.json()["detail"]
+    assert await _row_counts(empty_url) == [0, 0, 0, 0]
 
 
 async def test_compat_snippet_runs(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,7 +179,7 @@ async def test_add_turn_round_trips_every_turn_field(make_repo: MakeRepo) -> Non
         assert assistant.results == []
         assert state.current_slots == SLOTS
         assert state.current_template_id == "archives_in_place"
-        assert state.language == "nl"
+        assert state.language is None
 
 
 async def test_created_at_is_set_by_the_store_in_aware_utc(
@@ -547,12 +547,12 @@ async def test_changing_a_returned_state_changes_neither_cache_nor_database(
         assert state is not None
         assert state.current_slots == {"place": "Utrecht"}
         assert state.current_template_id == "t"
-        assert state.language == "nl"
+        assert state.language is None
     assert await count(sql, "turns", sid) == 2
     rows = await sql(
         "SELECT current_template_id, language FROM sessions WHERE session_id = :sid", sid=sid
     )
-    assert tuple(rows[0]) == ("t", "nl")
+    assert tuple(rows[0]) == ("t", None)
 
 
 async def test_changing_a_new_sessions_state_does_not_reach_the_cache(

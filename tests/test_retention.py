@@ -5,6 +5,7 @@ conversations under one session id stay apart. Both backends."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from conftest import FakeClock, MakeRepo, Sql
 
@@ -63,7 +64,8 @@ async def test_two_conversations_under_one_session_id_stay_apart(
 ) -> None:
     """A session id used again after its session ended starts a new conversation with no
     old turns; in SQL the two have their own conversation_id, and the views tell which one
-    is live."""
+    is live (by the database's clock, which the fake one starts at)."""
+    clock.now = time.time()
     repo = await make_repo(session_ttl=TTL)
     await _exchange(repo, "s", "Utrecht")
     clock.advance(TTL + 1)

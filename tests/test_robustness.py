@@ -218,12 +218,12 @@ async def test_failed_update_stores_nothing_and_keeps_cache_clean(
 
     assert await stored_exchanges(sql, sid) == [("q1", "a1")]
     assert await session_counters(sql, sid) == before
-    assert await sql("SELECT language FROM sessions WHERE session_id = :sid", sid=sid) == [("nl",)]
+    assert await sql("SELECT language FROM sessions WHERE session_id = :sid", sid=sid) == [(None,)]
     again = await repo.get(sid)
     assert again is not None
     assert contents(again) == as_turns([("q1", "a1")])
     assert again.current_slots == {"place": "Utrecht"}
-    assert again.language == "nl"
+    assert again.language is None
 
 
 async def test_cancelled_calls_leave_whole_exchanges_and_no_connection_behind(

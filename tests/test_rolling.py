@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from convostore import SchemaNotReady, SessionRepository, StoreConfig
 from convostore.migrate import (
     VERSION_TABLE,
+    alembic_config,
     check_schema,
     head_revision,
     script_location,
@@ -27,7 +29,9 @@ from convostore.migrate import (
 
 RECORD = "convostore_compatibility"
 HEAD = head_revision() or ""
-PREVIOUS = f"{int(HEAD) - 1:04d}"
+_below_head = ScriptDirectory.from_config(alembic_config()).get_revision(HEAD)
+PREVIOUS = str(_below_head.down_revision if _below_head is not None else "")
+"""The revision below the head (revision ids are numbers, but not every number is one)."""
 
 
 def _after_head(steps: int) -> str:

@@ -39,6 +39,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "fast_path": ("0", False),
     "max_text_chars": ("20", 20),
     "max_results_bytes": ("50", 50),
+    "default_language": ("en", "en"),
 }
 """Per field: a value as an environment variable holds it, and the setting it gives, which is
 not the default."""

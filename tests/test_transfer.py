@@ -200,7 +200,7 @@ async def test_jsonl_has_a_conversation_per_line(
 
     utrecht = found[ids["utrecht"], True]
     assert utrecht["user_id"] == "u-1"
-    assert utrecht["language"] == "nl"
+    assert utrecht["language"] is None
     assert utrecht["current_slots"] == {"place": "Enschede", "soort": "gemeente"}
     assert utrecht["current_template_id"] == "archives_in_place"
     assert set(utrecht["session"]) == {"created_at", "last_accessed", "expires_at", "access_count"}

@@ -430,6 +430,7 @@ async def test_0001_database_reads_back_and_goes_on_at_head(
         "SELECT session_id, seq, question, resolved_question, answer, template_id, language, "
         "live, user_id FROM exchanges ORDER BY session_id, seq",
     )
+    real_now = datetime.now(timezone.utc)  # the views' clock: the database's, not the fake one
     assert [(*row[:7], bool(row[7]), row[8]) for row in exchanges] == sorted(
         (
             s.session_id,
@@ -439,7 +440,7 @@ async def test_0001_database_reads_back_and_goes_on_at_head(
             e.answer,
             e.template_id,
             s.language,
-            True,
+            s.last_accessed + TTL > real_now,
             None,
         )
         for s in seeded
@@ -621,8 +622,9 @@ async def test_downgrade_to_0001_keeps_live_sessions_and_drops_ended_transcripts
     """On a head database with owners, an ended-and-retained conversation and a live one that
     reuses an ended session id: the downgrade to 0001 is refused without ``allow_downgrade``
     (and changes nothing); with it (straight, or stopping at 0002), every live session keeps
-    its row, turns and slots, the ended transcripts go, and each revision's schema is that of
-    a fresh database at it; upgrading again serves the same states."""
+    its row, turns and slots (a session without a language gets "nl", which older code gave
+    every session), the ended transcripts go, and each revision's schema is that of a fresh
+    database at it; upgrading again serves the same states."""
     fresh = {}
     for revision in ("0001", "0002"):
         await upgrade_url(empty_url, revision)
@@ -648,6 +650,10 @@ async def test_downgrade_to_0001_keeps_live_sessions_and_drops_ended_transcripts
             results=[{"count": 3, "names": ["Historisch Centrum Overijssel"]}],
             user_id="alice",
         )
+        tagged = await repo.get("s-alice")
+        assert tagged is not None
+        tagged.language = "en"
+        await repo.update("s-alice", tagged)
         await repo.add_turn("s-anon", "Waar ligt Zwolle?", "Aan de IJssel.", slots={"p": "Zwolle"})
         for question in ("Eerste?", "Tweede?"):
             await repo.add_turn(
@@ -666,6 +672,8 @@ async def test_downgrade_to_0001_keeps_live_sessions_and_drops_ended_transcripts
         assert len(await repo.list_sessions("carol")) == 2
 
     sessions_before = await _rows(url, _SESSIONS)
+    assert [row[5] for row in sessions_before] == ["en", None, None]
+    downgraded = [(*row[:5], row[5] or "nl", *row[6:]) for row in sessions_before]
     turns_before = await _rows(url, _LIVE_TURNS)
     slots_before = await _rows(url, _LIVE_SLOTS)
     assert [s[0] for s in sessions_before] == list(live)
@@ -680,14 +688,16 @@ async def test_downgrade_to_0001_keeps_live_sessions_and_drops_ended_transcripts
 
     for revision in stops:
         assert await migrate_url(url, revision, allow_downgrade=True) == revision
-        assert await _rows(url, _SESSIONS) == sessions_before, revision
+        assert await _rows(url, _SESSIONS) == downgraded, revision
         assert await _rows(url, _TURNS) == turns_before, revision
         assert await _rows(url, _SLOTS) == slots_before, revision
         assert await _on(url, fingerprint) == fresh[revision], revision
 
     await upgrade_url(url)
     async with _repository(url, clock) as repo:
-        assert {sid: await _state(repo, sid) for sid in live} == states
+        assert {sid: await _state(repo, sid) for sid in live} == {
+            sid: {**state, "language": state["language"] or "nl"} for sid, state in states.items()
+        }
         assert await repo.get("s-ended") is None
         assert await repo.list_sessions("carol") == []  # owners go with the downgrade
 
@@ -801,3 +811,58 @@ async def test_turns_left_by_a_session_deleted_with_foreign_keys_off_do_not_stop
         assert state is not None
         followup = next(s for s in seeded if s.session_id == FOLLOWUP)
         assert len(state.turns) == 2 * len(followup.exchanges)
+
+
+_LIVE_EXCHANGES = "SELECT DISTINCT session_id, live FROM exchanges ORDER BY session_id"
+
+
+async def test_0003_database_at_head_tells_live_by_expiry_and_downgrades_to_0003s_views(
+    empty_url: str, url: str
+) -> None:
+    """A populated database at 0003, whose ``exchanges`` call the two expired, unswept sessions
+    live, upgraded to head: only the sessions whose expiry is in the future are live in
+    ``exchanges`` and ``conversation_status``, every session keeps its language, the triggers
+    on ``sessions`` still end conversations, and the schema is a fresh head database's. The
+    downgrade gives back exactly 0003's schema, views included."""
+    seeded = _population(datetime.now(timezone.utc), keys=True)
+    await upgrade_url(empty_url, "0002")
+    await _on(empty_url, lambda c: _seed(c, seeded, keys=True))
+    await upgrade_url(empty_url, "0003")
+    at_0003 = await _on(empty_url, fingerprint)
+    said = await _rows(empty_url, _LIVE_EXCHANGES)
+    assert [(sid, bool(live)) for sid, live in said] == [
+        (s, True) for s in sorted((EXPIRED, FOLLOWUP, LAPSED, UNICODE))
+    ]
+    languages = await _rows(empty_url, "SELECT session_id, language FROM sessions ORDER BY 1")
+    assert languages == sorted((s.session_id, s.language) for s in seeded)
+
+    await upgrade_url(empty_url)
+    assert await _on(empty_url, fingerprint) == await _on(url, fingerprint)
+    assert await _on(empty_url, drift) == []
+    said = await _rows(empty_url, _LIVE_EXCHANGES)
+    assert [(sid, bool(live)) for sid, live in said] == [
+        (EXPIRED, False),
+        (FOLLOWUP, True),
+        (LAPSED, False),
+        (UNICODE, True),
+    ]
+    status = await _rows(
+        empty_url, "SELECT session_id, live, ended_at FROM conversation_status ORDER BY 1"
+    )
+    assert [(sid, bool(live), ended) for sid, live, ended in status] == [
+        (EMPTY, True, None),
+        (EXPIRED, False, None),
+        (FOLLOWUP, True, None),
+        (LAPSED, False, None),
+        (UNICODE, True, None),
+    ]
+    assert await _rows(empty_url, "SELECT session_id, language FROM sessions ORDER BY 1") == (
+        languages
+    )
+    gone = text("DELETE FROM sessions WHERE session_id = :sid")
+    await _on(empty_url, lambda c: c.execute(gone, {"sid": EXPIRED}))
+    ended = "SELECT language FROM conversations WHERE session_id = :sid AND ended_at IS NOT NULL"
+    assert await _rows(empty_url, ended, sid=EXPIRED) == [("nl",)]
+
+    assert await migrate_url(empty_url, "0003", allow_downgrade=True) == "0003"
+    assert await _on(empty_url, fingerprint) == at_0003
