@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL
 
 from .cache import SessionCache
 from .driver import Compiled
+from .engine import connect_asyncpg
 from .statements import Statements
 
 __all__ = [
@@ -130,17 +131,7 @@ class PostgresWatcher(_Loop):
         self._connect_args = _asyncpg_connect_args(url, dialect)
 
     async def _follow(self) -> None:
-        import asyncpg
-
-        connecting = asyncio.ensure_future(
-            asyncpg.connect(**self._connect_args, timeout=_PING_INTERVAL)
-        )
-        try:
-            conn = await asyncio.shield(connecting)
-        except asyncio.CancelledError:
-            # stop() during a connect: close what the connect still brings, never leak it.
-            connecting.add_done_callback(_terminate_connected)
-            raise
+        conn = await connect_asyncpg(**{**self._connect_args, "timeout": _PING_INTERVAL})
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
@@ -206,11 +197,6 @@ class SqliteWatcher(_Loop):
         for _, sid, version in rows:
             self._cache.invalidate(sid, None if version < 0 else version)
         return int(rows[-1][0])
-
-
-def _terminate_connected(connecting: asyncio.Future[Any]) -> None:
-    if not connecting.cancelled() and connecting.exception() is None:
-        connecting.result().terminate()
 
 
 async def _scalar(conn: Any, sql: str, args: Sequence[Any] = ()) -> int:

@@ -3,6 +3,7 @@ convostore needs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -14,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._private import sqlalchemy_asyncpg_connector
 from .config import StoreConfig
 from .errors import ConfigError, hide_in_messages
 from .urls import check_database_url, hide_password
@@ -22,6 +24,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "begin_immediate",
     "check_database",
+    "connect_asyncpg",
     "create_engine",
     "prepare_engine",
     "release_engine",
@@ -83,7 +86,8 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
     Its errors and logs leave out SQL parameters (``hide_parameters``): they are turn content,
     which does not belong in a ``StoreError`` message or a log line. ``create_async_engine`` is
     looked up when called, so an instrumentation that wraps it (OpenTelemetry's
-    ``SQLAlchemyInstrumentor().instrument()``) before ``start()`` sees this engine too."""
+    ``SQLAlchemyInstrumentor().instrument()``) before ``start()`` sees this engine too.
+    PostgreSQL connections are opened by ``connect_asyncpg``."""
     url = make_url(config.database_url)
     logger.debug("convostore: creating an engine for %s", hide_password(url))
     options: dict[str, Any] = {
@@ -98,17 +102,43 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
         # Every convostore transaction commits or rolls back itself, so the pool's own
         # rollback on return would only cost aiosqlite a thread hop per operation.
         options.update(pool_reset_on_return=None)
-    if config.pooler == "pgbouncer":
-        # A transaction pooler hands each transaction to any server connection, where a
-        # named prepared statement of another may not exist: name none, cache none.
-        options.update(
-            connect_args={
-                "statement_cache_size": 0,
-                "prepared_statement_cache_size": 0,
-                "prepared_statement_name_func": _unnamed_statement,
-            }
-        )
+    if url.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = sqlalchemy_asyncpg_connector(connect_asyncpg)
+        if config.pooler == "pgbouncer":
+            # A transaction pooler hands each transaction to any server connection, where a
+            # named prepared statement of another may not exist: name none, cache none.
+            connect_args.update(
+                statement_cache_size=0,
+                prepared_statement_cache_size=0,
+                prepared_statement_name_func=_unnamed_statement,
+            )
+        options.update(connect_args=connect_args)
     return prepare_engine(sqlalchemy_asyncio.create_async_engine(url, **options))
+
+
+async def connect_asyncpg(*args: Any, **kwargs: Any) -> Any:
+    """``asyncpg.connect(*args, **kwargs)``, run to its end even if the caller is cancelled.
+
+    asyncpg's connect, cancelled while it asks the server for TLS (as the default
+    ``sslmode=prefer`` does), leaves behind a future with an exception nobody retrieves, and
+    asyncio logs "Future exception was never retrieved ... unexpected connection_lost() call"
+    (asyncpg issue 1211). So the connect runs in a task of its own: a cancelled caller
+    raises at once, and the connection the task still brings is closed."""
+    import asyncpg
+
+    connecting = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        connecting.add_done_callback(_terminate_connected)
+        raise
+
+
+def _terminate_connected(connecting: asyncio.Future[Any]) -> None:
+    """Close the connection a connect nobody waits for any more brought (and retrieve its
+    error, if it failed)."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().terminate()
 
 
 _users: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()
