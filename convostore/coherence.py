@@ -131,7 +131,11 @@ class PostgresWatcher(_Loop):
         self._connect_args = _asyncpg_connect_args(url, dialect)
 
     async def _follow(self) -> None:
-        conn = await connect_asyncpg(**{**self._connect_args, "timeout": _PING_INTERVAL})
+        # A server that stops answering must not hold the listener: the connect and every
+        # command on the connection (LISTEN, the ping) give up after _PING_INTERVAL.
+        conn = await connect_asyncpg(
+            **{**self._connect_args, "timeout": _PING_INTERVAL, "command_timeout": _PING_INTERVAL}
+        )
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:

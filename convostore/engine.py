@@ -11,7 +11,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -80,14 +80,21 @@ def dump_json(value: Any) -> str:
     return json.dumps(value)
 
 
-def create_engine(config: StoreConfig) -> AsyncEngine:
+def create_engine(config: StoreConfig, *, timeout: float | None = None) -> AsyncEngine:
     """The repository's own engine for ``config.database_url``, pooled as configured.
 
     Its errors and logs leave out SQL parameters (``hide_parameters``): they are turn content,
     which does not belong in a ``StoreError`` message or a log line. ``create_async_engine`` is
     looked up when called, so an instrumentation that wraps it (OpenTelemetry's
     ``SQLAlchemyInstrumentor().instrument()``) before ``start()`` sees this engine too.
-    PostgreSQL connections are opened by ``connect_asyncpg``."""
+
+    PostgreSQL: connections are opened by ``connect_asyncpg``. ``timeout`` bounds, in seconds,
+    each connect (asyncpg's ``timeout``), each statement (asyncpg's ``command_timeout``, on
+    SQLAlchemy's execution and the driver alike) and each wait for a pooled connection
+    (``pool_timeout``), so that a server that stops answering fails a call instead of holding
+    it; a connection whose statement ran over is closed (``_close_timed_out``). None: the
+    libraries' defaults (a connect may take 60 s, a statement forever), for what may rightly
+    run long (a migration, an export)."""
     url = make_url(config.database_url)
     logger.debug("convostore: creating an engine for %s", hide_password(url))
     options: dict[str, Any] = {
@@ -102,6 +109,7 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
         # Every convostore transaction commits or rolls back itself, so the pool's own
         # rollback on return would only cost aiosqlite a thread hop per operation.
         options.update(pool_reset_on_return=None)
+    bounded = timeout is not None and url.get_backend_name() == "postgresql"
     if url.get_backend_name() == "postgresql":
         connect_args: dict[str, Any] = sqlalchemy_asyncpg_connector(connect_asyncpg)
         if config.pooler == "pgbouncer":
@@ -112,8 +120,14 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
                 prepared_statement_cache_size=0,
                 prepared_statement_name_func=_unnamed_statement,
             )
+        if bounded:
+            connect_args.update(timeout=timeout, command_timeout=timeout)
+            options.update(pool_timeout=timeout)
         options.update(connect_args=connect_args)
-    return prepare_engine(sqlalchemy_asyncio.create_async_engine(url, **options))
+    engine = sqlalchemy_asyncio.create_async_engine(url, **options)
+    if bounded:
+        event.listen(engine.sync_engine, "handle_error", _close_timed_out)
+    return prepare_engine(engine)
 
 
 async def connect_asyncpg(*args: Any, **kwargs: Any) -> Any:
@@ -139,6 +153,23 @@ def _terminate_connected(connecting: asyncio.Future[Any]) -> None:
     error, if it failed)."""
     if not connecting.cancelled() and connecting.exception() is None:
         connecting.result().terminate()
+
+
+def _close_timed_out(context: ExceptionContext) -> None:
+    """A statement that ran past asyncpg's ``command_timeout`` leaves its connection waiting
+    for the server to confirm the cancel, which a server that stopped answering never does:
+    close that connection at once, and have SQLAlchemy discard it rather than roll back on it
+    (another timeout). Only it: its pool siblings may be fine, and a graceful close of each
+    would wait on a silent server too."""
+    connection = context.connection
+    if not isinstance(context.original_exception, asyncio.TimeoutError) or connection is None:
+        return
+    if not connection.invalidated:
+        driver = connection.connection.driver_connection
+        if driver is not None:
+            driver.terminate()
+    context.is_disconnect = True
+    context.invalidate_pool_on_disconnect = False
 
 
 _users: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()

@@ -50,7 +50,7 @@ from .errors import (
     translate_errors,
 )
 from .expiry import RefreshesBehind, logger, run_periodically
-from .lifecycle import Calls
+from .lifecycle import Calls, attempt_timeout
 from .migrate import check_schema, upgrade
 from .models import ConversationState, ConversationSummary, make_turn
 from .owners import Owners
@@ -132,7 +132,10 @@ class SessionRepository:
         self._strict = self.config.cache_coherence == "strict"
         self._cache = SessionCache(self.config.max_sessions)
         self._stats = Stats()
-        self._calls = Calls(float(self.config.reconnect_timeout))
+        reconnect_timeout = float(self.config.reconnect_timeout)
+        self._attempt_timeout = attempt_timeout(reconnect_timeout) if self._owns_engine else None
+        """Bounds each connect and statement on the repository's own engine (PostgreSQL)."""
+        self._calls = Calls(reconnect_timeout, self._attempt_timeout)
         self._ops: CachedStore | None = None
         self._owners: Owners | None = None
         self._watcher: Watcher | None = None
@@ -180,7 +183,9 @@ class SessionRepository:
             raise NotRunning(
                 "a stopped SessionRepository cannot be started again; create a new one"
             )
-        engine = prepare_engine(self._engine or create_engine(self.config))
+        engine = prepare_engine(
+            self._engine or create_engine(self.config, timeout=self._attempt_timeout)
+        )
         try:
             await self._ensure_schema(engine)
             store = SqlStore(
@@ -240,7 +245,16 @@ class SessionRepository:
                 migrate = engine.dialect.name == "sqlite"
             if not migrate:
                 raise
-            await upgrade(engine)
+            if not self._owns_engine or engine.dialect.name != "postgresql":
+                await upgrade(engine)
+                return
+            # A migration may rightly run long, or wait its turn behind another worker's: it
+            # runs on an engine of its own, without the statement timeout of calls.
+            unbounded = create_engine(self.config)
+            try:
+                await upgrade(unbounded)
+            finally:
+                await unbounded.dispose()
 
     def _make_watcher(self, engine: AsyncEngine) -> Watcher | None:
         """What follows other processes' writes, if the coherence mode needs one."""
