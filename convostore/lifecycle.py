@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 from .errors import (
     NotRunning,
     StoreError,
@@ -52,7 +54,11 @@ def attempt_timeout(reconnect_timeout: float) -> float | None:
 
 
 def _timed_out(exc: BaseException) -> bool:
-    return any(isinstance(cause, asyncio.TimeoutError) for cause in causes(exc))
+    """Whether a connect, a statement or a wait for a pooled connection ran out of time."""
+    return any(isinstance(cause, _TIMEOUTS) for cause in causes(exc))
+
+
+_TIMEOUTS = (asyncio.TimeoutError, PoolTimeout)
 
 
 class Calls:
@@ -105,11 +111,12 @@ class Calls:
         shield: bool = False,
     ) -> T:
         """Run ``operation()``, translating driver errors. If it fails because the connection
-        or server went away, or did not answer in time, run it again on a fresh connection,
-        backing off while the server is down, until ``reconnect_timeout`` seconds have passed
-        since the call began; then raise ``StoreUnavailable``. The clock is read only once an
-        operation has failed (a read costs a quarter of a microsecond on some hosts): one that
-        failed on a timeout began ``attempt_timeout`` earlier.
+        or server went away, or something ran out of time (a connect, a statement, a wait for
+        a pooled connection: a silent server holds them all), run it again, backing off while
+        the server is down, until ``reconnect_timeout`` seconds have passed since the call
+        began; then raise ``StoreUnavailable``. The clock is read only once an operation has
+        failed (a read costs a quarter of a microsecond on some hosts): one that failed on a
+        timeout began ``attempt_timeout`` earlier.
 
         ``shield``: run it to its end even if the caller is cancelled (a client hung up), so
         no multi-statement transaction is cut short; the caller still sees the cancellation.
@@ -123,7 +130,7 @@ class Calls:
                 with translate_errors(action):
                     return await operation()
             except StoreError as exc:
-                if not is_disconnect(exc):
+                if not (is_disconnect(exc) or _timed_out(exc)):
                     raise
                 now = time.monotonic()
                 if deadline is None:

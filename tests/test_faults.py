@@ -204,6 +204,13 @@ async def test_through_pgbouncer_writers_and_coherent_caches_see_no_error(
     assert await exchanges(url) == acknowledged
 
 
+def _config(url: str, **settings: Any) -> StoreConfig:
+    """The settings of the tests that pause the server: ``RECONNECT_TIMEOUT``, no sweep."""
+    return StoreConfig(
+        database_url=url, cleanup_interval=0, reconnect_timeout=RECONNECT_TIMEOUT, **settings
+    )
+
+
 async def _unavailable_after(call: Awaitable[Any]) -> float:
     """Seconds until ``call`` raised ``StoreUnavailable`` (anything else fails the test)."""
     start = time.monotonic()
@@ -211,6 +218,21 @@ async def _unavailable_after(call: Awaitable[Any]) -> float:
         await call
     assert raised.value.__cause__ is not None
     return time.monotonic() - start
+
+
+async def _unavailable_in_time(server: PrivatePostgres, calls: list[Awaitable[Any]]) -> None:
+    """Pause ``server``, make ``calls`` at once, and check that each raises
+    ``StoreUnavailable`` within ``reconnect_timeout`` (plus slack); the server is resumed
+    whatever happens, so that code that waits for it ends too."""
+    await asyncio.to_thread(server.pause)
+    tasks = [asyncio.create_task(_unavailable_after(call)) for call in calls]
+    try:
+        _, waiting = await asyncio.wait(tasks, timeout=GIVE_UP)
+    finally:
+        await asyncio.to_thread(server.resume)
+    assert not waiting, "calls waited for a server that does not answer"
+    waited = [task.result() for task in tasks]
+    assert all(seconds < RECONNECT_TIMEOUT + SLACK for seconds in waited), waited
 
 
 @pytest.mark.parametrize("engine", ["own-fast-path", "own-sqlalchemy", "passed-in"])
@@ -224,12 +246,7 @@ async def test_a_server_that_stops_answering_fails_calls_in_time_and_they_recove
     execution), and on an engine passed in with the timeouts the README gives. Once the server
     resumes the repository works again by itself, and each exchange whose call raised was
     stored whole or not at all: sent again with its idempotency key, it is stored once."""
-    config = StoreConfig(
-        database_url=private_url,
-        cleanup_interval=0,
-        reconnect_timeout=RECONNECT_TIMEOUT,
-        fast_path=engine != "own-sqlalchemy",
-    )
+    config = _config(private_url, fast_path=engine != "own-sqlalchemy")
     half = RECONNECT_TIMEOUT / 2
     passed_in = (
         create_async_engine(
@@ -243,22 +260,14 @@ async def test_a_server_that_stops_answering_fails_calls_in_time_and_they_recove
     try:
         async with SessionRepository(config, engine=passed_in) as repo:
             await repo.add_turn("live", "q1", "a1")
-            await asyncio.to_thread(private_postgres.pause)
-            calls = [
-                asyncio.create_task(_unavailable_after(call))
-                for call in (
+            await _unavailable_in_time(
+                private_postgres,
+                [
                     repo.add_turn("live", "q2", "a2", idempotency_key="live-2"),
                     repo.add_turn("new", "q1", "a1", idempotency_key="new-1"),
                     repo.get("never-written"),
-                )
-            ]
-            try:
-                _, waiting = await asyncio.wait(calls, timeout=GIVE_UP)
-            finally:
-                await asyncio.to_thread(private_postgres.resume)
-            assert not waiting, "calls waited for a server that does not answer"
-            waited = [call.result() for call in calls]
-            assert all(seconds < RECONNECT_TIMEOUT + SLACK for seconds in waited), waited
+                ],
+            )
 
             state = await repo.add_turn("live", "q2", "a2", idempotency_key="live-2")
             assert [turn.content for turn in state.turns] == ["q1", "a1", "q2", "a2"]
@@ -274,20 +283,34 @@ async def test_a_server_that_stops_answering_fails_calls_in_time_and_they_recove
     }
 
 
+async def test_calls_queued_for_a_connection_give_up_in_time_too(
+    private_postgres: PrivatePostgres, private_url: str
+) -> None:
+    """Twelve calls on a pool of two while the server answers nothing: the two that hold the
+    connections and the ten queued behind them for one all raise ``StoreUnavailable`` within
+    ``reconnect_timeout`` (plus slack), and the pool serves again once the server resumes."""
+    config = _config(private_url, pool_size=2, max_overflow=0)
+    async with SessionRepository(config) as repo:
+        await asyncio.gather(*(repo.add_turn(f"q{n}", "q1", "a1") for n in range(12)))
+        await _unavailable_in_time(
+            private_postgres, [repo.add_turn(f"q{n}", "q2", "a2") for n in range(12)]
+        )
+        await asyncio.gather(*(repo.add_turn(f"q{n}", "q3", "a3") for n in range(12)))
+    stored = await exchanges(private_url)
+    for n in range(12):
+        assert stored[f"q{n}"] in (
+            [("q1", "a1"), ("q3", "a3")],
+            [("q1", "a1"), ("q2", "a2"), ("q3", "a3")],
+        )
+
+
 async def test_stop_during_an_outage_ends_in_time(
     private_postgres: PrivatePostgres, private_url: str
 ) -> None:
     """``stop()`` while the server answers nothing returns in bounded time: the expiry refresh
     flusher caught mid-write, the change listener and the pool's idle connections each give
     up. The refreshes are lost (they only slide an expiry); nothing else was pending."""
-    config = StoreConfig(
-        database_url=private_url,
-        cleanup_interval=0,
-        reconnect_timeout=RECONNECT_TIMEOUT,
-        refresh_delay=0.2,
-        pool_size=2,
-        session_ttl=3600,
-    )
+    config = _config(private_url, refresh_delay=0.2, pool_size=2, session_ttl=3600)
     clock = FakeClock()
     repo = SessionRepository(config, clock=clock)
     await repo.start()
