@@ -300,7 +300,7 @@ class PrivatePostgres(_LoopbackServer):
         # Stopped first, so that the postmaster forks no more and no backend sees it die
         # before that backend is killed too.
         os.kill(postmaster.pid, signal.SIGSTOP)
-        children = {pid for pid, (_, ppid) in _processes().items() if ppid == postmaster.pid}
+        children = self._children(postmaster.pid)
         victims = children if backends else set()
         for pid in victims:
             os.kill(pid, signal.SIGSTOP)
@@ -312,6 +312,33 @@ class PrivatePostgres(_LoopbackServer):
         # started again would leak it, so remove it as the shutdown would have.
         shmid = self._path("data/postmaster.pid").read_text().splitlines()[6].split()[1]
         subprocess.run(["ipcrm", "-m", shmid], check=True)
+
+    def pause(self) -> None:
+        """Make the server stop answering without closing anything, as a hung host or a
+        black-holed network would: the postmaster and every process it forked are stopped
+        (SIGSTOP; the postmaster first, so that it forks no more). Connections stay open and
+        new ones are accepted by the kernel, but nothing is ever read or answered until
+        ``resume()``."""
+        postmaster = self._postmaster_pid()
+        os.kill(postmaster, signal.SIGSTOP)
+        for pid in self._children(postmaster):
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a ``pause()``d server run on (SIGCONT), the postmaster last."""
+        postmaster = self._postmaster_pid()
+        for pid in self._children(postmaster):
+            os.kill(pid, signal.SIGCONT)
+        os.kill(postmaster, signal.SIGCONT)
+
+    def _postmaster_pid(self) -> int:
+        if self._postmaster is None:
+            raise RuntimeError("the server is not running")
+        return self._postmaster.pid
+
+    @staticmethod
+    def _children(postmaster: int) -> set[int]:
+        return {pid for pid, (_, ppid) in _processes().items() if ppid == postmaster}
 
     async def terminate_backends(self) -> int:
         """Disconnect every other client, as an operator or a failover would; returns how many

@@ -21,6 +21,7 @@ __all__ = [
     "asyncpg_query_logged",
     "pydantic_slot_setters",
     "run_in_sqlite_thread",
+    "sqlalchemy_asyncpg_connector",
 ]
 
 T = TypeVar("T")
@@ -80,6 +81,29 @@ def asyncpg_query_logged(connection: Any) -> bool:
     ``fetch``, as it did before convostore prepared its own."""
     loggers = getattr(connection, "_query_loggers", None)
     return loggers is None or bool(loggers)
+
+
+def sqlalchemy_asyncpg_connector(
+    connect: Callable[..., Awaitable[Any]], dbapi_class: type | None = None
+) -> dict[str, Any]:
+    """``connect_args`` that make SQLAlchemy's asyncpg dialect open its connections with
+    ``connect`` (called with ``asyncpg.connect``'s arguments) instead of ``asyncpg.connect``,
+    keeping everything else the dialect does with the URL and the other ``connect_args``.
+
+    Relies on the private ``async_creator_fn`` keyword of the dialect's DBAPI adapter
+    (``AsyncAdapt_asyncpg_dbapi.connect``), through which SQLAlchemy's own public
+    ``async_creator`` works (since 2.0.16; known to work with SQLAlchemy 2.0.30 to 2.1.9). The
+    public ``async_creator`` cannot serve: it drops the URL's arguments and the adapter's
+    options (``prepared_statement_cache_size``, which PgBouncer needs). Where the keyword is
+    missing this answers ``{}``: connections are then opened by ``asyncpg.connect`` itself."""
+    if dbapi_class is None:
+        from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
+
+        dbapi_class = AsyncAdapt_asyncpg_dbapi
+    code = getattr(getattr(dbapi_class, "connect", None), "__code__", None)
+    if code is None or "async_creator_fn" not in code.co_consts:
+        return {}
+    return {"async_creator_fn": connect}
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL
 
 from .cache import SessionCache
 from .driver import Compiled
+from .engine import connect_asyncpg
 from .statements import Statements
 from .urls import asyncpg_arguments
 
@@ -131,17 +132,12 @@ class PostgresWatcher(_Loop):
         self._connect_args = _asyncpg_connect_args(url, dialect)
 
     async def _follow(self) -> None:
-        import asyncpg
-
-        connecting = asyncio.ensure_future(
-            asyncpg.connect(**{"timeout": _PING_INTERVAL, **self._connect_args})
+        # A server that stops answering must not hold the listener: the connect and every
+        # command on the connection (LISTEN, the ping) give up after _PING_INTERVAL, unless
+        # the URL says how long a connect may take (connect_timeout).
+        conn = await connect_asyncpg(
+            **{"timeout": _PING_INTERVAL, **self._connect_args, "command_timeout": _PING_INTERVAL}
         )
-        try:
-            conn = await asyncio.shield(connecting)
-        except asyncio.CancelledError:
-            # stop() during a connect: close what the connect still brings, never leak it.
-            connecting.add_done_callback(_terminate_connected)
-            raise
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
@@ -207,11 +203,6 @@ class SqliteWatcher(_Loop):
         for _, sid, version in rows:
             self._cache.invalidate(sid, None if version < 0 else version)
         return int(rows[-1][0])
-
-
-def _terminate_connected(connecting: asyncio.Future[Any]) -> None:
-    if not connecting.cancelled() and connecting.exception() is None:
-        connecting.result().terminate()
 
 
 async def _scalar(conn: Any, sql: str, args: Sequence[Any] = ()) -> int:

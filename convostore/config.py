@@ -239,7 +239,10 @@ class StoreConfig(BaseSettings):
 
     reconnect_timeout: float = Field(default=10, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     """Seconds a call keeps retrying on fresh connections while the database is unreachable
-    (a restart, a failover) before it raises ``StoreUnavailable``. Default 10."""
+    (a restart, a failover) or does not answer before it raises ``StoreUnavailable``. On the
+    engine convostore creates for PostgreSQL, each connect, statement and wait for a pooled
+    connection is bounded by half of it (at least 1 s), so a server that stops answering fails
+    a call in about this time too. Default 10."""
 
     fast_path: bool = True
     """False: run every statement through SQLAlchemy's own execution (slower), never through

@@ -12,14 +12,16 @@ appending an exchange, loading a session, sliding its expiry.
 - SQLite (aiosqlite): each operation runs as one function in the connection's worker thread,
   a whole transaction in one thread hop instead of one hop per statement.
 
-A connection that failed in an unknown state (cancelled mid-statement, lost) is invalidated,
-never reused; one on which PostgreSQL merely refused a statement goes back to the pool. An
-error that means the server went away also empties the pool of an engine convostore created,
-so that after a database restart the retry (``lifecycle.py``) finds fresh connections at once.
+A connection that failed in an unknown state (lost, timed out) is invalidated, never reused;
+one on which PostgreSQL merely refused a statement, or whose statement asyncpg is cancelling
+for a cancelled caller, goes back to the pool. An error that means the server went away also
+empties the pool of an engine convostore created, so that after a database restart the retry
+(``lifecycle.py``) finds fresh connections at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -230,14 +232,26 @@ class PostgresDriver:
 
     async def _failed(self, pooled: Any, driver: Any, exc: BaseException) -> None:
         """Give back or discard the connection a statement failed on."""
-        if _server_refused(exc) and not driver.is_closed():
+        if not driver.is_closed() and (
+            _server_refused(exc) or isinstance(exc, asyncio.CancelledError)
+        ):
             # The server answered with an error (a constraint, a trigger): the statement ended
             # and, in autocommit, no transaction is left open, so the connection is as good as
-            # before and goes back to the pool.
+            # before and goes back to the pool. So does one whose caller was cancelled:
+            # asyncpg has asked the server to cancel the statement, and the connection's next
+            # command waits until the server confirms (up to its command_timeout; asyncpg
+            # closes a connection whose cancel is not confirmed by then).
             await _give_back(pooled)
             return
+        # A statement that ran out of time (command_timeout) says this connection did not
+        # answer, not that the server went away: its siblings stay in the pool.
+        gone = not isinstance(exc, asyncio.TimeoutError) and (
+            driver.is_closed() or is_disconnect(exc)
+        )
+        # Closed at once: a graceful close would wait for a server that may not answer.
+        driver.terminate()
         await _discard(pooled, exc)
-        if self._owns_engine and (driver.is_closed() or is_disconnect(exc)):
+        if self._owns_engine and gone:
             # The server went away, so its siblings in the pool are dead too. An engine passed
             # in is the caller's: its pool is left alone (the retry takes each dead connection
             # out as it meets it).

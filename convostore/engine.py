@@ -3,6 +3,7 @@ convostore needs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -10,10 +11,11 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._private import sqlalchemy_asyncpg_connector
 from .config import StoreConfig
 from .errors import ConfigError, hide_in_messages
 from .quiet import ENGINE_LOGGING_NAME, keep_content_out_of_logs
@@ -23,6 +25,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "begin_immediate",
     "check_database",
+    "connect_asyncpg",
     "create_engine",
     "engine_for_url",
     "prepare_engine",
@@ -82,14 +85,22 @@ def dump_json(value: Any) -> str:
     return json.dumps(value)
 
 
-def create_engine(config: StoreConfig) -> AsyncEngine:
+def create_engine(config: StoreConfig, *, timeout: float | None = None) -> AsyncEngine:
     """The repository's own engine for ``config.database_url``, pooled as configured.
 
     Its errors and logs leave out SQL parameters (``hide_parameters``) and result rows
     (``quiet``): they are turn content, which does not belong in a ``StoreError`` message or a
     log line. ``create_async_engine`` is looked up when called, so an instrumentation that
     wraps it (OpenTelemetry's ``SQLAlchemyInstrumentor().instrument()``) before ``start()``
-    sees this engine too."""
+    sees this engine too.
+
+    PostgreSQL: connections are opened by ``connect_asyncpg``. ``timeout`` bounds, in seconds,
+    each connect (asyncpg's ``timeout``), each statement (asyncpg's ``command_timeout``, on
+    SQLAlchemy's execution and the driver alike) and each wait for a pooled connection
+    (``pool_timeout``), so that a server that stops answering fails a call instead of holding
+    it; a connection whose statement ran over is closed (``_close_timed_out``). None: the
+    libraries' defaults (a connect may take 60 s, a statement forever), for what may rightly
+    run long (a migration, an export)."""
     url = make_url(config.database_url)
     logger.debug("convostore: creating an engine for %s", hide_password(url))
     options: dict[str, Any] = {
@@ -105,17 +116,67 @@ def create_engine(config: StoreConfig) -> AsyncEngine:
         # Every convostore transaction commits or rolls back itself, so the pool's own
         # rollback on return would only cost aiosqlite a thread hop per operation.
         options.update(pool_reset_on_return=None)
-    if config.pooler == "pgbouncer":
-        # A transaction pooler hands each transaction to any server connection, where a
-        # named prepared statement of another may not exist: name none, cache none.
-        options.update(
-            connect_args={
-                "statement_cache_size": 0,
-                "prepared_statement_cache_size": 0,
-                "prepared_statement_name_func": _unnamed_statement,
-            }
-        )
-    return prepare_engine(keep_content_out_of_logs(engine_for_url(url, **options)))
+    bounded = timeout is not None and url.get_backend_name() == "postgresql"
+    if url.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = sqlalchemy_asyncpg_connector(connect_asyncpg)
+        if config.pooler == "pgbouncer":
+            # A transaction pooler hands each transaction to any server connection, where a
+            # named prepared statement of another may not exist: name none, cache none.
+            connect_args.update(
+                statement_cache_size=0,
+                prepared_statement_cache_size=0,
+                prepared_statement_name_func=_unnamed_statement,
+            )
+        if bounded:
+            connect_args.update(timeout=timeout, command_timeout=timeout)
+            options.update(pool_timeout=timeout)
+        options.update(connect_args=connect_args)
+    engine = engine_for_url(url, **options)
+    if bounded:
+        event.listen(engine.sync_engine, "handle_error", _close_timed_out)
+    return prepare_engine(keep_content_out_of_logs(engine))
+
+
+async def connect_asyncpg(*args: Any, **kwargs: Any) -> Any:
+    """``asyncpg.connect(*args, **kwargs)``, run to its end even if the caller is cancelled.
+
+    asyncpg's connect, cancelled while it asks the server for TLS (as the default
+    ``sslmode=prefer`` does), leaves behind a future with an exception nobody retrieves, and
+    asyncio logs "Future exception was never retrieved ... unexpected connection_lost() call"
+    (asyncpg issue 1211). So the connect runs in a task of its own: a cancelled caller
+    raises at once, and the connection the task still brings is closed."""
+    import asyncpg
+
+    connecting = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        connecting.add_done_callback(_terminate_connected)
+        raise
+
+
+def _terminate_connected(connecting: asyncio.Future[Any]) -> None:
+    """Close the connection a connect nobody waits for any more brought (and retrieve its
+    error, if it failed)."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().terminate()
+
+
+def _close_timed_out(context: ExceptionContext) -> None:
+    """A statement that ran past asyncpg's ``command_timeout`` leaves its connection waiting
+    for the server to confirm the cancel, which a server that stopped answering never does:
+    close that connection at once, and have SQLAlchemy discard it rather than roll back on it
+    (another timeout). Only it: its pool siblings may be fine, and a graceful close of each
+    would wait on a silent server too."""
+    connection = context.connection
+    if not isinstance(context.original_exception, asyncio.TimeoutError) or connection is None:
+        return
+    if not connection.invalidated:
+        driver = connection.connection.driver_connection
+        if driver is not None:
+            driver.terminate()
+    context.is_disconnect = True
+    context.invalidate_pool_on_disconnect = False
 
 
 def engine_for_url(url: str | URL, **options: Any) -> AsyncEngine:

@@ -15,7 +15,8 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     ├── ForeignStateError  (also ValueError)   update: the state was read from another session
     ├── NotSessionOwner    (also PermissionError) the live session belongs to another user
     └── StoreError                             the database or driver failed; cause chained
-        └── StoreUnavailable                   the database stayed unreachable for reconnect_timeout
+        └── StoreUnavailable                   the database stayed unreachable (or silent) for
+                                               reconnect_timeout
 
 No message convostore builds shows a database password: the passwords of the URLs and engines
 repositories were built with are masked in ``StoreError`` messages (see ``hide_in_messages``).
@@ -108,8 +109,9 @@ class StoreError(ConvostoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The database could not be reached for ``StoreConfig.reconnect_timeout`` seconds; the
-    call stored nothing, or (a write whose outcome is unknown) stored it exactly once."""
+    """The database could not be reached, or did not answer, for
+    ``StoreConfig.reconnect_timeout`` seconds; the call stored nothing, or (a write whose
+    outcome is unknown) stored it exactly once and whole."""
 
 
 def _driver_errors() -> tuple[type[Exception], ...]:

@@ -7,37 +7,80 @@ its transactions. Each database operation runs through ``run``: it waits its tur
 connections; ``run`` is the one place where driver errors become ``StoreError`` and where an
 operation that met a dead connection is sent again: every write carries an idempotency key (or
 is idempotent by itself), so sending it again after an unknown outcome never stores it twice.
+
+A server that stops answering (a hung host, a black-holed network) would hold a call forever;
+on convostore's own PostgreSQL engine each connect and statement is bounded by
+``attempt_timeout`` instead, and one that ran out of time counts as a lost connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
-from .errors import NotRunning, StoreError, StoreUnavailable, is_disconnect, translate_errors
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from .errors import (
+    NotRunning,
+    StoreError,
+    StoreUnavailable,
+    causes,
+    is_disconnect,
+    translate_errors,
+)
 from .gate import Gate
 
-__all__ = ["Calls"]
+__all__ = ["Calls", "attempt_timeout"]
 
 T = TypeVar("T")
 logger = logging.getLogger("convostore")
 
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
+_MIN_ATTEMPT_TIMEOUT = 1.0
+"""Seconds a connect or statement may always take, whatever ``reconnect_timeout`` says."""
+
+
+def attempt_timeout(reconnect_timeout: float) -> float | None:
+    """How long one connect, statement or wait for a pooled connection may take on
+    convostore's own PostgreSQL engine: half of ``reconnect_timeout``, so that a call whose
+    connection died without a word still has time to retry on a fresh one, and at least
+    ``_MIN_ATTEMPT_TIMEOUT``; None (unbounded) if ``reconnect_timeout`` is infinite."""
+    if not math.isfinite(reconnect_timeout):
+        return None
+    return max(reconnect_timeout / 2, _MIN_ATTEMPT_TIMEOUT)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a connect, a statement or a wait for a pooled connection ran out of time."""
+    return any(isinstance(cause, _TIMEOUTS) for cause in causes(exc))
+
+
+_TIMEOUTS = (asyncio.TimeoutError, PoolTimeout)
 
 
 class Calls:
     """Counts the calls in flight and runs their database operations."""
 
-    def __init__(self, reconnect_timeout: float, gate: Gate | None = None) -> None:
-        """``gate``: where operations queue for a connection (None: the pool's own queue
+    def __init__(
+        self,
+        reconnect_timeout: float,
+        attempt_timeout: float | None = None,
+        gate: Gate | None = None,
+    ) -> None:
+        """``attempt_timeout``: the bound of each connect and statement, which an operation
+        that timed out has spent already. None: not known (an engine passed in has the
+        caller's timeouts), so a timeout is taken to have spent all of ``reconnect_timeout``.
+        ``gate``: where operations queue for a connection (None: the pool's own queue
         decides, as on an engine passed in)."""
         self.gate = gate
         self.phase: Literal["new", "running", "stopping", "stopped"] = "new"
         self._reconnect_timeout = reconnect_timeout
+        self._attempt_timeout = attempt_timeout
         self._active = 0
         self._shielded: set[asyncio.Task[Any]] = set()
         self._idle: asyncio.Event | None = None
@@ -78,8 +121,12 @@ class Calls:
         shield: bool = False,
     ) -> T:
         """Run ``operation()``, translating driver errors. If it fails because the connection
-        or server went away, run it again on a fresh connection, backing off while the server
-        is down, for up to ``reconnect_timeout`` seconds; then raise ``StoreUnavailable``.
+        or server went away, or something ran out of time (a connect, a statement, a wait for
+        a pooled connection: a silent server holds them all), run it again, backing off while
+        the server is down, until ``reconnect_timeout`` seconds have passed since the call
+        began; then raise ``StoreUnavailable``. The clock is read only once an operation has
+        failed (a read costs a quarter of a microsecond on some hosts): one that failed on a
+        timeout began ``attempt_timeout`` earlier.
 
         ``shield``: run it to its end even if the caller is cancelled (a client hung up), so
         no multi-statement transaction is cut short; the caller still sees the cancellation.
@@ -95,16 +142,17 @@ class Calls:
                 with translate_errors(action):
                     return await self.gated(operation)
             except StoreError as exc:
-                if not is_disconnect(exc):
+                if not (is_disconnect(exc) or _timed_out(exc)):
                     raise
                 now = time.monotonic()
                 if deadline is None:
-                    deadline = now + self._reconnect_timeout
-                    logger.warning("convostore: %s met a lost connection; retrying", action)
+                    deadline = now + self._left_after(exc)
+                    if now < deadline:
+                        logger.warning("convostore: %s met a lost connection; retrying", action)
                 if now >= deadline:
                     raise StoreUnavailable(
-                        f"{action} failed: the database was unreachable for "
-                        f"{self._reconnect_timeout:g} s (StoreConfig.reconnect_timeout)"
+                        f"{action} failed: the database was unreachable or did not answer "
+                        f"for {self._reconnect_timeout:g} s (StoreConfig.reconnect_timeout)"
                     ) from exc.__cause__
                 await asyncio.sleep(min(backoff, deadline - now))
                 backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
@@ -119,6 +167,16 @@ class Calls:
             return await operation()
         finally:
             gate.release()
+
+    def _left_after(self, exc: BaseException) -> float:
+        """Seconds left for retries after an operation failed with ``exc`` (the first failure
+        of a call)."""
+        if not _timed_out(exc):
+            return self._reconnect_timeout
+        spent = self._attempt_timeout
+        if spent is None or spent >= self._reconnect_timeout:
+            return 0.0
+        return self._reconnect_timeout - spent
 
     async def _shield(self, action: str, operation: Coroutine[Any, Any, T]) -> T:
         async def translated() -> T:

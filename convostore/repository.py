@@ -53,7 +53,7 @@ from .errors import (
 )
 from .expiry import RefreshesBehind, logger, run_periodically
 from .gate import Gate
-from .lifecycle import Calls
+from .lifecycle import Calls, attempt_timeout
 from .migrate import check_schema, upgrade
 from .models import ConversationState, ConversationSummary, make_turn
 from .owners import Owners
@@ -140,8 +140,12 @@ class SessionRepository:
         self._strict = self.config.cache_coherence == "strict"
         self._cache = SessionCache(self.config.max_sessions)
         self._stats = Stats()
+        reconnect_timeout = float(self.config.reconnect_timeout)
+        self._attempt_timeout = attempt_timeout(reconnect_timeout) if self._owns_engine else None
+        """Bounds each connect and statement on the repository's own engine (PostgreSQL)."""
         self._calls = Calls(
-            float(self.config.reconnect_timeout),
+            reconnect_timeout,
+            self._attempt_timeout,
             Gate(self.config.pool_size + self.config.max_overflow) if self._owns_engine else None,
         )
         self._ops: CachedStore | None = None
@@ -191,7 +195,9 @@ class SessionRepository:
             raise NotRunning(
                 "a stopped SessionRepository cannot be started again; create a new one"
             )
-        engine = prepare_engine(self._engine or create_engine(self.config))
+        engine = prepare_engine(
+            self._engine or create_engine(self.config, timeout=self._attempt_timeout)
+        )
         try:
             await self._ensure_schema(engine)
             store = SqlStore(
@@ -258,7 +264,16 @@ class SessionRepository:
                 migrate = engine.dialect.name == "sqlite"
             if not migrate:
                 raise
-            await upgrade(engine)
+            if not self._owns_engine or engine.dialect.name != "postgresql":
+                await upgrade(engine)
+                return
+            # A migration may rightly run long, or wait its turn behind another worker's: it
+            # runs on an engine of its own, without the statement timeout of calls.
+            unbounded = create_engine(self.config)
+            try:
+                await upgrade(unbounded)
+            finally:
+                await unbounded.dispose()
 
     def _make_watcher(self, engine: AsyncEngine) -> Watcher | None:
         """What follows other processes' writes, if the coherence mode needs one."""

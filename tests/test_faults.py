@@ -1,18 +1,21 @@
-"""Faults of a real deployment: a PostgreSQL server that restarts, is killed or is down, and
-PgBouncer in transaction mode in between.
+"""Faults of a real deployment: a PostgreSQL server that restarts, is killed, is down or stops
+answering, and PgBouncer in transaction mode in between.
 
-Restarts and kills happen on a private server this test starts itself (``private_postgres``),
-never on the shared one. Every acknowledged exchange must be stored exactly once, its two turns
-adjacent; a call made while the server stays down raises ``StoreUnavailable`` and stores nothing.
+Restarts, kills and pauses happen on a private server this test starts itself
+(``private_postgres``), never on the shared one. Every acknowledged exchange must be stored
+exactly once, its two turns adjacent; a call made while the server stays down or silent raises
+``StoreUnavailable`` in time, and stores its exchange whole or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
+from conftest import FakeClock
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -21,6 +24,14 @@ from convostore import SessionRepository, StoreConfig, StoreUnavailable
 from convostore.migrate import upgrade_url
 
 pytestmark = pytest.mark.postgresql
+
+RECONNECT_TIMEOUT = 2.0
+SLACK = 1.5
+"""How much later than ``reconnect_timeout`` a call may give up on a server that does not
+answer."""
+GIVE_UP = 15.0
+"""How long a test waits for what should end in time before it calls it hanging (and resumes
+the server, so that the hanging code can end too)."""
 
 
 async def rows(url: str, statement: str) -> list[Any]:
@@ -191,3 +202,132 @@ async def test_through_pgbouncer_writers_and_coherent_caches_see_no_error(
         assert state.turns[-1].content == "one"
     acknowledged["p0"].append(("last", "one"))
     assert await exchanges(url) == acknowledged
+
+
+def _config(url: str, **settings: Any) -> StoreConfig:
+    """The settings of the tests that pause the server: ``RECONNECT_TIMEOUT``, no sweep."""
+    return StoreConfig(
+        database_url=url, cleanup_interval=0, reconnect_timeout=RECONNECT_TIMEOUT, **settings
+    )
+
+
+async def _unavailable_after(call: Awaitable[Any]) -> float:
+    """Seconds until ``call`` raised ``StoreUnavailable`` (anything else fails the test)."""
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable) as raised:
+        await call
+    assert raised.value.__cause__ is not None
+    return time.monotonic() - start
+
+
+async def _unavailable_in_time(server: PrivatePostgres, calls: list[Awaitable[Any]]) -> None:
+    """Pause ``server``, make ``calls`` at once, and check that each raises
+    ``StoreUnavailable`` within ``reconnect_timeout`` (plus slack); the server is resumed
+    whatever happens, so that code that waits for it ends too."""
+    await asyncio.to_thread(server.pause)
+    tasks = [asyncio.create_task(_unavailable_after(call)) for call in calls]
+    try:
+        _, waiting = await asyncio.wait(tasks, timeout=GIVE_UP)
+    finally:
+        await asyncio.to_thread(server.resume)
+    assert not waiting, "calls waited for a server that does not answer"
+    waited = [task.result() for task in tasks]
+    assert all(seconds < RECONNECT_TIMEOUT + SLACK for seconds in waited), waited
+
+
+@pytest.mark.parametrize("engine", ["own-fast-path", "own-sqlalchemy", "passed-in"])
+async def test_a_server_that_stops_answering_fails_calls_in_time_and_they_recover(
+    private_postgres: PrivatePostgres, private_url: str, engine: str
+) -> None:
+    """The server is stopped (SIGSTOP): its connections stay open, new ones are accepted, and
+    nothing is answered. An append to a live session, one that must create its session and a
+    cold read each raise ``StoreUnavailable`` within ``reconnect_timeout`` (plus slack), not
+    when the server comes back: on convostore's own engine (fast path or SQLAlchemy's
+    execution), and on an engine passed in with the timeouts the README gives. Once the server
+    resumes the repository works again by itself, and each exchange whose call raised was
+    stored whole or not at all: sent again with its idempotency key, it is stored once."""
+    config = _config(private_url, fast_path=engine != "own-sqlalchemy")
+    half = RECONNECT_TIMEOUT / 2
+    passed_in = (
+        create_async_engine(
+            private_url,
+            pool_timeout=half,
+            connect_args={"timeout": half, "command_timeout": half},
+        )
+        if engine == "passed-in"
+        else None
+    )
+    try:
+        async with SessionRepository(config, engine=passed_in) as repo:
+            await repo.add_turn("live", "q1", "a1")
+            await _unavailable_in_time(
+                private_postgres,
+                [
+                    repo.add_turn("live", "q2", "a2", idempotency_key="live-2"),
+                    repo.add_turn("new", "q1", "a1", idempotency_key="new-1"),
+                    repo.get("never-written"),
+                ],
+            )
+
+            state = await repo.add_turn("live", "q2", "a2", idempotency_key="live-2")
+            assert [turn.content for turn in state.turns] == ["q1", "a1", "q2", "a2"]
+            state = await repo.add_turn("new", "q1", "a1", idempotency_key="new-1")
+            assert [turn.content for turn in state.turns] == ["q1", "a1"]
+            assert await repo.get("never-written") is None
+    finally:
+        if passed_in is not None:
+            await passed_in.dispose()
+    assert await exchanges(private_url) == {
+        "live": [("q1", "a1"), ("q2", "a2")],
+        "new": [("q1", "a1")],
+    }
+
+
+async def test_calls_queued_for_a_connection_give_up_in_time_too(
+    private_postgres: PrivatePostgres, private_url: str
+) -> None:
+    """Twelve calls on a pool of two while the server answers nothing: the two that hold the
+    connections and the ten queued behind them for one all raise ``StoreUnavailable`` within
+    ``reconnect_timeout`` (plus slack), and the pool serves again once the server resumes."""
+    config = _config(private_url, pool_size=2, max_overflow=0)
+    async with SessionRepository(config) as repo:
+        await asyncio.gather(*(repo.add_turn(f"q{n}", "q1", "a1") for n in range(12)))
+        await _unavailable_in_time(
+            private_postgres, [repo.add_turn(f"q{n}", "q2", "a2") for n in range(12)]
+        )
+        await asyncio.gather(*(repo.add_turn(f"q{n}", "q3", "a3") for n in range(12)))
+    stored = await exchanges(private_url)
+    for n in range(12):
+        assert stored[f"q{n}"] in (
+            [("q1", "a1"), ("q3", "a3")],
+            [("q1", "a1"), ("q2", "a2"), ("q3", "a3")],
+        )
+
+
+async def test_stop_during_an_outage_ends_in_time(
+    private_postgres: PrivatePostgres, private_url: str
+) -> None:
+    """``stop()`` while the server answers nothing returns in bounded time: the expiry refresh
+    flusher caught mid-write, the change listener and the pool's idle connections each give
+    up. The refreshes are lost (they only slide an expiry); nothing else was pending."""
+    config = _config(private_url, refresh_delay=0.2, pool_size=2, session_ttl=3600)
+    clock = FakeClock()
+    repo = SessionRepository(config, clock=clock)
+    await repo.start()
+    await asyncio.gather(*(repo.add_turn(f"s{n}", "q", "a") for n in range(4)))
+    clock.advance(600)
+    await asyncio.to_thread(private_postgres.pause)
+    for n in range(4):
+        # From the cache, due for a refresh: the flusher writes it behind, within 0.2 s,
+        # and is still waiting for the server half a second later.
+        assert await repo.get(f"s{n}") is not None
+    await asyncio.sleep(0.5)
+    start = time.monotonic()
+    stopping = asyncio.create_task(repo.stop())
+    try:
+        await asyncio.wait([stopping], timeout=GIVE_UP)
+    finally:
+        await asyncio.to_thread(private_postgres.resume)
+    assert stopping.done(), "stop() waited for a server that does not answer"
+    stopping.result()
+    assert time.monotonic() - start < 4 * (RECONNECT_TIMEOUT + SLACK)

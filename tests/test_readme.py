@@ -75,6 +75,7 @@ SNIPPETS = {
     "compat": "from convostore import get_session_manager",
     "pgbouncer": 'pooler="pgbouncer"',
     "users": 'user_id="u-99"',
+    "engine timeouts": '"command_timeout": 5',
 }
 """Each README ```python block, by a line only it has; each has a test below."""
 
@@ -246,6 +247,24 @@ def test_pgbouncer_snippet_runs() -> None:
         "pgbouncer",
         "postgresql+asyncpg://app@db:5432/app",
     )
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_engine_timeouts_snippet_runs(url: str) -> None:
+    """The engine the README shows for bounded calls on an engine passed in serves a
+    repository (the fault test ``test_a_server_that_stops_answering_...[passed-in]`` pauses a
+    server under such an engine)."""
+    namespace: dict[str, Any] = {"__name__": "readme_engine_timeouts"}
+    example = _snippet("engine timeouts").replace("postgresql+asyncpg://app@db/app", url)
+    exec(compile(example, "README.md", "exec"), namespace)
+    engine = namespace["engine"]
+    try:
+        assert engine.pool.timeout() == 5
+        async with SessionRepository(StoreConfig(cleanup_interval=0), engine=engine) as repo:
+            state = await repo.add_turn("s", "q", "a")
+            assert len(state.turns) == 2
+    finally:
+        await engine.dispose()
 
 
 async def test_auto_migrate_default(backend: str, empty_url: str) -> None:
