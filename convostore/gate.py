@@ -31,17 +31,18 @@ class Gate:
         self._free = capacity
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> None:
-        """Wait for a permit. A caller cancelled while waiting leaves its place, and passes
-        on a permit handed to it in the same moment."""
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Wait for a permit, at most ``timeout`` seconds (then ``asyncio.TimeoutError``). A
+        caller cancelled or timed out while waiting leaves its place, and passes on a permit
+        handed to it in the same moment."""
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await waiter
-        except asyncio.CancelledError:
+            await (waiter if timeout is None else asyncio.wait_for(waiter, timeout))
+        except (asyncio.CancelledError, asyncio.TimeoutError):
             if waiter.done() and not waiter.cancelled():
                 self.release()
             elif waiter in self._waiters:

@@ -158,11 +158,13 @@ class Calls:
                 backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
 
     async def gated(self, operation: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run ``operation()`` holding a permit of the gate (waiting for one first)."""
+        """Run ``operation()`` holding a permit of the gate, waiting for one first at most as
+        long as an attempt may take (``asyncio.TimeoutError`` then, which ``run`` counts as
+        an attempt that ran out of time: operations ahead that a silent server holds)."""
         gate = self.gate
         if gate is None:
             return await operation()
-        await gate.acquire()
+        await gate.acquire(self._attempt_timeout or self._reconnect_timeout)
         try:
             return await operation()
         finally:

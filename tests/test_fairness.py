@@ -60,6 +60,18 @@ async def test_gate_is_not_overtaken_by_a_late_caller() -> None:
     assert gate.waiting == 0
 
 
+async def test_gate_wait_gives_up_in_time_and_leaves_its_place() -> None:
+    """A caller waits for a permit no longer than it is told (the operations ahead may be
+    held by a server that stopped answering), and its place goes with it."""
+    gate = Gate(1)
+    await gate.acquire()
+    with pytest.raises(asyncio.TimeoutError):
+        await gate.acquire(timeout=0.05)
+    assert gate.waiting == 0
+    gate.release()
+    await asyncio.wait_for(gate.acquire(timeout=0.05), 1)
+
+
 @pytest.mark.parametrize("make", [lambda: Gate(1), Turns], ids=["Gate", "Turns"])
 async def test_a_cancelled_waiter_leaves_its_place_and_passes_on_a_turn_handed_to_it(
     make: Callable[[], Gate | Turns],
