@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from convostore import SchemaNotReady, SessionRepository, StoreConfig
 from convostore.migrate import (
     VERSION_TABLE,
+    alembic_config,
     check_schema,
     head_revision,
     script_location,
@@ -27,7 +29,7 @@ from convostore.migrate import (
 
 RECORD = "convostore_compatibility"
 HEAD = head_revision() or ""
-PREVIOUS = f"{int(HEAD) - 1:04d}"
+PREVIOUS = str(ScriptDirectory.from_config(alembic_config()).get_revision(HEAD).down_revision)
 
 
 def _after_head(steps: int) -> str:
