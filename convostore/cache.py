@@ -6,14 +6,30 @@ changed only after a commit, so a failed write never leaves an uncommitted state
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 
 from .models import ConversationState, ConversationTurn, carry_context, make_state, name_ordered
 
-__all__ = ["CacheEntry", "SessionCache"]
+__all__ = ["CacheEntry", "News", "SessionCache", "Switch"]
+
+
+class Switch(Enum):
+    """News from a watcher that is not about one session."""
+
+    ON = "on"
+    """The watcher follows every change from now on: cache again, starting empty."""
+    OFF = "off"
+    """The watcher cannot follow changes: cache nothing."""
+    CLEAR = "clear"
+    """The watcher may have missed changes: forget everything cached so far."""
+
+
+News = tuple[str, int | None] | Switch
+"""What a watcher posts: (session id, version committed; None: deleted), or a ``Switch``."""
 
 
 @dataclass(slots=True)
@@ -110,7 +126,12 @@ class SessionCache:
     back into the cache as it was.
 
     A disabled cache holds nothing and accepts nothing: it is what a repository uses while it
-    cannot learn of other processes' writes (its change listener is down).
+    cannot learn of other processes' writes (its change watcher is down).
+
+    A watcher runs in a thread of its own and ``post``s what it learns; the cache applies the
+    news in its own thread before it answers any read, so a change the watcher has seen is
+    never served stale, however busy the event loop is. Everything else runs in the event
+    loop's thread (``len`` and ``enabled`` may be read from any: metric callbacks do).
     """
 
     def __init__(self, capacity: int, *, enabled: bool = True) -> None:
@@ -121,6 +142,9 @@ class SessionCache:
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._held: dict[str, _Held] = {}
         """Sessions this process is writing, and what was announced of them meanwhile."""
+        self._posted: deque[News] = deque()
+        """News from a watcher's thread not applied yet (a deque's appends and pops are
+        atomic, so the two threads need no lock)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -128,8 +152,27 @@ class SessionCache:
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._entries
 
+    def post(self, news: Iterable[News]) -> None:
+        """From any thread: news to apply before the cache next answers a read."""
+        self._posted.extend(news)
+
+    def apply_posted(self) -> None:
+        """Apply the news posted so far, in order."""
+        posted = self._posted
+        while posted:
+            news = posted.popleft()
+            if news is Switch.ON or news is Switch.OFF:
+                self.enable(news is Switch.ON)
+            elif news is Switch.CLEAR:
+                self.clear()
+            else:
+                assert isinstance(news, tuple)
+                self.invalidate(*news)
+
     def get(self, session_id: str) -> CacheEntry | None:
         """The entry, marked most recently used; None if not cached."""
+        if self._posted:
+            self.apply_posted()
         entry = self._entries.get(session_id)
         if entry is not None:
             self._entries.move_to_end(session_id)
@@ -137,6 +180,8 @@ class SessionCache:
 
     def peek(self, session_id: str) -> CacheEntry | None:
         """The entry without changing the LRU order."""
+        if self._posted:
+            self.apply_posted()
         return self._entries.get(session_id)
 
     def put(self, session_id: str, entry: CacheEntry) -> None:

@@ -31,7 +31,7 @@ CONVOSTORE_TABLES = frozenset(
         VERSION_TABLE,
     }
 )
-"""Every table convostore's migrations create (``convostore_changes`` on SQLite only)."""
+"""Every table convostore's migrations create."""
 
 
 def upgrade_in(connection: Connection) -> None:

@@ -282,7 +282,9 @@ class SessionRepository:
         url = engine.url
         if url.get_backend_name() == "postgresql":
             listen = make_url(self.config.listen_url) if self.config.listen_url else url
-            return PostgresWatcher(self._cache, listen, engine.dialect)
+            return PostgresWatcher(
+                self._cache, listen, engine.dialect, pooled=self.config.pooler == "pgbouncer"
+            )
         if url.database in (None, "", ":memory:"):
             return None  # an in-memory database has no other process
         return SqliteWatcher(self._cache, url.database, engine.dialect)

@@ -414,16 +414,17 @@ changes = Table(
     Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
     Column("version", BigInteger(), nullable=False),
 )
-"""SQLite only: the feed of session changes, one row per write that moved a session's version
-(``version`` -1: the session was deleted), appended by triggers in the writer's transaction.
-Other processes poll it to evict what they cached (PostgreSQL sends the same as NOTIFY). It
-is kept out of ``metadata`` because PostgreSQL has no such table; the expiry sweep prunes it."""
+"""The feed of session changes, one row per write that moved a session's version (``version``
+-1: the session was deleted), appended by triggers in the writer's transaction (migration 0002
+on SQLite, 0005 on PostgreSQL, where ``id`` is an identity column). Other processes poll it to
+evict what they cached (``coherence``); the expiry sweep prunes it. It is kept out of
+``metadata``, whose tables the migrations must create alike on both backends."""
 
 
 def compared(name: str | None, type_: str, parent_names: Any) -> bool:
     """alembic's ``include_name`` filter for comparing a database with ``metadata``: only the
-    tables in ``metadata``, never a host application's in the same database (nor the SQLite
-    change feed, which the migrations manage apart)."""
+    tables in ``metadata``, never a host application's in the same database (nor the change
+    feed, which the migrations manage apart)."""
     if type_ == "table":
         return name in metadata.tables
     return True

@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    column,
     delete,
     func,
     insert,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    table,
     true,
     union_all,
     update,
@@ -228,7 +230,8 @@ class Statements:
         self.prune_changes = delete(changes).where(
             changes.c.id <= select(func.max(changes.c.id)).scalar_subquery() - bindparam("keep")
         )
-        """SQLite: drop all but the newest ``keep`` rows of the change feed."""
+        """Drop all but the newest ``keep`` rows of the change feed (on PostgreSQL about as
+        many: its ids have gaps)."""
         self.changes_since = (
             select(changes.c.id, changes.c.session_id, changes.c.version)
             .where(changes.c.id > bindparam("after", type_=Integer()))
@@ -237,6 +240,8 @@ class Statements:
         """SQLite: the change feed after row ``after``."""
         self.oldest_change = select(func.min(changes.c.id))
         self.newest_change = select(func.coalesce(func.max(changes.c.id), 0))
+        if dialect == "postgresql":
+            self._feed_statements()
         self.version_of = select(sessions.c.version, sessions.c.expires_at).where(
             sessions.c.session_id == bindparam("sid")
         )
@@ -358,6 +363,55 @@ class Statements:
             in_window(turns, *TURN_FIELDS).order_by(turns.c.seq),
             in_window(turn_slots, slot.seq, slot.name, slot.value).order_by(slot.seq, slot.name),
         )
+
+    def _feed_statements(self) -> None:
+        """PostgreSQL: what a watcher polls the change feed with (see ``coherence``)."""
+        server = select(func.pg_postmaster_start_time().label("started")).subquery("server")
+        pending = bindparam("pending", type_=postgresql.ARRAY(BigInteger()))
+        self.poll_changes = (
+            select(server.c.started, changes.c.id, changes.c.session_id, changes.c.version)
+            .select_from(
+                server.outerjoin(
+                    changes,
+                    or_(
+                        changes.c.id > bindparam("after", type_=BigInteger()),
+                        changes.c.id == any_(pending),
+                    ),
+                )
+            )
+            .order_by(changes.c.id)
+        )
+        """The server's start time, and the feed's rows after ``after`` or among ``pending``
+        (at least one row: the feed's columns are NULL when none is new)."""
+        locks = table(
+            "pg_locks",
+            column("virtualtransaction"),
+            column("locktype"),
+            column("database"),
+            column("relation"),
+            column("mode"),
+        )
+        databases = table("pg_database", column("oid"), column("datname"))
+        writers = select(func.array_agg(locks.c.virtualtransaction)).where(
+            locks.c.locktype == literal("relation"),
+            locks.c.mode == literal("RowExclusiveLock"),
+            locks.c.relation == cast(literal(changes.name), postgresql.REGCLASS),
+            locks.c.database
+            == select(databases.c.oid)
+            .where(databases.c.datname == func.current_database())
+            .scalar_subquery(),
+        )
+        self.feed_witness = select(
+            select(func.coalesce(func.max(changes.c.id), 0)).scalar_subquery().label("newest"),
+            select(func.min(changes.c.id)).scalar_subquery().label("oldest"),
+            writers.scalar_subquery().label("writers"),
+            func.pg_postmaster_start_time().label("started"),
+        )
+        """The feed's newest and oldest ids in this statement's snapshot, and the (virtual)
+        transactions holding the feed's write lock, read after that snapshot was taken: every
+        transaction that took an id the snapshot does not show is among them, or ended
+        before they were read (it holds the lock from before it takes its id until it
+        ends). NULL ``writers``: none."""
 
     def _one_of(self, key: Column[Any], batch: ScalarSelect[Any]) -> ColumnElement[bool]:
         """``key`` is one of the keys ``batch`` selects: a batch delete's condition.

@@ -37,8 +37,8 @@ from .statements import Statements
 __all__ = ["CHANGES_KEPT", "Loaded", "SessionFields", "SqlStore", "Written"]
 
 CHANGES_KEPT = 100_000
-"""SQLite: rows of the change feed the sweep keeps. A process whose poll fell further behind
-than that (seconds of heavy writing) sees the gap and drops its whole cache."""
+"""Rows of the change feed the sweep keeps. A process whose poll fell further behind than
+that (seconds of heavy writing) sees the gap and drops its whole cache."""
 
 
 @dataclass(slots=True)
@@ -495,10 +495,10 @@ class SqlStore:
 
     async def sweep_batch(self, now: datetime, batch_size: int) -> list[str]:
         """Delete up to ``batch_size`` sessions that expired by ``now``, in one statement (its
-        own transaction) on the driver path. Returns their ids. On SQLite a sweep that
-        deleted nothing also prunes the change feed to its newest rows."""
+        own transaction) on the driver path. Returns their ids. The last batch of a sweep
+        (fewer than ``batch_size``) also prunes the change feed to its newest rows."""
         rows = await self._hot.current().write(self._sweep, {"now": now, "batch": batch_size})
-        if len(rows) < batch_size and self.engine.dialect.name == "sqlite":
+        if len(rows) < batch_size:
             async with self._begin() as conn:
                 await conn.execute(self.sql.prune_changes, {"keep": CHANGES_KEPT})
         return [row[0] for row in rows]

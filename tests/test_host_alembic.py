@@ -178,7 +178,7 @@ async def test_host_upgrade_head_migrates_both_schemas(
 
 
 async def test_host_autogenerate_leaves_convostore_tables_alone(
-    empty_url: str, tmp_path: Path, backend: str
+    empty_url: str, tmp_path: Path
 ) -> None:
     """With ``exclude_convostore`` the host's autogenerate proposes nothing; without it, it
     proposes dropping every convostore table. The host's `alembic check` passes."""
@@ -188,8 +188,7 @@ async def test_host_autogenerate_leaves_convostore_tables_alone(
     assert await _on(empty_url, _host_diff(exclude_convostore)) == []
     unfiltered = await _on(empty_url, _host_diff(None))
     removed = {entry[1].name for entry in unfiltered if entry[0] == "remove_table"}
-    expected = CONVOSTORE_TABLES | ({"convostore_changes"} if backend == "sqlite" else set())
-    assert removed == expected
+    assert removed == CONVOSTORE_TABLES | {"convostore_changes"}
     await asyncio.to_thread(command.check, config)
 
 

@@ -10,13 +10,11 @@ must keep every live session and drop only what 0003's docstring says it drops.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-import asyncpg
 import pytest
 from _exact import assert_exact, tree
 from _schema import drift, fingerprint
@@ -35,7 +33,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.sql.expression import TableClause, TextualSelect
@@ -517,18 +514,6 @@ async def test_0001_database_reads_back_and_goes_on_at_head(
     )
 
 
-async def _notifications(url: str) -> tuple[asyncpg.Connection, asyncio.Queue[str]]:
-    """A plain asyncpg connection listening on ``convostore_changes``, and the payloads it
-    receives."""
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    listener = await asyncpg.connect(dsn)
-    received: asyncio.Queue[str] = asyncio.Queue()
-    await listener.add_listener(
-        "convostore_changes", lambda _c, _pid, _channel, payload: received.put_nowait(payload)
-    )
-    return listener, received
-
-
 async def test_0002_database_keeps_idempotency_keys_and_the_change_feed(
     empty_url: str, backend: str, clock: FakeClock
 ) -> None:
@@ -566,18 +551,6 @@ async def test_0002_database_keeps_idempotency_keys_and_the_change_feed(
                 ("convostore_session_changed",),
                 ("convostore_session_deleted",),
             ]
-            (last,) = (
-                await _rows(empty_url, "SELECT coalesce(max(id), 0) FROM convostore_changes")
-            )[0]
-            state = await repo.add_turn(FOLLOWUP, "Nog eens?", "Ja.", idempotency_key="new-key")
-            assert len(state.turns) == 8
-            assert await repo.delete(UNICODE)
-            feed = await _rows(
-                empty_url,
-                "SELECT session_id, version FROM convostore_changes WHERE id > :last ORDER BY id",
-                last=last,
-            )
-            assert feed == [(FOLLOWUP, 4), (UNICODE, -1)]
         else:
             triggers = await _rows(
                 empty_url,
@@ -585,15 +558,16 @@ async def test_0002_database_keeps_idempotency_keys_and_the_change_feed(
                 "AND NOT tgisinternal ORDER BY tgname",
             )
             assert triggers == [("convostore_conversation_ended",), ("convostore_session_changed",)]
-            listener, received = await _notifications(empty_url)
-            try:
-                state = await repo.add_turn(FOLLOWUP, "Nog eens?", "Ja.", idempotency_key="new-key")
-                assert len(state.turns) == 8
-                assert await repo.delete(UNICODE)
-                payloads = [await asyncio.wait_for(received.get(), 10) for _ in range(2)]
-            finally:
-                await listener.close()
-            assert payloads == [f"4 {FOLLOWUP}", f"* {UNICODE}"]
+        (last,) = (await _rows(empty_url, "SELECT coalesce(max(id), 0) FROM convostore_changes"))[0]
+        state = await repo.add_turn(FOLLOWUP, "Nog eens?", "Ja.", idempotency_key="new-key")
+        assert len(state.turns) == 8
+        assert await repo.delete(UNICODE)
+        feed = await _rows(
+            empty_url,
+            "SELECT session_id, version FROM convostore_changes WHERE id > :last ORDER BY id",
+            last=last,
+        )
+        assert feed == [(FOLLOWUP, 4), (UNICODE, -1)]
 
 
 async def _state(repo: SessionRepository, sid: str) -> dict[str, Any]:
@@ -700,6 +674,26 @@ async def test_downgrade_to_0001_keeps_live_sessions_and_drops_ended_transcripts
         }
         assert await repo.get("s-ended") is None
         assert await repo.list_sessions("carol") == []  # owners go with the downgrade
+
+
+async def test_downgrade_to_0003_restores_its_schema_and_notify_feed(
+    url: str, empty_url: str, clock: FakeClock
+) -> None:
+    """From head with data, a downgrade to 0003 leaves exactly a fresh 0003's schema (on
+    PostgreSQL the NOTIFY trigger instead of the feed table), keeps the sessions, and an
+    upgrade again serves them as before."""
+    await upgrade_url(empty_url, "0003")
+    fresh = await _on(empty_url, fingerprint)
+    async with _repository(url, clock) as repo:
+        await repo.add_turn("kept", "Vraag?", "Antwoord.", slots={"p": "Zwolle"})
+        before = await _state(repo, "kept")
+
+    assert await migrate_url(url, "0003", allow_downgrade=True) == "0003"
+    assert await _on(url, fingerprint) == fresh
+
+    await upgrade_url(url)
+    async with _repository(url, clock) as repo:
+        assert await _state(repo, "kept") == before
 
 
 @VIA
