@@ -175,7 +175,25 @@ async def test_no_caller_is_starved_under_a_burst(make_repo: MakeRepo, callers: 
     sids = [f"burst-{n:04d}" for n in range(SESSIONS)]
     for start in range(0, SESSIONS, 50):
         await asyncio.gather(*(repo.get_or_create(sid) for sid in sids[start : start + 50]))
-    rng = random.Random(callers)
+    # The bound is the issue's, in seconds, so it also depends on how fast this machine runs
+    # now: a burst that misses it (a neighbour took the CPU) is run once more, and the test
+    # fails only if both miss. On 960f401 both missed by seconds (starved callers).
+    slowest: list[str] = []
+    for attempt in range(2):
+        waits = await _burst(repo, sids, callers, random.Random(callers + attempt))
+        if max(waits) <= MAX_WAIT:
+            return
+        slowest.append(
+            f"slowest of {len(waits)} calls took {max(waits):.2f} s; "
+            f"{sum(w > MAX_WAIT for w in waits)} over {MAX_WAIT} s"
+        )
+    pytest.fail("; then ".join(slowest))
+
+
+async def _burst(
+    repo: SessionRepository, sids: list[str], callers: int, rng: random.Random
+) -> list[float]:
+    """Every call's wait while ``callers`` coroutines append for ``SECONDS``; none fails."""
     waits: list[float] = []
     failures: list[BaseException] = []
     end = time.monotonic() + SECONDS
@@ -192,7 +210,4 @@ async def test_no_caller_is_starved_under_a_burst(make_repo: MakeRepo, callers: 
     await asyncio.gather(*(caller() for _ in range(callers)))
     assert not failures, failures[:3]
     assert len(waits) > callers
-    assert max(waits) <= MAX_WAIT, (
-        f"slowest of {len(waits)} calls took {max(waits):.2f} s; "
-        f"{sum(w > MAX_WAIT for w in waits)} over {MAX_WAIT} s"
-    )
+    return waits

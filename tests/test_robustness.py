@@ -536,9 +536,15 @@ async def test_background_sweep_deletes_expired_sessions_and_stops_cleanly(
 
     remaining = -1
     for _ in range(60):
-        remaining = (await sql("SELECT count(*) FROM sessions WHERE session_id <> :s", s=live))[0][
-            0
-        ]
+        # A sweep ends the sessions, then deletes their transcripts (retention 0) in a
+        # transaction of its own: wait for both.
+        remaining = (
+            await sql(
+                "SELECT (SELECT count(*) FROM sessions WHERE session_id <> :s)"
+                " + (SELECT count(*) FROM turns WHERE session_id <> :s)",
+                s=live,
+            )
+        )[0][0]
         if remaining == 0:
             break
         await asyncio.sleep(0.05)
