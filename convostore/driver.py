@@ -12,6 +12,9 @@ appending an exchange, loading a session, sliding its expiry.
 - SQLite (aiosqlite): each operation runs as one function in the connection's worker thread,
   a whole transaction in one thread hop instead of one hop per statement.
 
+Appends that arrive while others run queue and then go together, one commit for the group
+(``Groups``): one SQLite transaction with a savepoint each, or one PostgreSQL round trip.
+
 A connection that failed in an unknown state (lost, timed out) is invalidated, never reused;
 one on which PostgreSQL merely refused a statement, or whose statement asyncpg is cancelling
 for a cancelled caller, goes back to the pool. An error that means the server went away also
@@ -23,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from sqlalchemy import ARRAY, ClauseElement, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,7 +38,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from ._private import asyncpg_query_logged, run_in_sqlite_thread
 from .errors import is_disconnect
-from .gate import Turns
+from .gate import Gate, Turns
 
 __all__ = [
     "Compiled",
@@ -49,6 +52,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+W = TypeVar("W")
+R = TypeVar("R")
 
 try:
     from asyncpg.exceptions import InvalidCachedStatementError, OutdatedSchemaCacheError
@@ -134,43 +139,49 @@ def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor | Non
 class Lender:
     """Lends the hot path pooled connections of an engine.
 
-    With an engine convostore created, the connection an operation gives back is kept for the
-    next one instead of going back to the pool: a checkout and return through SQLAlchemy's
-    pool and greenlet cost about 40 us, a tenth of an append. One connection at most is kept,
-    and only while the pool could still lend another (``capacity``: its size plus overflow),
-    so that no caller ever waits on the pool for the kept one, and none while something
-    listens to the pool's checkouts (it sees one per operation then). A connection from a pool
-    disposed since is closed, not reused; ``release`` (at ``stop()``) gives the kept one back.
-    An engine passed in is the caller's: its connections always go back to its pool."""
+    With an engine convostore created, a connection an operation gives back may be kept for
+    the next operation instead of going back to the pool: a checkout and return through
+    SQLAlchemy's pool and greenlet cost about 40 us, a tenth of an append. It keeps one while
+    nobody waits at the ``gate``, and as many as wait there while some do: a burst of
+    operations ending together would otherwise fill the pool past its size, and the pool
+    closes what it cannot hold, so the waiters let in next had to connect anew (hundreds of
+    reconnects a second at 50 callers). It keeps one only while the pool could still lend
+    another (the gate's capacity is the pool's size plus overflow), so that an operation that
+    takes its connection from the pool itself never waits for a kept one; and none while
+    something listens to the pool's checkouts (it sees one per operation then). A connection
+    from a pool disposed since is closed, not reused; ``release`` (at ``stop()``) gives the
+    kept ones back. An engine passed in is the caller's: its connections always go back to
+    its pool."""
 
-    def __init__(self, engine: AsyncEngine, *, capacity: int | None) -> None:
+    def __init__(self, engine: AsyncEngine, *, gate: Gate | None) -> None:
         self.engine = engine
-        self._capacity = capacity
-        self._kept: tuple[Any, Any] | None = None
+        self._gate = gate
+        self._kept: list[tuple[Any, Any]] = []
 
     async def take(self) -> tuple[Any, Any]:
         """A pooled connection and the pool it came from."""
-        kept, self._kept = self._kept, None
         pool = self.engine.sync_engine.pool
-        if kept is not None:
+        while self._kept:
+            kept = self._kept.pop()
             if kept[1] is pool and not pool.dispatch.checkout:
                 return kept
             await _give_back(kept[0])
         return await self.engine.raw_connection(), pool
 
     async def give_back(self, pooled: Any, pool: Any, *, reset: bool) -> None:
-        """Keep ``pooled`` for the next operation, or return it to ``pool``. ``reset``: the
+        """Keep ``pooled`` for a next operation, or return it to ``pool``. ``reset``: the
         pool may need to roll it back (a connection that never opened a transaction, on an
         engine without reset on return, needs nothing)."""
+        gate = self._gate
         if (
-            self._kept is None
-            and self._capacity is not None
+            gate is not None
+            and len(self._kept) < max(1, gate.waiting)
             and pool is self.engine.sync_engine.pool
             and isinstance(pool, QueuePool)
-            and pool.checkedout() < self._capacity
+            and pool.checkedout() < gate.capacity
             and not pool.dispatch.checkout
         ):
-            self._kept = (pooled, pool)
+            self._kept.append((pooled, pool))
         elif not reset and _kept_without_io(self.engine, pool):
             pooled.close()  # nothing to roll back and nothing to close: no greenlet
         else:
@@ -178,19 +189,86 @@ class Lender:
 
     @property
     def kept_prepared(self) -> int:
-        """Statements prepared on the kept connection (0 if none is kept)."""
-        return 0 if self._kept is None else len(self._kept[0].info.get(_PREPARED, ()))
+        """Statements prepared on the connection kept last (0 if none is kept)."""
+        return len(self._kept[-1][0].info.get(_PREPARED, ())) if self._kept else 0
 
     @property
     def kept(self) -> int:
-        """How many connections are kept now (0 or 1)."""
-        return 0 if self._kept is None else 1
+        """How many connections are kept now."""
+        return len(self._kept)
 
-    async def release(self) -> None:
-        """Return the kept connection to its pool."""
-        kept, self._kept = self._kept, None
-        if kept is not None:
-            await _give_back(kept[0])
+    async def release(self, keep: int = 0) -> None:
+        """Return the kept connections to their pool, all but ``keep`` of them."""
+        while len(self._kept) > keep:
+            await _give_back(self._kept.pop(0)[0])
+
+
+class Groups(Generic[W, R]):
+    """Writes of one process, at most ``limit`` running at a time; those that arrive while
+    the limit is reached wait in a queue, and go together, as one group, when one ends.
+
+    ``one`` runs a write alone; ``many`` runs a group and returns each write's outcome, (True,
+    its result) or (False, the exception it raised), in order, or raises what failed them
+    all. A group runs in a task of its own: its callers may be cancelled, and it runs for the
+    others; a write whose caller was cancelled before its group began is left out."""
+
+    def __init__(
+        self,
+        one: Callable[[W], Awaitable[R]],
+        many: Callable[[list[W]], Awaitable[list[tuple[bool, Any]]]],
+        limit: int = 1,
+    ) -> None:
+        self._one = one
+        self._many = many
+        self._limit = limit
+        self._running = 0
+        self._queued: list[tuple[W, asyncio.Future[R]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Groups running (held: the event loop keeps only weak references to tasks)."""
+
+    async def run(self, write: W) -> R:
+        """``write``'s result, run alone or in a group."""
+        if self._running >= self._limit:
+            future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+            self._queued.append((write, future))
+            return await future
+        self._running += 1
+        try:
+            return await self._one(write)
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        """After a write or a group: the queued writes go next, as a group."""
+        queued = [(write, future) for write, future in self._queued if not future.done()]
+        self._queued = []
+        if not queued:
+            self._running -= 1
+            return
+        task = asyncio.ensure_future(self._group(queued))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _group(self, queued: list[tuple[W, asyncio.Future[R]]]) -> None:
+        try:
+            outcomes = await self._many([write for write, _ in queued])
+        except Exception as exc:
+            for _, future in queued:
+                if not future.done():
+                    future.set_exception(exc)
+        except BaseException:
+            for _, future in queued:
+                future.cancel()
+            raise
+        else:
+            for (_, future), (ok, outcome) in zip(queued, outcomes, strict=True):
+                if not future.done():
+                    if ok:
+                        future.set_result(outcome)
+                    else:
+                        future.set_exception(outcome)
+        finally:
+            self._next()
 
 
 class PostgresDriver:
@@ -210,18 +288,28 @@ class PostgresDriver:
         self.engine = lender.engine
         self._owns_engine = owns_engine
         self._prepare = prepare
+        self._appends: Groups[_Append, list[Any]] = Groups(
+            self._append_alone, self._append_group, limit=_APPENDS_AT_ONCE
+        )
 
     async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
         """The rows of one statement, on a lent ``asyncpg.Connection``."""
+        return await self._fetch(compiled.sql, compiled.args(params))
+
+    async def _fetch(self, sql: str, args: list[Any], *, many: bool = False) -> list[Any]:
+        """The rows of ``sql`` with ``args``, or, ``many``, of ``sql`` run once for each list
+        of arguments in ``args``, all in one round trip and one transaction (asyncpg's
+        ``fetchmany``): every run is stored or none is."""
         pooled, pool = await self.lender.take()
         driver = pooled.driver_connection
         assert driver is not None
-        args = compiled.args(params)
         try:
             if self._prepare and not asyncpg_query_logged(driver):
-                rows = await _fetch_prepared(pooled, driver, compiled.sql, args)
+                rows = await _fetch_prepared(pooled, driver, sql, args, many)
+            elif many:
+                rows = await driver.fetchmany(sql, args)
             else:
-                rows = await driver.fetch(compiled.sql, *args)
+                rows = await driver.fetch(sql, *args)
         except BaseException as exc:
             await self._failed(pooled, driver, exc)
             raise
@@ -229,6 +317,45 @@ class PostgresDriver:
         # opened no transaction (it opened none here).
         await self.lender.give_back(pooled, pool, reset=False)
         return rows
+
+    async def append(
+        self, alone: Compiled, grouped: Compiled, params: Mapping[str, Any]
+    ) -> list[Any]:
+        """The rows of the one-statement append ``alone`` (none: nothing was written).
+
+        While two appends of this process run, more queue and then go as a group: one
+        round trip and one commit for all (``Groups``), ``grouped`` (``alone`` returning one
+        row each, NULLs for nothing written) run once per append, in the order of their
+        session ids, so that groups of two processes lock sessions in one order and never
+        deadlock. At 50 concurrent callers this cut the server's work per append (its commits
+        above all) and the client's round trips. If the server refuses one of them (an
+        idempotency key stored already), the group stores nothing and each is sent alone."""
+        return await self._appends.run(_Append(alone, grouped, params))
+
+    async def _append_alone(self, append: _Append) -> list[Any]:
+        return await self.read(append.alone, append.params)
+
+    async def _append_group(self, appends: list[_Append]) -> list[tuple[bool, Any]]:
+        order = sorted(range(len(appends)), key=lambda i: str(appends[i].params["sid"]))
+        grouped = appends[0].grouped
+        try:
+            rows = await self._fetch(
+                grouped.sql, [grouped.args(appends[i].params) for i in order], many=True
+            )
+        except Exception as exc:
+            if not _server_refused(exc):
+                raise
+            outcomes: list[tuple[bool, Any]] = []
+            for append in appends:
+                try:
+                    outcomes.append((True, await self._append_alone(append)))
+                except Exception as alone:
+                    outcomes.append((False, alone))
+            return outcomes
+        outcomes = [(False, None)] * len(appends)
+        for row, index in zip(rows, order, strict=True):
+            outcomes[index] = (True, [] if row[0] is None else [row])
+        return outcomes
 
     async def _failed(self, pooled: Any, driver: Any, exc: BaseException) -> None:
         """Give back or discard the connection a statement failed on."""
@@ -261,23 +388,30 @@ class PostgresDriver:
     """A data-modifying statement ... RETURNING is atomic by itself in autocommit."""
 
 
+_APPENDS_AT_ONCE = 2
+"""How many appends (or groups of them) of one process run at once on PostgreSQL: two, so
+that the server works on one group while the client reads the last one's rows and sends the
+next (one at a time left either side idle half the time)."""
+
 _PREPARED = "convostore_prepared"
 """The key, in a pooled connection's ``info``, of its prepared statements by SQL. ``info``
 lives as long as the driver connection: a connection closed or invalidated takes them along."""
 
 
-async def _fetch_prepared(pooled: Any, driver: Any, sql: str, args: list[Any]) -> list[Any]:
+async def _fetch_prepared(
+    pooled: Any, driver: Any, sql: str, args: list[Any], many: bool = False
+) -> list[Any]:
     statements: dict[str, Any] = pooled.info.setdefault(_PREPARED, {})
     statement = statements.get(sql)
     if statement is None:
         statement = statements[sql] = await driver.prepare(sql)
     try:
-        rows: list[Any] = await statement.fetch(*args)
+        rows: list[Any] = await (statement.fetchmany(args) if many else statement.fetch(*args))
     except _STALE:
         # A migration changed a table the statement reads; the server ran nothing. ``fetch``
         # prepares it anew; the next call prepares our own again.
         del statements[sql]
-        rows = await driver.fetch(sql, *args)
+        rows = await (driver.fetchmany(sql, args) if many else driver.fetch(sql, *args))
     return rows
 
 
@@ -313,7 +447,15 @@ async def _discard(pooled: Any, exc: BaseException) -> None:
 
 class SqliteDriver:
     """Runs a function on the ``sqlite3`` connection inside aiosqlite's worker thread
-    (through aiosqlite's private API: see ``_private.run_in_sqlite_thread``)."""
+    (through aiosqlite's private API: see ``_private.run_in_sqlite_thread``).
+
+    Write transactions of this process that arrive while one is running wait in a queue and
+    then run together, back to back in one thread hop, each in a savepoint of one transaction
+    that commits them all (``write_group``): SQLite admits one writer at a time anyway, and
+    its commit (the WAL's flush to disk) is paid once for the group. Each caller still gets
+    its own outcome: a write that fails is rolled back to its savepoint alone; only a failure
+    of the group's transaction itself (its BEGIN or COMMIT) fails every write in it, and then
+    none of them is stored."""
 
     def __init__(self, lender: Lender, writes: Turns, *, owns_engine: bool = False) -> None:
         """``writes``: where each write transaction waits its turn, in the worker thread
@@ -324,6 +466,9 @@ class SqliteDriver:
         self._no_reset = owns_engine
         """The engine is convostore's own, made with ``pool_reset_on_return=None``: a
         connection given back is not rolled back (every ``work`` ends its transaction)."""
+        self._writes_in_turn: Groups[_Write, list[tuple[Any, ...]]] = Groups(
+            self._write_alone, self._write_group
+        )
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work(connection)`` in one thread hop. ``work`` owns its transaction: it
@@ -375,20 +520,51 @@ class SqliteDriver:
     async def write_transaction(
         self, head: Compiled, params: Mapping[str, Any], then: Inserts | None = None
     ) -> list[tuple[Any, ...]]:
-        """``write_transaction`` in one thread hop. Arguments are bound here, before the hop:
-        Python run in the worker thread competes with the event loop for the GIL, and took
-        twice as long there."""
-        args = head.args(params)
+        """``write_transaction``, in one thread hop, or in a group with the writes queued
+        behind a running one. Arguments are bound here, before the hop: Python run in the
+        worker thread competes with the event loop for the GIL, and took twice as long
+        there."""
+        return await self._writes_in_turn.run(_Write(head.sql, head.args(params), then))
+
+    async def _write_alone(self, write: _Write) -> list[tuple[Any, ...]]:
         turns = self._writes
 
         def work(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
             turns.hold_in_thread()
             try:
-                return write_transaction(connection, head.sql, args, then)
+                return write_transaction(connection, *write)
             finally:
                 turns.release()
 
         return await self.run(work)
+
+    async def _write_group(self, writes: list[_Write]) -> list[tuple[bool, Any]]:
+        turns = self._writes
+
+        def work(connection: sqlite3.Connection) -> list[tuple[bool, Any]]:
+            turns.hold_in_thread()
+            try:
+                return write_group(connection, writes)
+            finally:
+                turns.release()
+
+        return await self.run(work)
+
+
+class _Append(NamedTuple):
+    """An append for ``PostgresDriver.append``: its statements and parameters."""
+
+    alone: Compiled
+    grouped: Compiled
+    params: Mapping[str, Any]
+
+
+class _Write(NamedTuple):
+    """A write transaction's statements, bound: ``write_transaction``'s arguments."""
+
+    sql: str
+    args: Sequence[Any]
+    then: Inserts | None
 
 
 def write_transaction(
@@ -408,15 +584,47 @@ def write_transaction(
     if not connection.in_transaction:
         connection.execute("BEGIN IMMEDIATE")
     try:
-        rows = [tuple(row) for row in connection.execute(sql, args)]
-        if not rows:
+        rows = _write(connection, sql, args, then)
+        if rows:
+            connection.commit()
+        else:
             connection.rollback()
-            return rows
-        for compiled, many in then(rows[0]) if then else ():
-            if many:
-                connection.executemany(compiled.sql, many)
-        connection.commit()
         return rows
     except BaseException:
         connection.rollback()
         raise
+
+
+def write_group(connection: sqlite3.Connection, writes: Sequence[_Write]) -> list[tuple[bool, Any]]:
+    """Several write transactions as one: each in a savepoint, rolled back to it alone if it
+    fails, then one commit. Returns each write's outcome: (True, head's rows) or (False, the
+    exception it raised). An error of the transaction itself is raised, nothing committed."""
+    if not connection.in_transaction:
+        connection.execute("BEGIN IMMEDIATE")
+    outcomes: list[tuple[bool, Any]] = []
+    try:
+        for write in writes:
+            connection.execute("SAVEPOINT convostore_write")
+            try:
+                outcomes.append((True, _write(connection, *write)))
+            except Exception as exc:
+                connection.execute("ROLLBACK TO convostore_write")
+                outcomes.append((False, exc))
+            connection.execute("RELEASE convostore_write")
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    return outcomes
+
+
+def _write(
+    connection: sqlite3.Connection, sql: str, args: Sequence[Any], then: Inserts | None
+) -> list[tuple[Any, ...]]:
+    """The statements of a write transaction, inside one."""
+    rows = [tuple(row) for row in connection.execute(sql, args)]
+    if rows:
+        for compiled, many in then(rows[0]) if then else ():
+            if many:
+                connection.executemany(compiled.sql, many)
+    return rows

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ._private import aiosqlite_thread_api
 from .core_executor import CoreExecutor
 from .driver import Lender, PostgresDriver, SqliteDriver
-from .gate import Turns
+from .gate import Gate, Turns
 
 __all__ = ["Executor", "HotPath"]
 
@@ -62,11 +62,11 @@ class HotPath:
         *,
         owns_engine: bool,
         fast_path: bool,
-        keep_connection: int | None = None,
+        gate: Gate | None = None,
         prepare: bool = False,
     ) -> None:
-        self.lender = Lender(engine, capacity=keep_connection)
-        """Lends the drivers their connections (and keeps one, on convostore's own engine)."""
+        self.lender = Lender(engine, gate=gate)
+        """Lends the drivers their connections (and keeps some, on convostore's own engine)."""
         self.writes = Turns() if engine.dialect.name == "sqlite" else None
         """SQLite: this process's write transactions, one at a time in the order they came."""
         self.core = CoreExecutor(engine, self.lender, self.writes)

@@ -28,6 +28,8 @@ class Gate:
     """At most ``capacity`` holders at once; waiters are let in in the order they came."""
 
     def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        """How many may hold a permit at once."""
         self._free = capacity
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -103,7 +105,6 @@ class Turns:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
         self._next = 0
         """The ticket the next one to ask gets."""
         self._serving = 0
@@ -111,14 +112,20 @@ class Turns:
         self._left: set[int] = set()
         """Tickets of loop waiters cancelled before their turn came."""
         self._awaiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+        self._blocked: dict[int, threading.Lock] = {}
+        """Tickets of threads waiting for their turn: each blocks on its own lock, which
+        ``release`` unlocks when the turn comes (waking only that thread, not all)."""
 
     def hold_in_thread(self) -> None:
         """Block this (worker) thread until it has the turn. Call ``release`` after."""
         with self._lock:
             ticket = self._next
             self._next += 1
-            while self._serving != ticket:
-                self._changed.wait()
+            if self._serving == ticket:
+                return
+            blocked = self._blocked[ticket] = threading.Lock()
+            blocked.acquire()
+        blocked.acquire()
 
     async def acquire(self) -> None:
         """Wait in the event loop for the turn. Call ``release`` after. A caller cancelled
@@ -150,9 +157,10 @@ class Turns:
                 self._left.discard(self._serving)
                 self._serving += 1
             awaiting = self._awaiting.pop(self._serving, None)
-            if awaiting is None:
-                self._changed.notify_all()
-        if awaiting is not None:
+            blocked = self._blocked.pop(self._serving, None)
+        if blocked is not None:
+            blocked.release()
+        elif awaiting is not None:
             loop, waiter = awaiting
             loop.call_soon_threadsafe(self._grant, waiter)
 

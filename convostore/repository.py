@@ -205,9 +205,7 @@ class SessionRepository:
                 owns_engine=self._owns_engine,
                 fast_path=self.config.fast_path,
                 retention=float(self.config.transcript_retention),
-                keep_connection=(
-                    self.config.pool_size + self.config.max_overflow if self._owns_engine else None
-                ),
+                gate=self._calls.gate,
                 prepare=self._owns_engine and self.config.pooler is None,
                 default_language=self.config.default_language,
             )

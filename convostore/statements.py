@@ -264,6 +264,10 @@ class Statements:
         )
         """PostgreSQL: the whole append (``allocate`` plus the turn and slot inserts) as one
         statement; None on SQLite, which runs them as one transaction in one thread hop."""
+        self.append_row: Select[Any] | None = (
+            self._one_row(self.append_cte) if self.append_cte is not None else None
+        )
+        """PostgreSQL: ``append_cte`` returning one row always (NULLs: nothing written)."""
 
     @staticmethod
     def _load(dialect: str) -> CompoundSelect[Any]:
@@ -517,4 +521,14 @@ class Statements:
         )
         return select(bumped.c.turn_count, bumped.c.version).add_cte(
             new_turns.cte("new_turns"), new_slots.cte("new_slots")
+        )
+
+    @staticmethod
+    def _one_row(append: Select[Any]) -> Select[Any]:
+        """``append`` returning exactly one row: NULLs where it wrote nothing (the session was
+        not live). Appends sent together in one round trip (``driver.PostgresDriver``) come
+        back as one list of rows, which this lets them share out."""
+        done = append.subquery("done")
+        return select(done.c.turn_count, done.c.version).select_from(
+            select(literal(1).label("one")).subquery("one").outerjoin(done, true())
         )

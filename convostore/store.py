@@ -30,6 +30,7 @@ from .driver import Compiled, Lender, PostgresDriver, SqliteDriver
 from .engine import dump_json, load_json
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
+from .gate import Gate
 from .models import ConversationTurn, make_turn, name_ordered
 from .schema import rows_of_turns
 from .statements import Statements
@@ -124,13 +125,13 @@ class SqlStore:
         owns_engine: bool,
         fast_path: bool = True,
         retention: float = 0,
-        keep_connection: int | None = None,
+        gate: Gate | None = None,
         prepare: bool = False,
         default_language: str | None = None,
     ) -> None:
-        """``keep_connection``: the pool's capacity (size plus overflow) of an engine
-        convostore created, whose hot path may keep a connection between operations
-        (``driver.Lender``); None for an engine passed in. ``prepare``: PostgreSQL's hot
+        """``gate``: where the operations on an engine convostore created wait for a
+        connection (``lifecycle.Calls``), whose hot path may keep connections between
+        operations (``driver.Lender``); None for an engine passed in. ``prepare``: PostgreSQL's hot
         statements run prepared (``driver.PostgresDriver``)."""
         self.engine = engine
         self.retention = retention
@@ -144,12 +145,15 @@ class SqlStore:
             engine,
             owns_engine=owns_engine,
             fast_path=fast_path,
-            keep_connection=keep_connection,
+            gate=gate,
             prepare=prepare,
         )
         one_statement = sql.append_cte
         self._live_append = Compiled(
             sql.allocate if one_statement is None else one_statement, dialect
+        )
+        self._live_append_row = (
+            Compiled(sql.append_row, dialect) if sql.append_row is not None else None
         )
         self._insert_turns = Compiled(sql.insert_turns, dialect)
         self._insert_slots = Compiled(sql.insert_slots, dialect)
@@ -181,8 +185,10 @@ class SqlStore:
         """``engine.begin()`` for a write: on SQLite in its turn after this process's other
         write transactions (``HotPath.writes``), before it takes a connection. It always finds
         one: fast-path writers hold theirs while they wait for the turn, but the repository
-        lets in no more operations than the pool has connections, and the fast path keeps an
-        idle one only while the pool could lend another (``Lender.give_back``)."""
+        lets in no more operations than the pool has connections, and of the connections the
+        fast path kept, all but one go back to the pool first: it keeps that one only while
+        the pool could lend another (``Lender.give_back``)."""
+        await self._hot.lender.release(keep=1)
         writes = self._hot.writes
         async with writes.turn() if writes else nullcontext(), self.engine.begin() as conn:
             yield conn
@@ -344,7 +350,11 @@ class SqlStore:
                 slot_names=names,
                 slot_values=values,
             )
-            records = await driver.write(self._live_append, params)
+            grouped = self._live_append_row
+            if isinstance(driver, PostgresDriver) and grouped is not None:
+                records = await driver.append(self._live_append, grouped, params)
+            else:
+                records = await driver.write(self._live_append, params)
             return tuple(records[0]) if records else None
 
         # The rows are bound now, numbered from 0 in conversation 0; the worker thread only
