@@ -38,7 +38,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from ._private import asyncpg_query_logged, run_in_sqlite_thread
 from .errors import is_disconnect
-from .gate import Gate, Turns
+from .gate import Gate, Turns, stepping_aside
 
 __all__ = [
     "Compiled",
@@ -210,7 +210,11 @@ class Groups(Generic[W, R]):
     ``one`` runs a write alone; ``many`` runs a group and returns each write's outcome, (True,
     its result) or (False, the exception it raised), in order, or raises what failed them
     all. A group runs in a task of its own: its callers may be cancelled, and it runs for the
-    others; a write whose caller was cancelled before its group began is left out."""
+    others; a write whose caller was cancelled before its group began is left out. A queued
+    write holds no connection: all but the first of a group pass their permit of the
+    repository's gate on while they wait (``gate.stepping_aside``), so that more operations
+    run, and groups grow, without more connections than the pool has (the first one's permit
+    stands for the group's connection)."""
 
     def __init__(
         self,
@@ -231,7 +235,10 @@ class Groups(Generic[W, R]):
         if self._running >= self._limit:
             future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
             self._queued.append((write, future))
-            return await future
+            if len(self._queued) == 1:
+                # The first of a group keeps its permit of the gate: the group's connection.
+                return await future
+            return await stepping_aside(future)
         self._running += 1
         try:
             return await self._one(write)

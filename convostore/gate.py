@@ -17,11 +17,15 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from types import TracebackType
+from typing import TypeVar
 
-__all__ = ["Gate", "Turns"]
+__all__ = ["Gate", "Turns", "holding", "stepping_aside"]
+
+T = TypeVar("T")
 
 
 class Gate:
@@ -33,16 +37,20 @@ class Gate:
         self._free = capacity
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self, timeout: float | None = None) -> None:
+    async def acquire(self, timeout: float | None = None, *, first: bool = False) -> None:
         """Wait for a permit, at most ``timeout`` seconds (then ``asyncio.TimeoutError``). A
         caller cancelled or timed out while waiting leaves its place, and passes on a permit
-        handed to it in the same moment."""
-        if self._free > 0 and not self._waiters:
+        handed to it in the same moment. ``first``: ahead of those waiting (a caller whose
+        operation is under way already, see ``stepping_aside``)."""
+        if self._free > 0 and (first or not self._waiters):
             self._free -= 1
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         expired: list[bool] = []
 
         def expire() -> None:
@@ -91,6 +99,49 @@ class Gate:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class _Holder:
+    """The permit of a gate that the current task holds, while it holds it."""
+
+    __slots__ = ("gate", "held")
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.held = True
+
+
+_holder: ContextVar[_Holder | None] = ContextVar("convostore_gate_holder", default=None)
+
+
+async def holding(gate: Gate, timeout: float | None, operation: Callable[[], Awaitable[T]]) -> T:
+    """Run ``operation()`` holding a permit of ``gate``, waiting for one first at most
+    ``timeout`` seconds; the permit may be passed on meanwhile (``stepping_aside``)."""
+    await gate.acquire(timeout)
+    holder = _Holder(gate)
+    token = _holder.set(holder)
+    try:
+        return await operation()
+    finally:
+        _holder.reset(token)
+        if holder.held:
+            gate.release()
+
+
+async def stepping_aside(wait: Awaitable[T]) -> T:
+    """Await ``wait``, work that others do on their connections (a group of writes this
+    task's write joined), with this task's permit passed on to the next in line meanwhile;
+    then take one again, ahead of those waiting, since the operation is under way."""
+    holder = _holder.get()
+    if holder is None or not holder.held:
+        return await wait
+    holder.held = False
+    holder.gate.release()
+    try:
+        return await wait
+    finally:
+        await holder.gate.acquire(first=True)
+        holder.held = True
 
 
 class Turns:

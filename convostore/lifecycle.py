@@ -32,7 +32,7 @@ from .errors import (
     is_disconnect,
     translate_errors,
 )
-from .gate import Gate
+from .gate import Gate, holding
 
 __all__ = ["Calls", "attempt_timeout"]
 
@@ -164,11 +164,7 @@ class Calls:
         gate = self.gate
         if gate is None:
             return await operation()
-        await gate.acquire(self._attempt_timeout or self._reconnect_timeout)
-        try:
-            return await operation()
-        finally:
-            gate.release()
+        return await holding(gate, self._attempt_timeout or self._reconnect_timeout, operation)
 
     def _left_after(self, exc: BaseException) -> float:
         """Seconds left for retries after an operation failed with ``exc`` (the first failure

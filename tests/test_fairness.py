@@ -18,7 +18,7 @@ from functools import partial
 import pytest
 
 from convostore import SessionRepository
-from convostore.gate import Gate, Turns
+from convostore.gate import Gate, Turns, holding, stepping_aside
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 
@@ -95,6 +95,36 @@ async def test_a_cancelled_waiter_leaves_its_place_and_passes_on_a_turn_handed_t
     await asyncio.wait_for(after, 1)
     lock.release()
     await asyncio.wait_for(lock.acquire(), 1)
+
+
+async def test_a_holder_stepping_aside_lets_the_next_in_and_comes_back_first() -> None:
+    """While a holder waits for work others do (its write in a group), its permit serves the
+    next in line; it then gets one back ahead of those who came after it."""
+    gate = Gate(1)
+    order: list[str] = []
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def grouped() -> str:
+        order.append("a waits")
+        result = await stepping_aside(done)
+        order.append("a back")
+        return result
+
+    async def other(name: str) -> None:
+        order.append(name)
+        if name == "b":
+            done.set_result("stored")
+        await asyncio.sleep(0)
+
+    a = asyncio.ensure_future(holding(gate, None, grouped))
+    await asyncio.sleep(0)
+    b = asyncio.ensure_future(holding(gate, None, partial(other, "b")))
+    c = asyncio.ensure_future(holding(gate, None, partial(other, "c")))
+    assert await a == "stored"
+    await asyncio.gather(b, c)
+    assert order == ["a waits", "b", "a back", "c"]
+    assert gate.waiting == 0
+    await asyncio.wait_for(gate.acquire(), 1)  # every permit came back
 
 
 async def test_turns_go_in_asking_order_across_threads_and_the_loop() -> None:
