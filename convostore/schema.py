@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from .models import name_ordered
+from .models import ConversationTurn, make_turn, name_ordered
 
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
@@ -55,6 +55,7 @@ __all__ = [
     "metadata",
     "of_conversation",
     "sessions",
+    "turn_at",
     "turn_slots",
     "turns",
 ]
@@ -354,6 +355,20 @@ def grouped_turns(
             )
         )
     return grouped
+
+
+def turn_at(turn: ConversationTurn | TranscriptTurn, created_at: datetime) -> ConversationTurn:
+    """``turn`` as stored at ``created_at``, built without validation: what is stored was
+    checked before it was written."""
+    return make_turn(
+        role=turn.role,
+        content=turn.content,
+        resolved_question=turn.resolved_question,
+        template_id=turn.template_id,
+        slots=turn.slots,
+        results=turn.results,
+        created_at=created_at,
+    )
 
 
 class TurnFields(Protocol):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from convostore import ConversationState, ConversationTurn
 from convostore._private import pydantic_slot_setters
-from convostore.models import StateBuilder, TurnBuilder, builders
+from convostore.models import StateBuilder, StoredSession, TurnBuilder, builders
 
 TURN: dict[str, Any] = {
     "role": "user",
@@ -41,10 +41,11 @@ def test_slot_setters_are_found_and_a_missing_slot_is_noticed() -> None:
 def test_built_turn_equals_a_validated_turn(built: tuple[TurnBuilder, StateBuilder]) -> None:
     """==, model_dump, model_fields_set, model_copy, pickling and frozenness match."""
     make_turn, _ = built
-    turn = make_turn(*TURN.values())
+    turn = make_turn(**TURN)
     validated = ConversationTurn(**TURN)
     assert turn == validated
     assert validated == turn
+    assert repr(turn) == repr(validated)
     assert turn.model_dump() == validated.model_dump()
     assert turn.model_dump_json() == validated.model_dump_json()
     assert turn.model_fields_set == validated.model_fields_set
@@ -60,8 +61,18 @@ def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBui
     """A built state equals the validated one, copies and pickles alike, and keeps the
     private attributes the store gave it."""
     make_turn, make_state = built
-    turns = [make_turn(*TURN.values())]
-    state = make_state(turns, {"place": "Enschede"}, "archives_in_place", "nl", "sid", turns, 1, 7)
+    turns = [make_turn(**TURN)]
+    session = StoredSession(
+        turns=turns,
+        current_slots={"place": "Enschede"},
+        current_template_id="archives_in_place",
+        language="nl",
+        version=7,
+        user_id=None,
+        last_accessed=0.0,
+        expires_at=0.0,
+    )
+    state = make_state(session, "sid", turns)
     validated = ConversationState(
         turns=[ConversationTurn(**TURN)],
         current_slots={"place": "Enschede"},
