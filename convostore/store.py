@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -525,23 +525,40 @@ class SqlStore:
 
 
 class _SessionOf:
-    """Decodes a load's session row, by column name, into a ``StoredSession``."""
+    """Decodes a load's session row into a ``StoredSession``, by name: from the JSON object in
+    its column ``session`` (the one-statement load), or from its columns named as the fields
+    (SQLite's load in parts)."""
 
-    __slots__ = ("_at",)
+    __slots__ = ("_at", "_object_at")
 
     def __init__(self, load: Compiled) -> None:
-        self._at = [(name, load.columns[name]) for name in SESSION_COLUMNS]
+        at = load.columns
+        self._object_at = at.get("session")
+        self._at = [] if "session" in at else [(name, at[name]) for name in SESSION_COLUMNS]
 
     def __call__(
         self, row: Sequence[Any], turns: list[ConversationTurn], window: int
     ) -> StoredSession:
         """The session of ``row`` (result processors applied) with ``turns``, read as the
         ``window`` newest."""
-        values = {name: row[index] for name, index in self._at}
+        if self._object_at is not None:
+            values = dict(row[self._object_at])
+        else:
+            values = {name: row[index] for name, index in self._at}
         values["current_slots"] = name_ordered(values["current_slots"])
-        values["last_accessed"] = values["last_accessed"].timestamp()
-        values["expires_at"] = values["expires_at"].timestamp()
+        values["last_accessed"] = _epoch(values["last_accessed"])
+        values["expires_at"] = _epoch(values["expires_at"])
         return StoredSession(turns=turns, complete=len(turns) < window, **values)
+
+
+def _epoch(stamp: datetime | str) -> float:
+    """A stored timestamp as epoch seconds: a ``UTCDateTime`` column's value, or its text in
+    a JSON object (ISO 8601; SQLite's is UTC without an offset)."""
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp)
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
 
 
 class _TurnRow(NamedTuple):
