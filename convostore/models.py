@@ -152,9 +152,9 @@ class SessionFields:
     stores, reads, caches or exports a session goes through this list (``STATE_FIELDS``), so a
     new one is added here, on ``ConversationState`` and in ``make_state``."""
 
+    language: str | None = None
     current_slots: dict[str, str] = field(default_factory=dict)
     current_template_id: str | None = None
-    language: str | None = None
 
     def state_values(self) -> dict[str, Any]:
         """The ``STATE_FIELDS`` by name (e.g. as parameters of the statement that writes
@@ -163,7 +163,7 @@ class SessionFields:
 
 
 STATE_FIELDS: tuple[str, ...] = tuple(SessionFields.__dataclass_fields__)
-"""The names of the session fields a state carries, in ``ConversationState``'s order."""
+"""The names of the session fields a state carries, in the order the exports write them."""
 
 
 @dataclass(slots=True, kw_only=True)

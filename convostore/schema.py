@@ -37,23 +37,27 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from .models import ConversationTurn, make_turn, name_ordered
+from .models import STATE_FIELDS, ConversationTurn, make_turn, name_ordered
 
 __all__ = [
+    "KEPT_FIELDS",
     "MAX_SESSION_ID_LENGTH",
     "UTCDateTime",
     "changes",
     "compared",
     "conversation_ids",
     "conversations",
+    "exported",
     "is_live",
     "live_session",
     "metadata",
     "of_conversation",
+    "session_field",
     "sessions",
     "turn_at",
     "turn_slots",
@@ -272,6 +276,25 @@ turn_slots = Table(
 The foreign key points at the conversation, not the turn: rows are only ever written together
 with their turn and deleted with their conversation, and cascading once per conversation
 instead of once per turn makes deleting transcripts about three times faster on PostgreSQL."""
+
+
+KEPT_FIELDS = tuple(name for name in STATE_FIELDS if name in conversations.c)
+"""The session fields a conversation keeps when its session ends (a trigger copies them)."""
+
+
+def session_field(name: str) -> ColumnElement[Any]:
+    """The session field ``name`` (of ``models.STATE_FIELDS``) of a conversation outer-joined
+    to its session row, labelled ``name``: the session's while the row exists, then the
+    conversation's copy if it keeps one (``KEPT_FIELDS``), else NULL."""
+    column = sessions.c[name]
+    if name in KEPT_FIELDS:
+        return func.coalesce(column, conversations.c[name]).label(name)
+    return column.label(name)
+
+
+def exported(value: Any) -> Any:
+    """A session field's value as the exports write it: slots in name order."""
+    return name_ordered(value) if isinstance(value, dict) else value
 
 
 def of_conversation(columns: Any) -> ColumnElement[bool]:
