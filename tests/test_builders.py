@@ -12,7 +12,15 @@ from pydantic import BaseModel, ValidationError
 
 from convostore import ConversationState, ConversationTurn
 from convostore._private import pydantic_slot_setters
-from convostore.models import StateBuilder, StoredSession, TurnBuilder, builders
+from convostore.models import (
+    SESSION_COLUMNS,
+    STATE_FIELDS,
+    StateBuilder,
+    StoredSession,
+    TurnBuilder,
+    builders,
+)
+from convostore.schema import sessions
 
 TURN: dict[str, Any] = {
     "role": "user",
@@ -92,3 +100,27 @@ def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBui
     assert restored._version == 7
     state.add_turn(ConversationTurn(content="Hoeveel?", slots={"n": "3"}))
     assert state.current_slots == {"place": "Enschede", "n": "3"}
+
+
+def test_the_session_record_names_every_state_field_and_column() -> None:
+    """A session field added to ``SessionFields`` must be a state field and a ``sessions``
+    column of the same name, and every state field a session field: the load, the cache, the
+    writes and the exports take the list from there."""
+    assert set(STATE_FIELDS) == set(ConversationState.model_fields) - {"turns"}
+    assert set(SESSION_COLUMNS) <= set(sessions.c.keys())
+    assert set(STATE_FIELDS) <= set(SESSION_COLUMNS)
+
+
+def test_a_built_state_carries_every_session_field(
+    built: tuple[TurnBuilder, StateBuilder],
+) -> None:
+    """``make_state`` spells the fields out (it is every cache hit): none may be left out."""
+    _, make_state = built
+    values: dict[str, Any] = {name: f"value of {name}" for name in STATE_FIELDS}
+    values["current_slots"] = {"place": "Enschede"}
+    session = StoredSession(
+        turns=[], version=1, user_id=None, last_accessed=0.0, expires_at=0.0, **values
+    )
+    state = make_state(session, "sid", [])
+    assert {name: getattr(state, name) for name in STATE_FIELDS} == values
+    assert state.current_slots is not session.current_slots
