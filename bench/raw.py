@@ -148,28 +148,41 @@ class _Positional:
         assert compiled.positiontup is not None
         self.sql = str(compiled)
         self._slots = [(name, compiled.binds[name].value) for name in compiled.positiontup]
+        selected = getattr(statement, "selected_columns", ())
+        self.columns = {column.key: index for index, column in enumerate(selected)}
+        """Each result column's index, by name."""
 
     def args(self, values: Mapping[str, Any]) -> list[Any]:
         return [values.get(name, constant) for name, constant in self._slots]
 
 
-def _fold_one(rows: Sequence[Sequence[Any]], parse: bool) -> dict[str, Any] | None:
+def _session(head: Sequence[Any], at: Mapping[str, int]) -> dict[str, Any]:
+    """The session fields of a load's session row, by name: from the one-statement load's JSON
+    object ``session``, or from the columns of the load in parts."""
+    names = ("version", "language", "current_template_id", "current_slots")
+    if "session" in at:
+        fields = json.loads(head[at["session"]])
+    else:
+        fields = {name: head[at[name]] for name in names}
+        fields["current_slots"] = json.loads(fields["current_slots"])
+    return {name: fields[name] for name in names}
+
+
+def _fold_one(
+    rows: Sequence[Sequence[Any]], at: Mapping[str, int], parse: bool
+) -> dict[str, Any] | None:
     """A session as plain data from the rows of convostore's one-statement load: the session
     row (seq 0) first, then each turn followed by its slots."""
     if not rows or rows[0][0] != 0:
         return None
-    head = rows[0]
-    return {
-        "version": head[9],
-        "language": head[1],
-        "current_template_id": head[2],
-        "current_slots": json.loads(head[5]),
-        "turns": _turns(rows[1:], parse),
-    }
+    return {**_session(rows[0], at), "turns": _turns(rows[1:], parse)}
 
 
 def _fold_parts(
-    head: Sequence[Any], turn_rows: Sequence[Sequence[Any]], slot_rows: Sequence[Sequence[Any]]
+    head: Sequence[Any],
+    at: Mapping[str, int],
+    turn_rows: Sequence[Sequence[Any]],
+    slot_rows: Sequence[Sequence[Any]],
 ) -> dict[str, Any]:
     """A session as plain data from the rows of convostore's three-part SQLite load."""
     slots: dict[int, dict[str, str]] = {}
@@ -177,10 +190,7 @@ def _fold_parts(
         slots.setdefault(seq, {})[name] = value
     parsed = _Stamps()
     return {
-        "version": head[5],
-        "language": head[0],
-        "current_template_id": head[1],
-        "current_slots": json.loads(head[3]),
+        **_session(head, at),
         "turns": [
             {
                 "role": role,
@@ -377,7 +387,8 @@ class RawSqlite:
                 heads = conn.execute(head.sql, head.args({"sid": sid})).fetchall()
                 if not heads:
                     return heads, [], []
-                upto, cid = heads[0][7], heads[0][8]
+                upto = heads[0][head.columns["turn_count"]]
+                cid = heads[0][head.columns["conversation_id"]]
                 params = {"sid": sid, "cid": cid, "upto": upto, "after": upto - window}
                 return (
                     heads,
@@ -388,7 +399,7 @@ class RawSqlite:
                 conn.rollback()
 
         heads, turn_rows, slot_rows = await run_in_sqlite_thread(self._db, work)
-        return _fold_parts(heads[0], turn_rows, slot_rows) if heads else None
+        return _fold_parts(heads[0], head.columns, turn_rows, slot_rows) if heads else None
 
     async def load(self, sid: str) -> dict[str, Any] | None:
         heads = list(await self._db.execute_fetchall(_SQLITE_HEAD, (sid,)))
@@ -506,7 +517,8 @@ class RawPostgres:
     async def load_one(self, sid: str, window: int = _ALL_TURNS) -> dict[str, Any] | None:
         """The true floor: convostore's one-statement load, prepared."""
         args = self._positional["load_one"].args({"sid": sid, "window": window})
-        return _fold_one(await self._statements["load_one"].fetch(*args), parse=False)
+        rows = await self._statements["load_one"].fetch(*args)
+        return _fold_one(rows, self._positional["load_one"].columns, parse=False)
 
     async def load(self, sid: str) -> dict[str, Any] | None:
         head = await self._statements["head"].fetchrow(sid)

@@ -36,6 +36,7 @@ from .schema import (
     live_session,
     of_conversation,
     sessions,
+    turn_at,
     turn_slots,
     turns,
 )
@@ -332,18 +333,7 @@ async def transcripts(
             started,
             ended,
             live,
-            [
-                ConversationTurn(
-                    role=turn.role,
-                    content=turn.content,
-                    resolved_question=turn.resolved_question,
-                    template_id=turn.template_id,
-                    slots=turn.slots,
-                    results=turn.results,
-                    created_at=turn.created_at,
-                )
-                for turn in turns_of.get(cid, [])
-            ],
+            [turn_at(turn, turn.created_at) for turn in turns_of.get(cid, [])],
         )
         for cid, user, language, started, ended, live in heads
     ]

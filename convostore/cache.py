@@ -1,6 +1,6 @@
 """The in-process LRU cache of session states: O(1) hits, misses and evictions.
 
-The cache holds sessions as last committed; callers get copies (``CacheEntry.fork``). It is
+The cache holds sessions as last committed; callers get copies (``StoredSession.fork``). It is
 changed only after a commit, so a failed write never leaves an uncommitted state behind.
 """
 
@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
-from .models import ConversationState, ConversationTurn, carry_context, make_state, name_ordered
+from .models import StoredSession
 
-__all__ = ["CacheEntry", "News", "SessionCache", "Switch"]
+__all__ = ["News", "SessionCache", "Switch"]
 
 
 class Switch(Enum):
@@ -48,75 +48,6 @@ class _Held:
             self.version = None if version is None else max(self.version, version)
 
 
-@dataclass(slots=True)
-class CacheEntry:
-    """A session's content as last committed, and what the database said about it.
-
-    The entry holds plain fields, not a ``ConversationState``: a hit builds the caller's state
-    straight from them, with the fewest objects to read and allocate.
-    """
-
-    turns: list[ConversationTurn]
-    """Only ever appended to, so a state forked from it can point at it to remember which
-    turns it was handed (see ``ConversationState._origin``)."""
-    current_slots: dict[str, str]
-    current_template_id: str | None
-    language: str | None
-    version: int
-    last_accessed: float
-    """Epoch seconds of the stored ``last_accessed``; reads refresh it only when it is stale."""
-    expires_at: float
-    """Epoch seconds of the stored ``expires_at``."""
-    unflushed_hits: int = 0
-    """Cache hits not yet added to the stored ``access_count``; the next write adds them."""
-    user_id: str | None = None
-    """The session's owner (None: created without one)."""
-    complete: bool = True
-    """Whether ``turns`` holds the whole history; False after a windowed read, when it holds
-    the newest turns only (and whatever was appended since)."""
-
-    def covers(self, last_turns: int | None) -> bool:
-        """Whether the entry holds the turns a read of the ``last_turns`` newest (None: all)
-        returns."""
-        return self.complete or (last_turns is not None and len(self.turns) >= last_turns)
-
-    def fork(self, session_id: str, last_turns: int | None = None) -> ConversationState:
-        """A state its caller may change freely: fresh ``turns`` list and ``current_slots``
-        dict, shared (frozen) turns, no validation. With ``last_turns``, only the newest of
-        them (the entry must ``cover`` it)."""
-        turns = self.turns if last_turns is None else self.turns[-last_turns:]
-        return make_state(
-            list(turns),
-            dict(self.current_slots),
-            self.current_template_id,
-            self.language,
-            session_id,
-            turns,
-            len(turns),
-            self.version,
-        )
-
-    def extend(self, new_turns: Iterable[ConversationTurn]) -> None:
-        """Append committed turns, carrying their slots and template into the context, whose
-        slots stay in name order, as a cold read returns them."""
-        template = self.current_template_id
-        slots = self.current_slots
-        known = len(slots)
-        for turn in new_turns:
-            self.turns.append(turn)
-            template = carry_context(turn, slots, template)
-        self.current_template_id = template
-        if len(slots) != known:
-            self.current_slots = name_ordered(slots)
-
-    def committed(self, version: int, now: float, ttl: float, flushed_hits: int) -> None:
-        """Record a write of this process: the new version, the refreshed expiry, and the hits
-        the write added to ``access_count``."""
-        self.version = version
-        self.last_accessed, self.expires_at = now, now + ttl
-        self.unflushed_hits = max(0, self.unflushed_hits - flushed_hits)
-
-
 class SessionCache:
     """At most ``capacity`` entries, least recently used evicted first.
 
@@ -139,7 +70,7 @@ class SessionCache:
         self.generation = 0
         self.evictions = 0
         self.enabled = enabled
-        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._entries: OrderedDict[str, StoredSession] = OrderedDict()
         self._held: dict[str, _Held] = {}
         """Sessions this process is writing, and what was announced of them meanwhile."""
         self._posted: deque[News] = deque()
@@ -169,7 +100,7 @@ class SessionCache:
                 assert isinstance(news, tuple)
                 self.invalidate(*news)
 
-    def get(self, session_id: str) -> CacheEntry | None:
+    def get(self, session_id: str) -> StoredSession | None:
         """The entry, marked most recently used; None if not cached."""
         if self._posted:
             self.apply_posted()
@@ -178,13 +109,13 @@ class SessionCache:
             self._entries.move_to_end(session_id)
         return entry
 
-    def peek(self, session_id: str) -> CacheEntry | None:
+    def peek(self, session_id: str) -> StoredSession | None:
         """The entry without changing the LRU order."""
         if self._posted:
             self.apply_posted()
         return self._entries.get(session_id)
 
-    def put(self, session_id: str, entry: CacheEntry) -> None:
+    def put(self, session_id: str, entry: StoredSession) -> None:
         """Insert or replace an entry as most recently used, evicting beyond capacity."""
         if not self.enabled:
             return
@@ -195,7 +126,7 @@ class SessionCache:
             entries.popitem(last=False)
             self.evictions += 1
 
-    def put_loaded(self, session_id: str, entry: CacheEntry, generation: int) -> None:
+    def put_loaded(self, session_id: str, entry: StoredSession, generation: int) -> None:
         """Cache a state read from the database at ``generation``, unless a removal happened
         since or the cache already holds a newer version, or as much of the same version."""
         if generation != self.generation:

@@ -14,11 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from time import perf_counter
 
-from .cache import CacheEntry, SessionCache
+from .cache import SessionCache
 from .errors import NotSessionOwner, StaleStateError
 from .expiry import RefreshesBehind
-from .models import ConversationState, ConversationTurn, carry_context, name_ordered
-from .store import SessionFields, SqlStore, Written
+from .models import (
+    ConversationState,
+    ConversationTurn,
+    SessionFields,
+    StoredSession,
+    carry_context,
+    name_ordered,
+)
+from .store import SqlStore, Written
 
 __all__ = ["CachedStore", "Stats", "TimingHook", "owned", "utc"]
 
@@ -86,15 +93,21 @@ class CachedStore:
         """Whether cached copies are kept current by a watcher (``"bounded"`` coherence), so
         a refresh need not check the stored version."""
 
-    def _new_entry(self, version: int, now: float, owner: str | None) -> CacheEntry:
+    def _new_entry(self, version: int, now: float, owner: str | None) -> StoredSession:
         """The entry of a session this process just created: empty, written at ``now``."""
-        language = self.store.default_language
-        return CacheEntry([], {}, None, language, version, now, now + self._ttl, user_id=owner)
+        return StoredSession(
+            turns=[],
+            language=self.store.default_language,
+            version=version,
+            user_id=owner,
+            last_accessed=now,
+            expires_at=now + self._ttl,
+        )
 
     async def refresh(
         self,
         sid: str,
-        entry: CacheEntry,
+        entry: StoredSession,
         now: float,
         owner: str | None,
         window: int | None = None,
@@ -136,28 +149,17 @@ class CachedStore:
             generation = self._cache.generation
             hooks = self.stats.hooks
             started = perf_counter() if hooks is not None else 0.0
-            loaded = await self.store.load(sid, window)
+            entry = await self.store.load(sid, window)
             if hooks is not None:
                 self.stats.timed("load", started)
-            if loaded is None:
+            if entry is None:
                 return None
             now_utc = utc(now)
-            if loaded.expires_at <= now_utc:
+            if entry.expires_at <= now_utc.timestamp():
                 if await self.store.drop_expired(sid, now_utc):
                     self.stats.expired += 1
                 self._cache.discard(sid)
                 return None
-            entry = CacheEntry(
-                loaded.turns,
-                loaded.current_slots,
-                loaded.current_template_id,
-                loaded.language,
-                loaded.version,
-                loaded.last_accessed.timestamp(),
-                loaded.expires_at.timestamp(),
-                user_id=loaded.user_id,
-                complete=window is None or len(loaded.turns) < window,
-            )
             if now - entry.last_accessed > self._refresh_after:
                 if self.behind is not None:
                     self.behind.note(sid, now_utc, 1)
@@ -326,9 +328,9 @@ class CachedStore:
             else:
                 self._cache.discard(sid)
                 return
+            for name, value in fields.state_values().items():
+                setattr(entry, name, value)
             entry.current_slots = dict(fields.current_slots)
-            entry.current_template_id = fields.current_template_id
-            entry.language = fields.language
             if written.created:
                 self._cache.put_loaded(sid, entry, generation)
 
@@ -367,7 +369,7 @@ class CachedStore:
                 return total
 
 
-def owned(sid: str, entry: CacheEntry, owner: str | None) -> CacheEntry:
+def owned(sid: str, entry: StoredSession, owner: str | None) -> StoredSession:
     """``entry``, if a caller acting for ``owner`` (None: anyone) may use the session."""
     if owner is not None and entry.user_id != owner:
         raise NotSessionOwner(f"session {sid!r} belongs to another user")

@@ -8,9 +8,10 @@ share the same turn objects and copying a state is a list copy, not a deep copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -18,10 +19,14 @@ from ._private import SlotSetters, pydantic_slot_setters
 
 __all__ = [
     "HISTORY_WINDOW",
+    "SESSION_COLUMNS",
+    "STATE_FIELDS",
     "ConversationState",
     "ConversationSummary",
     "ConversationTurn",
+    "SessionFields",
     "StateBuilder",
+    "StoredSession",
     "TurnBuilder",
     "builders",
     "carry_context",
@@ -140,38 +145,126 @@ class ConversationState(BaseModel):
         return History(messages=messages)
 
 
-TurnBuilder = Callable[
-    [
-        Literal["user", "assistant"],
-        str,
-        str | None,
-        str | None,
-        dict[str, str],
-        list[dict[str, Any]],
-        datetime | None,
-    ],
-    ConversationTurn,
-]
-StateBuilder = Callable[
-    [
-        list[ConversationTurn],
-        dict[str, str],
-        str | None,
-        str | None,
-        str | None,
-        Sequence[ConversationTurn],
-        int,
-        int | None,
-    ],
-    ConversationState,
-]
+@dataclass(slots=True, kw_only=True)
+class SessionFields:
+    """The session's fields that a ``ConversationState`` carries besides its turns, as
+    ``update`` writes them. Each is the ``sessions`` column of its name, and everything that
+    stores, reads, caches or exports a session goes through this list (``STATE_FIELDS``), so a
+    new one is added here, on ``ConversationState`` and in ``make_state``."""
+
+    language: str | None = None
+    current_slots: dict[str, str] = field(default_factory=dict)
+    current_template_id: str | None = None
+
+    def state_values(self) -> dict[str, Any]:
+        """The ``STATE_FIELDS`` by name (e.g. as parameters of the statement that writes
+        them)."""
+        return {name: getattr(self, name) for name in STATE_FIELDS}
+
+
+STATE_FIELDS: tuple[str, ...] = tuple(SessionFields.__dataclass_fields__)
+"""The names of the session fields a state carries, in the order the exports write them."""
+
+
+@dataclass(slots=True, kw_only=True)
+class StoredSession(SessionFields):
+    """One session as last committed: what a load reads, the cache holds and a state is made
+    from (``fork``). Every field but ``turns``, ``complete`` and ``unflushed_hits`` is the
+    ``sessions`` column of its name (``SESSION_COLUMNS``); the timestamps are epoch seconds.
+
+    The record holds plain fields, not a ``ConversationState``: a cache hit builds the caller's
+    state straight from them, with the fewest objects to read and allocate."""
+
+    turns: list[ConversationTurn]
+    """Only ever appended to, so a state forked from it can point at it to remember which
+    turns it was handed (see ``ConversationState._origin``)."""
+    version: int
+    user_id: str | None
+    """The session's owner (None: created without one)."""
+    last_accessed: float
+    """The stored ``last_accessed``; reads refresh it only when it is stale."""
+    expires_at: float
+    complete: bool = True
+    """Whether ``turns`` holds the whole history; False after a windowed read, when it holds
+    the newest turns only (and whatever was appended since)."""
+    unflushed_hits: int = 0
+    """Reads not yet added to the stored ``access_count``; the next write adds them."""
+
+    def covers(self, last_turns: int | None) -> bool:
+        """Whether the record holds the turns a read of the ``last_turns`` newest (None: all)
+        returns."""
+        return self.complete or (last_turns is not None and len(self.turns) >= last_turns)
+
+    def fork(self, session_id: str, last_turns: int | None = None) -> ConversationState:
+        """A state its caller may change freely: fresh ``turns`` list and ``current_slots``
+        dict, shared (frozen) turns, no validation. With ``last_turns``, only the newest of
+        them (the record must ``cover`` it)."""
+        turns = self.turns if last_turns is None else self.turns[-last_turns:]
+        return make_state(self, session_id, turns)
+
+    def extend(self, new_turns: Iterable[ConversationTurn]) -> None:
+        """Append committed turns, carrying their slots and template into the context, whose
+        slots stay in name order, as a cold read returns them."""
+        template = self.current_template_id
+        slots = self.current_slots
+        known = len(slots)
+        for turn in new_turns:
+            self.turns.append(turn)
+            template = carry_context(turn, slots, template)
+        self.current_template_id = template
+        if len(slots) != known:
+            self.current_slots = name_ordered(slots)
+
+    def committed(self, version: int, now: float, ttl: float, flushed_hits: int) -> None:
+        """Record a write of this process: the new version, the refreshed expiry, and the hits
+        the write added to ``access_count``."""
+        self.version = version
+        self.last_accessed, self.expires_at = now, now + ttl
+        self.unflushed_hits = max(0, self.unflushed_hits - flushed_hits)
+
+
+SESSION_COLUMNS: tuple[str, ...] = (
+    *STATE_FIELDS,
+    *(
+        name
+        for name in StoredSession.__dataclass_fields__
+        if name not in STATE_FIELDS and name not in ("turns", "complete", "unflushed_hits")
+    ),
+)
+"""The ``sessions`` columns a ``StoredSession`` holds: what a load selects, by these names."""
+
+
+class TurnBuilder(Protocol):
+    """``make_turn``: a ``ConversationTurn`` from all its fields, by keyword, in the model's
+    order. This is the one spelling of a turn's fields outside the model."""
+
+    def __call__(
+        self,
+        *,
+        role: Literal["user", "assistant"],
+        content: str,
+        resolved_question: str | None,
+        template_id: str | None,
+        slots: dict[str, str],
+        results: list[dict[str, Any]],
+        created_at: datetime | None,
+    ) -> ConversationTurn: ...
+
+
+class StateBuilder(Protocol):
+    """``make_state``: a ``ConversationState`` of ``session`` handed out for ``session_id``
+    with ``turns`` (a slice of ``session.turns``)."""
+
+    def __call__(
+        self, session: StoredSession, session_id: str, turns: Sequence[ConversationTurn]
+    ) -> ConversationState: ...
 
 
 def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
     """``make_turn`` and ``make_state``: through pydantic's slot ``setters`` when there are
     any, else (a pydantic release without them) through the public ``model_construct``."""
     if setters is None:
-        return _constructed_turn, _constructed_state
+        return ConversationTurn.model_construct, _constructed_state
     # Every field of a store-built model counts as set. One set object serves them all:
     # pydantic only ever adds field names to it (which are already there) or copies it.
     turn_fields = set(ConversationTurn.model_fields)
@@ -180,111 +273,62 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
     set_attribute = object.__setattr__
     set_fields_set, set_extra, set_private = setters
 
-    def make_turn(
-        role: Literal["user", "assistant"],
-        content: str,
-        resolved_question: str | None,
-        template_id: str | None,
-        slots: dict[str, str],
-        results: list[dict[str, Any]],
-        created_at: datetime | None,
-    ) -> ConversationTurn:
+    def make_turn(**fields: Any) -> ConversationTurn:
+        # The keywords' dict is the turn's ``__dict__``: every caller passes all seven, in
+        # the model's order (its repr follows the dict's).
         turn = new(ConversationTurn)
-        set_attribute(
-            turn,
-            "__dict__",
-            {
-                "role": role,
-                "content": content,
-                "resolved_question": resolved_question,
-                "template_id": template_id,
-                "slots": slots,
-                "results": results,
-                "created_at": created_at,
-            },
-        )
+        set_attribute(turn, "__dict__", fields)
         set_fields_set(turn, turn_fields)
         set_extra(turn, None)
         set_private(turn, None)
         return turn
 
     def make_state(
-        turns: list[ConversationTurn],
-        current_slots: dict[str, str],
-        current_template_id: str | None,
-        language: str | None,
-        session_id: str | None,
-        origin: Sequence[ConversationTurn],
-        stored: int,
-        version: int | None,
+        session: StoredSession, session_id: str, turns: Sequence[ConversationTurn]
     ) -> ConversationState:
+        # The fields spelled out, not looped over ``STATE_FIELDS``: this is every cache hit.
         state = new(ConversationState)
         set_attribute(
             state,
             "__dict__",
             {
-                "turns": turns,
-                "current_slots": current_slots,
-                "current_template_id": current_template_id,
-                "language": language,
+                "turns": list(turns),
+                "current_slots": dict(session.current_slots),
+                "current_template_id": session.current_template_id,
+                "language": session.language,
             },
         )
         set_fields_set(state, state_fields)
         set_extra(state, None)
         set_private(
             state,
-            {"_session_id": session_id, "_origin": origin, "_stored": stored, "_version": version},
+            {
+                "_session_id": session_id,
+                "_origin": turns,
+                "_stored": len(turns),
+                "_version": session.version,
+            },
         )
         return state
 
     return make_turn, make_state
 
 
-def _constructed_turn(
-    role: Literal["user", "assistant"],
-    content: str,
-    resolved_question: str | None,
-    template_id: str | None,
-    slots: dict[str, str],
-    results: list[dict[str, Any]],
-    created_at: datetime | None,
-) -> ConversationTurn:
-    return ConversationTurn.model_construct(
-        role=role,
-        content=content,
-        resolved_question=resolved_question,
-        template_id=template_id,
-        slots=slots,
-        results=results,
-        created_at=created_at,
-    )
-
-
 def _constructed_state(
-    turns: list[ConversationTurn],
-    current_slots: dict[str, str],
-    current_template_id: str | None,
-    language: str | None,
-    session_id: str | None,
-    origin: Sequence[ConversationTurn],
-    stored: int,
-    version: int | None,
+    session: StoredSession, session_id: str, turns: Sequence[ConversationTurn]
 ) -> ConversationState:
-    state = ConversationState.model_construct(
-        turns=turns,
-        current_slots=current_slots,
-        current_template_id=current_template_id,
-        language=language,
-    )
-    state._session_id, state._origin, state._stored = session_id, origin, stored
-    state._version = version
+    fields = session.state_values()
+    fields["current_slots"] = dict(session.current_slots)
+    state = ConversationState.model_construct(turns=list(turns), **fields)
+    state._session_id, state._origin, state._stored = session_id, turns, len(turns)
+    state._version = session.version
     return state
 
 
 make_turn, make_state = builders(pydantic_slot_setters())
-"""``make_turn(role, content, resolved_question, template_id, slots, results, created_at)``: a
-turn from values the store already checked, built without validation. ``model_construct``
-does the same at several times the cost; on a cold load of a long session that cost is most
-of the Python time. ``make_state(turns, current_slots, current_template_id, language,
-session_id, origin, stored, version)``: likewise a state, whose turns ``origin[:stored]``
-count as stored for ``session_id`` at ``version``."""
+"""``make_turn(role=, content=, resolved_question=, template_id=, slots=, results=,
+created_at=)``: a turn from values the store already checked, built without validation.
+``model_construct`` does the same at several times the cost; on a cold load of a long session
+that cost is most of the Python time. ``make_state(session, session_id, turns)``: likewise the
+state of a ``StoredSession``, whose ``turns`` (a slice of the session's) count as stored for
+``session_id`` at the session's version."""

@@ -24,14 +24,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .models import ConversationSummary, name_ordered
+from .models import STATE_FIELDS, ConversationSummary
 from .schema import (
     TRANSCRIPT_SLOTS,
     TRANSCRIPT_TURNS,
     conversations,
+    exported,
     grouped_turns,
     is_live,
     of_conversation,
+    session_field,
     sessions,
     turn_slots,
     turns,
@@ -103,10 +105,8 @@ class Owners:
             _c.session_id,
             _c.started_at,
             _c.ended_at,
-            func.coalesce(_s.language, _c.language),
-            _s.current_slots,
-            _s.current_template_id,
             _s.expires_at,
+            *(session_field(name) for name in STATE_FIELDS),
         )
         .select_from(conversations.outerjoin(sessions, of_conversation(_s)))
         .where(_c.user_id == _uid)
@@ -201,15 +201,15 @@ class Owners:
 def _conversations(
     heads: Iterable[Any], turns_of: dict[int, list[dict[str, Any]]], now: datetime
 ) -> Iterable[dict[str, Any]]:
-    for cid, sid, started, ended, language, current_slots, template, expires in heads:
+    for head in heads:
+        cid, sid, started, ended, expires = head[:5]
+        fields = head._mapping
         yield {
             "conversation_id": cid,
             "session_id": sid,
             "started_at": started.isoformat(),
             "ended_at": None if ended is None else ended.isoformat(),
             "live": is_live(expires, now),
-            "language": language,
-            "current_slots": None if current_slots is None else name_ordered(current_slots),
-            "current_template_id": template,
+            **{name: exported(fields[name]) for name in STATE_FIELDS},
             "turns": turns_of.get(cid, []),
         }

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cache import CacheEntry, SessionCache
+from .cache import SessionCache
 from .cached_store import CachedStore, Stats, TimingHook, owned, utc
 from .coherence import PostgresWatcher, SqliteWatcher, Watcher
 from .config import StoreConfig, check_settings
@@ -55,16 +55,16 @@ from .expiry import RefreshesBehind, logger, run_periodically
 from .gate import Gate
 from .lifecycle import Calls, attempt_timeout
 from .migrate import check_schema, upgrade
-from .models import ConversationState, ConversationSummary, make_turn
+from .models import ConversationState, ConversationSummary, StoredSession, make_turn
 from .owners import Owners
-from .store import SessionFields, SqlStore
+from .store import SqlStore
 from .urls import hide_password
 from .validation import (
     Limits,
     check_idempotency_key,
-    check_language,
     check_optional_text,
     check_owner,
+    check_session_fields,
     check_session_id,
     check_text,
     check_turn,
@@ -383,7 +383,7 @@ class SessionRepository:
     async def _get(
         self,
         sid: str,
-        entry: CacheEntry | None,
+        entry: StoredSession | None,
         now: float,
         owner: str | None,
         window: int | None = None,
@@ -490,16 +490,23 @@ class SessionRepository:
         limits = self._limits
         template = check_optional_text("template_id", template_id, limits)
         user = make_turn(
-            "user",
-            check_text("question", question, limits),
-            check_optional_text("resolved_question", resolved_question, limits),
-            template,
-            copy_slots("slots", slots, limits),
-            copy_results("results", results, limits),
-            None,
+            role="user",
+            content=check_text("question", question, limits),
+            resolved_question=check_optional_text("resolved_question", resolved_question, limits),
+            template_id=template,
+            slots=copy_slots("slots", slots, limits),
+            results=copy_results("results", results, limits),
+            created_at=None,
         )
-        answer = check_text("answer", answer, limits)
-        assistant = make_turn("assistant", answer, None, None, {}, [], None)
+        assistant = make_turn(
+            role="assistant",
+            content=check_text("answer", answer, limits),
+            resolved_question=None,
+            template_id=None,
+            slots={},
+            results=[],
+            created_at=None,
+        )
         exchange = (user, assistant)
         template = template or None
         ops = self._enter()
@@ -604,13 +611,7 @@ class SessionRepository:
         limits = self._limits
         for index in new_at:
             all_turns[index] = check_turn(f"turns[{index}]", all_turns[index], limits)
-        fields = SessionFields(
-            copy_slots("current_slots", state.current_slots, limits),
-            check_optional_text("current_template_id", state.current_template_id, limits),
-            self.config.default_language
-            if state.language is None
-            else check_language(state.language),
-        )
+        fields = check_session_fields(state, limits, self.config.default_language)
         expected: int | None = None
         if if_unchanged:
             expected = state._version if read_here and state._version is not None else -1

@@ -37,24 +37,29 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from .models import name_ordered
+from .models import STATE_FIELDS, ConversationTurn, make_turn, name_ordered
 
 __all__ = [
+    "KEPT_FIELDS",
     "MAX_SESSION_ID_LENGTH",
     "UTCDateTime",
     "changes",
     "compared",
     "conversation_ids",
     "conversations",
+    "exported",
     "is_live",
     "live_session",
     "metadata",
     "of_conversation",
+    "session_field",
     "sessions",
+    "turn_at",
     "turn_slots",
     "turns",
 ]
@@ -273,6 +278,25 @@ with their turn and deleted with their conversation, and cascading once per conv
 instead of once per turn makes deleting transcripts about three times faster on PostgreSQL."""
 
 
+KEPT_FIELDS = tuple(name for name in STATE_FIELDS if name in conversations.c)
+"""The session fields a conversation keeps when its session ends (a trigger copies them)."""
+
+
+def session_field(name: str) -> ColumnElement[Any]:
+    """The session field ``name`` (of ``models.STATE_FIELDS``) of a conversation outer-joined
+    to its session row, labelled ``name``: the session's while the row exists, then the
+    conversation's copy if it keeps one (``KEPT_FIELDS``), else NULL."""
+    column = sessions.c[name]
+    if name in KEPT_FIELDS:
+        return func.coalesce(column, conversations.c[name]).label(name)
+    return column.label(name)
+
+
+def exported(value: Any) -> Any:
+    """A session field's value as the exports write it: slots in name order."""
+    return name_ordered(value) if isinstance(value, dict) else value
+
+
 def of_conversation(columns: Any) -> ColumnElement[bool]:
     """The join condition of a table with ``conversations``: ``columns`` (the table's ``c``)
     hold a row of that conversation (both key columns match)."""
@@ -354,6 +378,20 @@ def grouped_turns(
             )
         )
     return grouped
+
+
+def turn_at(turn: ConversationTurn | TranscriptTurn, created_at: datetime) -> ConversationTurn:
+    """``turn`` as stored at ``created_at``, built without validation: what is stored was
+    checked before it was written."""
+    return make_turn(
+        role=turn.role,
+        content=turn.content,
+        resolved_question=turn.resolved_question,
+        template_id=turn.template_id,
+        slots=turn.slots,
+        results=turn.results,
+        created_at=created_at,
+    )
 
 
 class TurnFields(Protocol):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -31,11 +31,18 @@ from .engine import dump_json, load_json
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
 from .gate import Gate
-from .models import ConversationTurn, make_turn, name_ordered
-from .schema import rows_of_turns
+from .models import (
+    SESSION_COLUMNS,
+    ConversationTurn,
+    SessionFields,
+    StoredSession,
+    make_turn,
+    name_ordered,
+)
+from .schema import rows_of_turns, turn_at
 from .statements import Statements
 
-__all__ = ["CHANGES_KEPT", "Loaded", "SessionFields", "SqlStore", "Written"]
+__all__ = ["CHANGES_KEPT", "SqlStore", "Written"]
 
 CHANGES_KEPT = 100_000
 """Rows of the change feed the sweep keeps. A process whose poll fell further behind than
@@ -63,36 +70,8 @@ _DUPLICATE = Written(-1, False, False, [], duplicate=True)
 _STALE = Written(-1, False, False, [], stale=True)
 
 
-@dataclass(slots=True)
-class SessionFields:
-    """The session-level fields ``update`` writes."""
-
-    current_slots: dict[str, str]
-    current_template_id: str | None
-    language: str | None
-
-
-@dataclass(slots=True)
-class Loaded:
-    """A session read from the database."""
-
-    turns: list[ConversationTurn]
-    current_slots: dict[str, str]
-    current_template_id: str | None
-    language: str | None
-    version: int
-    last_accessed: datetime
-    expires_at: datetime
-    user_id: str | None
-
-
 def _stamped(turns: Sequence[ConversationTurn], created_at: datetime) -> list[ConversationTurn]:
-    return [
-        make_turn(
-            t.role, t.content, t.resolved_question, t.template_id, t.slots, t.results, created_at
-        )
-        for t in turns
-    ]
+    return [turn_at(turn, created_at) for turn in turns]
 
 
 def _rows(
@@ -165,11 +144,13 @@ class SqlStore:
         self._touch = Compiled(sql.touch, dialect)
         self._drop_expired = Compiled(sql.drop_expired, dialect)
         self._load = load = Compiled(sql.load, dialect)
-        self._session_row = _SessionRow.of(load)
+        self._session_of = _SessionOf(load)
+        self._seq_at = load.columns["seq"]
         decode_json = load_json if owns_engine else None
         self._turn_row = _TurnRow.of(load, decode_json)
         self._slot_at = (load.columns["name"], load.columns["value"])
         self._load_session = head = Compiled(sql.load_session, dialect)
+        self._session_of_head = _SessionOf(head)
         self._newest_at = (head.columns["turn_count"], head.columns["conversation_id"])
         """Where the session row of a load in parts has its newest turn's number and its
         conversation, which bound the turn and slot reads."""
@@ -236,9 +217,7 @@ class SqlStore:
                 "last_accessed": now,
                 "expires_at": now + timedelta(seconds=ttl),
                 "access_count": 0,
-                "language": self.default_language,
-                "current_template_id": None,
-                "current_slots": {},
+                **SessionFields(language=self.default_language).state_values(),
                 "turn_count": 0,
                 "version": 0,
             },
@@ -423,9 +402,7 @@ class SqlStore:
             "expires": now + timedelta(seconds=ttl),
             "hits": hits + 1,
             "n": len(new_turns),
-            "slots": fields.current_slots,
-            "template_id": fields.current_template_id,
-            "language": fields.language,
+            **fields.state_values(),
             "key": key,
             "expected": expected,
             "uid": uid,
@@ -522,31 +499,23 @@ class SqlStore:
         )
         return len(rows)
 
-    async def load(self, sid: str, window: int | None = None) -> Loaded | None:
+    async def load(self, sid: str, window: int | None = None) -> StoredSession | None:
         """Read a session and its turns, or its ``window`` newest turns (expired or not; the
         caller decides)."""
         driver = self._hot.current()
+        if window is None:
+            window = _ALL_TURNS
         if isinstance(driver, SqliteDriver):
-            return await self._load_in_parts(driver, sid, _ALL_TURNS if window is None else window)
-        rows = await driver.read(
-            self._load, {"sid": sid, "window": _ALL_TURNS if window is None else window}
-        )
-        at = self._session_row
-        if not rows or rows[0][at.seq] != 0:
+            return await self._load_in_parts(driver, sid, window)
+        rows = await driver.read(self._load, {"sid": sid, "window": window})
+        if not rows or rows[0][self._seq_at] != 0:
             return None
-        head = self._load.row(rows[0])
-        return Loaded(
-            _fold_turns(rows[1:], self._turn_row, self._slot_at),
-            name_ordered(head[at.current_slots]),
-            head[at.current_template_id],
-            head[at.language],
-            head[at.version],
-            head[at.last_accessed],
-            head[at.expires_at],
-            head[at.user_id],
-        )
+        turns = _fold_turns(rows[1:], self._turn_row, self._slot_at)
+        return self._session_of(self._load.row(rows[0]), turns, window)
 
-    async def _load_in_parts(self, driver: SqliteDriver, sid: str, window: int) -> Loaded | None:
+    async def _load_in_parts(
+        self, driver: SqliteDriver, sid: str, window: int
+    ) -> StoredSession | None:
         """``load`` on SQLite's fast path: the session row, its turns and their slots, three
         range scans in one snapshot (see ``Statements.load_session``)."""
 
@@ -561,48 +530,45 @@ class SqlStore:
         if not heads:
             return None
         turn_rows, slot_rows = parts
-        language, template_id, user_id, slots, last_accessed, version, expires_at, _, _ = (
-            self._load_session.row(heads[0])
-        )
-        return Loaded(
-            _turns(turn_rows, _slots_by_turn(slot_rows), self._part_row),
-            name_ordered(slots),
-            template_id,
-            language,
-            version,
-            last_accessed,
-            expires_at,
-            user_id,
-        )
+        turns = _turns(turn_rows, _slots_by_turn(slot_rows), self._part_row)
+        return self._session_of_head(self._load_session.row(heads[0]), turns, window)
 
 
-class _SessionRow(NamedTuple):
-    """Where a load's first row (the session's; see ``Statements._load``) keeps each field."""
+class _SessionOf:
+    """Decodes a load's session row into a ``StoredSession``, by name: from the JSON object in
+    its column ``session`` (the one-statement load), or from its columns named as the fields
+    (SQLite's load in parts)."""
 
-    seq: int
-    language: int
-    current_template_id: int
-    current_slots: int
-    last_accessed: int
-    version: int
-    expires_at: int
-    user_id: int
+    __slots__ = ("_at", "_object_at")
 
-    @classmethod
-    def of(cls, load: Compiled) -> _SessionRow:
-        """The indexes in ``load``'s rows: the session row carries its fields in the turn
-        columns of the same type."""
+    def __init__(self, load: Compiled) -> None:
         at = load.columns
-        return cls(
-            at["seq"],
-            at["role"],
-            at["content"],
-            at["results"],
-            at["created_at"],
-            at["version"],
-            at["expires_at"],
-            at["resolved_question"],
-        )
+        self._object_at = at.get("session")
+        self._at = [] if "session" in at else [(name, at[name]) for name in SESSION_COLUMNS]
+
+    def __call__(
+        self, row: Sequence[Any], turns: list[ConversationTurn], window: int
+    ) -> StoredSession:
+        """The session of ``row`` (result processors applied) with ``turns``, read as the
+        ``window`` newest."""
+        if self._object_at is not None:
+            values = dict(row[self._object_at])
+        else:
+            values = {name: row[index] for name, index in self._at}
+        values["current_slots"] = name_ordered(values["current_slots"])
+        values["last_accessed"] = _epoch(values["last_accessed"])
+        values["expires_at"] = _epoch(values["expires_at"])
+        return StoredSession(turns=turns, complete=len(turns) < window, **values)
+
+
+def _epoch(stamp: datetime | str) -> float:
+    """A stored timestamp as epoch seconds: a ``UTCDateTime`` column's value, or its text in
+    a JSON object (ISO 8601; SQLite's is UTC without an offset)."""
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp)
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
 
 
 class _TurnRow(NamedTuple):
@@ -656,7 +622,15 @@ def _fold_turns(
             stamp, stamped = created_at, load_created_at(created_at)
         slots = {}
         result.append(
-            make_turn(role, content, resolved, template_id, slots, load_results(results), stamped)
+            make_turn(
+                role=role,
+                content=content,
+                resolved_question=resolved,
+                template_id=template_id,
+                slots=slots,
+                results=load_results(results),
+                created_at=stamped,
+            )
         )
     return result
 
@@ -685,13 +659,13 @@ def _turns(
             stamp, stamped = created_at, load_created_at(created_at)
         result.append(
             make_turn(
-                role,
-                content,
-                resolved,
-                template_id,
-                slots.get(seq) or {},
-                load_results(results),
-                stamped,
+                role=role,
+                content=content,
+                resolved_question=resolved,
+                template_id=template_id,
+                slots=slots.get(seq) or {},
+                results=load_results(results),
+                created_at=stamped,
             )
         )
     return result

@@ -57,12 +57,15 @@ from .config import StoreConfig
 from .engine import begin_immediate, check_database, create_engine
 from .errors import SchemaNotReady, translate_errors
 from .migrate import check_schema, upgrade
-from .models import name_ordered
+from .models import STATE_FIELDS, SessionFields, name_ordered
 from .schema import (
+    KEPT_FIELDS,
     conversations,
+    exported,
     is_live,
     of_conversation,
     rows_of_turns,
+    session_field,
     sessions,
     turn_slots,
     turns,
@@ -357,6 +360,22 @@ def _filters(
     return clauses
 
 
+_HEAD = (
+    _c.session_id,
+    _c.conversation_id,
+    _c.user_id,
+    _c.started_at,
+    _c.ended_at,
+    _s.created_at,
+    _s.last_accessed,
+    _s.expires_at,
+    _s.access_count,
+    *(session_field(name) for name in STATE_FIELDS),
+)
+"""An exported conversation's columns: its own, its session row's (NULL if it has none)."""
+_HEAD_NAMES = tuple(column.key for column in _HEAD)
+
+
 def _export_queries(
     clauses: list[ColumnElement[bool]],
 ) -> tuple[Select[Any], Select[Any], Select[Any]]:
@@ -365,21 +384,7 @@ def _export_queries(
     order may not be the database's collation)."""
     with_session = conversations.outerjoin(sessions, of_conversation(_s))
     heads = (
-        select(
-            _c.session_id,
-            _c.conversation_id,
-            _c.user_id,
-            _c.started_at,
-            _c.ended_at,
-            _c.language,
-            _s.language,
-            _s.current_slots,
-            _s.current_template_id,
-            _s.created_at,
-            _s.last_accessed,
-            _s.expires_at,
-            _s.access_count,
-        )
+        select(*_HEAD)
         .select_from(with_session)
         .where(*clauses)
         .order_by(_c.session_id, _c.conversation_id)
@@ -438,27 +443,30 @@ class _Rows:
 
 def _head(row: Sequence[Any], now: datetime) -> dict[str, Any]:
     """A conversation's fields as exported. A session row whose expiry has passed (not swept
-    yet) is shown as the sweep will leave it: ended at its last activity."""
-    (sid, cid, user_id, started, ended, language, session_language, current_slots) = row[:8]
-    current_template, created, last_accessed, expires, access_count = row[8:]
+    yet) is shown as the sweep will leave it: ended at its last activity, keeping only the
+    ``KEPT_FIELDS``."""
+    fields = dict(zip(_HEAD_NAMES, row, strict=True))
+    ended, expires = fields["ended_at"], fields["expires_at"]
+    last_accessed = fields["last_accessed"]
     live = is_live(expires, now)
     if expires is not None and not live:
         ended = last_accessed
     return {
-        "session_id": sid,
-        "conversation_id": cid,
-        "user_id": user_id,
-        "started_at": started.isoformat(),
+        "session_id": fields["session_id"],
+        "conversation_id": fields["conversation_id"],
+        "user_id": fields["user_id"],
+        "started_at": fields["started_at"].isoformat(),
         "ended_at": None if ended is None else ended.isoformat(),
         "live": live,
-        "language": language if expires is None else session_language,
-        "current_slots": name_ordered(current_slots) if live else None,
-        "current_template_id": current_template if live else None,
+        **{
+            name: exported(fields[name]) if live or name in KEPT_FIELDS else None
+            for name in STATE_FIELDS
+        },
         "session": {
-            "created_at": created.isoformat(),
+            "created_at": fields["created_at"].isoformat(),
             "last_accessed": last_accessed.isoformat(),
             "expires_at": expires.isoformat(),
-            "access_count": access_count,
+            "access_count": fields["access_count"],
         }
         if live
         else None,
@@ -754,7 +762,8 @@ def _rows_of(record: ConversationRecord) -> NewConversation:
             "user_id": record.user_id,
             "started_at": record.started_at,
             "ended_at": record.ended_at,
-            "language": None if session is not None else record.language,
+            # A live conversation's fields are its session's; the trigger copies them at its end.
+            **{name: None if session else getattr(record, name) for name in KEPT_FIELDS},
         },
         None
         if session is None
@@ -764,15 +773,24 @@ def _rows_of(record: ConversationRecord) -> NewConversation:
             "last_accessed": session.last_accessed,
             "expires_at": session.expires_at,
             "access_count": session.access_count,
-            "language": record.language,
-            "current_template_id": record.current_template_id,
-            "current_slots": record.current_slots or {},
+            **_session_fields(record),
             "turn_count": last_seq,
             "version": 0,
         },
         rows,
         slot_rows,
     )
+
+
+def _session_fields(record: ConversationRecord) -> dict[str, Any]:
+    """The session fields of a live record as its session row stores them (one the record
+    leaves out, None: the field's default)."""
+    stored = SessionFields().state_values()
+    for name in stored:
+        value = getattr(record, name)
+        if value is not None:
+            stored[name] = value
+    return stored
 
 
 async def _plan(

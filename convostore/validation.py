@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidPage, InvalidSessionId, InvalidTurn
-from .models import ConversationTurn, make_turn, name_ordered
+from .models import ConversationState, ConversationTurn, SessionFields, make_turn, name_ordered
 from .schema import MAX_SESSION_ID_LENGTH
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "check_idempotency_key",
     "check_language",
     "check_optional_text",
+    "check_session_fields",
     "check_session_id",
     "check_template_id",
     "check_text",
@@ -304,13 +305,29 @@ def check_turn(field: str, turn: object, limits: Limits) -> ConversationTurn:
     if turn.role not in ("user", "assistant"):
         raise InvalidTurn(f"{field}.role must be 'user' or 'assistant', not {turn.role!r}")
     return make_turn(
-        turn.role,
-        check_text(f"{field}.content", turn.content, limits),
-        check_optional_text(f"{field}.resolved_question", turn.resolved_question, limits),
-        check_optional_text(f"{field}.template_id", turn.template_id, limits),
-        copy_slots(f"{field}.slots", turn.slots, limits),
-        copy_results(f"{field}.results", turn.results, limits),
-        None,
+        role=turn.role,
+        content=check_text(f"{field}.content", turn.content, limits),
+        resolved_question=check_optional_text(
+            f"{field}.resolved_question", turn.resolved_question, limits
+        ),
+        template_id=check_optional_text(f"{field}.template_id", turn.template_id, limits),
+        slots=copy_slots(f"{field}.slots", turn.slots, limits),
+        results=copy_results(f"{field}.results", turn.results, limits),
+        created_at=None,
+    )
+
+
+def check_session_fields(
+    state: ConversationState, limits: Limits, default_language: str | None
+) -> SessionFields:
+    """Checked copies of the session fields of a state the caller changed, as ``update``
+    writes them (a ``language`` of None: ``default_language``)."""
+    return SessionFields(
+        current_slots=copy_slots("current_slots", state.current_slots, limits),
+        current_template_id=check_optional_text(
+            "current_template_id", state.current_template_id, limits
+        ),
+        language=default_language if state.language is None else check_language(state.language),
     )
 
 

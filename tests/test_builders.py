@@ -12,7 +12,15 @@ from pydantic import BaseModel, ValidationError
 
 from convostore import ConversationState, ConversationTurn
 from convostore._private import pydantic_slot_setters
-from convostore.models import StateBuilder, TurnBuilder, builders
+from convostore.models import (
+    SESSION_COLUMNS,
+    STATE_FIELDS,
+    StateBuilder,
+    StoredSession,
+    TurnBuilder,
+    builders,
+)
+from convostore.schema import sessions
 
 TURN: dict[str, Any] = {
     "role": "user",
@@ -41,10 +49,11 @@ def test_slot_setters_are_found_and_a_missing_slot_is_noticed() -> None:
 def test_built_turn_equals_a_validated_turn(built: tuple[TurnBuilder, StateBuilder]) -> None:
     """==, model_dump, model_fields_set, model_copy, pickling and frozenness match."""
     make_turn, _ = built
-    turn = make_turn(*TURN.values())
+    turn = make_turn(**TURN)
     validated = ConversationTurn(**TURN)
     assert turn == validated
     assert validated == turn
+    assert repr(turn) == repr(validated)
     assert turn.model_dump() == validated.model_dump()
     assert turn.model_dump_json() == validated.model_dump_json()
     assert turn.model_fields_set == validated.model_fields_set
@@ -60,8 +69,18 @@ def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBui
     """A built state equals the validated one, copies and pickles alike, and keeps the
     private attributes the store gave it."""
     make_turn, make_state = built
-    turns = [make_turn(*TURN.values())]
-    state = make_state(turns, {"place": "Enschede"}, "archives_in_place", "nl", "sid", turns, 1, 7)
+    turns = [make_turn(**TURN)]
+    session = StoredSession(
+        turns=turns,
+        current_slots={"place": "Enschede"},
+        current_template_id="archives_in_place",
+        language="nl",
+        version=7,
+        user_id=None,
+        last_accessed=0.0,
+        expires_at=0.0,
+    )
+    state = make_state(session, "sid", turns)
     validated = ConversationState(
         turns=[ConversationTurn(**TURN)],
         current_slots={"place": "Enschede"},
@@ -81,3 +100,27 @@ def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBui
     assert restored._version == 7
     state.add_turn(ConversationTurn(content="Hoeveel?", slots={"n": "3"}))
     assert state.current_slots == {"place": "Enschede", "n": "3"}
+
+
+def test_the_session_record_names_every_state_field_and_column() -> None:
+    """A session field added to ``SessionFields`` must be a state field and a ``sessions``
+    column of the same name, and every state field a session field: the load, the cache, the
+    writes and the exports take the list from there."""
+    assert set(STATE_FIELDS) == set(ConversationState.model_fields) - {"turns"}
+    assert set(SESSION_COLUMNS) <= set(sessions.c.keys())
+    assert set(STATE_FIELDS) <= set(SESSION_COLUMNS)
+
+
+def test_a_built_state_carries_every_session_field(
+    built: tuple[TurnBuilder, StateBuilder],
+) -> None:
+    """``make_state`` spells the fields out (it is every cache hit): none may be left out."""
+    _, make_state = built
+    values: dict[str, Any] = {name: f"value of {name}" for name in STATE_FIELDS}
+    values["current_slots"] = {"place": "Enschede"}
+    session = StoredSession(
+        turns=[], version=1, user_id=None, last_accessed=0.0, expires_at=0.0, **values
+    )
+    state = make_state(session, "sid", [])
+    assert {name: getattr(state, name) for name in STATE_FIELDS} == values
+    assert state.current_slots is not session.current_slots
