@@ -178,6 +178,44 @@ class SessionRepository:
             raise NotRunning("the repository has no engine until start()")
         return self._engine
 
+    @property
+    def fast_path(self) -> bool:
+        """Whether the hot operations (appends, loads, expiry refreshes) run on the database
+        driver directly now, or through SQLAlchemy's execution: ``config.fast_path``, unless
+        the engine echoes or has cursor-execute listeners (asked now, as each operation asks).
+
+        Raises:
+            NotRunning: before ``start()``.
+        """
+        return self._running_store().fast_path
+
+    @property
+    def connections_kept(self) -> int:
+        """Connections the fast path holds between operations: checked out of the pool but
+        idle, kept for the next operation (0 on an engine passed in, whose connections always
+        go back to its pool). A pool's ``checkedout()`` minus this is the connections in use.
+
+        Raises:
+            NotRunning: before ``start()``.
+        """
+        return self._running_store().lender.kept
+
+    @property
+    def prepared_statements_kept(self) -> int:
+        """Statements prepared on the connection the fast path kept last (0 if it keeps none;
+        statements are prepared only on PostgreSQL, on convostore's own engine, without
+        ``pooler="pgbouncer"``).
+
+        Raises:
+            NotRunning: before ``start()``.
+        """
+        return self._running_store().lender.kept_prepared
+
+    def _running_store(self) -> SqlStore:
+        if self._ops is None:
+            raise NotRunning("the repository has no store until start()")
+        return self._ops.store
+
     async def start(self) -> None:
         """Open the engine, check (or with ``auto_migrate``, by default on SQLite, upgrade) the
         schema, start following other processes' writes (``cache_coherence="bounded"``) and
