@@ -10,3 +10,13 @@ Run from the repository root::
 Each figure is a median and p95 after warm-up, measured in blocks that alternate with the
 raw-driver floor (plain aiosqlite / asyncpg on the same tables) in the same process.
 """
+
+import sys
+from pathlib import Path
+
+# The private PostgreSQL and PgBouncer servers are the tests' (tests/servers.py). pytest puts
+# tests/ on the path; run from the source tree, the benchmark puts it there too, after
+# site-packages, and imports them as the tests do: ``from servers import PrivatePostgres``.
+_TESTS = str(Path(__file__).resolve().parent.parent / "tests")
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)

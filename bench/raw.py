@@ -46,7 +46,7 @@ from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from convostore._private import run_in_sqlite_thread
-from convostore.repository import _new_key as new_key
+from convostore.repository import new_idempotency_key
 from convostore.statements import Statements
 from convostore.store import CHANGES_KEPT
 
@@ -340,7 +340,7 @@ class RawSqlite:
         now = datetime.now(timezone.utc)
         stamp = sqlite_timestamp(now)
         expires = sqlite_timestamp(now + self._ttl)
-        key = new_key() if keyed else None
+        key = new_idempotency_key() if keyed else None
         if keyed:
             head_sql = self._allocate.sql
             head = self._allocate.args(
@@ -495,7 +495,7 @@ class RawPostgres:
                 "sid": sid,
                 "n": 2,
                 "now": now,
-                "key": new_key() if keyed else None,
+                "key": new_idempotency_key() if keyed else None,
                 "expires": now + self._ttl,
                 "hits": 1,
                 "template_id": exchange.template_id,

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Literal, cast
 
 import asyncpg
+from servers import PrivatePostgres
 
 from convostore import SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
-
-from .servers import PrivatePostgres
 
 __all__ = ["Audit", "audit", "main"]
 

@@ -30,6 +30,7 @@ __all__ = [
     "engine_for_url",
     "prepare_engine",
     "release_engine",
+    "sqlite_on_connect",
 ]
 
 logger = logging.getLogger("convostore")
@@ -207,8 +208,8 @@ def prepare_engine(engine: AsyncEngine) -> AsyncEngine:
     listener, removed again by ``release_engine`` when the last repository using it stops."""
     sync_engine = engine.sync_engine
     if engine.dialect.name == "sqlite":
-        if not event.contains(sync_engine, "connect", _sqlite_on_connect):
-            event.listen(sync_engine, "connect", _sqlite_on_connect)
+        if not event.contains(sync_engine, "connect", sqlite_on_connect):
+            event.listen(sync_engine, "connect", sqlite_on_connect)
         _users[sync_engine] = _users.get(sync_engine, 0) + 1
     return engine
 
@@ -225,8 +226,8 @@ async def release_engine(engine: AsyncEngine, *, owned: bool) -> None:
         _users[sync_engine] = users
         return
     _users.pop(sync_engine, None)
-    if event.contains(sync_engine, "connect", _sqlite_on_connect):
-        event.remove(sync_engine, "connect", _sqlite_on_connect)
+    if event.contains(sync_engine, "connect", sqlite_on_connect):
+        event.remove(sync_engine, "connect", sqlite_on_connect)
 
 
 def _unnamed_statement() -> str:
@@ -235,9 +236,10 @@ def _unnamed_statement() -> str:
     return ""
 
 
-def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
-    """Enforce foreign keys (for ON DELETE CASCADE), wait for locks instead of failing, and
-    use WAL so readers never block the writer.
+def sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    """The ``connect`` listener ``prepare_engine`` adds to a SQLite engine (and
+    ``release_engine`` removes): enforce foreign keys (for ON DELETE CASCADE), wait for locks
+    instead of failing, and use WAL so readers never block the writer.
 
     WAL is a property of the database file, so it is set once, by whichever connection gets
     there first. Switching needs a moment with no other connection busy, which a new file

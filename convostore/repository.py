@@ -74,7 +74,7 @@ from .validation import (
     copy_slots,
 )
 
-__all__ = ["SessionRepository"]
+__all__ = ["SessionRepository", "new_idempotency_key"]
 
 Clock = Callable[[], float]
 """Returns the current time as epoch seconds, like ``time.time`` (the default)."""
@@ -102,7 +102,11 @@ class _Keys:
         return f"{self._prefix}{next(self._counter):x}"
 
 
-_new_key = _Keys()
+new_idempotency_key: Callable[[], str] = _Keys()
+"""The idempotency key an append stores when its caller gives none (``add_turn`` without
+``idempotency_key``, ``update`` with new turns): distinct in this process and in every process
+forked from it, at most 128 printable ASCII characters. The benchmark's raw floor stores its
+appends' keys with it, as convostore does."""
 
 
 class SessionRepository:
@@ -177,6 +181,44 @@ class SessionRepository:
         if self._engine is None:
             raise NotRunning("the repository has no engine until start()")
         return self._engine
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether the hot operations (appends, loads, expiry refreshes) run on the database
+        driver directly now, or through SQLAlchemy's execution: ``config.fast_path``, unless
+        the engine echoes or has cursor-execute listeners (asked now, as each operation asks).
+
+        Raises:
+            NotRunning: before ``start()``.
+        """
+        return self._running_store().fast_path
+
+    @property
+    def connections_kept(self) -> int:
+        """Connections the fast path holds between operations: checked out of the pool but
+        idle, kept for the next operation (0 on an engine passed in, whose connections always
+        go back to its pool). A pool's ``checkedout()`` minus this is the connections in use.
+
+        Raises:
+            NotRunning: before ``start()``.
+        """
+        return self._running_store().lender.kept
+
+    @property
+    def prepared_statements_kept(self) -> int:
+        """Statements prepared on the connection the fast path kept last (0 if it keeps none;
+        statements are prepared only on PostgreSQL, on convostore's own engine, without
+        ``pooler="pgbouncer"``).
+
+        Raises:
+            NotRunning: before ``start()``.
+        """
+        return self._running_store().lender.kept_prepared
+
+    def _running_store(self) -> SqlStore:
+        if self._ops is None:
+            raise NotRunning("the repository has no store until start()")
+        return self._ops.store
 
     async def start(self) -> None:
         """Open the engine, check (or with ``auto_migrate``, by default on SQLite, upgrade) the
@@ -486,7 +528,11 @@ class SessionRepository:
         """
         sid = check_session_id(session_id)
         owner = check_owner(user_id)
-        key = _new_key() if idempotency_key is None else check_idempotency_key(idempotency_key)
+        key = (
+            new_idempotency_key()
+            if idempotency_key is None
+            else check_idempotency_key(idempotency_key)
+        )
         limits = self._limits
         template = check_optional_text("template_id", template_id, limits)
         user = make_turn(
@@ -615,7 +661,7 @@ class SessionRepository:
         expected: int | None = None
         if if_unchanged:
             expected = state._version if read_here and state._version is not None else -1
-        key = _new_key() if new_at else None
+        key = new_idempotency_key() if new_at else None
         ops = self._enter()
         try:
             await self._calls.run(

@@ -9,7 +9,7 @@ template migrated once per run; SQLite tests get a copy of a migrated file.
 
 Tests that stop, crash or pool a server never touch that shared one: ``private_postgres`` is a
 server of the test's own, and ``pgbouncer`` / ``pgbouncer_on`` put PgBouncer in front of one
-(see ``bench/servers.py``).
+(see ``servers.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 # tree first, and test_installed_package_ships_migrations would skip).
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import LOOPBACK, PgBouncer, PrivatePostgres
+from servers import LOOPBACK, PgBouncer, PrivatePostgres
+
 from convostore import SessionRepository, StoreConfig
 from convostore.migrate import upgrade_url
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from servers import PgBouncer
 from sqlalchemy.engine import make_url
 from test_concurrency import WRITER
 from test_workers import BOUND, contents, eventually
 
 import convostore.store
-from bench.servers import PgBouncer
 from convostore import SessionRepository, StoreConfig
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]

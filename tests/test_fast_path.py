@@ -28,12 +28,6 @@ MakeRepo = Callable[..., Awaitable[SessionRepository]]
 Sql = Callable[..., Awaitable[list[Any]]]
 
 
-def fast(repo: SessionRepository) -> bool:
-    store = repo._ops.store if repo._ops else None
-    assert store is not None
-    return store.fast_path
-
-
 def count_cursor_executes(engine: AsyncEngine) -> list[str]:
     """A before_cursor_execute listener on ``engine``, recording each statement."""
     seen: list[str] = []
@@ -54,7 +48,7 @@ async def test_fast_path_unless_something_watches_sqlalchemy(
     async def picks_fast(engine: AsyncEngine | None = None, **config: Any) -> bool:
         settings = StoreConfig(database_url=url, cleanup_interval=0, **config)
         async with SessionRepository(settings, engine=engine) as repo:
-            return fast(repo)
+            return repo.fast_path
 
     assert await picks_fast()
     assert not await picks_fast(fast_path=False)
@@ -121,7 +115,7 @@ async def test_both_executors_store_the_same_rows(
     for fast_path in (True, False):
         clock.now = start
         repo = await make_repo(fast_path=fast_path, max_sessions=1)
-        assert fast(repo) is fast_path
+        assert repo.fast_path is fast_path
         results[fast_path] = await _workload(repo, f"sid-{fast_path}", clock)
     assert results[True] == results[False]
     for query in (SESSION_ROW, TURN_ROWS, SLOT_ROWS):
@@ -162,14 +156,14 @@ async def test_listener_added_after_start_sees_hot_paths(make_repo: MakeRepo) ->
     writer = await make_repo()
     await writer.add_turn("s", "q", "a")
     repo = await make_repo(fast_path=True)
-    assert fast(repo)
+    assert repo.fast_path
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         seen.append(statement)
 
     event.listen(repo.engine.sync_engine, "before_cursor_execute", record)
-    assert not fast(repo)
+    assert not repo.fast_path
     state = await repo.get("s")
     assert state is not None
     assert [s for s in seen if "turn_slots" in s and s.lstrip().startswith("SELECT")], seen
@@ -177,7 +171,7 @@ async def test_listener_added_after_start_sees_hot_paths(make_repo: MakeRepo) ->
     await repo.add_turn("s", "q2", "a2")
     assert [s for s in seen if s.lstrip().upper().startswith(("UPDATE", "WITH"))], seen
     event.remove(repo.engine.sync_engine, "before_cursor_execute", record)
-    assert fast(repo)
+    assert repo.fast_path
 
 
 REJECT_ASSISTANT = (
@@ -218,7 +212,7 @@ async def test_sqlite_exchange_is_atomic_whatever_the_engine_settings(
     try:
         config = StoreConfig(database_url=url, cleanup_interval=0, fast_path=fast_path)
         async with SessionRepository(config, engine=engine) as repo:
-            assert fast(repo) is fast_path
+            assert repo.fast_path is fast_path
             await repo.add_turn("s", "q", "a")
             await sql(REJECT_ASSISTANT)
             with pytest.raises(StoreError):
@@ -243,7 +237,7 @@ async def test_own_engine_keeps_one_connection_between_operations(make_repo: Mak
     """On convostore's own engine the fast path keeps the connection an operation used for the
     next one (no pool checkout per call), and gives it back at stop()."""
     repo = await make_repo()
-    if not fast(repo):
+    if not repo.fast_path:
         pytest.skip("the Core path (CONVOSTORE_TEST_FAST_PATH=0) keeps no connection")
     engine = repo.engine
     checkouts: list[int] = []
@@ -342,14 +336,13 @@ async def test_prepared_statements_survive_a_schema_change(
     if backend != "postgresql":
         pytest.skip("prepared statements are the asyncpg driver's")
     writer, repo = await make_repo(), await make_repo()
-    if not fast(repo):
+    if not repo.fast_path:
         pytest.skip("the Core path (CONVOSTORE_TEST_FAST_PATH=0) prepares nothing itself")
     await writer.add_turn("prepared", "q1", "a1")
-    assert repo._ops is not None
     loaded = await repo.get("prepared")  # a cold load on this repository
     assert loaded is not None
     await repo.add_turn("prepared", "q2", "a2")
-    assert repo._ops.store.lender.kept_prepared >= 2  # the load and the append
+    assert repo.prepared_statements_kept >= 2  # the load and the append
     # The views read turns.content; a migration would recreate them around such a change.
     await sql("DROP VIEW exchanges")
     await sql("ALTER TABLE turns ALTER COLUMN content TYPE varchar")
@@ -365,7 +358,6 @@ async def test_prepared_statements_survive_a_schema_change(
         async with SessionRepository(StoreConfig(cleanup_interval=0), engine=engine) as theirs:
             await theirs.add_turn("theirs", "q", "a")
             assert await theirs.get("nobody") is None  # a load, too
-            assert theirs._ops is not None
-            assert theirs._ops.store.lender.kept_prepared == 0
+            assert theirs.prepared_statements_kept == 0
     finally:
         await engine.dispose()

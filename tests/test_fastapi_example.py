@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from servers import PrivatePostgres
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.servers import PrivatePostgres
 from convostore.migrate import upgrade_url
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app.py"

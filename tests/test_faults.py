@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from conftest import FakeClock
+from servers import PgBouncer, PrivatePostgres
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.servers import PgBouncer, PrivatePostgres
 from convostore import SessionRepository, StoreConfig, StoreUnavailable
 from convostore.migrate import upgrade_url
 

@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from convostore import NotRunning, SessionRepository, StoreConfig, StoreError
-from convostore.engine import _sqlite_on_connect
+from convostore.engine import sqlite_on_connect
 from convostore.errors import translate_errors
+from convostore.store import SqlStore
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 Sql = Callable[..., Awaitable[list[Any]]]
@@ -75,13 +76,13 @@ async def test_a_callers_sqlite_engine_gets_its_listener_back_off(url: str) -> N
         second = SessionRepository(StoreConfig(database_url=url, cleanup_interval=0), engine=engine)
         await first.start()
         await second.start()
-        assert event.contains(engine.sync_engine, "connect", _sqlite_on_connect)
+        assert event.contains(engine.sync_engine, "connect", sqlite_on_connect)
         await first.stop()
-        assert event.contains(engine.sync_engine, "connect", _sqlite_on_connect), (
+        assert event.contains(engine.sync_engine, "connect", sqlite_on_connect), (
             "removed while another repository still uses the engine"
         )
         await second.stop()
-        assert not event.contains(engine.sync_engine, "connect", _sqlite_on_connect)
+        assert not event.contains(engine.sync_engine, "connect", sqlite_on_connect)
         async with engine.connect() as conn:  # still the caller's, still open
             await conn.exec_driver_sql("SELECT 1")
     finally:
@@ -133,15 +134,13 @@ async def test_a_session_deleted_between_append_and_reload_returns_just_the_exch
     b = await make_repo(cache_coherence="local")
     await a.add_turn("vanish", "q1", "a1")
     await b.add_turn("vanish", "q2", "a2")  # a's cached copy is now behind: a must reload
-    store = a._ops.store if a._ops else None
-    assert store is not None
-    real_load = store.load
+    real_load = SqlStore.load
 
-    async def deleted_first(sid: str, window: int | None = None) -> Any:
+    async def deleted_first(store: SqlStore, sid: str, window: int | None = None) -> Any:
         await b.delete(sid)
-        return await real_load(sid, window)
+        return await real_load(store, sid, window)
 
-    monkeypatch.setattr(store, "load", deleted_first)
+    monkeypatch.setattr(SqlStore, "load", deleted_first)  # a's reload after its append
     state = await a.add_turn("vanish", "q3", "a3", slots={"place": "Utrecht"}, template_id="t")
     assert [turn.content for turn in state.turns] == ["q3", "a3"]
     assert state.current_slots == {"place": "Utrecht"}

@@ -105,7 +105,7 @@ async def test_no_log_record_holds_turn_content(
             logging.getLogger(name).warning("probe %s", MARKERS["probe"])
         repo = await make_repo(fast_path=fast_path)
         await _workload(repo, make_repo, fast_path)
-        on_driver = repo._ops is not None and repo._ops.store.fast_path
+        on_driver = repo.fast_path
     assert on_driver == (fast_path and not watched)
     probes = [f"{name} WARNING probe {MARKERS['probe']}" for name in PROBED]
     assert _leaks(records) == probes

@@ -123,9 +123,8 @@ def queue_pool(repo: SessionRepository) -> QueuePool:
 
 def in_use(repo: SessionRepository) -> int:
     """Connections checked out of the pool besides the one the fast path keeps between
-    operations (``driver.Lender``)."""
-    assert repo._ops is not None
-    return queue_pool(repo).checkedout() - repo._ops.store.lender.kept
+    operations."""
+    return queue_pool(repo).checkedout() - repo.connections_kept
 
 
 async def settle(repo: SessionRepository) -> None:

@@ -1,4 +1,4 @@
-"""The fault and pooler test infrastructure (``bench/servers.py``) works, and its faults are
+"""The fault and pooler test infrastructure (``servers.py``) works, and its faults are
 real: a private server keeps committed data across a restart and a crash, drops its clients
 when told to, and PgBouncer in transaction mode serves asyncpg without its statement cache
 (and breaks it with one)."""
@@ -9,8 +9,7 @@ import asyncio
 
 import asyncpg
 import pytest
-
-from bench.servers import PgBouncer, PrivatePostgres, StopMode
+from servers import PgBouncer, PrivatePostgres, StopMode
 
 pytestmark = pytest.mark.postgresql
 

@@ -149,20 +149,20 @@ def test_keys_convostore_makes_differ_in_a_forked_worker() -> None:
     """Workers forked from one parent (a pre-loading app server) must not make the same
     idempotency keys: on one session, a worker's append would then count as another's retry
     and not be stored. Runs no SQL, so on no backend."""
-    from convostore.repository import _new_key
+    from convostore.repository import new_idempotency_key
 
     read, write = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
         child = os.fork()
     if child == 0:
-        os.write(write, _new_key().encode())
+        os.write(write, new_idempotency_key().encode())
         os._exit(0)
     os.close(write)
     os.waitpid(child, 0)
     with os.fdopen(read) as pipe:
         in_child = pipe.read()
-    in_parent = [_new_key() for _ in range(3)]
+    in_parent = [new_idempotency_key() for _ in range(3)]
     assert in_child
     assert in_child not in in_parent
     assert len(set(in_parent)) == 3

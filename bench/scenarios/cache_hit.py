@@ -75,7 +75,7 @@ async def run(ctx: Context) -> list[Row]:
                 level.floor[sid] = [object()] * sizes.hit_turns
             if size == FLOOR_LEVEL:
                 level.floor_of_turns = OrderedDict(
-                    (sid, _cached_turns(level.repo, sid)) for sid in sids[:size]
+                    [(sid, await _cached_turns(level.repo, sid)) for sid in sids[:size]]
                 )
             if ctx.seed is not None:
                 original = await start_original(ctx.seed, ttl=TTL, max_sessions=size + 10)
@@ -110,12 +110,14 @@ def _picks(sids: list[str], count: int, seed: int) -> Any:
         yield from picks
 
 
-def _cached_turns(repo: SessionRepository, sid: str) -> list[object]:
-    """The turn list the repository's cache holds for ``sid``."""
-    entry = repo._cache.peek(sid)
-    if entry is None:
+async def _cached_turns(repo: SessionRepository, sid: str) -> list[object]:
+    """The turns the repository's cache holds for ``sid`` (a hit returns the cached turn
+    objects themselves)."""
+    hits = repo.stats()["cache_hits"]
+    state = await repo.get(sid)
+    if state is None or repo.stats()["cache_hits"] != hits + 1:
         raise RuntimeError(f"session {sid} is not cached")
-    return list(entry.turns)
+    return list(state.turns)
 
 
 def _lru_floor(floor: OrderedDict[str, list[object]], picks: Any) -> Op:

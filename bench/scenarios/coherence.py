@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
+from servers import LOOPBACK, PgBouncer
 from sqlalchemy.engine import make_url
 
 from convostore import SessionRepository
@@ -32,7 +33,6 @@ from ..loader import load_histories
 from ..options import TTL
 from ..raw import connect_postgres, connect_sqlite
 from ..results import Row, figure
-from ..servers import LOOPBACK, PgBouncer
 from ..timing import Op, Stats, interleave
 from ..workload import session_ids
 from ._util import add_turn, cycling, fmt_count, now_utc, timed, warm_cache

@@ -4,22 +4,27 @@
 ``SqlStore.sweep_batch``: expired sessions go, and the schema's trigger ends their
 conversations; then pass 2, ``SqlStore.sweep_transcripts_batch``: conversations that ended
 ``transcript_retention`` or more ago go, with their turns and slots (by cascade). Each pass
-runs batches of ``sweep_batch_size`` until one comes back short. Here the same loops run with
-each batch timed, over expired sessions x 10 turns loaded in bulk (then VACUUM ANALYZE and,
-except with ``--quick``, a checkpoint, so the sweep does not pay for the load's), in two
-settings:
+runs batches of ``sweep_batch_size`` until one comes back short. Here ``sweep_expired()`` runs,
+each batch timed by the repository's timing hooks (``"sweep.sessions"``,
+``"sweep.transcripts"``) and its rows counted by its stats, over expired sessions x 10 turns
+loaded in bulk (then VACUUM ANALYZE and, except with ``--quick``, a checkpoint, so the sweep
+does not pay for the load's), in two settings:
 
 - retention 30 days (the default): the sweep ends the sessions and its pass 2 finds nothing
   yet. Then VACUUM ANALYZE and a checkpoint (what the month between does) and, a retention
-  later (the clock moved on by ``transcript_retention``), pass 2 alone deletes the
-  transcripts.
+  later, pass 2 deletes the transcripts: the sweep of a repository with retention 0, whose
+  pass 2 runs the same statement with the same cutoff (``now - 0``, as ``now + retention -
+  retention`` a retention on); its pass 1 finds nothing.
 - retention 0: one sweep deletes the sessions, then at once their transcripts.
 
 The raw floor (``raw.open_raw_sweeper``: the same batched statements by hand) does each sweep
-the same way on an equal load of its own. Beside every sweep, convostore's and the floor's
-alike, one task keeps calling ``add_turn`` on live sessions: both sweeps meet the same
-contention, and the task's p95 during convostore's sweeps is compared with its p95 without a
-sweep (measured before and after) and during the floor's sweeps.
+the same way on an equal load of its own (a retention later, its clock moved on). Beside
+every sweep, convostore's and the floor's alike, one task keeps calling ``add_turn`` on live
+sessions: both sweeps meet the same contention, and the task's p95 during convostore's sweeps
+is compared with its p95 without a sweep (measured before and after) and during the floor's
+sweeps. It appends through the repository that sweeps with retention 30 days (its timing
+hook, which counts only the sweep's batches, is called for its appends too); the sweeps with
+retention 0, and a retention later, run on another.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from convostore import SessionRepository
-from convostore.store import SqlStore
 
 from ..backends import Database, Server
 from ..context import Context
@@ -80,18 +84,57 @@ class Sweeps:
 
 
 class _Convostore:
-    """convostore's two passes, batch by batch, as ``CachedStore.sweep`` calls them."""
+    """convostore's sweep, ``sweep_expired()`` at its repository's "now": ``repo``'s, and a
+    retention later ``later``'s (a repository with ``transcript_retention=0``)."""
 
-    def __init__(self, repo: SessionRepository) -> None:
-        ops = repo._ops  # the sweep's batches, timed one by one
-        assert ops is not None
-        self._store: SqlStore = ops.store
+    def __init__(self, repo: SessionRepository, later: SessionRepository) -> None:
+        self._repo = repo
+        self._later = later
 
-    async def sessions(self, now: datetime, batch_size: int) -> int:
-        return len(await self._store.sweep_batch(now, batch_size))
+    async def sweep(self, now: datetime, batch_size: int) -> tuple[Pass, Pass]:
+        return await _timed_sweep(self._repo)
 
-    async def transcripts(self, now: datetime, batch_size: int) -> int:
-        return await self._store.sweep_transcripts_batch(now, batch_size)
+    async def sweep_later(self, now: datetime, retention: float, batch_size: int) -> Pass:
+        return (await _timed_sweep(self._later))[1]
+
+
+async def _timed_sweep(repo: SessionRepository) -> tuple[Pass, Pass]:
+    """``repo.sweep_expired()``: each pass's batches, timed, and the rows it deleted."""
+    seconds: dict[str, list[float]] = {"sweep.sessions": [], "sweep.transcripts": []}
+
+    def hook(what: str, elapsed: float) -> None:
+        if what in seconds:
+            seconds[what].append(elapsed)
+
+    before = repo.stats()
+    repo.add_timing_hook(hook)
+    try:
+        await repo.sweep_expired()
+    finally:
+        repo.remove_timing_hook(hook)
+    after = repo.stats()
+    return (
+        Pass(seconds["sweep.sessions"], after["sessions_expired"] - before["sessions_expired"]),
+        Pass(
+            seconds["sweep.transcripts"],
+            after["transcripts_deleted"] - before["transcripts_deleted"],
+        ),
+    )
+
+
+class _Raw:
+    """The floor's sweep, batch by batch as convostore's, its clock moved on by hand."""
+
+    def __init__(self, sweeper: RawSweeper) -> None:
+        self._sweeper = sweeper
+
+    async def sweep(self, now: datetime, batch_size: int) -> tuple[Pass, Pass]:
+        sessions = await _pass(self._sweeper.sessions, now, batch_size)
+        return sessions, await _pass(self._sweeper.transcripts, now, batch_size)
+
+    async def sweep_later(self, now: datetime, retention: float, batch_size: int) -> Pass:
+        later = now + timedelta(seconds=retention)
+        return await _pass(self._sweeper.transcripts, later, batch_size)
 
 
 class _Writer:
@@ -162,10 +205,12 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
             with _no_gc_pauses():
                 without = await writer.without(ctx.sizes.expiry_baseline)
             for kept, sweeping in ((retention, repo), (0.0, repo0)):
-                conv[kept] = await _measure(ctx, db, _Convostore(sweeping), kept, batch, writer)
+                conv[kept] = await _measure(
+                    ctx, db, _Convostore(sweeping, repo0), kept, batch, writer
+                )
                 sweeper = await open_raw_sweeper(db, kept)
                 try:
-                    raw[kept] = await _measure(ctx, db, sweeper, kept, batch, writer)
+                    raw[kept] = await _measure(ctx, db, _Raw(sweeper), kept, batch, writer)
                 finally:
                     await sweeper.close()
             with _no_gc_pauses():
@@ -183,14 +228,14 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
 async def _measure(
     ctx: Context,
     db: Database,
-    sweeper: _Convostore | RawSweeper,
+    sweeper: _Convostore | _Raw,
     retention: float,
     batch_size: int,
     writer: _Writer,
 ) -> Sweeps:
-    """Load expired sessions and sweep them like ``CachedStore.sweep``, each batch timed,
-    beside ``writer``'s appends; with ``retention``, then run pass 2 again a retention later,
-    after VACUUM ANALYZE and a checkpoint."""
+    """Load expired sessions and sweep them, each batch timed, beside ``writer``'s appends;
+    with ``retention``, then run pass 2 again a retention later, after VACUUM ANALYZE and a
+    checkpoint."""
     count = ctx.sizes.expiry_sessions
     who = "convostore" if isinstance(sweeper, _Convostore) else "raw"
     setting = f"retention {_days(retention)}"
@@ -203,16 +248,13 @@ async def _measure(
     now = now_utc()
     async with writer.beside(who, f"{setting}: sweep"):
         with _no_gc_pauses():
-            sessions = await _pass(sweeper.sessions, now, batch_size)
-            transcripts = await _pass(sweeper.transcripts, now, batch_size)
+            sessions, transcripts = await sweeper.sweep(now, batch_size)
     later = None
     if retention > 0:
         await _settle(ctx, db)
         async with writer.beside(who, f"{setting}: pass 2 a retention later"):
             with _no_gc_pauses():
-                later = await _pass(
-                    sweeper.transcripts, now + timedelta(seconds=retention), batch_size
-                )
+                later = await sweeper.sweep_later(now, retention, batch_size)
     sweeps = Sweeps(sessions, transcripts, later)
     await _check(ctx, db, f"{who}, {setting}", count, sweeps)
     return sweeps
