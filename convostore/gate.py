@@ -167,6 +167,11 @@ class Turns:
         """Tickets of threads waiting for their turn: each blocks on its own lock, which
         ``release`` unlocks when the turn comes (waking only that thread, not all)."""
 
+    @property
+    def asked(self) -> int:
+        """How many have asked for a turn so far."""
+        return self._next
+
     def hold_in_thread(self) -> None:
         """Block this (worker) thread until it has the turn. Call ``release`` after."""
         with self._lock:

@@ -168,7 +168,7 @@ async def test_turns_go_in_asking_order_across_threads_and_the_loop() -> None:
 
 
 def _asked(turns: Turns, count: int) -> bool:
-    return turns._next >= count
+    return turns.asked >= count
 
 
 async def _until(condition: Callable[[], bool]) -> None:
