@@ -31,7 +31,7 @@ __all__ = ["run"]
 
 ADD_TURN_TARGET = {"postgresql": 1.0, "sqlite": 1.2}
 TRUE_FLOOR_TARGET = 1.2
-FLAT_FACTOR = 1.1
+FLAT_FACTOR = 1.05
 ORIGINAL_MEMORY = "original (memory)"
 ORIGINAL_REDIS = "original + Redis"
 KEYLESS = "without the key (the earlier floor)"
