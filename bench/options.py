@@ -51,6 +51,9 @@ class Sizes:
     concurrency_rounds: int
     sweep_seconds: float
     sweep_rounds: int
+    writers_seconds: float
+    writers_rounds: int
+    """Rounds of each variant (coherence on, off) per writer count in ``coherence_writers``."""
     store_small: int
     store_large: int
     store_iterations: int
@@ -82,6 +85,8 @@ class Sizes:
                 concurrency_rounds=2,
                 sweep_seconds=0.3,
                 sweep_rounds=1,
+                writers_seconds=0.25,
+                writers_rounds=1,
                 store_small=200,
                 store_large=min(scale, 2_000),
                 store_iterations=16,
@@ -110,6 +115,8 @@ class Sizes:
             concurrency_rounds=6,
             sweep_seconds=4.0,
             sweep_rounds=3,
+            writers_seconds=2.0,
+            writers_rounds=7,
             store_small=1_000,
             store_large=scale,
             store_iterations=300,

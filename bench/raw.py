@@ -463,6 +463,9 @@ class RawPostgres:
         self._ttl = timedelta(seconds=ttl)
         self._statements: dict[str, Any] = {}
         self._positional: dict[str, _Positional] = {}
+        self.feed = True
+        """Whether ``append_one`` inserts the change feed's row, as convostore's append does
+        (False: the append of a schema without coherence, ``Statements(feed=False)``)."""
 
     @classmethod
     async def open(cls, dsn: str, ttl: float) -> RawPostgres:
@@ -473,13 +476,19 @@ class RawPostgres:
         statements = Statements("postgresql")
         assert statements.append_cte is not None
         dialect = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
+        unrecorded = Statements("postgresql", feed=False).append_cte
+        assert unrecorded is not None
         for name, statement in (
             ("append_one", statements.append_cte),
+            ("append_unrecorded", unrecorded),
             ("load_one", statements.load),
         ):
             positional = _Positional(statement, dialect)
             raw._positional[name] = positional
             raw._statements[name] = await conn.prepare(positional.sql)
+        # asyncpg's prepares leave the server in an implicit transaction, holding a share
+        # lock on every table they name (so any DDL waits) until the next statement ends it.
+        await conn.execute("SELECT 1")
         return raw
 
     async def append(self, sid: str, exchange: Exchange) -> None:
@@ -490,7 +499,8 @@ class RawPostgres:
         idempotency key as convostore stores one per append. ``keyed=False``: the earlier
         floor, without a key (the statement then skips the key's check and index entry)."""
         now = datetime.now(timezone.utc)
-        args = self._positional["append_one"].args(
+        name = "append_one" if self.feed else "append_unrecorded"
+        args = self._positional[name].args(
             {
                 "sid": sid,
                 "n": 2,
@@ -511,7 +521,7 @@ class RawPostgres:
                 "slot_values": list(exchange.slots.values()),
             }
         )
-        if await self._statements["append_one"].fetchrow(*args) is None:
+        if await self._statements[name].fetchrow(*args) is None:
             raise RuntimeError(f"session {sid}: the one-statement append wrote nothing")
 
     async def load_one(self, sid: str, window: int = _ALL_TURNS) -> dict[str, Any] | None:

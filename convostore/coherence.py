@@ -2,13 +2,14 @@
 drops this process's cached copy within a bound, without SQL on a cache hit.
 
 Every write that moves a session's version, and every delete, appends a row to the table
-``convostore_changes`` from a trigger in the writer's own transaction (migrations 0002 and
-0005): the session id and its new version (-1: deleted). A watcher per repository polls the
-table and posts what it finds to the cache (``SessionCache.post``), which applies it before it
-answers its next read. The watcher runs in a thread of its own, with an event loop of its own,
-so a busy application event loop delays neither the poll nor the news. While the watcher
-cannot follow the feed, the cache is off (every ``get`` reads the database), so the bound
-holds; it reconnects with backoff.
+``convostore_changes`` in the writer's own transaction: the session id and its new version
+(-1: deleted). On SQLite triggers write it (migration 0002); on PostgreSQL the write's own
+statement does (``Statements``, migration 0007), and a trigger records deletions. A watcher
+per repository polls the table and posts what it finds to the cache (``SessionCache.post``),
+which applies it before it answers its next read. The watcher runs in a thread of its own,
+with an event loop of its own, so a busy application event loop delays neither the poll nor
+the news. While the watcher cannot follow the feed, the cache is off (every ``get`` reads the
+database), so the bound holds; it reconnects with backoff.
 
 - ``SqliteWatcher`` looks at the file's ``PRAGMA data_version`` every
   ``SQLITE_POLL_INTERVAL`` seconds and reads the feed's new rows only when it moved. SQLite
@@ -20,7 +21,8 @@ holds; it reconnects with backoff.
   transaction pooler too.
 
 Before 0005, PostgreSQL's trigger sent a ``NOTIFY`` instead: each notifying commit holds the
-server's one notification lock, which made writers commit one at a time.
+server's one notification lock, which made writers commit one at a time. From 0005 to 0007 a
+row trigger inserted the feed's rows, at a cost of 5 to 11 % of the appends a second.
 """
 
 from __future__ import annotations

@@ -223,15 +223,15 @@ class StoreConfig(BaseSettings):
     cache_coherence: Literal["bounded", "strict", "local"] = "bounded"
     """How the cache learns of other processes' writes. ``"bounded"`` (default): a write or
     delete through any repository on the database drops the cached copies of every other
-    within about 50 ms, and a cache hit runs no SQL (PostgreSQL: a LISTEN connection; SQLite:
-    a poll of the file every 20 ms). ``"strict"``: each hit checks the stored version first
-    (one small read; always fresh). ``"local"``: no such check; only safe for a single
-    process per database."""
+    within about 50 ms, and a cache hit runs no SQL (a poller follows the change feed: on
+    PostgreSQL a read of it every 20 ms, on SQLite a look at the file every 10 ms).
+    ``"strict"``: each hit checks the stored version first (one small read; always fresh).
+    ``"local"``: no such check; only safe for a single process per database."""
 
     listen_url: str | None = None
-    """PostgreSQL, ``"bounded"`` coherence: the URL the change listener connects to. Default:
-    ``database_url``. Behind a transaction pooler (``pooler="pgbouncer"``), where LISTEN
-    cannot work, give the server's direct address here."""
+    """PostgreSQL, ``"bounded"`` coherence: the URL the change poller connects to. Default:
+    ``database_url``; its polls are plain statements, which pass a transaction pooler too, so
+    the server's direct address here only keeps them off the pooler."""
 
     pooler: Literal["pgbouncer"] | None = None
     """``"pgbouncer"``: the URL points at PgBouncer in transaction mode, so convostore uses no

@@ -453,8 +453,9 @@ changes = Table(
     Column("version", BigInteger(), nullable=False),
 )
 """The feed of session changes, one row per write that moved a session's version (``version``
--1: the session was deleted), appended by triggers in the writer's transaction (migration 0002
-on SQLite, 0005 on PostgreSQL, where ``id`` is an identity column). Other processes poll it to
+-1: the session was deleted), appended in the writer's transaction: by triggers on SQLite
+(migration 0002); on PostgreSQL, where ``id`` is an identity column (0005), by the writing
+statement itself and, for a deletion, by a trigger (0007). Other processes poll it to
 evict what they cached (``coherence``); the expiry sweep prunes it. It is kept out of
 ``metadata``, whose tables the migrations must create alike on both backends."""
 

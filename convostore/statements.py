@@ -69,12 +69,17 @@ class Statements:
     ``merge`` slots to merge into ``current_slots`` and ``template_id`` the template to make
     current; each of ``models.STATE_FIELDS`` under its own name, the session fields to set;
     ``batch`` rows per batch.
+
+    ``feed=False`` (PostgreSQL): the writes that move a session's version leave the change
+    feed alone, as on a schema without coherence (the benchmark's baseline); convostore itself
+    always records them.
     """
 
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, *, feed: bool = True) -> None:
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"convostore supports SQLite and PostgreSQL, not {dialect}")
         self.dialect = dialect
+        self._feed = feed and dialect == "postgresql"
         now = bindparam("now", type_=UTCDateTime())
         sid = bindparam("sid", type_=String())
         live = and_(sessions.c.session_id == sid, sessions.c.expires_at > now)
@@ -109,7 +114,7 @@ class Statements:
         }
         template = bindparam("template_id", type_=Text())
 
-        self.allocate: Update = (
+        self._bump: Update = (
             update(sessions)
             .where(fresh, owned)
             .values(
@@ -119,10 +124,12 @@ class Statements:
             )
             .returning(sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id)
         )
+        self.allocate = self._recorded(self._bump)
         """Allocate ``n`` sequence numbers on a live session that ``uid`` may write, merging
-        slots and template, unless the append with idempotency ``key`` is stored already."""
+        slots and template, unless the append with idempotency ``key`` is stored already.
+        Returns (turn_count, version, conversation_id)."""
 
-        self.replace: Update = (
+        replace = (
             update(sessions)
             .where(fresh, owned)
             .values(
@@ -131,12 +138,13 @@ class Statements:
             )
             .returning(sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id)
         )
+        self.replace = self._recorded(replace)
         """Allocate ``n`` sequence numbers on a live session that ``uid`` may write, setting
         its fields, unless the write with idempotency ``key`` is stored already (a NULL key
         never is)."""
 
-        self.replace_if_unchanged: Update = self.replace.where(
-            sessions.c.version == bindparam("expected", type_=BigInteger())
+        self.replace_if_unchanged = self._recorded(
+            replace.where(sessions.c.version == bindparam("expected", type_=BigInteger()))
         )
         """``replace``, only on the session at version ``expected``."""
 
@@ -447,7 +455,7 @@ class Statements:
         text); slot arrays: ``slot_ords`` (1-based position of the turn), ``slot_names``,
         ``slot_values``.
         """
-        bumped = self.allocate.cte("bumped")
+        bumped = self._bump.cte("bumped")
         text_array = postgresql.ARRAY(Text())
         new = (
             func.unnest(
@@ -518,8 +526,39 @@ class Statements:
             .select_from(bumped)
             .join(slots, true()),
         )
-        return select(bumped.c.turn_count, bumped.c.version).add_cte(
+        appended = select(bumped.c.turn_count, bumped.c.version).add_cte(
             new_turns.cte("new_turns"), new_slots.cte("new_slots")
+        )
+        return appended.add_cte(self._feed_row(bumped)) if self._feed else appended
+
+    def _recorded(self, bump: Update) -> Update | Select[Any]:
+        """A write that moves a session's version, as run: on PostgreSQL with its row of the
+        change feed inserted by the same statement (``bump`` returns turn_count, version and
+        conversation_id, and so does the result). SQLite's triggers write its feed."""
+        if not self._feed:
+            return bump
+        bumped = bump.cte("bumped")
+        return select(bumped.c.turn_count, bumped.c.version, bumped.c.conversation_id).add_cte(
+            self._feed_row(bumped)
+        )
+
+    @staticmethod
+    def _feed_row(bumped: Any) -> Any:
+        """The data-modifying CTE that records a version bump in ``convostore_changes``: the
+        session and its new version, if ``bumped`` (the UPDATE's CTE) changed a row.
+
+        PostgreSQL runs it whether or not the query reads it, in the writer's statement (so
+        its transaction): the row commits with the write or not at all, and the statement
+        locks the feed before it takes the id, as the watcher's gap tracking needs. Migration
+        0005 had a row trigger do this; its call (an after-trigger event, a plpgsql function,
+        an insert planned apart) cost 5 to 10 % of a writer's commits (migration 0007)."""
+        return (
+            insert(changes)
+            .from_select(
+                ["session_id", "version"],
+                select(bindparam("sid", type_=String()), bumped.c.version),
+            )
+            .cte("feed")
         )
 
     @staticmethod

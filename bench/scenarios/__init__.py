@@ -11,6 +11,7 @@ from . import (
     cache_hit,
     callers,
     coherence,
+    coherence_writers,
     cold_get,
     expiry,
     large_store,
@@ -33,6 +34,10 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "expiry": ("expiry sweep, both passes, retention 30 days and 0", expiry.run),
     "memory": ("memory per cached session", memory.run),
     "coherence": ("coherence across processes: staleness and costs", coherence.run),
+    "coherence_writers": (
+        "coherence's cost to 8, 32 and 64 concurrent writers",
+        coherence_writers.run,
+    ),
     "peers": ("peers (--peers)", peers.run),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""

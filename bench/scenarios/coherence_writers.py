@@ -1,0 +1,251 @@
+"""What coherence costs writers: appends per second at 8, 32 and 64 concurrent writers with
+the change feed on, against the same schema without any change notification, on each backend.
+
+Each writer runs convostore's own append on the raw driver (``RawStore.append_one``,
+``bench.raw``) on sessions drawn at random from 1,000, so that the ratio is the feed's cost
+to the database alone, without the library's own work around it. On PostgreSQL each writer
+has a connection of its own. SQLite commits one writer at a time whatever the connections,
+and 32 or 64 connections waiting on its lock measure its busy handler's sleeps: there the
+writers share one connection (each append is one hop to its thread, one transaction).
+
+- **on**: the schema as migrated. PostgreSQL: the append statement inserts the feed's row
+  (migration 0007) and a trigger records deletions; SQLite: its triggers write the feed.
+  Another worker follows the feed meanwhile: a process of its own with a ``"bounded"``
+  repository, whose poller reads every change (in the writers' process, its thread would
+  compete with them for the interpreter lock: that would measure the client, not the
+  database).
+- **off**: the same database with its change triggers dropped and, on PostgreSQL, the append
+  without the feed's row (``Statements(feed=False)``); nobody polls.
+
+One database per backend; the variant is switched between rounds (triggers dropped and made
+again from their stored definitions), in the order on, off, off, on, ... so that neither
+always runs first. Figures: appends/s, median of the rounds; the ratio is the median of each
+pair of rounds' on / off (a neighbour's load shifts both of a pair alike). Target (issue 15,
+1b): at least 0.95 on PostgreSQL; SQLite's row is for the record (one writer at a time there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import random
+import statistics
+import time
+from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
+
+from ..backends import Database, Server
+from ..context import Context
+from ..loader import load_histories
+from ..options import TTL
+from ..raw import RawPostgres, RawStore, connect_postgres, connect_sqlite, open_raw
+from ..results import Figure, Row
+from ..workload import EXCHANGE, session_ids
+from ._util import now_utc, timed
+
+__all__ = ["run"]
+
+WRITERS = (8, 32, 64)
+SESSIONS = 1_000
+TURNS = 10
+TARGET = 0.95
+VARIANTS = ("on", "off")
+
+_PG_TRIGGERS = """
+SELECT pg_get_triggerdef(oid) FROM pg_trigger
+WHERE tgrelid = 'sessions'::regclass AND tgname LIKE 'convostore_session_%'"""
+_SQLITE_TRIGGERS = """
+SELECT sql FROM sqlite_master
+WHERE type = 'trigger' AND tbl_name = 'sessions' AND name LIKE 'convostore_session_%'"""
+_PG_DROP = "DROP TRIGGER {name} ON sessions"
+_SQLITE_DROP = "DROP TRIGGER {name}"
+
+
+async def run(ctx: Context) -> list[Row]:
+    rows: list[Row] = []
+    for server in ctx.servers.values():
+        db = await server.database("writers")
+        try:
+            rows += await _writers(ctx, server, db)
+        finally:
+            await server.drop(db)
+    return rows
+
+
+async def _writers(ctx: Context, server: Server, db: Database) -> list[Row]:
+    sizes = ctx.sizes
+    sids = session_ids("writers", SESSIONS)
+    await load_histories(db, sids, TURNS, now=now_utc(), ttl=TTL)
+    switch = await _Switch.read(db)
+    rates: dict[int, dict[str, list[float]]] = {n: {v: [] for v in VARIANTS} for n in WRITERS}
+    ratios: dict[int, list[float]] = {n: [] for n in WRITERS}
+    connections = max(WRITERS) if db.backend == "postgresql" else 1
+    stores = [await open_raw(db, TTL) for _ in range(connections)]
+    try:
+
+        async def measure() -> None:
+            for n in WRITERS:
+                # A short first pair warms the pages and statements; it is not counted.
+                for index in range(sizes.writers_rounds + 1):
+                    order = VARIANTS if index % 2 else VARIANTS[::-1]
+                    seconds = sizes.writers_seconds if index else sizes.writers_seconds / 4
+                    got = {}
+                    for variant in order:
+                        await switch.set(variant == "on")
+                        async with _follower(db.url, variant == "on"):
+                            writers = [stores[index % len(stores)] for index in range(n)]
+                            got[variant] = await _round(writers, variant == "on", sids, seconds)
+                    if index:
+                        for variant in VARIANTS:
+                            rates[n][variant].append(got[variant])
+                        ratios[n].append(got["on"] / got["off"])
+            await switch.set(True)
+
+        await timed(f"appends/s, coherence on and off ({server.label})", measure())
+    finally:
+        for store in stores:
+            await store.close()
+    return [_row(server, n, rates[n], ratios[n]) for n in WRITERS]
+
+
+class _Switch:
+    """Turns a database's change notification off (its ``convostore_session_*`` triggers
+    dropped) and on again (made again as they were stored)."""
+
+    def __init__(self, db: Database, triggers: list[tuple[str, str]]) -> None:
+        self._db = db
+        self._triggers = triggers
+        """(name, definition) of each trigger."""
+        self._on = True
+
+    @classmethod
+    async def read(cls, db: Database) -> _Switch:
+        if db.backend == "postgresql":
+            pg = await connect_postgres(db.target)
+            try:
+                definitions = [row[0] for row in await pg.fetch(_PG_TRIGGERS)]
+            finally:
+                await pg.close()
+        else:
+            lite = await connect_sqlite(db.target)
+            try:
+                definitions = [row[0] for row in await lite.execute_fetchall(_SQLITE_TRIGGERS)]
+            finally:
+                await lite.close()
+        if not definitions:
+            raise RuntimeError("no change trigger on sessions: is the database migrated?")
+        return cls(db, [(_trigger_name(sql), sql) for sql in definitions])
+
+    async def set(self, on: bool) -> None:
+        if on == self._on:
+            return
+        if on:
+            statements = [sql for _, sql in self._triggers]
+        else:
+            drop = _PG_DROP if self._db.backend == "postgresql" else _SQLITE_DROP
+            statements = [drop.format(name=name) for name, _ in self._triggers]
+        if self._db.backend == "postgresql":
+            pg = await connect_postgres(self._db.target)
+            try:
+                async with pg.transaction():
+                    for statement in statements:
+                        await pg.execute(statement)
+            finally:
+                await pg.close()
+        else:
+            lite = await connect_sqlite(self._db.target)
+            try:
+                for statement in statements:
+                    await lite.execute(statement)
+                await lite.commit()
+            finally:
+                await lite.close()
+        self._on = on
+
+
+def _trigger_name(definition: str) -> str:
+    """The name in ``CREATE TRIGGER <name> ...``."""
+    words = definition.split()
+    return words[words.index("TRIGGER") + 1]
+
+
+@contextlib.asynccontextmanager
+async def _follower(url: str, on: bool) -> AsyncIterator[None]:
+    """With coherence on, another worker following the feed meanwhile: a process of its own
+    (as a worker is) with a ``"bounded"`` repository, whose poller reads every change."""
+    if not on:
+        yield
+        return
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe()
+    worker = spawn.Process(target=_follow, args=(url, theirs), name="coherence-follower")
+    worker.start()
+    try:
+        await asyncio.to_thread(ours.recv)  # its repository is open: the poller follows
+        yield
+    finally:
+        ours.send(None)
+        await asyncio.to_thread(worker.join, 10)
+        if worker.is_alive():
+            worker.terminate()
+            worker.join()
+        ours.close()
+        theirs.close()
+
+
+def _follow(url: str, conn: Connection) -> None:
+    """The follower process: open a repository, say so, and keep it open until told."""
+
+    async def follow() -> None:
+        async with Context.repository(url, cache_coherence="bounded"):
+            conn.send(None)
+            await asyncio.to_thread(conn.recv)
+
+    asyncio.run(follow())
+
+
+async def _round(stores: list[RawStore], feed: bool, sids: list[str], seconds: float) -> float:
+    """Each store appends to random sessions for ``seconds``; returns appends per second."""
+    for store in stores:
+        if isinstance(store, RawPostgres):
+            store.feed = feed
+    end = time.perf_counter() + seconds
+    done = 0
+
+    async def writer(store: RawStore, rng: random.Random) -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await store.append_one(rng.choice(sids), EXCHANGE)
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(writer(store, random.Random(index)) for index, store in enumerate(stores))
+    )
+    return done / (time.perf_counter() - start)
+
+
+def _row(server: Server, n: int, rates: dict[str, list[float]], ratios: list[float]) -> Row:
+    ratio = statistics.median(ratios)
+    postgres = server.name == "postgresql"
+    connections = "a connection per writer" if postgres else "one connection"
+    feed = "the feed row from the append's statement" if postgres else "the feed triggers"
+    return Row(
+        key=f"coherence.writers.{server.name}.{n}",
+        path=f"appends/s, {n} concurrent writers, 1,000 sessions: coherence on vs no change "
+        "notification",
+        backend=server.label,
+        convostore=Figure(
+            "coherence on", statistics.median(rates["on"]), None, len(ratios), "rate"
+        ),
+        raw=Figure(
+            "no change notification", statistics.median(rates["off"]), None, len(ratios), "rate"
+        ),
+        ratio=ratio,
+        ratio_of="on / off appends/s (median of round pairs)",
+        target=f"≥ {TARGET}×" if postgres else "",
+        met=ratio >= TARGET if postgres else None,
+        note=f"raw driver, convostore's append, {connections}; {len(ratios)} round pairs, "
+        f"on/off per pair {min(ratios):.2f} to {max(ratios):.2f}; on: {feed}, a poller following",
+    )
