@@ -1,8 +1,14 @@
-"""Every statement convostore runs, as SQLAlchemy Core, built once per dialect.
+"""The statements of the repository's operations (load, append, update, delete, expiry
+refreshes, the sweep, the change feed), as SQLAlchemy Core, built once per dialect.
 
-Parameters are always bound, never spliced in. The few places where SQLite and PostgreSQL need
-different SQL are in this module: merging slots into the session's JSON, the upsert that
-creates a session, and the append, which PostgreSQL does in one data-modifying CTE.
+Not every statement convostore runs is here: ``owners.py``, ``admin.py``, ``report.py``,
+``transfer.py`` and ``migrate.py`` build their own, and ``engine.py``, ``driver.py`` and
+``coherence.py`` run connection settings and transaction control (PRAGMAs, BEGIN) directly.
+
+Parameters are always bound, never spliced in. Where these statements differ between SQLite
+and PostgreSQL: merging slots into the session's JSON, the upsert that creates a session, the
+append (PostgreSQL's is one data-modifying CTE) and the load (one UNION on PostgreSQL, three
+range scans on SQLite).
 """
 
 from __future__ import annotations
