@@ -63,7 +63,6 @@ class HotPath:
         owns_engine: bool,
         fast_path: bool,
         gate: Gate | None = None,
-        prepare: bool = False,
     ) -> None:
         self.lender = Lender(engine, gate=gate)
         """Lends the drivers their connections (and keeps some, on convostore's own engine)."""
@@ -78,9 +77,9 @@ class HotPath:
             logger.debug("convostore: statements run through SQLAlchemy's execution: %s", reason)
         if never is None:
             if self.writes is None:
-                self._driver = PostgresDriver(self.lender, owns_engine=owns_engine, prepare=prepare)
+                self._driver = PostgresDriver(self.lender, owns_engine=owns_engine)
             else:
-                self._driver = SqliteDriver(self.lender, self.writes, owns_engine=owns_engine)
+                self._driver = SqliteDriver(self.lender, self.writes)
 
     def current(self) -> Executor:
         """The executor for the operation about to run."""

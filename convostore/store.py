@@ -105,13 +105,11 @@ class SqlStore:
         fast_path: bool = True,
         retention: float = 0,
         gate: Gate | None = None,
-        prepare: bool = False,
         default_language: str | None = None,
     ) -> None:
         """``gate``: where the operations on an engine convostore created wait for a
         connection (``lifecycle.Calls``), whose hot path may keep connections between
-        operations (``driver.Lender``); None for an engine passed in. ``prepare``: PostgreSQL's hot
-        statements run prepared (``driver.PostgresDriver``)."""
+        operations (``driver.Lender``); None for an engine passed in."""
         self.engine = engine
         self.retention = retention
         """Seconds a transcript stays after its session ended (0: it goes with the session)."""
@@ -125,7 +123,6 @@ class SqlStore:
             owns_engine=owns_engine,
             fast_path=fast_path,
             gate=gate,
-            prepare=prepare,
         )
         one_statement = sql.append_cte
         self._live_append = Compiled(
