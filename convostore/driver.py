@@ -3,8 +3,8 @@ connection.
 
 SQLAlchemy stays the source of truth: its Core statements define the SQL, its dialect compiles
 them and supplies the type processors, its engine owns the pool. What this module skips is the
-per-statement work of SQLAlchemy's execution layer (about 0.1 ms a statement, more than the
-statement itself costs the server), on the three paths a web request takes every time:
+per-statement work of SQLAlchemy's execution layer (more than the statement itself costs the
+server; figures in docs/architecture.md), on the three paths a web request takes every time:
 appending an exchange, loading a session, sliding its expiry.
 
 - PostgreSQL (asyncpg): each operation is a single statement, so it runs in autocommit as one
@@ -451,8 +451,7 @@ class SqliteDriver:
     ) -> list[tuple[Any, ...]]:
         """``write_transaction``, in one thread hop, or in a group with the writes queued
         behind a running one. Arguments are bound here, before the hop: Python run in the
-        worker thread competes with the event loop for the GIL, and took twice as long
-        there."""
+        worker thread competes with the event loop for the GIL."""
         return await self._writes_in_turn.run(_Write(head.sql, head.args(params), then))
 
     async def _write_alone(self, write: _Write) -> list[tuple[Any, ...]]:

@@ -31,8 +31,8 @@ def _watched(sync_engine: Engine) -> str | None:
     The fast path would hide its statements from whatever watches SQLAlchemy's: echo or INFO
     logging of ``sqlalchemy.engine`` (SQLAlchemy logs every statement then, so convostore's
     should be among them), and ``before_cursor_execute``/``after_cursor_execute`` listeners
-    (statement counters, OpenTelemetry's SQLAlchemy instrumentation). About 0.3 us, asked
-    once per database operation."""
+    (statement counters, OpenTelemetry's SQLAlchemy instrumentation). Asked once per
+    database operation."""
     if sync_engine.echo or sync_engine.logger.isEnabledFor(logging.INFO):
         return "the engine logs its statements (echo or the sqlalchemy.engine logger at INFO)"
     dispatch = sync_engine.dispatch

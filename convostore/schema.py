@@ -267,7 +267,7 @@ turn_slots = Table(
 
 The foreign key points at the conversation, not the turn: rows are only ever written together
 with their turn and deleted with their conversation, and cascading once per conversation
-instead of once per turn makes deleting transcripts about three times faster on PostgreSQL."""
+instead of once per turn makes deleting transcripts much faster on PostgreSQL."""
 
 
 KEPT_FIELDS = tuple(name for name in STATE_FIELDS if name in conversations.c)

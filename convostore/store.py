@@ -594,8 +594,8 @@ def _fold_turns(
     its slot rows (whose name and value are at ``slot_at``).
 
     One pass, each turn's slots filled in as they follow it: this is PostgreSQL's cold load,
-    and splitting the rows first (to share ``_turns`` with SQLite's load in parts) cost it
-    10-20 us a 100-turn session."""
+    and splitting the rows first (to share ``_turns`` with SQLite's load in parts) added a
+    pass over every row."""
     name_at, value_at = slot_at
     columns, load_results, load_created_at = layout
     result: list[ConversationTurn] = []
