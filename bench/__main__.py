@@ -49,7 +49,7 @@ def parse(argv: list[str]) -> Options:
         type=int,
         default=20_000,
         metavar="N",
-        help="sessions in the large-store test (10 turns each; the issue's: 1000000)",
+        help="sessions in the large-store test (10 turns each; the full run's: 1000000)",
     )
     parser.add_argument(
         "--backends",

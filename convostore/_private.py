@@ -18,7 +18,6 @@ __all__ = [
     "SlotSetters",
     "aiosqlite_thread_api",
     "alembic_proxies_kept",
-    "asyncpg_query_logged",
     "pydantic_slot_setters",
     "run_in_sqlite_thread",
     "sqlalchemy_asyncpg_connector",
@@ -69,18 +68,6 @@ def run_in_sqlite_thread(
     when ``aiosqlite_thread_api()``."""
     execute: Callable[[Callable[[], T]], Awaitable[T]] = connection._execute
     return execute(lambda: work(connection._conn))
-
-
-def asyncpg_query_logged(connection: Any) -> bool:
-    """Whether an ``asyncpg.Connection`` has query loggers (``add_query_logger``). They see the
-    statements run through ``Connection.fetch``, not those of a ``PreparedStatement``, so the
-    fast path prepares none while there are any.
-
-    Relies on asyncpg's private ``Connection._query_loggers`` (known to work with asyncpg 0.28
-    to 0.32). Where it is missing this answers True: every statement then goes through
-    ``fetch``, as it did before convostore prepared its own."""
-    loggers = getattr(connection, "_query_loggers", None)
-    return loggers is None or bool(loggers)
 
 
 def sqlalchemy_asyncpg_connector(

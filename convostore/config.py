@@ -211,8 +211,8 @@ class StoreConfig(BaseSettings):
 
     sweep_batch_size: int = Field(default=500, ge=1, le=MAX_SWEEP_BATCH)
     """Sessions deleted per expiry transaction (and, in the sweep's transcript pass,
-    conversations), so a sweep never holds long locks. Default 500 (on PostgreSQL, about 10 ms
-    a batch of sessions and 9 ms a batch of their 10-turn transcripts; see BENCHMARKS.md)."""
+    conversations), so a sweep never holds long locks. Default 500 (BENCHMARKS.md's expiry
+    rows time a batch of that size)."""
 
     pool_size: int = Field(default=5, ge=1)
     """Connections the repository's own engine keeps open. Default 5."""

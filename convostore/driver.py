@@ -3,8 +3,8 @@ connection.
 
 SQLAlchemy stays the source of truth: its Core statements define the SQL, its dialect compiles
 them and supplies the type processors, its engine owns the pool. What this module skips is the
-per-statement work of SQLAlchemy's execution layer (about 0.1 ms a statement, more than the
-statement itself costs the server), on the three paths a web request takes every time:
+per-statement work of SQLAlchemy's execution layer (more than the statement itself costs the
+server; figures in docs/architecture.md), on the three paths a web request takes every time:
 appending an exchange, loading a session, sliding its expiry.
 
 - PostgreSQL (asyncpg): each operation is a single statement, so it runs in autocommit as one
@@ -29,14 +29,13 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from sqlalchemy import ARRAY, ClauseElement, Dialect
+from sqlalchemy import ClauseElement, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.types import TypeEngine
 from sqlalchemy.util import greenlet_spawn
 
-from ._private import asyncpg_query_logged, run_in_sqlite_thread
+from ._private import run_in_sqlite_thread
 from .errors import is_disconnect
 from .gate import Gate, Turns, stepping_aside
 
@@ -55,13 +54,6 @@ T = TypeVar("T")
 W = TypeVar("W")
 R = TypeVar("R")
 
-try:
-    from asyncpg.exceptions import InvalidCachedStatementError, OutdatedSchemaCacheError
-
-    _STALE: tuple[type[Exception], ...] = (InvalidCachedStatementError, OutdatedSchemaCacheError)
-    """A prepared statement that a schema change made stale."""
-except ImportError:  # without the postgres extra no PostgresDriver runs
-    _STALE = ()
 Processor = Callable[[Any], Any]
 Inserts = Callable[[tuple[Any, ...]], Sequence[tuple["Compiled", Sequence[Sequence[Any]]]]]
 """Given the first row of a write transaction's head statement: the inserts that follow it,
@@ -85,7 +77,7 @@ class Compiled:
         self._binds: list[tuple[str | None, Any, Processor | None]] = []
         for name in compiled.positiontup:
             bind = compiled.binds[name]
-            processor = _bind_processor(bind.type, dialect)
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if bind.required or bind.callable is not None:
                 self._binds.append((bind.key, None, processor))
             else:
@@ -122,26 +114,12 @@ class Compiled:
         return values
 
 
-def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor | None:
-    """The dialect's bind processor of ``type_``, except for a one-dimensional ARRAY of items
-    that need none: its processor only copies the list (and checks each level's type) before
-    the driver sees it (about 8 us of an append on PostgreSQL). The hot paths pass
-    such arrays as lists, which asyncpg takes as they are."""
-    if (
-        isinstance(type_, ARRAY)
-        and type_.dimensions in (None, 1)
-        and type_.item_type.dialect_impl(dialect).bind_processor(dialect) is None
-    ):
-        return None
-    return type_.dialect_impl(dialect).bind_processor(dialect)
-
-
 class Lender:
     """Lends the hot path pooled connections of an engine.
 
     With an engine convostore created, a connection an operation gives back may be kept for
-    the next operation instead of going back to the pool: a checkout and return through
-    SQLAlchemy's pool and greenlet cost about 40 us, a tenth of an append. It keeps one while
+    the next operation instead of going back to the pool: it skips a checkout and a return
+    through SQLAlchemy's pool and greenlet per operation. It keeps one while
     nobody waits at the ``gate``, and as many as wait there while some do: a burst of
     operations ending together would otherwise fill the pool past its size, and the pool
     closes what it cannot hold, so the waiters let in next had to connect anew (hundreds of
@@ -168,10 +146,8 @@ class Lender:
             await _give_back(kept[0])
         return await self.engine.raw_connection(), pool
 
-    async def give_back(self, pooled: Any, pool: Any, *, reset: bool) -> None:
-        """Keep ``pooled`` for a next operation, or return it to ``pool``. ``reset``: the
-        pool may need to roll it back (a connection that never opened a transaction, on an
-        engine without reset on return, needs nothing)."""
+    async def give_back(self, pooled: Any, pool: Any) -> None:
+        """Keep ``pooled`` for a next operation, or return it to ``pool``."""
         gate = self._gate
         if (
             gate is not None
@@ -182,15 +158,8 @@ class Lender:
             and not pool.dispatch.checkout
         ):
             self._kept.append((pooled, pool))
-        elif not reset and _kept_without_io(self.engine, pool):
-            pooled.close()  # nothing to roll back and nothing to close: no greenlet
         else:
             await _give_back(pooled)
-
-    @property
-    def kept_prepared(self) -> int:
-        """Statements prepared on the connection kept last (0 if none is kept)."""
-        return len(self._kept[-1][0].info.get(_PREPARED, ())) if self._kept else 0
 
     @property
     def kept(self) -> int:
@@ -280,21 +249,14 @@ class Groups(Generic[W, R]):
 
 class PostgresDriver:
     """Lends asyncpg connections from the engine's pool, in autocommit: each statement run on
-    them is atomic by itself.
+    them is atomic by itself. Statements run through ``Connection.fetch``, so asyncpg's own
+    statement cache prepares them (none behind PgBouncer, where the engine turns it off) and
+    its query loggers see them."""
 
-    ``prepare``: run each statement as a ``PreparedStatement`` of the connection, made on its
-    first use there, as the true floor does (``Connection.fetch`` looks the statement up in
-    asyncpg's cache first: 18 us more for ``SELECT 1``). Only on convostore's own engine and
-    not behind a transaction pooler, whose server connections change under a client; never
-    while the connection has query loggers (they would not see it). A statement a migration
-    made stale is prepared again. The statements live in the pooled connection's ``info``, so
-    they go with the connection when the pool closes or invalidates it."""
-
-    def __init__(self, lender: Lender, *, owns_engine: bool, prepare: bool = False) -> None:
+    def __init__(self, lender: Lender, *, owns_engine: bool) -> None:
         self.lender = lender
         self.engine = lender.engine
         self._owns_engine = owns_engine
-        self._prepare = prepare
         self._appends: Groups[_Append, list[Any]] = Groups(
             self._append_alone, self._append_group, limit=_APPENDS_AT_ONCE
         )
@@ -311,18 +273,13 @@ class PostgresDriver:
         driver = pooled.driver_connection
         assert driver is not None
         try:
-            if self._prepare and not asyncpg_query_logged(driver):
-                rows = await _fetch_prepared(pooled, driver, sql, args, many)
-            elif many:
-                rows = await driver.fetchmany(sql, args)
-            else:
-                rows = await driver.fetch(sql, *args)
+            rows: list[Any] = await (
+                driver.fetchmany(sql, args) if many else driver.fetch(sql, *args)
+            )
         except BaseException as exc:
             await self._failed(pooled, driver, exc)
             raise
-        # Its reset on return is a rollback that SQLAlchemy's asyncpg adapter skips when it
-        # opened no transaction (it opened none here).
-        await self.lender.give_back(pooled, pool, reset=False)
+        await self.lender.give_back(pooled, pool)
         return rows
 
     async def append(
@@ -400,38 +357,6 @@ _APPENDS_AT_ONCE = 2
 that the server works on one group while the client reads the last one's rows and sends the
 next (one at a time left either side idle half the time)."""
 
-_PREPARED = "convostore_prepared"
-"""The key, in a pooled connection's ``info``, of its prepared statements by SQL. ``info``
-lives as long as the driver connection: a connection closed or invalidated takes them along."""
-
-
-async def _fetch_prepared(
-    pooled: Any, driver: Any, sql: str, args: list[Any], many: bool = False
-) -> list[Any]:
-    statements: dict[str, Any] = pooled.info.setdefault(_PREPARED, {})
-    statement = statements.get(sql)
-    if statement is None:
-        statement = statements[sql] = await driver.prepare(sql)
-    try:
-        rows: list[Any] = await (statement.fetchmany(args) if many else statement.fetch(*args))
-    except _STALE:
-        # A migration changed a table the statement reads; the server ran nothing. ``fetch``
-        # prepares it anew; the next call prepares our own again.
-        del statements[sql]
-        rows = await (driver.fetchmany(sql, args) if many else driver.fetch(sql, *args))
-    return rows
-
-
-def _kept_without_io(engine: AsyncEngine, pool: Any) -> bool:
-    """Whether the pool keeps a connection given back now (a pool with room, still the
-    engine's), so that returning it closes nothing. After a dispose a connection goes back to
-    the old pool, which closes it: that needs the greenlet."""
-    return (
-        isinstance(pool, QueuePool)
-        and engine.sync_engine.pool is pool
-        and pool.checkedin() < pool.size()
-    )
-
 
 async def _give_back(pooled: Any) -> None:
     """Return a connection to the pool. The pool may talk to the driver then (a reset, or
@@ -464,15 +389,12 @@ class SqliteDriver:
     of the group's transaction itself (its BEGIN or COMMIT) fails every write in it, and then
     none of them is stored."""
 
-    def __init__(self, lender: Lender, writes: Turns, *, owns_engine: bool = False) -> None:
+    def __init__(self, lender: Lender, writes: Turns) -> None:
         """``writes``: where each write transaction waits its turn, in the worker thread
         (``HotPath.writes``)."""
         self.lender = lender
         self._writes = writes
         self.engine = lender.engine
-        self._no_reset = owns_engine
-        """The engine is convostore's own, made with ``pool_reset_on_return=None``: a
-        connection given back is not rolled back (every ``work`` ends its transaction)."""
         self._writes_in_turn: Groups[_Write, list[tuple[Any, ...]]] = Groups(
             self._write_alone, self._write_group
         )
@@ -488,7 +410,7 @@ class SqliteDriver:
         except BaseException as exc:
             await _discard(pooled, exc)
             raise
-        await self.lender.give_back(pooled, pool, reset=not self._no_reset)
+        await self.lender.give_back(pooled, pool)
         return result
 
     async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
@@ -529,8 +451,7 @@ class SqliteDriver:
     ) -> list[tuple[Any, ...]]:
         """``write_transaction``, in one thread hop, or in a group with the writes queued
         behind a running one. Arguments are bound here, before the hop: Python run in the
-        worker thread competes with the event loop for the GIL, and took twice as long
-        there."""
+        worker thread competes with the event loop for the GIL."""
         return await self._writes_in_turn.run(_Write(head.sql, head.args(params), then))
 
     async def _write_alone(self, write: _Write) -> list[tuple[Any, ...]]:

@@ -63,8 +63,9 @@ _decode = json.JSONDecoder().raw_decode
 
 def load_json(text: str) -> Any:
     """``json.loads`` for the documents the database hands back: the empty ones (most turns'
-    results) without parsing, the others through the decoder's scanner directly. A cold load
-    decodes one per turn, and ``json.loads``'s own checks were a third of its Python time."""
+    results) without parsing, the others through the decoder's scanner directly, skipping
+    ``json.loads``'s own checks. A cold load decodes one per turn (see docs/architecture.md,
+    "What speed costs in upkeep")."""
     if text == "[]":
         return []
     if text == "{}":
@@ -75,15 +76,6 @@ def load_json(text: str) -> Any:
     if end != len(text) and not text[end:].isspace():
         return json.loads(text)  # raises json's own error for trailing data
     return value
-
-
-def dump_json(value: Any) -> str:
-    """``json.dumps`` for the documents convostore writes: the empty ones (most turns'
-    results, a session without slots) without running the encoder, which costs a
-    microsecond even for ``[]``."""
-    if not value and type(value) in (list, dict):
-        return "[]" if type(value) is list else "{}"
-    return json.dumps(value)
 
 
 def create_engine(config: StoreConfig, *, timeout: float | None = None) -> AsyncEngine:
@@ -107,7 +99,6 @@ def create_engine(config: StoreConfig, *, timeout: float | None = None) -> Async
     options: dict[str, Any] = {
         "hide_parameters": True,
         "logging_name": ENGINE_LOGGING_NAME,
-        "json_serializer": dump_json,
         "json_deserializer": load_json,
     }
     in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")

@@ -166,8 +166,7 @@ class translate_errors:
 
     The message keeps the first line of the driver's: the lines after it (PostgreSQL's
     ``DETAIL: Failing row contains (...)``, SQLAlchemy's ``[SQL: ...]``) can hold turn
-    content, which stays in the chained exception only. A class rather than a generator
-    context manager: every database operation enters one, and this costs a fifth as much."""
+    content, which stays in the chained exception only."""
 
     __slots__ = ("_action",)
 

@@ -31,8 +31,8 @@ def _watched(sync_engine: Engine) -> str | None:
     The fast path would hide its statements from whatever watches SQLAlchemy's: echo or INFO
     logging of ``sqlalchemy.engine`` (SQLAlchemy logs every statement then, so convostore's
     should be among them), and ``before_cursor_execute``/``after_cursor_execute`` listeners
-    (statement counters, OpenTelemetry's SQLAlchemy instrumentation). About 0.3 us, asked
-    once per database operation."""
+    (statement counters, OpenTelemetry's SQLAlchemy instrumentation). Asked once per
+    database operation."""
     if sync_engine.echo or sync_engine.logger.isEnabledFor(logging.INFO):
         return "the engine logs its statements (echo or the sqlalchemy.engine logger at INFO)"
     dispatch = sync_engine.dispatch
@@ -63,7 +63,6 @@ class HotPath:
         owns_engine: bool,
         fast_path: bool,
         gate: Gate | None = None,
-        prepare: bool = False,
     ) -> None:
         self.lender = Lender(engine, gate=gate)
         """Lends the drivers their connections (and keeps some, on convostore's own engine)."""
@@ -78,9 +77,9 @@ class HotPath:
             logger.debug("convostore: statements run through SQLAlchemy's execution: %s", reason)
         if never is None:
             if self.writes is None:
-                self._driver = PostgresDriver(self.lender, owns_engine=owns_engine, prepare=prepare)
+                self._driver = PostgresDriver(self.lender, owns_engine=owns_engine)
             else:
-                self._driver = SqliteDriver(self.lender, self.writes, owns_engine=owns_engine)
+                self._driver = SqliteDriver(self.lender, self.writes)
 
     def current(self) -> Executor:
         """The executor for the operation about to run."""

@@ -1,10 +1,11 @@
-"""TTL expiry off the request path: the background tasks that run the batched sweep and write
-the expiry refreshes reads leave behind.
+"""TTL expiry off the request path: the timer that runs a job periodically (the repository's
+sweep, and the flush of expiry refreshes), and the expiry refreshes reads leave behind,
+written later in batches.
 
-Each sweep batch is its own short transaction that deletes at most ``batch_size`` rows by
-primary key, so a sweep never holds long locks. On PostgreSQL rows another transaction holds
-are skipped (``SKIP LOCKED``) and left for the next sweep, so several workers can sweep at once
-without waiting on each other or on writers.
+The sweep itself is not here: ``repository.SessionRepository.sweep_expired`` runs
+``cached_store.CachedStore.sweep``, whose batches are ``store.SqlStore.sweep_batch`` and
+``sweep_transcripts_batch`` (statements ``sweep`` and ``sweep_transcripts`` in
+``statements.py``, where their locking is described).
 """
 
 from __future__ import annotations

@@ -125,8 +125,8 @@ class Calls:
         a pooled connection: a silent server holds them all), run it again, backing off while
         the server is down, until ``reconnect_timeout`` seconds have passed since the call
         began; then raise ``StoreUnavailable``. The clock is read only once an operation has
-        failed (a read costs a quarter of a microsecond on some hosts): one that failed on a
-        timeout began ``attempt_timeout`` earlier.
+        failed, so a call that succeeds reads none: one that failed on a timeout began
+        ``attempt_timeout`` earlier.
 
         ``shield``: run it to its end even if the caller is cancelled (a client hung up), so
         no multi-statement transaction is cut short; the caller still sees the cancellation.

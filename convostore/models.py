@@ -328,7 +328,7 @@ def _constructed_state(
 make_turn, make_state = builders(pydantic_slot_setters())
 """``make_turn(role=, content=, resolved_question=, template_id=, slots=, results=,
 created_at=)``: a turn from values the store already checked, built without validation.
-``model_construct`` does the same at several times the cost; on a cold load of a long session
-that cost is most of the Python time. ``make_state(session, session_id, turns)``: likewise the
+``model_construct`` does the same, slower (what this saves: docs/architecture.md, "What speed
+costs in upkeep"). ``make_state(session, session_id, turns)``: likewise the
 state of a ``StoredSession``, whose ``turns`` (a slice of the session's) count as stored for
 ``session_id`` at the session's version."""

@@ -204,17 +204,6 @@ class SessionRepository:
         """
         return self._running_store().lender.kept
 
-    @property
-    def prepared_statements_kept(self) -> int:
-        """Statements prepared on the connection the fast path kept last (0 if it keeps none;
-        statements are prepared only on PostgreSQL, on convostore's own engine, without
-        ``pooler="pgbouncer"``).
-
-        Raises:
-            NotRunning: before ``start()``.
-        """
-        return self._running_store().lender.kept_prepared
-
     def _running_store(self) -> SqlStore:
         if self._ops is None:
             raise NotRunning("the repository has no store until start()")
@@ -248,7 +237,6 @@ class SessionRepository:
                 fast_path=self.config.fast_path,
                 retention=float(self.config.transcript_retention),
                 gate=self._calls.gate,
-                prepare=self._owns_engine and self.config.pooler is None,
                 default_language=self.config.default_language,
             )
             self._watcher = self._make_watcher(engine)

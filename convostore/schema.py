@@ -108,26 +108,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
 
     def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
-        """On SQLite, the UTC text in one call, remembered for the last value: an append binds
-        the same timestamp for the session row and each turn."""
+        """On SQLite, the UTC text in one call."""
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
         utc = timezone.utc
-        last: list[tuple[datetime | None, str | None]] = [(None, None)]
 
         def to_text(value: datetime | None) -> str | None:
-            seen = last[0]
-            if value is seen[0]:
-                return seen[1]
             if value is None:
                 return None
             if value.tzinfo is None:
                 raise ValueError("convostore stores timezone-aware datetimes only")
-            # The aware text without its "+00:00": datetime.replace(tzinfo=None) before
-            # formatting cost more than the formatting.
-            text = value.astimezone(utc).isoformat(" ", "microseconds")[:-6]
-            last[0] = (value, text)  # one assignment: safe if two threads bind at once
-            return text
+            # The aware text without its "+00:00" (SQLAlchemy's text for the naive UTC time).
+            return value.astimezone(utc).isoformat(" ", "microseconds")[:-6]
 
         return to_text
 
@@ -140,8 +132,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
             def from_text(value: str | None) -> datetime | None:
                 # The stored text is UTC without an offset: saying so in the text lets the C
-                # parser make the aware datetime, a tenth of the cost of ``replace(tzinfo=)``
-                # after it. Text written with an offset (not by convostore) takes the long way.
+                # parser make the aware datetime, instead of ``replace(tzinfo=)`` after it.
+                # Text written with an offset (not by convostore) takes the long way.
                 if value is None:
                     return None
                 try:
@@ -275,7 +267,7 @@ turn_slots = Table(
 
 The foreign key points at the conversation, not the turn: rows are only ever written together
 with their turn and deleted with their conversation, and cascading once per conversation
-instead of once per turn makes deleting transcripts about three times faster on PostgreSQL."""
+instead of once per turn makes deleting transcripts much faster on PostgreSQL."""
 
 
 KEPT_FIELDS = tuple(name for name in STATE_FIELDS if name in conversations.c)

@@ -1,8 +1,14 @@
-"""Every statement convostore runs, as SQLAlchemy Core, built once per dialect.
+"""The statements of the repository's operations (load, append, update, delete, expiry
+refreshes, the sweep, the change feed), as SQLAlchemy Core, built once per dialect.
 
-Parameters are always bound, never spliced in. The few places where SQLite and PostgreSQL need
-different SQL are in this module: merging slots into the session's JSON, the upsert that
-creates a session, and the append, which PostgreSQL does in one data-modifying CTE.
+Not every statement convostore runs is here: ``owners.py``, ``admin.py``, ``report.py``,
+``transfer.py`` and ``migrate.py`` build their own, and ``engine.py``, ``driver.py`` and
+``coherence.py`` run connection settings and transaction control (PRAGMAs, BEGIN) directly.
+
+Parameters are always bound, never spliced in. Where these statements differ between SQLite
+and PostgreSQL: merging slots into the session's JSON, the upsert that creates a session, the
+append (PostgreSQL's is one data-modifying CTE) and the load (one UNION on PostgreSQL, three
+range scans on SQLite).
 """
 
 from __future__ import annotations
@@ -265,7 +271,7 @@ class Statements:
         self.load_session, self.load_turns, self.load_slots = self._load_in_parts()
         """SQLite's fast path: ``load`` as three statements in one read transaction (one
         snapshot) and one thread hop. SQLite merges the ordered union of ``load`` in a
-        coroutine per part, which took 40% of its time; each part here is a plain range scan
+        coroutine per part, which took much of its time; each part here is a plain range scan
         in index order."""
 
         self.append_cte: Select[Any] | None = (
@@ -336,8 +342,8 @@ class Statements:
     def _session_object(postgres: bool) -> ColumnElement[Any]:
         """The session row's ``models.SESSION_COLUMNS`` as one JSON object keyed by their
         names (timestamps as ISO 8601 text): one column of the load beside the turns', NULL
-        in their rows. Seven columns of their own cost PostgreSQL's 100-turn load 4% (the
-        NULLs they add to every turn and slot row); the object costs nothing measurable."""
+        in their rows. Seven columns of their own would add seven NULLs to every turn and slot
+        row of the load; the object adds none."""
         pairs: list[ColumnElement[Any]] = []
         for name in SESSION_COLUMNS:
             column: ColumnElement[Any] = sessions.c[name]
@@ -430,9 +436,8 @@ class Statements:
         PostgreSQL: ``key = ANY(ARRAY(batch))``. The array is computed once (an InitPlan) and
         the rows are found by primary key, whatever the table's size and statistics.
         ``key IN (batch)`` left the join to the planner, which chose by the table's size: on
-        100,000 conversations it hashed the batch and scanned the whole table (a transcript
-        batch of 500 took 12 ms instead of 9 ms), and a session batch took 10 to 15 ms
-        depending on the plan where this takes 10 ms."""
+        100,000 conversations it hashed the batch and scanned the whole table, and a batch's
+        time varied with the plan."""
         if self.dialect == "postgresql":
             return key == any_(func.array(batch, type_=postgresql.ARRAY(key.type)))
         return key.in_(batch)

@@ -16,6 +16,7 @@ execution as usual.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .core_executor import CoreExecutor
 from .driver import Compiled, Lender, PostgresDriver, SqliteDriver
-from .engine import dump_json, load_json
 from .errors import NotSessionOwner, register_driver_errors
 from .executor import HotPath
 from .gate import Gate
@@ -105,13 +105,11 @@ class SqlStore:
         fast_path: bool = True,
         retention: float = 0,
         gate: Gate | None = None,
-        prepare: bool = False,
         default_language: str | None = None,
     ) -> None:
         """``gate``: where the operations on an engine convostore created wait for a
         connection (``lifecycle.Calls``), whose hot path may keep connections between
-        operations (``driver.Lender``); None for an engine passed in. ``prepare``: PostgreSQL's hot
-        statements run prepared (``driver.PostgresDriver``)."""
+        operations (``driver.Lender``); None for an engine passed in."""
         self.engine = engine
         self.retention = retention
         """Seconds a transcript stays after its session ended (0: it goes with the session)."""
@@ -125,7 +123,6 @@ class SqlStore:
             owns_engine=owns_engine,
             fast_path=fast_path,
             gate=gate,
-            prepare=prepare,
         )
         one_statement = sql.append_cte
         self._live_append = Compiled(
@@ -146,8 +143,7 @@ class SqlStore:
         self._load = load = Compiled(sql.load, dialect)
         self._session_of = _SessionOf(load)
         self._seq_at = load.columns["seq"]
-        decode_json = load_json if owns_engine else None
-        self._turn_row = _TurnRow.of(load, decode_json)
+        self._turn_row = _TurnRow.of(load)
         self._slot_at = (load.columns["name"], load.columns["value"])
         self._load_session = head = Compiled(sql.load_session, dialect)
         self._session_of_head = _SessionOf(head)
@@ -156,7 +152,7 @@ class SqlStore:
         conversation, which bound the turn and slot reads."""
         self._load_turns = turn_part = Compiled(sql.load_turns, dialect)
         self._load_slots = Compiled(sql.load_slots, dialect)
-        self._part_row = _TurnRow.of(turn_part, decode_json)
+        self._part_row = _TurnRow.of(turn_part)
         self._sweep = Compiled(sql.sweep, dialect)
         self._sweep_transcripts = Compiled(sql.sweep_transcripts, dialect)
         self._version_of = Compiled(sql.version_of, dialect)
@@ -314,7 +310,7 @@ class SqlStore:
                 contents.append(turn.content)
                 resolved.append(turn.resolved_question)
                 templates.append(turn.template_id)
-                results.append(dump_json(turn.results))
+                results.append(json.dumps(turn.results))
                 for name, value in turn.slots.items():
                     ords.append(ord_)
                     names.append(name)
@@ -581,18 +577,12 @@ class _TurnRow(NamedTuple):
     load_created_at: Callable[[Any], Any]
 
     @classmethod
-    def of(cls, statement: Compiled, decode_json: Callable[[Any], Any] | None = None) -> _TurnRow:
-        """``decode_json``: the engine's own JSON decoder, called directly where SQLAlchemy
-        decodes ``results`` in Python (SQLite), instead of through the two calls of its
-        processor around it. Only for convostore's own engines, whose decoder is known."""
+    def of(cls, statement: Compiled) -> _TurnRow:
         at, processors = statement.columns, statement.processors
         names = ("role", "content", "resolved_question", "template_id", "results", "created_at")
-        results = processors[at["results"]]
-        if results is not None and decode_json is not None:
-            results = decode_json
         return cls(
             itemgetter(*(at[name] for name in ("seq", *names))),
-            results or _unchanged,
+            processors[at["results"]] or _unchanged,
             processors[at["created_at"]] or _unchanged,
         )
 
@@ -604,8 +594,8 @@ def _fold_turns(
     its slot rows (whose name and value are at ``slot_at``).
 
     One pass, each turn's slots filled in as they follow it: this is PostgreSQL's cold load,
-    and splitting the rows first (to share ``_turns`` with SQLite's load in parts) cost it
-    10-20 us a 100-turn session."""
+    and splitting the rows first (to share ``_turns`` with SQLite's load in parts) added a
+    pass over every row."""
     name_at, value_at = slot_at
     columns, load_results, load_created_at = layout
     result: list[ConversationTurn] = []

@@ -117,25 +117,12 @@ def copy_slots(field: str, slots: object, limits: Limits) -> dict[str, str]:
     if not isinstance(slots, (dict, Mapping)):
         raise InvalidTurn(f"{field} must be a dict of strings, not {type(slots).__name__}")
     copied: dict[str, str] = {}
-    most = limits.text_chars
     ordered = True
     last = ""
     for name, value in slots.items():
-        # Plain ASCII strings within the limit pass at once; anything else gets the full check
-        # (and its message, whose formatting would cost more than the check itself).
-        if not (
-            type(name) is str
-            and type(value) is str
-            and len(name) <= most
-            and len(value) <= most
-            and name.isascii()
-            and value.isascii()
-            and "\x00" not in name
-            and "\x00" not in value
-        ):
-            check_text(f"{field} name", name, limits)
-            check_text(f"{field}[{name!r}]", value, limits)
-            name, value = str.__str__(name), str.__str__(value)
+        check_text(f"{field} name", name, limits)
+        check_text(f"{field}[{name!r}]", value, limits)
+        name, value = str.__str__(name), str.__str__(value)
         if name < last:
             ordered = False
         last = name
@@ -241,18 +228,9 @@ def _copy_json(value: Any, bound: list[int]) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _Unstorable(f"has a key {key!r} that is not a string")
-            # Plain ASCII text, the common key and value, is checked here rather than in a
-            # call of its own: the calls were most of the cost of copying results.
             try:
-                if type(key) is str and key.isascii() and "\x00" not in key:
-                    bound[0] += _NODE_BYTES + 6 * len(key)
-                else:
-                    key = _copy_json(key, bound)
-                if type(item) is str and item.isascii() and "\x00" not in item:
-                    bound[0] += _NODE_BYTES + 6 * len(item)
-                    copy[key] = item
-                else:
-                    copy[key] = _copy_json(item, bound)
+                key = _copy_json(key, bound)
+                copy[key] = _copy_json(item, bound)
             except _Unstorable as exc:
                 exc.path.insert(0, key)
                 raise

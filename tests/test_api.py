@@ -233,7 +233,7 @@ async def test_use_before_start_raises_not_running(tmp_path: Path) -> None:
     assert did_not_raise == []
     with pytest.raises(NotRunning):
         _ = repo.engine
-    for name in ("fast_path", "connections_kept", "prepared_statements_kept"):
+    for name in ("fast_path", "connections_kept"):
         with pytest.raises(NotRunning):
             getattr(repo, name)
     assert not never.exists()

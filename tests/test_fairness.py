@@ -25,7 +25,7 @@ MakeRepo = Callable[..., Awaitable[SessionRepository]]
 SESSIONS = 1000
 SECONDS = 5.0
 MAX_WAIT = 1.0
-"""The issue's bound: no call of a burst waits longer than this (the pool timeout is 30 s)."""
+"""Issue 15's bound: no call of a burst waits longer than this (the pool timeout is 30 s)."""
 
 
 async def _holders(gate: Gate, order: list[int], names: range) -> None:
@@ -205,7 +205,7 @@ async def test_no_caller_is_starved_under_a_burst(make_repo: MakeRepo, callers: 
     sids = [f"burst-{n:04d}" for n in range(SESSIONS)]
     for start in range(0, SESSIONS, 50):
         await asyncio.gather(*(repo.get_or_create(sid) for sid in sids[start : start + 50]))
-    # The bound is the issue's, in seconds, so it also depends on how fast this machine runs
+    # The bound is issue 15's, in seconds, so it also depends on how fast this machine runs
     # now: a burst that misses it (a neighbour took the CPU) is run once more, and the test
     # fails only if both miss. On 960f401 both missed by seconds (starved callers).
     slowest: list[str] = []

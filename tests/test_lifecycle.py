@@ -1,6 +1,7 @@
-"""The lifecycle defects reproduced on main before this round: stop() racing a call that creates
-a session, the background sweep dying on an unexpected error, a caller's engine changed or
-disposed, untranslated driver errors, and the state returned when the session vanished."""
+"""Lifecycle defects that were once reproduced on main, kept as tests against their return:
+stop() racing a call that creates a session, the background sweep dying on an unexpected
+error, a caller's engine changed or disposed, untranslated driver errors, and the state
+returned when the session vanished."""
 
 from __future__ import annotations
 

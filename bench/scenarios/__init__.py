@@ -1,4 +1,5 @@
-"""The scenarios, one module per row of the issue's targets table, in the order they run."""
+"""The scenarios, one module per group of rows of BENCHMARKS.md's table (each module holds its
+rows' targets), in the order they run."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ each backend.
 
 Each caller appends to a session drawn at random, again and again, for a few seconds; the
 variants alternate over the rounds. Figures: exchanges per second (median of the rounds) and
-every call's latency (p50, p99, max, pooled over the rounds), and failed calls. Targets (the
-issue's): no call fails and none waits more than 1 s at any concurrency; at 50 callers,
+every call's latency (p50, p99, max, pooled over the rounds), and failed calls. Targets (issue
+15's): no call fails and none waits more than 1 s at any concurrency; at 50 callers,
 convostore's throughput at least the raw pool's."""
 
 from __future__ import annotations
