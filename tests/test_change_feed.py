@@ -204,3 +204,33 @@ async def test_the_sweep_prunes_the_change_feed(
 
     await b.add_turn("pruned", "q12", "a12")
     await eventually(lambda: _has_turns(a, "pruned", 26), within=BOUND)
+
+
+@postgresql_only
+async def test_each_write_records_one_change_from_its_own_statement(
+    make_repo: MakeRepo, sql: Sql
+) -> None:
+    """Since 0007 a write inserts its feed row itself and the trigger records deletions only:
+    an append, an update and a delete each leave exactly one row (a trigger still firing on
+    UPDATE would leave two), and a version moved by SQL outside convostore leaves none."""
+    repo = await make_repo(cache_coherence="local")
+    await repo.add_turn("one", "q", "a")  # creates the session, then appends
+    before = (await sql("SELECT count(*) FROM convostore_changes"))[0][0]
+
+    await repo.add_turn("one", "q2", "a2")
+    state = await repo.get("one")
+    assert state is not None
+    state.current_template_id = "t"
+    await repo.update("one", state)
+    assert await repo.delete("one")
+    rows = await sql(
+        "SELECT session_id, version FROM convostore_changes ORDER BY id OFFSET :skip",
+        skip=before,
+    )
+    assert [row[0] for row in rows] == ["one"] * 3
+    assert rows[-1][1] == -1  # the deletion, recorded by the trigger
+
+    await repo.add_turn("two", "q", "a")
+    count = (await sql("SELECT count(*) FROM convostore_changes"))[0][0]
+    await sql("UPDATE sessions SET version = version + 1 WHERE session_id = 'two'")
+    assert (await sql("SELECT count(*) FROM convostore_changes"))[0][0] == count
