@@ -455,28 +455,23 @@ class SqliteDriver:
         return await self._writes_in_turn.run(_Write(head.sql, head.args(params), then))
 
     async def _write_alone(self, write: _Write) -> list[tuple[Any, ...]]:
-        turns = self._writes
-
-        def work(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            turns.hold_in_thread()
-            try:
-                return write_transaction(connection, *write)
-            finally:
-                turns.release()
-
-        return await self.run(work)
+        return await self._in_turn(lambda connection: write_transaction(connection, *write))
 
     async def _write_group(self, writes: list[_Write]) -> list[tuple[bool, Any]]:
+        return await self._in_turn(lambda connection: write_group(connection, writes))
+
+    async def _in_turn(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``run(work)``, holding this process's turn to write while ``work`` runs."""
         turns = self._writes
 
-        def work(connection: sqlite3.Connection) -> list[tuple[bool, Any]]:
+        def held(connection: sqlite3.Connection) -> T:
             turns.hold_in_thread()
             try:
-                return write_group(connection, writes)
+                return work(connection)
             finally:
                 turns.release()
 
-        return await self.run(work)
+        return await self.run(held)
 
 
 class _Append(NamedTuple):
