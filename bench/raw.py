@@ -45,10 +45,10 @@ from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from convostore._private import run_in_sqlite_thread
+from convostore._core.store import CHANGES_KEPT
+from convostore.backends._private import run_in_sqlite_thread
+from convostore.backends._statements import Statements
 from convostore.repository import new_idempotency_key
-from convostore.statements import Statements
-from convostore.store import CHANGES_KEPT
 
 from .backends import Database
 from .workload import Exchange, sqlite_timestamp

@@ -20,7 +20,7 @@ per-statement execution work cost more than the statement itself: the first stra
 version (Core statements through `AsyncConnection`) appended at 2.3x the raw asyncpg
 transaction (medians 2.9 ms against 1.2 ms, one early run on this machine while it was busy)
 and served a cache hit in 16 us.
-So `convostore/driver.py` runs these statements, compiled once per dialect with SQLAlchemy's
+So `convostore/backends/_fast.py` runs these statements, compiled once per dialect with SQLAlchemy's
 own bind and result processors, on the driver connection it borrows from SQLAlchemy's pool:
 
 - append to a live session: PostgreSQL, one data-modifying CTE (UPDATE the session row

@@ -32,8 +32,8 @@ from typing import Any, TextIO
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from convostore.schema import conversations, sessions, turn_slots, turns
-from convostore.transfer import export_conversations, import_conversations
+from convostore._core.schema import conversations, sessions, turn_slots, turns
+from convostore._ops.transfer import export_conversations, import_conversations
 
 from .backends import Database, PostgresServer, Server, SqliteServer
 

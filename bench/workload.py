@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from convostore.schema import conversations, sessions, turn_slots, turns
+from convostore._core.schema import conversations, sessions, turn_slots, turns
 
 __all__ = [
     "CONVERSATION_COLUMNS",

@@ -7,9 +7,9 @@ async with SessionRepository(StoreConfig(database_url="sqlite+aiosqlite:///chat.
     state = await repo.add_turn(sid, "Welke archieven zijn er in Utrecht?", "Er zijn er 12.")
 """
 
-from .compat import get_session_manager, shutdown_session_manager
-from .config import StoreConfig
-from .errors import (
+from convostore.compat import get_session_manager, shutdown_session_manager
+from convostore.config import StoreConfig
+from convostore.errors import (
     ConfigError,
     ConvostoreError,
     ForeignStateError,
@@ -23,8 +23,8 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
-from .models import ConversationState, ConversationSummary, ConversationTurn
-from .repository import SessionRepository
+from convostore.models import ConversationState, ConversationSummary, ConversationTurn
+from convostore.repository import SessionRepository
 
 SessionConfig = StoreConfig
 """The original SessionManager's name for the configuration."""

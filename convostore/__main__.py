@@ -1,5 +1,5 @@
 """``python -m convostore``: the same as the ``convostore`` command."""
 
-from .cli import main
+from convostore._ops.cli import main
 
 raise SystemExit(main())

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 
-from .config import StoreConfig
-from .repository import SessionRepository
+from convostore.config import StoreConfig
+from convostore.repository import SessionRepository
 
 __all__ = ["ORIGINAL_LANGUAGE", "get_session_manager", "shutdown_session_manager"]
 

@@ -22,9 +22,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError
-from .urls import hide_password
-from .validation import check_language
+from convostore._core.validation import check_language
+from convostore.backends._urls import hide_password
+from convostore.errors import ConfigError
 
 __all__ = [
     "DATABASE_URL_ENV",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from alembic.runtime.environment import NameFilterParentNames, NameFilterType
 from sqlalchemy import Connection
 
-from ._private import alembic_proxies_kept
-from .migrate import VERSION_TABLE, _migrate_on, take_migration_lock
+from convostore.backends._private import alembic_proxies_kept
+from convostore.migrate import VERSION_TABLE, _migrate_on, take_migration_lock
 
 __all__ = ["CONVOSTORE_TABLES", "exclude_convostore", "upgrade_in"]
 

@@ -21,9 +21,9 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .engine import begin_immediate, engine_for_url
-from .errors import ConfigError, SchemaNotReady, translate_errors
-from .urls import check_database_url
+from convostore._core.engine import begin_immediate, engine_for_url
+from convostore.backends._urls import check_database_url
+from convostore.errors import ConfigError, SchemaNotReady, translate_errors
 
 __all__ = [
     "COMPATIBLE_ATTRIBUTE",

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from ._private import SlotSetters, pydantic_slot_setters
+from convostore.backends._private import SlotSetters, pydantic_slot_setters
 
 __all__ = [
     "HISTORY_WINDOW",

@@ -26,7 +26,7 @@ from opentelemetry.metrics import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from .repository import SessionRepository
+from convostore.repository import SessionRepository
 
 __all__ = ["COUNTERS", "DURATIONS", "GAUGES", "METER_NAME", "Instrumentation", "instrument"]
 
@@ -35,9 +35,9 @@ METER_NAME = "convostore"
 Attributes = Mapping[str, AttributeValue]
 
 COUNTERS: dict[str, tuple[str, str, str]] = {
-    "convostore.cache.hits": ("cache_hits", "{hit}", "gets served from the cache"),
-    "convostore.cache.misses": ("cache_misses", "{miss}", "gets that read the database"),
-    "convostore.cache.evictions": ("sessions_evicted", "{session}", "LRU evictions"),
+    "convostore._core.cache.hits": ("cache_hits", "{hit}", "gets served from the cache"),
+    "convostore._core.cache.misses": ("cache_misses", "{miss}", "gets that read the database"),
+    "convostore._core.cache.evictions": ("sessions_evicted", "{session}", "LRU evictions"),
     "convostore.sessions.created": ("sessions_created", "{session}", "sessions created"),
     "convostore.sessions.expired": (
         "sessions_expired",
@@ -53,8 +53,8 @@ COUNTERS: dict[str, tuple[str, str, str]] = {
 """Monotonic counters: metric name -> (``stats()`` key, unit, description)."""
 
 GAUGES: dict[str, tuple[str, str, str]] = {
-    "convostore.cache.sessions": ("cached_sessions", "{session}", "sessions in the cache"),
-    "convostore.cache.enabled": (
+    "convostore._core.cache.sessions": ("cached_sessions", "{session}", "sessions in the cache"),
+    "convostore._core.cache.enabled": (
         "cache_enabled",
         "1",
         "1 while the cache serves hits, 0 while it is off because the change listener is down",

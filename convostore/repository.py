@@ -1,4 +1,4 @@
-"""``SessionRepository``: the public API, an LRU cache in front of the SQL in ``store.py``.
+"""``SessionRepository``: the public API, an LRU cache in front of the SQL in ``_core/store.py``.
 
 A call goes: check the input (``validation``), try the cache (``cache``), else run one
 transaction (``store.SqlStore``) through ``lifecycle.Calls`` (admission, retries, draining at
@@ -36,30 +36,16 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cache import SessionCache
-from .cached_store import CachedStore, Stats, TimingHook, owned, utc
-from .coherence import PostgresWatcher, SqliteWatcher, Watcher
-from .config import StoreConfig, check_settings
-from .engine import check_database, create_engine, prepare_engine, release_engine
-from .errors import (
-    ConvostoreError,
-    ForeignStateError,
-    InvalidPage,
-    InvalidTurn,
-    NotRunning,
-    NotSessionOwner,
-    SchemaNotReady,
-    translate_errors,
-)
-from .expiry import RefreshesBehind, logger, run_periodically
-from .gate import Gate
-from .lifecycle import Calls, attempt_timeout
-from .migrate import check_schema, upgrade
-from .models import ConversationState, ConversationSummary, StoredSession, make_turn
-from .owners import Owners
-from .store import SqlStore
-from .urls import hide_password
-from .validation import (
+from convostore._core.cache import SessionCache
+from convostore._core.calls import Calls, attempt_timeout
+from convostore._core.coherence import PostgresWatcher, SqliteWatcher, Watcher
+from convostore._core.engine import check_database, create_engine, prepare_engine, release_engine
+from convostore._core.expiry import RefreshesBehind, logger, run_periodically
+from convostore._core.gate import Gate
+from convostore._core.owners import Owners
+from convostore._core.session_ops import CachedStore, Stats, TimingHook, owned, utc
+from convostore._core.store import SqlStore
+from convostore._core.validation import (
     Limits,
     check_idempotency_key,
     check_optional_text,
@@ -73,6 +59,20 @@ from .validation import (
     copy_results,
     copy_slots,
 )
+from convostore.backends._urls import hide_password
+from convostore.config import StoreConfig, check_settings
+from convostore.errors import (
+    ConvostoreError,
+    ForeignStateError,
+    InvalidPage,
+    InvalidTurn,
+    NotRunning,
+    NotSessionOwner,
+    SchemaNotReady,
+    translate_errors,
+)
+from convostore.migrate import check_schema, upgrade
+from convostore.models import ConversationState, ConversationSummary, StoredSession, make_turn
 
 __all__ = ["SessionRepository", "new_idempotency_key"]
 

@@ -16,10 +16,10 @@ import logging.config
 from alembic import context
 from sqlalchemy import Connection
 
+from convostore._core.engine import engine_for_url
+from convostore._core.schema import compared, metadata
 from convostore.config import resolve_database_url
-from convostore.engine import engine_for_url
 from convostore.migrate import VERSION_TABLE, lock_for_migration, record_compatibility
-from convostore.schema import compared, metadata
 
 config = context.config
 

@@ -1,5 +1,5 @@
 """Reading a database's schema for comparisons: alembic's drift against
-``convostore.schema.metadata``, and a fingerprint of everything the migrations create (tables,
+``convostore._core.schema.metadata``, and a fingerprint of everything the migrations create (tables,
 keys, indexes, views, triggers), so that two databases that should have the same schema can be
 compared whole, including the triggers alembic's comparison does not look at."""
 
@@ -11,8 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 
+from convostore._core.schema import compared, metadata
 from convostore.migrate import VERSION_TABLE
-from convostore.schema import compared, metadata
 
 
 def drift(conn: Connection) -> list[Any]:

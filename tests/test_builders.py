@@ -11,7 +11,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from convostore import ConversationState, ConversationTurn
-from convostore._private import pydantic_slot_setters
+from convostore._core.schema import sessions
+from convostore.backends._private import pydantic_slot_setters
 from convostore.models import (
     SESSION_COLUMNS,
     STATE_FIELDS,
@@ -20,7 +21,6 @@ from convostore.models import (
     TurnBuilder,
     builders,
 )
-from convostore.schema import sessions
 
 TURN: dict[str, Any] = {
     "role": "user",

@@ -20,8 +20,8 @@ from conftest import Sql
 from sqlalchemy import event
 
 from convostore import SessionRepository, StoreConfig
-from convostore._private import sqlalchemy_asyncpg_connector
-from convostore.engine import connect_asyncpg, create_engine
+from convostore._core.engine import connect_asyncpg, create_engine
+from convostore.backends._private import sqlalchemy_asyncpg_connector
 
 pytestmark = pytest.mark.postgresql
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from test_concurrency import WRITER
 from test_workers import BOUND, contents, eventually
 
-import convostore.store
+import convostore._core.store
 from convostore import SessionRepository, StoreConfig
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
@@ -190,7 +190,7 @@ async def test_the_sweep_prunes_the_change_feed(
 ) -> None:
     """A sweep keeps the newest ``CHANGES_KEPT`` rows of the feed, and the watchers carry
     on: another worker's next write is seen."""
-    monkeypatch.setattr(convostore.store, "CHANGES_KEPT", 5)
+    monkeypatch.setattr(convostore._core.store, "CHANGES_KEPT", 5)
     a, b = await make_repo(), await make_repo()
     for k in range(12):
         await b.add_turn("pruned", f"q{k}", f"a{k}")

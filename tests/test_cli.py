@@ -26,9 +26,9 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import FakeClock, MakeRepo, Sql
 
-from convostore import report
-from convostore.admin import open_database
-from convostore.cli import cli
+from convostore._ops import report
+from convostore._ops.admin import open_database
+from convostore._ops.cli import cli
 
 BIN = Path(sys.executable).parent
 HOUR = 3600.0
@@ -557,7 +557,7 @@ def test_import_loads_neither_click_nor_rich() -> None:
     """`import convostore` (and the library modules the command prints) stay free of the
     command line's dependencies, in a fresh interpreter."""
     code = (
-        "import sys, convostore, convostore.admin, convostore.report; "
+        "import sys, convostore, convostore._ops.admin, convostore._ops.report; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'rich')))"
     )
     done = subprocess.run(

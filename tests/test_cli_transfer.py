@@ -1,5 +1,5 @@
 """``convostore export``, ``import`` and ``import-redis``: the command line over
-``convostore.transfer``, on both backends (Redis: the real local one, in the tests' database,
+``convostore._ops.transfer``, on both backends (Redis: the real local one, in the tests' database,
 see test_transfer.py)."""
 
 from __future__ import annotations

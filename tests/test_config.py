@@ -32,8 +32,8 @@ from convostore import (
     StoreConfig,
     StoreError,
 )
+from convostore._core.validation import Limits, copy_results
 from convostore.errors import translate_errors
-from convostore.validation import Limits, copy_results
 
 Sql = Callable[..., Awaitable[list[Any]]]
 MakeRepo = Callable[..., Awaitable[SessionRepository]]

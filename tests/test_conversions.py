@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import DateTime
 from sqlalchemy.dialects import sqlite
 
-from convostore.engine import load_json
-from convostore.schema import UTCDateTime
+from convostore._core.engine import load_json
+from convostore._core.schema import UTCDateTime
 
 TIMES = [
     datetime(1, 1, 1, tzinfo=timezone.utc),

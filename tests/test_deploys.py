@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from convostore.cli import main
+from convostore._ops.cli import main
 from convostore.migrate import VERSION_TABLE, head_revision, script_location
 
 ALEMBIC = Path(sys.executable).parent / "alembic"
@@ -56,7 +56,7 @@ async def _tables(url: str) -> set[str]:
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``convostore.cli.main`` in-process: exit code, stdout, stderr."""
+    """``convostore._ops.cli.main`` in-process: exit code, stdout, stderr."""
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err

@@ -18,7 +18,7 @@ from functools import partial
 import pytest
 
 from convostore import SessionRepository
-from convostore.gate import Gate, Turns, holding, stepping_aside
+from convostore._core.gate import Gate, Turns, holding, stepping_aside
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 

@@ -21,8 +21,8 @@ from convostore import (
     StoreConfig,
     StoreError,
 )
-from convostore import executor as executor_module
-from convostore._private import aiosqlite_thread_api
+from convostore.backends import _executor as executor_module
+from convostore.backends._private import aiosqlite_thread_api
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 Sql = Callable[..., Awaitable[list[Any]]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from convostore.files import replaced
+from convostore._ops.files import replaced
 
 
 def test_a_failure_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:

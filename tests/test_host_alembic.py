@@ -212,7 +212,7 @@ def test_alembic_proxies_kept_puts_the_callers_back_and_tolerates_their_absence(
     after a nested run cleared it, and runs the block anyway where the API is missing."""
     from alembic import context
 
-    from convostore._private import alembic_proxies_kept
+    from convostore.backends._private import alembic_proxies_kept
 
     installed: list[str] = []
 

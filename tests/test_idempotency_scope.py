@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [
     ROOT / "README.md",
     *sorted((ROOT / "docs").glob("*.md")),
-    *sorted((ROOT / "convostore").glob("*.py")),
+    *sorted((ROOT / "convostore").rglob("*.py")),
 ]
 """Everything that describes the current code (migration scripts describe their revision)."""
 SCOPE = re.compile(

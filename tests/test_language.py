@@ -17,7 +17,7 @@ from convostore import (
     get_session_manager,
     shutdown_session_manager,
 )
-from convostore.admin import stats
+from convostore._ops.admin import stats
 
 LANGUAGE_OF = "SELECT language FROM sessions WHERE session_id = :sid"
 

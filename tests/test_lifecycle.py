@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from convostore import NotRunning, SessionRepository, StoreConfig, StoreError
-from convostore.engine import sqlite_on_connect
+from convostore._core.engine import sqlite_on_connect
+from convostore._core.store import SqlStore
 from convostore.errors import translate_errors
-from convostore.store import SqlStore
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 Sql = Callable[..., Awaitable[list[Any]]]

@@ -16,9 +16,10 @@ import time
 from conftest import FakeClock, MakeRepo, Sql
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from convostore import SessionRepository, report
-from convostore.admin import stats, transcripts
-from convostore.transfer import export_conversations
+from convostore import SessionRepository
+from convostore._ops import report
+from convostore._ops.admin import stats, transcripts
+from convostore._ops.transfer import export_conversations
 
 USER = "u-1"
 EXPIRED, LIVE, ENDED = "expired-unswept", "live", "ended"

@@ -1,6 +1,6 @@
 """Migrations: alembic upgrade/downgrade on both backends, no drift between the scripts and
-``convostore.schema.metadata``, convostore's own version table beside a host application's, the
-``alembic`` command line, ``check_schema``, and the facts of the schema itself."""
+``convostore._core.schema.metadata``, convostore's own version table beside a host application's,
+the ``alembic`` command line, ``check_schema``, and the facts of the schema itself."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ async def test_no_drift_between_migrations_and_metadata(empty_url: str) -> None:
     """After upgrade head, alembic's autogenerate comparison against schema.metadata is empty."""
     await upgrade_url(empty_url)
     diff = await _on(empty_url, drift)
-    assert diff == [], f"migrations and convostore.schema.metadata differ: {diff}"
+    assert diff == [], f"migrations and convostore._core.schema.metadata differ: {diff}"
 
 
 async def test_host_alembic_version_table_is_left_untouched(empty_url: str) -> None:

@@ -67,7 +67,7 @@ def test_import_convostore_imports_no_opentelemetry() -> None:
     """OpenTelemetry is an optional extra: ``import convostore`` (and starting a repository's
     modules) loads none of it."""
     code = (
-        "import sys, convostore, convostore.repository, convostore.store\n"
+        "import sys, convostore, convostore.repository, convostore._core.store\n"
         "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -91,14 +91,14 @@ async def test_metrics_after_a_workload(make_repo: MakeRepo, clock: FakeClock) -
     assert set(COUNTERS) | set(GAUGES) | {name for name, _ in DURATIONS.values()} <= set(found)
     values = {name: [value for _, value in found[name]] for name in (*COUNTERS, *GAUGES)}
     assert values == {
-        "convostore.cache.hits": [1],
-        "convostore.cache.misses": [1],
-        "convostore.cache.evictions": [2],
+        "convostore._core.cache.hits": [1],
+        "convostore._core.cache.misses": [1],
+        "convostore._core.cache.evictions": [2],
         "convostore.sessions.created": [2],
         "convostore.sessions.expired": [2],
         "convostore.transcripts.deleted": [2],
-        "convostore.cache.sessions": [0],
-        "convostore.cache.enabled": [1],
+        "convostore._core.cache.sessions": [0],
+        "convostore._core.cache.enabled": [1],
     }
     worker = {"service.instance.id": "w1"}
     assert all(attrs == worker for name in values for attrs, _ in found[name])
@@ -299,7 +299,7 @@ def test_operations_snippets_run(tmp_path: Path) -> None:
 
     printed = run(metrics)
     assert '"name": "convostore.append.duration"' in printed
-    assert '"name": "convostore.cache.hits"' in printed
+    assert '"name": "convostore._core.cache.hits"' in printed
     assert "INSERT INTO turns" in run(tracing)
 
 
@@ -314,7 +314,7 @@ def test_library_adds_no_log_handlers() -> None:
     """The ``convostore`` logger and its children have no handlers and no level of the
     library's making: where records go is the application's choice."""
     code = (
-        "import logging, convostore, convostore.cli, convostore.hosting, convostore.migrate\n"
+        "import logging, convostore, convostore._ops.cli, convostore.hosting, convostore.migrate\n"
         "names = [n for n in logging.root.manager.loggerDict if n.split('.')[0] == 'convostore']\n"
         "loggers = [logging.getLogger(n) for n in names]\n"
         "assert names and all(not l.handlers and l.level == 0 for l in loggers), names\n"

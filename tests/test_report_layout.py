@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from convostore.report import ReportData, render
+from convostore._ops.report import ReportData, render
 
 SMALLEST_TEXT_PX = 11.0
 WIDTHS = (390, 768, 1280)

@@ -477,7 +477,7 @@ async def test_concurrent_auto_migrating_starts_do_not_race(
 def migrate_command(url: str) -> list[str]:
     """`convostore migrate --url URL`, or the library call if the CLI is not there yet."""
     script = Path(sys.executable).with_name("convostore")
-    if script.exists() and importlib.util.find_spec("convostore.cli") is not None:
+    if script.exists() and importlib.util.find_spec("convostore._ops.cli") is not None:
         return [str(script), "migrate", "--url", url]
     return [
         sys.executable,

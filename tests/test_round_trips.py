@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from convostore import ConversationState, InvalidTurn, SessionRepository, StoreConfig
-from convostore.admin import transcripts
+from convostore._ops.admin import transcripts
+from convostore._ops.transfer import export_conversations, import_conversations
 from convostore.migrate import upgrade_url
-from convostore.transfer import export_conversations, import_conversations
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 Sql = Callable[..., Awaitable[list[Any]]]

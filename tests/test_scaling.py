@@ -8,7 +8,7 @@ from sqlalchemy import ForeignKeyConstraint, PrimaryKeyConstraint
 from sqlalchemy.engine import make_url
 
 from bench.sizes import EXCHANGES, TABLES, fill, measure
-from convostore.schema import metadata
+from convostore._core.schema import metadata
 
 
 def test_every_key_leads_with_session_id() -> None:

@@ -1,4 +1,4 @@
-"""Transcript export and import (``convostore.transfer``), and the import of the original
+"""Transcript export and import (``convostore._ops.transfer``), and the import of the original
 SessionManager's Redis entries, on both backends.
 
 The Redis tests run against the real Redis at env ``CONVOSTORE_TEST_REDIS_URL`` (default
@@ -43,15 +43,15 @@ from convostore import (
     SessionRepository,
     StoreConfig,
 )
-from convostore.migrate import upgrade_url
-from convostore.redis_import import import_redis
-from convostore.schema import sessions
-from convostore.transfer import (
+from convostore._core.schema import sessions
+from convostore._ops.redis_import import import_redis
+from convostore._ops.transfer import (
     CSV_COLUMNS,
     ConversationRecord,
     export_conversations,
     import_conversations,
 )
+from convostore.migrate import upgrade_url
 
 TTL = 86_400
 """The sessions' TTL in the export tests: long enough that only the one made stale expires."""

@@ -1,7 +1,7 @@
 """Migrating databases that hold data, as a deployment of an older release left them.
 
 The rows of 0001 and 0002 are written with Core inserts of literal data into lightweight
-``table()`` constructs (``convostore.schema`` describes head, not those revisions), exactly as
+``table()`` constructs (``convostore._core.schema`` describes head, not those revisions), exactly as
 those releases' ``add_turn`` wrote them: per exchange, the session row's counters and context,
 a user turn (seq 2k-1) with its slots, and an assistant turn (seq 2k). After the upgrade every
 conversation must read back through the API as it was inserted, and go on working; a downgrade
@@ -44,8 +44,8 @@ from convostore import (
     SessionRepository,
     StoreConfig,
 )
+from convostore._core.schema import UTCDateTime
 from convostore.migrate import current_revision_url, head_revision, migrate_url, upgrade_url
-from convostore.schema import UTCDateTime
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ NOTIFY, everyone else's writes on the server included.
 
 The trigger (same name, ``convostore_session_changed``) now appends a row to the table
 ``convostore_changes`` instead (``version`` -1 for a deletion), as SQLite's triggers always
-have; each worker polls the table (``convostore.coherence``). Its ids come from an identity
+have; each worker polls the table (``convostore._core.coherence``). Its ids come from an identity
 sequence that must hand them out in order (``CACHE 1``, the default): a watcher relies on an
 id it has not seen below one it has belonging to a transaction still running or aborted. The
 expiry sweep prunes the table. SQLite is unchanged.

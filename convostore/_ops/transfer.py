@@ -1,4 +1,4 @@
-"""Transcripts in and out of a convostore database (the Redis import, in ``redis_import.py``,
+"""Transcripts in and out of a convostore database (the Redis import, in ``_ops/redis_import.py``,
 writes through the same plans).
 
 - ``export_conversations``: conversations, live and retained, with their turns, as JSON Lines
@@ -53,12 +53,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
 
-from .config import StoreConfig
-from .engine import begin_immediate, check_database, create_engine
-from .errors import SchemaNotReady, translate_errors
-from .migrate import check_schema, upgrade
-from .models import STATE_FIELDS, SessionFields, name_ordered
-from .schema import (
+from convostore._core.engine import begin_immediate, check_database, create_engine
+from convostore._core.schema import (
     KEPT_FIELDS,
     conversations,
     exported,
@@ -70,7 +66,7 @@ from .schema import (
     turn_slots,
     turns,
 )
-from .validation import (
+from convostore._core.validation import (
     Limits,
     check_idempotency_key,
     check_language,
@@ -81,6 +77,10 @@ from .validation import (
     copy_results,
     copy_slots,
 )
+from convostore.config import StoreConfig
+from convostore.errors import SchemaNotReady, translate_errors
+from convostore.migrate import check_schema, upgrade
+from convostore.models import STATE_FIELDS, SessionFields, name_ordered
 
 __all__ = [
     "CSV_COLUMNS",

@@ -1,9 +1,9 @@
 """The statements of the repository's operations (load, append, update, delete, expiry
 refreshes, the sweep, the change feed), as SQLAlchemy Core, built once per dialect.
 
-Not every statement convostore runs is here: ``owners.py``, ``admin.py``, ``report.py``,
-``transfer.py`` and ``migrate.py`` build their own, and ``engine.py``, ``driver.py`` and
-``coherence.py`` run connection settings and transaction control (PRAGMAs, BEGIN) directly.
+Not every statement convostore runs is here: ``_core/owners.py``, ``_ops/admin.py``, ``_ops/report.py``,
+``_ops/transfer.py`` and ``migrate.py`` build their own, and ``_core/engine.py``, ``backends/_fast.py`` and
+``_core/coherence.py`` run connection settings and transaction control (PRAGMAs, BEGIN) directly.
 
 Parameters are always bound, never spliced in. Where these statements differ between SQLite
 and PostgreSQL: merging slots into the session's JSON, the upsert that creates a session, the
@@ -49,8 +49,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .models import SESSION_COLUMNS, STATE_FIELDS
-from .schema import (
+from convostore._core.schema import (
     TURN_FIELDS,
     JSONDocument,
     JSONText,
@@ -62,6 +61,7 @@ from .schema import (
     turn_slots,
     turns,
 )
+from convostore.models import SESSION_COLUMNS, STATE_FIELDS
 
 __all__ = ["Statements"]
 

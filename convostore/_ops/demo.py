@@ -13,11 +13,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from .config import StoreConfig
-from .models import ConversationState
-from .repository import SessionRepository
-from .schema import turns
-from .urls import hide_password
+from convostore._core.schema import turns
+from convostore.backends._urls import hide_password
+from convostore.config import StoreConfig
+from convostore.models import ConversationState
+from convostore.repository import SessionRepository
 
 __all__ = ["run_demo"]
 

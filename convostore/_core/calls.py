@@ -24,7 +24,8 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from .errors import (
+from convostore._core.gate import Gate, holding
+from convostore.errors import (
     NotRunning,
     StoreError,
     StoreUnavailable,
@@ -32,7 +33,6 @@ from .errors import (
     is_disconnect,
     translate_errors,
 )
-from .gate import Gate, holding
 
 __all__ = ["Calls", "attempt_timeout"]
 

@@ -1,7 +1,7 @@
 """The hot paths' statements through SQLAlchemy's own execution, for when every statement must
 be seen by SQLAlchemy: echo logging, cursor-execute listeners, tracing instrumentation.
 
-``CoreExecutor`` has the drivers' interface (``driver.py``) and runs the same compiled SQL with
+``CoreExecutor`` has the drivers' interface (``backends/_fast.py``) and runs the same compiled SQL with
 the same arguments through ``AsyncConnection.exec_driver_sql``, so rows come back as the
 driver's raw values, to which the store applies ``Compiled.processors`` on either path.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .driver import Compiled, Inserts, Lender
-from .engine import begin_immediate
-from .gate import Turns
+from convostore._core.engine import begin_immediate
+from convostore._core.gate import Turns
+from convostore.backends._fast import Compiled, Inserts, Lender
 
 __all__ = ["CoreExecutor"]
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from time import perf_counter
 
-from .cache import SessionCache
-from .errors import NotSessionOwner, StaleStateError
-from .expiry import RefreshesBehind
-from .models import (
+from convostore._core.cache import SessionCache
+from convostore._core.expiry import RefreshesBehind
+from convostore._core.store import SqlStore, Written
+from convostore.errors import NotSessionOwner, StaleStateError
+from convostore.models import (
     ConversationState,
     ConversationTurn,
     SessionFields,
@@ -25,7 +26,6 @@ from .models import (
     carry_context,
     name_ordered,
 )
-from .store import SqlStore, Written
 
 __all__ = ["CachedStore", "Stats", "TimingHook", "owned", "utc"]
 

@@ -14,9 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidPage, InvalidSessionId, InvalidTurn
-from .models import ConversationState, ConversationTurn, SessionFields, make_turn, name_ordered
-from .schema import MAX_SESSION_ID_LENGTH
+from convostore._core.schema import MAX_SESSION_ID_LENGTH
+from convostore.errors import InvalidPage, InvalidSessionId, InvalidTurn
+from convostore.models import (
+    ConversationState,
+    ConversationTurn,
+    SessionFields,
+    make_turn,
+    name_ordered,
+)
 
 __all__ = [
     "Limits",

@@ -1,15 +1,15 @@
 """The SQL behind each repository call: one short transaction per operation.
 
-``SqlStore`` knows the statements (``statements.py``) and the dialect, nothing of the cache.
+``SqlStore`` knows the statements (``backends/_statements.py``) and the dialect, nothing of the cache.
 Every method is one transaction or one atomic statement, so an error or a cancelled task leaves
 both turns of an exchange stored or neither. Turn sequence numbers come from the session row:
 the UPDATE that bumps ``turn_count`` locks the row, so concurrent writers to one session take
 turns, in any number of processes.
 
-The three paths every request takes (append, load, refresh expiry) run through ``driver.py``:
+The three paths every request takes (append, load, refresh expiry) run through ``backends/_fast.py``:
 the same statements, compiled once, on the pooled driver connection; or, while something
 watches SQLAlchemy's statements (asked per operation) or when ``fast_path`` is off, the same
-compiled statements through SQLAlchemy's execution (``executor.py``). The rarer ones (create,
+compiled statements through SQLAlchemy's execution (``backends/_executor.py``). The rarer ones (create,
 update, delete, the append that must first create its session) go through SQLAlchemy's
 execution as usual.
 """
@@ -26,12 +26,14 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .core_executor import CoreExecutor
-from .driver import Compiled, Lender, PostgresDriver, SqliteDriver
-from .errors import NotSessionOwner, register_driver_errors
-from .executor import HotPath
-from .gate import Gate
-from .models import (
+from convostore._core.gate import Gate
+from convostore._core.schema import rows_of_turns, turn_at
+from convostore.backends._core_path import CoreExecutor
+from convostore.backends._executor import HotPath
+from convostore.backends._fast import Compiled, Lender, PostgresDriver, SqliteDriver
+from convostore.backends._statements import Statements
+from convostore.errors import NotSessionOwner, register_driver_errors
+from convostore.models import (
     SESSION_COLUMNS,
     ConversationTurn,
     SessionFields,
@@ -39,8 +41,6 @@ from .models import (
     make_turn,
     name_ordered,
 )
-from .schema import rows_of_turns, turn_at
-from .statements import Statements
 
 __all__ = ["CHANGES_KEPT", "SqlStore", "Written"]
 
@@ -181,7 +181,7 @@ class SqlStore:
 
     @property
     def fast_path(self) -> bool:
-        """Whether the hot paths run on the driver directly now (see ``executor.py``)."""
+        """Whether the hot paths run on the driver directly now (see ``backends/_executor.py``)."""
         return not isinstance(self._hot.current(), CoreExecutor)
 
     async def create(

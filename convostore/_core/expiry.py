@@ -5,7 +5,7 @@ written later in batches.
 The sweep itself is not here: ``repository.SessionRepository.sweep_expired`` runs
 ``cached_store.CachedStore.sweep``, whose batches are ``store.SqlStore.sweep_batch`` and
 ``sweep_transcripts_batch`` (statements ``sweep`` and ``sweep_transcripts`` in
-``statements.py``, where their locking is described).
+``backends/_statements.py``, where their locking is described).
 """
 
 from __future__ import annotations

@@ -16,11 +16,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .config import check_setting
-from .errors import ConfigError, StoreError, translate_errors
-from .models import ConversationTurn
-from .schema import rows_of_turns
-from .transfer import (
+from convostore._core.schema import rows_of_turns
+from convostore._core.validation import (
+    check_language,
+    check_optional_text,
+    check_session_id,
+    check_turn,
+    copy_slots,
+)
+from convostore._ops.transfer import (
     STORABLE,
     NewConversation,
     Plan,
@@ -32,13 +36,9 @@ from .transfer import (
     validation_reason,
     writing,
 )
-from .validation import (
-    check_language,
-    check_optional_text,
-    check_session_id,
-    check_turn,
-    copy_slots,
-)
+from convostore.config import check_setting
+from convostore.errors import ConfigError, StoreError, translate_errors
+from convostore.models import ConversationTurn
 
 __all__ = ["RedisImportReport", "SkippedEntry", "import_redis"]
 

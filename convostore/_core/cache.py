@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
-from .models import StoredSession
+from convostore.models import StoredSession
 
 __all__ = ["News", "SessionCache", "Switch"]
 

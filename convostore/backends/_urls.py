@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .errors import ConfigError
+from convostore.errors import ConfigError
 
 __all__ = ["DRIVERS", "SSL_MODES", "asyncpg_arguments", "check_database_url", "hide_password"]
 

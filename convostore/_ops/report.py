@@ -32,8 +32,9 @@ from sqlalchemy import (
 from sqlalchemy import table as view
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .admin import snapshot
-from .charts import (
+from convostore._core.schema import UTCDateTime, conversations, live_session, sessions
+from convostore._ops.admin import snapshot
+from convostore._ops.charts import (
     AMBER,
     BLUE,
     HALF,
@@ -45,8 +46,7 @@ from .charts import (
     responsive,
     share_chart,
 )
-from .errors import translate_errors
-from .schema import UTCDateTime, conversations, live_session, sessions
+from convostore.errors import translate_errors
 
 __all__ = ["ReportData", "collect", "render"]
 

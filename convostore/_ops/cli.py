@@ -32,22 +32,27 @@ from rich.table import Column, Table
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import admin
-from .config import (
+from convostore._core.validation import (
+    check_language,
+    check_session_id,
+    check_template_id,
+    check_user_id,
+)
+from convostore._ops import admin
+from convostore._ops.demo import run_demo
+from convostore._ops.files import replaced
+from convostore.backends._urls import hide_password
+from convostore.config import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
     StoreConfig,
     check_setting,
     resolve_database_url,
 )
-from .demo import run_demo
-from .errors import ConfigError, ConvostoreError, causes
-from .files import replaced
-from .migrate import current_revision_url, migrate_url
-from .models import ConversationTurn
-from .repository import SessionRepository
-from .urls import hide_password
-from .validation import check_language, check_session_id, check_template_id, check_user_id
+from convostore.errors import ConfigError, ConvostoreError, causes
+from convostore.migrate import current_revision_url, migrate_url
+from convostore.models import ConversationTurn
+from convostore.repository import SessionRepository
 
 __all__ = ["cli", "main"]
 
@@ -562,7 +567,7 @@ def report(url: str, out: Path) -> None:
     Example:
       convostore report --out report.html --url postgresql+asyncpg://app@db/app
     """
-    from . import report as usage
+    from convostore._ops import report as usage
 
     with Console(stderr=True).status("reading the figures"):
         data = read(url, usage.collect)
@@ -652,7 +657,7 @@ def export(
       convostore export -o transcripts.jsonl --since 2026-11-01
       convostore export --format csv --template archives_in_place -o - | head
     """
-    from .transfer import export_conversations
+    from convostore._ops.transfer import export_conversations
 
     admin.command_config(url)  # a URL it cannot use, or a SQLite file that is not there
 
@@ -712,7 +717,7 @@ def import_(file: BinaryIO, url: str, on_conflict: Literal["skip", "replace"]) -
     Example:
       convostore import transcripts.jsonl --url postgresql+asyncpg://app@db/app
     """
-    from .transfer import import_conversations
+    from convostore._ops.transfer import import_conversations
 
     with _progress("lines read", Console(stderr=True).is_terminal) as progress:
         counts = asyncio.run(
@@ -764,7 +769,7 @@ def import_redis_command(
     Example:
       convostore import-redis --redis-url redis://cache:6379 --db 1 --url sqlite+aiosqlite:///chat.db
     """
-    from .redis_import import import_redis
+    from convostore._ops.redis_import import import_redis
 
     with _progress("keys read", Console(stderr=True).is_terminal) as progress:
         done = asyncio.run(

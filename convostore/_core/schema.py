@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from .models import STATE_FIELDS, ConversationTurn, make_turn, name_ordered
+from convostore.models import STATE_FIELDS, ConversationTurn, make_turn, name_ordered
 
 __all__ = [
     "KEPT_FIELDS",

@@ -1,5 +1,5 @@
-"""Which executor runs the hot paths: the drivers directly (``driver.py``, the fast path) or
-SQLAlchemy's own execution (``core_executor.py``).
+"""Which executor runs the hot paths: the drivers directly (``backends/_fast.py``, the fast path) or
+SQLAlchemy's own execution (``backends/_core_path.py``).
 
 Whether the fast path is possible at all is decided once, when a repository starts; whether
 something watches SQLAlchemy's statements is asked again for every operation, so that
@@ -13,10 +13,10 @@ from typing import TypeAlias
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._private import aiosqlite_thread_api
-from .core_executor import CoreExecutor
-from .driver import Lender, PostgresDriver, SqliteDriver
-from .gate import Gate, Turns
+from convostore._core.gate import Gate, Turns
+from convostore.backends._core_path import CoreExecutor
+from convostore.backends._fast import Lender, PostgresDriver, SqliteDriver
+from convostore.backends._private import aiosqlite_thread_api
 
 __all__ = ["Executor", "HotPath"]
 

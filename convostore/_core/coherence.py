@@ -41,11 +41,11 @@ from typing import Any, Protocol
 from sqlalchemy import Dialect
 from sqlalchemy.engine import URL
 
-from .cache import News, SessionCache, Switch
-from .driver import Compiled
-from .engine import connect_asyncpg
-from .statements import Statements
-from .urls import asyncpg_arguments
+from convostore._core.cache import News, SessionCache, Switch
+from convostore._core.engine import connect_asyncpg
+from convostore.backends._fast import Compiled
+from convostore.backends._statements import Statements
+from convostore.backends._urls import asyncpg_arguments
 
 __all__ = [
     "POSTGRES_POLL_INTERVAL",

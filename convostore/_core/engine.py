@@ -15,11 +15,11 @@ from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._private import sqlalchemy_asyncpg_connector
-from .config import StoreConfig
-from .errors import ConfigError, hide_in_messages
-from .quiet import ENGINE_LOGGING_NAME, keep_content_out_of_logs
-from .urls import asyncpg_arguments, check_database_url, hide_password
+from convostore._core.quiet import ENGINE_LOGGING_NAME, keep_content_out_of_logs
+from convostore.backends._private import sqlalchemy_asyncpg_connector
+from convostore.backends._urls import asyncpg_arguments, check_database_url, hide_password
+from convostore.config import StoreConfig
+from convostore.errors import ConfigError, hide_in_messages
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",

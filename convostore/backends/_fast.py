@@ -8,7 +8,7 @@ server; figures in docs/architecture.md), on the three paths a web request takes
 appending an exchange, loading a session, sliding its expiry.
 
 - PostgreSQL (asyncpg): each operation is a single statement, so it runs in autocommit as one
-  round trip (the append is one data-modifying CTE; see ``store.py``).
+  round trip (the append is one data-modifying CTE; see ``_core/store.py``).
 - SQLite (aiosqlite): each operation runs as one function in the connection's worker thread,
   a whole transaction in one thread hop instead of one hop per statement.
 
@@ -19,7 +19,7 @@ A connection that failed in an unknown state (lost, timed out) is invalidated, n
 one on which PostgreSQL merely refused a statement, or whose statement asyncpg is cancelling
 for a cancelled caller, goes back to the pool. An error that means the server went away also
 empties the pool of an engine convostore created, so that after a database restart the retry
-(``lifecycle.py``) finds fresh connections at once.
+(``_core/calls.py``) finds fresh connections at once.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
-from ._private import run_in_sqlite_thread
-from .errors import is_disconnect
-from .gate import Gate, Turns, stepping_aside
+from convostore._core.gate import Gate, Turns, stepping_aside
+from convostore.backends._private import run_in_sqlite_thread
+from convostore.errors import is_disconnect
 
 __all__ = [
     "Compiled",

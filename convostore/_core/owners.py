@@ -24,8 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .models import STATE_FIELDS, ConversationSummary
-from .schema import (
+from convostore._core.schema import (
     TRANSCRIPT_SLOTS,
     TRANSCRIPT_TURNS,
     conversations,
@@ -38,6 +37,7 @@ from .schema import (
     turn_slots,
     turns,
 )
+from convostore.models import STATE_FIELDS, ConversationSummary
 
 __all__ = ["ERASED_TABLES", "Owners"]
 

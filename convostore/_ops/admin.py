@@ -21,12 +21,8 @@ from sqlalchemy import BindParameter, and_, bindparam, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .config import StoreConfig, check_setting, settings_error
-from .engine import check_database, create_engine
-from .errors import ConfigError, translate_errors
-from .migrate import check_schema
-from .models import ConversationTurn
-from .schema import (
+from convostore._core.engine import check_database, create_engine
+from convostore._core.schema import (
     TRANSCRIPT_SLOTS,
     TRANSCRIPT_TURNS,
     UTCDateTime,
@@ -40,8 +36,12 @@ from .schema import (
     turn_slots,
     turns,
 )
-from .urls import hide_password
-from .validation import check_session_id
+from convostore._core.validation import check_session_id
+from convostore.backends._urls import hide_password
+from convostore.config import StoreConfig, check_setting, settings_error
+from convostore.errors import ConfigError, translate_errors
+from convostore.migrate import check_schema
+from convostore.models import ConversationTurn
 
 __all__ = [
     "StoreStats",

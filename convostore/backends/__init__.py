@@ -1,0 +1,1 @@
+"""The backends: what differs between SQLite and PostgreSQL (statements, executors, URL rules)."""
