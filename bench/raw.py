@@ -11,15 +11,15 @@ sets. A load reads the session row (with its conversation id), then the conversa
 joined with their slot rows, and builds plain dicts (JSON decoded, timestamps as datetimes).
 
 The true floor does the same work in the fewest steps the driver allows: on asyncpg,
-convostore's own one-statement append (``Statements("postgresql").append_cte``, compiled for
+convostore's own one-statement append (``Statements.append_cte``, compiled for
 asyncpg and prepared, positional arguments, autocommit) and its one-statement load
-(``Statements("postgresql").load``); on SQLite, one hop to aiosqlite's worker thread running
-BEGIN IMMEDIATE, convostore's own UPDATE ... RETURNING (``Statements("sqlite").allocate``),
+(``Statements.load``); on SQLite, one hop to aiosqlite's worker thread running
+BEGIN IMMEDIATE, convostore's own UPDATE ... RETURNING (``Statements.allocate``),
 executemany of the turns and of the slots, COMMIT on the sqlite3 connection. Its appends store
 the same rows as convostore's: the user turn carries an idempotency key, as every ``add_turn``
 stores one (``keyed=False`` leaves it out, as the floor did before). For a load, one hop
 running convostore's three-part read
-(``Statements("sqlite").load_session``, ``load_turns``, ``load_slots``) in one read
+(``Statements(backend_for("sqlite")).load_session``, ``load_turns``, ``load_slots``) in one read
 transaction, as convostore's fast path does. Loads fold the rows into the same plain dicts.
 
 A sweep is convostore's two passes as hand-written batches, each one autocommitted DELETE
@@ -46,6 +46,7 @@ from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from convostore._core.store import CHANGES_KEPT
+from convostore.backends import backend_for
 from convostore.backends._private import run_in_sqlite_thread
 from convostore.backends._statements import Statements
 from convostore.repository import new_idempotency_key
@@ -295,7 +296,7 @@ class RawSqlite:
     def __init__(self, db: aiosqlite.Connection, ttl: float) -> None:
         self._db = db
         self._ttl = timedelta(seconds=ttl)
-        statements, dialect = Statements("sqlite"), sqlite_aiosqlite.dialect()
+        statements, dialect = Statements(backend_for("sqlite")), sqlite_aiosqlite.dialect()
         self._allocate = _Positional(statements.allocate, dialect)
         self._load_parts = tuple(
             _Positional(statement, dialect)
@@ -334,7 +335,7 @@ class RawSqlite:
 
     async def append_one(self, sid: str, exchange: Exchange, *, keyed: bool = True) -> None:
         """The true floor: the whole transaction in one hop to aiosqlite's worker thread:
-        convostore's own head statement (``Statements("sqlite").allocate``: it also checks
+        convostore's own head statement (``Statements.allocate``: it also checks
         the expiry and that the key is new), then the rows with their idempotency key.
         ``keyed=False``: the earlier floor, a hand-written UPDATE and rows without a key."""
         now = datetime.now(timezone.utc)
@@ -473,10 +474,10 @@ class RawPostgres:
         raw = cls(conn, ttl)
         for name, sql in (("head", _PG_HEAD), ("turns", _PG_TURNS)):
             raw._statements[name] = await conn.prepare(sql)
-        statements = Statements("postgresql")
+        statements = Statements(backend_for("postgresql"))
         assert statements.append_cte is not None
         dialect = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
-        unrecorded = Statements("postgresql", feed=False).append_cte
+        unrecorded = Statements(backend_for("postgresql"), feed=False).append_cte
         assert unrecorded is not None
         for name, statement in (
             ("append_one", statements.append_cte),

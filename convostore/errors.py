@@ -25,11 +25,9 @@ repositories were built with are masked in ``StoreError`` messages (see ``hide_i
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
@@ -114,29 +112,26 @@ class StoreUnavailable(StoreError):
     outcome is unknown) stored it exactly once and whole."""
 
 
-def _driver_errors() -> tuple[type[Exception], ...]:
-    """SQLAlchemy's errors, and the drivers' own (the hot paths call the drivers directly)."""
-    errors: list[type[Exception]] = [SQLAlchemyError, OSError, sqlite3.Error, asyncio.TimeoutError]
-    try:
-        import asyncpg
-    except ImportError:
-        pass
-    else:
-        errors += [asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError]
-    return tuple(errors)
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    OSError,
+    asyncio.TimeoutError,
+)
+"""SQLAlchemy's errors, and each backend's driver's own (``register_driver_errors``): the
+hot paths call the drivers directly."""
+_DISCONNECTS: tuple[Callable[[BaseException], bool], ...] = ()
 
 
-_DRIVER_ERRORS = _driver_errors()
-
-
-def register_driver_errors(dialect: Dialect) -> None:
-    """Translate the errors of a dialect's DBAPI module too: SQLAlchemy's asyncio adapters
-    raise their own ``Error`` classes where SQLAlchemy does not wrap them (a pool that cannot
-    connect while the server restarts, for one)."""
-    global _DRIVER_ERRORS
-    error = getattr(dialect.loaded_dbapi, "Error", None)
-    if isinstance(error, type) and issubclass(error, Exception) and error not in _DRIVER_ERRORS:
-        _DRIVER_ERRORS = (*_DRIVER_ERRORS, error)
+def register_driver_errors(
+    errors: tuple[type[BaseException], ...], is_disconnect: Callable[[BaseException], bool]
+) -> None:
+    """Translate a backend's driver errors too, and know its words for a lost connection
+    (``Backend.driver_errors``, ``Backend.is_disconnect``); each backend registers once."""
+    global _DRIVER_ERRORS, _DISCONNECTS
+    if is_disconnect in _DISCONNECTS:
+        return
+    _DRIVER_ERRORS = (*_DRIVER_ERRORS, *(e for e in errors if e not in _DRIVER_ERRORS))
+    _DISCONNECTS = (*_DISCONNECTS, is_disconnect)
 
 
 _hidden: frozenset[str] = frozenset()
@@ -154,11 +149,6 @@ def _masked(text: str) -> str:
     for secret in sorted(_hidden, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
-
-
-def _closed_aiosqlite(exc: BaseException) -> bool:
-    """aiosqlite's error for a connection whose worker thread has ended."""
-    return type(exc) is ValueError and str(exc) == "Connection closed"
 
 
 class translate_errors:
@@ -184,27 +174,19 @@ class translate_errors:
         if isinstance(exc, _DRIVER_ERRORS):
             reason = str(exc).partition("\n")[0]
             raise StoreError(_masked(f"{self._action} failed: {reason}")) from exc
-        if isinstance(exc, ValueError) and _closed_aiosqlite(exc):
-            raise StoreError(f"{self._action} failed: the SQLite connection was closed") from exc
+        if any(closed(exc) for closed in _DISCONNECTS):
+            raise StoreError(f"{self._action} failed: the connection was closed") from exc
 
 
 def is_disconnect(exc: BaseException) -> bool:
     """Whether an error means the connection (and likely its pool siblings) is dead or the
     server cannot be reached, so the same call may succeed on a fresh connection."""
     for current in causes(exc):
-        if getattr(current, "connection_invalidated", False) or _closed_aiosqlite(current):
+        if getattr(current, "connection_invalidated", False):
             return True
         if isinstance(current, (OSError, asyncio.TimeoutError)):
             return True
-        sqlstate = getattr(current, "sqlstate", None) or ""
-        if sqlstate[:2] == "08" or sqlstate[:3] == "57P":  # connection lost; server shut down
-            return True
-        if type(current).__name__ in (
-            "ConnectionDoesNotExistError",
-            "InterfaceError",
-            "InternalClientError",
-            "ConnectionFailureError",
-        ) and type(current).__module__.startswith("asyncpg"):
+        if any(closed(current) for closed in _DISCONNECTS):
             return True
     return False
 

@@ -18,10 +18,11 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionError, RevisionMap
 from alembic.util.exc import CommandError
-from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select, text
+from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from convostore._core.engine import begin_immediate, engine_for_url
+from convostore._core.engine import engine_for_url
+from convostore.backends import backend_for
 from convostore.backends._urls import check_database_url
 from convostore.errors import ConfigError, SchemaNotReady, translate_errors
 
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 VERSION_TABLE = "convostore_alembic_version"
-_ADVISORY_LOCK_KEY = 0x636F6E766F  # "convo": one migration at a time per PostgreSQL database
 
 
 def script_location() -> Path:
@@ -177,13 +177,9 @@ async def lock_for_migration(conn: AsyncConnection) -> None:
 
 
 def take_migration_lock(connection: Connection) -> None:
-    """Hold, until the transaction ends, a lock that a second migrator waits for: an advisory
-    lock on PostgreSQL, the write lock on SQLite (begun here unless the connection's driver
-    is in a transaction already, which then holds or takes it)."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-    elif connection.dialect.name == "sqlite":
-        begin_immediate(connection)
+    """Hold, until the transaction ends, a lock that a second migrator waits for (the
+    backend's: an advisory lock on PostgreSQL, the write lock on SQLite)."""
+    backend_for(connection).take_migration_lock(connection)
 
 
 async def upgrade_url(url: str, revision: str = "head") -> None:

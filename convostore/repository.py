@@ -33,12 +33,11 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore._core.cache import SessionCache
 from convostore._core.calls import Calls, attempt_timeout
-from convostore._core.coherence import PostgresWatcher, SqliteWatcher, Watcher
+from convostore._core.coherence import Watcher
 from convostore._core.engine import check_database, create_engine, prepare_engine, release_engine
 from convostore._core.expiry import RefreshesBehind, logger, run_periodically
 from convostore._core.gate import Gate
@@ -59,6 +58,7 @@ from convostore._core.validation import (
     copy_results,
     copy_slots,
 )
+from convostore.backends import backend_for
 from convostore.backends._urls import hide_password
 from convostore.config import StoreConfig, check_settings
 from convostore.errors import (
@@ -210,9 +210,10 @@ class SessionRepository:
         return self._ops.store
 
     async def start(self) -> None:
-        """Open the engine, check (or with ``auto_migrate``, by default on SQLite, upgrade) the
-        schema, start following other processes' writes (``cache_coherence="bounded"``) and
-        start the expiry task. Starting a running repository does nothing.
+        """Open the engine, check (or with ``auto_migrate``, by default on an embedded
+        database such as SQLite, upgrade) the schema, start following other processes' writes
+        (``cache_coherence="bounded"``) and start the expiry task. Starting a running
+        repository does nothing.
 
         Raises:
             SchemaNotReady: the database lacks the newest migration and ``auto_migrate`` is off
@@ -281,18 +282,19 @@ class SessionRepository:
         await self._calls.gated(lambda: store.touch_many(refreshes, self._ttl))
 
     async def _ensure_schema(self, engine: AsyncEngine) -> None:
-        """Check the schema; upgrade one that is behind when ``auto_migrate`` says so (None: on
-        SQLite). A current schema is only read: no write lock, and no statement an engine's own
-        transaction handling could object to."""
+        """Check the schema; upgrade one that is behind when ``auto_migrate`` says so (None:
+        on an embedded database, SQLite). A current schema is only read: no write lock, and no
+        statement an engine's own transaction handling could object to."""
         try:
             await check_schema(engine)
         except SchemaNotReady:
+            backend = backend_for(engine)
             migrate = self.config.auto_migrate
             if migrate is None:
-                migrate = engine.dialect.name == "sqlite"
+                migrate = backend.embedded
             if not migrate:
                 raise
-            if not self._owns_engine or engine.dialect.name != "postgresql":
+            if not self._owns_engine or not backend.statement_timeouts:
                 await upgrade(engine)
                 return
             # A migration may rightly run long, or wait its turn behind another worker's: it
@@ -307,15 +309,7 @@ class SessionRepository:
         """What follows other processes' writes, if the coherence mode needs one."""
         if self.config.cache_coherence != "bounded":
             return None
-        url = engine.url
-        if url.get_backend_name() == "postgresql":
-            listen = make_url(self.config.listen_url) if self.config.listen_url else url
-            return PostgresWatcher(
-                self._cache, listen, engine.dialect, pooled=self.config.pooler == "pgbouncer"
-            )
-        if url.database in (None, "", ":memory:"):
-            return None  # an in-memory database has no other process
-        return SqliteWatcher(self._cache, url.database, engine.dialect)
+        return backend_for(engine).watcher(self._cache, engine, self.config)
 
     async def stop(self) -> None:
         """Stop the expiry task, refuse new calls, wait for every call in flight to end, and

@@ -20,8 +20,9 @@ from conftest import Sql
 from sqlalchemy import event
 
 from convostore import SessionRepository, StoreConfig
-from convostore._core.engine import connect_asyncpg, create_engine
+from convostore._core.engine import create_engine
 from convostore.backends._private import sqlalchemy_asyncpg_connector
+from convostore.backends.postgresql import connect_asyncpg
 
 pytestmark = pytest.mark.postgresql
 

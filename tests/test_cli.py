@@ -484,7 +484,7 @@ def test_database_without_schema(command: str, backend: str, empty_url: str) -> 
     if backend == "postgresql":
         _fails(result, "the database has no convostore schema")
     else:
-        _fails(result, "names no SQLite file")
+        _fails(result, "names no database file")
         assert not Path(empty_url.removeprefix("sqlite+aiosqlite:///")).exists()
 
 

@@ -104,7 +104,9 @@ async def test_export_of_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -
     """An export names a database to read: a SQLite file that is not there is one line and
     exit 1, and no empty file is left behind."""
     path = tmp_path / "missing.db"
-    _fails(await _invoke("export", "--url", f"sqlite+aiosqlite:///{path}"), "names no SQLite file")
+    _fails(
+        await _invoke("export", "--url", f"sqlite+aiosqlite:///{path}"), "names no database file"
+    )
     assert not path.exists()
 
 

@@ -21,7 +21,7 @@ from convostore import (
     StoreConfig,
     StoreError,
 )
-from convostore.backends import _executor as executor_module
+from convostore.backends import sqlite as sqlite_backend_module
 from convostore.backends._private import aiosqlite_thread_api
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
@@ -61,7 +61,7 @@ async def test_fast_path_unless_something_watches_sqlalchemy(
     finally:
         await echoing.dispose()
         await listened.dispose()
-    monkeypatch.setattr(executor_module, "aiosqlite_thread_api", lambda: False)
+    monkeypatch.setattr(sqlite_backend_module, "aiosqlite_thread_api", lambda: False)
     assert await picks_fast() is url.startswith("postgresql")
 
 

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from convostore import NotRunning, SessionRepository, StoreConfig, StoreError
-from convostore._core.engine import sqlite_on_connect
 from convostore._core.store import SqlStore
+from convostore.backends.sqlite import sqlite_on_connect
 from convostore.errors import translate_errors
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]

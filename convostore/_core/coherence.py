@@ -11,14 +11,13 @@ with an event loop of its own, so a busy application event loop delays neither t
 the news. While the watcher cannot follow the feed, the cache is off (every ``get`` reads the
 database), so the bound holds; it reconnects with backoff.
 
-- ``SqliteWatcher`` looks at the file's ``PRAGMA data_version`` every
-  ``SQLITE_POLL_INTERVAL`` seconds and reads the feed's new rows only when it moved. SQLite
-  has one writer at a time, so rows become visible in id order.
-- ``PostgresWatcher`` reads the feed's rows after the newest it has seen every
-  ``POSTGRES_POLL_INTERVAL`` seconds. Concurrent writers commit out of id order, so an id not
-  seen below one that is (a gap) is kept pending and asked for again until its transaction
-  has certainly ended (see ``_Gaps``). A poll is one plain statement, so it runs through a
-  transaction pooler too.
+This module holds what every backend's watcher shares: the thread and its loop
+(``PollingWatcher``) and, for databases whose writers commit out of id order, the
+bookkeeping of ids not seen yet (``Gaps``). Each backend module holds its own watcher:
+``backends.sqlite.SqliteWatcher`` looks at the file's ``PRAGMA data_version`` and reads the
+feed's new rows only when it moved (one writer at a time, so rows become visible in id order);
+``backends.postgresql.PostgresWatcher`` reads the feed's rows after the newest it has seen,
+keeping an id not seen below one that is pending until its transaction has certainly ended.
 
 Before 0005, PostgreSQL's trigger sent a ``NOTIFY`` instead: each notifying commit holds the
 server's one notification lock, which made writers commit one at a time. From 0005 to 0007 a
@@ -30,45 +29,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Dialect
-from sqlalchemy.engine import URL
-
 from convostore._core.cache import News, SessionCache, Switch
-from convostore._core.engine import connect_asyncpg
-from convostore.backends._fast import Compiled
-from convostore.backends._statements import Statements
-from convostore.backends._urls import asyncpg_arguments
 
 __all__ = [
-    "POSTGRES_POLL_INTERVAL",
-    "SQLITE_POLL_INTERVAL",
-    "PostgresWatcher",
-    "SqliteWatcher",
+    "MAX_PENDING",
+    "POLL_TIMEOUT",
+    "FeedLost",
+    "Gaps",
+    "PollingWatcher",
     "Watcher",
+    "news_of",
 ]
 
 logger = logging.getLogger("convostore")
 
-SQLITE_POLL_INTERVAL = 0.01
-"""Seconds between two looks at a SQLite file's ``data_version`` (a few microseconds each)."""
-POSTGRES_POLL_INTERVAL = 0.02
-"""Seconds between two polls of PostgreSQL's feed: one indexed read that usually finds
-nothing, about 50 a second per worker."""
 MAX_PENDING = 10_000
 """Gaps a PostgreSQL watcher keeps asking for; beyond that it starts over (cache off until
 it has caught up), as after a lost connection."""
-_DATA_VERSION = "PRAGMA data_version"
-_ADAPTER_OPTIONS = ("prepared_statement_cache_size", "prepared_statement_name_func")
-_POLL_TIMEOUT = 5.0
-_SQLITE_BUSY_TIMEOUT = 1.0
+POLL_TIMEOUT = 5.0
 _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
 _FIRST_CONNECT_WAIT = 5.0
@@ -88,7 +72,7 @@ class FeedLost(ConnectionError):
     start over, as after a lost connection."""
 
 
-class _Loop(ABC):
+class PollingWatcher(ABC):
     """A thread with an event loop of its own that keeps a change source connected, posts
     what it learns to the cache, with the cache off while it is not connected, and reconnects
     with backoff. Subclasses say how to connect and follow."""
@@ -203,13 +187,13 @@ class _Loop(ABC):
         logger.info("convostore: %s connected; cache on", self.name)
 
 
-def _news(rows: Iterable[Sequence[Any]]) -> list[News]:
+def news_of(rows: Iterable[Sequence[Any]]) -> list[News]:
     """Feed rows ``(id, session_id, version)`` as news (version -1: deleted)."""
     return [(sid, None if version < 0 else int(version)) for _, sid, version in rows]
 
 
 @dataclass(slots=True)
-class _Gap:
+class Gap:
     """An id the feed did not show below one it did."""
 
     polls: int = 0
@@ -220,7 +204,7 @@ class _Gap:
     """Every one of ``writers`` had ended before a later read of the lock holders."""
 
 
-class _Gaps:
+class Gaps:
     """The ids a PostgreSQL watcher has not seen below the newest one it has, until each is
     seen or certainly never will be.
 
@@ -234,7 +218,7 @@ class _Gaps:
     """
 
     def __init__(self) -> None:
-        self._gaps: dict[int, _Gap] = {}
+        self._gaps: dict[int, Gap] = {}
 
     def __len__(self) -> int:
         return len(self._gaps)
@@ -255,7 +239,7 @@ class _Gaps:
             raise FeedLost(f"more than {MAX_PENDING} ids of the change feed missing")
         for gap_id in range(after + 1, newest):
             if gap_id not in seen:
-                self._gaps[gap_id] = _Gap()
+                self._gaps[gap_id] = Gap()
 
     def need_witness(self) -> bool:
         """Whether a gap waits for the feed's lock holders to be read."""
@@ -279,136 +263,3 @@ class _Gaps:
             else:
                 gap.ended = not (gap.writers & writers)
         return pruned
-
-
-class PostgresWatcher(_Loop):
-    """Polls ``convostore_changes`` on a connection of its own."""
-
-    name = "change poller"
-
-    def __init__(
-        self, cache: SessionCache, url: URL, dialect: Dialect, *, pooled: bool = False
-    ) -> None:
-        super().__init__(cache)
-        self._connect_args = _asyncpg_connect_args(url, dialect)
-        if pooled:
-            # A transaction pooler may run each statement on another server connection,
-            # where a prepared statement of an earlier one does not exist.
-            self._connect_args["statement_cache_size"] = 0
-        sql = Statements("postgresql")
-        self._poll = Compiled(sql.poll_changes, dialect)
-        self._witness = Compiled(sql.feed_witness, dialect)
-
-    async def _follow(self) -> None:
-        # A server that stops answering must not hold the poller: the connect and every
-        # command on the connection give up after _POLL_TIMEOUT, unless the URL says how long
-        # a connect may take (connect_timeout).
-        conn = await connect_asyncpg(
-            **{"timeout": _POLL_TIMEOUT, **self._connect_args, "command_timeout": _POLL_TIMEOUT}
-        )
-        conn.add_termination_listener(lambda _conn: self.post([Switch.OFF]))
-        try:
-            await self._poll_feed(conn)
-        finally:
-            conn.terminate()
-
-    async def _poll_feed(self, conn: Any) -> None:
-        newest, _, writers, started = await self._read_witness(conn)
-        # Transactions that took an id at or below ``newest`` and are not in this snapshot
-        # are among ``writers``: the cache comes on once they have all ended.
-        catching_up = writers
-        if catching_up:
-            self._in_app(self._first_try.set)
-        else:
-            self._connected()
-        gaps = _Gaps()
-        while True:
-            await asyncio.sleep(POSTGRES_POLL_INTERVAL)
-            rows = await conn.fetch(
-                self._poll.sql,
-                *self._poll.args({"after": newest, "pending": gaps.ids()}),
-                timeout=_POLL_TIMEOUT,
-            )
-            if rows[0][0] != started:
-                raise FeedLost("the server restarted")
-            changed = [row[1:] for row in rows if row[1] is not None]
-            after, newest = newest, max([newest, *(row[0] for row in changed)])
-            if changed:
-                self.post(_news(changed))
-            gaps.polled((row[0] for row in changed), after, newest)
-            if catching_up or gaps.need_witness():
-                _, oldest, writers, _ = await self._read_witness(conn)
-                if catching_up and not (catching_up & writers):
-                    catching_up = frozenset()
-                    self._connected()
-                if gaps.witnessed(writers, oldest):
-                    logger.info("convostore: change feed pruned past this process; cache cleared")
-                    self.post([Switch.CLEAR])
-
-    async def _read_witness(self, conn: Any) -> tuple[int, int | None, frozenset[str], datetime]:
-        newest, oldest, writers, started = await conn.fetchrow(
-            self._witness.sql, *self._witness.args({}), timeout=_POLL_TIMEOUT
-        )
-        return int(newest), oldest, frozenset(writers or ()), started
-
-
-class SqliteWatcher(_Loop):
-    """Polls a SQLite file's ``data_version`` and reads its change feed when it moved."""
-
-    name = "change poller"
-
-    def __init__(self, cache: SessionCache, path: str, dialect: Dialect) -> None:
-        super().__init__(cache)
-        self._path = path
-        sql = Statements("sqlite")
-        self._since = Compiled(sql.changes_since, dialect)
-        self._oldest = Compiled(sql.oldest_change, dialect)
-        self._newest = Compiled(sql.newest_change, dialect)
-
-    async def _follow(self) -> None:
-        # Plain sqlite3 in this thread: a poll blocks only the watcher's own loop, and costs
-        # no hop to another thread.
-        conn = sqlite3.connect(self._path, timeout=_SQLITE_BUSY_TIMEOUT, isolation_level=None)
-        try:
-            conn.execute("PRAGMA query_only = ON")
-            version = _scalar(conn, _DATA_VERSION)
-            last = _scalar(conn, self._newest.sql, self._newest.args({}))
-            self._connected()
-            while True:
-                await asyncio.sleep(SQLITE_POLL_INTERVAL)
-                now = _scalar(conn, _DATA_VERSION)
-                if now != version:
-                    version = now
-                    last = self._apply(conn, last)
-        finally:
-            conn.close()
-
-    def _apply(self, conn: sqlite3.Connection, last: int) -> int:
-        """Post the feed's rows after ``last``; returns the newest row seen."""
-        rows = conn.execute(self._since.sql, self._since.args({"after": last})).fetchall()
-        if not rows:
-            return last
-        if rows[0][0] != last + 1:
-            oldest = _scalar(conn, self._oldest.sql, self._oldest.args({}))
-            if oldest > last + 1:
-                logger.info("convostore: change feed pruned past this process; cache cleared")
-                self.post([Switch.CLEAR])
-                return int(rows[-1][0])
-        self.post(_news(rows))
-        return int(rows[-1][0])
-
-
-def _scalar(conn: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> int:
-    row = conn.execute(sql, args).fetchone()
-    return int(row[0])
-
-
-def _asyncpg_connect_args(url: URL, dialect: Dialect) -> dict[str, Any]:
-    """``asyncpg.connect`` keywords for a URL, as SQLAlchemy's asyncpg dialect derives them
-    and convostore's engines translate them (``urls.asyncpg_arguments``), less the options
-    only its adapter takes."""
-    options: Mapping[str, Any]
-    _, options = dialect.create_connect_args(url)
-    return asyncpg_arguments(
-        {name: value for name, value in options.items() if name not in _ADAPTER_OPTIONS}
-    )

@@ -21,7 +21,12 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["ENGINE_LOGGER", "ENGINE_LOGGING_NAME", "keep_content_out_of_logs"]
+__all__ = [
+    "ENGINE_LOGGER",
+    "ENGINE_LOGGING_NAME",
+    "keep_content_out_of_logs",
+    "keep_sqlite_content_out_of_logs",
+]
 
 ENGINE_LOGGING_NAME = "convostore"
 """``create_async_engine(logging_name=...)`` of convostore's engines."""
@@ -70,8 +75,12 @@ def keep_content_out_of_logs(engine: AsyncEngine) -> AsyncEngine:
     """Set up an engine convostore created with ``logging_name=ENGINE_LOGGING_NAME`` so that
     no log record of it, or of its driver, holds a row or a parameter."""
     logging.getLogger(ENGINE_LOGGER).addFilter(_no_debug)
-    if engine.dialect.name == "sqlite":
-        sync_engine = engine.sync_engine
-        event.listen(sync_engine, "do_execute", _execute)
-        event.listen(sync_engine, "do_executemany", _executemany)
     return engine
+
+
+def keep_sqlite_content_out_of_logs(engine: AsyncEngine) -> None:
+    """aiosqlite logs each call with its arguments: its engines run statements with the
+    parameters hidden from that log (``_Unshown``)."""
+    sync_engine = engine.sync_engine
+    event.listen(sync_engine, "do_execute", _execute)
+    event.listen(sync_engine, "do_executemany", _executemany)

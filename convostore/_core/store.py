@@ -1,16 +1,17 @@
 """The SQL behind each repository call: one short transaction per operation.
 
-``SqlStore`` knows the statements (``backends/_statements.py``) and the dialect, nothing of the cache.
+``SqlStore`` knows the statements (``backends/_statements.py``) and the backend, nothing of
+the cache.
 Every method is one transaction or one atomic statement, so an error or a cancelled task leaves
 both turns of an exchange stored or neither. Turn sequence numbers come from the session row:
 the UPDATE that bumps ``turn_count`` locks the row, so concurrent writers to one session take
 turns, in any number of processes.
 
-The three paths every request takes (append, load, refresh expiry) run through ``backends/_fast.py``:
-the same statements, compiled once, on the pooled driver connection; or, while something
+The three paths every request takes (append, load, refresh expiry) run on the backend's fast
+path: the same statements, compiled once, on the pooled driver connection; or, while something
 watches SQLAlchemy's statements (asked per operation) or when ``fast_path`` is off, the same
-compiled statements through SQLAlchemy's execution (``backends/_executor.py``). The rarer ones (create,
-update, delete, the append that must first create its session) go through SQLAlchemy's
+compiled statements through SQLAlchemy's execution (``backends/_executor.py``). The rarer
+ones (create, update, delete, the append that must first create its session) go through SQLAlchemy's
 execution as usual.
 """
 
@@ -22,15 +23,21 @@ from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore._core.gate import Gate
 from convostore._core.schema import rows_of_turns, turn_at
+from convostore.backends import backend_for
 from convostore.backends._core_path import CoreExecutor
-from convostore.backends._executor import HotPath
-from convostore.backends._fast import Compiled, Lender, PostgresDriver, SqliteDriver
+from convostore.backends._executor import (
+    AppendsInGroups,
+    Executors,
+    LoadsInParts,
+    WritesTransactions,
+)
+from convostore.backends._fast import Compiled, Lender
 from convostore.backends._statements import Statements
 from convostore.errors import NotSessionOwner, register_driver_errors
 from convostore.models import (
@@ -116,9 +123,10 @@ class SqlStore:
         self.default_language = default_language
         """The language of a session created here (``StoreConfig.default_language``)."""
         dialect = engine.dialect
-        register_driver_errors(dialect)
-        self.sql = sql = Statements(dialect.name)
-        self._hot = HotPath(
+        backend = backend_for(engine)
+        register_driver_errors(backend.driver_errors(), backend.is_disconnect)
+        self.sql = sql = Statements(backend)
+        self._executors = Executors(
             engine,
             owns_engine=owns_engine,
             fast_path=fast_path,
@@ -160,29 +168,29 @@ class SqlStore:
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
         """``engine.begin()`` for a write: on SQLite in its turn after this process's other
-        write transactions (``HotPath.writes``), before it takes a connection. It always finds
+        write transactions (``Executors.writes``), before it takes a connection. It always finds
         one: fast-path writers hold theirs while they wait for the turn, but the repository
         lets in no more operations than the pool has connections, and of the connections the
         fast path kept, all but one go back to the pool first: it keeps that one only while
         the pool could lend another (``Lender.give_back``)."""
-        await self._hot.lender.release(keep=1)
-        writes = self._hot.writes
+        await self._executors.lender.release(keep=1)
+        writes = self._executors.writes
         async with writes.turn() if writes else nullcontext(), self.engine.begin() as conn:
             yield conn
 
     async def close(self) -> None:
         """Give back the connection the hot path kept (before the engine is disposed)."""
-        await self._hot.close()
+        await self._executors.close()
 
     @property
     def lender(self) -> Lender:
         """What lends the hot path its connections (``driver.Lender``)."""
-        return self._hot.lender
+        return self._executors.lender
 
     @property
     def fast_path(self) -> bool:
         """Whether the hot paths run on the driver directly now (see ``backends/_executor.py``)."""
-        return not isinstance(self._hot.current(), CoreExecutor)
+        return not isinstance(self._executors.pick(), CoreExecutor)
 
     async def create(
         self, sid: str, now: datetime, ttl: float, uid: str | None = None
@@ -301,7 +309,7 @@ class SqlStore:
     ) -> tuple[Any, ...] | None:
         """The append on a live session, in one round trip (PostgreSQL) or one thread hop
         (SQLite). Returns (turn_count, version), or None if the session is not live."""
-        driver = self._hot.current()
+        driver = self._executors.pick()
         if self.sql.append_cte is not None:
             roles, contents, resolved, templates, results = [], [], [], [], []
             ords, names, values = [], [], []
@@ -326,8 +334,10 @@ class SqlStore:
                 slot_values=values,
             )
             grouped = self._live_append_row
-            if isinstance(driver, PostgresDriver) and grouped is not None:
-                records = await driver.append(self._live_append, grouped, params)
+            if driver.appends_in_groups and grouped is not None:
+                records = await cast(AppendsInGroups, driver).append(
+                    self._live_append, grouped, params
+                )
             else:
                 records = await driver.write(self._live_append, params)
             return tuple(records[0]) if records else None
@@ -348,8 +358,9 @@ class SqlStore:
                     args[seq_at] += first
             return [(compiled, many) for compiled, many, _, _ in bound]
 
-        assert not isinstance(driver, PostgresDriver)
-        rows = await driver.write_transaction(self._live_append, params, inserts)
+        rows = await cast(WritesTransactions, driver).write_transaction(
+            self._live_append, params, inserts
+        )
         return rows[0] if rows else None
 
     async def _insert(
@@ -433,7 +444,7 @@ class SqlStore:
             "expires": now + timedelta(seconds=ttl),
             "hits": hits,
         }
-        rows = await self._hot.current().write(self._touch, params)
+        rows = await self._executors.pick().write(self._touch, params)
         return int(rows[0][0]) if rows else None
 
     async def touch_many(self, refreshes: Sequence[tuple[str, datetime, int]], ttl: float) -> None:
@@ -449,7 +460,7 @@ class SqlStore:
     async def drop_expired(self, sid: str, now: datetime) -> bool:
         """Delete the session if it has expired (without retention, its conversation too).
         Returns whether a row went."""
-        rows = await self._hot.current().write(self._drop_expired, {"sid": sid, "now": now})
+        rows = await self._executors.pick().write(self._drop_expired, {"sid": sid, "now": now})
         if rows and self.retention <= 0:
             async with self._begin() as conn:
                 await conn.execute(self.sql.delete_conversation, {"sid": sid, "cid": rows[0][0]})
@@ -470,7 +481,7 @@ class SqlStore:
 
     async def version_of(self, sid: str) -> tuple[int, datetime] | None:
         """The stored session's version and expiry, or None if there is no such row."""
-        rows = await self._hot.current().read(self._version_of, {"sid": sid})
+        rows = await self._executors.pick().read(self._version_of, {"sid": sid})
         if not rows:
             return None
         version, expires_at = self._version_of.row(rows[0])
@@ -480,7 +491,7 @@ class SqlStore:
         """Delete up to ``batch_size`` sessions that expired by ``now``, in one statement (its
         own transaction) on the driver path. Returns their ids. The last batch of a sweep
         (fewer than ``batch_size``) also prunes the change feed to its newest rows."""
-        rows = await self._hot.current().write(self._sweep, {"now": now, "batch": batch_size})
+        rows = await self._executors.pick().write(self._sweep, {"now": now, "batch": batch_size})
         if len(rows) < batch_size:
             async with self._begin() as conn:
                 await conn.execute(self.sql.prune_changes, {"keep": CHANGES_KEPT})
@@ -490,7 +501,7 @@ class SqlStore:
         """Delete up to ``batch_size`` conversations that ended ``retention`` or more before
         ``now``, with their turns and slots, in one statement. Returns how many went."""
         cutoff = now - timedelta(seconds=self.retention)
-        rows = await self._hot.current().write(
+        rows = await self._executors.pick().write(
             self._sweep_transcripts, {"cutoff": cutoff, "batch": batch_size}
         )
         return len(rows)
@@ -498,11 +509,11 @@ class SqlStore:
     async def load(self, sid: str, window: int | None = None) -> StoredSession | None:
         """Read a session and its turns, or its ``window`` newest turns (expired or not; the
         caller decides)."""
-        driver = self._hot.current()
+        driver = self._executors.pick()
         if window is None:
             window = _ALL_TURNS
-        if isinstance(driver, SqliteDriver):
-            return await self._load_in_parts(driver, sid, window)
+        if driver.loads_in_parts:
+            return await self._load_in_parts(cast(LoadsInParts, driver), sid, window)
         rows = await driver.read(self._load, {"sid": sid, "window": window})
         if not rows or rows[0][self._seq_at] != 0:
             return None
@@ -510,7 +521,7 @@ class SqlStore:
         return self._session_of(self._load.row(rows[0]), turns, window)
 
     async def _load_in_parts(
-        self, driver: SqliteDriver, sid: str, window: int
+        self, driver: LoadsInParts, sid: str, window: int
     ) -> StoredSession | None:
         """``load`` on SQLite's fast path: the session row, its turns and their slots, three
         range scans in one snapshot (see ``Statements.load_session``)."""

@@ -10,7 +10,7 @@ the newest schema raises ``SchemaNotReady``, and a SQLite URL that names no file
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,6 +37,7 @@ from convostore._core.schema import (
     turns,
 )
 from convostore._core.validation import check_session_id
+from convostore.backends import backend_for
 from convostore.backends._urls import hide_password
 from convostore.config import StoreConfig, check_setting, settings_error
 from convostore.errors import ConfigError, translate_errors
@@ -80,11 +81,10 @@ def command_config(url: str, *, transcript_retention: float | None = None) -> St
         raise settings_error(exc) from exc
     check_database(config, None)
     parsed = make_url(url)
-    path = parsed.database
-    sqlite_file = parsed.get_backend_name() == "sqlite" and not parsed.query.get("uri")
-    if sqlite_file and path not in (None, "", ":memory:") and not Path(str(path)).is_file():
+    path = backend_for(parsed).is_local_file(parsed)
+    if path is not None and not Path(path).is_file():
         raise ConfigError(
-            f"database_url {hide_password(url)!r} names no SQLite file ({path} does not "
+            f"database_url {hide_password(url)!r} names no database file ({path} does not "
             "exist): check the path, or create the database with `convostore migrate`"
         )
     return config
@@ -107,20 +107,11 @@ async def open_database(url: str) -> AsyncIterator[AsyncEngine]:
         await engine.dispose()
 
 
-@asynccontextmanager
-async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A read-only transaction whose statements all see the same data: REPEATABLE READ on
-    PostgreSQL; on SQLite an explicit BEGIN, as sqlite3 begins no transaction before a read
-    (and in WAL mode a read transaction is a snapshot)."""
-    async with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn = await conn.execution_options(
-                isolation_level="REPEATABLE READ", postgresql_readonly=True
-            )
-        async with conn.begin():
-            if conn.dialect.name == "sqlite":
-                await conn.exec_driver_sql("BEGIN")
-            yield conn
+def snapshot(engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnection]:
+    """A read-only transaction whose statements all see the same data (``Backend.snapshot``:
+    REPEATABLE READ on PostgreSQL; on SQLite an explicit BEGIN, as sqlite3 begins no
+    transaction before a read)."""
+    return backend_for(engine).snapshot(engine)
 
 
 def _utc_now(now: datetime | None) -> datetime:
@@ -190,19 +181,6 @@ _per_template = (
 )
 
 
-async def _database_bytes(conn: AsyncConnection) -> int | None:
-    """The database's size: ``pg_database_size`` on PostgreSQL, pages times page size on
-    SQLite."""
-    if conn.dialect.name == "postgresql":
-        size = await conn.scalar(select(func.pg_database_size(func.current_database())))
-        return None if size is None else int(size)
-    page_count = (await conn.exec_driver_sql("PRAGMA page_count")).scalar()
-    page_size = (await conn.exec_driver_sql("PRAGMA page_size")).scalar()
-    if page_count is None or page_size is None:
-        return None
-    return int(page_count) * int(page_size)
-
-
 async def stats(engine: AsyncEngine, now: datetime | None = None) -> StoreStats:
     """Count sessions (live, and expired waiting for the sweep), retained conversations and
     turns, conversations per language and questions per template, as of ``now`` (default: the
@@ -213,9 +191,9 @@ async def stats(engine: AsyncEngine, now: datetime | None = None) -> StoreStats:
             live, expired, ended, turn_count = (await conn.execute(_totals, params)).one()
             languages = _ranked(await conn.execute(_per_language))
             templates = _ranked(await conn.execute(_per_template))
-            size = await _database_bytes(conn)
+            size = await backend_for(engine).database_bytes(conn)
     return StoreStats(
-        backend=engine.dialect.name,
+        backend=backend_for(engine).name,
         live_sessions=int(live),
         expired_sessions=int(expired),
         ended_conversations=int(ended),

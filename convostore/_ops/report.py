@@ -18,14 +18,10 @@ from html import escape
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
-    Integer,
     bindparam,
     case,
-    cast,
     column,
     distinct,
-    extract,
     func,
     select,
 )
@@ -46,6 +42,7 @@ from convostore._ops.charts import (
     responsive,
     share_chart,
 )
+from convostore.backends import Backend, backend_for
 from convostore.errors import translate_errors
 
 __all__ = ["ReportData", "collect", "render"]
@@ -91,25 +88,11 @@ class ReportData:
     """(slot, value, mentions, conversations), most mentioned first, at most ``TOP``."""
 
 
-def _day(dialect: str, moment: Any) -> ColumnElement[Any]:
-    """The UTC day of a timestamp as YYYY-MM-DD text."""
-    if dialect == "postgresql":
-        return func.to_char(func.timezone("UTC", moment), "YYYY-MM-DD")
-    return func.date(moment)
-
-
-def _hour(dialect: str, moment: Any) -> ColumnElement[Any]:
-    """The UTC hour of a timestamp, 0 to 23."""
-    if dialect == "postgresql":
-        return cast(extract("hour", func.timezone("UTC", moment)), Integer)
-    return cast(func.strftime("%H", moment), Integer)
-
-
-def _queries(dialect: str) -> dict[str, Any]:
-    """The report's statements for a dialect; each groups in an outer query over a subquery,
+def _queries(backend: Backend) -> dict[str, Any]:
+    """The report's statements for a backend; each groups in an outer query over a subquery,
     so PostgreSQL never compares a grouped expression with bound parameters."""
-    days = select(_day(dialect, _e.created_at).label("day"), _e.conversation_id).subquery()
-    hours = select(_hour(dialect, _e.created_at).label("hour")).subquery()
+    days = select(backend.utc_day(_e.created_at).label("day"), _e.conversation_id).subquery()
+    hours = select(backend.utc_hour(_e.created_at).label("hour")).subquery()
     lengths = (
         select(func.count().label("exchanges"))
         .select_from(_exchanges)
@@ -146,7 +129,7 @@ def _queries(dialect: str) -> dict[str, Any]:
 async def collect(engine: AsyncEngine, now: datetime | None = None) -> ReportData:
     """Read the report's figures from the database, in one snapshot; ``now`` (default: the
     current time) tells which sessions are live."""
-    queries = _queries(engine.dialect.name)
+    queries = _queries(backend_for(engine))
     params = {"now": now or datetime.now(timezone.utc)}
     with translate_errors("reading the report's figures"):
         async with snapshot(engine) as conn:

@@ -21,7 +21,7 @@ import csv
 import json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Protocol
@@ -39,7 +39,6 @@ from pydantic import (
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
-    Connection,
     Select,
     Table,
     bindparam,
@@ -48,12 +47,11 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
 
-from convostore._core.engine import begin_immediate, check_database, create_engine
+from convostore._core.engine import check_database, create_engine
 from convostore._core.schema import (
     KEPT_FIELDS,
     conversations,
@@ -77,6 +75,7 @@ from convostore._core.validation import (
     copy_results,
     copy_slots,
 )
+from convostore.backends import backend_for
 from convostore.config import StoreConfig
 from convostore.errors import SchemaNotReady, translate_errors
 from convostore.migrate import check_schema, upgrade
@@ -283,7 +282,7 @@ async def opened(engine_or_url: AsyncEngine | str, *, writes: bool) -> AsyncIter
         try:
             await check_schema(engine)
         except SchemaNotReady:
-            if not (writes and engine.dialect.name == "sqlite"):
+            if not (writes and backend_for(engine).embedded):
                 raise
             await upgrade(engine)
         yield engine
@@ -292,24 +291,9 @@ async def opened(engine_or_url: AsyncEngine | str, *, writes: bool) -> AsyncIter
             await engine.dispose()
 
 
-def _begin_read(connection: Connection) -> None:
-    """SQLite: begin a read transaction, so that every cursor of an export reads the snapshot
-    the first one took (the driver begins none before a read)."""
-    driver = connection.connection.driver_connection
-    if driver is not None and not driver.in_transaction:
-        connection.exec_driver_sql("BEGIN")
-
-
-@asynccontextmanager
-async def _snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+def _snapshot(engine: AsyncEngine) -> AbstractAsyncContextManager[AsyncConnection]:
     """A connection whose reads all see one snapshot of the database."""
-    async with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execution_options(isolation_level="REPEATABLE READ")
-        async with conn.begin():
-            if engine.dialect.name == "sqlite":
-                await conn.run_sync(_begin_read)
-            yield conn
+    return backend_for(engine).snapshot(engine)
 
 
 @asynccontextmanager
@@ -317,7 +301,7 @@ async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A write transaction; on SQLite it holds the write lock from the start, so the reads that
     plan a batch see what the batch's writes build on."""
     async with engine.begin() as conn:
-        began = engine.dialect.name == "sqlite" and await conn.run_sync(begin_immediate)
+        began = await conn.run_sync(backend_for(engine).begin_write)
         try:
             yield conn
         except BaseException:
@@ -659,8 +643,6 @@ _remove = tuple(
     for table in (turn_slots, turns, sessions, conversations)
 )
 _largest_id = select(func.coalesce(func.max(_c.conversation_id), 0))
-_pg_next_ids = text("SELECT nextval('conversation_ids') FROM generate_series(1, :n)")
-_pg_advance = text("SELECT setval('conversation_ids', GREATEST(:top, nextval('conversation_ids')))")
 """Moves the sequence past ``top``, never back: ``nextval`` is at least every id handed out."""
 
 
@@ -672,8 +654,9 @@ async def _new_ids(conn: AsyncConnection, plan: Plan) -> list[int]:
     wanted = len(plan.added) - len(kept)
     if not wanted:
         return []
-    if conn.dialect.name == "postgresql":
-        return list((await conn.execute(_pg_next_ids, {"n": wanted})).scalars())
+    backend = backend_for(conn)
+    if backend.new_ids_from_sequence():
+        return await backend.next_conversation_ids(conn, wanted)
     top = max([(await conn.execute(_largest_id)).scalar_one(), *kept])
     return list(range(top + 1, top + 1 + wanted))
 
@@ -811,9 +794,10 @@ async def _plan(
     (only one whose id was drawn just before and is not committed yet could)."""
     sids = sorted({record.session_id for _, record in batch})
     cids = sorted({record.conversation_id for _, record in batch})
-    if conn.dialect.name == "postgresql":
+    backend = backend_for(conn)
+    if backend.new_ids_from_sequence():
         # Before the ids are checked: a conversation started from now on cannot take one.
-        await conn.execute(_pg_advance, {"top": cids[-1]})
+        await backend.advance_conversation_ids(conn, cids[-1])
     stored = {
         (sid, started): cid
         for sid, cid, started in await conn.execute(_conversations_of, {"sids": sids})

@@ -1,1 +1,232 @@
-"""The backends: what differs between SQLite and PostgreSQL (statements, executors, URL rules)."""
+"""The backend seam: what one database does differently, behind one object per backend.
+
+The shared code (``convostore._core``, the operators' tools) asks a ``Backend`` for a
+capability or for its part of a statement; it never compares dialect names. A backend module
+(``sqlite``, ``postgresql``) subclasses ``Backend`` and is found by its SQLAlchemy dialect name
+(``backend_for``); a new backend is a new module here that passes the conformance suite
+(``tests/conformance``). What a backend holds:
+
+- its capabilities, as class attributes (``one_writer``, ``feed_in_statement``, ...);
+- its parts of the shared statements (``insert_ignoring``, ``greatest``, ``merged_json``, ...);
+- its engine options and connection settings, and the URL rules for its driver;
+- its executors: the fast path on the raw driver, where it has one;
+- its change watcher, its migration lock, its snapshot and write transactions;
+- its error classifier: which driver errors are disconnects.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import Column, ColumnElement, Insert, Table, func
+from sqlalchemy.engine import URL
+
+from convostore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.sql.selectable import ScalarSelect
+
+    from convostore._core.cache import SessionCache
+    from convostore._core.coherence import Watcher
+    from convostore._core.gate import Turns
+    from convostore.backends._executor import Executor
+    from convostore.backends._fast import Lender
+    from convostore.config import StoreConfig
+
+__all__ = ["BACKEND_MODULES", "Backend", "backend_for"]
+
+BACKEND_MODULES = {"sqlite": "sqlite", "postgresql": "postgresql"}
+"""SQLAlchemy dialect name -> the module of ``convostore.backends`` that serves it."""
+
+
+class Backend:
+    """One database as convostore uses it. Subclasses set the capabilities and override the
+    methods where their database differs from the defaults here (plain SQL that SQLite,
+    PostgreSQL and MariaDB all run)."""
+
+    name: ClassVar[str]
+    """SQLAlchemy's dialect name."""
+    driver: ClassVar[str]
+    """The async driver convostore runs this backend on (``dialect+driver://`` URLs)."""
+    example_url: ClassVar[str]
+
+    one_writer: ClassVar[bool] = False
+    """One write transaction at a time per database: writes in this process wait their turn
+    (``gate.Turns``) before they begin, and a new id may be the largest stored plus one."""
+    embedded: ClassVar[bool] = False
+    """The database is a file the process opens: a schema behind is upgraded on start
+    unless ``StoreConfig.auto_migrate`` says otherwise."""
+    statement_timeouts: ClassVar[bool] = False
+    """Engines convostore creates bound each statement (``StoreConfig.statement_timeout``), so
+    a migration, which may rightly run long, runs on an engine of its own."""
+    feed_in_statement: ClassVar[bool] = False
+    """A write records its change-feed row in its own statement (else the schema's triggers
+    do)."""
+    one_statement_append: ClassVar[bool] = False
+    """An append can be one statement (data-modifying CTEs over parallel arrays)."""
+    returning_on_update: ClassVar[bool] = True
+    """``UPDATE ... RETURNING``."""
+
+    def insert_ignoring(self, table: Table, keys: Sequence[Column[Any]]) -> Insert:
+        """An INSERT of ``table`` that inserts nothing where a row with the same ``keys``
+        exists."""
+        raise NotImplementedError
+
+    def greatest(self, *values: ColumnElement[Any]) -> ColumnElement[Any]:
+        """The largest of ``values`` (SQL's ``GREATEST``)."""
+        return func.greatest(*values)
+
+    def merged_json(self, document: ColumnElement[Any], patch: Any) -> ColumnElement[Any]:
+        """The JSON object ``document`` with the keys of the object ``patch`` set."""
+        return func.json_merge_patch(document, patch)
+
+    def json_object(self, pairs: Iterable[ColumnElement[Any]], type_: Any) -> ColumnElement[Any]:
+        """A JSON object from alternating keys and values."""
+        return func.json_object(*pairs, type_=type_)
+
+    def json_column(self, column: ColumnElement[Any], name: str) -> ColumnElement[Any]:
+        """A JSON column as a value of ``json_object`` (nested, not as text)."""
+        return column
+
+    def one_of(self, key: Column[Any], batch: ScalarSelect[Any]) -> ColumnElement[bool]:
+        """``key`` is one of the keys ``batch`` selects: a batch delete's condition."""
+        return key.in_(batch)
+
+    def in_code_point_order(self, column: Column[Any]) -> ColumnElement[Any]:
+        """``column`` for ORDER BY, sorted by code point as Python's ``sorted`` does."""
+        return column
+
+    def next_conversation_id(self, largest: ColumnElement[Any]) -> ColumnElement[Any]:
+        """A new conversation's id, given the largest stored (``one_writer`` backends)."""
+        return largest + 1
+
+    def utc_day(self, moment: Any) -> ColumnElement[Any]:
+        """The UTC day of a timestamp as YYYY-MM-DD text."""
+        raise NotImplementedError
+
+    def utc_hour(self, moment: Any) -> ColumnElement[Any]:
+        """The UTC hour of a timestamp, 0 to 23."""
+        raise NotImplementedError
+
+    def check_url(self, url: URL, what: str) -> None:
+        """Raise ``ConfigError`` for options of a URL this backend's driver cannot use."""
+
+    def is_local_file(self, url: URL) -> str | None:
+        """The path of the file the URL names, for a backend whose database is one."""
+        return None
+
+    def in_memory(self, url: URL) -> bool:
+        """Whether the URL names a database that lives only in this process."""
+        return False
+
+    def engine_options(
+        self, url: URL, config: StoreConfig, timeout: float | None
+    ) -> dict[str, Any]:
+        """Keywords for ``create_async_engine`` beyond the shared ones, for an engine convostore
+        creates (``timeout``: seconds each connect and statement may take, None: no bound)."""
+        return {"pool_size": config.pool_size, "max_overflow": config.max_overflow}
+
+    def on_new_engine(self, engine: AsyncEngine, timeout: float | None) -> None:
+        """Listeners every engine convostore creates on this backend needs."""
+
+    def prepare(self, engine: AsyncEngine) -> None:
+        """Apply convostore's connection settings to an engine, its own or a caller's."""
+
+    def release(self, engine: AsyncEngine) -> None:
+        """Undo ``prepare`` on a caller's engine once no repository of ours uses it."""
+
+    def keep_content_out_of_logs(self, engine: AsyncEngine) -> None:
+        """Keep turn content out of this backend's driver logs (beyond SQLAlchemy's)."""
+
+    def why_no_fast_path(self) -> str | None:
+        """Why this backend runs every statement through SQLAlchemy's execution, or None."""
+        return "it has no fast path"
+
+    def fast_executor(
+        self, lender: Lender, writes: Turns | None, *, owns_engine: bool
+    ) -> Executor | None:
+        """The executor on the raw driver, where this backend has one."""
+        return None
+
+    def watcher(
+        self, cache: SessionCache, engine: AsyncEngine, config: StoreConfig
+    ) -> Watcher | None:
+        """What follows other processes' writes through the change feed, or None where no
+        other process can write (an in-memory database)."""
+        raise NotImplementedError
+
+    def take_migration_lock(self, connection: Connection) -> None:
+        """Hold, until the transaction ends, a lock a second migrator waits for."""
+        raise NotImplementedError
+
+    def begin_write(self, connection: Connection) -> bool:
+        """Make a write transaction hold its write lock from its start, where the database
+        takes one (before the reads that plan the write). Returns whether it began one."""
+        return False
+
+    @asynccontextmanager
+    async def snapshot(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        """A transaction whose reads all see one snapshot of the database."""
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
+
+    async def database_bytes(self, conn: AsyncConnection) -> int | None:
+        """The size of the database, or None where it cannot be read."""
+        return None
+
+    def new_ids_from_sequence(self) -> bool:
+        """Whether new conversation ids come from a sequence (else: the largest plus one,
+        safe only with ``one_writer``)."""
+        return not self.one_writer
+
+    async def next_conversation_ids(self, conn: AsyncConnection, n: int) -> list[int]:
+        """``n`` new conversation ids from the sequence (``new_ids_from_sequence``)."""
+        raise NotImplementedError
+
+    async def advance_conversation_ids(self, conn: AsyncConnection, top: int) -> None:
+        """Move the sequence past ``top``, so no conversation started from now on takes an
+        id at or below it."""
+        raise NotImplementedError
+
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        """The driver's own exception classes, raised where SQLAlchemy does not wrap them."""
+        return ()
+
+    def is_disconnect(self, error: BaseException) -> bool:
+        """Whether one exception of a chain says the connection is lost (this driver's
+        words for it; the shared ones are checked by ``errors.is_disconnect``)."""
+        return False
+
+
+_loaded: dict[str, Backend] = {}
+
+
+def backend_for(what: str | URL | Any) -> Backend:
+    """The backend for a dialect name, a URL, an engine or a connection.
+
+    Raises ConfigError for a database convostore has no backend for."""
+    if isinstance(what, str):
+        name = what
+    elif isinstance(what, URL):
+        name = what.get_backend_name()
+    else:
+        name = what.dialect.name
+    backend = _loaded.get(name)
+    if backend is not None:
+        return backend
+    module_name = BACKEND_MODULES.get(name)
+    if module_name is None:
+        supported = ", ".join(sorted(BACKEND_MODULES))
+        raise ConfigError(f"convostore has no backend for {name!r} (it supports {supported})")
+    module = importlib.import_module(f"convostore.backends.{module_name}")
+    backend = module.BACKEND
+    assert isinstance(backend, Backend)
+    _loaded[name] = backend
+    return backend

@@ -1,9 +1,10 @@
 """The hot paths' statements through SQLAlchemy's own execution, for when every statement must
 be seen by SQLAlchemy: echo logging, cursor-execute listeners, tracing instrumentation.
 
-``CoreExecutor`` has the drivers' interface (``backends/_fast.py``) and runs the same compiled SQL with
-the same arguments through ``AsyncConnection.exec_driver_sql``, so rows come back as the
-driver's raw values, to which the store applies ``Compiled.processors`` on either path.
+``CoreExecutor`` has the fast paths' interface (``_executor.Executor``) and runs the same
+compiled SQL with the same arguments through ``AsyncConnection.exec_driver_sql``, so rows
+come back as the driver's raw values, to which the store applies ``Compiled.processors`` on
+either path.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from convostore._core.engine import begin_immediate
 from convostore._core.gate import Turns
+from convostore.backends import backend_for
 from convostore.backends._fast import Compiled, Inserts, Lender
 
 __all__ = ["CoreExecutor"]
@@ -28,13 +29,16 @@ class CoreExecutor:
     before each: the repository lets in only as many operations at once as the pool can lend
     connections, counting the kept one, which no operation here would use."""
 
+    appends_in_groups = False
+    loads_in_parts = False
+
     def __init__(self, engine: AsyncEngine, lender: Lender, writes: Turns | None = None) -> None:
         """``writes``: where a write transaction waits its turn first (SQLite's, see
         ``executor.HotPath.writes``)."""
         self.engine = engine
         self._lender = lender
         self._writes = writes
-        self._sqlite = engine.dialect.name == "sqlite"
+        self._backend = backend_for(engine)
 
     async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
         """The rows of one statement."""
@@ -56,7 +60,7 @@ class CoreExecutor:
         await self._lender.release()
         writes = self._writes
         async with writes.turn() if writes else nullcontext(), self.engine.begin() as conn:
-            began = self._sqlite and await conn.run_sync(begin_immediate)
+            began = await conn.run_sync(self._backend.begin_write)
             try:
                 rows = [tuple(row) for row in await _rows(conn, head, params)]
                 if rows and then is not None:

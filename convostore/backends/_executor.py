@@ -8,19 +8,53 @@ logging or tracing switched on after the repository started still sees every sta
 from __future__ import annotations
 
 import logging
-from typing import TypeAlias
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore._core.gate import Gate, Turns
+from convostore.backends import Backend, backend_for
 from convostore.backends._core_path import CoreExecutor
-from convostore.backends._fast import Lender, PostgresDriver, SqliteDriver
-from convostore.backends._private import aiosqlite_thread_api
+from convostore.backends._fast import Compiled, Inserts, Lender, Reads
 
-__all__ = ["Executor", "HotPath"]
+__all__ = ["AppendsInGroups", "Executor", "Executors", "LoadsInParts", "WritesTransactions"]
 
-Executor: TypeAlias = PostgresDriver | SqliteDriver | CoreExecutor
+
+class Executor(Protocol):
+    """Runs compiled statements: a backend's fast path, or SQLAlchemy's (``CoreExecutor``)."""
+
+    appends_in_groups: bool
+    """It has ``append`` (``AppendsInGroups``): the one-statement append, grouped."""
+    loads_in_parts: bool
+    """It has ``read_parts`` (``LoadsInParts``): a load as several reads in one snapshot."""
+
+    async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]: ...
+
+    async def write(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]: ...
+
+
+class WritesTransactions(Executor, Protocol):
+    """A write as a head statement and the inserts it numbers, in one transaction (every
+    executor of a backend without ``one_statement_append``)."""
+
+    async def write_transaction(
+        self, head: Compiled, params: Mapping[str, Any], then: Inserts | None = None
+    ) -> list[tuple[Any, ...]]: ...
+
+
+class AppendsInGroups(Executor, Protocol):
+    async def append(
+        self, alone: Compiled, grouped: Compiled, params: Mapping[str, Any]
+    ) -> list[Any]: ...
+
+
+class LoadsInParts(Executor, Protocol):
+    async def read_parts(
+        self, head: Compiled, params: Mapping[str, Any], then: Reads
+    ) -> tuple[list[Any], list[list[Any]]]: ...
+
 
 logger = logging.getLogger("convostore")
 
@@ -41,17 +75,15 @@ def _watched(sync_engine: Engine) -> str | None:
     return None
 
 
-def _no_fast_path(engine: AsyncEngine, *, fast_path: bool) -> str | None:
-    """Why the fast path cannot run on ``engine`` at all, or None."""
+def _no_fast_path(backend: Backend, *, fast_path: bool) -> str | None:
+    """Why the fast path cannot run on this backend at all, or None."""
     if not fast_path:
         return "StoreConfig.fast_path is False"
-    if engine.dialect.name == "sqlite" and not aiosqlite_thread_api():
-        return "this aiosqlite has no Connection._execute/_conn"
-    return None
+    return backend.why_no_fast_path()
 
 
-class HotPath:
-    """The executor of the hot paths on one engine, asked for per operation (``current``):
+class Executors:
+    """The executor of the hot paths on one engine, asked for per operation (``pick``):
     the driver, unless the fast path is off or something watches SQLAlchemy's statements at
     that moment (a listener or logging added before or after the repository started), then
     SQLAlchemy's execution."""
@@ -66,22 +98,21 @@ class HotPath:
     ) -> None:
         self.lender = Lender(engine, gate=gate)
         """Lends the drivers their connections (and keeps some, on convostore's own engine)."""
-        self.writes = Turns() if engine.dialect.name == "sqlite" else None
-        """SQLite: this process's write transactions, one at a time in the order they came."""
+        backend = backend_for(engine)
+        self.writes = Turns() if backend.one_writer else None
+        """A one-writer backend's write transactions of this process, one at a time in the
+        order they came."""
         self.core = CoreExecutor(engine, self.lender, self.writes)
         self._sync_engine = engine.sync_engine
-        self._driver: PostgresDriver | SqliteDriver | None = None
-        never = _no_fast_path(engine, fast_path=fast_path)
+        self._driver: Executor | None = None
+        never = _no_fast_path(backend, fast_path=fast_path)
         reason = never or _watched(self._sync_engine)
         if reason is not None:
             logger.debug("convostore: statements run through SQLAlchemy's execution: %s", reason)
         if never is None:
-            if self.writes is None:
-                self._driver = PostgresDriver(self.lender, owns_engine=owns_engine)
-            else:
-                self._driver = SqliteDriver(self.lender, self.writes)
+            self._driver = backend.fast_executor(self.lender, self.writes, owns_engine=owns_engine)
 
-    def current(self) -> Executor:
+    def pick(self) -> Executor:
         """The executor for the operation about to run."""
         driver = self._driver
         if driver is None or _watched(self._sync_engine) is not None:

@@ -25,9 +25,8 @@ empties the pool of an engine convostore created, so that after a database resta
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ClauseElement, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,19 +34,16 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
-from convostore._core.gate import Gate, Turns, stepping_aside
-from convostore.backends._private import run_in_sqlite_thread
-from convostore.errors import is_disconnect
+from convostore._core.gate import Gate, stepping_aside
 
 __all__ = [
     "Compiled",
     "Inserts",
     "Lender",
-    "PostgresDriver",
     "Processor",
     "Reads",
-    "SqliteDriver",
-    "write_transaction",
+    "discard",
+    "give_back",
 ]
 
 T = TypeVar("T")
@@ -143,7 +139,7 @@ class Lender:
             kept = self._kept.pop()
             if kept[1] is pool and not pool.dispatch.checkout:
                 return kept
-            await _give_back(kept[0])
+            await give_back(kept[0])
         return await self.engine.raw_connection(), pool
 
     async def give_back(self, pooled: Any, pool: Any) -> None:
@@ -159,7 +155,7 @@ class Lender:
         ):
             self._kept.append((pooled, pool))
         else:
-            await _give_back(pooled)
+            await give_back(pooled)
 
     @property
     def kept(self) -> int:
@@ -169,7 +165,7 @@ class Lender:
     async def release(self, keep: int = 0) -> None:
         """Return the kept connections to their pool, all but ``keep`` of them."""
         while len(self._kept) > keep:
-            await _give_back(self._kept.pop(0)[0])
+            await give_back(self._kept.pop(0)[0])
 
 
 class Groups(Generic[W, R]):
@@ -247,307 +243,13 @@ class Groups(Generic[W, R]):
             self._next()
 
 
-class PostgresDriver:
-    """Lends asyncpg connections from the engine's pool, in autocommit: each statement run on
-    them is atomic by itself. Statements run through ``Connection.fetch``, so asyncpg's own
-    statement cache prepares them (none behind PgBouncer, where the engine turns it off) and
-    its query loggers see them."""
-
-    def __init__(self, lender: Lender, *, owns_engine: bool) -> None:
-        self.lender = lender
-        self.engine = lender.engine
-        self._owns_engine = owns_engine
-        self._appends: Groups[_Append, list[Any]] = Groups(
-            self._append_alone, self._append_group, limit=_APPENDS_AT_ONCE
-        )
-
-    async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
-        """The rows of one statement, on a lent ``asyncpg.Connection``."""
-        return await self._fetch(compiled.sql, compiled.args(params))
-
-    async def _fetch(self, sql: str, args: list[Any], *, many: bool = False) -> list[Any]:
-        """The rows of ``sql`` with ``args``, or, ``many``, of ``sql`` run once for each list
-        of arguments in ``args``, all in one round trip and one transaction (asyncpg's
-        ``fetchmany``): every run is stored or none is."""
-        pooled, pool = await self.lender.take()
-        driver = pooled.driver_connection
-        assert driver is not None
-        try:
-            rows: list[Any] = await (
-                driver.fetchmany(sql, args) if many else driver.fetch(sql, *args)
-            )
-        except BaseException as exc:
-            await self._failed(pooled, driver, exc)
-            raise
-        await self.lender.give_back(pooled, pool)
-        return rows
-
-    async def append(
-        self, alone: Compiled, grouped: Compiled, params: Mapping[str, Any]
-    ) -> list[Any]:
-        """The rows of the one-statement append ``alone`` (none: nothing was written).
-
-        While two appends of this process run, more queue and then go as a group: one
-        round trip and one commit for all (``Groups``), ``grouped`` (``alone`` returning one
-        row each, NULLs for nothing written) run once per append, in the order of their
-        session ids, so that groups of two processes lock sessions in one order and never
-        deadlock. At 50 concurrent callers this cut the server's work per append (its commits
-        above all) and the client's round trips. If the server refuses one of them (an
-        idempotency key stored already), the group stores nothing and each is sent alone."""
-        return await self._appends.run(_Append(alone, grouped, params))
-
-    async def _append_alone(self, append: _Append) -> list[Any]:
-        return await self.read(append.alone, append.params)
-
-    async def _append_group(self, appends: list[_Append]) -> list[tuple[bool, Any]]:
-        order = sorted(range(len(appends)), key=lambda i: str(appends[i].params["sid"]))
-        grouped = appends[0].grouped
-        try:
-            rows = await self._fetch(
-                grouped.sql, [grouped.args(appends[i].params) for i in order], many=True
-            )
-        except Exception as exc:
-            if not _server_refused(exc):
-                raise
-            outcomes: list[tuple[bool, Any]] = []
-            for append in appends:
-                try:
-                    outcomes.append((True, await self._append_alone(append)))
-                except Exception as alone:
-                    outcomes.append((False, alone))
-            return outcomes
-        outcomes = [(False, None)] * len(appends)
-        for row, index in zip(rows, order, strict=True):
-            outcomes[index] = (True, [] if row[0] is None else [row])
-        return outcomes
-
-    async def _failed(self, pooled: Any, driver: Any, exc: BaseException) -> None:
-        """Give back or discard the connection a statement failed on."""
-        if not driver.is_closed() and (
-            _server_refused(exc) or isinstance(exc, asyncio.CancelledError)
-        ):
-            # The server answered with an error (a constraint, a trigger): the statement ended
-            # and, in autocommit, no transaction is left open, so the connection is as good as
-            # before and goes back to the pool. So does one whose caller was cancelled:
-            # asyncpg has asked the server to cancel the statement, and the connection's next
-            # command waits until the server confirms (up to its command_timeout; asyncpg
-            # closes a connection whose cancel is not confirmed by then).
-            await _give_back(pooled)
-            return
-        # A statement that ran out of time (command_timeout) says this connection did not
-        # answer, not that the server went away: its siblings stay in the pool.
-        gone = not isinstance(exc, asyncio.TimeoutError) and (
-            driver.is_closed() or is_disconnect(exc)
-        )
-        # Closed at once: a graceful close would wait for a server that may not answer.
-        driver.terminate()
-        await _discard(pooled, exc)
-        if self._owns_engine and gone:
-            # The server went away, so its siblings in the pool are dead too. An engine passed
-            # in is the caller's: its pool is left alone (the retry takes each dead connection
-            # out as it meets it).
-            await self.engine.dispose()
-
-    write = read
-    """A data-modifying statement ... RETURNING is atomic by itself in autocommit."""
-
-
-_APPENDS_AT_ONCE = 2
-"""How many appends (or groups of them) of one process run at once on PostgreSQL: two, so
-that the server works on one group while the client reads the last one's rows and sends the
-next (one at a time left either side idle half the time)."""
-
-
-async def _give_back(pooled: Any) -> None:
+async def give_back(pooled: Any) -> None:
     """Return a connection to the pool. The pool may talk to the driver then (a reset, or
     closing a connection beyond its size), which SQLAlchemy's asyncio layer only allows inside
     its greenlet."""
     await greenlet_spawn(pooled.close)
 
 
-def _server_refused(exc: BaseException) -> bool:
-    """An error PostgreSQL sent for a statement (it has a SQLSTATE), other than one that
-    means the connection or the server is going away."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and not is_disconnect(exc)
-
-
-async def _discard(pooled: Any, exc: BaseException) -> None:
+async def discard(pooled: Any, exc: BaseException) -> None:
     """Close a pooled connection that failed, so it is never reused in an unknown state."""
     await greenlet_spawn(pooled.invalidate, exc if isinstance(exc, Exception) else None)
-
-
-class SqliteDriver:
-    """Runs a function on the ``sqlite3`` connection inside aiosqlite's worker thread
-    (through aiosqlite's private API: see ``_private.run_in_sqlite_thread``).
-
-    Write transactions of this process that arrive while one is running wait in a queue and
-    then run together, back to back in one thread hop, each in a savepoint of one transaction
-    that commits them all (``write_group``): SQLite admits one writer at a time anyway, and
-    its commit (the WAL's flush to disk) is paid once for the group. Each caller still gets
-    its own outcome: a write that fails is rolled back to its savepoint alone; only a failure
-    of the group's transaction itself (its BEGIN or COMMIT) fails every write in it, and then
-    none of them is stored."""
-
-    def __init__(self, lender: Lender, writes: Turns) -> None:
-        """``writes``: where each write transaction waits its turn, in the worker thread
-        (``HotPath.writes``)."""
-        self.lender = lender
-        self._writes = writes
-        self.engine = lender.engine
-        self._writes_in_turn: Groups[_Write, list[tuple[Any, ...]]] = Groups(
-            self._write_alone, self._write_group
-        )
-
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work(connection)`` in one thread hop. ``work`` owns its transaction: it
-        commits, or rolls back before raising."""
-        pooled, pool = await self.lender.take()
-        try:
-            aio = pooled.driver_connection
-            assert aio is not None
-            result = await run_in_sqlite_thread(aio, work)
-        except BaseException as exc:
-            await _discard(pooled, exc)
-            raise
-        await self.lender.give_back(pooled, pool)
-        return result
-
-    async def read(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
-        """The rows of one statement, in one thread hop."""
-        return await self.run(
-            lambda conn: conn.execute(compiled.sql, compiled.args(params)).fetchall()
-        )
-
-    async def read_parts(
-        self, head: Compiled, params: Mapping[str, Any], then: Reads
-    ) -> tuple[list[Any], list[list[Any]]]:
-        """The rows of ``head``, then of each statement ``then(first row of head)`` asks for
-        (none if head has no rows), in one read transaction (one snapshot) and one hop."""
-        args = head.args(params)
-
-        def read(connection: sqlite3.Connection) -> tuple[list[Any], list[list[Any]]]:
-            began = not connection.in_transaction
-            if began:
-                connection.execute("BEGIN")
-            try:
-                rows = connection.execute(head.sql, args).fetchall()
-                return rows, [
-                    connection.execute(compiled.sql, compiled.args(more)).fetchall()
-                    for compiled, more in (then(rows[0]) if rows else ())
-                ]
-            finally:
-                if began:
-                    connection.rollback()  # it only read: this ends its snapshot
-
-        return await self.run(read)
-
-    async def write(self, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
-        """The rows of one data-modifying statement ... RETURNING, committed, in one hop."""
-        return await self.write_transaction(compiled, params)
-
-    async def write_transaction(
-        self, head: Compiled, params: Mapping[str, Any], then: Inserts | None = None
-    ) -> list[tuple[Any, ...]]:
-        """``write_transaction``, in one thread hop, or in a group with the writes queued
-        behind a running one. Arguments are bound here, before the hop: Python run in the
-        worker thread competes with the event loop for the GIL."""
-        return await self._writes_in_turn.run(_Write(head.sql, head.args(params), then))
-
-    async def _write_alone(self, write: _Write) -> list[tuple[Any, ...]]:
-        return await self._in_turn(lambda connection: write_transaction(connection, *write))
-
-    async def _write_group(self, writes: list[_Write]) -> list[tuple[bool, Any]]:
-        return await self._in_turn(lambda connection: write_group(connection, writes))
-
-    async def _in_turn(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """``run(work)``, holding this process's turn to write while ``work`` runs."""
-        turns = self._writes
-
-        def held(connection: sqlite3.Connection) -> T:
-            turns.hold_in_thread()
-            try:
-                return work(connection)
-            finally:
-                turns.release()
-
-        return await self.run(held)
-
-
-class _Append(NamedTuple):
-    """An append for ``PostgresDriver.append``: its statements and parameters."""
-
-    alone: Compiled
-    grouped: Compiled
-    params: Mapping[str, Any]
-
-
-class _Write(NamedTuple):
-    """A write transaction's statements, bound: ``write_transaction``'s arguments."""
-
-    sql: str
-    args: Sequence[Any]
-    then: Inserts | None
-
-
-def write_transaction(
-    connection: sqlite3.Connection,
-    sql: str,
-    args: Sequence[Any],
-    then: Inserts | None = None,
-) -> list[tuple[Any, ...]]:
-    """One SQLite write transaction: the head statement ``sql`` (an UPDATE or DELETE ...
-    RETURNING), then the inserts ``then(first row)`` asks for. Returns head's rows; if there
-    are none, nothing is written.
-
-    The transaction is begun here, explicitly and with the write lock (``BEGIN IMMEDIATE``),
-    whatever the connection's own transaction settings: a connection in autocommit (as
-    SQLAlchemy's aiosqlite recipe sets it up) would otherwise commit statement by statement
-    and could store a user turn without its answer."""
-    if not connection.in_transaction:
-        connection.execute("BEGIN IMMEDIATE")
-    try:
-        rows = _write(connection, sql, args, then)
-        if rows:
-            connection.commit()
-        else:
-            connection.rollback()
-        return rows
-    except BaseException:
-        connection.rollback()
-        raise
-
-
-def write_group(connection: sqlite3.Connection, writes: Sequence[_Write]) -> list[tuple[bool, Any]]:
-    """Several write transactions as one: each in a savepoint, rolled back to it alone if it
-    fails, then one commit. Returns each write's outcome: (True, head's rows) or (False, the
-    exception it raised). An error of the transaction itself is raised, nothing committed."""
-    if not connection.in_transaction:
-        connection.execute("BEGIN IMMEDIATE")
-    outcomes: list[tuple[bool, Any]] = []
-    try:
-        for write in writes:
-            connection.execute("SAVEPOINT convostore_write")
-            try:
-                outcomes.append((True, _write(connection, *write)))
-            except Exception as exc:
-                connection.execute("ROLLBACK TO convostore_write")
-                outcomes.append((False, exc))
-            connection.execute("RELEASE convostore_write")
-        connection.commit()
-    except BaseException:
-        connection.rollback()
-        raise
-    return outcomes
-
-
-def _write(
-    connection: sqlite3.Connection, sql: str, args: Sequence[Any], then: Inserts | None
-) -> list[tuple[Any, ...]]:
-    """The statements of a write transaction, inside one."""
-    rows = [tuple(row) for row in connection.execute(sql, args)]
-    if rows:
-        for compiled, many in then(rows[0]) if then else ():
-            if many:
-                connection.executemany(compiled.sql, many)
-    return rows

@@ -1,14 +1,8 @@
 """The statements of the repository's operations (load, append, update, delete, expiry
-refreshes, the sweep, the change feed), as SQLAlchemy Core, built once per dialect.
+refreshes, the sweep, the change feed), as SQLAlchemy Core, built once per backend.
 
-Not every statement convostore runs is here: ``_core/owners.py``, ``_ops/admin.py``, ``_ops/report.py``,
-``_ops/transfer.py`` and ``migrate.py`` build their own, and ``_core/engine.py``, ``backends/_fast.py`` and
-``_core/coherence.py`` run connection settings and transaction control (PRAGMAs, BEGIN) directly.
-
-Parameters are always bound, never spliced in. Where these statements differ between SQLite
-and PostgreSQL: merging slots into the session's JSON, the upsert that creates a session, the
-append (PostgreSQL's is one data-modifying CTE) and the load (one UNION on PostgreSQL, three
-range scans on SQLite).
+Where databases differ, a statement takes its part from the backend (``Backend``); what only
+one backend runs (PostgreSQL's feed polls, SQLite's PRAGMAs) is built in its module.
 """
 
 from __future__ import annotations
@@ -29,11 +23,9 @@ from sqlalchemy import (
     Text,
     Update,
     and_,
-    any_,
     bindparam,
     case,
     cast,
-    column,
     delete,
     func,
     insert,
@@ -42,32 +34,29 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    table,
     true,
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from convostore._core.schema import (
     TURN_FIELDS,
-    JSONDocument,
-    JSONText,
-    UTCDateTime,
     changes,
-    conversation_ids,
     conversations,
     sessions,
     turn_slots,
     turns,
 )
+from convostore.backends import Backend
+from convostore.backends._types import JSONDocument, JSONText, UTCDateTime
 from convostore.models import SESSION_COLUMNS, STATE_FIELDS
 
 __all__ = ["Statements"]
 
 
 class Statements:
-    """The statements for one dialect (``sqlite`` or ``postgresql``).
+    """The statements for one backend, from its parts where databases differ (``Backend``).
 
     Parameter names: ``sid`` session id; ``uid`` the caller's user id (None: any owner);
     ``cid`` conversation id; ``now`` and ``expires`` timestamps; ``hits`` accesses to add to
@@ -81,11 +70,9 @@ class Statements:
     always records them.
     """
 
-    def __init__(self, dialect: str, *, feed: bool = True) -> None:
-        if dialect not in ("sqlite", "postgresql"):
-            raise ValueError(f"convostore supports SQLite and PostgreSQL, not {dialect}")
-        self.dialect = dialect
-        self._feed = feed and dialect == "postgresql"
+    def __init__(self, backend: Backend, *, feed: bool = True) -> None:
+        self.backend = backend
+        self._feed = feed and backend.feed_in_statement
         now = bindparam("now", type_=UTCDateTime())
         sid = bindparam("sid", type_=String())
         live = and_(sessions.c.session_id == sid, sessions.c.expires_at > now)
@@ -158,7 +145,7 @@ class Statements:
             update(sessions).where(live).values(**refreshed).returning(sessions.c.version)
         )
         """Slide a live session's expiry."""
-        later = func.greatest if dialect == "postgresql" else func.max
+        later = backend.greatest
         self.touch_behind: Update = (
             update(sessions)
             .where(live)
@@ -171,17 +158,10 @@ class Statements:
         """A refresh written behind a read at ``now``: slides the expiry of the session if it
         was live then, never backwards (a write since may have slid it further)."""
 
-        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self.create: Insert = dialect_insert(sessions).on_conflict_do_nothing(
-            index_elements=[sessions.c.session_id]
-        )
+        self.create: Insert = backend.insert_ignoring(sessions, [sessions.c.session_id])
         """Insert a session row unless one exists (concurrent creators do not collide)."""
-        next_id: ColumnElement[Any] = (
-            conversation_ids.next_value()
-            if dialect == "postgresql"
-            else select(
-                func.coalesce(func.max(conversations.c.conversation_id), 0) + 1
-            ).scalar_subquery()
+        next_id = backend.next_conversation_id(
+            select(func.coalesce(func.max(conversations.c.conversation_id), 0)).scalar_subquery()
         )
         self.start_conversation = (
             insert(conversations)
@@ -255,8 +235,6 @@ class Statements:
         """SQLite: the change feed after row ``after``."""
         self.oldest_change = select(func.min(changes.c.id))
         self.newest_change = select(func.coalesce(func.max(changes.c.id), 0))
-        if dialect == "postgresql":
-            self._feed_statements()
         self.version_of = select(sessions.c.version, sessions.c.expires_at).where(
             sessions.c.session_id == bindparam("sid")
         )
@@ -264,7 +242,7 @@ class Statements:
         self.insert_turns: Insert = insert(turns)
         self.insert_slots: Insert = insert(turn_slots)
 
-        self.load: CompoundSelect[Any] = self._load(dialect)
+        self.load: CompoundSelect[Any] = self._load(backend)
         """A whole session in one statement (so one round trip and one snapshot): the turns
         of its live conversation."""
 
@@ -275,7 +253,7 @@ class Statements:
         in index order."""
 
         self.append_cte: Select[Any] | None = (
-            self._one_statement_append() if dialect == "postgresql" else None
+            self._one_statement_append() if backend.one_statement_append else None
         )
         """PostgreSQL: the whole append (``allocate`` plus the turn and slot inserts) as one
         statement; None on SQLite, which runs them as one transaction in one thread hop."""
@@ -285,7 +263,7 @@ class Statements:
         """PostgreSQL: ``append_cte`` returning one row always (NULLs: nothing written)."""
 
     @staticmethod
-    def _load(dialect: str) -> CompoundSelect[Any]:
+    def _load(backend: Backend) -> CompoundSelect[Any]:
         """A session's row, then each turn's row followed by its slot rows, in one result.
 
         The session row comes first (``seq`` 0; turns count from 1) and carries its fields in
@@ -306,7 +284,6 @@ class Statements:
             select(sessions.c.conversation_id).where(sessions.c.session_id == sid).scalar_subquery()
         )
         after = upto - bindparam("window", type_=Integer())
-        postgres = dialect == "postgresql"
         turn_rows = select(
             *TURN_FIELDS,
             null().label("name"),
@@ -321,7 +298,7 @@ class Statements:
         slot_rows = select(
             turn_slots.c.seq,
             *(null() for _ in range(len(TURN_FIELDS) - 1)),
-            turn_slots.c.name.collate("C") if postgres else turn_slots.c.name,
+            backend.in_code_point_order(turn_slots.c.name),
             turn_slots.c.value,
             null(),
         ).where(
@@ -333,13 +310,13 @@ class Statements:
         session_row = select(
             literal(0, Integer()),
             *(null() for _ in range(len(TURN_FIELDS) + 1)),
-            Statements._session_object(postgres),
+            Statements._session_object(backend),
         ).where(sessions.c.session_id == sid)
         rows: CompoundSelect[Any] = union_all(turn_rows, slot_rows, session_row)
         return rows.order_by(rows.selected_columns.seq, rows.selected_columns.name.nulls_first())
 
     @staticmethod
-    def _session_object(postgres: bool) -> ColumnElement[Any]:
+    def _session_object(backend: Backend) -> ColumnElement[Any]:
         """The session row's ``models.SESSION_COLUMNS`` as one JSON object keyed by their
         names (timestamps as ISO 8601 text): one column of the load beside the turns', NULL
         in their rows. Seven columns of their own would add seven NULLs to every turn and slot
@@ -347,11 +324,10 @@ class Statements:
         pairs: list[ColumnElement[Any]] = []
         for name in SESSION_COLUMNS:
             column: ColumnElement[Any] = sessions.c[name]
-            if name == "current_slots" and not postgres:
-                column = func.json(column)  # nested as an object, not as text
+            if name == "current_slots":
+                column = backend.json_column(column, name)  # nested as an object, not as text
             pairs += [literal_column(f"'{name}'"), column]
-        build = func.json_build_object if postgres else func.json_object
-        return build(*pairs, type_=JSONText).label("session")
+        return backend.json_object(pairs, JSONText).label("session")
 
     @staticmethod
     def _load_in_parts() -> tuple[Select[Any], Select[Any], Select[Any]]:
@@ -381,74 +357,15 @@ class Statements:
             in_window(turn_slots, slot.seq, slot.name, slot.value).order_by(slot.seq, slot.name),
         )
 
-    def _feed_statements(self) -> None:
-        """PostgreSQL: what a watcher polls the change feed with (see ``coherence``)."""
-        server = select(func.pg_postmaster_start_time().label("started")).subquery("server")
-        pending = bindparam("pending", type_=postgresql.ARRAY(BigInteger()))
-        self.poll_changes = (
-            select(server.c.started, changes.c.id, changes.c.session_id, changes.c.version)
-            .select_from(
-                server.outerjoin(
-                    changes,
-                    or_(
-                        changes.c.id > bindparam("after", type_=BigInteger()),
-                        changes.c.id == any_(pending),
-                    ),
-                )
-            )
-            .order_by(changes.c.id)
-        )
-        """The server's start time, and the feed's rows after ``after`` or among ``pending``
-        (at least one row: the feed's columns are NULL when none is new)."""
-        locks = table(
-            "pg_locks",
-            column("virtualtransaction"),
-            column("locktype"),
-            column("database"),
-            column("relation"),
-            column("mode"),
-        )
-        databases = table("pg_database", column("oid"), column("datname"))
-        writers = select(func.array_agg(locks.c.virtualtransaction)).where(
-            locks.c.locktype == literal("relation"),
-            locks.c.mode == literal("RowExclusiveLock"),
-            locks.c.relation == cast(literal(changes.name), postgresql.REGCLASS),
-            locks.c.database
-            == select(databases.c.oid)
-            .where(databases.c.datname == func.current_database())
-            .scalar_subquery(),
-        )
-        self.feed_witness = select(
-            select(func.coalesce(func.max(changes.c.id), 0)).scalar_subquery().label("newest"),
-            select(func.min(changes.c.id)).scalar_subquery().label("oldest"),
-            writers.scalar_subquery().label("writers"),
-            func.pg_postmaster_start_time().label("started"),
-        )
-        """The feed's newest and oldest ids in this statement's snapshot, and the (virtual)
-        transactions holding the feed's write lock, read after that snapshot was taken: every
-        transaction that took an id the snapshot does not show is among them, or ended
-        before they were read (it holds the lock from before it takes its id until it
-        ends). NULL ``writers``: none."""
-
     def _one_of(self, key: Column[Any], batch: ScalarSelect[Any]) -> ColumnElement[bool]:
-        """``key`` is one of the keys ``batch`` selects: a batch delete's condition.
-
-        PostgreSQL: ``key = ANY(ARRAY(batch))``. The array is computed once (an InitPlan) and
-        the rows are found by primary key, whatever the table's size and statistics.
-        ``key IN (batch)`` left the join to the planner, which chose by the table's size: on
-        100,000 conversations it hashed the batch and scanned the whole table, and a batch's
-        time varied with the plan."""
-        if self.dialect == "postgresql":
-            return key == any_(func.array(batch, type_=postgresql.ARRAY(key.type)))
-        return key.in_(batch)
+        """``key`` is one of the keys ``batch`` selects: a batch delete's condition."""
+        return self.backend.one_of(key, batch)
 
     def _merged_slots(self) -> ColumnElement[Any]:
         """``current_slots`` with ``merge`` merged in, inside the database, so an append never
         reads the session first."""
         merge = bindparam("merge", type_=JSONDocument)
-        if self.dialect == "postgresql":
-            return sessions.c.current_slots.op("||")(merge)
-        return func.json_patch(sessions.c.current_slots, merge)
+        return self.backend.merged_json(sessions.c.current_slots, merge)
 
     def _one_statement_append(self) -> Select[Any]:
         """PostgreSQL: the whole append as one statement, one round trip, atomic by itself.

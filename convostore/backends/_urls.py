@@ -23,10 +23,18 @@ from sqlalchemy.exc import ArgumentError
 
 from convostore.errors import ConfigError
 
-__all__ = ["DRIVERS", "SSL_MODES", "asyncpg_arguments", "check_database_url", "hide_password"]
+__all__ = [
+    "DRIVERS",
+    "SSL_MODES",
+    "asyncpg_arguments",
+    "check_asyncpg_url",
+    "check_database_url",
+    "hide_password",
+]
 
 DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
-"""The async driver convostore runs each backend on (the hot paths call these drivers)."""
+"""The async driver convostore runs each backend on (each backend's ``Backend.driver``; here
+so that a URL is checked without importing any backend)."""
 
 _BACKEND_ALIASES = {"postgres": "postgresql"}
 _EXAMPLES = "sqlite+aiosqlite:///file.db or postgresql+asyncpg://user:password@host/database"
@@ -105,16 +113,24 @@ def check_database_url(url: str | URL, what: str = "database_url") -> URL:
             f"{what} {shown!r} names {has}; convostore runs {backend} on the async driver "
             f"{wanted}: write {fixed!r}"
         )
-    if wanted == "asyncpg" and importlib.util.find_spec("asyncpg") is None:
+    from convostore.backends import backend_for
+
+    backend_for(backend).check_url(parsed, what)
+    return parsed
+
+
+def check_asyncpg_url(parsed: URL, what: str) -> None:
+    """``ConfigError`` if asyncpg is not installed or the URL has options it cannot take."""
+    shown = hide_password(parsed)
+    if importlib.util.find_spec("asyncpg") is None:
         raise ConfigError(
             f"{what} {shown!r} needs the asyncpg driver, which is not installed: "
             'pip install "convostore[postgres]"'
         )
-    if wanted == "asyncpg" and parsed.query:
+    if parsed.query:
         problem = _query_problem(parsed.query)
         if problem is not None:
             raise ConfigError(f"{what} {shown!r}: {problem}")
-    return parsed
 
 
 def _query_problem(query: Mapping[str, str | tuple[str, ...]]) -> str | None:
