@@ -1,9 +1,9 @@
 """``SessionRepository``: the public API, an LRU cache in front of the SQL in ``_core/store.py``.
 
 A call goes: check the input (``validation``), try the cache (``cache``), else run one
-transaction (``store.SqlStore``) through ``lifecycle.Calls`` (admission, retries, draining at
-``stop()``), then bring the cache in line with what was committed. ``coherence`` drops cached
-copies of sessions other processes wrote.
+transaction (``_core/store.SqlStore``) through ``_core/calls.CallLifecycle`` (admission,
+retries, draining at ``stop()``), then bring the cache in line with what was committed.
+``coherence`` drops cached copies of sessions other processes wrote.
 
 Consistency, in short:
 
@@ -36,13 +36,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore._core.cache import SessionCache
-from convostore._core.calls import Calls, attempt_timeout
+from convostore._core.calls import CallLifecycle, attempt_timeout
 from convostore._core.coherence import Watcher
 from convostore._core.engine import check_database, create_engine, prepare_engine, release_engine
-from convostore._core.expiry import RefreshesBehind, logger, run_periodically
+from convostore._core.expiry import DeferredRefreshes, logger, run_periodically
 from convostore._core.gate import Gate
 from convostore._core.owners import Owners
-from convostore._core.session_ops import CachedStore, Stats, TimingHook, owned, utc
+from convostore._core.session_ops import SessionOperations, Stats, TimingHook, owned, utc
 from convostore._core.store import SqlStore
 from convostore._core.validation import (
     Limits,
@@ -147,12 +147,12 @@ class SessionRepository:
         reconnect_timeout = float(self.config.reconnect_timeout)
         self._attempt_timeout = attempt_timeout(reconnect_timeout) if self._owns_engine else None
         """Bounds each connect and statement on the repository's own engine (PostgreSQL)."""
-        self._calls = Calls(
+        self._calls = CallLifecycle(
             reconnect_timeout,
             self._attempt_timeout,
             Gate(self.config.pool_size + self.config.max_overflow) if self._owns_engine else None,
         )
-        self._ops: CachedStore | None = None
+        self._ops: SessionOperations | None = None
         self._owners: Owners | None = None
         self._watcher: Watcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -249,11 +249,11 @@ class SessionRepository:
         self._engine = engine
         delay = float(self.config.refresh_delay)
         behind = (
-            RefreshesBehind(partial(self._touch_many, store), self.config.sweep_batch_size)
+            DeferredRefreshes(partial(self._touch_many, store), self.config.sweep_batch_size)
             if delay > 0
             else None
         )
-        self._ops = CachedStore(
+        self._ops = SessionOperations(
             store,
             self._cache,
             self._stats,
@@ -279,7 +279,7 @@ class SessionRepository:
         self, store: SqlStore, refreshes: Sequence[tuple[str, datetime, int]]
     ) -> None:
         """Write refreshes held back from reads, in turn with the calls' operations."""
-        await self._calls.gated(lambda: store.touch_many(refreshes, self._ttl))
+        await self._calls.gated(lambda: store.slide_expiries(refreshes, self._ttl))
 
     async def _ensure_schema(self, engine: AsyncEngine) -> None:
         """Check the schema; upgrade one that is behind when ``auto_migrate`` says so (None:
@@ -648,7 +648,7 @@ class SessionRepository:
         try:
             await self._calls.run(
                 "updating a session",
-                lambda: ops.replace(sid, state, fields, all_turns, new_at, key, expected, owner),
+                lambda: ops.update(sid, state, fields, all_turns, new_at, key, expected, owner),
                 shield=True,
             )
         finally:
@@ -793,7 +793,7 @@ class SessionRepository:
         hooks = [h for h in self._stats.hooks or () if h != hook]
         self._stats.hooks = hooks or None
 
-    def _enter(self) -> CachedStore:
+    def _enter(self) -> SessionOperations:
         """Admit a call (``NotRunning`` if the repository is not running); the caller must
         ``self._calls.leave()`` when it ends."""
         self._calls.enter()

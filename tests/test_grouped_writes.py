@@ -2,7 +2,7 @@
 
 While one append of a process runs, the next ones queue and then go as a group: on SQLite one
 transaction with a savepoint each, on PostgreSQL one round trip and one commit
-(``driver.Groups``). A write the database refuses fails alone; the others are stored, and the
+(``_fast.Groups``). A write the database refuses fails alone; the others are stored, and the
 cache holds exactly what was stored.
 """
 

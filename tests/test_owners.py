@@ -97,7 +97,7 @@ async def test_another_users_session_is_never_read_or_written(
 ) -> None:
     """Bob gets None for Alice's session and NotSessionOwner when he would create or append
     to it, from a repository that cached it and from one that did not; nothing is written.
-    Calls without a user id behave as before."""
+    CallLifecycle without a user id behave as before."""
     alice = await make_repo()
     sid, _ = await alice.get_or_create("alices", user_id="alice")
     await alice.add_turn(sid, "Archieven in Utrecht?", "Twaalf.", user_id="alice")

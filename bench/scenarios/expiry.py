@@ -1,6 +1,6 @@
 """Row 7: the expiry sweep in its two passes, on SQLite and PostgreSQL.
 
-``SessionRepository.sweep_expired`` (``CachedStore.sweep``) runs pass 1,
+``SessionRepository.sweep_expired`` (``SessionOperations.sweep``) runs pass 1,
 ``SqlStore.sweep_batch``: expired sessions go, and the schema's trigger ends their
 conversations; then pass 2, ``SqlStore.sweep_transcripts_batch``: conversations that ended
 ``transcript_retention`` or more ago go, with their turns and slots (by cascade). Each pass

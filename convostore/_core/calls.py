@@ -34,7 +34,7 @@ from convostore.errors import (
     translate_errors,
 )
 
-__all__ = ["Calls", "attempt_timeout"]
+__all__ = ["CallLifecycle", "attempt_timeout"]
 
 T = TypeVar("T")
 logger = logging.getLogger("convostore")
@@ -63,7 +63,7 @@ def _timed_out(exc: BaseException) -> bool:
 _TIMEOUTS = (asyncio.TimeoutError, PoolTimeout)
 
 
-class Calls:
+class CallLifecycle:
     """Counts the calls in flight and runs their database operations."""
 
     def __init__(

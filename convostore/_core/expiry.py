@@ -3,7 +3,7 @@ sweep, and the flush of expiry refreshes), and the expiry refreshes reads leave 
 written later in batches.
 
 The sweep itself is not here: ``repository.SessionRepository.sweep_expired`` runs
-``cached_store.CachedStore.sweep``, whose batches are ``store.SqlStore.sweep_batch`` and
+``session_ops.SessionOperations.sweep``, whose batches are ``store.SqlStore.sweep_batch`` and
 ``sweep_transcripts_batch`` (statements ``sweep`` and ``sweep_transcripts`` in
 ``backends/_statements.py``, where their locking is described).
 """
@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
-__all__ = ["RefreshesBehind", "run_periodically"]
+__all__ = ["DeferredRefreshes", "run_periodically"]
 
 logger = logging.getLogger("convostore")
 
@@ -37,7 +37,7 @@ async def run_periodically(
             logger.exception("convostore: scheduled %s failed; retrying next interval", what)
 
 
-class RefreshesBehind:
+class DeferredRefreshes:
     """Expiry refreshes that reads need, written behind them in batches.
 
     A read that finds the stored ``last_accessed`` stale notes its refresh here and returns at

@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from time import perf_counter
 
 from convostore._core.cache import SessionCache
-from convostore._core.expiry import RefreshesBehind
-from convostore._core.store import SqlStore, Written
+from convostore._core.expiry import DeferredRefreshes
+from convostore._core.store import SqlStore, WriteOutcome
 from convostore.errors import NotSessionOwner, StaleStateError
 from convostore.models import (
     ConversationState,
@@ -27,7 +27,7 @@ from convostore.models import (
     name_ordered,
 )
 
-__all__ = ["CachedStore", "Stats", "TimingHook", "owned", "utc"]
+__all__ = ["SessionOperations", "Stats", "TimingHook", "owned", "utc"]
 
 logger = logging.getLogger("convostore")
 
@@ -66,7 +66,7 @@ class Stats:
                 logger.exception("convostore: a timing hook failed on %s", what)
 
 
-class CachedStore:
+class SessionOperations:
     """A ``SqlStore`` and the ``SessionCache`` in front of it, for one repository."""
 
     def __init__(
@@ -77,7 +77,7 @@ class CachedStore:
         *,
         ttl: float,
         clock: Callable[[], float],
-        behind: RefreshesBehind | None = None,
+        behind: DeferredRefreshes | None = None,
         trusted: bool = False,
     ) -> None:
         self.store = store
@@ -118,7 +118,9 @@ class CachedStore:
         due = now - entry.last_accessed > self._refresh_after
         behind = self.behind
         if due and behind is None:
-            version = await self.store.touch(sid, utc(now), self._ttl, entry.unflushed_hits + 1)
+            version = await self.store.slide_expiry(
+                sid, utc(now), self._ttl, entry.unflushed_hits + 1
+            )
         elif due and self._trusted:
             version = entry.version
         else:
@@ -163,7 +165,7 @@ class CachedStore:
             if now - entry.last_accessed > self._refresh_after:
                 if self.behind is not None:
                     self.behind.note(sid, now_utc, 1)
-                elif await self.store.touch(sid, now_utc, self._ttl, 1) is None:
+                elif await self.store.slide_expiry(sid, now_utc, self._ttl, 1) is None:
                     self._cache.discard(sid)
                     return None
                 entry.last_accessed, entry.expires_at = now, now + self._ttl
@@ -189,7 +191,7 @@ class CachedStore:
                 self._cache.put_loaded(sid, entry, generation)
             return entry.fork(sid)
 
-    def _count_write(self, written: Written) -> None:
+    def _count_write(self, written: WriteOutcome) -> None:
         self.stats.created += written.created
         self.stats.expired += written.expired_removed
 
@@ -263,7 +265,7 @@ class CachedStore:
         state._session_id, state._origin, state._stored = sid, tuple(written), len(written)
         return state
 
-    async def replace(
+    async def update(
         self,
         sid: str,
         state: ConversationState,
@@ -282,7 +284,7 @@ class CachedStore:
             before = self._cache.peek(sid)
             hits = before.unflushed_hits if before is not None else 0
             try:
-                written = await self.store.replace(
+                written = await self.store.update(
                     sid,
                     fields,
                     [all_turns[index] for index in new_at],

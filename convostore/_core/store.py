@@ -37,7 +37,7 @@ from convostore.backends._executor import (
     LoadsInParts,
     WritesTransactions,
 )
-from convostore.backends._fast import Compiled, Lender
+from convostore.backends._fast import Compiled, ConnectionLender
 from convostore.backends._statements import Statements
 from convostore.errors import NotSessionOwner, register_driver_errors
 from convostore.models import (
@@ -49,7 +49,7 @@ from convostore.models import (
     name_ordered,
 )
 
-__all__ = ["CHANGES_KEPT", "SqlStore", "Written"]
+__all__ = ["CHANGES_KEPT", "SqlStore", "WriteOutcome"]
 
 CHANGES_KEPT = 100_000
 """Rows of the change feed the sweep keeps. A process whose poll fell further behind than
@@ -57,7 +57,7 @@ that (seconds of heavy writing) sees the gap and drops its whole cache."""
 
 
 @dataclass(slots=True)
-class Written:
+class WriteOutcome:
     """What a write committed: the session's new version, whether the write created the
     session (and removed an expired one first), and the turns it stored."""
 
@@ -73,8 +73,8 @@ class Written:
     """The session was not at the expected version: nothing was written."""
 
 
-_DUPLICATE = Written(-1, False, False, [], duplicate=True)
-_STALE = Written(-1, False, False, [], stale=True)
+_DUPLICATE = WriteOutcome(-1, False, False, [], duplicate=True)
+_STALE = WriteOutcome(-1, False, False, [], stale=True)
 
 
 def _stamped(turns: Sequence[ConversationTurn], created_at: datetime) -> list[ConversationTurn]:
@@ -115,8 +115,8 @@ class SqlStore:
         default_language: str | None = None,
     ) -> None:
         """``gate``: where the operations on an engine convostore created wait for a
-        connection (``lifecycle.Calls``), whose hot path may keep connections between
-        operations (``driver.Lender``); None for an engine passed in."""
+        connection (``calls.CallLifecycle``), whose hot path may keep connections between
+        operations (``_fast.ConnectionLender``); None for an engine passed in."""
         self.engine = engine
         self.retention = retention
         """Seconds a transcript stays after its session ended (0: it goes with the session)."""
@@ -146,7 +146,7 @@ class SqlStore:
             for compiled in (self._insert_turns, self._insert_slots)
         }
         """Where an insert's conversation and turn number go in its arguments."""
-        self._touch = Compiled(sql.touch, dialect)
+        self._slide_expiry = Compiled(sql.slide_expiry, dialect)
         self._drop_expired = Compiled(sql.drop_expired, dialect)
         self._load = load = Compiled(sql.load, dialect)
         self._session_of = _SessionOf(load)
@@ -172,7 +172,7 @@ class SqlStore:
         one: fast-path writers hold theirs while they wait for the turn, but the repository
         lets in no more operations than the pool has connections, and of the connections the
         fast path kept, all but one go back to the pool first: it keeps that one only while
-        the pool could lend another (``Lender.give_back``)."""
+        the pool could lend another (``ConnectionLender.give_back``)."""
         await self._executors.lender.release(keep=1)
         writes = self._executors.writes
         async with writes.turn() if writes else nullcontext(), self.engine.begin() as conn:
@@ -183,8 +183,8 @@ class SqlStore:
         await self._executors.close()
 
     @property
-    def lender(self) -> Lender:
-        """What lends the hot path its connections (``driver.Lender``)."""
+    def lender(self) -> ConnectionLender:
+        """What lends the hot path its connections (``_fast.ConnectionLender``)."""
         return self._executors.lender
 
     @property
@@ -257,7 +257,7 @@ class SqlStore:
         key: str,
         create: bool,
         uid: str | None = None,
-    ) -> Written | None:
+    ) -> WriteOutcome | None:
         """Append turns after whatever is stored, merging slots and template into the session
         row, unless the append with idempotency ``key`` is stored already (then the result says
         ``duplicate``). A missing or expired session is created first (owned by ``uid``) if
@@ -285,7 +285,7 @@ class SqlStore:
                 return _DUPLICATE
             raise
         if row is not None:
-            return Written(row[1], False, False, _stamped(new_turns, now))
+            return WriteOutcome(row[1], False, False, _stamped(new_turns, now))
         if not create:
             return None
         async with self._begin() as conn:
@@ -296,7 +296,7 @@ class SqlStore:
                     return _DUPLICATE
             row = (await conn.execute(self.sql.allocate, params)).one()
             await self._insert(conn, sid, row, new_turns, now, key)
-        return Written(row[1], created, expired, _stamped(new_turns, now))
+        return WriteOutcome(row[1], created, expired, _stamped(new_turns, now))
 
     async def _key_stored(self, conn: AsyncConnection, sid: str, key: str | None) -> bool:
         if key is None:
@@ -381,7 +381,7 @@ class SqlStore:
         if slot_rows:
             await conn.execute(self.sql.insert_slots, slot_rows)
 
-    async def replace(
+    async def update(
         self,
         sid: str,
         fields: SessionFields,
@@ -394,7 +394,7 @@ class SqlStore:
         key: str | None,
         expected: int | None,
         uid: str | None = None,
-    ) -> Written:
+    ) -> WriteOutcome:
         """Write the session fields and append ``new_turns`` after whatever is stored. A
         missing or expired session is created with ``all_turns`` (owned by ``uid``). With new
         turns, ``key`` makes the write idempotent like ``append``'s. With ``uid``, a live
@@ -434,9 +434,9 @@ class SqlStore:
                     params["n"] = len(new_turns)
                 row = (await conn.execute(self.sql.replace, params)).one()
             await self._insert(conn, sid, row, new_turns, now, key)
-        return Written(row[1], created, expired, _stamped(new_turns, now))
+        return WriteOutcome(row[1], created, expired, _stamped(new_turns, now))
 
-    async def touch(self, sid: str, now: datetime, ttl: float, hits: int) -> int | None:
+    async def slide_expiry(self, sid: str, now: datetime, ttl: float, hits: int) -> int | None:
         """Slide a live session's expiry. Returns its version, or None if it is not live."""
         params = {
             "sid": sid,
@@ -444,10 +444,12 @@ class SqlStore:
             "expires": now + timedelta(seconds=ttl),
             "hits": hits,
         }
-        rows = await self._executors.pick().write(self._touch, params)
+        rows = await self._executors.pick().write(self._slide_expiry, params)
         return int(rows[0][0]) if rows else None
 
-    async def touch_many(self, refreshes: Sequence[tuple[str, datetime, int]], ttl: float) -> None:
+    async def slide_expiries(
+        self, refreshes: Sequence[tuple[str, datetime, int]], ttl: float
+    ) -> None:
         """Write refreshes reads left behind, (session id, read at, hits) each, in one
         transaction, in session id order so that concurrent flushes lock rows alike."""
         params = [
@@ -455,7 +457,7 @@ class SqlStore:
             for sid, now, hits in sorted(refreshes)
         ]
         async with self._begin() as conn:
-            await conn.execute(self.sql.touch_behind, params)
+            await conn.execute(self.sql.slide_expiry_behind, params)
 
     async def drop_expired(self, sid: str, now: datetime) -> bool:
         """Delete the session if it has expired (without retention, its conversation too).

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from convostore._core.coherence import Watcher
     from convostore._core.gate import Turns
     from convostore.backends._executor import Executor
-    from convostore.backends._fast import Lender
+    from convostore.backends._fast import ConnectionLender
     from convostore.config import StoreConfig
 
 __all__ = ["BACKEND_MODULES", "Backend", "backend_for"]
@@ -148,7 +148,7 @@ class Backend:
         return "it has no fast path"
 
     def fast_executor(
-        self, lender: Lender, writes: Turns | None, *, owns_engine: bool
+        self, lender: ConnectionLender, writes: Turns | None, *, owns_engine: bool
     ) -> Executor | None:
         """The executor on the raw driver, where this backend has one."""
         return None

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore._core.gate import Turns
 from convostore.backends import backend_for
-from convostore.backends._fast import Compiled, Inserts, Lender
+from convostore.backends._fast import Compiled, ConnectionLender, Inserts
 
 __all__ = ["CoreExecutor"]
 
@@ -32,9 +32,11 @@ class CoreExecutor:
     appends_in_groups = False
     loads_in_parts = False
 
-    def __init__(self, engine: AsyncEngine, lender: Lender, writes: Turns | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, lender: ConnectionLender, writes: Turns | None = None
+    ) -> None:
         """``writes``: where a write transaction waits its turn first (SQLite's, see
-        ``executor.HotPath.writes``)."""
+        ``Executors.writes``)."""
         self.engine = engine
         self._lender = lender
         self._writes = writes

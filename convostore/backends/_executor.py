@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore._core.gate import Gate, Turns
 from convostore.backends import Backend, backend_for
 from convostore.backends._core_path import CoreExecutor
-from convostore.backends._fast import Compiled, Inserts, Lender, Reads
+from convostore.backends._fast import Compiled, ConnectionLender, Inserts, Reads
 
 __all__ = ["AppendsInGroups", "Executor", "Executors", "LoadsInParts", "WritesTransactions"]
 
@@ -96,7 +96,7 @@ class Executors:
         fast_path: bool,
         gate: Gate | None = None,
     ) -> None:
-        self.lender = Lender(engine, gate=gate)
+        self.lender = ConnectionLender(engine, gate=gate)
         """Lends the drivers their connections (and keeps some, on convostore's own engine)."""
         backend = backend_for(engine)
         self.writes = Turns() if backend.one_writer else None

@@ -38,8 +38,8 @@ from convostore._core.gate import Gate, stepping_aside
 
 __all__ = [
     "Compiled",
+    "ConnectionLender",
     "Inserts",
-    "Lender",
     "Processor",
     "Reads",
     "discard",
@@ -110,7 +110,7 @@ class Compiled:
         return values
 
 
-class Lender:
+class ConnectionLender:
     """Lends the hot path pooled connections of an engine.
 
     With an engine convostore created, a connection an operation gives back may be kept for

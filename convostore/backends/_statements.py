@@ -141,12 +141,12 @@ class Statements:
         )
         """``replace``, only on the session at version ``expected``."""
 
-        self.touch: Update = (
+        self.slide_expiry: Update = (
             update(sessions).where(live).values(**refreshed).returning(sessions.c.version)
         )
         """Slide a live session's expiry."""
         later = backend.greatest
-        self.touch_behind: Update = (
+        self.slide_expiry_behind: Update = (
             update(sessions)
             .where(live)
             .values(
@@ -486,7 +486,7 @@ class Statements:
     @staticmethod
     def _one_row(append: Select[Any]) -> Select[Any]:
         """``append`` returning exactly one row: NULLs where it wrote nothing (the session was
-        not live). Appends sent together in one round trip (``driver.PostgresDriver``) come
+        not live). Appends sent together in one round trip (``postgresql.PostgresDriver``) come
         back as one list of rows, which this lets them share out."""
         done = append.subquery("done")
         return select(done.c.turn_count, done.c.version).select_from(

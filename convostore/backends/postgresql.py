@@ -51,7 +51,7 @@ from convostore._core.coherence import POLL_TIMEOUT, FeedLost, Gaps, PollingWatc
 from convostore._core.schema import changes, conversation_ids
 from convostore.backends import Backend
 from convostore.backends._executor import Executor
-from convostore.backends._fast import Compiled, Groups, Lender, discard, give_back
+from convostore.backends._fast import Compiled, ConnectionLender, Groups, discard, give_back
 from convostore.backends._private import sqlalchemy_asyncpg_connector
 from convostore.backends._urls import asyncpg_arguments, check_asyncpg_url
 from convostore.config import StoreConfig
@@ -140,7 +140,7 @@ class PostgresDriver:
     appends_in_groups = True
     loads_in_parts = False
 
-    def __init__(self, lender: Lender, *, owns_engine: bool) -> None:
+    def __init__(self, lender: ConnectionLender, *, owns_engine: bool) -> None:
         self.lender = lender
         self.engine = lender.engine
         self._owns_engine = owns_engine
@@ -473,7 +473,9 @@ class PostgresBackend(Backend):
     def why_no_fast_path(self) -> str | None:
         return None
 
-    def fast_executor(self, lender: Lender, writes: Any, *, owns_engine: bool) -> Executor | None:
+    def fast_executor(
+        self, lender: ConnectionLender, writes: Any, *, owns_engine: bool
+    ) -> Executor | None:
         return PostgresDriver(lender, owns_engine=owns_engine)
 
     def watcher(

@@ -40,7 +40,7 @@ from convostore._core.coherence import PollingWatcher, Watcher, news_of
 from convostore._core.gate import Turns
 from convostore._core.quiet import keep_sqlite_content_out_of_logs
 from convostore.backends import Backend
-from convostore.backends._fast import Compiled, Groups, Inserts, Lender, Reads, discard
+from convostore.backends._fast import Compiled, ConnectionLender, Groups, Inserts, Reads, discard
 from convostore.backends._private import aiosqlite_thread_api, run_in_sqlite_thread
 from convostore.backends._statements import Statements
 from convostore.config import StoreConfig
@@ -109,9 +109,9 @@ class SqliteDriver:
     appends_in_groups = False
     loads_in_parts = True
 
-    def __init__(self, lender: Lender, writes: Turns) -> None:
+    def __init__(self, lender: ConnectionLender, writes: Turns) -> None:
         """``writes``: where each write transaction waits its turn, in the worker thread
-        (``HotPath.writes``)."""
+        (``Executors.writes``)."""
         self.lender = lender
         self._writes = writes
         self.engine = lender.engine
@@ -403,7 +403,7 @@ class SqliteBackend(Backend):
         return None
 
     def fast_executor(
-        self, lender: Lender, writes: Turns | None, *, owns_engine: bool
+        self, lender: ConnectionLender, writes: Turns | None, *, owns_engine: bool
     ) -> SqliteDriver | None:
         assert writes is not None
         return SqliteDriver(lender, writes)
