@@ -10,8 +10,8 @@ Create Date: 2026-12-01
   storing the exchange twice. Existing turns keep NULL.
 - Change feed, so other workers can evict what they cached: on PostgreSQL a trigger sends
   ``NOTIFY convostore_changes`` with ``<version> <session_id>`` whenever a session's version
-  moves or the session is deleted (``*`` for a deletion); on SQLite the same triggers append
-  to the table ``convostore_changes``, which other processes poll.
+  moves or the session is deleted (``*`` for a deletion); on SQLite and MariaDB the same
+  triggers append to the table ``convostore_changes``, which other processes poll.
 
 Downgrading drops the keys (the exchanges stay) and the feed.
 """
@@ -29,6 +29,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 compatible_with_older_code: bool = False
 """0001's code neither listens for cache invalidations nor writes idempotency keys."""
+
+_MARIADB = ("mariadb", "mysql")
+"""SQLAlchemy's two names for a MariaDB connection (``mariadb+asyncmy://``, ``mysql+...://``)."""
 
 _PG_FUNCTION = """
 CREATE FUNCTION convostore_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,6 +65,32 @@ _SQLITE_TRIGGERS = (
     END
     """,
 )
+_MARIADB_TRIGGERS = (
+    """
+    CREATE TRIGGER convostore_session_changed AFTER UPDATE ON sessions FOR EACH ROW
+    BEGIN
+        IF NEW.version <> OLD.version THEN
+            INSERT INTO convostore_changes (session_id, version)
+            VALUES (NEW.session_id, NEW.version);
+        END IF;
+    END
+    """,
+    """
+    CREATE TRIGGER convostore_session_deleted AFTER DELETE ON sessions FOR EACH ROW
+    INSERT INTO convostore_changes (session_id, version) VALUES (OLD.session_id, -1)
+    """,
+)
+"""MariaDB has no ``UPDATE OF column``: the trigger compares the versions instead."""
+
+
+def _table_options() -> dict[str, str]:
+    """MariaDB: as 0001's tables (InnoDB, utf8mb4, a binary collation without padding)."""
+    dialect = op.get_context().dialect
+    if dialect.name not in _MARIADB:
+        return {}
+    collation = "utf8mb4_nopad_bin" if dialect.is_mariadb else "utf8mb4_0900_bin"
+    options = {"engine": "InnoDB", "charset": "utf8mb4", "collate": collation}
+    return {f"{dialect.name}_{name}": value for name, value in options.items()}
 
 
 def upgrade() -> None:
@@ -73,20 +102,25 @@ def upgrade() -> None:
         ["session_id", "idempotency_key"],
         unique=True,
     )
-    if op.get_context().dialect.name == "postgresql":
+    dialect = op.get_context().dialect.name
+    if dialect == "postgresql":
         op.execute(_PG_FUNCTION)
         op.execute(_PG_TRIGGER)
     else:
         op.create_table(
             "convostore_changes",
-            # A plain rowid key: new rows take max(id) + 1, which only ever grows because the
-            # sweep's pruning always keeps the newest row (AUTOINCREMENT's bookkeeping would
-            # cost every append a second write).
-            sa.Column("id", sa.Integer(), primary_key=True),
+            # SQLite: a plain rowid key: new rows take max(id) + 1, which only ever grows
+            # because the sweep's pruning always keeps the newest row (AUTOINCREMENT's
+            # bookkeeping would cost every append a second write). MariaDB: a BIGINT
+            # AUTO_INCREMENT, which InnoDB keeps across restarts.
+            sa.Column(
+                "id", sa.Integer().with_variant(sa.BigInteger(), *_MARIADB), primary_key=True
+            ),
             sa.Column("session_id", sa.String(128), nullable=False),
             sa.Column("version", sa.BigInteger(), nullable=False),
+            **_table_options(),
         )
-        for trigger in _SQLITE_TRIGGERS:
+        for trigger in _MARIADB_TRIGGERS if dialect in _MARIADB else _SQLITE_TRIGGERS:
             op.execute(trigger)
 
 
