@@ -5,8 +5,8 @@ Revises: 0002
 Create Date: 2026-12-01
 
 - ``conversations``: one row per conversation, keyed by (``session_id``, ``conversation_id``),
-  with ``user_id``, ``started_at``, ``ended_at``, ``language``; on PostgreSQL the sequence
-  ``conversation_ids`` hands out the ids. Every existing session becomes one live
+  with ``user_id``, ``started_at``, ``ended_at``, ``language``; on PostgreSQL and MariaDB the
+  sequence ``conversation_ids`` hands out the ids. Every existing session becomes one live
   conversation, started at the session's ``created_at``.
 - ``sessions`` gains ``conversation_id`` (its live conversation) and ``user_id`` (its owner;
   NULL for existing sessions).
@@ -32,6 +32,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -40,8 +41,12 @@ depends_on: str | Sequence[str] | None = None
 compatible_with_older_code: bool = False
 """0002's code writes turns without ``conversation_id``."""
 
+_MARIADB = ("mariadb", "mysql")
+"""SQLAlchemy's two names for a MariaDB connection (``mariadb+asyncmy://``, ``mysql+...://``)."""
+
 _key = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-_timestamp = sa.DateTime(timezone=True)
+_timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), *_MARIADB)
+"""MariaDB: DATETIME(6) holding UTC, as 0001's."""
 
 _PG_END_FUNCTION = """
 CREATE FUNCTION convostore_end_conversation() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,6 +67,11 @@ BEGIN
     UPDATE conversations SET ended_at = OLD.last_accessed, language = OLD.language
     WHERE session_id = OLD.session_id AND conversation_id = OLD.conversation_id;
 END
+"""
+_MARIADB_END_TRIGGER = """
+CREATE TRIGGER convostore_conversation_ended AFTER DELETE ON sessions FOR EACH ROW
+UPDATE conversations SET ended_at = OLD.last_accessed, language = OLD.language
+WHERE session_id = OLD.session_id AND conversation_id = OLD.conversation_id
 """
 _EXCHANGES = """
 CREATE VIEW exchanges AS
@@ -90,6 +100,20 @@ JOIN conversations c ON c.session_id = t.session_id AND c.conversation_id = t.co
 
 def _sqlite() -> bool:
     return op.get_context().dialect.name == "sqlite"
+
+
+def _mariadb() -> bool:
+    return op.get_context().dialect.name in _MARIADB
+
+
+def _table_options() -> dict[str, str]:
+    """MariaDB: as 0001's tables (InnoDB, utf8mb4, a binary collation without padding)."""
+    dialect = op.get_context().dialect
+    if dialect.name not in _MARIADB:
+        return {}
+    collation = "utf8mb4_nopad_bin" if dialect.is_mariadb else "utf8mb4_0900_bin"
+    options = {"engine": "InnoDB", "charset": "utf8mb4", "collate": collation}
+    return {f"{dialect.name}_{name}": value for name, value in options.items()}
 
 
 def _session_triggers() -> list[str]:
@@ -141,6 +165,7 @@ def upgrade() -> None:
         sa.Column("ended_at", _timestamp, nullable=True),
         sa.Column("language", sa.String(32), nullable=True),
         sa.PrimaryKeyConstraint("session_id", "conversation_id", name="pk_conversations"),
+        **_table_options(),
     )
     op.create_index("ix_conversations_conversation_id", "conversations", ["conversation_id"])
     op.create_index(
@@ -151,7 +176,8 @@ def upgrade() -> None:
         number = "row_number() OVER (ORDER BY created_at, session_id)"
     else:
         op.execute("CREATE SEQUENCE conversation_ids")
-        number = "nextval('conversation_ids')"
+        # MariaDB names the sequence, PostgreSQL takes its name as text.
+        number = "NEXTVAL(conversation_ids)" if _mariadb() else "nextval('conversation_ids')"
     op.execute(
         "INSERT INTO conversations (session_id, conversation_id, started_at) "
         f"SELECT session_id, {number}, created_at FROM sessions ORDER BY created_at, session_id"
@@ -186,6 +212,8 @@ def upgrade() -> None:
     )
     if _sqlite():
         op.execute(_SQLITE_END_TRIGGER)
+    elif _mariadb():
+        op.execute(_MARIADB_END_TRIGGER)
     else:
         op.execute(_PG_END_FUNCTION)
         op.execute(_PG_END_TRIGGER)
@@ -196,7 +224,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW slot_values")
     op.execute("DROP VIEW exchanges")
-    if _sqlite():
+    if _sqlite() or _mariadb():
         op.execute("DROP TRIGGER convostore_conversation_ended")
     else:
         op.execute("DROP TRIGGER convostore_conversation_ended ON sessions")
