@@ -37,6 +37,9 @@ _PG_NOW = "CURRENT_TIMESTAMP"
 _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 """The current UTC time as SQLite's stored timestamps spell it (to the millisecond), so that
 the text comparison with ``expires_at`` is a comparison of times."""
+_MARIADB_NOW = "UTC_TIMESTAMP(6)"
+"""MariaDB's DATETIME holds UTC without a zone; its ``CURRENT_TIMESTAMP`` is the time in the
+session's time zone, so the view compares with the UTC time instead."""
 
 _LIVE = "s.expires_at IS NOT NULL AND s.expires_at > {now} AS live"
 """A session is live while its expiry is in the future (``expires_at`` is NULL when the outer
@@ -74,8 +77,15 @@ def _sqlite() -> bool:
     return op.get_context().dialect.name == "sqlite"
 
 
+def _now() -> str:
+    dialect = op.get_context().dialect.name
+    if dialect in ("mariadb", "mysql"):
+        return _MARIADB_NOW
+    return _SQLITE_NOW if dialect == "sqlite" else _PG_NOW
+
+
 def _with_live(view: str) -> str:
-    return view.format(live=_LIVE.format(now=_SQLITE_NOW if _sqlite() else _PG_NOW))
+    return view.format(live=_LIVE.format(now=_now()))
 
 
 def _language_nullable(nullable: bool) -> None:
