@@ -37,7 +37,14 @@ from sqlalchemy import (
     text,
 )
 
-from convostore.backends._types import ConversationKey, JSONDocument, JSONText, UTCDateTime
+from convostore.backends._types import (
+    ConversationKey,
+    JSONDocument,
+    JSONText,
+    LongText,
+    SlotName,
+    UTCDateTime,
+)
 from convostore.models import STATE_FIELDS, ConversationTurn, make_turn, name_ordered
 
 __all__ = [
@@ -107,7 +114,7 @@ sessions = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
     Column("access_count", BigInteger(), nullable=False),
     Column("language", String(32), nullable=True),
-    Column("current_template_id", Text(), nullable=True),
+    Column("current_template_id", LongText, nullable=True),
     Column("current_slots", JSONDocument, nullable=False),
     Column("turn_count", Integer(), nullable=False),
     Column("version", BigInteger(), nullable=False),
@@ -128,9 +135,9 @@ turns = Table(
     Column("conversation_id", ConversationKey, nullable=False),
     Column("seq", Integer(), nullable=False),
     Column("role", String(16), nullable=False),
-    Column("content", Text(), nullable=False),
-    Column("resolved_question", Text(), nullable=True),
-    Column("template_id", Text(), nullable=True),
+    Column("content", LongText, nullable=False),
+    Column("resolved_question", LongText, nullable=True),
+    Column("template_id", LongText, nullable=True),
     Column("results", JSONText, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("idempotency_key", String(MAX_SESSION_ID_LENGTH), nullable=True),
@@ -161,8 +168,8 @@ turn_slots = Table(
     Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
     Column("conversation_id", ConversationKey, nullable=False),
     Column("seq", Integer(), nullable=False),
-    Column("name", Text(), nullable=False),
-    Column("value", Text(), nullable=False),
+    Column("name", SlotName, nullable=False),
+    Column("value", LongText, nullable=False),
     PrimaryKeyConstraint("session_id", "conversation_id", "seq", "name"),
     ForeignKeyConstraint(
         _in_conversation,

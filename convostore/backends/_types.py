@@ -8,13 +8,15 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Integer, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Integer, String, Text, TypeDecorator
+from sqlalchemy.dialects.mysql import LONGTEXT
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["ConversationKey", "JSONDocument", "JSONText", "UTCDateTime"]
+__all__ = ["ConversationKey", "JSONDocument", "JSONText", "LongText", "SlotName", "UTCDateTime"]
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
+MARIADB = ("mariadb", "mysql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -107,3 +109,9 @@ cached."""
 ConversationKey = BigInteger().with_variant(Integer(), SQLITE)
 """A 64-bit conversation id: from the sequence ``conversation_ids`` on PostgreSQL, the next
 after the largest on SQLite (whose writers take turns)."""
+
+LongText = Text().with_variant(LONGTEXT(), *MARIADB)
+"""Text of any length: LONGTEXT on MariaDB, whose TEXT holds 65,535 bytes."""
+
+SlotName = Text().with_variant(String(512), *MARIADB)
+"""A slot's name, part of ``turn_slots``' key: VARCHAR(512) on MariaDB, which keys no TEXT."""
