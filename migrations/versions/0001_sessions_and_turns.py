@@ -21,7 +21,21 @@ depends_on: str | Sequence[str] | None = None
 _MARIADB = ("mariadb", "mysql")
 """SQLAlchemy's two names for a MariaDB connection (``mariadb+asyncmy://``, ``mysql+...://``)."""
 
-_json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+class _MariaDBJSON(sa.types.UserDefinedType[object]):
+    """MariaDB's JSON (a LONGTEXT checked by JSON_VALID) in the tables' collation: left to
+    itself it is utf8mb4_bin, and a function given columns of both (JSON_OBJECT, as a load
+    builds the session's object) fails with "Illegal mix of collations"."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "JSON COLLATE utf8mb4_nopad_bin"
+
+
+_json = (
+    sa.JSON().with_variant(postgresql.JSONB(), "postgresql").with_variant(_MariaDBJSON(), *_MARIADB)
+)
 _timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), *_MARIADB)
 """MariaDB: DATETIME(6), holding UTC; a plain DATETIME keeps whole seconds only."""
 _text = sa.Text().with_variant(mysql.LONGTEXT(), *_MARIADB)
@@ -34,12 +48,11 @@ keep ``pk_turn_slots`` within InnoDB's 3,072 bytes a key."""
 def _table_options() -> dict[str, str]:
     """MariaDB: InnoDB, utf8mb4 and a binary collation without padding, so that text compares
     and sorts as on SQLite and PostgreSQL ("a" is not "A", nor "a "), session ids included."""
-    dialect = op.get_context().dialect
-    if dialect.name not in _MARIADB:
+    dialect = op.get_context().dialect.name
+    if dialect not in _MARIADB:
         return {}
-    collation = "utf8mb4_nopad_bin" if dialect.is_mariadb else "utf8mb4_0900_bin"
-    options = {"engine": "InnoDB", "charset": "utf8mb4", "collate": collation}
-    return {f"{dialect.name}_{name}": value for name, value in options.items()}
+    options = {"engine": "InnoDB", "charset": "utf8mb4", "collate": "utf8mb4_nopad_bin"}
+    return {f"{dialect}_{name}": value for name, value in options.items()}
 
 
 def upgrade() -> None:

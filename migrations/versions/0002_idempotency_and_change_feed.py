@@ -85,12 +85,11 @@ _MARIADB_TRIGGERS = (
 
 def _table_options() -> dict[str, str]:
     """MariaDB: as 0001's tables (InnoDB, utf8mb4, a binary collation without padding)."""
-    dialect = op.get_context().dialect
-    if dialect.name not in _MARIADB:
+    dialect = op.get_context().dialect.name
+    if dialect not in _MARIADB:
         return {}
-    collation = "utf8mb4_nopad_bin" if dialect.is_mariadb else "utf8mb4_0900_bin"
-    options = {"engine": "InnoDB", "charset": "utf8mb4", "collate": collation}
-    return {f"{dialect.name}_{name}": value for name, value in options.items()}
+    options = {"engine": "InnoDB", "charset": "utf8mb4", "collate": "utf8mb4_nopad_bin"}
+    return {f"{dialect}_{name}": value for name, value in options.items()}
 
 
 def upgrade() -> None:
