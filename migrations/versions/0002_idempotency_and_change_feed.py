@@ -68,19 +68,17 @@ _SQLITE_TRIGGERS = (
 _MARIADB_TRIGGERS = (
     """
     CREATE TRIGGER convostore_session_changed AFTER UPDATE ON sessions FOR EACH ROW
-    BEGIN
-        IF NEW.version <> OLD.version THEN
-            INSERT INTO convostore_changes (session_id, version)
-            VALUES (NEW.session_id, NEW.version);
-        END IF;
-    END
+    INSERT INTO convostore_changes (session_id, version)
+    SELECT NEW.session_id, NEW.version FROM DUAL WHERE NEW.version <> OLD.version
     """,
     """
     CREATE TRIGGER convostore_session_deleted AFTER DELETE ON sessions FOR EACH ROW
     INSERT INTO convostore_changes (session_id, version) VALUES (OLD.session_id, -1)
     """,
 )
-"""MariaDB has no ``UPDATE OF column``: the trigger compares the versions instead."""
+"""MariaDB has no ``UPDATE OF column``: the trigger compares the versions instead. Each trigger
+is one statement (no BEGIN ... END), so that ``alembic upgrade --sql`` output runs in the
+``mariadb`` client without DELIMITER lines."""
 
 
 def _table_options() -> dict[str, str]:
