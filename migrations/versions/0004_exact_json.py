@@ -9,7 +9,8 @@ Create Date: 2027-01-15
   keys came back in an order of its own, so a cold read differed from what the writer cached.
   ``json`` keeps the text as written. The table is rewritten (under an exclusive lock, for as
   long as copying ``turns`` takes); the results stored before keep the values JSONB gave them.
-- SQLite stores JSON as text already: nothing changes there.
+- SQLite stores JSON as text already, and so does MariaDB (its JSON is a LONGTEXT checked by
+  JSON_VALID): nothing changes there.
 
 Code of 0003 cannot run on it: its load reads ``results`` and the session's JSONB
 ``current_slots`` in one column of a UNION, which ``json`` and ``jsonb`` cannot share.

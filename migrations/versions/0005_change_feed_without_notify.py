@@ -15,7 +15,7 @@ The trigger (same name, ``convostore_session_changed``) now appends a row to the
 have; each worker polls the table (``convostore._core.coherence``). Its ids come from an identity
 sequence that must hand them out in order (``CACHE 1``, the default): a watcher relies on an
 id it has not seen below one it has belonging to a transaction still running or aborted. The
-expiry sweep prunes the table. SQLite is unchanged.
+expiry sweep prunes the table. SQLite and MariaDB are unchanged (0002 gave them the table).
 
 Downgrading drops the table and restores 0002's NOTIFY trigger.
 """
