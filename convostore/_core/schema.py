@@ -31,7 +31,6 @@ from sqlalchemy import (
     Sequence,
     String,
     Table,
-    Text,
     and_,
     func,
     text,

@@ -1,0 +1,120 @@
+"""Migrations on MariaDB, the third backend in the making (issue #16 item 4): every revision
+upgrades and downgrades on MariaDB 10.11, and the migrated schema is what
+``_core.schema.metadata`` describes (autogenerate finds nothing).
+
+The repository itself does not run on MariaDB yet, so these drive alembic on a connection of
+their own, as a host application's env would. They run when env ``CONVOSTORE_TEST_MARIADB_URL``
+names a server (``.ci/run`` starts one) and skip otherwise."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, bindparam, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from convostore._core.schema import compared, metadata
+from convostore.migrate import VERSION_TABLE, alembic_config, script_location
+
+MARIADB_URL_ENV = "CONVOSTORE_TEST_MARIADB_URL"
+TABLES = {"sessions", "turns", "turn_slots", "conversations", "convostore_changes"}
+VIEWS = {"exchanges"}
+
+pytestmark = pytest.mark.mariadb
+
+
+@pytest.fixture
+async def mariadb() -> AsyncIterator[AsyncEngine]:
+    """An engine on a database of the test's own, dropped afterwards."""
+    url = os.environ.get(MARIADB_URL_ENV)
+    if not url:
+        pytest.skip(f"{MARIADB_URL_ENV} is not set; MariaDB cases need a server")
+    name = f"convostore_test_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f"CREATE DATABASE `{name}`"))
+    engine = create_async_engine(make_url(url).set(database=name))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        await admin.dispose()
+
+
+def _migrate(connection: Connection, revision: str, *, down: bool = False) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def _drift(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(
+        connection,
+        opts={"version_table": VERSION_TABLE, "include_name": compared, "compare_type": True},
+    )
+    return list(compare_metadata(context, metadata))
+
+
+def _names(connection: Connection) -> tuple[set[str], set[str]]:
+    inspector = inspect(connection)
+    return set(inspector.get_table_names()), set(inspector.get_view_names())
+
+
+def _revisions() -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(script_location()))
+    return [r.revision for r in reversed(list(script.walk_revisions("base", "heads")))]
+
+
+async def test_every_revision_upgrades_and_the_schema_matches_the_metadata(
+    mariadb: AsyncEngine,
+) -> None:
+    """From empty, one revision at a time to head; then autogenerate finds no difference
+    between the database and the tables convostore's code describes."""
+    async with mariadb.begin() as conn:
+        for revision in _revisions():
+            await conn.run_sync(_migrate, revision)
+        tables, views = await conn.run_sync(_names)
+        assert tables >= TABLES
+        assert views >= VIEWS
+        assert await conn.run_sync(_drift) == []
+
+
+async def test_downgrade_to_base_removes_everything_and_upgrades_again(
+    mariadb: AsyncEngine,
+) -> None:
+    """Down to base leaves only alembic's version table; up to head again works."""
+    async with mariadb.begin() as conn:
+        await conn.run_sync(_migrate, "head")
+        await conn.run_sync(_migrate, "base", down=True)
+        tables, views = await conn.run_sync(_names)
+        assert tables <= {VERSION_TABLE}
+        assert not views
+        await conn.run_sync(_migrate, "head")
+        tables, _ = await conn.run_sync(_names)
+        assert tables >= TABLES
+
+
+async def test_the_tables_compare_text_exactly(mariadb: AsyncEngine) -> None:
+    """The tables' collation is binary and no-pad: session ids and slot names that differ
+    only in case or a trailing space are different keys, as on SQLite and PostgreSQL."""
+    async with mariadb.begin() as conn:
+        await conn.run_sync(_migrate, "head")
+        rows = await conn.execute(
+            text(
+                "SELECT DISTINCT TABLE_COLLATION FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN :names"
+            ).bindparams(bindparam("names", expanding=True)),
+            {"names": sorted(TABLES)},
+        )
+        assert list(rows.scalars()) == ["utf8mb4_nopad_bin"]
