@@ -48,7 +48,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from convostore._core.store import CHANGES_KEPT
 from convostore.backends import backend_for
 from convostore.backends._private import run_in_sqlite_thread
-from convostore.backends._statements import Statements
+from convostore.backends._statements import Statements, UpdateThenRead
 from convostore.repository import new_idempotency_key
 
 from .backends import Database
@@ -297,7 +297,9 @@ class RawSqlite:
         self._db = db
         self._ttl = timedelta(seconds=ttl)
         statements, dialect = Statements(backend_for("sqlite")), sqlite_aiosqlite.dialect()
-        self._allocate = _Positional(statements.allocate, dialect)
+        allocate = statements.allocate
+        assert not isinstance(allocate, UpdateThenRead)  # SQLite has UPDATE ... RETURNING
+        self._allocate = _Positional(allocate, dialect)
         self._load_parts = tuple(
             _Positional(statement, dialect)
             for statement in (

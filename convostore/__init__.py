@@ -1,4 +1,4 @@
-"""convostore: multi-turn chat/RAG conversation state in SQL (SQLite or PostgreSQL).
+"""convostore: multi-turn chat/RAG conversation state in SQL (SQLite, PostgreSQL or MariaDB).
 
 from convostore import SessionRepository, StoreConfig
 

@@ -46,6 +46,7 @@ __all__ = [
     "causes",
     "hide_in_messages",
     "is_disconnect",
+    "is_transient",
     "register_driver_errors",
     "translate_errors",
 ]
@@ -120,18 +121,23 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 """SQLAlchemy's errors, and each backend's driver's own (``register_driver_errors``): the
 hot paths call the drivers directly."""
 _DISCONNECTS: tuple[Callable[[BaseException], bool], ...] = ()
+_TRANSIENTS: tuple[Callable[[BaseException], bool], ...] = ()
 
 
 def register_driver_errors(
-    errors: tuple[type[BaseException], ...], is_disconnect: Callable[[BaseException], bool]
+    errors: tuple[type[BaseException], ...],
+    is_disconnect: Callable[[BaseException], bool],
+    is_transient: Callable[[BaseException], bool],
 ) -> None:
-    """Translate a backend's driver errors too, and know its words for a lost connection
-    (``Backend.driver_errors``, ``Backend.is_disconnect``); each backend registers once."""
-    global _DRIVER_ERRORS, _DISCONNECTS
+    """Translate a backend's driver errors too, and know its words for a lost connection and
+    for a transaction worth running again (``Backend.driver_errors``, ``is_disconnect``,
+    ``is_transient``); each backend registers once."""
+    global _DRIVER_ERRORS, _DISCONNECTS, _TRANSIENTS
     if is_disconnect in _DISCONNECTS:
         return
     _DRIVER_ERRORS = (*_DRIVER_ERRORS, *(e for e in errors if e not in _DRIVER_ERRORS))
     _DISCONNECTS = (*_DISCONNECTS, is_disconnect)
+    _TRANSIENTS = (*_TRANSIENTS, is_transient)
 
 
 _hidden: frozenset[str] = frozenset()
@@ -189,6 +195,12 @@ def is_disconnect(exc: BaseException) -> bool:
         if any(closed(current) for closed in _DISCONNECTS):
             return True
     return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the database undid the transaction of an error (a deadlock victim), so the
+    same operation may succeed if run again."""
+    return any(transient(current) for current in causes(exc) for transient in _TRANSIENTS)
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:

@@ -36,6 +36,7 @@ __all__ = [
     "lock_for_migration",
     "migrate_url",
     "record_compatibility",
+    "release_migration_lock",
     "script_location",
     "take_migration_lock",
     "upgrade",
@@ -122,16 +123,17 @@ async def upgrade(
     """Bring the database to ``revision`` in one transaction, one process at a time.
 
     Several workers starting together with ``auto_migrate=True`` queue up: PostgreSQL holds an
-    advisory lock, SQLite the database's write lock, for the whole upgrade; whoever comes
-    second finds the schema current and does nothing. A revision below the database's is a
-    downgrade, run only with ``allow_downgrade``; without it, and for a revision the scripts
-    do not know, ``ConfigError`` before any change.
+    advisory lock, SQLite the database's write lock, MariaDB a named lock, for the whole
+    upgrade; whoever comes second finds the schema current and does nothing. A revision below
+    the database's is a downgrade, run only with ``allow_downgrade``; without it, and for a
+    revision the scripts do not know, ``ConfigError`` before any change.
     """
     with translate_errors("schema migration"):
         async with engine.connect() as conn:
             await lock_for_migration(conn)
             await conn.run_sync(_migrate_on, revision, allow_downgrade)
             await conn.commit()
+            await release_migration_lock(conn)
 
 
 def _describe(current: tuple[str, ...]) -> str:
@@ -169,6 +171,11 @@ async def current_revision_url(url: str, *, require_head: bool = False) -> str:
         return await _read_revision(engine)
     finally:
         await engine.dispose()
+
+
+async def release_migration_lock(conn: AsyncConnection) -> None:
+    """Free a migration lock that outlives its transaction (MariaDB's), after the commit."""
+    await conn.run_sync(backend_for(conn).release_migration_lock)
 
 
 async def lock_for_migration(conn: AsyncConnection) -> None:

@@ -19,7 +19,12 @@ from sqlalchemy import Connection
 from convostore._core.engine import engine_for_url
 from convostore._core.schema import compared, metadata
 from convostore.config import resolve_database_url
-from convostore.migrate import VERSION_TABLE, lock_for_migration, record_compatibility
+from convostore.migrate import (
+    VERSION_TABLE,
+    lock_for_migration,
+    record_compatibility,
+    release_migration_lock,
+)
 
 config = context.config
 
@@ -45,6 +50,7 @@ async def _run_with_url(url: str) -> None:
             await lock_for_migration(connection)
             await connection.run_sync(_run)
             await connection.commit()
+            await release_migration_lock(connection)
     finally:
         await engine.dispose()
 

@@ -24,7 +24,8 @@ def count_statements(engine: AsyncEngine) -> Iterator[list[str]]:
     BEGIN and COMMIT). PostgreSQL: asyncpg's query logger, which sees the fast path's calls,
     plus SQLAlchemy's ``before_cursor_execute`` for the prepared statements its asyncpg adapter
     runs, which the query logger does not see (so a statement may be listed twice). Both are
-    installed on each connection as it is checked out."""
+    installed on each connection as it is checked out. MariaDB (SQLAlchemy's execution only):
+    ``before_cursor_execute``, which does not see BEGIN and COMMIT."""
     statements: list[str] = []
     active = [True]
 
@@ -40,7 +41,7 @@ def count_statements(engine: AsyncEngine) -> Iterator[list[str]]:
         driver = dbapi_connection.driver_connection
         if engine.dialect.name == "sqlite":
             await_only(driver.set_trace_callback(trace))
-        else:
+        elif engine.dialect.name == "postgresql":
             driver.add_query_logger(log_query)
             loggers.append(driver)
 
@@ -52,14 +53,15 @@ def count_statements(engine: AsyncEngine) -> Iterator[list[str]]:
     loggers: list[Any] = []
     target = engine.sync_engine
     event.listen(target, "checkout", checkout)
-    if engine.dialect.name == "postgresql":
+    watched = engine.dialect.name != "sqlite"
+    if watched:
         event.listen(target, "before_cursor_execute", cursor_execute)
     try:
         yield statements
     finally:
         active.clear()
         event.remove(target, "checkout", checkout)
-        if engine.dialect.name == "postgresql":
+        if watched:
             event.remove(target, "before_cursor_execute", cursor_execute)
         for driver in loggers:
             driver.remove_query_logger(log_query)

@@ -31,7 +31,7 @@ MARKED = re.compile(
     r"<!-- query: (?P<name>\w+)(?: dialect=(?P<dialect>\w+))? -->\n```sql\n(?P<sql>.*?)```",
     flags=re.DOTALL,
 )
-DIALECTS = ("sqlite", "postgresql")
+DIALECTS = ("sqlite", "postgresql", "mariadb")
 SESSION_TIME_ZONE = "Asia/Kolkata"
 """The PostgreSQL session's time zone while the queries run: UTC+05:30 moves the 21:00 UTC
 exchange to the next day and every exchange to another hour, unless a query converts to UTC."""
@@ -283,6 +283,8 @@ async def analyst(url: str, backend: str) -> AsyncIterator[AsyncEngine]:
     options: dict[str, Any] = {}
     if backend == "postgresql":
         options["connect_args"] = {"server_settings": {"timezone": SESSION_TIME_ZONE}}
+    elif backend == "mariadb":
+        options["connect_args"] = {"init_command": "SET time_zone = '+05:30'"}
     engine = create_async_engine(url, **options)
     yield engine
     await engine.dispose()

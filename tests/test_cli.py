@@ -25,6 +25,7 @@ from xml.etree import ElementTree
 import pytest
 from click.testing import CliRunner, Result
 from conftest import FakeClock, MakeRepo, Sql
+from sqlalchemy.engine import make_url
 
 from convostore._ops import report
 from convostore._ops.admin import open_database
@@ -133,7 +134,7 @@ async def test_stats(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
     assert size > 0
     assert figures == {
         "database": url,
-        "backend": "postgresql" if url.startswith("postgresql") else "sqlite",
+        "backend": make_url(url).get_backend_name(),
         "live_sessions": 2,
         "expired_sessions": 1,
         "ended_conversations": 1,
@@ -467,7 +468,7 @@ async def test_report_on_an_empty_database(url: str, tmp_path: Path) -> None:
     [
         ("not a url", "is not a database URL"),
         ("postgresql://app:secret@db/app", "postgresql+asyncpg://app:***@db/app"),
-        ("mysql+aiomysql://app@db/app", "convostore supports SQLite and PostgreSQL"),
+        ("mysql+aiomysql://app@db/app", "convostore supports SQLite, PostgreSQL and MariaDB"),
     ],
 )
 async def test_bad_url(command: str, bad_url: str, says: str) -> None:
@@ -478,10 +479,10 @@ async def test_bad_url(command: str, bad_url: str, says: str) -> None:
 
 @pytest.mark.parametrize("command", list(DB_COMMANDS))
 def test_database_without_schema(command: str, backend: str, empty_url: str) -> None:
-    """No schema is one line, exit 1, and nothing is created: on PostgreSQL SchemaNotReady
+    """No schema is one line, exit 1, and nothing is created: on a server SchemaNotReady
     names `convostore migrate`; a SQLite file that does not exist is not made."""
     result = CliRunner().invoke(cli, [*DB_COMMANDS[command], "--url", empty_url])
-    if backend == "postgresql":
+    if backend != "sqlite":
         _fails(result, "the database has no convostore schema")
     else:
         _fails(result, "names no database file")

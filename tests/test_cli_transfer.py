@@ -25,7 +25,7 @@ __all__ = ["redis_client"]  # the fixture, used here by name
 async def _target(backend: str, empty_url: str) -> str:
     """An empty database to import into: PostgreSQL migrated by the deploy step; a new SQLite
     file the import migrates itself."""
-    if backend == "postgresql":
+    if backend != "sqlite":
         await upgrade_url(empty_url)
     return empty_url
 

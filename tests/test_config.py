@@ -63,7 +63,7 @@ def with_password(url: str) -> str:
         (f"postgres://app:{PASSWORD}@db/chat", "write 'postgresql+asyncpg://app:***@db/chat'"),
         ("sqlite:///chat.db", "write 'sqlite+aiosqlite:///chat.db'"),
         ("sqlite+pysqlite:///chat.db", "write 'sqlite+aiosqlite:///chat.db'"),
-        (f"mysql+aiomysql://app:{PASSWORD}@db/chat", "supports SQLite and PostgreSQL"),
+        (f"mysql+aiomysql://app:{PASSWORD}@db/chat", "supports SQLite, PostgreSQL and MariaDB"),
         ("not a url", "not a database URL"),
         (f"postgresql+asyncpg://app:{PASSWORD}@db:port/chat", "not a database URL"),
     ],
@@ -143,7 +143,7 @@ async def test_failing_connection_error_shows_no_password(
 ) -> None:
     """A database that cannot be reached (wrong port; a SQLite file in a missing folder) fails
     start() with a StoreError whose whole traceback leaves out the password."""
-    if backend == "postgresql":
+    if backend != "sqlite":
         unreachable = make_url(with_password(empty_url)).set(port=1)
         bad = unreachable.render_as_string(hide_password=False)
     else:
@@ -356,6 +356,12 @@ async def refuse_in_database(sql: Sql, backend: str, content: str) -> None:
         await sql(
             "CREATE TRIGGER refuse_delete BEFORE DELETE ON sessions "
             "FOR EACH ROW EXECUTE FUNCTION refuse_delete()"
+        )
+    elif backend == "mariadb":
+        await sql(f"ALTER TABLE turns ADD CONSTRAINT refused_turn CHECK (content <> '{content}')")
+        await sql(
+            "CREATE TRIGGER refuse_delete BEFORE DELETE ON sessions FOR EACH ROW "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'deleting sessions is refused'"
         )
     else:
         await sql(

@@ -189,7 +189,7 @@ async def test_migrate_unknown_revision(url: str, capsys: pytest.CaptureFixture[
     [
         ("not a url", "is not a database URL"),
         ("postgresql://app:secret@db/app", "postgresql+asyncpg://app:***@db/app"),
-        ("mysql+aiomysql://app@db/app", "convostore supports SQLite and PostgreSQL"),
+        ("mysql+aiomysql://app@db/app", "convostore supports SQLite, PostgreSQL and MariaDB"),
     ],
 )
 def test_migrate_bad_url(

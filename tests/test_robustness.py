@@ -38,10 +38,13 @@ from convostore.migrate import VERSION_TABLE, head_revision
 Sql = Callable[..., Awaitable[list[Any]]]
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
 
-OTHER_CONNECTIONS = (
-    "SELECT count(*) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-)
+OTHER_CONNECTIONS = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    "mariadb": "SELECT count(*) FROM information_schema.PROCESSLIST "
+    "WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+}
+"""Connections to the test's database but the one asking, on a server."""
 
 
 @pytest.fixture
@@ -96,9 +99,25 @@ async def session_counters(sql: Sql, sid: str) -> list[Any]:
     return await sql("SELECT turn_count, version FROM sessions WHERE session_id = :sid", sid=sid)
 
 
+async def terminate_other_connections(sql: Sql, backend: str) -> list[Any]:
+    """Have the server end every other connection to the test's database."""
+    if backend == "postgresql":
+        return await sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    ids = await sql(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() "
+        "AND ID <> CONNECTION_ID()"
+    )
+    for (connection_id,) in ids:
+        await sql(f"KILL CONNECTION {int(connection_id)}")
+    return ids
+
+
 async def reject_boom(sql: Sql, backend: str) -> None:
     """Make the database refuse any turn whose content is 'boom'."""
-    if backend == "postgresql":
+    if backend != "sqlite":
         await sql("ALTER TABLE turns ADD CONSTRAINT no_boom CHECK (content <> 'boom')")
     else:
         await sql(
@@ -284,14 +303,15 @@ async def test_stop_closes_connections_and_refuses_calls(
 ) -> None:
     """stop() closes every connection the repository opened; afterwards every call, and a
     second start(), raises NotRunning."""
-    postgres = backend == "postgresql"  # on SQLite, `sql` is never used: it would hold the file
-    before = (await sql(OTHER_CONNECTIONS))[0][0] if postgres else 0
+    server = backend != "sqlite"  # on SQLite, `sql` is never used: it would hold the file
+    others = OTHER_CONNECTIONS.get(backend, "")
+    before = (await sql(others))[0][0] if server else 0
 
     repo = await make_repo()
     sids = [repo.generate_session_id() for _ in range(6)]
     await asyncio.gather(*(repo.add_turn(sid, "q", "a") for sid in sids))
-    if postgres:
-        assert (await sql(OTHER_CONNECTIONS))[0][0] > before
+    if server:
+        assert (await sql(others))[0][0] > before
     else:
         assert wal_exists(url)  # WAL mode, and connections are open
 
@@ -299,8 +319,8 @@ async def test_stop_closes_connections_and_refuses_calls(
     await repo.stop()
     assert pool.checkedout() == 0
     assert pool.checkedin() == 0
-    if postgres:
-        assert await wait_for_count(sql, OTHER_CONNECTIONS, before) == before
+    if server:
+        assert await wait_for_count(sql, others, before) == before
     else:
         # SQLite removes the WAL file when the last connection to the database closes.
         assert not wal_exists(url)
@@ -337,12 +357,9 @@ async def test_server_dropping_connections_fails_no_call(
     expected = await stored_exchanges(sql, sid)
     assert len(expected) == 4
 
-    terminated = await sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    )
+    terminated = await terminate_other_connections(sql, backend)
     assert terminated, "the repository had no connection to drop"
-    assert await wait_for_count(sql, OTHER_CONNECTIONS, 0) == 0
+    assert await wait_for_count(sql, OTHER_CONNECTIONS[backend], 0) == 0
 
     failures: list[tuple[int, StoreError]] = []
     for attempt in range(3):
@@ -376,6 +393,10 @@ async def test_timestamps_ignore_process_and_server_time_zones(
         )
         async with engine.connect() as conn:
             assert (await conn.execute(text("SHOW TimeZone"))).scalar() == "Asia/Tokyo"
+    elif backend == "mariadb":
+        engine = create_async_engine(url, connect_args={"init_command": "SET time_zone = '+09:00'"})
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT @@time_zone"))).scalar() == "+09:00"
     ttl = 1000
     repo = SessionRepository(
         StoreConfig(database_url=url, cleanup_interval=0, session_ttl=ttl),
@@ -396,6 +417,9 @@ async def test_timestamps_ignore_process_and_server_time_zones(
         if backend == "sqlite":  # stored as text: it must be the UTC wall time
             created_at = datetime.fromisoformat(created_at).replace(tzinfo=timezone.utc)
             expires_at = datetime.fromisoformat(expires_at).replace(tzinfo=timezone.utc)
+        if backend == "mariadb":  # a DATETIME without zone: it must be the UTC wall time
+            created_at = created_at.replace(tzinfo=timezone.utc)
+            expires_at = expires_at.replace(tzinfo=timezone.utc)
         assert created_at == t0
         assert expires_at == t0 + timedelta(seconds=ttl)
 

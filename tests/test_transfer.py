@@ -168,9 +168,9 @@ def _key(record: dict[str, Any]) -> tuple[str, int]:
 
 
 async def _migrated(backend: str, url: str) -> str:
-    """An empty database to import into: PostgreSQL migrated first, SQLite left for the import
+    """An empty database to import into: a server's migrated first, SQLite left for the import
     to create (as a repository does)."""
-    if backend == "postgresql":
+    if backend != "sqlite":
         await upgrade_url(url)
     return url
 
@@ -503,7 +503,7 @@ async def test_a_database_without_the_schema_is_refused(
     with pytest.raises(SchemaNotReady):
         await export_conversations(empty_url, out, format=kind)
     assert out.getvalue() == ""
-    if backend == "postgresql":
+    if backend != "sqlite":
         with pytest.raises(SchemaNotReady, match="convostore migrate"):
             await import_conversations(empty_url, [])
     else:
@@ -511,8 +511,11 @@ async def test_a_database_without_the_schema_is_refused(
         assert await export_conversations(empty_url, out, format=kind) == 0
 
 
-async def test_export_memory_does_not_grow_with_the_data(url: str) -> None:
-    """Peak Python allocations of an export of 20,000 turns stay below twice those of 2,000."""
+async def test_export_memory_does_not_grow_with_the_data(url: str, backend: str) -> None:
+    """Peak Python allocations of an export of 20,000 turns stay below twice those of 2,000
+    (not on MariaDB, which streams one result at a time per connection: docs/mariadb.md)."""
+    if backend == "mariadb":
+        pytest.skip("MariaDB exports read their results whole (docs/mariadb.md)")
 
     async def peak() -> int:
         tracemalloc.start()

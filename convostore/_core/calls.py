@@ -31,6 +31,7 @@ from convostore.errors import (
     StoreUnavailable,
     causes,
     is_disconnect,
+    is_transient,
     translate_errors,
 )
 
@@ -121,7 +122,8 @@ class CallLifecycle:
         shield: bool = False,
     ) -> T:
         """Run ``operation()``, translating driver errors. If it fails because the connection
-        or server went away, or something ran out of time (a connect, a statement, a wait for
+        or server went away, the database undid it to break a deadlock, or something ran out
+        of time (a connect, a statement, a wait for
         a pooled connection: a silent server holds them all), run it again, backing off while
         the server is down, until ``reconnect_timeout`` seconds have passed since the call
         began; then raise ``StoreUnavailable``. The clock is read only once an operation has
@@ -142,12 +144,16 @@ class CallLifecycle:
                 with translate_errors(action):
                     return await self.gated(operation)
             except StoreError as exc:
-                if not (is_disconnect(exc) or _timed_out(exc)):
+                transient = is_transient(exc)
+                if not (transient or is_disconnect(exc) or _timed_out(exc)):
                     raise
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self._left_after(exc)
-                    if now < deadline:
+                    if transient:
+                        # InnoDB undoing a deadlock's victim is routine under contention.
+                        logger.info("convostore: %s was undone by a deadlock; retrying", action)
+                    elif now < deadline:
                         logger.warning("convostore: %s met a lost connection; retrying", action)
                 if now >= deadline:
                     raise StoreUnavailable(

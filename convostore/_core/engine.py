@@ -99,7 +99,7 @@ def engine_for_url(url: str | URL, *, timeout: float | None = None, **options: A
     (``Backend.on_new_engine``: on PostgreSQL, the URL's libpq options reach asyncpg)."""
     engine = sqlalchemy_asyncio.create_async_engine(url, **options)
     backend = backend_for(engine)
-    register_driver_errors(backend.driver_errors(), backend.is_disconnect)
+    register_driver_errors(backend.driver_errors(), backend.is_disconnect, backend.is_transient)
     backend.on_new_engine(engine, timeout)
     return engine
 

@@ -18,18 +18,19 @@ execution as usual.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from typing import Any, NamedTuple, cast
 
+from sqlalchemy import Select, Update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore._core.gate import Gate
 from convostore._core.schema import rows_of_turns, turn_at
-from convostore.backends import backend_for
+from convostore.backends import Backend, backend_for
 from convostore.backends._core_path import CoreExecutor
 from convostore.backends._executor import (
     AppendsInGroups,
@@ -38,8 +39,8 @@ from convostore.backends._executor import (
     WritesTransactions,
 )
 from convostore.backends._fast import Compiled, ConnectionLender
-from convostore.backends._statements import Statements
-from convostore.errors import NotSessionOwner, register_driver_errors
+from convostore.backends._statements import Statements, UpdateThenRead
+from convostore.errors import NotSessionOwner, causes, register_driver_errors
 from convostore.models import (
     SESSION_COLUMNS,
     ConversationTurn,
@@ -124,7 +125,7 @@ class SqlStore:
         """The language of a session created here (``StoreConfig.default_language``)."""
         dialect = engine.dialect
         backend = backend_for(engine)
-        register_driver_errors(backend.driver_errors(), backend.is_disconnect)
+        register_driver_errors(backend.driver_errors(), backend.is_disconnect, backend.is_transient)
         self.sql = sql = Statements(backend)
         self._executors = Executors(
             engine,
@@ -226,7 +227,7 @@ class SqlStore:
                 "version": 0,
             },
         )
-        if created.rowcount != 1:
+        if created.scalar() != conversation_id:
             # A concurrent creator won: its conversation is the live one.
             await conn.execute(sql.delete_conversation, {"sid": sid, "cid": conversation_id})
             return False, expired is not None
@@ -281,7 +282,7 @@ class SqlStore:
         try:
             row = await self._append_to_live(params, new_turns)
         except Exception as exc:
-            if _is_key_conflict(exc):
+            if _is_key_conflict(self.sql.backend, exc):
                 return _DUPLICATE
             raise
         if row is not None:
@@ -294,9 +295,10 @@ class SqlStore:
                 await self._check_owner(conn, sid, uid, now)
                 if await self._key_stored(conn, sid, key):
                     return _DUPLICATE
-            row = (await conn.execute(self.sql.allocate, params)).one()
-            await self._insert(conn, sid, row, new_turns, now, key)
-        return WriteOutcome(row[1], created, expired, _stamped(new_turns, now))
+            allocated = await _returned(conn, self.sql.allocate, params)
+            assert allocated is not None
+            await self._insert(conn, sid, allocated, new_turns, now, key)
+        return WriteOutcome(allocated[1], created, expired, _stamped(new_turns, now))
 
     async def _key_stored(self, conn: AsyncConnection, sid: str, key: str | None) -> bool:
         if key is None:
@@ -416,7 +418,7 @@ class SqlStore:
         }
         first = self.sql.replace if expected is None else self.sql.replace_if_unchanged
         async with self._begin() as conn:
-            row = (await conn.execute(first, params)).first()
+            row = await _returned(conn, first, params)
             created = expired = False
             if row is None:
                 if await self._key_stored(conn, sid, key):
@@ -432,7 +434,8 @@ class SqlStore:
                 if created:
                     new_turns = all_turns
                     params["n"] = len(new_turns)
-                row = (await conn.execute(self.sql.replace, params)).one()
+                row = await _returned(conn, self.sql.replace, params)
+                assert row is not None
             await self._insert(conn, sid, row, new_turns, now, key)
         return WriteOutcome(row[1], created, expired, _stamped(new_turns, now))
 
@@ -684,15 +687,21 @@ _ALL_TURNS = 2**31 - 1
 _KEY_INDEX = "ix_turns_session_id_conversation_id_idempotency_key"
 
 
-def _is_key_conflict(exc: BaseException) -> bool:
+async def _returned(
+    conn: AsyncConnection,
+    statement: Update | Select[Any] | UpdateThenRead,
+    params: Mapping[str, Any],
+) -> Sequence[Any] | None:
+    """The row a write returns (None: it changed none), in one statement or, on a backend
+    without ``UPDATE ... RETURNING``, as the update and then the read."""
+    if isinstance(statement, UpdateThenRead):
+        if not (await conn.execute(statement.update, params)).rowcount:
+            return None
+        statement = statement.read
+    return (await conn.execute(statement, params)).first()
+
+
+def _is_key_conflict(backend: Backend, exc: BaseException) -> bool:
     """Whether a write failed on the idempotency key's unique index: a concurrent call with
-    the same key stored the exchange first (PostgreSQL; SQLite writers never overlap)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if _KEY_INDEX in str(getattr(current, "constraint_name", "")):
-            return True
-        # Through SQLAlchemy's execution (the Core executor) the driver's error is chained.
-        current = getattr(current, "orig", None) or current.__cause__
-    return False
+    the same key stored the exchange first (SQLite's writers never overlap)."""
+    return any(backend.is_key_conflict(error, _KEY_INDEX) for error in causes(exc))

@@ -49,6 +49,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
+from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
 
 from convostore._core.engine import check_database, create_engine
@@ -400,12 +401,25 @@ def _export_queries(
     return heads, turn_rows, slot_rows
 
 
+class _Buffered:
+    """A result read whole (on a backend that streams one result at a time per connection),
+    paged as a streamed one is."""
+
+    __slots__ = ("_result",)
+
+    def __init__(self, result: Result[Any]) -> None:
+        self._result = result
+
+    async def fetchmany(self, size: int) -> Sequence[Sequence[Any]]:
+        return self._result.fetchmany(size)
+
+
 class _Rows:
     """A streamed result, read a page at a time, with a look at the next row."""
 
     __slots__ = ("_at", "_done", "_result", "_rows")
 
-    def __init__(self, result: AsyncResult[Any]) -> None:
+    def __init__(self, result: AsyncResult[Any] | _Buffered) -> None:
         self._result = result
         self._rows: Sequence[Sequence[Any]] = ()
         self._at = 0
@@ -564,8 +578,13 @@ async def export_conversations(
     async with opened(engine_or_url, writes=False) as engine:
         with translate_errors("exporting conversations"):
             async with _snapshot(engine) as conn:
+                streams = backend_for(engine).concurrent_cursors
                 heads, turn_rows, slot_rows = [
-                    _Rows(await conn.stream(query.execution_options(yield_per=_PAGE)))
+                    _Rows(
+                        await conn.stream(query.execution_options(yield_per=_PAGE))
+                        if streams
+                        else _Buffered(await conn.execute(query))
+                    )
                     for query in queries
                 ]
                 # Nothing is written (not even the CSV header) unless the database can be read.

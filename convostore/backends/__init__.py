@@ -1,10 +1,10 @@
 """The backend seam: what one database does differently, behind one object per backend.
 
 The shared code (``convostore._core``, the operators' tools) asks a ``Backend`` for a
-capability or for its part of a statement; it never compares dialect names. A backend module
-(``sqlite``, ``postgresql``) subclasses ``Backend`` and is found by its SQLAlchemy dialect name
-(``backend_for``); a new backend is a new module here that passes the conformance suite
-(``tests/conformance``). What a backend holds:
+capability or for its part of a statement; it never compares dialect names. A backend
+module (``sqlite``, ``postgresql``, ``mariadb``) subclasses ``Backend`` and is found by its
+SQLAlchemy dialect name (``backend_for``); a new backend is a new module here that passes the
+conformance suite (``tests/conftest.py``: ``CONFORMANCE``). What a backend holds:
 
 - its capabilities, as class attributes (``one_writer``, ``feed_in_statement``, ...);
 - its parts of the shared statements (``insert_ignoring``, ``greatest``, ``merged_json``, ...);
@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Column, ColumnElement, Insert, Table, func
+from sqlalchemy import Column, ColumnElement, Insert, Table, cast, func, null
 from sqlalchemy.engine import URL
 
 from convostore.errors import ConfigError
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKEND_MODULES", "Backend", "backend_for"]
 
-BACKEND_MODULES = {"sqlite": "sqlite", "postgresql": "postgresql"}
+BACKEND_MODULES = {"sqlite": "sqlite", "postgresql": "postgresql", "mariadb": "mariadb"}
 """SQLAlchemy dialect name -> the module of ``convostore.backends`` that serves it."""
 
 
@@ -71,10 +71,15 @@ class Backend:
     """An append can be one statement (data-modifying CTEs over parallel arrays)."""
     returning_on_update: ClassVar[bool] = True
     """``UPDATE ... RETURNING``."""
+    concurrent_cursors: ClassVar[bool] = True
+    """Several results can be streamed at once on one connection (an export merges three)."""
 
-    def insert_ignoring(self, table: Table, keys: Sequence[Column[Any]]) -> Insert:
-        """An INSERT of ``table`` that inserts nothing where a row with the same ``keys``
-        exists."""
+    def insert_ignoring(
+        self, table: Table, keys: Sequence[Column[Any]], returning: Column[Any]
+    ) -> Insert:
+        """An INSERT of ``table`` that changes nothing where a row with the same ``keys``
+        exists, returning ``returning`` of the inserted row: no row, or the existing row's,
+        if one existed (so the caller compares it with the value it inserted)."""
         raise NotImplementedError
 
     def greatest(self, *values: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -92,6 +97,18 @@ class Backend:
     def json_column(self, column: ColumnElement[Any], name: str) -> ColumnElement[Any]:
         """A JSON column as a value of ``json_object`` (nested, not as text)."""
         return column
+
+    def typed_null(self, type_: Any) -> ColumnElement[Any]:
+        """A NULL of ``type_`` in a UNION's first branch, where later branches hold values."""
+        return cast(null(), type_)
+
+    def nulls_first(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        """``column`` ascending with NULLs first, for ORDER BY."""
+        return column.nulls_first()
+
+    def is_key_conflict(self, error: BaseException, index: str) -> bool:
+        """Whether one exception of a chain is a unique violation of ``index``."""
+        return index in str(getattr(error, "constraint_name", ""))
 
     def one_of(self, key: Column[Any], batch: ScalarSelect[Any]) -> ColumnElement[bool]:
         """``key`` is one of the keys ``batch`` selects: a batch delete's condition."""
@@ -164,6 +181,10 @@ class Backend:
         """Hold, until the transaction ends, a lock a second migrator waits for."""
         raise NotImplementedError
 
+    def release_migration_lock(self, connection: Connection) -> None:
+        """Free the migration lock once the migration has committed, where it outlives the
+        transaction."""
+
     def begin_write(self, connection: Connection) -> bool:
         """Make a write transaction hold its write lock from its start, where the database
         takes one (before the reads that plan the write). Returns whether it began one."""
@@ -202,6 +223,11 @@ class Backend:
     def is_disconnect(self, error: BaseException) -> bool:
         """Whether one exception of a chain says the connection is lost (this driver's
         words for it; the shared ones are checked by ``errors.is_disconnect``)."""
+        return False
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether one exception of a chain says the database undid the transaction and the
+        same operation may succeed if run again (a deadlock victim)."""
         return False
 
 

@@ -81,4 +81,9 @@ class CoreExecutor:
 
 async def _rows(conn: AsyncConnection, compiled: Compiled, params: Mapping[str, Any]) -> list[Any]:
     result = await conn.exec_driver_sql(compiled.sql, tuple(compiled.args(params)))
-    return list(result.all())
+    then = compiled.then
+    if then is None:
+        return list(result.all())
+    if not result.rowcount:
+        return []
+    return await _rows(conn, then, params)

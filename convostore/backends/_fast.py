@@ -35,6 +35,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
 from convostore._core.gate import Gate, stepping_aside
+from convostore.backends._statements import UpdateThenRead
 
 __all__ = [
     "Compiled",
@@ -65,7 +66,13 @@ class Compiled:
     """A Core statement compiled for one dialect: SQL text, and how to turn named parameters
     into the driver's positional arguments and result rows back into Python values."""
 
-    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+    def __init__(self, statement: ClauseElement | UpdateThenRead, dialect: Dialect) -> None:
+        self.then: Compiled | None = None
+        """For an ``UpdateThenRead``: the read to run after the update, if it matched a row;
+        the update's result columns are the read's."""
+        if isinstance(statement, UpdateThenRead):
+            self.then = Compiled(statement.read, dialect)
+            statement = statement.update
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         assert compiled.positiontup is not None
@@ -79,7 +86,9 @@ class Compiled:
             else:
                 value = processor(bind.value) if processor else bind.value
                 self._binds.append((None, value, None))
-        selected = list(getattr(statement, "selected_columns", ()))
+        self.statement: ClauseElement = statement
+        returned = statement if self.then is None else self.then.statement
+        selected = list(getattr(returned, "selected_columns", ()))
         self.columns = {column.key: index for index, column in enumerate(selected)}
         """Each result column's index, by name."""
         self.processors: list[Processor | None] = [

@@ -7,7 +7,7 @@ one backend runs (PostgreSQL's feed polls, SQLite's PRAGMAs) is built in its mod
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -52,7 +52,16 @@ from convostore.backends import Backend
 from convostore.backends._types import JSONDocument, JSONText, UTCDateTime
 from convostore.models import SESSION_COLUMNS, STATE_FIELDS
 
-__all__ = ["Statements"]
+__all__ = ["Statements", "UpdateThenRead"]
+
+
+class UpdateThenRead(NamedTuple):
+    """``UPDATE ... RETURNING`` for a backend without it (MariaDB): the UPDATE, then, if it
+    matched the session row, the SELECT of the columns it would have returned, in the same
+    transaction (which holds the row's lock, so the SELECT sees exactly what was written)."""
+
+    update: Update
+    read: Select[Any]
 
 
 class Statements:
@@ -107,7 +116,7 @@ class Statements:
         }
         template = bindparam("template_id", type_=Text())
 
-        self._bump: Update = (
+        self._bump = (
             update(sessions)
             .where(fresh, owned)
             .values(
@@ -115,7 +124,6 @@ class Statements:
                 current_slots=self._merged_slots(),
                 current_template_id=func.coalesce(template, sessions.c.current_template_id),
             )
-            .returning(sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id)
         )
         self.allocate = self._recorded(self._bump)
         """Allocate ``n`` sequence numbers on a live session that ``uid`` may write, merging
@@ -129,7 +137,6 @@ class Statements:
                 **grown,
                 **{name: bindparam(name, type_=sessions.c[name].type) for name in STATE_FIELDS},
             )
-            .returning(sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id)
         )
         self.replace = self._recorded(replace)
         """Allocate ``n`` sequence numbers on a live session that ``uid`` may write, setting
@@ -141,8 +148,8 @@ class Statements:
         )
         """``replace``, only on the session at version ``expected``."""
 
-        self.slide_expiry: Update = (
-            update(sessions).where(live).values(**refreshed).returning(sessions.c.version)
+        self.slide_expiry = self._returning(
+            update(sessions).where(live).values(**refreshed), sessions.c.version
         )
         """Slide a live session's expiry."""
         later = backend.greatest
@@ -158,8 +165,11 @@ class Statements:
         """A refresh written behind a read at ``now``: slides the expiry of the session if it
         was live then, never backwards (a write since may have slid it further)."""
 
-        self.create: Insert = backend.insert_ignoring(sessions, [sessions.c.session_id])
-        """Insert a session row unless one exists (concurrent creators do not collide)."""
+        self.create: Insert = backend.insert_ignoring(
+            sessions, [sessions.c.session_id], sessions.c.conversation_id
+        )
+        """Insert a session row unless one exists (concurrent creators do not collide);
+        returns its conversation id if it inserted it (or, on MariaDB, the existing row's)."""
         next_id = backend.next_conversation_id(
             select(func.coalesce(func.max(conversations.c.conversation_id), 0)).scalar_subquery()
         )
@@ -288,7 +298,7 @@ class Statements:
             *TURN_FIELDS,
             null().label("name"),
             null().label("value"),
-            cast(null(), JSONText).label("session"),
+            backend.typed_null(JSONText).label("session"),
         ).where(
             turns.c.session_id == sid,
             turns.c.conversation_id == conversation,
@@ -313,7 +323,9 @@ class Statements:
             Statements._session_object(backend),
         ).where(sessions.c.session_id == sid)
         rows: CompoundSelect[Any] = union_all(turn_rows, slot_rows, session_row)
-        return rows.order_by(rows.selected_columns.seq, rows.selected_columns.name.nulls_first())
+        return rows.order_by(
+            rows.selected_columns.seq, backend.nulls_first(rows.selected_columns.name)
+        )
 
     @staticmethod
     def _session_object(backend: Backend) -> ColumnElement[Any]:
@@ -377,7 +389,9 @@ class Statements:
         text); slot arrays: ``slot_ords`` (1-based position of the turn), ``slot_names``,
         ``slot_values``.
         """
-        bumped = self._bump.cte("bumped")
+        bumped = self._bump.returning(
+            sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id
+        ).cte("bumped")
         text_array = postgresql.ARRAY(Text())
         new = (
             func.unnest(
@@ -453,13 +467,24 @@ class Statements:
         )
         return appended.add_cte(self._feed_row(bumped)) if self._feed else appended
 
-    def _recorded(self, bump: Update) -> Update | Select[Any]:
-        """A write that moves a session's version, as run: on PostgreSQL with its row of the
-        change feed inserted by the same statement (``bump`` returns turn_count, version and
-        conversation_id, and so does the result). SQLite's triggers write its feed."""
-        if not self._feed:
-            return bump
-        bumped = bump.cte("bumped")
+    def _returning(self, write: Update, *columns: Column[Any]) -> Update | UpdateThenRead:
+        """``write ... RETURNING columns`` of the one session row ``sid`` it changes; as two
+        statements on a backend without ``UPDATE ... RETURNING`` (``UpdateThenRead``)."""
+        if self.backend.returning_on_update:
+            return write.returning(*columns)
+        read = select(*columns).where(sessions.c.session_id == bindparam("sid", type_=String()))
+        return UpdateThenRead(write, read)
+
+    def _recorded(self, bump: Update) -> Update | Select[Any] | UpdateThenRead:
+        """A write that moves a session's version, returning turn_count, version and
+        conversation_id, as run: on PostgreSQL with its row of the change feed inserted by
+        the same statement. SQLite's and MariaDB's triggers write their feed."""
+        returned = self._returning(
+            bump, sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id
+        )
+        if not self._feed or not isinstance(returned, Update):
+            return returned
+        bumped = returned.cte("bumped")
         return select(bumped.c.turn_count, bumped.c.version, bumped.c.conversation_id).add_cte(
             self._feed_row(bumped)
         )

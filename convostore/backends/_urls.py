@@ -32,12 +32,15 @@ __all__ = [
     "hide_password",
 ]
 
-DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mariadb": "asyncmy"}
 """The async driver convostore runs each backend on (each backend's ``Backend.driver``; here
 so that a URL is checked without importing any backend)."""
 
 _BACKEND_ALIASES = {"postgres": "postgresql"}
-_EXAMPLES = "sqlite+aiosqlite:///file.db or postgresql+asyncpg://user:password@host/database"
+_EXAMPLES = (
+    "sqlite+aiosqlite:///file.db, postgresql+asyncpg://user:password@host/database or "
+    "mariadb+asyncmy://user:password@host/database"
+)
 _CREDENTIALS = re.compile(r"^([A-Za-z][\w+.-]*://)?.*@", re.DOTALL)
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -103,8 +106,8 @@ def check_database_url(url: str | URL, what: str = "database_url") -> URL:
     wanted = DRIVERS.get(backend)
     if wanted is None:
         raise ConfigError(
-            f"{what} {shown!r} is a {named} database; convostore supports SQLite and "
-            f"PostgreSQL: write {_EXAMPLES}"
+            f"{what} {shown!r} is a {named} database; convostore supports SQLite, "
+            f"PostgreSQL and MariaDB: write {_EXAMPLES}"
         )
     if driver != wanted:
         fixed = hide_password(parsed.set(drivername=f"{backend}+{wanted}"))

@@ -404,8 +404,14 @@ class PostgresBackend(Backend):
     feed_in_statement = True
     one_statement_append = True
 
-    def insert_ignoring(self, table: Table, keys: Sequence[Column[Any]]) -> Insert:
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    def insert_ignoring(
+        self, table: Table, keys: Sequence[Column[Any]], returning: Column[Any]
+    ) -> Insert:
+        return (
+            postgresql.insert(table)
+            .on_conflict_do_nothing(index_elements=list(keys))
+            .returning(returning)
+        )
 
     def merged_json(self, document: ColumnElement[Any], patch: Any) -> ColumnElement[Any]:
         return document.op("||")(patch)

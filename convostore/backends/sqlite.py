@@ -339,8 +339,14 @@ class SqliteBackend(Backend):
     one_writer = True
     embedded = True
 
-    def insert_ignoring(self, table: Table, keys: Sequence[Column[Any]]) -> Insert:
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    def insert_ignoring(
+        self, table: Table, keys: Sequence[Column[Any]], returning: Column[Any]
+    ) -> Insert:
+        return (
+            sqlite.insert(table)
+            .on_conflict_do_nothing(index_elements=list(keys))
+            .returning(returning)
+        )
 
     def greatest(self, *values: ColumnElement[Any]) -> ColumnElement[Any]:
         return func.max(*values)

@@ -1,0 +1,248 @@
+"""MariaDB (10.6 or later; 10.11 tested) through asyncmy: the third backend.
+
+It runs on SQLAlchemy's execution (no fast path). Many writers at once, as on PostgreSQL:
+conversation ids come from the sequence ``conversation_ids``, engines convostore creates read
+committed data (MariaDB's default REPEATABLE READ made concurrent creators of one session
+deadlock on gap locks), and snapshots ask for REPEATABLE READ themselves. Where MariaDB lacks
+what the shared statements use: no ``UPDATE ... RETURNING`` (the update, then a read in the
+same transaction: ``Statements.UpdateThenRead``); no ``LIMIT`` in an ``IN`` subquery (a
+derived table); no ``CAST(... AS JSON)`` or ``NULLS FIRST`` (ascending order puts NULLs
+first). The schema's triggers fill the change feed; its AUTO_INCREMENT ids commit out of order,
+so the watcher keeps asking for an id it has not seen below one it has, for ``GAP_WAIT``
+seconds. A migration holds a named lock (``GET_LOCK``) until it has committed.
+
+MySQL 8 is not supported: it has no sequences and no ``RETURNING`` at all, and its JSON type
+normalises what it stores (docs/mariadb.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Dialect,
+    Insert,
+    Table,
+    func,
+    null,
+    select,
+    text,
+    type_coerce,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.selectable import ScalarSelect
+
+from convostore._core.cache import SessionCache
+from convostore._core.coherence import MAX_PENDING, POLL_TIMEOUT, FeedLost, PollingWatcher, news_of
+from convostore._core.schema import conversation_ids
+from convostore.backends import Backend
+from convostore.backends._urls import hide_password
+from convostore.config import StoreConfig
+from convostore.errors import ConfigError
+
+__all__ = ["BACKEND", "GAP_WAIT", "MariaDBBackend", "MariaDBWatcher"]
+
+POLL_INTERVAL = 0.02
+"""Seconds between two polls of the feed (one indexed read that usually finds nothing)."""
+GAP_WAIT = 30.0
+"""Seconds the watcher keeps asking for a feed id it has not seen below one it has. An id is
+taken when its write runs and shows when that transaction commits; convostore's own write
+transactions last milliseconds. A write whose transaction stays open longer than this after
+its feed row was inserted is not seen by other workers' caches (an aborted one never is)."""
+_LOCK_NAME = "convostore_migration"
+_LOCK_WAIT = 3600
+_NEXT_IDS = text(
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
+    "SELECT NEXTVAL(conversation_ids) FROM n"
+)
+_ADVANCE_IDS = text("SELECT SETVAL(conversation_ids, :top)")
+_DATABASE_BYTES = text(
+    "SELECT SUM(data_length + index_length) FROM information_schema.tables "
+    "WHERE table_schema = DATABASE()"
+)
+_DISCONNECTS = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055})
+"""Server shutdown, connection killed, cannot connect, server gone away, lost connection."""
+_DUPLICATE_KEY = 1062
+_DEADLOCK = 1213
+"""InnoDB rolled the transaction back to break a deadlock: run it again."""
+_POLL = "SELECT id, session_id, version FROM convostore_changes WHERE id > %s{pending} ORDER BY id"
+_NEWEST = "SELECT COALESCE(MAX(id), 0) FROM convostore_changes"
+
+
+class MariaDBBackend(Backend):
+    """MariaDB: many writers at once, on a server, through SQLAlchemy's execution."""
+
+    name = "mariadb"
+    driver = "asyncmy"
+    example_url = "mariadb+asyncmy://user:password@host/database"
+    returning_on_update = False
+    concurrent_cursors = False
+
+    def insert_ignoring(
+        self, table: Table, keys: Sequence[Column[Any]], returning: Column[Any]
+    ) -> Insert:
+        """``ON DUPLICATE KEY UPDATE`` of nothing (the first key set to itself), returning the
+        existing row's column. ``INSERT IGNORE`` would turn every error into a warning, and
+        asyncmy logs each warning it reads, with the duplicate key's value."""
+        first = keys[0]
+        return mysql.insert(table).on_duplicate_key_update({first.name: first}).returning(returning)
+
+    def json_column(self, column: ColumnElement[Any], name: str) -> ColumnElement[Any]:
+        return func.json_extract(column, "$")
+
+    def typed_null(self, type_: Any) -> ColumnElement[Any]:
+        return type_coerce(null(), type_)
+
+    def nulls_first(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return column  # ascending order puts NULLs first
+
+    def one_of(self, key: Column[Any], batch: ScalarSelect[Any]) -> ColumnElement[bool]:
+        """``key IN (SELECT ... FROM (batch))``: MariaDB refuses LIMIT in an IN subquery, but
+        not in a derived table. Its rows are locked by the DELETE itself, which waits for a
+        row another transaction holds instead of skipping it."""
+        found = batch.element.subquery("batch")
+        return key.in_(select(found.c[0]))
+
+    def next_conversation_id(self, largest: ColumnElement[Any]) -> ColumnElement[Any]:
+        return conversation_ids.next_value()
+
+    def utc_day(self, moment: Any) -> ColumnElement[Any]:
+        return func.date(moment)  # DATETIME holds UTC
+
+    def utc_hour(self, moment: Any) -> ColumnElement[Any]:
+        return func.hour(moment)
+
+    def check_url(self, url: URL, what: str) -> None:
+        if importlib.util.find_spec("asyncmy") is None:
+            raise ConfigError(
+                f"{what} {hide_password(url)!r} needs the asyncmy driver, which is not "
+                'installed: pip install "convostore[mariadb]"'
+            )
+
+    def engine_options(
+        self, url: URL, config: StoreConfig, timeout: float | None
+    ) -> dict[str, Any]:
+        """READ COMMITTED, and connections renewed before the server's ``wait_timeout``
+        (8 hours by default) drops them."""
+        return {
+            **super().engine_options(url, config, timeout),
+            "isolation_level": "READ COMMITTED",
+            "pool_recycle": 3600,
+        }
+
+    def watcher(
+        self, cache: SessionCache, engine: AsyncEngine, config: StoreConfig
+    ) -> MariaDBWatcher:
+        return MariaDBWatcher(cache, engine.url, engine.dialect)
+
+    def take_migration_lock(self, connection: Connection) -> None:
+        """A named lock, which belongs to the connection: ``release_migration_lock`` frees it
+        once the migration has committed."""
+        got = connection.execute(
+            text("SELECT GET_LOCK(:name, :wait)"), {"name": _LOCK_NAME, "wait": _LOCK_WAIT}
+        ).scalar()
+        if got != 1:
+            raise TimeoutError(f"another migration held {_LOCK_NAME} for {_LOCK_WAIT} s")
+
+    def release_migration_lock(self, connection: Connection) -> None:
+        connection.execute(text("DO RELEASE_LOCK(:name)"), {"name": _LOCK_NAME})
+
+    async def database_bytes(self, conn: AsyncConnection) -> int | None:
+        size = await conn.scalar(_DATABASE_BYTES)
+        return None if size is None else int(size)
+
+    async def next_conversation_ids(self, conn: AsyncConnection, n: int) -> list[int]:
+        return [int(value) for value in (await conn.execute(_NEXT_IDS, {"n": n})).scalars()]
+
+    async def advance_conversation_ids(self, conn: AsyncConnection, top: int) -> None:
+        """``SETVAL`` never moves a sequence backwards (it answers NULL then)."""
+        await conn.execute(_ADVANCE_IDS, {"top": top})
+
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        from asyncmy import errors
+
+        return (errors.Error,)
+
+    def is_disconnect(self, error: BaseException) -> bool:
+        return type(error).__module__.startswith("asyncmy") and _code(error) in _DISCONNECTS
+
+    def is_transient(self, error: BaseException) -> bool:
+        return type(error).__module__.startswith("asyncmy") and _code(error) == _DEADLOCK
+
+    def is_key_conflict(self, error: BaseException, index: str) -> bool:
+        return _code(error) == _DUPLICATE_KEY and index in str(error)
+
+
+def _code(error: BaseException) -> int | None:
+    """MariaDB's error number, the first argument of asyncmy's errors."""
+    args = getattr(error, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class MariaDBWatcher(PollingWatcher):
+    """Polls ``convostore_changes`` on an asyncmy connection of its own, in autocommit (each
+    poll a fresh snapshot), asking again for ids it has not seen below the newest one it has
+    (pending gaps) for ``GAP_WAIT`` seconds."""
+
+    name = "change poller"
+
+    def __init__(self, cache: SessionCache, url: URL, dialect: Dialect) -> None:
+        super().__init__(cache)
+        _, options = dialect.create_connect_args(url)
+        self._connect_args: Mapping[str, Any] = options
+
+    async def _follow(self) -> None:
+        import asyncmy
+
+        conn = await asyncio.wait_for(
+            asyncmy.connect(**{**self._connect_args, "autocommit": True}), POLL_TIMEOUT
+        )
+        try:
+            await self._poll_feed(conn)
+        finally:
+            conn.close()
+
+    async def _poll_feed(self, conn: Any) -> None:
+        (newest,) = (await _fetch(conn, _NEWEST, ()))[0]
+        self._connected()
+        pending: dict[int, float] = {}
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            asked = sorted(pending)
+            among = f" OR id IN ({', '.join(['%s'] * len(asked))})" if asked else ""
+            sql = _POLL.format(pending=among)
+            rows = await _fetch(conn, sql, (newest, *asked))
+            if rows:
+                self.post(news_of(rows))
+            seen = {int(row[0]) for row in rows}
+            now = time.monotonic()
+            for found in seen & pending.keys():
+                del pending[found]
+            top = max([newest, *seen])
+            for missing in range(newest + 1, top):
+                if missing not in seen:
+                    pending[missing] = now
+            newest = top
+            for gap, since in list(pending.items()):
+                if now - since > GAP_WAIT:
+                    del pending[gap]
+            if len(pending) > MAX_PENDING:
+                raise FeedLost(f"more than {MAX_PENDING} feed ids pending")
+
+
+async def _fetch(conn: Any, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cursor:
+        await asyncio.wait_for(cursor.execute(sql, args), POLL_TIMEOUT)
+        return list(await cursor.fetchall())
+
+
+BACKEND = MariaDBBackend()
