@@ -11,9 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select
-
-from convostore._core.schema import turns
+from convostore._ops.report_queries import QUESTIONS_PER_TEMPLATE
 from convostore.backends._urls import hide_password
 from convostore.config import StoreConfig
 from convostore.models import ConversationState
@@ -103,13 +101,7 @@ async def _converse(url: str, echo: Callable[[str], None]) -> None:
             echo(f"  {number}. {when} {turn.role:<9} {turn.content}{extra}")
         echo(f"  current slots: {state.current_slots}")
 
-        per_template = (
-            select(turns.c.template_id, func.count().label("questions"))
-            .where(turns.c.role == "user")
-            .group_by(turns.c.template_id)
-            .order_by(turns.c.template_id)
-        )
         echo("\nanalytics (SQL on the turns table): questions per template")
         async with repo.engine.connect() as conn:
-            for template, questions in await conn.execute(per_template):
+            for template, questions in await conn.execute(QUESTIONS_PER_TEMPLATE):
                 echo(f"  {template}: {questions}")

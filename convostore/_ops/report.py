@@ -17,18 +17,8 @@ from functools import partial
 from html import escape
 from typing import Any
 
-from sqlalchemy import (
-    bindparam,
-    case,
-    column,
-    distinct,
-    func,
-    select,
-)
-from sqlalchemy import table as view
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from convostore._core.schema import UTCDateTime, conversations, live_session, sessions
 from convostore._ops.admin import snapshot
 from convostore._ops.charts import (
     AMBER,
@@ -42,21 +32,11 @@ from convostore._ops.charts import (
     responsive,
     share_chart,
 )
-from convostore.backends import Backend, backend_for
+from convostore._ops.report_queries import report_queries
+from convostore.backends import backend_for
 from convostore.errors import translate_errors
 
 __all__ = ["ReportData", "collect", "render"]
-
-_exchanges = view(
-    "exchanges",
-    column("conversation_id"),
-    column("question"),
-    column("resolved_question"),
-    column("template_id"),
-    column("created_at"),
-)
-_slot_values = view("slot_values", column("conversation_id"), column("name"), column("value"))
-_e, _v = _exchanges.c, _slot_values.c
 
 TOP = 10
 """Templates and slot values shown."""
@@ -88,48 +68,10 @@ class ReportData:
     """(slot, value, mentions, conversations), most mentioned first, at most ``TOP``."""
 
 
-def _queries(backend: Backend) -> dict[str, Any]:
-    """The report's statements for a backend; each groups in an outer query over a subquery,
-    so PostgreSQL never compares a grouped expression with bound parameters."""
-    days = select(backend.utc_day(_e.created_at).label("day"), _e.conversation_id).subquery()
-    hours = select(backend.utc_hour(_e.created_at).label("hour")).subquery()
-    lengths = (
-        select(func.count().label("exchanges"))
-        .select_from(_exchanges)
-        .group_by(_e.conversation_id)
-        .subquery()
-    )
-    mentions = func.count()
-    return {
-        "conversations": select(
-            select(func.count()).select_from(conversations).scalar_subquery(),
-            select(func.count())
-            .where(live_session(sessions.c.expires_at, bindparam("now", type_=UTCDateTime())))
-            .scalar_subquery(),
-        ),
-        "per_day": select(days.c.day, func.count(), func.count(distinct(days.c.conversation_id)))
-        .group_by(days.c.day)
-        .order_by(days.c.day),
-        "per_hour": select(hours.c.hour, func.count()).group_by(hours.c.hour),
-        "templates": select(
-            _e.template_id, func.count(), func.count(distinct(_e.conversation_id))
-        ).group_by(_e.template_id),
-        "follow_ups": select(
-            func.count(),
-            func.coalesce(func.sum(case((_e.resolved_question != _e.question, 1), else_=0)), 0),
-        ).select_from(_exchanges),
-        "lengths": select(lengths.c.exchanges, func.count()).group_by(lengths.c.exchanges),
-        "slot_values": select(_v.name, _v.value, mentions, func.count(distinct(_v.conversation_id)))
-        .group_by(_v.name, _v.value)
-        .order_by(mentions.desc(), _v.name, _v.value)
-        .limit(TOP),
-    }
-
-
 async def collect(engine: AsyncEngine, now: datetime | None = None) -> ReportData:
     """Read the report's figures from the database, in one snapshot; ``now`` (default: the
     current time) tells which sessions are live."""
-    queries = _queries(backend_for(engine))
+    queries = report_queries(backend_for(engine), TOP)
     params = {"now": now or datetime.now(timezone.utc)}
     with translate_errors("reading the report's figures"):
         async with snapshot(engine) as conn:
