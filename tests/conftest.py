@@ -67,7 +67,7 @@ CONFORMANCE = frozenset(
         "test_language",
         "test_lifecycle",
         "test_live",
-        "test_mariadb_migrations",
+        "test_mariadb",
         "test_migrations",
         "test_owners",
         "test_refresh_behind",

@@ -86,6 +86,7 @@ class MariaDBBackend(Backend):
     example_url = "mariadb+asyncmy://user:password@host/database"
     returning_on_update = False
     concurrent_cursors = False
+    statement_timeouts = True
 
     def insert_ignoring(
         self, table: Table, keys: Sequence[Column[Any]], returning: Column[Any]
@@ -132,12 +133,21 @@ class MariaDBBackend(Backend):
         self, url: URL, config: StoreConfig, timeout: float | None
     ) -> dict[str, Any]:
         """READ COMMITTED, and connections renewed before the server's ``wait_timeout``
-        (8 hours by default) drops them."""
-        return {
+        (8 hours by default) drops them. ``timeout`` bounds each connect (asyncmy's
+        ``connect_timeout``), each wait for the server's answer (``read_timeout``: a statement
+        that runs over loses its connection, as after a lost server) and each wait for a pooled
+        connection."""
+        options: dict[str, Any] = {
             **super().engine_options(url, config, timeout),
             "isolation_level": "READ COMMITTED",
             "pool_recycle": 3600,
         }
+        if timeout is not None:
+            options.update(
+                connect_args={"connect_timeout": timeout, "read_timeout": timeout},
+                pool_timeout=timeout,
+            )
+        return options
 
     def watcher(
         self, cache: SessionCache, engine: AsyncEngine, config: StoreConfig

@@ -1,14 +1,15 @@
-"""Migrations on MariaDB, the third backend in the making (issue #16 item 4): every revision
-upgrades and downgrades on MariaDB 10.11, and the migrated schema is what
-``_core.schema.metadata`` describes (autogenerate finds nothing).
+"""MariaDB's own: every migration upgrades and downgrades on MariaDB 10.11 (driven by alembic
+on a connection of the test's own, as a host application's env would), the migrated schema is
+what ``_core.schema.metadata`` describes, its tables compare text exactly, and a statement the
+server does not answer in time fails instead of holding the call.
 
-The repository itself does not run on MariaDB yet, so these drive alembic on a connection of
-their own, as a host application's env would. They run when env ``CONVOSTORE_TEST_MARIADB_URL``
-names a server (``.ci/run`` starts one) and skip otherwise."""
+They run when env ``CONVOSTORE_TEST_MARIADB_URL`` names a server (``.ci/run`` starts one) and
+skip otherwise. The conformance suite runs on MariaDB too (``conftest.CONFORMANCE``)."""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,9 +19,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, bindparam, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from convostore import StoreConfig
+from convostore._core.engine import create_engine
 from convostore._core.schema import compared, metadata
+from convostore.errors import is_disconnect
 from convostore.migrate import VERSION_TABLE, alembic_config, script_location
 
 MARIADB_URL_ENV = "CONVOSTORE_TEST_MARIADB_URL"
@@ -118,3 +123,28 @@ async def test_the_tables_compare_text_exactly(mariadb: AsyncEngine) -> None:
             {"names": sorted(TABLES)},
         )
         assert list(rows.scalars()) == ["utf8mb4_nopad_bin"]
+
+
+async def test_a_statement_the_server_does_not_answer_in_time_fails_as_a_lost_connection(
+    mariadb: AsyncEngine,
+) -> None:
+    """An engine convostore creates with a timeout gives up on a statement the server has not
+    answered within it, and the error reads as a lost connection (so a call retries it until
+    ``reconnect_timeout``); without a timeout the same statement runs to its end."""
+    url = mariadb.url.render_as_string(hide_password=False)
+    bounded = create_engine(StoreConfig(database_url=url), timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as raised:
+            async with bounded.connect() as conn:
+                await conn.execute(text("SELECT SLEEP(5)"))
+        assert time.monotonic() - started < 3
+        assert is_disconnect(raised.value)
+    finally:
+        await bounded.dispose()
+    unbounded = create_engine(StoreConfig(database_url=url))
+    try:
+        async with unbounded.connect() as conn:
+            assert (await conn.execute(text("SELECT SLEEP(1)"))).scalar() == 0
+    finally:
+        await unbounded.dispose()
