@@ -206,7 +206,8 @@ def _facts(record: dict[str, Any]) -> list[str]:
         + f"; the run took {record['seconds']:.0f} s",
         f"- machine: {m['cores']} cores, {m['cpu'] or 'unknown CPU'}, {m['memory'] or '?'} "
         f"memory, {m['os']}",
-        f"- {m['python']}; SQLite {m['sqlite']}; PostgreSQL {m['postgresql'] or 'not used'}",
+        f"- {m['python']}; SQLite {m['sqlite']}; PostgreSQL {m['postgresql'] or 'not used'}; "
+        f"MariaDB {m.get('mariadb') or 'not used'}",
         f"- packages: {packages}",
     ]
 
