@@ -94,6 +94,12 @@ async def run(ctx: Context) -> list[Row]:
             await server.drop(db)
         if server.name == "sqlite":
             rows.append(await _trigger_cost(ctx, server))
+        elif server.name == "mariadb":
+            ctx.note(
+                "coherence on MariaDB: no PgBouncer row (PostgreSQL's pooler) and no "
+                "trigger-cost row through the repository; coherence_writers measures its feed "
+                "triggers' cost on the raw driver"
+            )
     return rows
 
 
