@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from .backends import BackendName
+from .backends import BACKENDS, BackendName
 from .options import Options
 from .plots import write_plots
 from .report import render_text, write_outputs
@@ -23,8 +23,8 @@ RESULTS = ROOT / "bench" / "results"
 def _backends(text: str) -> tuple[BackendName, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     for name in names:
-        if name not in ("sqlite", "postgresql"):
-            raise argparse.ArgumentTypeError(f"unknown backend {name!r}: sqlite or postgresql")
+        if name not in BACKENDS:
+            raise argparse.ArgumentTypeError(f"unknown backend {name!r}: {', '.join(BACKENDS)}")
     return cast(tuple[BackendName, ...], names)
 
 
@@ -54,8 +54,8 @@ def parse(argv: list[str]) -> Options:
     parser.add_argument(
         "--backends",
         type=_backends,
-        default=("sqlite", "postgresql"),
-        help="comma-separated: sqlite,postgresql (default both)",
+        default=BACKENDS,
+        help=f"comma-separated: {','.join(BACKENDS)} (default all three)",
     )
     parser.add_argument(
         "--out",

@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["machine_facts"]
 
-_PACKAGES = ("convostore", "sqlalchemy", "asyncpg", "aiosqlite", "pydantic", "redis")
+_PACKAGES = ("convostore", "sqlalchemy", "asyncpg", "aiosqlite", "asyncmy", "pydantic", "redis")
 
 
 def _first(path: str, key: str) -> str | None:
@@ -71,6 +71,7 @@ def machine_facts(server_versions: dict[str, str]) -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "sqlite": sqlite3.sqlite_version,
         "postgresql": server_versions.get("postgresql"),
+        "mariadb": server_versions.get("mariadb"),
         "packages": versions,
         "commit": _git(Path(__file__).resolve().parent.parent),
     }

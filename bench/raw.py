@@ -1,5 +1,6 @@
-"""The raw-driver floor: plain aiosqlite / asyncpg doing the same minimal work on convostore's
-tables, written the way a careful hand-written driver call would be, without a library.
+"""The raw-driver floor: plain aiosqlite / asyncpg / asyncmy doing the same minimal work on
+convostore's tables, written the way a careful hand-written driver call would be, without a
+library.
 
 An exchange is the naive transaction: BEGIN; UPDATE the session row (turn_count, version,
 last_accessed, expires_at, current_slots, current_template_id) RETURNING turn_count and
@@ -22,11 +23,25 @@ running convostore's three-part read
 (``Statements(backend_for("sqlite")).load_session``, ``load_turns``, ``load_slots``) in one read
 transaction, as convostore's fast path does. Loads fold the rows into the same plain dicts.
 
+On MariaDB (asyncmy), which has no ``UPDATE ... RETURNING``, the naive exchange runs the
+UPDATE, then a SELECT of the counters, then one INSERT per row, in one transaction (begun by
+the first statement, as the driver does with autocommit off; READ COMMITTED, as convostore's
+engines set it). The true floor is the same transaction in the fewest statements: convostore's
+``Statements.allocate`` (an ``UpdateThenRead`` there: the UPDATE, then the read of the
+counters), one ``executemany`` of the turns (asyncmy sends it as one multi-row INSERT), one of
+the slots, COMMIT: five round trips. Its load is convostore's
+three-part read (``Statements.load_session``, ``load_turns``, ``load_slots``: three plain
+index range scans, the fewest steps there: MariaDB runs them faster than the one-statement
+union ``Statements.load`` that convostore runs on it, round trips included); its naive load
+the session row, then the turns with their slots.
+
 A sweep is convostore's two passes as hand-written batches, each one autocommitted DELETE
 ... RETURNING: expired sessions (the schema's trigger ends their conversations), then
 conversations that ended ``retention`` seconds ago or more (turns and slots go by cascade).
 Each batch's keys are picked and locked by a subquery (on PostgreSQL ``FOR UPDATE SKIP
-LOCKED``, and ``= ANY(ARRAY(...))`` so the rows are found by primary key; on SQLite ``IN``).
+LOCKED``, and ``= ANY(ARRAY(...))`` so the rows are found by primary key; on SQLite ``IN``;
+on MariaDB convostore's own ``Statements.sweep`` and ``sweep_transcripts``, ``IN`` a derived
+table, as MariaDB refuses ``LIMIT`` directly inside ``IN``).
 """
 
 from __future__ import annotations
@@ -39,8 +54,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import aiosqlite
+import asyncmy
 import asyncpg
 from sqlalchemy import ClauseElement
+from sqlalchemy.dialects.mysql import asyncmy as mysql_asyncmy
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -51,16 +68,18 @@ from convostore.backends._private import run_in_sqlite_thread
 from convostore.backends._statements import Statements, UpdateThenRead
 from convostore.repository import new_idempotency_key
 
-from .backends import Database
+from .backends import Database, mariadb_connect_args
 from .workload import Exchange, sqlite_timestamp
 
 __all__ = [
+    "RawMariaDB",
     "RawPool",
     "RawPostgres",
     "RawPostgresPool",
     "RawSqlite",
     "RawStore",
     "RawSweeper",
+    "connect_mariadb",
     "connect_postgres",
     "connect_sqlite",
     "open_raw",
@@ -131,6 +150,19 @@ _SQLITE_SWEEP_TRANSCRIPTS = """
 DELETE FROM conversations WHERE conversation_id IN (
     SELECT conversation_id FROM conversations WHERE ended_at <= ? ORDER BY ended_at LIMIT ?)
 RETURNING conversation_id"""
+_MARIADB_UPDATE = """
+UPDATE sessions SET turn_count = turn_count + 2, version = version + 1,
+    last_accessed = %s, expires_at = %s, current_slots = json_merge_patch(current_slots, %s),
+    current_template_id = coalesce(%s, current_template_id)
+WHERE session_id = %s"""
+_MARIADB_COUNTERS = "SELECT turn_count, conversation_id FROM sessions WHERE session_id = %s"
+_MARIADB_INSERT_TURN = _SQLITE_INSERT_TURN.replace("?", "%s")
+_MARIADB_INSERT_KEYED_TURN = _SQLITE_INSERT_KEYED_TURN.replace("?", "%s")
+_MARIADB_INSERT_SLOT = _SQLITE_INSERT_SLOT.replace("?", "%s")
+_MARIADB_HEAD = _PG_HEAD.replace("$1", "%s")
+_MARIADB_TURNS = (
+    _PG_TURNS.replace("$1", "%s").replace("$2", "%s").replace(" NULLS FIRST", "")
+)  # (sid, cid, sid, cid); ascending order puts NULLs first on MariaDB
 _SQLITE_PRUNE_CHANGES = """
 DELETE FROM convostore_changes WHERE id <= (SELECT max(id) FROM convostore_changes) - ?"""
 
@@ -184,12 +216,14 @@ def _fold_parts(
     at: Mapping[str, int],
     turn_rows: Sequence[Sequence[Any]],
     slot_rows: Sequence[Sequence[Any]],
+    parse: bool = True,
 ) -> dict[str, Any]:
-    """A session as plain data from the rows of convostore's three-part SQLite load."""
+    """A session as plain data from the rows of convostore's three-part load; ``parse``: the
+    timestamps are SQLite's text (the driver returns datetimes otherwise)."""
     slots: dict[int, dict[str, str]] = {}
     for seq, name, value in slot_rows:
         slots.setdefault(seq, {})[name] = value
-    parsed = _Stamps()
+    parsed = _Stamps() if parse else _same
     return {
         **_session(head, at),
         "turns": [
@@ -205,6 +239,10 @@ def _fold_parts(
             for seq, role, content, resolved, template_id, results, created_at in turn_rows
         ],
     }
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class _Stamps:
@@ -565,8 +603,143 @@ class RawPostgresPool:
         await self._pool.close()
 
 
+async def connect_mariadb(url: str, *, autocommit: bool = False) -> asyncmy.Connection:
+    """An asyncmy connection to the database of ``url`` (a ``mariadb+asyncmy://`` URL) that
+    reads committed data, as convostore's engines do."""
+    conn = await asyncmy.connect(**mariadb_connect_args(url), autocommit=autocommit)
+    async with conn.cursor() as cursor:
+        await cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    return conn
+
+
+class RawMariaDB:
+    """The floor on one asyncmy connection (autocommit off: the first statement begins the
+    transaction, COMMIT ends it)."""
+
+    def __init__(self, conn: asyncmy.Connection, ttl: float) -> None:
+        self._conn = conn
+        self._ttl = timedelta(seconds=ttl)
+        statements, dialect = Statements(backend_for("mariadb")), mysql_asyncmy.dialect()
+        allocate = statements.allocate
+        assert isinstance(allocate, UpdateThenRead)  # MariaDB has no UPDATE ... RETURNING
+        self._bump = _Positional(allocate.update, dialect)
+        self._counters = _Positional(allocate.read, dialect)
+        self._load_parts = tuple(
+            _Positional(statement, dialect)
+            for statement in (
+                statements.load_session,
+                statements.load_turns,
+                statements.load_slots,
+            )
+        )
+
+    @classmethod
+    async def open(cls, url: str, ttl: float) -> RawMariaDB:
+        return cls(await connect_mariadb(url), ttl)
+
+    async def append(self, sid: str, exchange: Exchange) -> None:
+        """The naive exchange: UPDATE, the counters' SELECT, an INSERT per row, COMMIT."""
+        now = datetime.now(timezone.utc)
+        try:
+            async with self._conn.cursor() as cursor:
+                await cursor.execute(
+                    _MARIADB_UPDATE,
+                    (now, now + self._ttl, exchange.slots_json, exchange.template_id, sid),
+                )
+                await cursor.execute(_MARIADB_COUNTERS, (sid,))
+                last, cid = await cursor.fetchone()
+                turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, now)
+                for turn in turn_rows:
+                    await cursor.execute(_MARIADB_INSERT_TURN, turn)
+                for slot in slot_rows:
+                    await cursor.execute(_MARIADB_INSERT_SLOT, slot)
+            await self._conn.commit()
+        except BaseException:
+            await self._conn.rollback()
+            raise
+
+    async def append_one(self, sid: str, exchange: Exchange, *, keyed: bool = True) -> None:
+        """The true floor: convostore's own head statement (``Statements.allocate``: the
+        UPDATE, which also checks the expiry and that the key is new, then the read of the
+        counters), one ``executemany`` of the turns with the idempotency key and one of the
+        slots, COMMIT. ``keyed=False``: the hand-written UPDATE, rows without a key."""
+        now = datetime.now(timezone.utc)
+        key = new_idempotency_key() if keyed else None
+        if keyed:
+            head_sql = self._bump.sql
+            head = self._bump.args(
+                {
+                    "now": now,
+                    "expires": now + self._ttl,
+                    "hits": 1,
+                    "template_id": exchange.template_id,
+                    "merge": exchange.slots_json,
+                    "n": 2,
+                    "sid": sid,
+                    "key": key,
+                    "uid": None,
+                }
+            )
+            read_sql, read = self._counters.sql, self._counters.args({"sid": sid})
+            insert_turn = _MARIADB_INSERT_KEYED_TURN
+        else:
+            head_sql = _MARIADB_UPDATE
+            head = [now, now + self._ttl, exchange.slots_json, exchange.template_id, sid]
+            read_sql, read = _MARIADB_COUNTERS, [sid]
+            insert_turn = _MARIADB_INSERT_TURN
+        try:
+            async with self._conn.cursor() as cursor:
+                if not await cursor.execute(head_sql, head):
+                    raise RuntimeError(f"session {sid}: the append's UPDATE matched no row")
+                await cursor.execute(read_sql, read)
+                row = await cursor.fetchone()
+                last, cid = row[0], row[-1]
+                turn_rows, slot_rows = _exchange_rows(sid, cid, last, exchange, now, key)
+                await cursor.executemany(insert_turn, turn_rows)
+                await cursor.executemany(_MARIADB_INSERT_SLOT, slot_rows)
+            await self._conn.commit()
+        except BaseException:
+            await self._conn.rollback()
+            raise
+
+    async def load_one(self, sid: str, window: int = _ALL_TURNS) -> dict[str, Any] | None:
+        """The true floor: convostore's three-part read (``Statements.load_session``,
+        ``load_turns``, ``load_slots``), three round trips of plain index range scans. Reading
+        committed data, each statement reads a snapshot of its own; the turns and slots are
+        bounded by the session row's ``turn_count``, so an append committed in between is not
+        half read. The transaction the reads begin is left to whatever comes next (an
+        append's COMMIT, or the close) to end."""
+        head, turns, slots = self._load_parts
+        async with self._conn.cursor() as cursor:
+            await cursor.execute(head.sql, head.args({"sid": sid}))
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            upto, cid = row[head.columns["turn_count"]], row[head.columns["conversation_id"]]
+            params = {"sid": sid, "cid": cid, "upto": upto, "after": upto - window}
+            await cursor.execute(turns.sql, turns.args(params))
+            turn_rows = await cursor.fetchall()
+            await cursor.execute(slots.sql, slots.args(params))
+            slot_rows = await cursor.fetchall()
+        return _fold_parts(row, head.columns, turn_rows, slot_rows, parse=False)
+
+    async def load(self, sid: str) -> dict[str, Any] | None:
+        """The naive load: the session row, then its turns with their slots."""
+        async with self._conn.cursor() as cursor:
+            await cursor.execute(_MARIADB_HEAD, (sid,))
+            head = await cursor.fetchone()
+            if head is None:
+                return None
+            cid = head[7]
+            await cursor.execute(_MARIADB_TURNS, (sid, cid, sid, cid))
+            return _fold(head, await cursor.fetchall(), parse=False)
+
+    async def close(self) -> None:
+        await self._conn.ensure_closed()
+
+
 class RawPool:
-    """The floor under concurrency on either backend: ``size`` raw connections, each running
+    """The floor under concurrency on any backend: ``size`` raw connections, each running
     the true floor's append, lent first come, first served from an ``asyncio.Queue``."""
 
     def __init__(self, stores: list[RawStore]) -> None:
@@ -595,6 +768,8 @@ async def open_raw(db: Database, ttl: float) -> RawStore:
     """The single-connection floor for a database."""
     if db.backend == "sqlite":
         return RawSqlite(await connect_sqlite(db.target), ttl)
+    if db.backend == "mariadb":
+        return await RawMariaDB.open(db.target, ttl)
     return await RawPostgres.open(db.target, ttl)
 
 
@@ -666,8 +841,44 @@ class _SqliteSweeper:
         await self._db.close()
 
 
+class _MariaDBSweeper:
+    """The sweep on asyncmy, in autocommit: each batch convostore's own DELETE ... WHERE key IN
+    (a derived table of the batch's keys) RETURNING; like convostore's, a session batch that
+    comes back short prunes the change feed (filled by the schema's triggers) to its newest
+    ``CHANGES_KEPT`` rows."""
+
+    def __init__(self, conn: asyncmy.Connection, retention: float) -> None:
+        self._conn = conn
+        self._retention = timedelta(seconds=retention)
+        statements, dialect = Statements(backend_for("mariadb")), mysql_asyncmy.dialect()
+        self._sweep = _Positional(statements.sweep, dialect)
+        self._transcripts = _Positional(statements.sweep_transcripts, dialect)
+        self._prune = _Positional(statements.prune_changes, dialect)
+
+    async def _run(self, statement: _Positional, values: Mapping[str, Any]) -> int:
+        async with self._conn.cursor() as cursor:
+            await cursor.execute(statement.sql, statement.args(values))
+            return len(await cursor.fetchall())
+
+    async def sessions(self, now: datetime, batch_size: int) -> int:
+        deleted = await self._run(self._sweep, {"now": now, "batch": batch_size})
+        if deleted < batch_size:
+            async with self._conn.cursor() as cursor:
+                await cursor.execute(self._prune.sql, self._prune.args({"keep": CHANGES_KEPT}))
+        return deleted
+
+    async def transcripts(self, now: datetime, batch_size: int) -> int:
+        cutoff = now - self._retention
+        return await self._run(self._transcripts, {"cutoff": cutoff, "batch": batch_size})
+
+    async def close(self) -> None:
+        await self._conn.ensure_closed()
+
+
 async def open_raw_sweeper(db: Database, retention: float) -> RawSweeper:
     """The floor's sweep on its own connection, keeping transcripts ``retention`` seconds."""
     if db.backend == "sqlite":
         return _SqliteSweeper(await connect_sqlite(db.target), retention)
+    if db.backend == "mariadb":
+        return _MariaDBSweeper(await connect_mariadb(db.target, autocommit=True), retention)
     return _PostgresSweeper(await connect_postgres(db.target), retention)

@@ -39,9 +39,19 @@ individually timed calls after untimed warm-up calls, taken in blocks that alter
 convostore, its raw floor and the baselines, so that drift on a shared machine hits all of
 them alike):
 
-- **raw floor**: plain aiosqlite / asyncpg on convostore's own tables, no library. An exchange
-  is the naive transaction BEGIN; UPDATE the session row (turn_count, version, last_accessed,
-  expires_at, current_slots, current_template_id) RETURNING turn_count and conversation_id;
+- **MariaDB**: convostore runs there on SQLAlchemy's execution (no fast path), so its rows
+  against the raw driver (asyncmy) are shown without the targets the fast paths are held to,
+  and it has no separate core-path rows; targets that compare convostore with itself or judge
+  the database's work (flatness with history, expiry refresh, windowed read, the sweep, no
+  failures and bounded waits under concurrency, staleness, hit cost) hold there too. Its true
+  floor appends with convostore's own UPDATE, the read of the counters, executemany of the
+  turns and of the slots, COMMIT; it loads with convostore's three-part read. Not run there:
+  the concurrent-throughput and large-store rows (PostgreSQL's), PgBouncer, the trigger-cost
+  row (SQLite's), peers (none supports MariaDB).
+- **raw floor**: plain aiosqlite / asyncpg / asyncmy on convostore's own tables, no library.
+  An exchange is the naive transaction BEGIN; UPDATE the session row (turn_count, version,
+  last_accessed, expires_at, current_slots, current_template_id) RETURNING turn_count and
+  conversation_id (MariaDB: then a SELECT of them);
   INSERT the user turn; INSERT the assistant turn; INSERT its slot row (turns and slots keyed
   by conversation_id); COMMIT. asyncpg runs each statement as a prepared statement; aiosqlite
   runs one `execute` per statement, with convostore's PRAGMAs (WAL, foreign_keys=ON,
@@ -206,7 +216,8 @@ def _facts(record: dict[str, Any]) -> list[str]:
         + f"; the run took {record['seconds']:.0f} s",
         f"- machine: {m['cores']} cores, {m['cpu'] or 'unknown CPU'}, {m['memory'] or '?'} "
         f"memory, {m['os']}",
-        f"- {m['python']}; SQLite {m['sqlite']}; PostgreSQL {m['postgresql'] or 'not used'}",
+        f"- {m['python']}; SQLite {m['sqlite']}; PostgreSQL {m['postgresql'] or 'not used'}; "
+        f"MariaDB {m.get('mariadb') or 'not used'}",
         f"- packages: {packages}",
     ]
 
@@ -221,17 +232,18 @@ def render_markdown(record: dict[str, Any], plot_prefix: str = "", full: bool = 
             "hand. Reproduce on a quiet machine from the repository root:",
             "",
             "```sh",
-            'pip install -e ".[bench]"        # matplotlib and redis; asyncpg for PostgreSQL',
+            'pip install -e ".[bench]"        # matplotlib, redis, asyncpg, asyncmy',
             "python -m bench --peers --scale 1000000   # the full run the targets are judged on",
             "python -m bench --quick          # a few seconds; writes bench/results/quick/",
             "```",
             "",
             "PostgreSQL comes from `CONVOSTORE_BENCH_POSTGRES_URL` (default",
-            "`postgresql+asyncpg://postgres@127.0.0.1:5432/test`; the run creates and drops",
-            "databases of its own there), Redis from `CONVOSTORE_BENCH_REDIS_URL` (default",
-            "`redis://127.0.0.1:6379`), the original SessionManager from",
-            "`../shared/seed/session_manager.py` or `CONVOSTORE_SEED_PATH`. Peers for `--peers`:",
-            '`pip install -e ".[bench,peers]"`.',
+            "`postgresql+asyncpg://postgres@127.0.0.1:5432/test`), MariaDB from",
+            "`CONVOSTORE_BENCH_MARIADB_URL` (default `mariadb+asyncmy://root@127.0.0.1:3306/test`;",
+            "the run creates and drops databases of its own on both), Redis from",
+            "`CONVOSTORE_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`), the original",
+            "SessionManager from `../shared/seed/session_manager.py` or `CONVOSTORE_SEED_PATH`.",
+            'Peers for `--peers`: `pip install -e ".[bench,peers]"`.',
             "",
         ]
     lines += ["## This run", "", *_facts(record), ""]

@@ -6,7 +6,7 @@ import time
 import traceback
 from typing import Any
 
-from .backends import POSTGRES_URL_ENV, BackendName, Server, open_server
+from .backends import MARIADB_URL_ENV, POSTGRES_URL_ENV, BackendName, Server, open_server
 from .baselines import load_seed, seed_path
 from .context import Context
 from .machine import machine_facts
@@ -25,8 +25,9 @@ async def _servers(
             servers[name] = await open_server(name)
         except (OSError, ImportError, Exception) as exc:  # any failure to reach it: skip it
             message = f"{name} is not available ({exc!r}); its rows are skipped"
-            if name == "postgresql":
-                message += f" (set {POSTGRES_URL_ENV})"
+            if name != "sqlite":
+                env = POSTGRES_URL_ENV if name == "postgresql" else MARIADB_URL_ENV
+                message += f" (set {env})"
             print(f"  note: {message}", flush=True)
             ctx_notes.append(message)
     return servers

@@ -30,7 +30,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "append": ("add_turn and append cost vs history", append.run),
     "cold": ("cold get", cold_get.run),
     "throughput": ("concurrent throughput (PostgreSQL)", throughput.run),
-    "callers": ("concurrency sweep: 1 to 200 callers, both backends", callers.run),
+    "callers": ("concurrency sweep: 1 to 200 callers, every backend", callers.run),
     "large": ("large store (PostgreSQL)", large_store.run),
     "expiry": ("expiry sweep, both passes, retention 30 days and 0", expiry.run),
     "memory": ("memory per cached session", memory.run),

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from convostore import ConversationState, SessionRepository
+from convostore.backends import backend_for
 
 from ..backends import Server
 from ..results import Row, figure
@@ -17,8 +18,11 @@ from ..workload import EXCHANGE
 
 __all__ = [
     "CORE_LABEL",
+    "DRIVERS",
+    "NO_FAST_PATH",
     "add_turn",
     "cycling",
+    "fast_path",
     "floor_rows",
     "fmt_count",
     "now_utc",
@@ -27,8 +31,19 @@ __all__ = [
 ]
 
 CORE_LABEL = "convostore, core path (fast_path=False)"
+DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mariadb": "asyncmy"}
+"""The raw driver of each backend, as the floors' labels name it."""
+NO_FAST_PATH = "convostore runs on SQLAlchemy's execution here (no fast path): shown, no target"
+"""The note of a row whose target other backends have for their fast path."""
 
 T = TypeVar("T")
+
+
+def fast_path(server: Server) -> bool:
+    """Whether convostore has a fast path on ``server``'s backend. Where it has none
+    (MariaDB), ``fast_path=False`` changes nothing, and targets set for what a fast path
+    reaches do not apply."""
+    return backend_for(server.name).why_no_fast_path() is None
 
 
 def now_utc() -> datetime:
@@ -89,10 +104,26 @@ def floor_rows(
     """The two rows of an operation against its true floor: convostore (fast path) / floor
     with ``target``, and the core path / fast path (``keys`` and ``paths`` of each).
     ``measured`` holds ``convostore``, ``floor``, ``core`` and ``naive`` (the naive raw floor);
-    ``labels`` name the floor and the naive raw floor."""
-    conv, floor, core = measured["convostore"], measured["floor"], measured["core"]
+    ``labels`` name the floor and the naive raw floor. On a backend without a fast path
+    (``fast_path``) the first row only, without ``target`` (``measured`` has no ``core``)."""
+    conv, floor = measured["convostore"], measured["floor"]
     floor_label, naive_label = labels
     ratio = conv.median / floor.median
+    if not fast_path(server):
+        return [
+            Row(
+                key=f"{keys[0]}.{server.name}",
+                path=paths[0],
+                backend=server.label,
+                convostore=figure("convostore", conv),
+                raw=figure(floor_label, floor),
+                others=[figure(naive_label, measured["naive"])],
+                ratio=ratio,
+                ratio_of="convostore / true floor",
+                note=NO_FAST_PATH,
+            )
+        ]
+    core = measured["core"]
     return [
         Row(
             key=f"{keys[0]}.{server.name}",

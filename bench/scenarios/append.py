@@ -7,6 +7,12 @@ thread hop of sqlite3, storing the same rows as convostore, idempotency key incl
 floor without the key (as it was before) is shown beside it. The core path
 (``StoreConfig(fast_path=False)``: SQLAlchemy's execution) appends beside the fast path.
 
+MariaDB has no fast path: convostore's append there is SQLAlchemy's execution of the UPDATE,
+the read of the counters and the inserts, and its true floor the same statements on asyncmy
+(``raw.RawMariaDB``). Its rows against the raw driver are shown without the targets the other
+backends' fast paths are held to, and it has no separate core-path variant (the same path);
+the flatness target (1,000 stored turns against 10) is the same for every backend.
+
 Each variant appends to sessions of its own (round robin over a few, so a session grows by
 only a few dozen turns while it is measured); convostore's sessions are cached first, as they
 are when one worker serves a conversation.
@@ -25,11 +31,28 @@ from ..raw import open_raw
 from ..results import Row, figure
 from ..timing import Op, Stats, interleave
 from ..workload import EXCHANGE, session_ids
-from ._util import add_turn, cycling, floor_rows, fmt_count, now_utc, timed, warm_cache
+from ._util import (
+    DRIVERS,
+    NO_FAST_PATH,
+    add_turn,
+    cycling,
+    fast_path,
+    floor_rows,
+    fmt_count,
+    now_utc,
+    timed,
+    warm_cache,
+)
 
 __all__ = ["run"]
 
 ADD_TURN_TARGET = {"postgresql": 1.0, "sqlite": 1.2}
+"""By backend with a fast path (``_util.fast_path``)."""
+FLOOR_LABELS = {
+    "postgresql": "raw asyncpg, one statement",
+    "sqlite": "raw sqlite3, one hop",
+    "mariadb": "raw asyncmy, allocate + executemany",
+}
 TRUE_FLOOR_TARGET = 1.2
 FLAT_FACTOR = 1.05
 ORIGINAL_MEMORY = "original (memory)"
@@ -72,6 +95,7 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
         await load_histories(db, every, h, now=now_utc(), ttl=TTL)
     repo = ctx.repository(db.url)
     core = ctx.repository(db.url, fast_path=False)
+    with_core = fast_path(server)  # else fast_path=False is the path convostore takes anyway
     # Each raw variant on a connection of its own, as convostore's repository has its own: a
     # server backend that serves more of the interleaved blocks stays warmer and measured
     # up to a fifth faster on PostgreSQL.
@@ -82,9 +106,10 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
             ops: dict[str, Op] = {}
             for h in histories:
                 await warm_cache(repo, conv[h], h)
-                await warm_cache(core, core_sids[h], h)
                 ops[f"convostore@{h}"] = cycling(conv[h], lambda sid: add_turn(repo, sid))
-                ops[f"core@{h}"] = cycling(core_sids[h], lambda sid: add_turn(core, sid))
+                if with_core:
+                    await warm_cache(core, core_sids[h], h)
+                    ops[f"core@{h}"] = cycling(core_sids[h], lambda sid: add_turn(core, sid))
                 ops[f"raw@{h}"] = cycling(raw_sids[h], lambda sid: raw.append(sid, EXCHANGE))
                 ops[f"floor@{h}"] = cycling(
                     floor_sids[h], lambda sid: floor.append_one(sid, EXCHANGE)
@@ -143,18 +168,15 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
         "x": list(histories),
         "series": {label: [stats[f"{label}@{h}"].median for h in histories] for label in labels},
     }
-    driver = "asyncpg" if server.name == "postgresql" else "aiosqlite"
-    raw_label = f"raw {driver}, naive transaction"
-    floor_label = (
-        "raw asyncpg, one statement" if server.name == "postgresql" else "raw sqlite3, one hop"
-    )
+    raw_label = f"raw {DRIVERS[server.name]}, naive transaction"
+    floor_label = FLOOR_LABELS[server.name]
     first = histories[0]
 
     def others(h: int) -> list[Any]:
         return [figure(label, stats[f"{label}@{h}"]) for label in originals]
 
     conv0, raw0 = stats[f"convostore@{first}"], stats[f"raw@{first}"]
-    bound = ADD_TURN_TARGET[server.name]
+    bound = ADD_TURN_TARGET.get(server.name)
     rows = [
         Row(
             key=f"add_turn.{server.name}",
@@ -165,8 +187,9 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
             others=others(first),
             ratio=conv0.median / raw0.median,
             ratio_of="convostore / raw",
-            target=f"≤ {bound}× raw",
-            met=conv0.median / raw0.median <= bound,
+            target=f"≤ {bound}× raw" if bound else "",
+            met=conv0.median / raw0.median <= bound if bound else None,
+            note="" if bound else NO_FAST_PATH,
         )
     ]
     for h in histories[1:]:
@@ -193,9 +216,10 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
         measured = {
             "convostore": stats[f"convostore@{h}"],
             "floor": stats[f"floor@{h}"],
-            "core": stats[f"core@{h}"],
             "naive": stats[f"raw@{h}"],
         }
+        if f"core@{h}" in stats:
+            measured["core"] = stats[f"core@{h}"]
         pair = floor_rows(
             server,
             (f"add_turn_floor.{h}", f"add_turn_core.{h}"),
@@ -209,9 +233,15 @@ def _rows(ctx: Context, server: Server, stats: dict[str, Stats], originals: list
         )
         keyless = stats[f"keyless@{h}"]
         pair[0].others.append(figure(f"{floor_label}, {KEYLESS}", keyless))
-        pair[0].note = (
-            f"the floor stores an idempotency key, as add_turn does; convostore / the floor "
-            f"{KEYLESS}: {measured['convostore'].median / keyless.median:.2f}×"
+        pair[0].note = "; ".join(
+            filter(
+                None,
+                (
+                    pair[0].note,
+                    f"the floor stores an idempotency key, as add_turn does; convostore / the "
+                    f"floor {KEYLESS}: {measured['convostore'].median / keyless.median:.2f}×",
+                ),
+            )
         )
         rows += pair
     return rows

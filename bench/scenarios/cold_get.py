@@ -10,6 +10,11 @@ folded into plain dicts), the core path (``fast_path=False``), cold gets
 that need an expiry refresh (stored ``last_accessed`` older than TTL/10; each session read
 once, so each read needs one), and windowed reads (``last_turns=6`` of 1,000-turn sessions)
 against cold gets of 10-turn sessions.
+
+On MariaDB convostore reads on SQLAlchemy's execution (no fast path), so its rows against the
+raw driver are shown without the targets the fast paths are held to, and it has no separate
+core-path variant; the expiry refresh and the windowed read keep their targets, which compare
+convostore with itself on every backend.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..raw import open_raw
 from ..results import Row, figure
 from ..timing import Op, Stats, interleave
 from ..workload import session_ids
-from ._util import cycling, floor_rows, fmt_count, now_utc, timed
+from ._util import DRIVERS, NO_FAST_PATH, cycling, fast_path, floor_rows, fmt_count, now_utc, timed
 
 __all__ = ["run"]
 
@@ -39,6 +44,11 @@ WINDOW = 6
 LONG_TURNS = 1_000
 SHORT_TURNS = 10
 ORIGINAL_REDIS = "original + Redis (not in memory)"
+FLOOR_LABELS = {
+    "postgresql": "raw asyncpg, one-statement load",
+    "sqlite": "raw sqlite3, three-part load in one hop",
+    "mariadb": "raw asyncmy, three-part load",
+}
 
 
 async def run(ctx: Context) -> list[Row]:
@@ -78,11 +88,12 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
                 "convostore": cycling(sids, _read(repo.get, turns)),
                 "raw": cycling(sids, _read_raw(raw.load, turns)),
                 "floor": cycling(sids, _read_raw(floor.load_one, turns)),
-                "core": cycling(sids, _read(core.get, turns)),
                 "stale": _once_each(stale, _read(stale_repo.get, turns)),
                 "window": cycling(longs, _read(_windowed(window_repo), WINDOW)),
                 "short": cycling(shorts, _read(window_repo.get, SHORT_TURNS)),
             }
+            if fast_path(server):  # else fast_path=False is the path convostore takes anyway
+                ops["core"] = cycling(sids, _read(core.get, turns))
             if original is not None and ctx.seed is not None:
                 for sid in sids:
                     await original.update(sid, original_state(ctx.seed, turns))
@@ -106,14 +117,10 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
 
 
 def _rows(server: Server, stats: dict[str, Stats], turns: int) -> list[Row]:
-    conv, naive, floor, core = stats["convostore"], stats["raw"], stats["floor"], stats["core"]
-    driver = "asyncpg" if server.name == "postgresql" else "aiosqlite"
-    raw_label = f"raw {driver}, naive (two statements)"
-    floor_label = (
-        "raw asyncpg, one-statement load"
-        if server.name == "postgresql"
-        else "raw sqlite3, three-part load in one hop"
-    )
+    conv, naive, floor = stats["convostore"], stats["raw"], stats["floor"]
+    raw_label = f"raw {DRIVERS[server.name]}, naive (two statements)"
+    floor_label = FLOOR_LABELS[server.name]
+    judged = fast_path(server)
     ratio = conv.median / naive.median
     rows = [
         Row(
@@ -127,10 +134,14 @@ def _rows(server: Server, stats: dict[str, Stats], turns: int) -> list[Row]:
             else [],
             ratio=ratio,
             ratio_of="convostore / raw",
-            target=f"≤ {TARGET}× raw",
-            met=ratio <= TARGET,
+            target=f"≤ {TARGET}× raw" if judged else "",
+            met=ratio <= TARGET if judged else None,
+            note="" if judged else NO_FAST_PATH,
         )
     ]
+    measured = {"convostore": conv, "floor": floor, "naive": naive}
+    if "core" in stats:
+        measured["core"] = stats["core"]
     rows += floor_rows(
         server,
         ("cold_get_floor", "cold_get_core"),
@@ -138,7 +149,7 @@ def _rows(server: Server, stats: dict[str, Stats], turns: int) -> list[Row]:
             f"cold get of a {fmt_count(turns)}-turn session vs the true floor",
             f"cold get of a {fmt_count(turns)}-turn session, core path (fast_path=False)",
         ),
-        {"convostore": conv, "floor": floor, "core": core, "naive": naive},
+        measured,
         (floor_label, raw_label),
         TRUE_FLOOR_TARGET,
     )

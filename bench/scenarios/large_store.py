@@ -27,6 +27,11 @@ TURNS = 10
 
 
 async def run(ctx: Context) -> list[Row]:
+    if "mariadb" in ctx.servers:
+        ctx.note(
+            "large store: PostgreSQL's row (COPY of --scale sessions), not run on MariaDB, "
+            "whose bulk load is multi-row INSERTs and would add minutes at 1,000,000 sessions"
+        )
     server = ctx.servers.get("postgresql")
     if server is None:
         return []

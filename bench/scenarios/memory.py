@@ -37,7 +37,7 @@ async def _retained(count: int, fill: Callable[[], Awaitable[object]]) -> float:
 
 async def run(ctx: Context) -> list[Row]:
     sizes = ctx.sizes
-    server = ctx.servers.get("sqlite") or ctx.servers["postgresql"]
+    server = ctx.servers.get("sqlite") or next(iter(ctx.servers.values()))
     db = await server.database("memory")
     count, turns = sizes.memory_sessions, sizes.memory_turns
     warm, sids = session_ids("mem-warm", 5), session_ids("mem", count)

@@ -74,6 +74,11 @@ _DISCONNECTS = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055})
 _DUPLICATE_KEY = 1062
 _DEADLOCK = 1213
 """InnoDB rolled the transaction back to break a deadlock: run it again."""
+_AUTOINC_READ_FAILED = 1467
+"""InnoDB could not take a table's AUTO-INC lock, as when a deadlock or lock wait on it undid
+the transaction: what an append's change-feed trigger meets beside a sweep whose DELETE fires
+the feed trigger for every row (its inserts hold the lock to the statement's end). Run it
+again, as after a deadlock."""
 _POLL = "SELECT id, session_id, version FROM convostore_changes WHERE id > %s{pending} ORDER BY id"
 _NEWEST = "SELECT COALESCE(MAX(id), 0) FROM convostore_changes"
 
@@ -186,7 +191,10 @@ class MariaDBBackend(Backend):
         return type(error).__module__.startswith("asyncmy") and _code(error) in _DISCONNECTS
 
     def is_transient(self, error: BaseException) -> bool:
-        return type(error).__module__.startswith("asyncmy") and _code(error) == _DEADLOCK
+        return type(error).__module__.startswith("asyncmy") and _code(error) in (
+            _DEADLOCK,
+            _AUTOINC_READ_FAILED,
+        )
 
     def is_key_conflict(self, error: BaseException, index: str) -> bool:
         return _code(error) == _DUPLICATE_KEY and index in str(error)
