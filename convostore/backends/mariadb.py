@@ -58,6 +58,8 @@ GAP_WAIT = 30.0
 taken when its write runs and shows when that transaction commits; convostore's own write
 transactions last milliseconds. A write whose transaction stays open longer than this after
 its feed row was inserted is not seen by other workers' caches (an aborted one never is)."""
+_LONGEST_CONNECT_TIMEOUT = 31_536_000
+"""asyncmy refuses a ``connect_timeout`` above a year."""
 _LOCK_NAME = "convostore_migration"
 _LOCK_WAIT = 3600
 _NEXT_IDS = text(
@@ -149,7 +151,10 @@ class MariaDBBackend(Backend):
         }
         if timeout is not None:
             options.update(
-                connect_args={"connect_timeout": timeout, "read_timeout": timeout},
+                connect_args={
+                    "connect_timeout": min(timeout, _LONGEST_CONNECT_TIMEOUT),
+                    "read_timeout": timeout,
+                },
                 pool_timeout=timeout,
             )
         return options
