@@ -183,15 +183,22 @@ class MariaDBBackend(Backend):
     @contextmanager
     def in_schema(self, connection: Connection, schema: str) -> Iterator[None]:
         """``USE`` the schema's database, and the host's again afterwards (a connection that
-        had none stays in the schema's: MariaDB cannot leave a database)."""
+        had none stays in the schema's: MariaDB cannot leave a database). SQLAlchemy's MySQL
+        reflection (``has_table``, which alembic asks about its version table) looks in the
+        dialect's ``default_schema_name``, read once when the engine first connected, not in
+        the database ``USE`` chose: the host's dialect says the schema for the block too."""
+        dialect = connection.dialect
         previous = connection.scalar(_CURRENT_DATABASE)
-        preparer = connection.dialect.identifier_preparer
-        connection.execute(text(f"USE {preparer.quote_identifier(schema)}"))
+        default = dialect.default_schema_name
+        connection.execute(text(f"USE {dialect.identifier_preparer.quote_identifier(schema)}"))
+        dialect.default_schema_name = schema
         try:
             yield
         finally:
+            dialect.default_schema_name = default
             if previous is not None:
-                connection.execute(text(f"USE {preparer.quote_identifier(previous)}"))
+                quoted = dialect.identifier_preparer.quote_identifier(previous)
+                connection.execute(text(f"USE {quoted}"))
 
     def is_missing_schema(self, error: BaseException) -> bool:
         return _code(error) == _UNKNOWN_DATABASE
