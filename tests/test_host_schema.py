@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
-from test_migrations import _on, _rows
+from test_migrations import _execute, _on, _rows
 
 from convostore import ConfigError, SchemaNotReady, SessionRepository, StoreConfig
 from convostore._ops.cli import cli
@@ -139,16 +139,6 @@ def schema(backend: str, empty_url: str) -> Iterator[str]:
     name = f"convostore_{uuid.uuid4().hex[:10]}"
     yield name
     asyncio.run(_execute(empty_url, f"DROP DATABASE IF EXISTS `{name}`"))
-
-
-async def _execute(url: str, *statements: str) -> None:
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as conn:
-            for statement in statements:
-                await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 async def _create_host_tables(url: str) -> None:
