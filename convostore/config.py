@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -55,6 +56,11 @@ MAX_SWEEP_BATCH = 1_000_000
 """The largest ``sweep_batch_size``; a batch is one transaction (about 20 s of locks at this
 size on PostgreSQL), and its size a 32-bit parameter."""
 _LEGACY_REDIS_FIELDS = ("redis_enabled", "redis_url", "redis_prefix", "redis_db")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+"""A schema name convostore writes into SQL unquoted: lower case, so PostgreSQL and MariaDB
+spell it alike, and at most 63 characters (PostgreSQL's longest identifier)."""
+_RESERVED_SCHEMAS = frozenset({"information_schema", "mysql", "performance_schema", "sys"})
+"""Schemas (MariaDB: databases) that belong to the server; PostgreSQL's ``pg_*`` too."""
 
 
 def resolve_database_url(explicit: str | None = None) -> str:
@@ -147,6 +153,12 @@ def _stacklevel_outside() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+warnings.filterwarnings("ignore", 'Field name "schema" in "StoreConfig" shadows', UserWarning)
+"""pydantic warns, as it builds ``StoreConfig``, that the setting ``schema`` hides
+``BaseModel.schema()``, deprecated since pydantic 2 (``model_json_schema()``); the setting keeps
+the name its environment variable ``CONVOSTORE_SCHEMA`` has."""
 
 
 class StoreConfig(BaseSettings):
@@ -268,6 +280,15 @@ class StoreConfig(BaseSettings):
     ``get_session_manager()`` makes it "nl", the language of every state of the original
     SessionManager, unless its config sets it."""
 
+    schema: str | None = None  # type: ignore[assignment]  # BaseModel.schema(): deprecated
+    """Where convostore's tables, views, sequence and version table live beside a host's, so
+    that a host with tables of the same names (``sessions``, ``conversations``, ...) keeps
+    them. PostgreSQL: a schema of that name (convostore's connections set ``search_path`` to
+    it); MariaDB: a database of that name on the URL's server. Either is created by the first
+    migration. SQLite refuses it (``ConfigError``): give convostore a database file of its own.
+    Lower case letters, digits and ``_``, at most 63 characters. Default None: the
+    connection's own schema or database, as before this setting existed."""
+
     if not TYPE_CHECKING:  # hidden, so that type checkers keep checking a call's field names
 
         def __init__(self, **values: Any) -> None:
@@ -314,6 +335,22 @@ class StoreConfig(BaseSettings):
                 "too_short",
                 "Input should be at least {least} (a millisecond)",
                 {"least": MIN_SESSION_TTL},
+            )
+        return value
+
+    @field_validator("schema")
+    @classmethod
+    def _schema_name(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not _SCHEMA_NAME.fullmatch(value)
+            or value in _RESERVED_SCHEMAS
+            or value.startswith("pg_")
+        ):
+            raise PydanticCustomError(
+                "schema_name",
+                "Input should be a schema name of lower case letters, digits and _ (not "
+                "starting with a digit, at most 63 characters) that is not the server's own "
+                "(pg_*, information_schema, mysql, performance_schema, sys)",
             )
         return value
 

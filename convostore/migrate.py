@@ -19,6 +19,8 @@ from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import RevisionError, RevisionMap
 from alembic.util.exc import CommandError
 from sqlalchemy import Column, Connection, MetaData, String, Table, inspect, select
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore._core.engine import engine_for_url
@@ -31,6 +33,7 @@ __all__ = [
     "VERSION_TABLE",
     "alembic_config",
     "check_schema",
+    "create_schema",
     "current_revision_url",
     "head_revision",
     "lock_for_migration",
@@ -118,7 +121,11 @@ def _migrate_on(connection: Connection, revision: str, allow_downgrade: bool) ->
 
 
 async def upgrade(
-    engine: AsyncEngine, revision: str = "head", *, allow_downgrade: bool = False
+    engine: AsyncEngine,
+    revision: str = "head",
+    *,
+    allow_downgrade: bool = False,
+    schema: str | None = None,
 ) -> None:
     """Bring the database to ``revision`` in one transaction, one process at a time.
 
@@ -127,13 +134,38 @@ async def upgrade(
     upgrade; whoever comes second finds the schema current and does nothing. A revision below
     the database's is a downgrade, run only with ``allow_downgrade``; without it, and for a
     revision the scripts do not know, ``ConfigError`` before any change.
+
+    With ``schema`` (``StoreConfig.schema``) the engine's connections must work in it
+    (``ConfigError`` otherwise); it is created if missing.
     """
     with translate_errors("schema migration"):
         async with engine.connect() as conn:
             await lock_for_migration(conn)
+            if schema is not None:
+                await conn.run_sync(_enter_schema, schema)
             await conn.run_sync(_migrate_on, revision, allow_downgrade)
             await conn.commit()
             await release_migration_lock(conn)
+
+
+def _enter_schema(connection: Connection, schema: str) -> None:
+    """Check that ``connection`` works in ``schema``, then create it if missing."""
+    backend = backend_for(connection)
+    backend.check_in_schema(connection, schema)
+    backend.create_schema(connection, schema)
+
+
+async def create_schema(url: str | URL, schema: str) -> None:
+    """Create ``schema`` (``StoreConfig.schema``) if missing, through a connection to the
+    database ``url`` names, before an engine of convostore's connects into it (on MariaDB the
+    schema is a database, which such a connection opens)."""
+    engine = engine_for_url(url)
+    try:
+        with translate_errors("creating the schema"):
+            async with engine.begin() as conn:
+                await conn.run_sync(backend_for(conn).create_schema, schema)
+    finally:
+        await engine.dispose()
 
 
 def _describe(current: tuple[str, ...]) -> str:
@@ -144,31 +176,41 @@ def _describe(current: tuple[str, ...]) -> str:
     return ", ".join(f"{r} (head)" if r == head else r for r in current)
 
 
-async def migrate_url(url: str, revision: str = "head", *, allow_downgrade: bool = False) -> str:
-    """``upgrade`` the database at ``url`` (what ``convostore migrate`` runs) and return the
-    revision it is at afterwards, read back from the database, as text."""
-    engine = engine_for_url(check_database_url(url))
+async def migrate_url(
+    url: str, revision: str = "head", *, allow_downgrade: bool = False, schema: str | None = None
+) -> str:
+    """``upgrade`` the database at ``url`` (what ``convostore migrate`` runs), in ``schema`` if
+    given, and return the revision it is at afterwards, read back from the database, as text."""
+    parsed = _checked(url, schema)
+    if schema is not None:
+        await create_schema(parsed, schema)
+    engine = engine_for_url(parsed, schema=schema)
     try:
-        await upgrade(engine, revision, allow_downgrade=allow_downgrade)
-        return await _read_revision(engine)
+        await upgrade(engine, revision, allow_downgrade=allow_downgrade, schema=schema)
+        return _describe((await _schema_state(engine, schema))[0])
     finally:
         await engine.dispose()
 
 
-async def _read_revision(engine: AsyncEngine) -> str:
-    with translate_errors("reading the schema version"):
-        async with engine.connect() as conn:
-            return _describe(await conn.run_sync(_current_revisions))
+def _checked(url: str, schema: str | None) -> URL:
+    """``url`` parsed, if convostore can use it in ``schema``; else ``ConfigError``."""
+    parsed = check_database_url(url)
+    if schema is not None:
+        backend_for(parsed).check_schema_name(schema)
+    return parsed
 
 
-async def current_revision_url(url: str, *, require_head: bool = False) -> str:
-    """The revision the database at ``url`` is at, as text: ``0002 (head)``, ``0001``, or
-    ``no convostore schema``; with ``require_head``, ``SchemaNotReady`` unless it is at head."""
-    engine = engine_for_url(check_database_url(url))
+async def current_revision_url(
+    url: str, *, require_head: bool = False, schema: str | None = None
+) -> str:
+    """The revision the database at ``url`` (in ``schema`` if given) is at, as text: ``0002
+    (head)``, ``0001``, or ``no convostore schema``; with ``require_head``, ``SchemaNotReady``
+    unless it is at head."""
+    engine = engine_for_url(_checked(url, schema), schema=schema)
     try:
         if require_head:
-            await check_schema(engine)
-        return await _read_revision(engine)
+            await check_schema(engine, schema=schema)
+        return _describe((await _schema_state(engine, schema))[0])
     finally:
         await engine.dispose()
 
@@ -189,14 +231,9 @@ def take_migration_lock(connection: Connection) -> None:
     backend_for(connection).take_migration_lock(connection)
 
 
-async def upgrade_url(url: str, revision: str = "head") -> None:
-    """``upgrade`` on a database given by URL (what ``convostore migrate`` runs); a URL
-    convostore cannot use raises ``ConfigError`` first."""
-    engine = engine_for_url(check_database_url(url))
-    try:
-        await upgrade(engine, revision)
-    finally:
-        await engine.dispose()
+async def upgrade_url(url: str, revision: str = "head", *, schema: str | None = None) -> None:
+    """``migrate_url`` without reading the revision back."""
+    await migrate_url(url, revision, schema=schema)
 
 
 COMPATIBLE_ATTRIBUTE = "compatible_with_older_code"
@@ -249,9 +286,14 @@ def record_compatibility(
     )
 
 
-def _read_schema_state(connection: Connection) -> tuple[tuple[str, ...], str | None]:
+def _read_schema_state(
+    connection: Connection, schema: str | None
+) -> tuple[tuple[str, ...], str | None]:
     """The database's revisions, and the oldest code revision recorded for them (None when
-    nothing is recorded for exactly that revision)."""
+    nothing is recorded for exactly that revision); ``ConfigError`` if the connection does not
+    work in ``schema``."""
+    if schema is not None:
+        backend_for(connection).check_in_schema(connection, schema)
     current = _current_revisions(connection)
     if len(current) != 1 or not inspect(connection).has_table(_compatibility.name):
         return current, None
@@ -261,16 +303,30 @@ def _read_schema_state(connection: Connection) -> tuple[tuple[str, ...], str | N
     return current, oldest
 
 
-async def check_schema(engine: AsyncEngine) -> None:
+async def _schema_state(
+    engine: AsyncEngine, schema: str | None
+) -> tuple[tuple[str, ...], str | None]:
+    """``_read_schema_state`` on a connection of ``engine``; nothing recorded where the
+    schema a connection opens (MariaDB's database) does not exist yet."""
+    with translate_errors("reading the schema version"):
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(_read_schema_state, schema)
+        except DBAPIError as exc:
+            if schema is None or not backend_for(engine).is_missing_schema(exc.orig or exc):
+                raise
+            return (), None
+
+
+async def check_schema(engine: AsyncEngine, *, schema: str | None = None) -> None:
     """Raise ``SchemaNotReady`` unless this code can run on the database: it is at the newest
     migration, or at a newer one (migrated by a newer convostore, during a rolling deploy) whose
     recorded oldest compatible code revision is one this code's scripts know. An older schema
-    is always refused."""
+    is always refused. With ``schema`` (``StoreConfig.schema``), the engine's connections must
+    work in it (``ConfigError`` otherwise: an engine passed in keeps its own settings)."""
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
-    with translate_errors("reading the schema version"):
-        async with engine.connect() as conn:
-            current, oldest_code = await conn.run_sync(_read_schema_state)
+    current, oldest_code = await _schema_state(engine, schema)
     if current == (head,):
         return
     if len(current) == 1 and not _knows(script, current[0]):
@@ -282,10 +338,12 @@ async def check_schema(engine: AsyncEngine) -> None:
             f"revision {head}, and it needs {needs}: upgrade convostore before starting it"
         )
     found = "no convostore schema" if not current else f"schema revision {', '.join(current)}"
+    where = "" if schema is None else f" in schema {schema!r}"
+    option = "" if schema is None else f" --schema {schema}"
     raise SchemaNotReady(
-        f"the database has {found}, but this convostore needs revision {head}. "
-        "Run `convostore migrate --url <database url>` (or `alembic upgrade head` in a "
-        "source checkout), or start the repository with StoreConfig(auto_migrate=True)."
+        f"the database has {found}{where}, but this convostore needs revision {head}. "
+        f"Run `convostore migrate --url <database url>{option}` (or `alembic upgrade head` "
+        "in a source checkout), or start the repository with StoreConfig(auto_migrate=True)."
     )
 
 

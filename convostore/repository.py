@@ -71,7 +71,7 @@ from convostore.errors import (
     SchemaNotReady,
     translate_errors,
 )
-from convostore.migrate import check_schema, upgrade
+from convostore.migrate import check_schema, create_schema, upgrade
 from convostore.models import ConversationState, ConversationSummary, StoredSession, make_turn
 
 __all__ = ["SessionRepository", "new_idempotency_key"]
@@ -285,8 +285,9 @@ class SessionRepository:
         """Check the schema; upgrade one that is behind when ``auto_migrate`` says so (None:
         on an embedded database, SQLite). A current schema is only read: no write lock, and no
         statement an engine's own transaction handling could object to."""
+        schema = self.config.schema
         try:
-            await check_schema(engine)
+            await check_schema(engine, schema=schema)
         except SchemaNotReady:
             backend = backend_for(engine)
             migrate = self.config.auto_migrate
@@ -294,14 +295,16 @@ class SessionRepository:
                 migrate = backend.embedded
             if not migrate:
                 raise
+            if self._owns_engine and schema is not None:
+                await create_schema(self.config.database_url, schema)
             if not self._owns_engine or not backend.statement_timeouts:
-                await upgrade(engine)
+                await upgrade(engine, schema=schema)
                 return
             # A migration may rightly run long, or wait its turn behind another worker's: it
             # runs on an engine of its own, without the statement timeout of calls.
             unbounded = create_engine(self.config)
             try:
-                await upgrade(unbounded)
+                await upgrade(unbounded, schema=schema)
             finally:
                 await unbounded.dispose()
 

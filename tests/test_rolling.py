@@ -34,6 +34,21 @@ PREVIOUS = str(_below_head.down_revision if _below_head is not None else "")
 """The revision below the head (revision ids are numbers, but not every number is one)."""
 
 
+def _oldest_code_for_head() -> str:
+    """The oldest revision whose code runs at the head, read off the scripts' flags: below
+    the head while each revision says it is compatible with the code before it."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    oldest = HEAD
+    script = scripts.get_revision(HEAD)
+    while script is not None and getattr(script.module, "compatible_with_older_code", False):
+        oldest = str(script.down_revision)
+        script = scripts.get_revision(oldest)
+    return oldest
+
+
+OLDEST_FOR_HEAD = _oldest_code_for_head()
+
+
 def _after_head(steps: int) -> str:
     """The test-only revision ``steps`` after the head."""
     return f"{int(HEAD) + steps:04d}"
@@ -145,8 +160,8 @@ async def test_older_code_refuses_a_newer_schema_with_an_incompatible_revision(
 
 async def test_older_schema_is_refused_and_head_accepted(empty_url: str) -> None:
     """Code at the head refuses a database at the revision before (older, whatever it
-    records) and accepts one at exactly the head, which records that only the head's code
-    runs on it (the head is not compatible with older code)."""
+    records) and accepts one at exactly the head, which records the oldest code that runs on
+    it, as the scripts' flags say."""
     await upgrade_url(empty_url, PREVIOUS)
     assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(PREVIOUS, PREVIOUS)]
     pattern = rf"schema revision {PREVIOUS}, but .* needs revision {HEAD}"
@@ -155,7 +170,7 @@ async def test_older_schema_is_refused_and_head_accepted(empty_url: str) -> None
 
     await upgrade_url(empty_url)
     await _check(empty_url)
-    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(HEAD, HEAD)]
+    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(HEAD, OLDEST_FOR_HEAD)]
 
 
 async def test_unknown_revision_without_a_record_is_refused(url: str) -> None:
@@ -176,10 +191,11 @@ async def test_downgrades_rewrite_the_record(empty_url: str, tmp_path: Path) -> 
     records the head again, and downgrading to base drops the record's table."""
     newer = _newer_release(tmp_path, True)
     await _alembic(newer, empty_url, "upgrade", "head")
-    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(_after_head(1), HEAD)]
+    record = await _rows(empty_url, f"SELECT * FROM {RECORD}")
+    assert record == [(_after_head(1), OLDEST_FOR_HEAD)]
 
     await _alembic(newer, empty_url, "downgrade", HEAD)
-    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(HEAD, HEAD)]
+    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(HEAD, OLDEST_FOR_HEAD)]
 
     await _alembic(newer, empty_url, "downgrade", "base")
     engine = create_async_engine(empty_url)

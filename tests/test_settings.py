@@ -40,6 +40,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "max_text_chars": ("20", 20),
     "max_results_bytes": ("50", 50),
     "default_language": ("en", "en"),
+    "schema": ("convostore", "convostore"),
 }
 """Per field: a value as an environment variable holds it, and the setting it gives, which is
 not the default."""

@@ -31,8 +31,9 @@ logger = logging.getLogger("convostore")
 
 def check_database(config: StoreConfig, engine: object | None) -> None:
     """Raise ``ConfigError`` unless a repository can run on ``engine`` or, without one, on
-    ``config.database_url``, and listen on ``config.listen_url`` if it is given; from then on
-    those URLs' passwords are masked in error messages."""
+    ``config.database_url``, in ``config.schema`` if it is given, and listen on
+    ``config.listen_url`` if it is given; from then on those URLs' passwords are masked in
+    error messages."""
     if engine is None:
         url = check_database_url(config.database_url)
     elif isinstance(engine, AsyncEngine):
@@ -43,6 +44,8 @@ def check_database(config: StoreConfig, engine: object | None) -> None:
             f"(on sqlite+aiosqlite or postgresql+asyncpg), not {type(engine).__name__}"
         )
     hide_in_messages(url.password)
+    if config.schema is not None:
+        backend_for(url).check_schema_name(config.schema)
     if config.listen_url is not None:
         hide_in_messages(check_database_url(config.listen_url, "listen_url").password)
 
@@ -71,7 +74,7 @@ def create_engine(config: StoreConfig, *, timeout: float | None = None) -> Async
     """The repository's own engine for ``config.database_url``, pooled as configured, with its
     backend's options (``Backend.engine_options``; ``timeout``: seconds each connect and
     statement may take where the backend can bound them, None: no bound, for what may rightly
-    run long, a migration or an export).
+    run long, a migration or an export), in ``config.schema`` if it is given.
 
     Its errors and logs leave out SQL parameters (``hide_parameters``) and result rows
     (``quiet``): they are turn content, which does not belong in a ``StoreError`` message or a
@@ -87,18 +90,26 @@ def create_engine(config: StoreConfig, *, timeout: float | None = None) -> Async
         "json_deserializer": load_json,
         **backend.engine_options(url, config, timeout),
     }
-    engine = engine_for_url(url, timeout=timeout, **options)
+    engine = engine_for_url(url, timeout=timeout, schema=config.schema, **options)
     keep_content_out_of_logs(engine)
     backend.keep_content_out_of_logs(engine)
     return prepare_engine(engine)
 
 
-def engine_for_url(url: str | URL, *, timeout: float | None = None, **options: Any) -> AsyncEngine:
+def engine_for_url(
+    url: str | URL, *, timeout: float | None = None, schema: str | None = None, **options: Any
+) -> AsyncEngine:
     """``create_async_engine(url, **options)`` (looked up when called, for instrumentations
     that wrap it), with the listeners its backend needs on every engine convostore creates
-    (``Backend.on_new_engine``: on PostgreSQL, the URL's libpq options reach asyncpg)."""
+    (``Backend.on_new_engine``: on PostgreSQL, the URL's libpq options reach asyncpg); its
+    connections work in ``schema`` if it is given (``Backend.into_schema``)."""
+    backend = backend_for(make_url(url))
+    if schema is not None:
+        url, connect_args = backend.into_schema(
+            make_url(url), options.get("connect_args", {}), schema
+        )
+        options = {**options, "connect_args": connect_args}
     engine = sqlalchemy_asyncio.create_async_engine(url, **options)
-    backend = backend_for(engine)
     register_driver_errors(backend.driver_errors(), backend.is_disconnect, backend.is_transient)
     backend.on_new_engine(engine, timeout)
     return engine

@@ -61,11 +61,15 @@ _session_row = conversations.outerjoin(sessions, of_conversation(_s))
 """Each conversation with its session row, if the session has not ended."""
 
 
-def command_config(url: str, *, transcript_retention: float | None = None) -> StoreConfig:
-    """Settings for a repository that one command starts and stops: it never migrates, sweeps
-    in the background or listens for other workers' writes. Raises ``ConfigError`` for a URL
-    convostore cannot use, a SQLite file that does not exist and a retention out of range."""
-    options: dict[str, Any] = {}
+def command_config(
+    url: str, *, transcript_retention: float | None = None, schema: str | None = None
+) -> StoreConfig:
+    """Settings for a repository that one command starts and stops, on convostore's tables in
+    ``schema`` (``StoreConfig.schema``) if given: it never migrates, sweeps in the background or
+    listens for other workers' writes. Raises ``ConfigError`` for a URL convostore cannot use,
+    a SQLite file that does not exist, a retention out of range and a schema the backend
+    refuses."""
+    options: dict[str, Any] = {"schema": schema}
     if transcript_retention is not None:
         options["transcript_retention"] = transcript_retention
     try:
@@ -91,17 +95,18 @@ def command_config(url: str, *, transcript_retention: float | None = None) -> St
 
 
 @asynccontextmanager
-async def open_database(url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on the convostore database at ``url``, disposed afterwards.
+async def open_database(url: str, *, schema: str | None = None) -> AsyncIterator[AsyncEngine]:
+    """An engine on the convostore database at ``url`` (its tables in ``schema`` if given),
+    disposed afterwards.
 
     Raises:
         ConfigError: a URL convostore cannot use, or a SQLite file that does not exist.
         SchemaNotReady: the database lacks the newest migration.
         StoreError: the database cannot be reached.
     """
-    engine = create_engine(command_config(url))
+    engine = create_engine(command_config(url, schema=schema))
     try:
-        await check_schema(engine)
+        await check_schema(engine, schema=schema)
         yield engine
     finally:
         await engine.dispose()

@@ -5,11 +5,13 @@ people who run convostore ``stats``, ``show``, ``sweep``, ``export``, ``import``
 A thin layer over library functions (``admin``, ``report``, ``migrate``, the repository): each
 command parses its options, calls the library and prints what comes back. Every command that
 opens a database takes ``--url``, else env ``CONVOSTORE_DATABASE_URL``, else the SQLite file
-``convostore.db``. A user's mistake (a bad URL or id, a database without the schema, an
-unknown session) is one line on stderr and exit code 1; wrong arguments are click's usage
-error, exit code 2. Output to a pipe whose reader leaves (``| head``) ends quietly, exit
-code 0. A file a command writes replaces the old one only once complete
-(``files.replaced``). A new command is one decorated function on ``cli``.
+``convostore.db``, and ``--schema``, else env ``CONVOSTORE_SCHEMA`` (``StoreConfig.schema``:
+where convostore's tables live beside a host's), checked before any connection. A user's
+mistake (a bad URL or id, a database without the schema, an unknown session) is one line on
+stderr and exit code 1; wrong arguments are click's usage error, exit code 2. Output to a pipe
+whose reader leaves (``| head``) ends quietly, exit code 0. A file a command writes replaces
+the old one only once complete (``files.replaced``). A new command is one decorated function on
+``cli``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from convostore.backends._urls import hide_password
 from convostore.config import (
     DATABASE_URL_ENV,
     DEFAULT_DATABASE_URL,
+    ENV_PREFIX,
     StoreConfig,
     check_setting,
     resolve_database_url,
@@ -57,6 +60,7 @@ from convostore.repository import SessionRepository
 __all__ = ["cli", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+SCHEMA_ENV = f"{ENV_PREFIX}SCHEMA"
 T = TypeVar("T")
 
 
@@ -106,13 +110,21 @@ def _discard_stdout() -> None:
 
 def url_option(command: F) -> F:
     """``--url``, resolved as everywhere in convostore: the option, else env
-    ``CONVOSTORE_DATABASE_URL``, else the SQLite file ``convostore.db``."""
+    ``CONVOSTORE_DATABASE_URL``, else the SQLite file ``convostore.db``; and ``--schema``, the
+    option else env ``CONVOSTORE_SCHEMA``, checked as ``StoreConfig`` checks it."""
+    with_schema = click.option(
+        "--schema",
+        metavar="NAME",
+        envvar=SCHEMA_ENV,
+        callback=setting_of("schema"),
+        help=f"Where convostore's tables are (default: env {SCHEMA_ENV}, else the URL's own).",
+    )(command)
     return click.option(
         "--url",
         metavar="URL",
         callback=lambda _ctx, _param, value: resolve_database_url(value),
         help=f"Database URL (default: env {DATABASE_URL_ENV}, else {DEFAULT_DATABASE_URL}).",
-    )(command)
+    )(with_schema)
 
 
 def json_option(command: F) -> F:
@@ -146,11 +158,12 @@ def setting_of(name: str) -> Callable[[click.Context, Any, Any], Any]:
     return callback
 
 
-def read(url: str, query: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Run ``query`` on the migrated database at ``url`` (``admin.open_database``)."""
+def read(url: str, schema: str | None, query: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run ``query`` on the migrated database at ``url``, in ``schema``
+    (``admin.open_database``)."""
 
     async def run() -> T:
-        async with admin.open_database(url) as engine:
+        async with admin.open_database(url, schema=schema) as engine:
             return await query(engine)
 
     return asyncio.run(run())
@@ -241,7 +254,9 @@ def cli() -> None:
     """Conversation state in SQL: the demo, migrations, and tools for operators.
 
     Every command that opens a database takes --url, else env CONVOSTORE_DATABASE_URL, else
-    the SQLite file convostore.db in the working directory.
+    the SQLite file convostore.db in the working directory, and --schema, else env
+    CONVOSTORE_SCHEMA, where convostore's tables live beside a host's (PostgreSQL: a schema;
+    MariaDB: a database on the same server).
 
     \b
     Example:
@@ -280,7 +295,9 @@ def demo(url: str | None) -> None:
     is_flag=True,
     help="Let --revision name a revision below the database's (drops tables and data).",
 )
-def migrate(action: str | None, url: str, revision: str | None, allow_downgrade: bool) -> None:
+def migrate(
+    action: str | None, url: str, schema: str | None, revision: str | None, allow_downgrade: bool
+) -> None:
     """Bring the database's schema to the newest version (or to --revision).
 
     Prints the revision read back from the database afterwards. ACTION "current" only prints
@@ -291,22 +308,24 @@ def migrate(action: str | None, url: str, revision: str | None, allow_downgrade:
       convostore migrate --url postgresql+asyncpg://app@db/app
       convostore migrate check --url postgresql+asyncpg://app@db/app
       convostore migrate --revision 0001 --allow-downgrade --url sqlite+aiosqlite:///chat.db
+      convostore migrate --schema convostore --url postgresql+asyncpg://app@db/app
     """
     if action is not None and (revision or allow_downgrade):
         raise click.UsageError(f"migrate {action} takes no --revision or --allow-downgrade")
     if action is None:
         target = revision or "head"
-        now = asyncio.run(migrate_url(url, target, allow_downgrade=allow_downgrade))
+        now = asyncio.run(migrate_url(url, target, allow_downgrade=allow_downgrade, schema=schema))
     else:
-        now = asyncio.run(current_revision_url(url, require_head=action == "check"))
+        now = asyncio.run(current_revision_url(url, require_head=action == "check", schema=schema))
     shown = now if now.startswith("no ") else f"convostore schema at {now}"
-    click.echo(f"{shown} on {hide_password(url)}")
+    where = "" if schema is None else f" in schema {schema}"
+    click.echo(f"{shown}{where} on {hide_password(url)}")
 
 
 @cli.command()
 @url_option
 @json_option
-def stats(url: str, as_json: bool) -> None:
+def stats(url: str, schema: str | None, as_json: bool) -> None:
     """How much the database holds.
 
     Live sessions, expired sessions waiting for the sweep, ended conversations whose
@@ -318,7 +337,7 @@ def stats(url: str, as_json: bool) -> None:
       convostore stats --url postgresql+asyncpg://app@db/app
       convostore stats --json
     """
-    numbers = read(url, admin.stats)
+    numbers = read(url, schema, admin.stats)
     if as_json:
         print_json({"database": hide_password(url), **numbers.as_json()})
         return
@@ -356,7 +375,7 @@ def stats(url: str, as_json: bool) -> None:
     help="Also show the ended conversations kept under this id (oldest first).",
 )
 @json_option
-def show(session_id: str, url: str, include_ended: bool, as_json: bool) -> None:
+def show(session_id: str, url: str, schema: str | None, include_ended: bool, as_json: bool) -> None:
     """Print a session's conversation as a transcript.
 
     One row per turn: time (UTC), role, content, resolved question, template and slots.
@@ -370,6 +389,7 @@ def show(session_id: str, url: str, include_ended: bool, as_json: bool) -> None:
     """
     found = read(
         url,
+        schema,
         lambda engine: admin.transcripts(engine, session_id, include_ended=include_ended),
     )
     if not found:
@@ -450,7 +470,7 @@ _RETENTION = float(StoreConfig.model_fields["transcript_retention"].default)
     ),
 )
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
-def sweep(url: str, retention: float, dry_run: bool) -> None:
+def sweep(url: str, schema: str | None, retention: float, dry_run: bool) -> None:
     """Run the expiry sweep now.
 
     Deletes the expired sessions (their conversations end and are kept as transcripts),
@@ -462,11 +482,11 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
       convostore sweep --url postgresql+asyncpg://app@db/app
       convostore sweep --dry-run --retention 604800
     """
-    config = admin.command_config(url, transcript_retention=retention)
+    config = admin.command_config(url, transcript_retention=retention, schema=schema)
     on = f"on {hide_password(url)} (retention {_duration(retention)})"
     if dry_run:
         ending, deleting = read(
-            url, lambda engine: admin.sweep_preview(engine, retention=retention)
+            url, schema, lambda engine: admin.sweep_preview(engine, retention=retention)
         )
         click.echo(
             f"would end {_plural(ending, 'expired session')} and delete "
@@ -489,7 +509,7 @@ def sweep(url: str, retention: float, dry_run: bool) -> None:
 @click.argument("user_id", callback=checked_by(check_user_id))
 @url_option
 @click.option("--yes", "-y", is_flag=True, help="Erase without asking first.")
-def erase_user(user_id: str, url: str, yes: bool) -> None:
+def erase_user(user_id: str, url: str, schema: str | None, yes: bool) -> None:
     """Delete every row of a user (right to erasure).
 
     Live sessions, retained transcripts, their turns and slots, in batches; prints the rows
@@ -500,7 +520,7 @@ def erase_user(user_id: str, url: str, yes: bool) -> None:
     Example:
       convostore erase-user u-17 --yes --url postgresql+asyncpg://app@db/app
     """
-    config = admin.command_config(url)
+    config = admin.command_config(url, schema=schema)
     question = f"Erase every conversation of user {user_id!r} on {hide_password(url)} for good?"
     if not yes and not click.confirm(question, err=True):
         raise Failure("nothing was erased")
@@ -523,7 +543,7 @@ def erase_user(user_id: str, url: str, yes: bool) -> None:
     metavar="FILE",
     help="Write the JSON to FILE (readable by you only) instead of stdout.",
 )
-def export_user(user_id: str, url: str, output: Path | None) -> None:
+def export_user(user_id: str, url: str, schema: str | None, output: Path | None) -> None:
     """Print everything stored about a user as JSON (right of access).
 
     Every conversation of the user, live and retained, with turns, slots, results and
@@ -534,7 +554,8 @@ def export_user(user_id: str, url: str, output: Path | None) -> None:
       convostore export-user u-17 --url postgresql+asyncpg://app@db/app
       convostore export-user u-17 -o u-17.json
     """
-    data = with_repository(admin.command_config(url), lambda repo: repo.export_user(user_id))
+    config = admin.command_config(url, schema=schema)
+    data = with_repository(config, lambda repo: repo.export_user(user_id))
     text = json.dumps(data, indent=2, ensure_ascii=False)
     if output is None:
         click.echo(text)
@@ -555,7 +576,7 @@ def export_user(user_id: str, url: str, output: Path | None) -> None:
     metavar="FILE",
     help="Where to write the HTML page.",
 )
-def report(url: str, out: Path) -> None:
+def report(url: str, schema: str | None, out: Path) -> None:
     """Write a usage report as one self-contained HTML page.
 
     Charts of conversations and exchanges per day, top templates, the follow-up rate,
@@ -570,7 +591,7 @@ def report(url: str, out: Path) -> None:
     from convostore._ops import report as usage
 
     with Console(stderr=True).status("reading the figures"):
-        data = read(url, usage.collect)
+        data = read(url, schema, usage.collect)
     write_file(out, usage.render(data, hide_password(url)))
     days = len(data.per_day)
     questions = _plural(data.questions, "question")
@@ -642,6 +663,7 @@ def _progress(what: str, shown: bool) -> Iterator[Callable[[int], None]]:
 )
 def export(
     url: str,
+    schema: str | None,
     kind: Literal["jsonl", "csv"],
     out: str,
     since: datetime | None,
@@ -659,7 +681,7 @@ def export(
     """
     from convostore._ops.transfer import export_conversations
 
-    admin.command_config(url)  # a URL it cannot use, or a SQLite file that is not there
+    admin.command_config(url, schema=schema)  # a URL or schema it cannot use, a missing file
 
     def write_to(file: TextIO, shown: bool) -> int:
         with _progress("conversations exported", shown) as progress:
@@ -674,6 +696,7 @@ def export(
                     language=language,
                     user=user,
                     progress=progress,
+                    schema=schema,
                 )
             )
 
@@ -705,7 +728,9 @@ def _list_on_stderr(items: Sequence[tuple[str, str]]) -> None:
     show_default=True,
     help="A conversation already stored (same session id and start): keep it, or replace it.",
 )
-def import_(file: BinaryIO, url: str, on_conflict: Literal["skip", "replace"]) -> None:
+def import_(
+    file: BinaryIO, url: str, schema: str | None, on_conflict: Literal["skip", "replace"]
+) -> None:
     """Import conversations from a JSONL export (- reads stdin). Importing a file twice
     changes nothing.
 
@@ -721,7 +746,9 @@ def import_(file: BinaryIO, url: str, on_conflict: Literal["skip", "replace"]) -
 
     with _progress("lines read", Console(stderr=True).is_terminal) as progress:
         counts = asyncio.run(
-            import_conversations(url, file, on_conflict=on_conflict, progress=progress)
+            import_conversations(
+                url, file, on_conflict=on_conflict, progress=progress, schema=schema
+            )
         )
     click.echo(
         f"imported {_plural(counts.conversations, 'conversation')} "
@@ -757,6 +784,7 @@ def import_(file: BinaryIO, url: str, on_conflict: Literal["skip", "replace"]) -
 def import_redis_command(
     redis_url: str,
     url: str,
+    schema: str | None,
     prefix: str,
     db: int,
     session_ttl: float,
@@ -781,6 +809,7 @@ def import_redis_command(
                 session_ttl=session_ttl,
                 on_conflict=on_conflict,
                 progress=progress,
+                schema=schema,
             )
         )
     click.echo(

@@ -188,6 +188,7 @@ async def import_redis(
     session_ttl: float | None = None,
     on_conflict: Literal["skip", "replace"] = "skip",
     progress: Progress | None = None,
+    schema: str | None = None,
 ) -> RedisImportReport:
     """Import the sessions the original SessionManager kept in Redis; returns the report.
 
@@ -199,7 +200,8 @@ async def import_redis(
     without one gets ``session_ttl`` (default ``StoreConfig``'s, 1800 s). A session id that is
     live in the database is left alone and counted as ``already_present``
     (``on_conflict="skip"``), or ended and replaced (``"replace"``). A bad entry never stops
-    the import: it is reported in ``skipped`` with the reason. Needs ``convostore[redis]``.
+    the import: it is reported in ``skipped`` with the reason. ``schema``: where convostore's
+    tables are (``StoreConfig.schema``). Needs ``convostore[redis]``.
 
     Raises:
         ConfigError: a URL or engine convostore cannot use, a ``session_ttl`` that
@@ -226,7 +228,7 @@ async def import_redis(
     seen: set[str] = set()
     read = 0
     try:
-        async with opened(engine_or_url, writes=True) as engine:
+        async with opened(engine_or_url, writes=True, schema=schema) as engine:
             cursor: int | None = None
             while cursor != 0:
                 cursor, keys = await client.scan(cursor or 0, match=pattern, count=_REDIS_SCAN)

@@ -77,7 +77,7 @@ from convostore._core.validation import (
     copy_slots,
 )
 from convostore.backends import backend_for
-from convostore.config import StoreConfig
+from convostore.config import StoreConfig, check_setting
 from convostore.errors import SchemaNotReady, translate_errors
 from convostore.migrate import check_schema, upgrade
 from convostore.models import STATE_FIELDS, SessionFields, name_ordered
@@ -268,20 +268,24 @@ exported."""
 
 
 @asynccontextmanager
-async def opened(engine_or_url: AsyncEngine | str, *, writes: bool) -> AsyncIterator[AsyncEngine]:
-    """The engine to use, on a schema this code runs on. A URL gets an engine of its own
-    (disposed at the end); a writer upgrades an unmigrated SQLite file as a repository would,
-    while PostgreSQL needs ``convostore migrate`` first (``SchemaNotReady``)."""
+async def opened(
+    engine_or_url: AsyncEngine | str, *, writes: bool, schema: str | None = None
+) -> AsyncIterator[AsyncEngine]:
+    """The engine to use, on a schema this code runs on, in ``schema`` if given
+    (``StoreConfig.schema``). A URL gets an engine of its own (disposed at the end); a writer
+    upgrades an unmigrated SQLite file as a repository would, while PostgreSQL and MariaDB need
+    ``convostore migrate`` first (``SchemaNotReady``)."""
+    schema = check_setting("schema", schema)
     if isinstance(engine_or_url, str):
-        config = StoreConfig(database_url=engine_or_url)
+        config = StoreConfig(database_url=engine_or_url, schema=schema)
         check_database(config, None)
         engine, owned = create_engine(config), True
     else:
-        check_database(StoreConfig(), engine_or_url)
+        check_database(StoreConfig(schema=schema), engine_or_url)
         engine, owned = engine_or_url, False
     try:
         try:
-            await check_schema(engine)
+            await check_schema(engine, schema=schema)
         except SchemaNotReady:
             if not (writes and backend_for(engine).embedded):
                 raise
@@ -552,6 +556,7 @@ async def export_conversations(
     user: str | None = None,
     progress: Progress | None = None,
     now: datetime | None = None,
+    schema: str | None = None,
 ) -> int:
     """Write the conversations (live and retained) to ``out``; returns how many.
 
@@ -561,6 +566,7 @@ async def export_conversations(
     ``template``, in ``language``, owned by ``user``. A conversation is ``live`` when its
     session's expiry is after ``now`` (default: the current time). Reads one snapshot in
     constant memory; ``progress(written)`` is called every 100 conversations and at the end.
+    ``schema``: where convostore's tables are (``StoreConfig.schema``).
 
     Raises:
         InvalidSessionId, InvalidTurn: a ``user``, ``language`` or ``template`` that breaks the
@@ -575,7 +581,7 @@ async def export_conversations(
     queries = _export_queries(_filters(since, until, template, language, user))
     moment = now or utcnow()
     written = 0
-    async with opened(engine_or_url, writes=False) as engine:
+    async with opened(engine_or_url, writes=False, schema=schema) as engine:
         with translate_errors("exporting conversations"):
             async with _snapshot(engine) as conn:
                 streams = backend_for(engine).concurrent_cursors
@@ -910,6 +916,7 @@ async def import_conversations(
     on_conflict: Literal["skip", "replace"] = "skip",
     progress: Progress | None = None,
     now: datetime | None = None,
+    schema: str | None = None,
 ) -> ImportCounts:
     """Import JSON Lines as ``export_conversations`` writes them; returns the counts.
 
@@ -924,7 +931,8 @@ async def import_conversations(
     anew (``"replace"``). Conversation ids are kept unless taken; live conversations get
     their session rows back, expiry included (``now``, default the current time, decides
     which stored sessions are live). Blank lines are passed over; ``progress(lines_read)``
-    is called after each batch.
+    is called after each batch. ``schema``: where convostore's tables are
+    (``StoreConfig.schema``).
 
     Raises:
         ConfigError: a URL or engine convostore cannot use.
@@ -935,7 +943,7 @@ async def import_conversations(
     if on_conflict not in ("skip", "replace"):
         raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
     counts = ImportCounts()
-    async with opened(engine_or_url, writes=True) as engine:
+    async with opened(engine_or_url, writes=True, schema=schema) as engine:
         batch: list[tuple[int, ConversationRecord]] = []
         batch_turns = 0
         number = 0

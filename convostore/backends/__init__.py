@@ -11,6 +11,8 @@ conformance suite (``tests/conftest.py``: ``CONFORMANCE``). What a backend holds
 - its engine options and connection settings, and the URL rules for its driver;
 - its executors: the fast path on the raw driver, where it has one;
 - its change watcher, its migration lock, its snapshot and write transactions;
+- where its tables live beside a host's (``StoreConfig.schema``): how a connection is put
+  there, how the place is created and checked;
 - its error classifier: which driver errors are disconnects.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Column, ColumnElement, Insert, Table, cast, func, null
@@ -147,6 +149,36 @@ class Backend:
         """Keywords for ``create_async_engine`` beyond the shared ones, for an engine convostore
         creates (``timeout``: seconds each connect and statement may take, None: no bound)."""
         return {"pool_size": config.pool_size, "max_overflow": config.max_overflow}
+
+    def check_schema_name(self, schema: str) -> None:
+        """Raise ``ConfigError`` where this backend cannot keep convostore's tables in a place
+        of their own named ``schema`` (``StoreConfig.schema``, already a valid name)."""
+
+    def into_schema(
+        self, url: URL, connect_args: dict[str, Any], schema: str
+    ) -> tuple[URL, dict[str, Any]]:
+        """The URL and ``connect_args`` of an engine of convostore's whose connections work in
+        ``schema``: the unqualified names of every statement and migration resolve there."""
+        raise NotImplementedError
+
+    def create_schema(self, connection: Connection, schema: str) -> None:
+        """Create ``schema`` unless it exists, through ``connection``."""
+        raise NotImplementedError
+
+    def check_in_schema(self, connection: Connection, schema: str) -> None:
+        """Raise ``ConfigError`` unless ``connection`` works in ``schema``, saying what to set
+        on an engine passed in (whose settings convostore never changes)."""
+        raise NotImplementedError
+
+    def in_schema(self, connection: Connection, schema: str) -> AbstractContextManager[None]:
+        """Work in ``schema`` on a host's ``connection`` (in a transaction) for the block, and
+        where the host worked afterwards."""
+        raise NotImplementedError
+
+    def is_missing_schema(self, error: BaseException) -> bool:
+        """Whether one exception of a chain says a connection could not enter its schema
+        because it does not exist yet (where the schema is what a connection opens)."""
+        return False
 
     def on_new_engine(self, engine: AsyncEngine, timeout: float | None) -> None:
         """Listeners every engine convostore creates on this backend needs."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -71,6 +72,9 @@ _DATABASE_BYTES = text(
     "SELECT SUM(data_length + index_length) FROM information_schema.tables "
     "WHERE table_schema = DATABASE()"
 )
+_CURRENT_DATABASE = text("SELECT DATABASE()")
+_DATABASE_EXISTS = text("SELECT 1 FROM information_schema.schemata WHERE schema_name = :name")
+_UNKNOWN_DATABASE = 1049
 _DISCONNECTS = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055})
 """Server shutdown, connection killed, cannot connect, server gone away, lost connection."""
 _DUPLICATE_KEY = 1062
@@ -159,10 +163,64 @@ class MariaDBBackend(Backend):
             )
         return options
 
+    def into_schema(
+        self, url: URL, connect_args: dict[str, Any], schema: str
+    ) -> tuple[URL, dict[str, Any]]:
+        """The schema is a database on the URL's server: connections open that one instead."""
+        return url.set(database=schema), connect_args
+
+    def create_schema(self, connection: Connection, schema: str) -> None:
+        """A database in the tables' character set and collation (migration 0001's), created
+        only where it is missing: ``CREATE DATABASE`` commits the transaction it runs in."""
+        if connection.scalar(_DATABASE_EXISTS, {"name": schema}) is None:
+            quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+            connection.execute(
+                text(
+                    f"CREATE DATABASE IF NOT EXISTS {quoted} "
+                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
+                )
+            )
+
+    def check_in_schema(self, connection: Connection, schema: str) -> None:
+        current = connection.scalar(_CURRENT_DATABASE)
+        if current != schema:
+            raise ConfigError(
+                f"StoreConfig.schema is {schema!r}, but the engine's connections use the "
+                f"database {current!r}: create the engine on a URL naming the database "
+                f"{schema!r} (mariadb+asyncmy://user:password@host/{schema})"
+            )
+
+    @contextmanager
+    def in_schema(self, connection: Connection, schema: str) -> Iterator[None]:
+        """``USE`` the schema's database, and the host's again afterwards (a connection that
+        had none stays in the schema's: MariaDB cannot leave a database). SQLAlchemy's MySQL
+        reflection (``has_table``, which alembic asks about its version table) looks in the
+        dialect's ``default_schema_name``, read once when the engine first connected, not in
+        the database ``USE`` chose: the host's dialect says the schema for the block too."""
+        dialect = connection.dialect
+        previous = connection.scalar(_CURRENT_DATABASE)
+        default = dialect.default_schema_name
+        connection.execute(text(f"USE {dialect.identifier_preparer.quote_identifier(schema)}"))
+        dialect.default_schema_name = schema
+        try:
+            yield
+        finally:
+            dialect.default_schema_name = default
+            if previous is not None:
+                quoted = dialect.identifier_preparer.quote_identifier(previous)
+                connection.execute(text(f"USE {quoted}"))
+
+    def is_missing_schema(self, error: BaseException) -> bool:
+        return _code(error) == _UNKNOWN_DATABASE
+
     def watcher(
         self, cache: SessionCache, engine: AsyncEngine, config: StoreConfig
     ) -> MariaDBWatcher:
-        return MariaDBWatcher(cache, engine.url, engine.dialect)
+        """Polls on the engine's server, in the schema's database if ``config.schema``."""
+        url = engine.url
+        if config.schema is not None:
+            url, _ = self.into_schema(url, {}, config.schema)
+        return MariaDBWatcher(cache, url, engine.dialect)
 
     def take_migration_lock(self, connection: Connection) -> None:
         """A named lock, which belongs to the connection: ``release_migration_lock`` frees it

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -55,7 +55,7 @@ from convostore.backends._fast import Compiled, ConnectionLender, Groups, discar
 from convostore.backends._private import sqlalchemy_asyncpg_connector
 from convostore.backends._urls import asyncpg_arguments, check_asyncpg_url
 from convostore.config import StoreConfig
-from convostore.errors import is_disconnect
+from convostore.errors import ConfigError, is_disconnect
 
 logger = logging.getLogger("convostore")
 
@@ -65,6 +65,8 @@ _NEXT_IDS = text("SELECT nextval('conversation_ids') FROM generate_series(1, :n)
 _ADVANCE_IDS = text(
     "SELECT setval('conversation_ids', GREATEST(:top, nextval('conversation_ids')))"
 )
+_SEARCH_PATH = text("SELECT current_setting('search_path')")
+_SET_SEARCH_PATH = text("SELECT set_config('search_path', :path, true)")
 _ADVISORY_LOCK_KEY = 0x636F6E766F  # "convo": one migration at a time per PostgreSQL database
 
 
@@ -318,10 +320,18 @@ class PostgresWatcher(PollingWatcher):
     name = "change poller"
 
     def __init__(
-        self, cache: SessionCache, url: URL, dialect: Dialect, *, pooled: bool = False
+        self,
+        cache: SessionCache,
+        url: URL,
+        dialect: Dialect,
+        *,
+        pooled: bool = False,
+        schema: str | None = None,
     ) -> None:
         super().__init__(cache)
         self._connect_args = _asyncpg_connect_args(url, dialect)
+        if schema is not None:
+            self._connect_args = _in_search_path(self._connect_args, schema)
         if pooled:
             # A transaction pooler may run each statement on another server connection,
             # where a prepared statement of an earlier one does not exist.
@@ -392,6 +402,19 @@ def _asyncpg_connect_args(url: URL, dialect: Dialect) -> dict[str, Any]:
     return asyncpg_arguments(
         {name: value for name, value in options.items() if name not in _ADAPTER_OPTIONS}
     )
+
+
+def _in_search_path(connect_args: Mapping[str, Any], schema: str) -> dict[str, Any]:
+    """``connect_args`` with ``search_path`` set to ``schema`` as the connection starts
+    (asyncpg's ``server_settings``): every unqualified name, the migrations' raw SQL and the
+    sequence's ``nextval('conversation_ids')`` among them, resolves there."""
+    settings = {**connect_args.get("server_settings", {}), "search_path": schema}
+    return {**connect_args, "server_settings": settings}
+
+
+def _first_in_path(search_path: str) -> str:
+    """The schema a ``search_path`` names first, unquoted (where new tables go)."""
+    return search_path.split(",")[0].strip().strip('"')
 
 
 class PostgresBackend(Backend):
@@ -467,6 +490,39 @@ class PostgresBackend(Backend):
         options.update(connect_args=connect_args)
         return options
 
+    def into_schema(
+        self, url: URL, connect_args: dict[str, Any], schema: str
+    ) -> tuple[URL, dict[str, Any]]:
+        """Connections start with ``search_path`` = ``schema`` (a startup setting: PgBouncer
+        passes it on only when its ``track_extra_parameters`` lists ``search_path``, and
+        ``check_in_schema`` refuses a connection that did not get it)."""
+        return url, _in_search_path(connect_args, schema)
+
+    def create_schema(self, connection: Connection, schema: str) -> None:
+        quoted = connection.dialect.identifier_preparer.quote_identifier(schema)
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+
+    def check_in_schema(self, connection: Connection, schema: str) -> None:
+        """The first schema of the connection's ``search_path`` (it need not exist yet: the
+        first migration creates it) must be ``schema``."""
+        search_path = str(connection.scalar(_SEARCH_PATH))
+        if _first_in_path(search_path) != schema:
+            raise ConfigError(
+                f"StoreConfig.schema is {schema!r}, but the engine's connections have "
+                f"search_path {search_path!r}: create the engine with connect_args="
+                f'{{"server_settings": {{"search_path": "{schema}"}}}} (behind PgBouncer, list '
+                "search_path in its track_extra_parameters)"
+            )
+
+    @contextmanager
+    def in_schema(self, connection: Connection, schema: str) -> Iterator[None]:
+        """``search_path`` set for the transaction (``SET LOCAL``), and the host's put back
+        after the block; a failure leaves it to the rollback, which restores it too."""
+        previous = str(connection.scalar(_SEARCH_PATH))
+        connection.execute(_SET_SEARCH_PATH, {"path": schema})
+        yield
+        connection.execute(_SET_SEARCH_PATH, {"path": previous})
+
     def on_new_engine(self, engine: AsyncEngine, timeout: float | None) -> None:
         """The URL's libpq options (``?sslmode=require``, ``connect_timeout``, ...) reach
         asyncpg as it takes them (``_urls.asyncpg_arguments``; SQLAlchemy would pass them on
@@ -490,7 +546,8 @@ class PostgresBackend(Backend):
         """Polls on ``StoreConfig.listen_url`` if given (a direct address beside a pooler),
         else on the engine's URL."""
         url = make_url(config.listen_url) if config.listen_url else engine.url
-        return PostgresWatcher(cache, url, engine.dialect, pooled=config.pooler == "pgbouncer")
+        pooled = config.pooler == "pgbouncer"
+        return PostgresWatcher(cache, url, engine.dialect, pooled=pooled, schema=config.schema)
 
     def take_migration_lock(self, connection: Connection) -> None:
         """An advisory lock, held to the end of the transaction."""

@@ -44,6 +44,7 @@ from convostore.backends._fast import Compiled, ConnectionLender, Groups, Insert
 from convostore.backends._private import aiosqlite_thread_api, run_in_sqlite_thread
 from convostore.backends._statements import Statements
 from convostore.config import StoreConfig
+from convostore.errors import ConfigError
 
 __all__ = ["BACKEND", "SQLITE_BUSY_TIMEOUT_MS", "SqliteBackend", "SqliteDriver", "SqliteWatcher"]
 
@@ -338,6 +339,15 @@ class SqliteBackend(Backend):
     example_url = "sqlite+aiosqlite:///file.db"
     one_writer = True
     embedded = True
+
+    def check_schema_name(self, schema: str) -> None:
+        """SQLite keeps convostore apart in a file of its own: a table prefix would have to be
+        part of every table and of the migrations' raw SQL (views, triggers)."""
+        raise ConfigError(
+            f"schema {schema!r}: on SQLite convostore's tables live in a database file of "
+            "their own; leave schema unset and give convostore its own database_url "
+            "(sqlite+aiosqlite:///convostore.db) beside the host's file"
+        )
 
     def insert_ignoring(
         self, table: Table, keys: Sequence[Column[Any]], returning: Column[Any]
