@@ -261,7 +261,9 @@ class StoredSession(SessionFields):
     ``sessions`` column of its name (``SESSION_COLUMNS``); the timestamps are epoch seconds.
 
     The record holds plain fields, not a ``ConversationState``: a cache hit builds the caller's
-    state straight from them, with the fewest objects to read and allocate."""
+    state straight from them, with the fewest objects to read and allocate. Its ``turns`` list
+    only grows and its ``current_slots`` dict is only ever replaced, never changed in place,
+    so the states forked from it can share both."""
 
     turns: list[ConversationTurn]
     """Only ever appended to, so a state forked from it can point at it to remember which
