@@ -8,12 +8,19 @@ share the same turn objects and copying a state is a list copy, not a deep copy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from convostore.backends._private import SlotSetters, pydantic_slot_setters
 
@@ -99,6 +106,12 @@ class ConversationState(BaseModel):
 
     The state remembers which turn objects the store handed out with it, so that
     ``SessionRepository.update`` appends only the turns added since.
+
+    A state the store hands out shares the cached ``turns`` and ``current_slots`` until each
+    is first used: the caller's own copy is built then, so a read or an append that returns a
+    long history copies nothing the caller does not look at. Read the fields as attributes
+    (or through pydantic's methods), not through ``__dict__`` or ``vars()``, which lack a
+    shared field until then.
     """
 
     turns: list[ConversationTurn] = Field(default_factory=list)
@@ -115,6 +128,74 @@ class ConversationState(BaseModel):
     _version: int | None = PrivateAttr(default=None)
     """The stored session's version this state was read at (for ``update(if_unchanged=True)``)."""
 
+    _slots: dict[str, str] | None = PrivateAttr(default=None)
+    """The cached ``current_slots`` a store-built state shares until it builds its own (None:
+    a state the store did not build, which shares nothing)."""
+
+    if not TYPE_CHECKING:  # as in pydantic: a typed __getattr__ would hide misspelt names
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _SHARED_FIELDS:
+                return self._build(name)
+            return super().__getattr__(name)
+
+    def _build(self, name: str) -> Any:
+        """The shared field ``name`` as the state's own value, on its first use."""
+        private = self.__pydantic_private__
+        if private is None or private["_slots"] is None:
+            raise AttributeError(name)  # deleted from a state that shares nothing
+        value: Any
+        if name == "turns":
+            handed = private["_origin"][: private["_stored"]]
+            value = handed if type(handed) is list else list(handed)
+        else:
+            value = dict(private["_slots"])
+        fields = self.__dict__
+        fields[name] = value
+        # In the declared order, which dumps and the repr follow.
+        ordered = {key: fields[key] for key in _FIELD_ORDER if key in fields}
+        object.__setattr__(self, "__dict__", ordered)
+        return value
+
+    def _built(self) -> None:
+        """Build the shared fields not built yet: the pydantic methods below read
+        ``__dict__`` itself. (A copy or a pickle needs nothing: it takes the private
+        attributes along, so it shares what the original shares.)"""
+        fields = self.__dict__
+        for name in _SHARED_FIELDS:
+            if name not in fields:
+                self._build(name)
+
+    def _turns_now(self) -> tuple[Sequence[ConversationTurn], int]:
+        """``(turns, n)``: the state's turns are ``turns[:n]``, without building ``turns``
+        if it is still shared (a read of the recent history copies nothing)."""
+        turns: list[ConversationTurn] | None = self.__dict__.get("turns")
+        if turns is not None:
+            return turns, len(turns)
+        private = self.__pydantic_private__
+        assert private is not None  # shared: make_state set them
+        return private["_origin"], private["_stored"]
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # No return annotation: pydantic then keeps the model's own serialization schema.
+        self._built()
+        return handler(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._built()
+        if isinstance(other, ConversationState):
+            other._built()
+        return super().__eq__(other)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        self._built()
+        return super().__repr_args__()
+
+    def __iter__(self) -> Generator[tuple[str, Any], None, None]:
+        self._built()
+        yield from super().__iter__()
+
     def add_turn(self, turn: ConversationTurn) -> None:
         """Append a turn: a user turn's slots merge into ``current_slots``; any turn's
         template becomes ``current_template_id``."""
@@ -123,9 +204,10 @@ class ConversationState(BaseModel):
 
     def get_previous_user_turn(self) -> ConversationTurn | None:
         """The most recent user turn, or None if there is none."""
-        for turn in reversed(self.turns):
-            if turn.role == "user":
-                return turn
+        turns, count = self._turns_now()
+        for index in range(count - 1, -1, -1):
+            if turns[index].role == "user":
+                return turns[index]
         return None
 
     def to_dspy_history(self) -> Any:
@@ -134,15 +216,21 @@ class ConversationState(BaseModel):
         The content is the resolved question where there is one. Returns ``dspy.History``
         when dspy is installed, else ``{"messages": [...]}`` with the same messages.
         """
+        turns, count = self._turns_now()
         messages = [
             {"role": turn.role, "content": turn.resolved_question or turn.content}
-            for turn in self.turns[-HISTORY_WINDOW:]
+            for turn in turns[max(0, count - HISTORY_WINDOW) : count]
         ]
         try:
             from dspy import History  # type: ignore[import-not-found]
         except ImportError:
             return {"messages": messages}
         return History(messages=messages)
+
+
+_SHARED_FIELDS = ("turns", "current_slots")
+"""The fields a store-built state shares with the cache until their first use."""
+_FIELD_ORDER = tuple(ConversationState.model_fields)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -173,11 +261,14 @@ class StoredSession(SessionFields):
     ``sessions`` column of its name (``SESSION_COLUMNS``); the timestamps are epoch seconds.
 
     The record holds plain fields, not a ``ConversationState``: a cache hit builds the caller's
-    state straight from them, with the fewest objects to read and allocate."""
+    state straight from them, with the fewest objects to read and allocate. Its ``turns`` list
+    only grows and its ``current_slots`` dict is only ever replaced, never changed in place,
+    so the states forked from it can share both."""
 
     turns: list[ConversationTurn]
     """Only ever appended to, so a state forked from it can point at it to remember which
-    turns it was handed (see ``ConversationState._origin``)."""
+    turns it was handed, and share them until it builds its own list (see
+    ``ConversationState._origin``)."""
     version: int
     user_id: str | None
     """The session's owner (None: created without one)."""
@@ -196,24 +287,25 @@ class StoredSession(SessionFields):
         return self.complete or (last_turns is not None and len(self.turns) >= last_turns)
 
     def fork(self, session_id: str, last_turns: int | None = None) -> ConversationState:
-        """A state its caller may change freely: fresh ``turns`` list and ``current_slots``
-        dict, shared (frozen) turns, no validation. With ``last_turns``, only the newest of
-        them (the record must ``cover`` it)."""
+        """A state its caller may change freely, built without validation: it shares this
+        record's ``turns`` and ``current_slots`` until it first uses them (then it copies
+        them; the turns themselves are frozen and stay shared). With ``last_turns``, only the
+        newest turns (the record must ``cover`` it)."""
         turns = self.turns if last_turns is None else self.turns[-last_turns:]
         return make_state(self, session_id, turns)
 
     def extend(self, new_turns: Iterable[ConversationTurn]) -> None:
         """Append committed turns, carrying their slots and template into the context, whose
-        slots stay in name order, as a cold read returns them."""
+        slots stay in name order, as a cold read returns them. The slots dict is replaced,
+        not changed: states handed out share it until they build their own."""
         template = self.current_template_id
-        slots = self.current_slots
+        slots = dict(self.current_slots)
         known = len(slots)
         for turn in new_turns:
             self.turns.append(turn)
             template = carry_context(turn, slots, template)
         self.current_template_id = template
-        if len(slots) != known:
-            self.current_slots = name_ordered(slots)
+        self.current_slots = name_ordered(slots) if len(slots) != known else slots
 
     def committed(self, version: int, now: float, ttl: float, flushed_hits: int) -> None:
         """Record a write of this process: the new version, the refreshed expiry, and the hits
@@ -287,13 +379,13 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
         session: StoredSession, session_id: str, turns: Sequence[ConversationTurn]
     ) -> ConversationState:
         # The fields spelled out, not looped over ``STATE_FIELDS``: this is every cache hit.
+        # ``turns`` and ``current_slots`` are left out: the state shares the session's until
+        # their first use (``ConversationState._build``).
         state = new(ConversationState)
         set_attribute(
             state,
             "__dict__",
             {
-                "turns": list(turns),
-                "current_slots": dict(session.current_slots),
                 "current_template_id": session.current_template_id,
                 "language": session.language,
             },
@@ -307,6 +399,7 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
                 "_origin": turns,
                 "_stored": len(turns),
                 "_version": session.version,
+                "_slots": session.current_slots,
             },
         )
         return state
@@ -331,4 +424,5 @@ created_at=)``: a turn from values the store already checked, built without vali
 ``model_construct`` does the same, slower (what this saves: docs/architecture.md, "What speed
 costs in upkeep"). ``make_state(session, session_id, turns)``: likewise the
 state of a ``StoredSession``, whose ``turns`` (a slice of the session's) count as stored for
-``session_id`` at the session's version."""
+``session_id`` at the session's version; it shares them and the session's ``current_slots``
+until their first use (the fallback copies them at once)."""
