@@ -23,7 +23,12 @@ from convostore.errors import (
     StoreError,
     StoreUnavailable,
 )
-from convostore.models import ConversationState, ConversationSummary, ConversationTurn
+from convostore.models import (
+    ConversationState,
+    ConversationSummary,
+    ConversationTurn,
+    SessionPage,
+)
 from convostore.repository import SessionRepository
 
 SessionConfig = StoreConfig
@@ -43,6 +48,7 @@ __all__ = [
     "NotSessionOwner",
     "SchemaNotReady",
     "SessionConfig",
+    "SessionPage",
     "SessionRepository",
     "StaleStateError",
     "StoreConfig",

@@ -280,6 +280,12 @@ class StoreConfig(BaseSettings):
     ``get_session_manager()`` makes it "nl", the language of every state of the original
     SessionManager, unless its config sets it."""
 
+    auto_title: bool = False
+    """True: a session without a title gets one from the first question appended to it by
+    ``add_turn`` (its whitespace collapsed, cut at a word to at most 80 characters), in the
+    append's own statement. Default False: sessions have a title only once ``set_title``
+    gives them one."""
+
     schema: str | None = None  # type: ignore[assignment]  # BaseModel.schema(): deprecated
     """Where convostore's tables, views, sequence and version table live beside a host's, so
     that a host with tables of the same names (``sessions``, ``conversations``, ...) keeps

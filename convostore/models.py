@@ -25,6 +25,7 @@ from pydantic import (
 from convostore.backends._private import SlotSetters, pydantic_slot_setters
 
 __all__ = [
+    "CATALOG_FIELDS",
     "HISTORY_WINDOW",
     "SESSION_COLUMNS",
     "STATE_FIELDS",
@@ -32,6 +33,7 @@ __all__ = [
     "ConversationSummary",
     "ConversationTurn",
     "SessionFields",
+    "SessionPage",
     "StateBuilder",
     "StoredSession",
     "TurnBuilder",
@@ -98,7 +100,30 @@ class ConversationSummary(BaseModel):
     turns: int
     """Turns stored (two per exchange)."""
     last_activity: datetime
-    """When the last turn was stored (``started_at`` if none was)."""
+    """When the last turn was stored (``started_at`` if none was): the catalog's order."""
+    title: str | None = None
+    """Set by ``set_title`` (or from the first question, ``StoreConfig.auto_title``)."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Set by ``set_metadata``: the caller's JSON object (e.g. tags, a project id)."""
+
+
+class SessionPage(list[ConversationSummary]):
+    """One page of ``SessionRepository.list_sessions``: a list of summaries, and the cursor
+    of the next page (None: this is the last)."""
+
+    def __init__(
+        self, summaries: Iterable[ConversationSummary] = (), *, next_cursor: str | None = None
+    ) -> None:
+        super().__init__(summaries)
+        self.next_cursor = next_cursor
+
+    @property
+    def sessions(self) -> list[ConversationSummary]:
+        """The summaries as a plain list."""
+        return list(self)
+
+    def __repr__(self) -> str:
+        return f"SessionPage({list.__repr__(self)}, next_cursor={self.next_cursor!r})"
 
 
 class ConversationState(BaseModel):
@@ -120,6 +145,11 @@ class ConversationState(BaseModel):
     language: str | None = None
     """The conversation's language code (e.g. "nl"), stored with the session by ``update``;
     None: not tagged (a new session gets ``StoreConfig.default_language``, by default None)."""
+    title: str | None = None
+    """The conversation's title in the catalog (``set_title``, ``StoreConfig.auto_title``)."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """The caller's JSON object about the conversation (``set_metadata``); ``list_sessions``
+    filters by it. A state's copy is its own; treat nested values as read-only."""
 
     _session_id: str | None = PrivateAttr(default=None)
     _origin: Sequence[ConversationTurn] = PrivateAttr(default=())
@@ -243,6 +273,8 @@ class SessionFields:
     language: str | None = None
     current_slots: dict[str, str] = field(default_factory=dict)
     current_template_id: str | None = None
+    title: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def state_values(self) -> dict[str, Any]:
         """The ``STATE_FIELDS`` by name (e.g. as parameters of the statement that writes
@@ -252,6 +284,9 @@ class SessionFields:
 
 STATE_FIELDS: tuple[str, ...] = tuple(SessionFields.__dataclass_fields__)
 """The names of the session fields a state carries, in the order the exports write them."""
+
+CATALOG_FIELDS = ("title", "metadata")
+"""The session fields that ``set_title`` and ``set_metadata`` write one at a time."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -388,6 +423,8 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
             {
                 "current_template_id": session.current_template_id,
                 "language": session.language,
+                "title": session.title,
+                "metadata": dict(session.metadata),
             },
         )
         set_fields_set(state, state_fields)
@@ -412,6 +449,7 @@ def _constructed_state(
 ) -> ConversationState:
     fields = session.state_values()
     fields["current_slots"] = dict(session.current_slots)
+    fields["metadata"] = dict(session.metadata)
     state = ConversationState.model_construct(turns=list(turns), **fields)
     state._session_id, state._origin, state._stored = session_id, turns, len(turns)
     state._version = session.version

@@ -41,20 +41,23 @@ from convostore._core.coherence import Watcher
 from convostore._core.engine import check_database, create_engine, prepare_engine, release_engine
 from convostore._core.expiry import DeferredRefreshes, logger, run_periodically
 from convostore._core.gate import Gate
-from convostore._core.owners import Owners
+from convostore._core.owners import ORDERS, Listing, Owners, decode_cursor
 from convostore._core.session_ops import SessionOperations, Stats, TimingHook, owned, utc
 from convostore._core.store import SqlStore
 from convostore._core.validation import (
     Limits,
     check_idempotency_key,
+    check_metadata_filter,
     check_optional_text,
     check_owner,
     check_session_fields,
     check_session_id,
     check_text,
+    check_title,
     check_turn,
     check_user_id,
     check_window,
+    copy_metadata,
     copy_results,
     copy_slots,
 )
@@ -72,7 +75,7 @@ from convostore.errors import (
     translate_errors,
 )
 from convostore.migrate import check_schema, create_schema, upgrade
-from convostore.models import ConversationState, ConversationSummary, StoredSession, make_turn
+from convostore.models import ConversationState, SessionPage, StoredSession, make_turn
 
 __all__ = ["SessionRepository", "new_idempotency_key"]
 
@@ -239,6 +242,7 @@ class SessionRepository:
                 retention=float(self.config.transcript_retention),
                 gate=self._calls.gate,
                 default_language=self.config.default_language,
+                auto_title=self.config.auto_title,
             )
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:
@@ -694,26 +698,106 @@ class SessionRepository:
             self._calls.leave()
 
     async def list_sessions(
-        self, user_id: str, *, limit: int = 20, before: int | None = None
-    ) -> list[ConversationSummary]:
-        """The user's conversations, live and retained, newest first, at most ``limit``. For
-        the next page pass the last one's ``conversation_id`` as ``before``.
+        self,
+        user_id: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        order: str = "last_activity",
+        metadata: Mapping[str, str | int | bool] | None = None,
+        live: bool | None = None,
+        before: int | None = None,
+    ) -> SessionPage:
+        """One page of the user's conversations, live and retained: at most ``limit``
+        summaries with their titles and metadata, newest first, and the ``next_cursor`` to
+        pass as ``cursor`` for the next page (None on the last).
+
+        ``order``: ``"last_activity"`` (when turns were last appended, or the session was
+        created) or ``"started"`` (when the conversation began). Pages are keyset pages: a
+        cursor names the last summary seen, so writes meanwhile neither repeat nor skip a
+        conversation that did not move (one whose activity moves it ahead is on an earlier
+        page), and every page costs about the same, however deep. ``metadata``: only
+        conversations whose metadata holds each of these keys with this value (a string, an
+        int or a bool). ``live``: True only live sessions, False only ended ones.
+
+        ``before`` (a conversation id) is the paging of earlier releases: the conversations
+        started before that one, as with ``order="started"``.
 
         Raises:
             InvalidSessionId: a bad user id, before any SQL.
-            InvalidPage: ``limit`` is not 1-1000 or ``before`` not a positive int.
+            InvalidPage: ``limit`` is not 1-1000, an unknown ``order``, a cursor that is not
+                one ``list_sessions`` returned for that order, a bad ``metadata`` filter,
+                ``live`` not a bool, or both ``cursor`` and ``before``.
             StoreError: the database failed.
         """
         uid = check_user_id(user_id)
         if type(limit) is not int or not 1 <= limit <= 1000:
             raise InvalidPage(f"limit must be an int from 1 to 1000, not {limit!r}")
-        if before is not None and (type(before) is not int or before < 1):
-            raise InvalidPage(f"before must be a conversation_id (a positive int), not {before!r}")
+        if order not in ORDERS:
+            raise InvalidPage(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+        if live is not None and type(live) is not bool:
+            raise InvalidPage(f"live must be True, False or None, not {live!r}")
+        after: tuple[int, datetime | None] | None = None
+        if before is not None:
+            if type(before) is not int or before < 1:
+                raise InvalidPage(
+                    f"before must be a conversation_id (a positive int), not {before!r}"
+                )
+            if cursor is not None:
+                raise InvalidPage("pass cursor or before, not both")
+            order, after = "started", (before, None)
+        elif cursor is not None:
+            after = decode_cursor(order, cursor)
+        wanted = None if metadata is None else check_metadata_filter(metadata)
         owners = self._users()
-        now = utc(self._clock())
+        ask = Listing(uid, limit, order, after, wanted, live, utc(self._clock()))
+        try:
+            return await self._calls.run("listing sessions", lambda: owners.page(ask))
+        finally:
+            self._calls.leave()
+
+    async def set_title(
+        self, session_id: str, title: str | None, *, user_id: str | None = None
+    ) -> bool:
+        """Give the live session a title (None: none), as the catalog (``list_sessions``)
+        shows it and its states carry it. Returns False, storing nothing, if there is no
+        live session under that id. Other workers' cached copies follow within the
+        coherence bound, as for any write.
+
+        Raises:
+            InvalidSessionId: a bad session or user id, before any SQL.
+            InvalidTurn: a title that is not 1-500 characters of text, before any SQL.
+            NotSessionOwner: the live session is not ``user_id``'s; nothing was stored.
+            StoreError: the database failed; nothing was stored.
+        """
+        return await self._set_field(session_id, "title", check_title(title), user_id)
+
+    async def set_metadata(
+        self, session_id: str, metadata: Mapping[str, Any] | None, *, user_id: str | None = None
+    ) -> bool:
+        """Replace the live session's metadata, a JSON object of the caller's (tags, a
+        project, a model name; None: an empty one), held to ``StoreConfig.max_results_bytes``
+        like a turn's results. ``list_sessions(metadata=...)`` filters by it. Returns False,
+        storing nothing, if there is no live session under that id.
+
+        Raises:
+            InvalidSessionId: a bad session or user id, before any SQL.
+            InvalidTurn: not a JSON object, or too large, before any SQL.
+            NotSessionOwner: the live session is not ``user_id``'s; nothing was stored.
+            StoreError: the database failed; nothing was stored.
+        """
+        value = copy_metadata("metadata", metadata, self._limits)
+        return await self._set_field(session_id, "metadata", value, user_id)
+
+    async def _set_field(self, session_id: str, name: str, value: Any, user_id: str | None) -> bool:
+        sid = check_session_id(session_id)
+        owner = check_owner(user_id)
+        ops = self._enter()
         try:
             return await self._calls.run(
-                "listing sessions", lambda: owners.summaries(uid, now, limit, before)
+                f"setting a session's {name}",
+                lambda: ops.set_field(sid, name, value, owner),
+                shield=True,
             )
         finally:
             self._calls.leave()

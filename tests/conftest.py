@@ -57,6 +57,7 @@ CONFORMANCE = frozenset(
     {
         "test_api",
         "test_analytics",
+        "test_catalog",
         "test_change_feed",
         "test_cli",
         "test_cli_transfer",

@@ -75,6 +75,8 @@ def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBui
         current_slots={"place": "Enschede"},
         current_template_id="archives_in_place",
         language="nl",
+        title="Archives",
+        metadata={"tags": ["utrecht"]},
         version=7,
         user_id=None,
         last_accessed=0.0,
@@ -86,6 +88,8 @@ def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBui
         current_slots={"place": "Enschede"},
         current_template_id="archives_in_place",
         language="nl",
+        title="Archives",
+        metadata={"tags": ["utrecht"]},
     )
     assert state.model_dump() == validated.model_dump()
     assert state.model_fields_set == validated.model_fields_set
@@ -118,9 +122,11 @@ def test_a_built_state_carries_every_session_field(
     _, make_state = built
     values: dict[str, Any] = {name: f"value of {name}" for name in STATE_FIELDS}
     values["current_slots"] = {"place": "Enschede"}
+    values["metadata"] = {"project": "archives"}
     session = StoredSession(
         turns=[], version=1, user_id=None, last_accessed=0.0, expires_at=0.0, **values
     )
     state = make_state(session, "sid", [])
     assert {name: getattr(state, name) for name in STATE_FIELDS} == values
     assert state.current_slots is not session.current_slots
+    assert state.metadata is not session.metadata

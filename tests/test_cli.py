@@ -40,6 +40,7 @@ DB_COMMANDS = {
     "sweep --dry-run": ["sweep", "--dry-run"],
     "erase-user": ["erase-user", "u-1", "--yes"],
     "export-user": ["export-user", "u-1"],
+    "sessions": ["sessions", "u-1"],
     "report": ["report", "--out", "report.html"],
 }
 """Every command that opens a database, with the arguments it needs."""
@@ -360,6 +361,35 @@ async def test_export_user(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_
     _fails(
         await _invoke("export-user", "u-1", "-o", str(tmp_path / "no" / "f.json"), "--url", url),
         "cannot write",
+    )
+
+
+async def test_sessions(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
+    """The user's catalog, newest activity first, a page at a time: the table ends with the
+    next page's cursor, and --json holds the summaries and the cursor."""
+    await _seed(make_repo, clock)
+    repo = await make_repo()
+    assert await repo.set_title("live-session", "Archieven in Utrecht", user_id="u-1")
+    table = _ok(await _invoke("sessions", "u-1", "--url", url))
+    assert re.search(r"live-session\s+.\s+Archieven in Utrecht\s+.\s+live\s+.\s+4\b", table)
+    assert re.search(r"live-session\s+.\s+.\s+ended\s+.\s+2\b", table)
+    assert "next page" not in table
+    first = _ok(await _invoke("sessions", "u-1", "--limit", "1", "--url", url))
+    assert "Archieven in Utrecht" in first
+    cursor = re.search(r"next page: --cursor (\S+)", first)
+    assert cursor is not None
+    rest = json.loads(
+        _ok(await _invoke("sessions", "u-1", "--cursor", cursor[1], "--json", "--url", url))
+    )
+    assert [(c["live"], c["turns"]) for c in rest["sessions"]] == [(False, 2)]
+    assert rest["next_cursor"] is None
+    ended = json.loads(_ok(await _invoke("sessions", "u-1", "--ended", "--json", "--url", url)))
+    assert ended["sessions"] == rest["sessions"]
+    shown = _ok(await _invoke("show", "live-session", "--url", url))
+    assert shown.startswith("Archieven in Utrecht\n")
+    _fails(
+        await _invoke("sessions", "u-1", "--cursor", "nonsense", "--url", url),
+        "is not a next_cursor",
     )
 
 

@@ -65,6 +65,8 @@ CONVERSATION_KEYS = {
     "live",
     "language",
     "current_slots",
+    "title",
+    "metadata",
     "current_template_id",
     "session",
     "turns",
@@ -115,6 +117,8 @@ async def _populate(make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> dict[str
         slots={"place": "Enschede"},
         user_id="u-1",
     )
+    await repo.set_title(ids["utrecht"], "Archieven", user_id="u-1")
+    await repo.set_metadata(ids["utrecht"], {"project": "archives", "stars": 5}, user_id="u-1")
     clock.advance(3600)
     ids["english"], state = await repo.get_or_create(user_id="u-2")
     state.language = "en"
@@ -130,6 +134,7 @@ async def _populate(make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> dict[str
     clock.advance(3600)
     ids["reused"], _ = await repo.get_or_create()
     await repo.add_turn(ids["reused"], "Hoi", "Hallo")
+    await repo.set_title(ids["reused"], "Groet")
     await repo.delete(ids["reused"])
     clock.advance(60)
     await repo.get_or_create(ids["reused"])
@@ -203,6 +208,8 @@ async def test_jsonl_has_a_conversation_per_line(
     assert utrecht["language"] is None
     assert utrecht["current_slots"] == {"place": "Enschede", "soort": "gemeente"}
     assert utrecht["current_template_id"] == "archives_in_place"
+    assert utrecht["title"] == "Archieven"
+    assert utrecht["metadata"] == {"project": "archives", "stars": 5}
     assert set(utrecht["session"]) == {"created_at", "last_accessed", "expires_at", "access_count"}
     assert datetime.fromisoformat(utrecht["session"]["expires_at"]) > _at(clock)
     first, _, follow_up, answer = utrecht["turns"]
@@ -218,6 +225,7 @@ async def test_jsonl_has_a_conversation_per_line(
     ended = found[ids["reused"], False]
     assert ended["current_slots"] is None
     assert ended["current_template_id"] is None
+    assert ended["title"] == "Groet"  # the catalog fields outlive the session
     assert [turn["content"] for turn in ended["turns"]] == ["Hoi", "Hallo"]
     assert found[ids["reused"], True]["conversation_id"] > ended["conversation_id"]
     assert found[ids["empty"], True]["turns"] == []
@@ -317,6 +325,8 @@ async def test_round_trip_into_an_empty_database(
             assert there is not None
             assert here is not None
             assert there.model_dump() == here.model_dump()
+        for user in ("u-1", "u-2"):  # the catalog too: titles, metadata, last activity
+            assert await copied.list_sessions(user) == await source.list_sessions(user)
         assert await copied.get(ids["stale"]) is None
         await copied.get_or_create(user_id="u-9")
         (new,) = await copied.list_sessions("u-9")

@@ -6,9 +6,12 @@ transcripts alike (a live session's conversation carries the same owner as its s
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -19,27 +22,33 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    or_,
     select,
     tuple_,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore._core.schema import (
     TRANSCRIPT_SLOTS,
     TRANSCRIPT_TURNS,
+    UTCDateTime,
     conversations,
     exported,
     grouped_turns,
     is_live,
+    live_session,
     of_conversation,
     session_field,
     sessions,
     turn_slots,
     turns,
 )
-from convostore.models import STATE_FIELDS, ConversationSummary
+from convostore.backends import Backend, backend_for
+from convostore.errors import InvalidPage
+from convostore.models import STATE_FIELDS, ConversationSummary, SessionPage
 
-__all__ = ["ERASED_TABLES", "Owners"]
+__all__ = ["ERASED_TABLES", "ORDERS", "Listing", "Owners", "decode_cursor", "encode_cursor"]
 
 ERASED_TABLES = ("sessions", "conversations", "turns", "turn_slots")
 """The keys of ``erase_user``'s counts: every table that holds a user's rows."""
@@ -55,37 +64,151 @@ def _among(columns: Any) -> Any:
     return tuple_(columns.session_id, columns.conversation_id).in_(_ids)
 
 
-def _summaries() -> Select[Any]:
-    """A user's conversations, newest first, ``limit`` of them."""
-    turn_count = select(func.count()).where(of_conversation(_t)).scalar_subquery()
-    last_turn = (
-        select(_t.created_at)
-        .where(of_conversation(_t))
-        .order_by(_t.seq.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    return (
+def _ended_turns() -> Any:
+    """How many turns an ended conversation kept (a live one counts them in its session)."""
+    return select(func.count()).where(of_conversation(_t)).scalar_subquery()
+
+
+ORDERS = ("last_activity", "started")
+"""The orders ``list_sessions`` pages in."""
+
+
+def encode_cursor(order: str, summary: ConversationSummary) -> str:
+    """The opaque cursor of the page after ``summary`` in ``order``."""
+    key: list[Any] = [order, summary.conversation_id]
+    if order == "last_activity":
+        key.append(summary.last_activity.isoformat())
+    raw = json.dumps(key, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(order: str, cursor: object) -> tuple[int, datetime | None]:
+    """(conversation id, last activity) of a cursor ``encode_cursor`` made for ``order``;
+    ``InvalidPage`` for anything else, before any SQL."""
+    try:
+        if not isinstance(cursor, str) or len(cursor) > 200:
+            raise ValueError
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if order == "last_activity":
+            kind, cid, stamp = key
+            at: datetime | None = datetime.fromisoformat(stamp)
+            if at is None or at.tzinfo is None:
+                raise ValueError
+        else:
+            (kind, cid), at = key, None
+        if kind != order or type(cid) is not int or cid < 1:
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise InvalidPage(
+            f"cursor {cursor!r} is not a next_cursor that list_sessions returned for "
+            f"order={order!r}"
+        ) from None
+    return cid, at
+
+
+class Listing(NamedTuple):
+    """What one page of ``list_sessions`` asks for, checked."""
+
+    uid: str
+    limit: int
+    order: str
+    after: tuple[int, datetime | None] | None
+    """The cursor's (conversation id, last activity): the page starts after it."""
+    metadata: dict[str, str | int | bool] | None
+    live: bool | None
+    now: datetime
+
+
+def _by_activity(backend: Backend, ask: Listing) -> Select[Any]:
+    """A page by last activity, newest first: the live sessions' page (index
+    ``sessions(user_id, last_activity, conversation_id)``) and the ended conversations' page
+    (the same index on ``conversations``), merged. Each part reads at most ``limit`` rows
+    from its index, wherever the cursor is, so every page costs about the same."""
+    now = bindparam("now", type_=UTCDateTime())
+    parts = []
+    for table in (sessions, conversations):
+        c = table.c
+        live_side = table is sessions
+        if not live_side and ask.live is True:
+            continue
+        query = select(
+            c.conversation_id,
+            c.session_id,
+            _c.started_at,
+            _c.ended_at,
+            (_s.expires_at if live_side else backend.typed_null(UTCDateTime())).label("expires_at"),
+            (c.turn_count if live_side else _ended_turns()).label("turns"),
+            c.last_activity,
+            c.title,
+            c.metadata,
+        ).where(c.user_id == _uid)
+        if live_side:
+            query = query.select_from(sessions.join(conversations, of_conversation(_s)))
+            if ask.live is not None:
+                live = live_session(_s.expires_at, now)
+                query = query.where(live if ask.live else ~live)
+        else:
+            query = query.where(c.last_activity.is_not(None))
+        if ask.after is not None:
+            query = query.where(
+                tuple_(c.last_activity, c.conversation_id)
+                < tuple_(
+                    bindparam("after_at", type_=UTCDateTime()),
+                    bindparam("after_cid", type_=BigInteger()),
+                )
+            )
+        if ask.metadata:
+            query = query.where(backend.json_holds(c.metadata, ask.metadata))
+        part = query.order_by(c.last_activity.desc(), c.conversation_id.desc()).limit(_limit)
+        parts.append(part.subquery())
+    if len(parts) == 1:
+        rows = select(*parts[0].c)
+    else:
+        rows = select(*union_all(*(select(*part.c) for part in parts)).subquery().c)
+    order = rows.selected_columns
+    return rows.order_by(order.last_activity.desc(), order.conversation_id.desc()).limit(_limit)
+
+
+def _by_start(backend: Backend, ask: Listing) -> Select[Any]:
+    """A page by start, newest first: conversations by id (index
+    ``conversations(user_id, conversation_id)``)."""
+    now = bindparam("now", type_=UTCDateTime())
+    query = (
         select(
             _c.conversation_id,
             _c.session_id,
             _c.started_at,
             _c.ended_at,
             _s.expires_at,
-            turn_count.label("turns"),
-            last_turn.label("last_turn_at"),
+            func.coalesce(_s.turn_count, _ended_turns()).label("turns"),
+            func.coalesce(_s.last_activity, _c.last_activity, _c.started_at).label("last_activity"),
+            session_field("title"),
+            session_field("metadata"),
         )
         .select_from(conversations.outerjoin(sessions, of_conversation(_s)))
         .where(_c.user_id == _uid)
-        .order_by(_c.conversation_id.desc())
-        .limit(bindparam("limit", type_=Integer()))
     )
+    if ask.after is not None:
+        query = query.where(_c.conversation_id < bindparam("after_cid", type_=BigInteger()))
+    if ask.live is not None:
+        live = live_session(_s.expires_at, now)
+        query = query.where(live if ask.live else ~live)
+    if ask.metadata:
+        query = query.where(
+            or_(
+                backend.json_holds(_s.metadata, ask.metadata),
+                backend.json_holds(_c.metadata, ask.metadata),
+            )
+        )
+    return query.order_by(_c.conversation_id.desc()).limit(_limit)
+
+
+_limit = bindparam("limit", type_=Integer())
 
 
 class Owners:
     """``list_sessions``, ``export_user`` and ``erase_user`` on one engine."""
 
-    _list = _summaries()
     _batch = (
         select(_c.session_id, _c.conversation_id)
         .where(_c.user_id == _uid)
@@ -127,30 +250,36 @@ class Owners:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.backend = backend_for(engine)
 
-    async def summaries(
-        self, uid: str, now: datetime, limit: int, before: int | None
-    ) -> list[ConversationSummary]:
-        """The user's conversations below conversation id ``before``, newest first."""
-        query = self._list
-        if before is not None:
-            query = query.where(_c.conversation_id < bindparam("before", type_=BigInteger()))
-        params = {"uid": uid, "limit": limit, "before": before}
+    async def page(self, ask: Listing) -> SessionPage:
+        """One page of the user's conversations (see ``SessionRepository.list_sessions``)."""
+        build = _by_activity if ask.order == "last_activity" else _by_start
+        query = build(self.backend, ask)
+        params: dict[str, Any] = {"uid": ask.uid, "limit": ask.limit + 1, "now": ask.now}
+        if ask.after is not None:
+            params["after_cid"], params["after_at"] = ask.after
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query, params)).all()
-        return [
+        summaries = [
             ConversationSummary(
                 conversation_id=cid,
                 session_id=sid,
-                user_id=uid,
+                user_id=ask.uid,
                 started_at=started,
                 ended_at=ended,
-                live=is_live(expires, now),
+                live=is_live(expires, ask.now),
                 turns=count,
                 last_activity=last or started,
+                title=title,
+                metadata=metadata or {},
             )
-            for cid, sid, started, ended, expires, count, last in rows
+            for cid, sid, started, ended, expires, count, last, title, metadata in rows[: ask.limit]
         ]
+        more = len(rows) > ask.limit
+        return SessionPage(
+            summaries, next_cursor=encode_cursor(ask.order, summaries[-1]) if more else None
+        )
 
     async def erase(self, uid: str, batch_size: int) -> tuple[dict[str, int], list[str]]:
         """Delete every row of the user, ``batch_size`` conversations per transaction.

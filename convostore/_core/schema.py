@@ -91,14 +91,19 @@ conversations = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("ended_at", UTCDateTime(), nullable=True),
     Column("language", String(32), nullable=True),
+    Column("title", LongText, nullable=True),
+    Column("metadata", JSONDocument, nullable=True),
+    Column("last_activity", UTCDateTime(), nullable=True),
     PrimaryKeyConstraint("session_id", "conversation_id"),
     Index(None, "conversation_id"),
     Index(None, "user_id", "conversation_id"),
     Index(None, "ended_at"),
+    Index(None, "user_id", "last_activity", "conversation_id"),
 )
 """One row per conversation: everything said under one session id from its creation until its
 session ended. ``ended_at`` is NULL while the session lives; when the ``sessions`` row goes, a
-trigger sets it to the session's last activity (``last_accessed``) and copies its language.
+trigger sets it to the session's last access (``last_accessed``) and copies its language and
+its catalog fields (``title``, ``metadata``, ``last_activity``), which are NULL until then.
 The retention sweep deletes conversations whose ``ended_at`` is older than
 ``transcript_retention``, with their turns and slots (by cascade)."""
 
@@ -117,13 +122,20 @@ sessions = Table(
     Column("current_slots", JSONDocument, nullable=False),
     Column("turn_count", Integer(), nullable=False),
     Column("version", BigInteger(), nullable=False),
+    Column("title", LongText, nullable=True),
+    Column("metadata", JSONDocument, nullable=True),
+    Column("last_activity", UTCDateTime(), nullable=True),
     PrimaryKeyConstraint("session_id"),
     Index(None, "expires_at"),
+    Index(None, "user_id", "last_activity", "conversation_id"),
 )
 """One row per live session, pointing at its conversation. ``turn_count`` hands out turn
 sequence numbers; ``version`` is bumped by every write of the session's content, so a cached
 copy can tell whether it is current. ``user_id`` (the owner, or NULL) is set at creation and
-never changes. ``language`` is NULL until something tags the session with one."""
+never changes. ``language`` is NULL until something tags the session with one.
+``last_activity`` is when the session was created or last had turns appended (the catalog's
+order, ``list_sessions``); convostore always sets it, and only rows older code wrote lack it.
+``metadata`` NULL reads as an empty object."""
 
 _in_conversation = ["session_id", "conversation_id"]
 

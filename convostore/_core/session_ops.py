@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from time import perf_counter
+from typing import Any
 
 from convostore._core.cache import SessionCache
 from convostore._core.expiry import DeferredRefreshes
@@ -232,11 +233,14 @@ class SessionOperations:
             if written.created:
                 entry = self._new_entry(written.version, now, owner)
                 entry.extend(written.turns)
+                entry.title = self.store.title_for(exchange)
                 self._cache.put_loaded(sid, entry, generation)
                 return entry.fork(sid)
             if entry is not None and entry.version == written.version - 1:
                 entry.extend(written.turns)
                 entry.committed(written.version, now, self._ttl, hits)
+                if entry.title is None:
+                    entry.title = self.store.title_for(exchange)
                 return entry.fork(sid)
             return await self._reloaded(sid, now, written.turns)
         except BaseException:
@@ -335,6 +339,28 @@ class SessionOperations:
             entry.current_slots = dict(fields.current_slots)
             if written.created:
                 self._cache.put_loaded(sid, entry, generation)
+
+    async def set_field(self, sid: str, name: str, value: Any, owner: str | None) -> bool:
+        """Set one catalog field of the live session (one ``owner`` may write); the cached
+        copy follows if it was current, else it goes. Returns whether the session was live."""
+        with self._cache.holding(sid):
+            now = self._clock()
+            before = self._cache.peek(sid)
+            hits = before.unflushed_hits if before is not None else 0
+            try:
+                version = await self.store.set_field(
+                    sid, name, value, now=utc(now), ttl=self._ttl, hits=hits, uid=owner
+                )
+            except BaseException:
+                self._cache.discard(sid)
+                raise
+            entry = self._cache.peek(sid)
+            if version is None or entry is None or entry.version != version - 1:
+                self._cache.discard(sid)
+                return version is not None
+            setattr(entry, name, value)
+            entry.committed(version, now, self._ttl, hits)
+            return True
 
     async def delete(self, sid: str, owner: str | None = None) -> bool:
         try:

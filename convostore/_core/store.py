@@ -114,6 +114,7 @@ class SqlStore:
         retention: float = 0,
         gate: Gate | None = None,
         default_language: str | None = None,
+        auto_title: bool = False,
     ) -> None:
         """``gate``: where the operations on an engine convostore created wait for a
         connection (``calls.CallLifecycle``), whose hot path may keep connections between
@@ -123,6 +124,8 @@ class SqlStore:
         """Seconds a transcript stays after its session ended (0: it goes with the session)."""
         self.default_language = default_language
         """The language of a session created here (``StoreConfig.default_language``)."""
+        self.auto_title = auto_title
+        """Whether an append titles a session without a title (``StoreConfig.auto_title``)."""
         dialect = engine.dialect
         backend = backend_for(engine)
         register_driver_errors(backend.driver_errors(), backend.is_disconnect, backend.is_transient)
@@ -223,6 +226,7 @@ class SqlStore:
                 "expires_at": now + timedelta(seconds=ttl),
                 "access_count": 0,
                 **SessionFields(language=self.default_language).state_values(),
+                "last_activity": now,
                 "turn_count": 0,
                 "version": 0,
             },
@@ -276,6 +280,7 @@ class SqlStore:
             "n": len(new_turns),
             "merge": merge_slots,
             "template_id": template_id,
+            "auto_title": self.title_for(new_turns),
             "key": key,
             "uid": uid,
         }
@@ -299,6 +304,49 @@ class SqlStore:
             assert allocated is not None
             await self._insert(conn, sid, allocated, new_turns, now, key)
         return WriteOutcome(allocated[1], created, expired, _stamped(new_turns, now))
+
+    def title_for(self, new_turns: Sequence[ConversationTurn]) -> str | None:
+        """The title an append of ``new_turns`` gives a session that has none: None unless
+        ``auto_title``; else the first turn's text, its whitespace collapsed, cut at a word
+        to at most ``AUTO_TITLE_CHARS`` characters (with an ellipsis)."""
+        if not self.auto_title or not new_turns:
+            return None
+        words = " ".join(new_turns[0].content.split())
+        if len(words) <= AUTO_TITLE_CHARS:
+            return words or None
+        cut = words[: AUTO_TITLE_CHARS - 1]
+        if " " in cut:
+            cut = cut[: cut.rindex(" ")]
+        return cut + "\u2026"
+
+    async def set_field(
+        self,
+        sid: str,
+        name: str,
+        value: Any,
+        *,
+        now: datetime,
+        ttl: float,
+        hits: int,
+        uid: str | None,
+    ) -> int | None:
+        """Set the catalog field ``name`` (``models.CATALOG_FIELDS``) of the live session
+        ``sid``. Returns its new version, or None if it is not live. With ``uid``, a live
+        session of another owner is never written: ``NotSessionOwner``."""
+        params = {
+            "sid": sid,
+            "now": now,
+            "expires": now + timedelta(seconds=ttl),
+            "hits": hits + 1,
+            "uid": uid,
+            name: value,
+        }
+        async with self._begin() as conn:
+            row = await _returned(conn, self.sql.set_field[name], params)
+            if row is None:
+                await self._check_owner(conn, sid, uid, now)
+                return None
+        return int(row[1])
 
     async def _key_stored(self, conn: AsyncConnection, sid: str, key: str | None) -> bool:
         if key is None:
@@ -568,6 +616,7 @@ class _SessionOf:
         else:
             values = {name: row[index] for name, index in self._at}
         values["current_slots"] = name_ordered(values["current_slots"])
+        values["metadata"] = values["metadata"] or {}
         values["last_accessed"] = _epoch(values["last_accessed"])
         values["expires_at"] = _epoch(values["expires_at"])
         return StoredSession(turns=turns, complete=len(turns) < window, **values)
@@ -680,6 +729,9 @@ def _turns(
 def _unchanged(value: Any) -> Any:
     return value
 
+
+AUTO_TITLE_CHARS = 80
+"""The longest title ``StoreConfig.auto_title`` makes from a question."""
 
 _ALL_TURNS = 2**31 - 1
 """The load's window when it reads every turn (sequence numbers are 32-bit)."""

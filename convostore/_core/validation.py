@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +28,17 @@ __all__ = [
     "Limits",
     "check_idempotency_key",
     "check_language",
+    "check_metadata_filter",
     "check_optional_text",
     "check_session_fields",
     "check_session_id",
     "check_template_id",
     "check_text",
+    "check_title",
     "check_turn",
     "check_user_id",
     "check_window",
+    "copy_metadata",
     "copy_results",
     "copy_slots",
 ]
@@ -152,9 +155,9 @@ def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, 
         raise InvalidTurn(f"{field} must be a list of dicts, not {type(results).__name__}")
     if not results:
         return []
-    copied: list[dict[str, Any]] = []
-    bound = [2]
-    try:
+
+    def copy_items(bound: list[int]) -> list[dict[str, Any]]:
+        copied: list[dict[str, Any]] = []
         for index, item in enumerate(results):
             if not isinstance(item, (dict, Mapping)):
                 raise _Unstorable(f"must be a dict, not {type(item).__name__}", [index])
@@ -163,6 +166,34 @@ def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, 
             except _Unstorable as exc:
                 exc.path.insert(0, index)
                 raise
+        return copied
+
+    checked: list[dict[str, Any]] = _checked_json(field, copy_items, limits, "take")
+    return checked
+
+
+def copy_metadata(field: str, metadata: object, limits: Limits) -> dict[str, Any]:
+    """A checked deep copy of a JSON object (a session's ``metadata``), held to
+    ``limits.results_bytes`` like a turn's results; None gives an empty dict."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, (dict, Mapping)):
+        raise InvalidTurn(f"{field} must be a dict, not {type(metadata).__name__}")
+    if not metadata:
+        return {}
+    copied: dict[str, Any] = _checked_json(
+        field, lambda bound: _copy_json(metadata, bound), limits, "takes"
+    )
+    return copied
+
+
+def _checked_json(field: str, copy: Callable[[list[int]], Any], limits: Limits, verb: str) -> Any:
+    """``copy(bound)``, a JSON copy that adds up a bound of its length (``_copy_json``), with
+    what it refuses as ``InvalidTurn`` naming the place, and refused if it is longer than
+    ``limits.results_bytes`` as ``json.dumps`` writes it (measured only when the bound is)."""
+    bound = [2]
+    try:
+        copied = copy(bound)
     except _Unstorable as exc:
         where = "".join(f"[{part!r}]" for part in exc.path)
         raise InvalidTurn(f"{field}{where} {exc.reason}") from None
@@ -172,7 +203,7 @@ def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, 
         size = len(json.dumps(copied))
         if size > limits.results_bytes:
             raise InvalidTurn(
-                f"{field} take {size:,} bytes as JSON; at most {limits.results_bytes:,} are "
+                f"{field} {verb} {size:,} bytes as JSON; at most {limits.results_bytes:,} are "
                 "allowed (StoreConfig.max_results_bytes)"
             )
     return copied
@@ -312,7 +343,43 @@ def check_session_fields(
             "current_template_id", state.current_template_id, limits
         ),
         language=default_language if state.language is None else check_language(state.language),
+        title=check_title(state.title),
+        metadata=copy_metadata("metadata", state.metadata, limits),
     )
+
+
+MAX_TITLE_CHARS = 500
+"""The longest title a session may have, in characters (what a catalog shows)."""
+
+
+def check_title(title: object) -> str | None:
+    """A session's title: None, or text of 1 to ``MAX_TITLE_CHARS`` characters."""
+    if title is None:
+        return None
+    checked = _check_storable("title", title)
+    if not 0 < len(checked) <= MAX_TITLE_CHARS:
+        raise InvalidTurn(f"title must be 1 to {MAX_TITLE_CHARS} characters long")
+    return checked
+
+
+def check_metadata_filter(wanted: object) -> dict[str, str | int | bool]:
+    """A ``list_sessions`` metadata filter: keys a listed session's metadata must hold with
+    these values, each a string, an int or a bool (what every backend compares exactly)."""
+    if not isinstance(wanted, (dict, Mapping)) or not wanted:
+        raise InvalidPage("metadata must be a non-empty dict of keys and the values they hold")
+    checked: dict[str, str | int | bool] = {}
+    for key, value in wanted.items():
+        if not isinstance(key, str) or "\x00" in key or not _is_utf8(key):
+            raise InvalidPage(f"metadata filter key {key!r} must be text")
+        if type(value) not in (str, int, bool) or (
+            type(value) is str and ("\x00" in value or not _is_utf8(value))
+        ):
+            raise InvalidPage(
+                f"metadata filter value of {key!r} must be a string, an int or a bool, "
+                f"not {type(value).__name__}"
+            )
+        checked[key] = value
+    return checked
 
 
 def check_idempotency_key(key: object) -> str:

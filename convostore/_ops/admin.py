@@ -31,6 +31,7 @@ from convostore._core.schema import (
     is_live,
     live_session,
     of_conversation,
+    session_field,
     sessions,
     turn_at,
     turn_slots,
@@ -217,6 +218,7 @@ class Transcript:
     conversation_id: int
     user_id: str | None
     language: str | None
+    title: str | None
     started_at: datetime
     ended_at: datetime | None
     """When its session ended (its last activity); None while the session row exists."""
@@ -231,6 +233,7 @@ class Transcript:
             "conversation_id": self.conversation_id,
             "user_id": self.user_id,
             "language": self.language,
+            "title": self.title,
             "started_at": self.started_at.isoformat(),
             "ended_at": None if self.ended_at is None else self.ended_at.isoformat(),
             "live": self.live,
@@ -256,6 +259,7 @@ _heads = (
         _c.conversation_id,
         _c.user_id,
         _language,
+        session_field("title"),
         _c.started_at,
         _c.ended_at,
         _s.expires_at,
@@ -294,13 +298,13 @@ async def transcripts(
     with translate_errors("reading a transcript"):
         async with snapshot(engine) as conn:
             heads = [
-                (cid, user, language, started, ended, is_live(expires, when))
-                for cid, user, language, started, ended, expires in await conn.execute(
+                (cid, user, language, title, started, ended, is_live(expires, when))
+                for cid, user, language, title, started, ended, expires in await conn.execute(
                     _heads, {"sid": sid}
                 )
             ]
             if not include_ended:
-                heads = [head for head in heads if head[5]]
+                heads = [head for head in heads if head[-1]]
             if not heads:
                 return []
             params = {"sid": sid, "cids": [head[0] for head in heads]}
@@ -313,12 +317,13 @@ async def transcripts(
             cid,
             user,
             language,
+            title,
             started,
             ended,
             live,
             [turn_at(turn, turn.created_at) for turn in turns_of.get(cid, [])],
         )
-        for cid, user, language, started, ended, live in heads
+        for cid, user, language, title, started, ended, live in heads
     ]
 
 

@@ -34,6 +34,7 @@ from rich.table import Column, Table
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from convostore._core.owners import ORDERS
 from convostore._core.validation import (
     check_language,
     check_session_id,
@@ -410,6 +411,8 @@ def show(session_id: str, url: str, schema: str | None, include_ended: bool, as_
         else:
             state = "expired, waiting for the sweep"
         owner = f"user {transcript.user_id}" if transcript.user_id else "no user"
+        if transcript.title is not None:
+            out.print(Text(transcript.title, style="bold"))
         out.print(
             Text(
                 f"session {transcript.session_id}, conversation {transcript.conversation_id} "
@@ -531,6 +534,81 @@ def erase_user(user_id: str, url: str, schema: str | None, yes: bool) -> None:
     for name, count in counts.items():
         table.add_row(name, f"{count:,}")
     out.print(table)
+
+
+@cli.command()
+@click.argument("user_id", callback=checked_by(check_user_id))
+@url_option
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Per page."
+)
+@click.option("--cursor", metavar="C", help="The next page's cursor, as the last page printed it.")
+@click.option(
+    "--order",
+    type=click.Choice(ORDERS),
+    default="last_activity",
+    show_default=True,
+    help="Newest activity first, or newest start first.",
+)
+@click.option("--live/--ended", default=None, help="Only live sessions, or only ended ones.")
+@json_option
+def sessions(
+    user_id: str,
+    url: str,
+    schema: str | None,
+    limit: int,
+    cursor: str | None,
+    order: str,
+    live: bool | None,
+    as_json: bool,
+) -> None:
+    """List a user's conversations, a page at a time (the catalog).
+
+    One row per conversation: its session, title, state, turns and last activity, newest
+    first; then the cursor of the next page, if there is one.
+
+    \b
+    Examples:
+      convostore sessions u-17 --url postgresql+asyncpg://app@db/app
+      convostore sessions u-17 --ended --json
+    """
+    config = admin.command_config(url, schema=schema)
+    page = with_repository(
+        config,
+        lambda repo: repo.list_sessions(
+            user_id, limit=limit, cursor=cursor, order=order, live=live
+        ),
+    )
+    if as_json:
+        print_json(
+            {
+                "user_id": user_id,
+                "sessions": [summary.model_dump(mode="json") for summary in page],
+                "next_cursor": page.next_cursor,
+            }
+        )
+        return
+    table = Table(
+        "conversation",
+        "session",
+        Column("title", overflow="fold"),
+        "state",
+        Column("turns", justify="right"),
+        Column("last activity (UTC)", no_wrap=True),
+    )
+    for summary in page:
+        table.add_row(
+            str(summary.conversation_id),
+            summary.session_id,
+            Text(summary.title or ""),
+            "live" if summary.live else "ended",
+            f"{summary.turns:,}",
+            _when(summary.last_activity),
+        )
+    out = console()
+    out.print(table)
+    if page.next_cursor is not None:
+        out.print(Text(f"next page: --cursor {page.next_cursor}"))
 
 
 @cli.command("export-user")

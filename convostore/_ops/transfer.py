@@ -73,6 +73,8 @@ from convostore._core.validation import (
     check_owner,
     check_session_id,
     check_template_id,
+    check_title,
+    copy_metadata,
     copy_results,
     copy_slots,
 )
@@ -184,6 +186,8 @@ class ConversationRecord(_Record):
     language: str | None = None
     current_slots: dict[str, str] | None = None
     current_template_id: str | None = None
+    title: str | None = None
+    metadata: dict[str, Any] | None = None
     session: SessionRecord | None = None
     turns: list[TurnRecord] = Field(default_factory=list)
 
@@ -211,6 +215,16 @@ class ConversationRecord(_Record):
     @classmethod
     def _current_template(cls, value: str | None) -> str | None:
         return check_optional_text("current_template_id", value, STORABLE)
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str | None) -> str | None:
+        return check_title(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else copy_metadata("metadata", value, STORABLE)
 
     @model_validator(mode="after")
     def _consistent(self) -> ConversationRecord:
@@ -244,6 +258,8 @@ CONVERSATION_COLUMNS = (
     "language",
     "current_template_id",
     "current_slots",
+    "title",
+    "metadata",
     "expires_at",
 )
 TURN_COLUMNS = (
@@ -760,6 +776,7 @@ def _rows_of(record: ConversationRecord) -> NewConversation:
     sid = record.session_id
     session = record.session
     last_seq = record.turns[-1].seq if record.turns else 0
+    last_turn_at = record.turns[-1].created_at if record.turns else None
     rows, slot_rows = rows_of_turns(
         sid, 0, ((turn.seq, turn, turn.created_at, turn.idempotency_key) for turn in record.turns)
     )
@@ -772,6 +789,7 @@ def _rows_of(record: ConversationRecord) -> NewConversation:
             "ended_at": record.ended_at,
             # A live conversation's fields are its session's; the trigger copies them at its end.
             **{name: None if session else getattr(record, name) for name in KEPT_FIELDS},
+            "last_activity": None if session else last_turn_at or record.started_at,
         },
         None
         if session is None
@@ -782,6 +800,7 @@ def _rows_of(record: ConversationRecord) -> NewConversation:
             "expires_at": session.expires_at,
             "access_count": session.access_count,
             **_session_fields(record),
+            "last_activity": last_turn_at or session.created_at,
             "turn_count": last_seq,
             "version": 0,
         },

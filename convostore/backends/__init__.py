@@ -19,6 +19,7 @@ conformance suite (``tests/conftest.py``: ``CONFORMANCE``). What a backend holds
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -91,6 +92,14 @@ class Backend:
     def merged_json(self, document: ColumnElement[Any], patch: Any) -> ColumnElement[Any]:
         """The JSON object ``document`` with the keys of the object ``patch`` set."""
         return func.json_merge_patch(document, patch)
+
+    def json_holds(
+        self, document: ColumnElement[Any], wanted: dict[str, str | int | bool]
+    ) -> ColumnElement[bool]:
+        """The JSON object ``document`` holds every key of ``wanted`` with its value (a
+        string, an int or a bool, compared with its JSON type): containment, as
+        ``list_sessions(metadata=...)`` filters. MariaDB's ``JSON_CONTAINS`` is the default."""
+        return func.json_contains(document, json.dumps(wanted)) == 1
 
     def json_object(self, pairs: Iterable[ColumnElement[Any]], type_: Any) -> ColumnElement[Any]:
         """A JSON object from alternating keys and values."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     ColumnElement,
@@ -50,7 +51,7 @@ from convostore._core.schema import (
 )
 from convostore.backends import Backend
 from convostore.backends._types import JSONDocument, JSONText, UTCDateTime
-from convostore.models import SESSION_COLUMNS, STATE_FIELDS
+from convostore.models import CATALOG_FIELDS, SESSION_COLUMNS, STATE_FIELDS
 
 __all__ = ["Statements", "UpdateThenRead"]
 
@@ -113,6 +114,7 @@ class Statements:
             **refreshed,
             "turn_count": sessions.c.turn_count + bindparam("n"),
             "version": sessions.c.version + 1,
+            "last_activity": now,
         }
         template = bindparam("template_id", type_=Text())
 
@@ -123,12 +125,14 @@ class Statements:
                 **grown,
                 current_slots=self._merged_slots(),
                 current_template_id=func.coalesce(template, sessions.c.current_template_id),
+                title=func.coalesce(sessions.c.title, bindparam("auto_title", type_=Text())),
             )
         )
         self.allocate = self._recorded(self._bump)
         """Allocate ``n`` sequence numbers on a live session that ``uid`` may write, merging
-        slots and template, unless the append with idempotency ``key`` is stored already.
-        Returns (turn_count, version, conversation_id)."""
+        slots and template and giving it the title ``auto_title`` if it has none, unless the
+        append with idempotency ``key`` is stored already. Returns (turn_count, version,
+        conversation_id)."""
 
         replace = (
             update(sessions)
@@ -147,6 +151,21 @@ class Statements:
             replace.where(sessions.c.version == bindparam("expected", type_=BigInteger()))
         )
         """``replace``, only on the session at version ``expected``."""
+
+        self.set_field = {
+            name: self._recorded(
+                update(sessions)
+                .where(live, owned)
+                .values(
+                    **refreshed,
+                    version=sessions.c.version + 1,
+                    **{name: bindparam(name, type_=sessions.c[name].type)},
+                )
+            )
+            for name in CATALOG_FIELDS
+        }
+        """Per catalog field: set it on a live session that ``uid`` may write (a read of the
+        session too: its expiry slides). Returns (turn_count, version, conversation_id)."""
 
         self.slide_expiry = self._returning(
             update(sessions).where(live).values(**refreshed), sessions.c.version
@@ -336,7 +355,7 @@ class Statements:
         pairs: list[ColumnElement[Any]] = []
         for name in SESSION_COLUMNS:
             column: ColumnElement[Any] = sessions.c[name]
-            if name == "current_slots":
+            if isinstance(column.type, JSON):
                 column = backend.json_column(column, name)  # nested as an object, not as text
             pairs += [literal_column(f"'{name}'"), column]
         return backend.json_object(pairs, JSONText).label("session")

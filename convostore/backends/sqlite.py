@@ -27,9 +27,12 @@ from sqlalchemy import (
     Insert,
     Integer,
     Table,
+    and_,
     cast,
     event,
     func,
+    literal,
+    select,
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL
@@ -366,6 +369,28 @@ class SqliteBackend(Backend):
 
     def json_column(self, column: ColumnElement[Any], name: str) -> ColumnElement[Any]:
         return func.json(column)
+
+    def json_holds(
+        self, document: ColumnElement[Any], wanted: dict[str, str | int | bool]
+    ) -> ColumnElement[bool]:
+        """Per key, a row of ``json_each`` with that key, JSON type and value: keys need no
+        quoting in a path, and ``true`` is not taken for 1."""
+        held = []
+        for key, value in wanted.items():
+            entry = func.json_each(document).table_valued("key", "type", "atom")
+            if type(value) is bool:
+                kind, atom = ("true" if value else "false"), None
+            else:
+                kind, atom = ("text" if type(value) is str else "integer"), value
+            found = (
+                select(literal(1))
+                .select_from(entry)
+                .where(entry.c.key == key, entry.c.type == kind)
+            )
+            if atom is not None:
+                found = found.where(entry.c.atom == atom)
+            held.append(found.exists())
+        return and_(*held)
 
     def utc_day(self, moment: Any) -> ColumnElement[Any]:
         return func.date(moment)
