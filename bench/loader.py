@@ -42,20 +42,25 @@ async def load_histories(
     now: datetime,
     ttl: float,
     expired: bool = False,
+    user: str | None = None,
 ) -> None:
-    """Store ``len(sids)`` sessions of ``n_turns`` turns each (see ``workload.history_rows``)."""
+    """Store ``len(sids)`` sessions of ``n_turns`` turns each, ``user``'s (see
+    ``workload.history_rows``)."""
     if not sids:
         return
-    if db.backend == "sqlite":
-        await _load_sqlite(db, sids, n_turns, now=now, ttl=ttl, expired=expired)
-    elif db.backend == "mariadb":
-        await _load_mariadb(db, sids, n_turns, now=now, ttl=ttl, expired=expired)
-    else:
-        await _load_postgres(db, sids, n_turns, now=now, ttl=ttl, expired=expired)
+    load = {"sqlite": _load_sqlite, "mariadb": _load_mariadb}.get(db.backend, _load_postgres)
+    await load(db, sids, n_turns, now=now, ttl=ttl, expired=expired, user=user)
 
 
 async def _load_sqlite(
-    db: Database, sids: Sequence[str], n_turns: int, *, now: datetime, ttl: float, expired: bool
+    db: Database,
+    sids: Sequence[str],
+    n_turns: int,
+    *,
+    now: datetime,
+    ttl: float,
+    expired: bool,
+    user: str | None,
 ) -> None:
     conn = await connect_sqlite(db.target)
     try:
@@ -70,6 +75,7 @@ async def _load_sqlite(
             stamp=sqlite_timestamp,
             first_conversation=next(iter(rows))[0],
             expired=expired,
+            user=user,
         )
         for chunk in chunks:
             await conn.executemany(
@@ -84,7 +90,14 @@ async def _load_sqlite(
 
 
 async def _load_postgres(
-    db: Database, sids: Sequence[str], n_turns: int, *, now: datetime, ttl: float, expired: bool
+    db: Database,
+    sids: Sequence[str],
+    n_turns: int,
+    *,
+    now: datetime,
+    ttl: float,
+    expired: bool,
+    user: str | None,
 ) -> None:
     conn = await connect_postgres(db.target)
     try:
@@ -101,6 +114,7 @@ async def _load_postgres(
             stamp=_same,
             first_conversation=first,
             expired=expired,
+            user=user,
         )
         for chunk in chunks:
             async with conn.transaction():
@@ -123,7 +137,14 @@ async def _load_postgres(
 
 
 async def _load_mariadb(
-    db: Database, sids: Sequence[str], n_turns: int, *, now: datetime, ttl: float, expired: bool
+    db: Database,
+    sids: Sequence[str],
+    n_turns: int,
+    *,
+    now: datetime,
+    ttl: float,
+    expired: bool,
+    user: str | None,
 ) -> None:
     conn = await connect_mariadb(db.target)
     try:
@@ -142,6 +163,7 @@ async def _load_mariadb(
                 stamp=_same,
                 first_conversation=first,
                 expired=expired,
+                user=user,
             )
             for chunk in chunks:
                 for table, columns, rows in (

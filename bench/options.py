@@ -63,6 +63,8 @@ class Sizes:
     memory_sessions: int
     memory_turns: int
     peer_iterations: int
+    catalog_conversations: int
+    """Conversations of the one user ``catalog`` pages through (half of them ended)."""
 
     @classmethod
     def for_run(cls, quick: bool, scale: int) -> Sizes:
@@ -96,6 +98,7 @@ class Sizes:
                 memory_sessions=100,
                 memory_turns=20,
                 peer_iterations=12,
+                catalog_conversations=2_000,
             )
         return cls(
             warmup=20,
@@ -126,4 +129,5 @@ class Sizes:
             memory_sessions=2_000,
             memory_turns=20,
             peer_iterations=200,
+            catalog_conversations=100_000,
         )

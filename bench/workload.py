@@ -145,6 +145,7 @@ def history_rows(
     stamp: Callable[[datetime], Any],
     first_conversation: int,
     expired: bool = False,
+    user: str | None = None,
 ) -> Iterator[HistoryRows]:
     """Rows for sessions of ``n_turns`` turns each (alternating user and assistant; each user
     turn has one slot and a one-item results list), one ``HistoryRows`` per 10,000 sessions.
@@ -155,7 +156,8 @@ def history_rows(
     expired an hour before ``now``. Each exchange was stored ``EXCHANGE_SPACING`` seconds
     after the one before, the last one when the session was last used (a load parses each
     exchange's timestamp: one shared by every turn would flatter a reader that remembers the
-    last one it parsed). ``stamp`` encodes timestamps for the driver.
+    last one it parsed). ``stamp`` encodes timestamps for the driver. Every session is
+    ``user``'s (None: no owner), untitled, without metadata.
     """
     if expired:
         last, expires = now - timedelta(seconds=ttl + 3600), now - timedelta(seconds=3600)
@@ -179,12 +181,12 @@ def history_rows(
     for start in range(0, len(sids), 10_000):
         chunk = HistoryRows()
         for cid, sid in enumerate(sids[start : start + 10_000], first_conversation + start):
-            chunk.conversations.append((sid, cid, None, created_s, None, None))
+            chunk.conversations.append((sid, cid, user, created_s, None, None, None, None, None))
             chunk.sessions.append(
                 (
                     sid,
                     cid,
-                    None,
+                    user,
                     created_s,
                     last_s,
                     expires_s,
@@ -194,6 +196,9 @@ def history_rows(
                     current_slots,
                     n_turns,
                     n_turns // 2,
+                    None,
+                    None,
+                    last_s,
                 )
             )
             for seq, role, content, resolved, template_id, results, place, at in turn_template:

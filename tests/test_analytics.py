@@ -93,10 +93,13 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
       C6 bob: 16:30 opening_hours place=Zwolle, empty. Live.
       C7 dave: opened at 17:00, no questions. Live.
     Ended: C1 (10 minutes), C2, C3 (0 minutes), C4 (15 minutes), all retained.
+    Metadata (``set_metadata`` as each opens): C1 and C5 project archives, C2 project hours,
+    C6 a team and no project.
     """
     archives, opening = "archives_in_place", "opening_hours"
     _at(clock, 1, 9)
     s1, _ = await repo.get_or_create(None, user_id="alice")
+    await repo.set_metadata(s1, {"project": "archives"}, user_id="alice")
     await repo.add_turn(
         s1,
         "Welke archieven zijn er in Utrecht?",
@@ -130,6 +133,7 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
     )
     _at(clock, 1, 14)
     s2, _ = await repo.get_or_create(None, user_id="bob")
+    await repo.set_metadata(s2, {"project": "hours", "stars": 4}, user_id="bob")
     await repo.add_turn(
         s2,
         "Wanneer is het archief in Utrecht open?",
@@ -192,6 +196,7 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
         results=_found(2),
         user_id="alice",
     )
+    await repo.set_metadata(s1, {"project": "archives"}, user_id="alice")
     _at(clock, 2, 16, 2)
     await repo.add_turn(
         s1,
@@ -205,6 +210,7 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
     )
     _at(clock, 2, 16, 30)
     s6, _ = await repo.get_or_create(None, user_id="bob")
+    await repo.set_metadata(s6, {"team": "north"}, user_id="bob")
     await repo.add_turn(
         s6,
         "Wanneer is het archief in Zwolle open?",
@@ -253,6 +259,8 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
     ],
     # (state, conversations, exchanges): C1-C4 with 3 + 1 + 1 + 3; C5-C7 with 2 + 1 + 0.
     "live_vs_ended": [("ended", 4, 8), ("live", 3, 3)],
+    # (project, conversations): C1 and C5 (alice) archives, C2 (bob) hours; C6 has no project.
+    "per_project": [("archives", 2), ("hours", 1)],
 }
 
 

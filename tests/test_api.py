@@ -51,6 +51,7 @@ EXPECTED_ALL = [
     "NotSessionOwner",
     "SchemaNotReady",
     "SessionConfig",
+    "SessionPage",
     "SessionRepository",
     "StaleStateError",
     "StoreConfig",

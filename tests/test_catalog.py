@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from _statements import count_statements
+from alembic.script import ScriptDirectory
 from conftest import FakeClock, MakeRepo, Sql
 
 from convostore import (
@@ -19,6 +20,7 @@ from convostore import (
     SessionPage,
     SessionRepository,
 )
+from convostore.migrate import alembic_config, migrate_url
 
 TTL = 100
 
@@ -330,3 +332,40 @@ async def test_other_workers_see_the_title(make_repo: MakeRepo) -> None:
     state = await reader.get("s")
     assert state is not None
     assert state.title == "Gezien"
+
+
+async def test_a_populated_database_upgraded_to_the_catalog_lists_by_last_append(
+    make_repo: MakeRepo, clock: FakeClock, url: str
+) -> None:
+    """A database of the revision before the catalog gets every conversation's last activity
+    from its newest turn (its start if it has none), live and ended, so the first listing
+    after the upgrade is in the order of the last appends. A downgrade drops the catalog."""
+    repo = await make_repo(session_ttl=TTL, transcript_retention=10 * TTL)
+    await repo.get_or_create("leeg", user_id="u")
+    for sid in ("oud", "midden", "nieuw"):
+        clock.advance(1)
+        await repo.add_turn(sid, "Vraag?", "Ja.", user_id="u")
+    clock.advance(1)
+    await repo.add_turn("oud", "Nog een?", "Ja.", user_id="u")  # now the newest
+    await repo.set_title("midden", "Weg na de downgrade")
+    assert await repo.delete("midden")
+    before = await repo.list_sessions("u")
+    await repo.stop()
+
+    previous = await _revision_before_head()
+    await migrate_url(url, previous, allow_downgrade=True)
+    await migrate_url(url)
+    after = await (await make_repo(session_ttl=TTL)).list_sessions("u")
+    assert [c.session_id for c in after] == ["oud", "nieuw", "midden", "leeg"]
+    assert [c.session_id for c in after] == [c.session_id for c in before]
+    assert [c.last_activity for c in after] == [c.last_activity for c in before]
+    assert [c.title for c in after] == [None] * 4
+
+
+async def _revision_before_head() -> str:
+    """The revision the catalog's migration revises."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    catalog = next(
+        script for script in scripts.walk_revisions() if script.doc.startswith("the catalog")
+    )
+    return str(catalog.down_revision)

@@ -11,6 +11,7 @@ from . import (
     append,
     cache_hit,
     callers,
+    catalog,
     coherence,
     coherence_writers,
     cold_get,
@@ -39,6 +40,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         "coherence's cost to 8, 32 and 64 concurrent writers",
         coherence_writers.run,
     ),
+    "catalog": ("the catalog: list_sessions page after page", catalog.run),
     "peers": ("peers (--peers)", peers.run),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Iterable
 from datetime import datetime
@@ -119,7 +120,27 @@ class Listing(NamedTuple):
     now: datetime
 
 
-def _by_activity(backend: Backend, ask: Listing) -> Select[Any]:
+class Shape(NamedTuple):
+    """What a listing statement is built for; the values go in as parameters, so one
+    statement serves every call of the same shape (building one costs more than running
+    it)."""
+
+    order: str
+    live: bool | None
+    after: bool
+    """Whether a cursor names where the page starts."""
+    metadata_keys: int
+    """How many keys the metadata filter has (0: none)."""
+
+
+@functools.lru_cache(maxsize=256)
+def listing(backend: Backend, shape: Shape) -> Select[Any]:
+    """The statement of a ``list_sessions`` page of ``shape`` on ``backend``."""
+    build = _by_activity if shape.order == "last_activity" else _by_start
+    return build(backend, shape)
+
+
+def _by_activity(backend: Backend, ask: Shape) -> Select[Any]:
     """A page by last activity, newest first: the live sessions' page (index
     ``sessions(user_id, last_activity, conversation_id)``) and the ended conversations' page
     (the same index on ``conversations``), merged. Each part reads at most ``limit`` rows
@@ -149,7 +170,7 @@ def _by_activity(backend: Backend, ask: Listing) -> Select[Any]:
                 query = query.where(live if ask.live else ~live)
         else:
             query = query.where(c.last_activity.is_not(None))
-        if ask.after is not None:
+        if ask.after:
             query = query.where(
                 tuple_(c.last_activity, c.conversation_id)
                 < tuple_(
@@ -157,8 +178,8 @@ def _by_activity(backend: Backend, ask: Listing) -> Select[Any]:
                     bindparam("after_cid", type_=BigInteger()),
                 )
             )
-        if ask.metadata:
-            query = query.where(backend.json_holds(c.metadata, ask.metadata))
+        if ask.metadata_keys:
+            query = query.where(backend.json_holds(c.metadata, ask.metadata_keys))
         part = query.order_by(c.last_activity.desc(), c.conversation_id.desc()).limit(_limit)
         parts.append(part.subquery())
     if len(parts) == 1:
@@ -169,7 +190,7 @@ def _by_activity(backend: Backend, ask: Listing) -> Select[Any]:
     return rows.order_by(order.last_activity.desc(), order.conversation_id.desc()).limit(_limit)
 
 
-def _by_start(backend: Backend, ask: Listing) -> Select[Any]:
+def _by_start(backend: Backend, ask: Shape) -> Select[Any]:
     """A page by start, newest first: conversations by id (index
     ``conversations(user_id, conversation_id)``)."""
     now = bindparam("now", type_=UTCDateTime())
@@ -188,16 +209,16 @@ def _by_start(backend: Backend, ask: Listing) -> Select[Any]:
         .select_from(conversations.outerjoin(sessions, of_conversation(_s)))
         .where(_c.user_id == _uid)
     )
-    if ask.after is not None:
+    if ask.after:
         query = query.where(_c.conversation_id < bindparam("after_cid", type_=BigInteger()))
     if ask.live is not None:
         live = live_session(_s.expires_at, now)
         query = query.where(live if ask.live else ~live)
-    if ask.metadata:
+    if ask.metadata_keys:
         query = query.where(
             or_(
-                backend.json_holds(_s.metadata, ask.metadata),
-                backend.json_holds(_c.metadata, ask.metadata),
+                backend.json_holds(_s.metadata, ask.metadata_keys),
+                backend.json_holds(_c.metadata, ask.metadata_keys),
             )
         )
     return query.order_by(_c.conversation_id.desc()).limit(_limit)
@@ -254,11 +275,14 @@ class Owners:
 
     async def page(self, ask: Listing) -> SessionPage:
         """One page of the user's conversations (see ``SessionRepository.list_sessions``)."""
-        build = _by_activity if ask.order == "last_activity" else _by_start
-        query = build(self.backend, ask)
+        wanted = ask.metadata or {}
+        shape = Shape(ask.order, ask.live, ask.after is not None, len(wanted))
+        query = listing(self.backend, shape)
         params: dict[str, Any] = {"uid": ask.uid, "limit": ask.limit + 1, "now": ask.now}
         if ask.after is not None:
             params["after_cid"], params["after_at"] = ask.after
+        if wanted:
+            params.update(self.backend.json_wanted(wanted))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query, params)).all()
         summaries = [

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Column, ColumnElement, Insert, Table, cast, func, null
+from sqlalchemy import Column, ColumnElement, Insert, String, Table, bindparam, cast, func, null
 from sqlalchemy.engine import URL
 
 from convostore.errors import ConfigError
@@ -93,13 +93,17 @@ class Backend:
         """The JSON object ``document`` with the keys of the object ``patch`` set."""
         return func.json_merge_patch(document, patch)
 
-    def json_holds(
-        self, document: ColumnElement[Any], wanted: dict[str, str | int | bool]
-    ) -> ColumnElement[bool]:
-        """The JSON object ``document`` holds every key of ``wanted`` with its value (a
-        string, an int or a bool, compared with its JSON type): containment, as
-        ``list_sessions(metadata=...)`` filters. MariaDB's ``JSON_CONTAINS`` is the default."""
-        return func.json_contains(document, json.dumps(wanted)) == 1
+    def json_holds(self, document: ColumnElement[Any], keys: int) -> ColumnElement[bool]:
+        """The JSON object ``document`` holds every key of the wanted object (``keys`` of
+        them, each a string, an int or a bool, compared with its JSON type), which
+        ``json_wanted`` binds: containment, as ``list_sessions(metadata=...)`` filters. The
+        clause depends only on ``keys``, so a statement built with it can be kept and reused.
+        MariaDB's ``JSON_CONTAINS`` is the default."""
+        return func.json_contains(document, bindparam("wanted", type_=String())) == 1
+
+    def json_wanted(self, wanted: dict[str, str | int | bool]) -> dict[str, Any]:
+        """The parameters of ``json_holds`` for ``wanted``."""
+        return {"wanted": json.dumps(wanted)}
 
     def json_object(self, pairs: Iterable[ColumnElement[Any]], type_: Any) -> ColumnElement[Any]:
         """A JSON object from alternating keys and values."""

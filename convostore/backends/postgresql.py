@@ -443,12 +443,13 @@ class PostgresBackend(Backend):
     def json_object(self, pairs: Any, type_: Any) -> ColumnElement[Any]:
         return func.json_build_object(*pairs, type_=type_)
 
-    def json_holds(
-        self, document: ColumnElement[Any], wanted: dict[str, str | int | bool]
-    ) -> ColumnElement[bool]:
+    def json_holds(self, document: ColumnElement[Any], keys: int) -> ColumnElement[bool]:
         return document.op("@>", return_type=Boolean())(
-            bindparam(None, wanted, type_=postgresql.JSONB())
+            bindparam("wanted", type_=postgresql.JSONB())
         )
+
+    def json_wanted(self, wanted: dict[str, str | int | bool]) -> dict[str, Any]:
+        return {"wanted": wanted}
 
     def one_of(self, key: Column[Any], batch: ScalarSelect[Any]) -> ColumnElement[bool]:
         """``key = ANY(ARRAY(batch))``. The array is computed once (an InitPlan) and the rows

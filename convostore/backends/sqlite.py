@@ -26,8 +26,10 @@ from sqlalchemy import (
     Engine,
     Insert,
     Integer,
+    String,
     Table,
     and_,
+    bindparam,
     cast,
     event,
     func,
@@ -370,27 +372,35 @@ class SqliteBackend(Backend):
     def json_column(self, column: ColumnElement[Any], name: str) -> ColumnElement[Any]:
         return func.json(column)
 
-    def json_holds(
-        self, document: ColumnElement[Any], wanted: dict[str, str | int | bool]
-    ) -> ColumnElement[bool]:
+    def json_holds(self, document: ColumnElement[Any], keys: int) -> ColumnElement[bool]:
         """Per key, a row of ``json_each`` with that key, JSON type and value: keys need no
         quoting in a path, and ``true`` is not taken for 1."""
         held = []
-        for key, value in wanted.items():
+        for index in range(keys):
             entry = func.json_each(document).table_valued("key", "type", "atom")
-            if type(value) is bool:
-                kind, atom = ("true" if value else "false"), None
-            else:
-                kind, atom = ("text" if type(value) is str else "integer"), value
-            found = (
+            held.append(
                 select(literal(1))
                 .select_from(entry)
-                .where(entry.c.key == key, entry.c.type == kind)
+                .where(
+                    entry.c.key == bindparam(f"wanted_key_{index}", type_=String()),
+                    entry.c.type == bindparam(f"wanted_type_{index}", type_=String()),
+                    entry.c.atom == bindparam(f"wanted_atom_{index}"),
+                )
+                .exists()
             )
-            if atom is not None:
-                found = found.where(entry.c.atom == atom)
-            held.append(found.exists())
         return and_(*held)
+
+    def json_wanted(self, wanted: dict[str, str | int | bool]) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for index, (key, value) in enumerate(wanted.items()):
+            if type(value) is bool:
+                kind = "true" if value else "false"
+            else:
+                kind = "text" if type(value) is str else "integer"
+            params[f"wanted_key_{index}"] = key
+            params[f"wanted_type_{index}"] = kind
+            params[f"wanted_atom_{index}"] = int(value) if type(value) is bool else value
+        return params
 
     def utc_day(self, moment: Any) -> ColumnElement[Any]:
         return func.date(moment)

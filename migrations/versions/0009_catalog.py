@@ -12,7 +12,8 @@ Create Date: 2027-03-01
 - ``list_sessions`` pages a user's conversations through two indexes: live sessions by
   ``(user_id, last_activity, conversation_id)`` on ``sessions``, ended conversations by the
   same columns on ``conversations``.
-- ``conversation_status`` shows each conversation's ``title`` and ``last_activity``.
+- ``conversation_status`` shows each conversation's ``title``, ``metadata`` and
+  ``last_activity``.
 
 Populated databases: a session's ``last_activity`` becomes its newest turn's time (its
 creation if it has none); an ended conversation's likewise (its start if it has none).
@@ -105,6 +106,7 @@ LEFT JOIN sessions s ON s.session_id = c.session_id AND s.conversation_id = c.co
 """
 _CATALOG = """,
        COALESCE(s.title, c.title) AS title,
+       COALESCE(s.metadata, c.metadata) AS metadata,
        COALESCE(s.last_activity, c.last_activity) AS last_activity"""
 
 _LAST_TURN = (
