@@ -25,10 +25,11 @@ from pydantic import (
 from convostore.backends._private import SlotSetters, pydantic_slot_setters
 
 __all__ = [
-    "CATALOG_FIELDS",
+    "FIELD_WRITES",
     "HISTORY_WINDOW",
     "SESSION_COLUMNS",
     "STATE_FIELDS",
+    "SUMMARY_PREFIX",
     "ConversationState",
     "ConversationSummary",
     "ConversationTurn",
@@ -150,6 +151,11 @@ class ConversationState(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     """The caller's JSON object about the conversation (``set_metadata``); ``list_sessions``
     filters by it. A state's copy is its own; treat nested values as read-only."""
+    summary: str | None = None
+    """A summary of the turns up to ``summary_upto`` (``set_summary``, written by the
+    caller's model), which a windowed read returns with its window."""
+    summary_upto: int | None = None
+    """The number (``seq``, from 1) of the last turn ``summary`` covers."""
 
     _session_id: str | None = PrivateAttr(default=None)
     _origin: Sequence[ConversationTurn] = PrivateAttr(default=())
@@ -158,6 +164,8 @@ class ConversationState(BaseModel):
     _version: int | None = PrivateAttr(default=None)
     """The stored session's version this state was read at (for ``update(if_unchanged=True)``)."""
 
+    _first_seq: int = PrivateAttr(default=1)
+    """The number (``seq``) of the first turn handed out with the state."""
     _slots: dict[str, str] | None = PrivateAttr(default=None)
     """The cached ``current_slots`` a store-built state shares until it builds its own (None:
     a state the store did not build, which shares nothing)."""
@@ -243,20 +251,29 @@ class ConversationState(BaseModel):
     def to_dspy_history(self) -> Any:
         """The last six turns as role/content messages for a language model.
 
-        The content is the resolved question where there is one. Returns ``dspy.History``
-        when dspy is installed, else ``{"messages": [...]}`` with the same messages.
+        The content is the resolved question where there is one. When the state has a
+        ``summary`` and turns came before the six (the window of a long conversation, or of a
+        windowed read), the summary comes first, as a system message. Returns
+        ``dspy.History`` when dspy is installed, else ``{"messages": [...]}`` with the same
+        messages.
         """
         turns, count = self._turns_now()
+        start = max(0, count - HISTORY_WINDOW)
         messages = [
             {"role": turn.role, "content": turn.resolved_question or turn.content}
-            for turn in turns[max(0, count - HISTORY_WINDOW) : count]
+            for turn in turns[start:count]
         ]
+        if self.summary is not None and self._first_seq + start > 1:
+            messages.insert(0, {"role": "system", "content": SUMMARY_PREFIX + self.summary})
         try:
             from dspy import History  # type: ignore[import-not-found]
         except ImportError:
             return {"messages": messages}
         return History(messages=messages)
 
+
+SUMMARY_PREFIX = "Summary of the conversation so far: "
+"""What ``to_dspy_history`` puts before a summary in its system message."""
 
 _SHARED_FIELDS = ("turns", "current_slots")
 """The fields a store-built state shares with the cache until their first use."""
@@ -275,6 +292,8 @@ class SessionFields:
     current_template_id: str | None = None
     title: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    summary: str | None = None
+    summary_upto: int | None = None
 
     def state_values(self) -> dict[str, Any]:
         """The ``STATE_FIELDS`` by name (e.g. as parameters of the statement that writes
@@ -285,8 +304,9 @@ class SessionFields:
 STATE_FIELDS: tuple[str, ...] = tuple(SessionFields.__dataclass_fields__)
 """The names of the session fields a state carries, in the order the exports write them."""
 
-CATALOG_FIELDS = ("title", "metadata")
-"""The session fields that ``set_title`` and ``set_metadata`` write one at a time."""
+FIELD_WRITES: tuple[tuple[str, ...], ...] = (("title",), ("metadata",), ("summary", "summary_upto"))
+"""The session fields ``set_title``, ``set_metadata`` and ``set_summary`` write, each group
+alone."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -310,6 +330,8 @@ class StoredSession(SessionFields):
     last_accessed: float
     """The stored ``last_accessed``; reads refresh it only when it is stale."""
     expires_at: float
+    turn_count: int = 0
+    """The number (``seq``) of the session's newest turn: ``turns`` are the ones up to it."""
     complete: bool = True
     """Whether ``turns`` holds the whole history; False after a windowed read, when it holds
     the newest turns only (and whatever was appended since)."""
@@ -338,6 +360,7 @@ class StoredSession(SessionFields):
         known = len(slots)
         for turn in new_turns:
             self.turns.append(turn)
+            self.turn_count += 1
             template = carry_context(turn, slots, template)
         self.current_template_id = template
         self.current_slots = name_ordered(slots) if len(slots) != known else slots
@@ -425,6 +448,8 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
                 "language": session.language,
                 "title": session.title,
                 "metadata": dict(session.metadata),
+                "summary": session.summary,
+                "summary_upto": session.summary_upto,
             },
         )
         set_fields_set(state, state_fields)
@@ -436,6 +461,7 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
                 "_origin": turns,
                 "_stored": len(turns),
                 "_version": session.version,
+                "_first_seq": session.turn_count - len(turns) + 1,
                 "_slots": session.current_slots,
             },
         )
@@ -453,6 +479,7 @@ def _constructed_state(
     state = ConversationState.model_construct(turns=list(turns), **fields)
     state._session_id, state._origin, state._stored = session_id, turns, len(turns)
     state._version = session.version
+    state._first_seq = session.turn_count - len(turns) + 1
     return state
 
 

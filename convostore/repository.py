@@ -52,6 +52,7 @@ from convostore._core.validation import (
     check_owner,
     check_session_fields,
     check_session_id,
+    check_summary,
     check_text,
     check_title,
     check_turn,
@@ -770,7 +771,7 @@ class SessionRepository:
             NotSessionOwner: the live session is not ``user_id``'s; nothing was stored.
             StoreError: the database failed; nothing was stored.
         """
-        return await self._set_field(session_id, "title", check_title(title), user_id)
+        return await self._set_fields(session_id, {"title": check_title(title)}, user_id)
 
     async def set_metadata(
         self, session_id: str, metadata: Mapping[str, Any] | None, *, user_id: str | None = None
@@ -787,16 +788,47 @@ class SessionRepository:
             StoreError: the database failed; nothing was stored.
         """
         value = copy_metadata("metadata", metadata, self._limits)
-        return await self._set_field(session_id, "metadata", value, user_id)
+        return await self._set_fields(session_id, {"metadata": value}, user_id)
 
-    async def _set_field(self, session_id: str, name: str, value: Any, user_id: str | None) -> bool:
+    async def set_summary(
+        self,
+        session_id: str,
+        text: str | None,
+        *,
+        upto_seq: int | None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Store a summary of the live session's turns up to turn ``upto_seq`` (numbered
+        from 1), written by the caller's model: convostore never calls one. A read returns it
+        with its window (``get(session_id, last_turns=N)``: ``state.summary``,
+        ``state.summary_upto``), and ``to_dspy_history()`` puts it first when turns came
+        before its window. A summary never deletes a turn; a new one replaces the old, and
+        ``text=None, upto_seq=None`` removes it. Returns False, storing nothing, if there is
+        no live session under that id.
+
+        Raises:
+            InvalidSessionId: a bad session or user id, before any SQL.
+            InvalidTurn: text that is not text within ``max_text_chars``, an ``upto_seq``
+                that is not a positive int (or not None with the text None), before any SQL;
+                an ``upto_seq`` beyond the session's turns, after its statement (nothing
+                was stored).
+            NotSessionOwner: the live session is not ``user_id``'s; nothing was stored.
+            StoreError: the database failed; nothing was stored.
+        """
+        summary, upto = check_summary(text, upto_seq, self._limits)
+        values = {"summary": summary, "summary_upto": upto}
+        return await self._set_fields(session_id, values, user_id)
+
+    async def _set_fields(
+        self, session_id: str, values: dict[str, Any], user_id: str | None
+    ) -> bool:
         sid = check_session_id(session_id)
         owner = check_owner(user_id)
         ops = self._enter()
         try:
             return await self._calls.run(
-                f"setting a session's {name}",
-                lambda: ops.set_field(sid, name, value, owner),
+                f"setting a session's {next(iter(values))}",
+                lambda: ops.set_fields(sid, values, owner),
                 shield=True,
             )
         finally:

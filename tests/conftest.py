@@ -78,6 +78,7 @@ CONFORMANCE = frozenset(
         "test_robustness",
         "test_round_trips",
         "test_state_machine",
+        "test_summaries",
         "test_transfer",
         "test_windowed",
         "test_workers",

@@ -77,7 +77,10 @@ def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBui
         language="nl",
         title="Archives",
         metadata={"tags": ["utrecht"]},
+        summary="Archives in Utrecht.",
+        summary_upto=1,
         version=7,
+        turn_count=1,
         user_id=None,
         last_accessed=0.0,
         expires_at=0.0,
@@ -90,6 +93,8 @@ def test_built_state_equals_a_validated_state(built: tuple[TurnBuilder, StateBui
         language="nl",
         title="Archives",
         metadata={"tags": ["utrecht"]},
+        summary="Archives in Utrecht.",
+        summary_upto=1,
     )
     assert state.model_dump() == validated.model_dump()
     assert state.model_fields_set == validated.model_fields_set
@@ -123,6 +128,7 @@ def test_a_built_state_carries_every_session_field(
     values: dict[str, Any] = {name: f"value of {name}" for name in STATE_FIELDS}
     values["current_slots"] = {"place": "Enschede"}
     values["metadata"] = {"project": "archives"}
+    values["summary_upto"] = 2
     session = StoredSession(
         turns=[], version=1, user_id=None, last_accessed=0.0, expires_at=0.0, **values
     )

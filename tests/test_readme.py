@@ -76,6 +76,7 @@ SNIPPETS = {
     "pgbouncer": 'pooler="pgbouncer"',
     "users": 'user_id="u-99"',
     "catalog": 'metadata={"place": "Utrecht"}',
+    "summaries": "await repo.set_summary(",
     "engine timeouts": '"command_timeout": 5',
 }
 """Each README ```python block, by a line only it has; each has a test below."""
@@ -160,6 +161,23 @@ async def test_catalog_snippet_runs(
     finally:
         await engine.dispose()
     assert titles == 3
+
+
+async def test_summaries_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The summaries snippet runs as written on an empty database (its assert holds), after
+    `convostore migrate` on PostgreSQL, and prints the summary before the window."""
+    await _migrate_postgres(backend, empty_url)
+    example = _snippet("summaries").replace("sqlite+aiosqlite:///chat.db", empty_url)
+    monkeypatch.chdir(tmp_path)
+    printed: list[object] = []
+    namespace: dict[str, object] = {"__name__": "readme_example", "print": printed.append}
+    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+    (history,) = printed
+    messages = history["messages"] if isinstance(history, dict) else history.messages  # type: ignore[attr-defined]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert "four cities" in messages[0]["content"]
 
 
 async def _row_counts(url: str) -> list[int]:

@@ -67,6 +67,8 @@ CONVERSATION_KEYS = {
     "current_slots",
     "title",
     "metadata",
+    "summary",
+    "summary_upto",
     "current_template_id",
     "session",
     "turns",
@@ -118,6 +120,7 @@ async def _populate(make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> dict[str
         user_id="u-1",
     )
     await repo.set_title(ids["utrecht"], "Archieven", user_id="u-1")
+    await repo.set_summary(ids["utrecht"], "Archieven in Utrecht.", upto_seq=2, user_id="u-1")
     await repo.set_metadata(ids["utrecht"], {"project": "archives", "stars": 5}, user_id="u-1")
     clock.advance(3600)
     ids["english"], state = await repo.get_or_create(user_id="u-2")
@@ -209,6 +212,7 @@ async def test_jsonl_has_a_conversation_per_line(
     assert utrecht["current_slots"] == {"place": "Enschede", "soort": "gemeente"}
     assert utrecht["current_template_id"] == "archives_in_place"
     assert utrecht["title"] == "Archieven"
+    assert (utrecht["summary"], utrecht["summary_upto"]) == ("Archieven in Utrecht.", 2)
     assert utrecht["metadata"] == {"project": "archives", "stars": 5}
     assert set(utrecht["session"]) == {"created_at", "last_accessed", "expires_at", "access_count"}
     assert datetime.fromisoformat(utrecht["session"]["expires_at"]) > _at(clock)

@@ -125,6 +125,8 @@ sessions = Table(
     Column("title", LongText, nullable=True),
     Column("metadata", JSONDocument, nullable=True),
     Column("last_activity", UTCDateTime(), nullable=True),
+    Column("summary", LongText, nullable=True),
+    Column("summary_upto", Integer(), nullable=True),
     PrimaryKeyConstraint("session_id"),
     Index(None, "expires_at"),
     Index(None, "user_id", "last_activity", "conversation_id"),
@@ -135,7 +137,8 @@ copy can tell whether it is current. ``user_id`` (the owner, or NULL) is set at 
 never changes. ``language`` is NULL until something tags the session with one.
 ``last_activity`` is when the session was created or last had turns appended (the catalog's
 order, ``list_sessions``); convostore always sets it, and only rows older code wrote lack it.
-``metadata`` NULL reads as an empty object."""
+``metadata`` NULL reads as an empty object. ``summary`` summarises the turns up to
+``summary_upto`` (both NULL: no summary)."""
 
 _in_conversation = ["session_id", "conversation_id"]
 

@@ -328,8 +328,10 @@ class SessionOperations:
             if written.created:
                 entry = self._new_entry(written.version, now, owner)
                 entry.turns = list(written.turns)
+                entry.turn_count = len(written.turns)
             elif entry is not None and entry.version == written.version - 1:
                 entry.turns = entry.turns + written.turns
+                entry.turn_count += len(written.turns)
                 entry.committed(written.version, now, self._ttl, hits)
             else:
                 self._cache.discard(sid)
@@ -340,16 +342,17 @@ class SessionOperations:
             if written.created:
                 self._cache.put_loaded(sid, entry, generation)
 
-    async def set_field(self, sid: str, name: str, value: Any, owner: str | None) -> bool:
-        """Set one catalog field of the live session (one ``owner`` may write); the cached
-        copy follows if it was current, else it goes. Returns whether the session was live."""
+    async def set_fields(self, sid: str, values: dict[str, Any], owner: str | None) -> bool:
+        """Set one group of ``models.FIELD_WRITES`` of the live session (one ``owner`` may
+        write); the cached copy follows if it was current, else it goes. Returns whether the
+        session was live."""
         with self._cache.holding(sid):
             now = self._clock()
             before = self._cache.peek(sid)
             hits = before.unflushed_hits if before is not None else 0
             try:
-                version = await self.store.set_field(
-                    sid, name, value, now=utc(now), ttl=self._ttl, hits=hits, uid=owner
+                version = await self.store.set_fields(
+                    sid, values, now=utc(now), ttl=self._ttl, hits=hits, uid=owner
                 )
             except BaseException:
                 self._cache.discard(sid)
@@ -358,7 +361,8 @@ class SessionOperations:
             if version is None or entry is None or entry.version != version - 1:
                 self._cache.discard(sid)
                 return version is not None
-            setattr(entry, name, value)
+            for name, value in values.items():
+                setattr(entry, name, value)
             entry.committed(version, now, self._ttl, hits)
             return True
 

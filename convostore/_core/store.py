@@ -40,7 +40,7 @@ from convostore.backends._executor import (
 )
 from convostore.backends._fast import Compiled, ConnectionLender
 from convostore.backends._statements import Statements, UpdateThenRead
-from convostore.errors import NotSessionOwner, causes, register_driver_errors
+from convostore.errors import InvalidTurn, NotSessionOwner, causes, register_driver_errors
 from convostore.models import (
     SESSION_COLUMNS,
     ConversationTurn,
@@ -319,32 +319,38 @@ class SqlStore:
             cut = cut[: cut.rindex(" ")]
         return cut + "\u2026"
 
-    async def set_field(
+    async def set_fields(
         self,
         sid: str,
-        name: str,
-        value: Any,
+        values: dict[str, Any],
         *,
         now: datetime,
         ttl: float,
         hits: int,
         uid: str | None,
     ) -> int | None:
-        """Set the catalog field ``name`` (``models.CATALOG_FIELDS``) of the live session
+        """Set one group of ``models.FIELD_WRITES`` (``values``, by name) of the live session
         ``sid``. Returns its new version, or None if it is not live. With ``uid``, a live
-        session of another owner is never written: ``NotSessionOwner``."""
+        session of another owner is never written: ``NotSessionOwner``. A summary of turns
+        the session does not have raises ``InvalidTurn``."""
         params = {
             "sid": sid,
             "now": now,
             "expires": now + timedelta(seconds=ttl),
             "hits": hits + 1,
             "uid": uid,
-            name: value,
+            **values,
         }
         async with self._begin() as conn:
-            row = await _returned(conn, self.sql.set_field[name], params)
+            row = await _returned(conn, self.sql.set_fields[tuple(values)], params)
             if row is None:
                 await self._check_owner(conn, sid, uid, now)
+                live = (await conn.execute(self.sql.owner_of, params)).first()
+                if live is not None and values.get("summary_upto") is not None:
+                    raise InvalidTurn(
+                        f"upto_seq {values['summary_upto']} is beyond the turns of session "
+                        f"{sid!r}; nothing was stored"
+                    )
                 return None
         return int(row[1])
 

@@ -32,6 +32,7 @@ __all__ = [
     "check_optional_text",
     "check_session_fields",
     "check_session_id",
+    "check_summary",
     "check_template_id",
     "check_text",
     "check_title",
@@ -337,6 +338,7 @@ def check_session_fields(
 ) -> SessionFields:
     """Checked copies of the session fields of a state the caller changed, as ``update``
     writes them (a ``language`` of None: ``default_language``)."""
+    summary, upto = check_summary(state.summary, state.summary_upto, limits)
     return SessionFields(
         current_slots=copy_slots("current_slots", state.current_slots, limits),
         current_template_id=check_optional_text(
@@ -345,6 +347,8 @@ def check_session_fields(
         language=default_language if state.language is None else check_language(state.language),
         title=check_title(state.title),
         metadata=copy_metadata("metadata", state.metadata, limits),
+        summary=summary,
+        summary_upto=upto,
     )
 
 
@@ -360,6 +364,19 @@ def check_title(title: object) -> str | None:
     if not 0 < len(checked) <= MAX_TITLE_CHARS:
         raise InvalidTurn(f"title must be 1 to {MAX_TITLE_CHARS} characters long")
     return checked
+
+
+def check_summary(text: object, upto_seq: object, limits: Limits) -> tuple[str | None, int | None]:
+    """A summary and the number of the last turn it covers: text within the limits and a
+    positive int, or both None (no summary)."""
+    if text is None and upto_seq is None:
+        return None, None
+    summary = check_text("summary", text, limits)
+    if not summary:
+        raise InvalidTurn("summary must not be empty (None, with upto_seq None, removes it)")
+    if type(upto_seq) is not int or upto_seq < 1:
+        raise InvalidTurn(f"upto_seq must be a turn's number (an int from 1), not {upto_seq!r}")
+    return summary, upto_seq
 
 
 def check_metadata_filter(wanted: object) -> dict[str, str | int | bool]:

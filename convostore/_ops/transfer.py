@@ -72,6 +72,7 @@ from convostore._core.validation import (
     check_optional_text,
     check_owner,
     check_session_id,
+    check_summary,
     check_template_id,
     check_title,
     copy_metadata,
@@ -188,6 +189,8 @@ class ConversationRecord(_Record):
     current_template_id: str | None = None
     title: str | None = None
     metadata: dict[str, Any] | None = None
+    summary: str | None = None
+    summary_upto: int | None = None
     session: SessionRecord | None = None
     turns: list[TurnRecord] = Field(default_factory=list)
 
@@ -228,13 +231,16 @@ class ConversationRecord(_Record):
 
     @model_validator(mode="after")
     def _consistent(self) -> ConversationRecord:
+        check_summary(self.summary, self.summary_upto, STORABLE)
         if self.live != (self.session is not None):
             raise ValueError("live must be true exactly when the line has a session")
         if self.session is not None:
             if self.ended_at is not None:
                 raise ValueError("a live conversation has no ended_at")
-        elif self.current_slots is not None or self.current_template_id is not None:
-            raise ValueError("only a live conversation has current_slots or current_template_id")
+        elif (self.current_slots, self.current_template_id, self.summary) != (None, None, None):
+            raise ValueError(
+                "only a live conversation has current_slots, current_template_id or a summary"
+            )
         previous = 0
         keys: set[str] = set()
         for index, turn in enumerate(self.turns):
@@ -260,6 +266,8 @@ CONVERSATION_COLUMNS = (
     "current_slots",
     "title",
     "metadata",
+    "summary",
+    "summary_upto",
     "expires_at",
 )
 TURN_COLUMNS = (

@@ -51,7 +51,7 @@ from convostore._core.schema import (
 )
 from convostore.backends import Backend
 from convostore.backends._types import JSONDocument, JSONText, UTCDateTime
-from convostore.models import CATALOG_FIELDS, SESSION_COLUMNS, STATE_FIELDS
+from convostore.models import FIELD_WRITES, SESSION_COLUMNS, STATE_FIELDS
 
 __all__ = ["Statements", "UpdateThenRead"]
 
@@ -152,20 +152,24 @@ class Statements:
         )
         """``replace``, only on the session at version ``expected``."""
 
-        self.set_field = {
-            name: self._recorded(
+        upto = bindparam("summary_upto", type_=Integer())
+        covered = or_(cast(upto, Integer()).is_(None), sessions.c.turn_count >= upto)
+        self.set_fields = {
+            names: self._recorded(
                 update(sessions)
-                .where(live, owned)
+                .where(live, owned, *([covered] if "summary_upto" in names else []))
                 .values(
                     **refreshed,
                     version=sessions.c.version + 1,
-                    **{name: bindparam(name, type_=sessions.c[name].type)},
+                    **{name: bindparam(name, type_=sessions.c[name].type) for name in names},
                 )
             )
-            for name in CATALOG_FIELDS
+            for names in FIELD_WRITES
         }
-        """Per catalog field: set it on a live session that ``uid`` may write (a read of the
-        session too: its expiry slides). Returns (turn_count, version, conversation_id)."""
+        """Per group of ``models.FIELD_WRITES``: set those fields of a live session that
+        ``uid`` may write (a read of the session too: its expiry slides); a summary only if
+        the session has the turns it covers. Returns (turn_count, version,
+        conversation_id)."""
 
         self.slide_expiry = self._returning(
             update(sessions).where(live).values(**refreshed), sessions.c.version
@@ -362,13 +366,12 @@ class Statements:
 
     @staticmethod
     def _load_in_parts() -> tuple[Select[Any], Select[Any], Select[Any]]:
-        """The session's row (its ``models.SESSION_COLUMNS``, and the number and conversation
-        of its newest turn); then,
+        """The session's row (its ``models.SESSION_COLUMNS``, ``turn_count`` the number of
+        its newest turn among them, and its conversation); then,
         given those as ``upto`` and ``cid``, the newest ``window`` of its turns, and their
         slots, each in order."""
         session_row = select(
             *(sessions.c[name] for name in SESSION_COLUMNS),
-            sessions.c.turn_count,
             sessions.c.conversation_id,
         ).where(sessions.c.session_id == bindparam("sid", type_=String()))
 

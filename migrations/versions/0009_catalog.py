@@ -1,4 +1,5 @@
-"""the catalog: titles, metadata and last activity, on sessions and on their conversations
+"""the catalog: titles, metadata and last activity, on sessions and on their conversations;
+summaries on sessions
 
 Revision ID: 0009
 Revises: 0008
@@ -12,6 +13,9 @@ Create Date: 2027-03-01
 - ``list_sessions`` pages a user's conversations through two indexes: live sessions by
   ``(user_id, last_activity, conversation_id)`` on ``sessions``, ended conversations by the
   same columns on ``conversations``.
+- ``sessions.summary`` and ``sessions.summary_upto``: a summary of the session's turns up to
+  that one (``set_summary``); NULL: none. Summaries serve the live session's windowed reads,
+  so its conversation does not keep them.
 - ``conversation_status`` shows each conversation's ``title``, ``metadata`` and
   ``last_activity``.
 
@@ -50,8 +54,10 @@ class _MariaDBJSON(sa.types.UserDefinedType[object]):
         return "JSON COLLATE utf8mb4_nopad_bin"
 
 
+_TEXT = sa.Text().with_variant(mysql.LONGTEXT(), *_MARIADB)
+
 _COLUMNS = (
-    ("title", sa.Text().with_variant(mysql.LONGTEXT(), *_MARIADB)),
+    ("title", _TEXT),
     (
         "metadata",
         sa.JSON()
@@ -137,10 +143,18 @@ def _end_trigger(copied: str) -> None:
     op.execute(trigger.format(copied=copied, where=_WHERE))
 
 
+_SUMMARY = (
+    ("summary", _TEXT),
+    ("summary_upto", sa.Integer()),
+)
+
+
 def upgrade() -> None:
     for table in ("sessions", "conversations"):
         for name, type_ in _COLUMNS:
             op.add_column(table, sa.Column(name, type_, nullable=True))
+    for name, type_ in _SUMMARY:
+        op.add_column("sessions", sa.Column(name, type_, nullable=True))
     op.execute(
         "UPDATE sessions SET last_activity = "
         f"COALESCE({_LAST_TURN.format(table='sessions')}, created_at)"
@@ -165,6 +179,8 @@ def downgrade() -> None:
     op.execute("DROP VIEW conversation_status")
     op.execute(_status(catalog=False))
     _end_trigger(_COPIED)
+    for name, _ in reversed(_SUMMARY):
+        op.drop_column("sessions", name)
     for table in ("sessions", "conversations"):
         op.drop_index(f"ix_{table}_user_id_last_activity_conversation_id", table_name=table)
         for name, _ in reversed(_COLUMNS):
