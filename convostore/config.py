@@ -15,7 +15,7 @@ import inspect
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -288,6 +288,14 @@ class StoreConfig(BaseSettings):
     migration. SQLite refuses it (``ConfigError``): give convostore a database file of its own.
     Lower case letters, digits and ``_``, at most 63 characters. Default None: the
     connection's own schema or database, as before this setting existed."""
+
+    redact: Callable[[str], str] | None = None
+    """A transform applied to everything a turn says before it is stored: questions, answers,
+    resolved questions, slot values (a turn's and ``current_slots``) and every string value in
+    ``results`` (not keys, template ids or slot names), on ``add_turn`` and ``update``. What
+    the call returns and the cache holds is the redacted text, as stored. One that raises or
+    returns no string fails the call with ``RedactionFailed`` before any SQL. Not read from the
+    environment. Default None."""
 
     if not TYPE_CHECKING:  # hidden, so that type checkers keep checking a call's field names
 

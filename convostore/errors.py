@@ -7,7 +7,8 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     │                                          or a setting from the environment that is invalid
     ├── InvalidSessionId   (also ValueError)   bad session or user id, raised before any SQL
     ├── InvalidTurn        (also ValueError)   text or results the store cannot hold or that
-    │                                          exceed the size limits, before any SQL
+    │   │                                      exceed the size limits, before any SQL
+    │   └── RedactionFailed                    StoreConfig.redact raised or returned no string
     ├── InvalidPage        (also ValueError)   list_sessions: a bad limit or cursor
     ├── SchemaNotReady                         the database lacks the newest migration
     ├── NotRunning         (also RuntimeError) the repository is not started, or already stopped
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidTurn",
     "NotRunning",
     "NotSessionOwner",
+    "RedactionFailed",
     "SchemaNotReady",
     "StaleStateError",
     "StoreError",
@@ -71,6 +73,12 @@ class InvalidSessionId(ConvostoreError, ValueError):
 class InvalidTurn(ConvostoreError, ValueError):
     """A field holds text or data that the store cannot keep, or more than the size limits of
     ``StoreConfig`` allow; the message names the field (and the limit)."""
+
+
+class RedactionFailed(InvalidTurn):
+    """``StoreConfig.redact`` raised, or returned something other than text, on a field about
+    to be stored; the message names the field (never its text) and the callable's exception is
+    chained. Nothing was stored."""
 
 
 class InvalidPage(ConvostoreError, ValueError):

@@ -46,12 +46,13 @@ from convostore._core.session_ops import SessionOperations, Stats, TimingHook, o
 from convostore._core.store import SqlStore
 from convostore._core.validation import (
     Limits,
+    check_content,
     check_idempotency_key,
+    check_optional_content,
     check_optional_text,
     check_owner,
     check_session_fields,
     check_session_id,
-    check_text,
     check_turn,
     check_user_id,
     check_window,
@@ -135,7 +136,9 @@ class SessionRepository:
         self.config: StoreConfig = config if config is not None else StoreConfig()
         check_settings(self.config)
         check_database(self.config, engine)
-        self._limits = Limits(self.config.max_text_chars, self.config.max_results_bytes)
+        self._limits = Limits(
+            self.config.max_text_chars, self.config.max_results_bytes, self.config.redact
+        )
         self._engine = engine
         self._owns_engine = engine is None
         self._clock: Clock = clock or time.time
@@ -522,8 +525,10 @@ class SessionRepository:
         template = check_optional_text("template_id", template_id, limits)
         user = make_turn(
             role="user",
-            content=check_text("question", question, limits),
-            resolved_question=check_optional_text("resolved_question", resolved_question, limits),
+            content=check_content("question", question, limits),
+            resolved_question=check_optional_content(
+                "resolved_question", resolved_question, limits
+            ),
             template_id=template,
             slots=copy_slots("slots", slots, limits),
             results=copy_results("results", results, limits),
@@ -531,7 +536,7 @@ class SessionRepository:
         )
         assistant = make_turn(
             role="assistant",
-            content=check_text("answer", answer, limits),
+            content=check_content("answer", answer, limits),
             resolved_question=None,
             template_id=None,
             slots={},

@@ -71,6 +71,7 @@ CONFORMANCE = frozenset(
         "test_mariadb",
         "test_migrations",
         "test_owners",
+        "test_redaction",
         "test_refresh_behind",
         "test_repository",
         "test_retention",

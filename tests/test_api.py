@@ -49,6 +49,7 @@ EXPECTED_ALL = [
     "InvalidTurn",
     "NotRunning",
     "NotSessionOwner",
+    "RedactionFailed",
     "SchemaNotReady",
     "SessionConfig",
     "SessionRepository",

@@ -2,7 +2,9 @@
 size limits of ``StoreConfig`` (``Limits``).
 
 The checks also copy what they accept, so a caller who changes a dict or list after passing it
-in changes nothing stored or cached.
+in changes nothing stored or cached. With a ``redact`` transform (``StoreConfig.redact``), the
+text a turn says (content, resolved question, slot values, strings in results) is what the
+transform returns, checked again: what is stored and cached is the redacted text.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from convostore._core.schema import MAX_SESSION_ID_LENGTH
-from convostore.errors import InvalidPage, InvalidSessionId, InvalidTurn
+from convostore.errors import InvalidPage, InvalidSessionId, InvalidTurn, RedactionFailed
 from convostore.models import (
     ConversationState,
     ConversationTurn,
@@ -26,8 +28,11 @@ from convostore.models import (
 
 __all__ = [
     "Limits",
+    "Redact",
+    "check_content",
     "check_idempotency_key",
     "check_language",
+    "check_optional_content",
     "check_optional_text",
     "check_session_fields",
     "check_session_id",
@@ -42,6 +47,9 @@ __all__ = [
 
 MAX_LANGUAGE_LENGTH = 32
 
+Redact = Callable[[str], str]
+"""``StoreConfig.redact``: text in, the text to store out (e-mail addresses masked, say)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -51,6 +59,8 @@ class Limits:
     """``StoreConfig.max_text_chars``: characters in each text field."""
     results_bytes: int
     """``StoreConfig.max_results_bytes``: bytes of one turn's results as JSON."""
+    redact: Redact | None = None
+    """``StoreConfig.redact``, applied to what a turn says and to slot values."""
 
 
 def check_session_id(session_id: object) -> str:
@@ -101,6 +111,36 @@ def check_optional_text(field: str, value: object, limits: Limits) -> str | None
     return None if value is None else check_text(field, value, limits)
 
 
+def check_content(field: str, value: object, limits: Limits) -> str:
+    """``check_text`` of what a turn says (a question, an answer, a resolved question, a slot
+    value), redacted by ``limits.redact`` if set and checked again."""
+    text = check_text(field, value, limits)
+    redact = limits.redact
+    return text if redact is None else check_text(field, _redacted(field, text, redact), limits)
+
+
+def check_optional_content(field: str, value: object, limits: Limits) -> str | None:
+    """Like ``check_content``, but None passes."""
+    return None if value is None else check_content(field, value, limits)
+
+
+def _redacted(field: str, text: str, redact: Redact) -> str:
+    """``redact(text)``; ``RedactionFailed`` naming ``field`` (never the text) if it raises or
+    returns something other than a string."""
+    try:
+        result = redact(text)
+    except Exception as exc:
+        raise RedactionFailed(
+            f"StoreConfig.redact raised {type(exc).__name__} on {field}; nothing was stored"
+        ) from exc
+    if not isinstance(result, str):
+        raise RedactionFailed(
+            f"StoreConfig.redact returned {type(result).__name__}, not str, on {field}; "
+            "nothing was stored"
+        )
+    return result
+
+
 def check_language(value: object) -> str:
     """A language code: non-empty text of at most 32 characters."""
     language = _check_storable("language", value)
@@ -127,7 +167,7 @@ def copy_slots(field: str, slots: object, limits: Limits) -> dict[str, str]:
     last = ""
     for name, value in slots.items():
         check_text(f"{field} name", name, limits)
-        check_text(f"{field}[{name!r}]", value, limits)
+        value = check_content(f"{field}[{name!r}]", value, limits)
         name, value = str.__str__(name), str.__str__(value)
         if name < last:
             ordered = False
@@ -168,6 +208,10 @@ def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, 
         raise InvalidTurn(f"{field}{where} {exc.reason}") from None
     except RecursionError:
         raise InvalidTurn(f"{field} is nested too deeply to store") from None
+    if limits.redact is not None:
+        # The redacted strings are checked (and measured) as the caller's were.
+        redacted = _redacted_json(field, copied, limits.redact)
+        return copy_results(field, redacted, replace(limits, redact=None))
     if bound[0] > limits.results_bytes:
         size = len(json.dumps(copied))
         if size > limits.results_bytes:
@@ -176,6 +220,17 @@ def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, 
                 "allowed (StoreConfig.max_results_bytes)"
             )
     return copied
+
+
+def _redacted_json(field: str, value: Any, redact: Redact) -> Any:
+    """A copy of checked JSON with every string value (not key) passed through ``redact``."""
+    if isinstance(value, str):
+        return _redacted(field, value, redact)
+    if isinstance(value, dict):
+        return {key: _redacted_json(field, item, redact) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted_json(field, item, redact) for item in value]
+    return value
 
 
 class _Unstorable(Exception):
@@ -290,8 +345,8 @@ def check_turn(field: str, turn: object, limits: Limits) -> ConversationTurn:
         raise InvalidTurn(f"{field}.role must be 'user' or 'assistant', not {turn.role!r}")
     return make_turn(
         role=turn.role,
-        content=check_text(f"{field}.content", turn.content, limits),
-        resolved_question=check_optional_text(
+        content=check_content(f"{field}.content", turn.content, limits),
+        resolved_question=check_optional_content(
             f"{field}.resolved_question", turn.resolved_question, limits
         ),
         template_id=check_optional_text(f"{field}.template_id", turn.template_id, limits),

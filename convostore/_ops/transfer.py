@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Protocol
 
@@ -67,8 +67,11 @@ from convostore._core.schema import (
 )
 from convostore._core.validation import (
     Limits,
+    Redact,
+    check_content,
     check_idempotency_key,
     check_language,
+    check_optional_content,
     check_optional_text,
     check_owner,
     check_session_id,
@@ -78,7 +81,7 @@ from convostore._core.validation import (
 )
 from convostore.backends import backend_for
 from convostore.config import StoreConfig, check_setting
-from convostore.errors import SchemaNotReady, translate_errors
+from convostore.errors import InvalidTurn, SchemaNotReady, translate_errors
 from convostore.migrate import check_schema, upgrade
 from convostore.models import STATE_FIELDS, SessionFields, name_ordered
 
@@ -887,6 +890,29 @@ async def _plan(
     return plan
 
 
+def _redacted(record: ConversationRecord, redact: Redact) -> ConversationRecord:
+    """``record`` with what its turns say and its slot values passed through ``redact`` and
+    checked again, as a repository's writes are (``RedactionFailed`` if it fails)."""
+    limits = replace(STORABLE, redact=redact)
+    turns = [
+        turn.model_copy(
+            update={
+                "content": check_content("content", turn.content, limits),
+                "resolved_question": check_optional_content(
+                    "resolved_question", turn.resolved_question, limits
+                ),
+                "slots": copy_slots("slots", turn.slots, limits),
+                "results": copy_results("results", turn.results, limits),
+            }
+        )
+        for turn in record.turns
+    ]
+    current = record.current_slots
+    if current is not None:
+        current = copy_slots("current_slots", current, limits)
+    return record.model_copy(update={"turns": turns, "current_slots": current})
+
+
 def _line_text(line: str | bytes, number: int) -> str:
     """A line's text: bytes are decoded as UTF-8, and a byte order mark at the start of the
     file, which some editors write, is dropped. Raises ``ValueError`` saying what is wrong."""
@@ -917,6 +943,7 @@ async def import_conversations(
     progress: Progress | None = None,
     now: datetime | None = None,
     schema: str | None = None,
+    redact: Redact | None = None,
 ) -> ImportCounts:
     """Import JSON Lines as ``export_conversations`` writes them; returns the counts.
 
@@ -932,7 +959,8 @@ async def import_conversations(
     their session rows back, expiry included (``now``, default the current time, decides
     which stored sessions are live). Blank lines are passed over; ``progress(lines_read)``
     is called after each batch. ``schema``: where convostore's tables are
-    (``StoreConfig.schema``).
+    (``StoreConfig.schema``). ``redact`` (``StoreConfig.redact``): what the turns say and the
+    slot values are stored as it returns them; a line it fails on is a problem, not imported.
 
     Raises:
         ConfigError: a URL or engine convostore cannot use.
@@ -960,6 +988,12 @@ async def import_conversations(
             except ValidationError as exc:
                 counts.problems.append(LineProblem(number, validation_reason(exc)))
                 continue
+            if redact is not None:
+                try:
+                    record = _redacted(record, redact)
+                except InvalidTurn as exc:
+                    counts.problems.append(LineProblem(number, str(exc)))
+                    continue
             batch.append((number, record))
             batch_turns += len(record.turns)
             if len(batch) >= _BATCH_CONVERSATIONS or batch_turns >= _BATCH_TURNS:
