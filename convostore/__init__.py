@@ -12,6 +12,7 @@ from convostore.config import StoreConfig
 from convostore.errors import (
     ConfigError,
     ConvostoreError,
+    DecryptionFailed,
     ForeignStateError,
     InvalidPage,
     InvalidSessionId,
@@ -36,6 +37,7 @@ __all__ = [
     "ConversationSummary",
     "ConversationTurn",
     "ConvostoreError",
+    "DecryptionFailed",
     "ForeignStateError",
     "InvalidPage",
     "InvalidSessionId",

@@ -15,6 +15,8 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     ├── StaleStateError                        update(if_unchanged=True): the session moved on
     ├── ForeignStateError  (also ValueError)   update: the state was read from another session
     ├── NotSessionOwner    (also PermissionError) the live session belongs to another user
+    ├── DecryptionFailed                       a stored turn cannot be decrypted with the
+    │                                          keys given (missing or wrong key, altered data)
     └── StoreError                             the database or driver failed; cause chained
         └── StoreUnavailable                   the database stayed unreachable (or silent) for
                                                reconnect_timeout
@@ -34,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 __all__ = [
     "ConfigError",
     "ConvostoreError",
+    "DecryptionFailed",
     "ForeignStateError",
     "InvalidPage",
     "InvalidSessionId",
@@ -109,6 +112,12 @@ class NotSessionOwner(ConvostoreError, PermissionError):
     """A call with a ``user_id`` (``get_or_create``, ``add_turn``, ``update``, ``delete``): the
     live session under that id was created for another user, or for none. Nothing was read or
     written; use another session id (``get`` answers None in this case instead)."""
+
+
+class DecryptionFailed(ConvostoreError):
+    """A stored turn is encrypted and cannot be read with ``StoreConfig.encryption_keys``:
+    the key that encrypted it is not among them (or no keys are set), or the stored value was
+    altered. The message names the key id the value carries, never key material or text."""
 
 
 class StoreError(ConvostoreError):

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore._core.cache import SessionCache
 from convostore._core.calls import CallLifecycle, attempt_timeout
 from convostore._core.coherence import Watcher
+from convostore._core.crypt import cipher_for
 from convostore._core.engine import check_database, create_engine, prepare_engine, release_engine
 from convostore._core.expiry import DeferredRefreshes, logger, run_periodically
 from convostore._core.gate import Gate
@@ -139,6 +140,8 @@ class SessionRepository:
         self._limits = Limits(
             self.config.max_text_chars, self.config.max_results_bytes, self.config.redact
         )
+        self._cipher = cipher_for(self.config.encryption_keys)
+        """Encrypts turns at rest (``StoreConfig.encryption_keys``); None: nothing does."""
         self._engine = engine
         self._owns_engine = engine is None
         self._clock: Clock = clock or time.time
@@ -242,6 +245,7 @@ class SessionRepository:
                 retention=float(self.config.transcript_retention),
                 gate=self._calls.gate,
                 default_language=self.config.default_language,
+                cipher=self._cipher,
             )
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:
@@ -265,7 +269,7 @@ class SessionRepository:
             behind=behind,
             trusted=self.config.cache_coherence == "bounded",
         )
-        self._owners = Owners(engine)
+        self._owners = Owners(engine, self._cipher)
         self._calls.phase = "running"
         if self.config.cleanup_interval > 0:
             self._sweeper = asyncio.create_task(

@@ -63,6 +63,7 @@ CONFORMANCE = frozenset(
         "test_compat",
         "test_concurrency",
         "test_config",
+        "test_encryption",
         "test_host_schema",
         "test_idempotency_scope",
         "test_language",

@@ -43,6 +43,7 @@ EXPECTED_ALL = [
     "ConversationSummary",
     "ConversationTurn",
     "ConvostoreError",
+    "DecryptionFailed",
     "ForeignStateError",
     "InvalidPage",
     "InvalidSessionId",

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from convostore._core.crypt import TurnCipher
 from convostore._core.schema import (
     TRANSCRIPT_SLOTS,
     TRANSCRIPT_TURNS,
@@ -125,8 +126,11 @@ class Owners:
         .order_by(_slot.conversation_id, _slot.seq, _slot.name)
     )
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, cipher: TurnCipher | None = None) -> None:
+        """``cipher``: what opens encrypted turns for ``export``
+        (``StoreConfig.encryption_keys``)."""
         self.engine = engine
+        self.cipher = cipher
 
     async def summaries(
         self, uid: str, now: datetime, limit: int, before: int | None
@@ -189,7 +193,7 @@ class Owners:
             slot_rows = (await conn.execute(self._export_slots, params)).all()
         by_conversation = {
             cid: [{**turn._asdict(), "created_at": turn.created_at.isoformat()} for turn in turns]
-            for cid, turns in grouped_turns(turn_rows, slot_rows).items()
+            for cid, turns in grouped_turns(turn_rows, slot_rows, self.cipher).items()
         }
         return {
             "user_id": uid,
