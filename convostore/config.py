@@ -329,8 +329,9 @@ class StoreConfig(BaseSettings):
     resolved questions, slot values (a turn's and ``current_slots``) and every string value in
     ``results`` (not keys, template ids or slot names), on ``add_turn`` and ``update``. What
     the call returns and the cache holds is the redacted text, as stored. One that raises or
-    returns no string fails the call with ``RedactionFailed`` before any SQL. Not read from the
-    environment. Default None."""
+    returns no string fails the call with ``RedactionFailed`` before any SQL. A callable
+    cannot come from the environment: a ``CONVOSTORE_REDACT`` variable is a ``ConfigError``.
+    Default None."""
 
     encryption_keys: Annotated[Sequence[str], NoDecode] = ()
     """Fernet keys (``Fernet.generate_key()``; needs ``pip install "convostore[encryption]"``)

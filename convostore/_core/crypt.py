@@ -61,29 +61,30 @@ def _id_of(value: str) -> str:
     return value[len(SEALED_MARK) : len(SEALED_MARK) + _KEY_ID_LENGTH]
 
 
-def _fernet_class() -> type[Fernet]:
+def _fernet() -> tuple[type[Fernet], type[Exception]]:
+    """Fernet and the error of a token it refuses, imported now (an optional extra)."""
     try:
-        from cryptography.fernet import Fernet
+        from cryptography.fernet import Fernet, InvalidToken
     except ImportError:
         raise ConfigError(
             "StoreConfig.encryption_keys needs the cryptography package: "
             'pip install "convostore[encryption]"'
         ) from None
-    return Fernet
+    return Fernet, InvalidToken
 
 
 class TurnCipher:
     """Seals and opens the encrypted fields of turns (``content``, ``resolved_question``,
     ``results``) with a list of keys: the first seals, all open."""
 
-    __slots__ = ("_first", "_openers", "_prefix", "first_id")
+    __slots__ = ("_first", "_invalid", "_openers", "_prefix", "first_id")
 
     def __init__(self, keys: Sequence[str]) -> None:
         """Raises ``ConfigError`` if there are no keys, a key is not a Fernet key (32 bytes in
         URL-safe base64), or ``cryptography`` is not installed. No message shows a key."""
         if not keys:
             raise ConfigError("encryption needs at least one key")
-        fernet = _fernet_class()
+        fernet, self._invalid = _fernet()
         openers: dict[str, Fernet] = {}
         for index, key in enumerate(keys):
             try:
@@ -123,11 +124,9 @@ class TurnCipher:
                 f"a stored turn was encrypted with key id {found}, which is not among "
                 f"StoreConfig.encryption_keys (ids {', '.join(self._openers)})"
             )
-        from cryptography.fernet import InvalidToken
-
         try:
             return opener.decrypt(value[_PREFIX_LENGTH:]).decode("utf-8")
-        except (InvalidToken, UnicodeDecodeError):
+        except (self._invalid, UnicodeDecodeError):
             raise DecryptionFailed(
                 f"a stored turn encrypted with key id {found} does not decrypt: it was altered "
                 "or is not convostore's"
