@@ -236,17 +236,39 @@ async def test_cli_rekey_takes_keys_from_the_environment(
     make_repo: MakeRepo, url: str, sql: Sql
 ) -> None:
     """``convostore rekey`` reads CONVOSTORE_ENCRYPTION_KEYS, reports its counts, and refuses
-    to run without keys (exit code 1, one line)."""
+    to run without keys (exit code 1, one line); ``show`` reads the turns with the same
+    variable."""
     await _talk(await make_repo(encryption_keys=[OLD]), "s1")
     runner = CliRunner()
-    env = {"CONVOSTORE_ENCRYPTION_KEYS": f"{NEW}, {OLD}", "CONVOSTORE_DATABASE_URL": None}
+    env = {
+        "CONVOSTORE_ENCRYPTION_KEYS": f"{NEW}, {OLD}",
+        "CONVOSTORE_DATABASE_URL": None,
+        "COLUMNS": "200",
+    }
     result = await _in_thread(runner, ["rekey", "--url", url], env)
     assert result.exit_code == 0, result.output
     assert "re-encrypted 4 turns (0 of them plaintext)" in result.output
     assert _under(NEW, await _turn_rows(sql))
+    shown = await _in_thread(runner, ["show", "s1", "--all", "--json", "--url", url], env)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["conversations"][0]["turns"][0]["content"] == QUESTION
     refused = await _in_thread(runner, ["rekey", "--url", url], {"CONVOSTORE_ENCRYPTION_KEYS": ""})
     assert refused.exit_code == 1
     assert "CONVOSTORE_ENCRYPTION_KEYS" in refused.output
+
+
+async def test_rekey_goes_on_after_an_interruption(make_repo: MakeRepo, url: str, sql: Sql) -> None:
+    """A rekey that stops part way (here at a turn of a key it was not given) keeps the
+    batches it committed; run again, it does only the turns still to do."""
+    await _talk(await make_repo(encryption_keys=[OLD]), "a")
+    await _talk(await make_repo(encryption_keys=[OTHER]), "b")
+    with pytest.raises(DecryptionFailed):
+        await rekey(url, [NEW, OLD], batch_size=2)
+    assert _under(NEW, await _turn_rows(sql, "a"))
+    assert _under(OTHER, await _turn_rows(sql, "b"))
+    counts = await rekey(url, [NEW, OLD, OTHER], batch_size=2)
+    assert (counts.rekeyed, counts.batches) == (4, 2)
+    assert _under(NEW, await _turn_rows(sql))
 
 
 async def _in_thread(runner: CliRunner, args: list[str], env: dict[str, Any]) -> Any:
