@@ -15,14 +15,15 @@ import inspect
 import os
 import re
 import warnings
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from convostore._core.crypt import TurnCipher
 from convostore._core.validation import check_language
 from convostore.backends._urls import hide_password
 from convostore.errors import ConfigError
@@ -30,6 +31,7 @@ from convostore.errors import ConfigError
 __all__ = [
     "DATABASE_URL_ENV",
     "DEFAULT_DATABASE_URL",
+    "ENCRYPTION_KEYS_ENV",
     "ENV_PREFIX",
     "MAX_SECONDS",
     "MAX_SWEEP_BATCH",
@@ -37,6 +39,7 @@ __all__ = [
     "StoreConfig",
     "check_setting",
     "check_settings",
+    "encryption_keys_from_env",
     "resolve_database_url",
     "settings_error",
 ]
@@ -45,6 +48,7 @@ ENV_PREFIX = "CONVOSTORE_"
 """Setting ``name`` is read from the environment variable ``CONVOSTORE_<NAME>``."""
 DATABASE_URL_ENV = f"{ENV_PREFIX}DATABASE_URL"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///convostore.db"
+ENCRYPTION_KEYS_ENV = f"{ENV_PREFIX}ENCRYPTION_KEYS"
 MAX_SECONDS = 100 * 365.25 * 24 * 3600
 """The longest duration a setting takes: 100 years (3,155,760,000 s). Any expiry or retention
 cutoff that far from now is still a date Python and the databases hold; infinity and NaN are
@@ -61,6 +65,24 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 spell it alike, and at most 63 characters (PostgreSQL's longest identifier)."""
 _RESERVED_SCHEMAS = frozenset({"information_schema", "mysql", "performance_schema", "sys"})
 """Schemas (MariaDB: databases) that belong to the server; PostgreSQL's ``pg_*`` too."""
+
+
+def _split_keys(text: str) -> tuple[str, ...]:
+    """Keys written as one string, separated by commas (blanks around them dropped)."""
+    return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+def encryption_keys_from_env() -> tuple[str, ...]:
+    """The keys of env ``CONVOSTORE_ENCRYPTION_KEYS`` (comma-separated; unset or empty: none),
+    checked as ``StoreConfig`` checks them, for the commands that read turns without a
+    repository. ``ConfigError`` naming the variable for a malformed key."""
+    keys = _split_keys(os.environ.get(ENCRYPTION_KEYS_ENV, ""))
+    if keys:
+        try:
+            TurnCipher(keys)
+        except ConfigError as exc:
+            raise ConfigError(f"{ENCRYPTION_KEYS_ENV}: {exc}") from None
+    return keys
 
 
 def resolve_database_url(explicit: str | None = None) -> str:
@@ -101,6 +123,19 @@ def _environment_error(error: ValidationError, given: dict[str, Any]) -> ConfigE
     env_file = given.get("_env_file")
     where = f"the environment or {os.fspath(env_file)}" if env_file else "the environment"
     return ConfigError(f"invalid StoreConfig settings from {where}: {'; '.join(problems)}")
+
+
+def _key_error(error: ValidationError, given: dict[str, Any]) -> ConfigError | None:
+    """The ``ConfigError`` an unusable encryption key raised in validation, if one did, naming
+    the environment variable if the keys came from there: its message says what is wrong with
+    which key, never the key."""
+    for item in error.errors():
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):
+            if "encryption_keys" in given:
+                return cause
+            return ConfigError(f"{ENCRYPTION_KEYS_ENV}: {cause}")
+    return None
 
 
 def _problems(error: ValidationError) -> Iterator[tuple[str, str]]:
@@ -295,6 +330,24 @@ class StoreConfig(BaseSettings):
     Lower case letters, digits and ``_``, at most 63 characters. Default None: the
     connection's own schema or database, as before this setting existed."""
 
+    redact: Callable[[str], str] | None = None
+    """A transform applied to everything a turn says before it is stored: questions, answers,
+    resolved questions, slot values (a turn's and ``current_slots``) and every string value in
+    ``results`` (not keys, template ids or slot names), on ``add_turn`` and ``update``. What
+    the call returns and the cache holds is the redacted text, as stored. One that raises or
+    returns no string fails the call with ``RedactionFailed`` before any SQL. A callable
+    cannot come from the environment: a ``CONVOSTORE_REDACT`` variable is a ``ConfigError``.
+    Default None."""
+
+    encryption_keys: Annotated[Sequence[str], NoDecode] = ()
+    """Fernet keys (``Fernet.generate_key()``; needs ``pip install "convostore[encryption]"``)
+    that encrypt turns' ``content``, ``resolved_question`` and ``results`` at rest: the first
+    encrypts, every one decrypts, so a new key goes first and an old one stays until
+    ``convostore rekey`` has re-encrypted its rows. Turns stored before keys were set still
+    load. Env ``CONVOSTORE_ENCRYPTION_KEYS``: the keys separated by commas. A malformed key is a
+    ``ConfigError``; ``repr()`` never shows a key. Default (): nothing encrypted (see
+    docs/encryption.md)."""
+
     if not TYPE_CHECKING:  # hidden, so that type checkers keep checking a call's field names
 
         def __init__(self, **values: Any) -> None:
@@ -303,7 +356,7 @@ class StoreConfig(BaseSettings):
             try:
                 super().__init__(**values)
             except ValidationError as exc:
-                error = _environment_error(exc, values)
+                error = _key_error(exc, values) or _environment_error(exc, values)
                 if error is None:
                     raise
                 raise error from exc
@@ -330,8 +383,25 @@ class StoreConfig(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
+            if name == "encryption_keys":
+                yield name, tuple("***" for _ in value)
+                continue
             secret = name in ("database_url", "listen_url") and value is not None
             yield name, hide_password(value) if secret else value
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        """The environment's (or a string's) keys, separated by commas."""
+        return _split_keys(value) if isinstance(value, str) else value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _usable_keys(cls, value: Sequence[str]) -> tuple[str, ...]:
+        """The keys as a tuple (the config is immutable), each a Fernet key."""
+        if value:
+            TurnCipher(value)
+        return tuple(value)
 
     @field_validator("session_ttl")
     @classmethod
@@ -364,6 +434,17 @@ class StoreConfig(BaseSettings):
     @classmethod
     def _default_language(cls, value: str | None) -> str | None:
         return None if value is None else check_language(value)
+
+    @model_validator(mode="after")
+    def _no_plain_titles_of_sealed_questions(self) -> StoreConfig:
+        """``auto_title`` copies a question into the catalog, which encryption does not cover:
+        with ``encryption_keys`` it would keep in plain text what they are there to hide."""
+        if self.auto_title and self.encryption_keys:
+            raise ValueError(
+                "auto_title stores each first question as a plain-text title, which "
+                "encryption_keys do not cover; set titles with set_title instead"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

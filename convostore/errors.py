@@ -7,13 +7,16 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     │                                          or a setting from the environment that is invalid
     ├── InvalidSessionId   (also ValueError)   bad session or user id, raised before any SQL
     ├── InvalidTurn        (also ValueError)   text or results the store cannot hold or that
-    │                                          exceed the size limits, before any SQL
+    │   │                                      exceed the size limits, before any SQL
+    │   └── RedactionFailed                    StoreConfig.redact raised or returned no string
     ├── InvalidPage        (also ValueError)   list_sessions: a bad limit or cursor
     ├── SchemaNotReady                         the database lacks the newest migration
     ├── NotRunning         (also RuntimeError) the repository is not started, or already stopped
     ├── StaleStateError                        update(if_unchanged=True): the session moved on
     ├── ForeignStateError  (also ValueError)   update: the state was read from another session
     ├── NotSessionOwner    (also PermissionError) the live session belongs to another user
+    ├── DecryptionFailed                       a stored turn cannot be decrypted with the
+    │                                          keys given (missing or wrong key, altered data)
     └── StoreError                             the database or driver failed; cause chained
         └── StoreUnavailable                   the database stayed unreachable (or silent) for
                                                reconnect_timeout
@@ -33,12 +36,14 @@ from sqlalchemy.exc import SQLAlchemyError
 __all__ = [
     "ConfigError",
     "ConvostoreError",
+    "DecryptionFailed",
     "ForeignStateError",
     "InvalidPage",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
     "NotSessionOwner",
+    "RedactionFailed",
     "SchemaNotReady",
     "StaleStateError",
     "StoreError",
@@ -73,6 +78,12 @@ class InvalidTurn(ConvostoreError, ValueError):
     ``StoreConfig`` allow; the message names the field (and the limit)."""
 
 
+class RedactionFailed(InvalidTurn):
+    """``StoreConfig.redact`` raised, or returned something other than text, on a field about
+    to be stored; the message names the field (never its text) and the callable's exception is
+    chained. Nothing was stored."""
+
+
 class InvalidPage(ConvostoreError, ValueError):
     """``list_sessions``: ``limit`` is not 1-1000, or ``before`` is not a conversation id."""
 
@@ -101,6 +112,12 @@ class NotSessionOwner(ConvostoreError, PermissionError):
     """A call with a ``user_id`` (``get_or_create``, ``add_turn``, ``update``, ``delete``): the
     live session under that id was created for another user, or for none. Nothing was read or
     written; use another session id (``get`` answers None in this case instead)."""
+
+
+class DecryptionFailed(ConvostoreError):
+    """A stored turn is encrypted and cannot be read with ``StoreConfig.encryption_keys``:
+    the key that encrypted it is not among them (or no keys are set), or the stored value was
+    altered. The message names the key id the value carries, never key material or text."""
 
 
 class StoreError(ConvostoreError):

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from convostore._core.cache import SessionCache
 from convostore._core.calls import CallLifecycle, attempt_timeout
 from convostore._core.coherence import Watcher
+from convostore._core.crypt import cipher_for
 from convostore._core.engine import check_database, create_engine, prepare_engine, release_engine
 from convostore._core.expiry import DeferredRefreshes, logger, run_periodically
 from convostore._core.gate import Gate
@@ -46,14 +47,15 @@ from convostore._core.session_ops import SessionOperations, Stats, TimingHook, o
 from convostore._core.store import SqlStore
 from convostore._core.validation import (
     Limits,
+    check_content,
     check_idempotency_key,
     check_metadata_filter,
+    check_optional_content,
     check_optional_text,
     check_owner,
     check_session_fields,
     check_session_id,
     check_summary,
-    check_text,
     check_title,
     check_turn,
     check_user_id,
@@ -139,7 +141,11 @@ class SessionRepository:
         self.config: StoreConfig = config if config is not None else StoreConfig()
         check_settings(self.config)
         check_database(self.config, engine)
-        self._limits = Limits(self.config.max_text_chars, self.config.max_results_bytes)
+        self._limits = Limits(
+            self.config.max_text_chars, self.config.max_results_bytes, self.config.redact
+        )
+        self._cipher = cipher_for(self.config.encryption_keys)
+        """Encrypts turns at rest (``StoreConfig.encryption_keys``); None: nothing does."""
         self._engine = engine
         self._owns_engine = engine is None
         self._clock: Clock = clock or time.time
@@ -244,6 +250,7 @@ class SessionRepository:
                 gate=self._calls.gate,
                 default_language=self.config.default_language,
                 auto_title=self.config.auto_title,
+                cipher=self._cipher,
             )
             self._watcher = self._make_watcher(engine)
             if self._watcher is not None:
@@ -267,7 +274,7 @@ class SessionRepository:
             behind=behind,
             trusted=self.config.cache_coherence == "bounded",
         )
-        self._owners = Owners(engine)
+        self._owners = Owners(engine, self._cipher)
         self._calls.phase = "running"
         if self.config.cleanup_interval > 0:
             self._sweeper = asyncio.create_task(
@@ -527,8 +534,10 @@ class SessionRepository:
         template = check_optional_text("template_id", template_id, limits)
         user = make_turn(
             role="user",
-            content=check_text("question", question, limits),
-            resolved_question=check_optional_text("resolved_question", resolved_question, limits),
+            content=check_content("question", question, limits),
+            resolved_question=check_optional_content(
+                "resolved_question", resolved_question, limits
+            ),
             template_id=template,
             slots=copy_slots("slots", slots, limits),
             results=copy_results("results", results, limits),
@@ -536,7 +545,7 @@ class SessionRepository:
         )
         assistant = make_turn(
             role="assistant",
-            content=check_text("answer", answer, limits),
+            content=check_content("answer", answer, limits),
             resolved_question=None,
             template_id=None,
             slots={},
@@ -771,7 +780,8 @@ class SessionRepository:
             NotSessionOwner: the live session is not ``user_id``'s; nothing was stored.
             StoreError: the database failed; nothing was stored.
         """
-        return await self._set_fields(session_id, {"title": check_title(title)}, user_id)
+        checked = check_title(title, self._limits)
+        return await self._set_fields(session_id, {"title": checked}, user_id)
 
     async def set_metadata(
         self, session_id: str, metadata: Mapping[str, Any] | None, *, user_id: str | None = None

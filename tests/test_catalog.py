@@ -4,12 +4,15 @@ filtered by metadata and by liveness. Every backend."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from _statements import count_statements
 from alembic.script import ScriptDirectory
 from conftest import FakeClock, MakeRepo, Sql
+from cryptography.fernet import Fernet
+from pydantic import ValidationError
 
 from convostore import (
     ConversationSummary,
@@ -19,6 +22,7 @@ from convostore import (
     NotSessionOwner,
     SessionPage,
     SessionRepository,
+    StoreConfig,
 )
 from convostore.migrate import alembic_config, migrate_url
 
@@ -369,3 +373,22 @@ async def _revision_before_head() -> str:
         script for script in scripts.walk_revisions() if script.doc.startswith("the catalog")
     )
     return str(catalog.down_revision)
+
+
+async def test_redaction_reaches_titles_and_summaries(make_repo: MakeRepo, sql: Sql) -> None:
+    """``redact`` masks a title and a summary as it masks what a turn says, and an automatic
+    title comes from the redacted question; ``auto_title`` with encryption is refused, as it
+    would keep questions in plain text."""
+
+    def masked(text: str) -> str:
+        return re.sub(r"[\w.]+@\w+\.\w+", "[email]", text)
+
+    repo = await make_repo(redact=masked, auto_title=True)
+    state = await repo.add_turn("s", "Mail jan@example.nl de lijst?", "Ja.")
+    assert state.title == "Mail [email] de lijst?"
+    assert await repo.set_title("s", "Voor piet@example.nl")
+    assert await repo.set_summary("s", "Lijst naar jan@example.nl.", upto_seq=2)
+    rows = await sql("SELECT title, summary FROM sessions")
+    assert [tuple(row) for row in rows] == [("Voor [email]", "Lijst naar [email].")]
+    with pytest.raises(ValidationError, match="auto_title"):
+        StoreConfig(auto_title=True, encryption_keys=[Fernet.generate_key().decode()])

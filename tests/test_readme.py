@@ -78,6 +78,7 @@ SNIPPETS = {
     "catalog": 'metadata={"place": "Utrecht"}',
     "summaries": "await repo.set_summary(",
     "engine timeouts": '"command_timeout": 5',
+    "encryption": "encryption_keys=[key]",
 }
 """Each README ```python block, by a line only it has; each has a test below."""
 
@@ -111,16 +112,24 @@ async def _stored_contents(url: str, sid: str) -> list[str]:
     return [turn.content for turn in state.turns]
 
 
+async def _run_snippet(
+    name: str, backend: str, url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Run the README's snippet ``name`` as written, its SQLite URL pointed at ``url``, in
+    ``tmp_path``, after `convostore migrate` on PostgreSQL."""
+    await _migrate_postgres(backend, url)
+    example = _snippet(name).replace("sqlite+aiosqlite:///chat.db", url)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+
+
 async def test_usage_snippet_runs(
     backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The usage snippet runs as written on an empty database (its SQLite URL pointed at this
     test's), after `convostore migrate` on PostgreSQL."""
-    await _migrate_postgres(backend, empty_url)
-    example = _snippet("usage").replace("sqlite+aiosqlite:///chat.db", empty_url)
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": "readme_example"}
-    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+    await _run_snippet("usage", backend, empty_url, monkeypatch, tmp_path)
     engine = create_async_engine(empty_url)
     try:
         async with engine.connect() as conn:
@@ -136,11 +145,7 @@ async def test_users_snippet_runs(
 ) -> None:
     """The users snippet runs as written on an empty database and leaves nothing of the
     user behind, after `convostore migrate` on PostgreSQL."""
-    await _migrate_postgres(backend, empty_url)
-    example = _snippet("users").replace("sqlite+aiosqlite:///chat.db", empty_url)
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": "readme_example"}
-    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+    await _run_snippet("users", backend, empty_url, monkeypatch, tmp_path)
     assert await _row_counts(empty_url) == [0, 0, 0, 0]
 
 
@@ -178,6 +183,22 @@ async def test_summaries_snippet_runs(
     messages = history["messages"] if isinstance(history, dict) else history.messages  # type: ignore[attr-defined]
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
     assert "four cities" in messages[0]["content"]
+
+
+async def test_encryption_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The redaction and encryption snippet runs as written; the stored question is neither
+    the e-mail address nor the redacted text, but a token."""
+    await _run_snippet("encryption", backend, empty_url, monkeypatch, tmp_path)
+    engine = create_async_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT content FROM turns"))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert len(stored) == 2
+    assert all(content.startswith("csf1:") for content in stored)
 
 
 async def _row_counts(url: str) -> list[int]:

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from convostore._core.crypt import TurnCipher
 from convostore._core.schema import (
     TRANSCRIPT_SLOTS,
     TRANSCRIPT_TURNS,
@@ -269,9 +270,12 @@ class Owners:
         .order_by(_slot.conversation_id, _slot.seq, _slot.name)
     )
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, cipher: TurnCipher | None = None) -> None:
+        """``cipher``: what opens encrypted turns for ``export``
+        (``StoreConfig.encryption_keys``)."""
         self.engine = engine
         self.backend = backend_for(engine)
+        self.cipher = cipher
 
     async def page(self, ask: Listing) -> SessionPage:
         """One page of the user's conversations (see ``SessionRepository.list_sessions``)."""
@@ -342,7 +346,7 @@ class Owners:
             slot_rows = (await conn.execute(self._export_slots, params)).all()
         by_conversation = {
             cid: [{**turn._asdict(), "created_at": turn.created_at.isoformat()} for turn in turns]
-            for cid, turns in grouped_turns(turn_rows, slot_rows).items()
+            for cid, turns in grouped_turns(turn_rows, slot_rows, self.cipher).items()
         }
         return {
             "user_id": uid,

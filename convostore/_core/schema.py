@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -36,6 +36,7 @@ from sqlalchemy import (
     text,
 )
 
+from convostore._core.crypt import SEALED_MARK, refuse_sealed
 from convostore.backends._types import (
     ConversationKey,
     JSONDocument,
@@ -45,6 +46,9 @@ from convostore.backends._types import (
     UTCDateTime,
 )
 from convostore.models import STATE_FIELDS, ConversationTurn, make_turn, name_ordered
+
+if TYPE_CHECKING:
+    from convostore._core.crypt import TurnCipher
 
 __all__ = [
     "KEPT_FIELDS",
@@ -276,15 +280,17 @@ class TranscriptTurn(NamedTuple):
 
 
 def grouped_turns(
-    turn_rows: Iterable[Any], slot_rows: Iterable[Any]
+    turn_rows: Iterable[Any], slot_rows: Iterable[Any], cipher: TurnCipher | None = None
 ) -> dict[int, list[TranscriptTurn]]:
     """Rows of ``TRANSCRIPT_TURNS`` (in order) and ``TRANSCRIPT_SLOTS`` (in any order), as
-    each conversation's turns, their slots in name order."""
+    each conversation's turns, their slots in name order; encrypted turns opened with
+    ``cipher`` (``DecryptionFailed`` without it)."""
     slots: dict[tuple[int, int], dict[str, str]] = {}
     for cid, seq, name, value in slot_rows:
         slots.setdefault((cid, seq), {})[name] = value
     grouped: dict[int, list[TranscriptTurn]] = {}
     for cid, seq, role, content, resolved, template, results, created in turn_rows:
+        content, resolved, results = opened_fields(cipher, content, resolved, results)
         grouped.setdefault(cid, []).append(
             TranscriptTurn(
                 seq,
@@ -298,6 +304,18 @@ def grouped_turns(
             )
         )
     return grouped
+
+
+def opened_fields(
+    cipher: TurnCipher | None, content: str, resolved: str | None, results: Any
+) -> tuple[str, str | None, Any]:
+    """A turn row's encrypted fields as written: opened with ``cipher``, or, without one,
+    checked not to be encrypted (``DecryptionFailed``)."""
+    if cipher is None:
+        if content.startswith(SEALED_MARK):
+            refuse_sealed(content)
+        return content, resolved, results
+    return cipher.open(content), cipher.open_optional(resolved), cipher.open_results(results)
 
 
 def turn_at(turn: ConversationTurn | TranscriptTurn, created_at: datetime) -> ConversationTurn:
@@ -337,23 +355,31 @@ class TurnFields(Protocol):
 
 
 def rows_of_turns(
-    sid: str, cid: int, numbered: Iterable[tuple[int, TurnFields, datetime, str | None]]
+    sid: str,
+    cid: int,
+    numbered: Iterable[tuple[int, TurnFields, datetime, str | None]],
+    cipher: TurnCipher | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The ``turns`` and ``turn_slots`` rows of turns of conversation ``cid`` of session
-    ``sid``, each given as (seq, turn, created_at, idempotency key)."""
+    ``sid``, each given as (seq, turn, created_at, idempotency key); with ``cipher``, their
+    ``content``, ``resolved_question`` and ``results`` encrypted."""
     rows: list[dict[str, Any]] = []
     slot_rows: list[dict[str, Any]] = []
     for seq, turn, created_at, key in numbered:
+        content, resolved, results = turn.content, turn.resolved_question, turn.results
+        if cipher is not None:
+            content, resolved = cipher.seal(content), cipher.seal_optional(resolved)
+            results = cipher.seal_results(results)
         rows.append(
             {
                 "conversation_id": cid,
                 "session_id": sid,
                 "seq": seq,
                 "role": turn.role,
-                "content": turn.content,
-                "resolved_question": turn.resolved_question,
+                "content": content,
+                "resolved_question": resolved,
                 "template_id": turn.template_id,
-                "results": turn.results,
+                "results": results,
                 "created_at": created_at,
                 "idempotency_key": key,
             }

@@ -324,6 +324,8 @@ class SessionOperations:
             state._origin = tuple(all_turns)
             state._stored = len(all_turns)
             state._version = written.version
+            if state.current_slots != fields.current_slots:  # redacted as stored
+                state.current_slots = dict(fields.current_slots)
             entry = self._cache.peek(sid)
             if written.created:
                 entry = self._new_entry(written.version, now, owner)

@@ -28,8 +28,9 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Select, Update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from convostore._core.crypt import SEALED_MARK, TurnCipher, refuse_sealed
 from convostore._core.gate import Gate
-from convostore._core.schema import rows_of_turns, turn_at
+from convostore._core.schema import opened_fields, rows_of_turns, turn_at
 from convostore.backends import Backend, backend_for
 from convostore.backends._core_path import CoreExecutor
 from convostore.backends._executor import (
@@ -89,9 +90,11 @@ def _rows(
     new_turns: Sequence[ConversationTurn],
     now: datetime,
     key: str | None,
+    cipher: TurnCipher | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of turns numbered from ``first_seq`` in conversation ``cid``, written at
-    ``now``; the first turn carries the write's idempotency ``key``."""
+    ``now`` (encrypted with ``cipher``); the first turn carries the write's idempotency
+    ``key``."""
     return rows_of_turns(
         sid,
         cid,
@@ -99,6 +102,7 @@ def _rows(
             (seq, turn, now, key if seq == first_seq else None)
             for seq, turn in enumerate(new_turns, first_seq)
         ),
+        cipher,
     )
 
 
@@ -115,11 +119,14 @@ class SqlStore:
         gate: Gate | None = None,
         default_language: str | None = None,
         auto_title: bool = False,
+        cipher: TurnCipher | None = None,
     ) -> None:
         """``gate``: where the operations on an engine convostore created wait for a
         connection (``calls.CallLifecycle``), whose hot path may keep connections between
-        operations (``_fast.ConnectionLender``); None for an engine passed in."""
+        operations (``_fast.ConnectionLender``); None for an engine passed in. ``cipher``:
+        what encrypts turns at rest (``StoreConfig.encryption_keys``), None: nothing does."""
         self.engine = engine
+        self.cipher = cipher
         self.retention = retention
         """Seconds a transcript stays after its session ended (0: it goes with the session)."""
         self.default_language = default_language
@@ -369,12 +376,18 @@ class SqlStore:
         if self.sql.append_cte is not None:
             roles, contents, resolved, templates, results = [], [], [], [], []
             ords, names, values = [], [], []
+            cipher = self.cipher
             for ord_, turn in enumerate(new_turns, start=1):
                 roles.append(turn.role)
-                contents.append(turn.content)
-                resolved.append(turn.resolved_question)
                 templates.append(turn.template_id)
-                results.append(json.dumps(turn.results))
+                if cipher is None:
+                    contents.append(turn.content)
+                    resolved.append(turn.resolved_question)
+                    results.append(json.dumps(turn.results))
+                else:
+                    contents.append(cipher.seal(turn.content))
+                    resolved.append(cipher.seal_optional(turn.resolved_question))
+                    results.append(json.dumps(cipher.seal_results(turn.results)))
                 for name, value in turn.slots.items():
                     ords.append(ord_)
                     names.append(name)
@@ -400,7 +413,9 @@ class SqlStore:
 
         # The rows are bound now, numbered from 0 in conversation 0; the worker thread only
         # sets the conversation and adds the first number once the head statement told them.
-        turn_rows, slot_rows = _rows(params["sid"], 0, 0, new_turns, params["now"], params["key"])
+        turn_rows, slot_rows = _rows(
+            params["sid"], 0, 0, new_turns, params["now"], params["key"], self.cipher
+        )
         bound = [
             (compiled, [compiled.args(row) for row in rows], *self._numbering[compiled])
             for compiled, rows in ((self._insert_turns, turn_rows), (self._insert_slots, slot_rows))
@@ -431,7 +446,9 @@ class SqlStore:
         """Insert the turns (and slots) numbered by ``allocated``, the row of ``allocate`` or
         ``replace``: (turn_count, version, conversation_id)."""
         last_seq, _, cid = allocated
-        turn_rows, slot_rows = _rows(sid, cid, last_seq - len(new_turns) + 1, new_turns, now, key)
+        turn_rows, slot_rows = _rows(
+            sid, cid, last_seq - len(new_turns) + 1, new_turns, now, key, self.cipher
+        )
         if turn_rows:
             await conn.execute(self.sql.insert_turns, turn_rows)
         if slot_rows:
@@ -576,7 +593,7 @@ class SqlStore:
         rows = await driver.read(self._load, {"sid": sid, "window": window})
         if not rows or rows[0][self._seq_at] != 0:
             return None
-        turns = _fold_turns(rows[1:], self._turn_row, self._slot_at)
+        turns = _fold_turns(rows[1:], self._turn_row, self._slot_at, self.cipher)
         return self._session_of(self._load.row(rows[0]), turns, window)
 
     async def _load_in_parts(
@@ -596,7 +613,7 @@ class SqlStore:
         if not heads:
             return None
         turn_rows, slot_rows = parts
-        turns = _turns(turn_rows, _slots_by_turn(slot_rows), self._part_row)
+        turns = _turns(turn_rows, _slots_by_turn(slot_rows), self._part_row, self.cipher)
         return self._session_of_head(self._load_session.row(heads[0]), turns, window)
 
 
@@ -659,10 +676,14 @@ class _TurnRow(NamedTuple):
 
 
 def _fold_turns(
-    rows: Sequence[Sequence[Any]], layout: _TurnRow, slot_at: tuple[int, int]
+    rows: Sequence[Sequence[Any]],
+    layout: _TurnRow,
+    slot_at: tuple[int, int],
+    cipher: TurnCipher | None,
 ) -> list[ConversationTurn]:
     """The turns of the one-statement load's rows after the session's: each turn's row, then
-    its slot rows (whose name and value are at ``slot_at``).
+    its slot rows (whose name and value are at ``slot_at``); encrypted fields opened with
+    ``cipher`` (``schema.opened_fields``).
 
     One pass, each turn's slots filled in as they follow it: this is PostgreSQL's cold load,
     and splitting the rows first (to share ``_turns`` with SQLite's load in parts) added a
@@ -681,6 +702,14 @@ def _fold_turns(
         _, role, content, resolved, template_id, results, created_at = columns(row)
         if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
+        if cipher is not None:
+            content, resolved, results = opened_fields(
+                cipher, content, resolved, load_results(results)
+            )
+        else:
+            if content.startswith(SEALED_MARK):  # inline: a cold load's loop
+                refuse_sealed(content)
+            results = load_results(results)
         slots = {}
         result.append(
             make_turn(
@@ -689,7 +718,7 @@ def _fold_turns(
                 resolved_question=resolved,
                 template_id=template_id,
                 slots=slots,
-                results=load_results(results),
+                results=results,
                 created_at=stamped,
             )
         )
@@ -705,9 +734,13 @@ def _slots_by_turn(rows: Iterable[Sequence[Any]]) -> dict[int, dict[str, str]]:
 
 
 def _turns(
-    rows: Sequence[Sequence[Any]], slots: dict[int, dict[str, str]], layout: _TurnRow
+    rows: Sequence[Sequence[Any]],
+    slots: dict[int, dict[str, str]],
+    layout: _TurnRow,
+    cipher: TurnCipher | None,
 ) -> list[ConversationTurn]:
-    """Turn rows, in order, into turns with their ``slots``.
+    """Turn rows, in order, into turns with their ``slots``, encrypted fields opened with
+    ``cipher``.
 
     The ``results`` and ``created_at`` conversions are applied here rather than to every row
     beforehand, because this loop is most of a cold load's Python time."""
@@ -718,6 +751,14 @@ def _turns(
     for seq, role, content, resolved, template_id, results, created_at in map(columns, rows):
         if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
+        if cipher is not None:
+            content, resolved, results = opened_fields(
+                cipher, content, resolved, load_results(results)
+            )
+        else:
+            if content.startswith(SEALED_MARK):  # inline: a cold load's loop
+                refuse_sealed(content)
+            results = load_results(results)
         result.append(
             make_turn(
                 role=role,
@@ -725,7 +766,7 @@ def _turns(
                 resolved_question=resolved,
                 template_id=template_id,
                 slots=slots.get(seq) or {},
-                results=load_results(results),
+                results=results,
                 created_at=stamped,
             )
         )

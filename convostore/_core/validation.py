@@ -2,7 +2,9 @@
 size limits of ``StoreConfig`` (``Limits``).
 
 The checks also copy what they accept, so a caller who changes a dict or list after passing it
-in changes nothing stored or cached.
+in changes nothing stored or cached. With a ``redact`` transform (``StoreConfig.redact``), the
+text a turn says (content, resolved question, slot values, strings in results) is what the
+transform returns, checked again: what is stored and cached is the redacted text.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import json
 import math
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from convostore._core.schema import MAX_SESSION_ID_LENGTH
-from convostore.errors import InvalidPage, InvalidSessionId, InvalidTurn
+from convostore.errors import InvalidPage, InvalidSessionId, InvalidTurn, RedactionFailed
 from convostore.models import (
     ConversationState,
     ConversationTurn,
@@ -26,9 +28,12 @@ from convostore.models import (
 
 __all__ = [
     "Limits",
+    "Redact",
+    "check_content",
     "check_idempotency_key",
     "check_language",
     "check_metadata_filter",
+    "check_optional_content",
     "check_optional_text",
     "check_session_fields",
     "check_session_id",
@@ -46,6 +51,9 @@ __all__ = [
 
 MAX_LANGUAGE_LENGTH = 32
 
+Redact = Callable[[str], str]
+"""``StoreConfig.redact``: text in, the text to store out (e-mail addresses masked, say)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -55,6 +63,8 @@ class Limits:
     """``StoreConfig.max_text_chars``: characters in each text field."""
     results_bytes: int
     """``StoreConfig.max_results_bytes``: bytes of one turn's results as JSON."""
+    redact: Redact | None = None
+    """``StoreConfig.redact``, applied to what a turn says and to slot values."""
 
 
 def check_session_id(session_id: object) -> str:
@@ -105,6 +115,36 @@ def check_optional_text(field: str, value: object, limits: Limits) -> str | None
     return None if value is None else check_text(field, value, limits)
 
 
+def check_content(field: str, value: object, limits: Limits) -> str:
+    """``check_text`` of what a turn says (a question, an answer, a resolved question, a slot
+    value), redacted by ``limits.redact`` if set and checked again."""
+    text = check_text(field, value, limits)
+    redact = limits.redact
+    return text if redact is None else check_text(field, _redacted(field, text, redact), limits)
+
+
+def check_optional_content(field: str, value: object, limits: Limits) -> str | None:
+    """Like ``check_content``, but None passes."""
+    return None if value is None else check_content(field, value, limits)
+
+
+def _redacted(field: str, text: str, redact: Redact) -> str:
+    """``redact(text)``; ``RedactionFailed`` naming ``field`` (never the text) if it raises or
+    returns something other than a string."""
+    try:
+        result = redact(text)
+    except Exception as exc:
+        raise RedactionFailed(
+            f"StoreConfig.redact raised {type(exc).__name__} on {field}; nothing was stored"
+        ) from exc
+    if not isinstance(result, str):
+        raise RedactionFailed(
+            f"StoreConfig.redact returned {type(result).__name__}, not str, on {field}; "
+            "nothing was stored"
+        )
+    return result
+
+
 def check_language(value: object) -> str:
     """A language code: non-empty text of at most 32 characters."""
     language = _check_storable("language", value)
@@ -131,7 +171,7 @@ def copy_slots(field: str, slots: object, limits: Limits) -> dict[str, str]:
     last = ""
     for name, value in slots.items():
         check_text(f"{field} name", name, limits)
-        check_text(f"{field}[{name!r}]", value, limits)
+        value = check_content(f"{field}[{name!r}]", value, limits)
         name, value = str.__str__(name), str.__str__(value)
         if name < last:
             ordered = False
@@ -200,6 +240,10 @@ def _checked_json(field: str, copy: Callable[[list[int]], Any], limits: Limits, 
         raise InvalidTurn(f"{field}{where} {exc.reason}") from None
     except RecursionError:
         raise InvalidTurn(f"{field} is nested too deeply to store") from None
+    if limits.redact is not None:
+        # The redacted strings are checked (and measured) as the caller's were.
+        redacted = _redacted_json(field, copied, limits.redact)
+        return copy_results(field, redacted, replace(limits, redact=None))
     if bound[0] > limits.results_bytes:
         size = len(json.dumps(copied))
         if size > limits.results_bytes:
@@ -208,6 +252,17 @@ def _checked_json(field: str, copy: Callable[[list[int]], Any], limits: Limits, 
                 "allowed (StoreConfig.max_results_bytes)"
             )
     return copied
+
+
+def _redacted_json(field: str, value: Any, redact: Redact) -> Any:
+    """A copy of checked JSON with every string value (not key) passed through ``redact``."""
+    if isinstance(value, str):
+        return _redacted(field, value, redact)
+    if isinstance(value, dict):
+        return {key: _redacted_json(field, item, redact) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted_json(field, item, redact) for item in value]
+    return value
 
 
 class _Unstorable(Exception):
@@ -322,8 +377,8 @@ def check_turn(field: str, turn: object, limits: Limits) -> ConversationTurn:
         raise InvalidTurn(f"{field}.role must be 'user' or 'assistant', not {turn.role!r}")
     return make_turn(
         role=turn.role,
-        content=check_text(f"{field}.content", turn.content, limits),
-        resolved_question=check_optional_text(
+        content=check_content(f"{field}.content", turn.content, limits),
+        resolved_question=check_optional_content(
             f"{field}.resolved_question", turn.resolved_question, limits
         ),
         template_id=check_optional_text(f"{field}.template_id", turn.template_id, limits),
@@ -345,7 +400,7 @@ def check_session_fields(
             "current_template_id", state.current_template_id, limits
         ),
         language=default_language if state.language is None else check_language(state.language),
-        title=check_title(state.title),
+        title=check_title(state.title, limits),
         metadata=copy_metadata("metadata", state.metadata, limits),
         summary=summary,
         summary_upto=upto,
@@ -356,22 +411,25 @@ MAX_TITLE_CHARS = 500
 """The longest title a session may have, in characters (what a catalog shows)."""
 
 
-def check_title(title: object) -> str | None:
-    """A session's title: None, or text of 1 to ``MAX_TITLE_CHARS`` characters."""
+def check_title(title: object, limits: Limits) -> str | None:
+    """A session's title: None, or text of 1 to ``MAX_TITLE_CHARS`` characters, redacted by
+    ``limits.redact`` if set (a title is often a question)."""
     if title is None:
         return None
     checked = _check_storable("title", title)
+    if limits.redact is not None:
+        checked = _check_storable("title", _redacted("title", checked, limits.redact))
     if not 0 < len(checked) <= MAX_TITLE_CHARS:
         raise InvalidTurn(f"title must be 1 to {MAX_TITLE_CHARS} characters long")
     return checked
 
 
 def check_summary(text: object, upto_seq: object, limits: Limits) -> tuple[str | None, int | None]:
-    """A summary and the number of the last turn it covers: text within the limits and a
-    positive int, or both None (no summary)."""
+    """A summary and the number of the last turn it covers: text within the limits (redacted
+    like what a turn says) and a positive int, or both None (no summary)."""
     if text is None and upto_seq is None:
         return None, None
-    summary = check_text("summary", text, limits)
+    summary = check_content("summary", text, limits)
     if not summary:
         raise InvalidTurn("summary must not be empty (None, with upto_seq None, removes it)")
     if type(upto_seq) is not int or upto_seq < 1:

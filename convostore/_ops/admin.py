@@ -9,7 +9,7 @@ the newest schema raises ``SchemaNotReady``, and a SQLite URL that names no file
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,6 +21,7 @@ from sqlalchemy import BindParameter, and_, bindparam, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from convostore._core.crypt import cipher_for
 from convostore._core.engine import check_database, create_engine
 from convostore._core.schema import (
     TRANSCRIPT_SLOTS,
@@ -284,16 +285,21 @@ async def transcripts(
     *,
     include_ended: bool = False,
     now: datetime | None = None,
+    encryption_keys: Sequence[str] = (),
 ) -> list[Transcript]:
     """The live conversation of ``session_id`` as of ``now``, and with ``include_ended`` the
     ended ones kept under that id too, oldest first; an empty list when there is none.
+    ``encryption_keys`` (``StoreConfig.encryption_keys``) open encrypted turns.
 
     Read in SQL without the repository, so looking at a session does not keep it alive.
 
     Raises:
         InvalidSessionId: a bad session id, before any SQL.
+        ConfigError: a malformed key.
+        DecryptionFailed: an encrypted turn none of the keys opens.
     """
     sid = check_session_id(session_id)
+    cipher = cipher_for(encryption_keys)
     when = _utc_now(now)
     with translate_errors("reading a transcript"):
         async with snapshot(engine) as conn:
@@ -310,7 +316,7 @@ async def transcripts(
             params = {"sid": sid, "cids": [head[0] for head in heads]}
             turn_rows = (await conn.execute(_turn_rows, params)).all()
             slot_rows = (await conn.execute(_slot_rows, params)).all()
-    turns_of = grouped_turns(turn_rows, slot_rows)
+    turns_of = grouped_turns(turn_rows, slot_rows, cipher)
     return [
         Transcript(
             sid,

@@ -51,6 +51,7 @@ from convostore.config import (
     ENV_PREFIX,
     StoreConfig,
     check_setting,
+    encryption_keys_from_env,
     resolve_database_url,
 )
 from convostore.errors import ConfigError, ConvostoreError, causes
@@ -388,10 +389,13 @@ def show(session_id: str, url: str, schema: str | None, include_ended: bool, as_
       convostore show 3q2T1xvJ0rNW --url postgresql+asyncpg://app@db/app
       convostore show 3q2T1xvJ0rNW --all --json
     """
+    keys = encryption_keys_from_env()
     found = read(
         url,
         schema,
-        lambda engine: admin.transcripts(engine, session_id, include_ended=include_ended),
+        lambda engine: admin.transcripts(
+            engine, session_id, include_ended=include_ended, encryption_keys=keys
+        ),
     )
     if not found:
         raise Failure(
@@ -760,6 +764,7 @@ def export(
     from convostore._ops.transfer import export_conversations
 
     admin.command_config(url, schema=schema)  # a URL or schema it cannot use, a missing file
+    keys = encryption_keys_from_env()
 
     def write_to(file: TextIO, shown: bool) -> int:
         with _progress("conversations exported", shown) as progress:
@@ -775,6 +780,7 @@ def export(
                     user=user,
                     progress=progress,
                     schema=schema,
+                    encryption_keys=keys,
                 )
             )
 
@@ -822,10 +828,16 @@ def import_(
     """
     from convostore._ops.transfer import import_conversations
 
+    keys = encryption_keys_from_env()
     with _progress("lines read", Console(stderr=True).is_terminal) as progress:
         counts = asyncio.run(
             import_conversations(
-                url, file, on_conflict=on_conflict, progress=progress, schema=schema
+                url,
+                file,
+                on_conflict=on_conflict,
+                progress=progress,
+                schema=schema,
+                encryption_keys=keys,
             )
         )
     click.echo(
@@ -877,6 +889,7 @@ def import_redis_command(
     """
     from convostore._ops.redis_import import import_redis
 
+    keys = encryption_keys_from_env()
     with _progress("keys read", Console(stderr=True).is_terminal) as progress:
         done = asyncio.run(
             import_redis(
@@ -888,6 +901,7 @@ def import_redis_command(
                 on_conflict=on_conflict,
                 progress=progress,
                 schema=schema,
+                encryption_keys=keys,
             )
         )
     click.echo(
@@ -896,6 +910,45 @@ def import_redis_command(
         f"{_plural(len(done.skipped), 'key')} skipped"
     )
     _list_on_stderr([(skipped.key, skipped.reason) for skipped in done.skipped])
+
+
+@cli.command()
+@url_option
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    callback=setting_of("sweep_batch_size"),
+    metavar="TURNS",
+    help="Turns re-encrypted per transaction (default: 500).",
+)
+def rekey(url: str, schema: str | None, batch_size: int) -> None:
+    """Re-encrypt every turn with the first encryption key.
+
+    The keys come from env CONVOSTORE_ENCRYPTION_KEYS (comma-separated, the new key first,
+    the old ones after it), as the workers read them. Turns under an older key, and turns
+    stored in plaintext before encryption was turned on, are encrypted with the first key,
+    in batches of one transaction each; workers may keep running. Run it again after an
+    interruption: it goes on where it stopped. Once it finds nothing left to do, the old keys
+    can be removed.
+
+    \b
+    Example:
+      CONVOSTORE_ENCRYPTION_KEYS="$NEW_KEY,$OLD_KEY" convostore rekey --url postgresql+asyncpg://app@db/app
+    """
+    from convostore._ops.rekey import rekey as rekey_turns
+
+    admin.command_config(url, schema=schema)  # a URL or schema it cannot use, a missing file
+    keys = encryption_keys_from_env()
+    with _progress("turns re-encrypted", Console(stderr=True).is_terminal) as progress:
+        counts = asyncio.run(
+            rekey_turns(url, keys, batch_size=batch_size, schema=schema, progress=progress)
+        )
+    click.echo(
+        f"re-encrypted {_plural(counts.rekeyed, 'turn')} ({counts.from_plaintext} of them "
+        f"plaintext) with key id {counts.key_id} in {_plural(counts.batches, 'transaction')} on "
+        f"{hide_password(url)}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ package (``pip install "convostore[redis]"``), imported only when ``import_redis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal
@@ -16,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from convostore._core.crypt import TurnCipher, cipher_for
 from convostore._core.schema import rows_of_turns
 from convostore._core.validation import (
     check_language,
@@ -149,13 +151,17 @@ def _parse_entry(
     return _Entry(sid, entry, now + left)
 
 
-def _rows_of_entry(parsed: _Entry) -> NewConversation:
-    """An entry's rows: a live conversation started at its ``created_at``. The original kept
-    no time per turn, so every turn gets the entry's ``last_accessed`` (its last write)."""
+def _rows_of_entry(parsed: _Entry, cipher: TurnCipher | None) -> NewConversation:
+    """An entry's rows (turns encrypted with ``cipher``): a live conversation started at its
+    ``created_at``. The original kept no time per turn, so every turn gets the entry's
+    ``last_accessed`` (its last write)."""
     sid, entry = parsed.session_id, parsed.entry
     state = entry.state
     rows, slot_rows = rows_of_turns(
-        sid, 0, ((seq, turn, entry.last_accessed, None) for seq, turn in enumerate(state.turns, 1))
+        sid,
+        0,
+        ((seq, turn, entry.last_accessed, None) for seq, turn in enumerate(state.turns, 1)),
+        cipher,
     )
     return NewConversation(
         sid,
@@ -189,6 +195,7 @@ async def import_redis(
     on_conflict: Literal["skip", "replace"] = "skip",
     progress: Progress | None = None,
     schema: str | None = None,
+    encryption_keys: Sequence[str] = (),
 ) -> RedisImportReport:
     """Import the sessions the original SessionManager kept in Redis; returns the report.
 
@@ -201,7 +208,8 @@ async def import_redis(
     live in the database is left alone and counted as ``already_present``
     (``on_conflict="skip"``), or ended and replaced (``"replace"``). A bad entry never stops
     the import: it is reported in ``skipped`` with the reason. ``schema``: where convostore's
-    tables are (``StoreConfig.schema``). Needs ``convostore[redis]``.
+    tables are (``StoreConfig.schema``). ``encryption_keys`` (``StoreConfig.encryption_keys``):
+    the turns are stored encrypted with the first. Needs ``convostore[redis]``.
 
     Raises:
         ConfigError: a URL or engine convostore cannot use, a ``session_ttl`` that
@@ -219,6 +227,7 @@ async def import_redis(
     if on_conflict not in ("skip", "replace"):
         raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
     ttl = float(check_setting("session_ttl", session_ttl))
+    cipher = cipher_for(encryption_keys)
     try:
         client = Redis.from_url(redis_url, db=db)
     except ValueError as exc:
@@ -256,7 +265,9 @@ async def import_redis(
                     else:
                         parsed.append(entry)
                 if parsed:
-                    await _import_entries(engine, parsed, on_conflict == "replace", moment, report)
+                    await _import_entries(
+                        engine, parsed, on_conflict == "replace", moment, report, cipher
+                    )
                 if progress is not None:
                     progress(read)
     except RedisError as exc:
@@ -272,6 +283,7 @@ async def _import_entries(
     replace: bool,
     now: datetime,
     report: RedisImportReport,
+    cipher: TurnCipher | None,
 ) -> None:
     """One transaction for one SCAN page's entries."""
     plan = Plan()
@@ -289,7 +301,7 @@ async def _import_entries(
                         continue
                     plan.ended.append(entry.session_id)
                     report.replaced += expires > now
-                new = _rows_of_entry(entry)
+                new = _rows_of_entry(entry, cipher)
                 plan.added.append(new)
                 report.imported += 1
                 report.turns += len(new.turns)

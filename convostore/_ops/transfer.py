@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Protocol
 
@@ -52,6 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
 
+from convostore._core.crypt import TurnCipher, cipher_for
 from convostore._core.engine import check_database, create_engine
 from convostore._core.schema import (
     KEPT_FIELDS,
@@ -59,6 +60,7 @@ from convostore._core.schema import (
     exported,
     is_live,
     of_conversation,
+    opened_fields,
     rows_of_turns,
     session_field,
     sessions,
@@ -67,8 +69,11 @@ from convostore._core.schema import (
 )
 from convostore._core.validation import (
     Limits,
+    Redact,
+    check_content,
     check_idempotency_key,
     check_language,
+    check_optional_content,
     check_optional_text,
     check_owner,
     check_session_id,
@@ -81,7 +86,7 @@ from convostore._core.validation import (
 )
 from convostore.backends import backend_for
 from convostore.config import StoreConfig, check_setting
-from convostore.errors import SchemaNotReady, translate_errors
+from convostore.errors import InvalidTurn, SchemaNotReady, translate_errors
 from convostore.migrate import check_schema, upgrade
 from convostore.models import STATE_FIELDS, SessionFields, name_ordered
 
@@ -222,7 +227,7 @@ class ConversationRecord(_Record):
     @field_validator("title")
     @classmethod
     def _title(cls, value: str | None) -> str | None:
-        return check_title(value)
+        return check_title(value, STORABLE)
 
     @field_validator("metadata")
     @classmethod
@@ -499,8 +504,9 @@ def _head(row: Sequence[Any], now: datetime) -> dict[str, Any]:
     }
 
 
-def _turn(row: Sequence[Any], slots: dict[str, str]) -> dict[str, Any]:
+def _turn(row: Sequence[Any], slots: dict[str, str], cipher: TurnCipher | None) -> dict[str, Any]:
     _, _, seq, role, content, resolved, template_id, results, created, key = row
+    content, resolved, results = opened_fields(cipher, content, resolved, results)
     return {
         "seq": seq,
         "role": role,
@@ -581,6 +587,7 @@ async def export_conversations(
     progress: Progress | None = None,
     now: datetime | None = None,
     schema: str | None = None,
+    encryption_keys: Sequence[str] = (),
 ) -> int:
     """Write the conversations (live and retained) to ``out``; returns how many.
 
@@ -590,19 +597,22 @@ async def export_conversations(
     ``template``, in ``language``, owned by ``user``. A conversation is ``live`` when its
     session's expiry is after ``now`` (default: the current time). Reads one snapshot in
     constant memory; ``progress(written)`` is called every 100 conversations and at the end.
-    ``schema``: where convostore's tables are (``StoreConfig.schema``).
+    ``schema``: where convostore's tables are (``StoreConfig.schema``). ``encryption_keys``
+    (``StoreConfig.encryption_keys``) open encrypted turns: the export holds them as text.
 
     Raises:
         InvalidSessionId, InvalidTurn: a ``user``, ``language`` or ``template`` that breaks the
             rules of what is stored (``check_user_id``, ``check_language``,
             ``check_template_id``), before any SQL.
-        ConfigError: a URL or engine convostore cannot use.
+        ConfigError: a URL or engine convostore cannot use, or a malformed key.
         SchemaNotReady: the database lacks the newest migration.
         StoreError: the database failed.
+        DecryptionFailed: an encrypted turn none of the keys opens.
     """
     if format not in ("jsonl", "csv"):
         raise ValueError(f"format must be 'jsonl' or 'csv', not {format!r}")
     queries = _export_queries(_filters(since, until, template, language, user))
+    cipher = cipher_for(encryption_keys)
     moment = now or utcnow()
     written = 0
     async with opened(engine_or_url, writes=False, schema=schema) as engine:
@@ -621,7 +631,7 @@ async def export_conversations(
                 sink = _JsonLines(out) if format == "jsonl" else _Csv(out)
                 while (head := await heads.peek()) is not None:
                     heads.take()
-                    await _write_conversation(head, turn_rows, slot_rows, sink, moment)
+                    await _write_conversation(head, turn_rows, slot_rows, sink, moment, cipher)
                     written += 1
                     if progress is not None and written % _PROGRESS_EVERY == 0:
                         progress(written)
@@ -631,7 +641,12 @@ async def export_conversations(
 
 
 async def _write_conversation(
-    head: Sequence[Any], turn_rows: _Rows, slot_rows: _Rows, sink: _JsonLines | _Csv, now: datetime
+    head: Sequence[Any],
+    turn_rows: _Rows,
+    slot_rows: _Rows,
+    sink: _JsonLines | _Csv,
+    now: datetime,
+    cipher: TurnCipher | None,
 ) -> None:
     """Merge one conversation's turns and slots from their streams into ``sink``."""
     sid, cid = head[0], head[1]
@@ -646,7 +661,7 @@ async def _write_conversation(
             slot_rows.take()
             if slot[2] == seq:  # a slot of no turn (never written so) is passed over
                 slots[slot[3]] = slot[4]
-        sink.turn(_turn(turn, name_ordered(slots)))
+        sink.turn(_turn(turn, name_ordered(slots), cipher))
     while (slot := await slot_rows.peek()) is not None and slot[1] == cid and slot[0] == sid:
         slot_rows.take()
     sink.end()
@@ -779,14 +794,18 @@ def validation_reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _rows_of(record: ConversationRecord) -> NewConversation:
-    """A record's rows, keeping its conversation id (``_plan`` may drop it)."""
+def _rows_of(record: ConversationRecord, cipher: TurnCipher | None) -> NewConversation:
+    """A record's rows (turns encrypted with ``cipher``), keeping its conversation id
+    (``_plan`` may drop it)."""
     sid = record.session_id
     session = record.session
     last_seq = record.turns[-1].seq if record.turns else 0
     last_turn_at = record.turns[-1].created_at if record.turns else None
     rows, slot_rows = rows_of_turns(
-        sid, 0, ((turn.seq, turn, turn.created_at, turn.idempotency_key) for turn in record.turns)
+        sid,
+        0,
+        ((turn.seq, turn, turn.created_at, turn.idempotency_key) for turn in record.turns),
+        cipher,
     )
     return NewConversation(
         sid,
@@ -834,6 +853,7 @@ async def _plan(
     replace: bool,
     now: datetime,
     counts: ImportCounts,
+    cipher: TurnCipher | None = None,
 ) -> Plan:
     """Decide, against what is stored, what to do with each record of ``batch``.
 
@@ -900,7 +920,7 @@ async def _plan(
             plan.removed.append((sid, present))
             holders.get(present, set()).discard(sid)
             counts.replaced += 1
-        new = _rows_of(record)
+        new = _rows_of(record, cipher)
         if holders.get(record.conversation_id):
             new.conversation_id = None
             counts.renumbered += 1
@@ -912,6 +932,29 @@ async def _plan(
         counts.turns += len(new.turns)
         counts.slots += len(new.slots)
     return plan
+
+
+def _redacted(record: ConversationRecord, redact: Redact) -> ConversationRecord:
+    """``record`` with what its turns say and its slot values passed through ``redact`` and
+    checked again, as a repository's writes are (``RedactionFailed`` if it fails)."""
+    limits = replace(STORABLE, redact=redact)
+    turns = [
+        turn.model_copy(
+            update={
+                "content": check_content("content", turn.content, limits),
+                "resolved_question": check_optional_content(
+                    "resolved_question", turn.resolved_question, limits
+                ),
+                "slots": copy_slots("slots", turn.slots, limits),
+                "results": copy_results("results", turn.results, limits),
+            }
+        )
+        for turn in record.turns
+    ]
+    current = record.current_slots
+    if current is not None:
+        current = copy_slots("current_slots", current, limits)
+    return record.model_copy(update={"turns": turns, "current_slots": current})
 
 
 def _line_text(line: str | bytes, number: int) -> str:
@@ -944,6 +987,8 @@ async def import_conversations(
     progress: Progress | None = None,
     now: datetime | None = None,
     schema: str | None = None,
+    redact: Redact | None = None,
+    encryption_keys: Sequence[str] = (),
 ) -> ImportCounts:
     """Import JSON Lines as ``export_conversations`` writes them; returns the counts.
 
@@ -959,7 +1004,10 @@ async def import_conversations(
     their session rows back, expiry included (``now``, default the current time, decides
     which stored sessions are live). Blank lines are passed over; ``progress(lines_read)``
     is called after each batch. ``schema``: where convostore's tables are
-    (``StoreConfig.schema``).
+    (``StoreConfig.schema``). ``redact`` (``StoreConfig.redact``): what the turns say and the
+    slot values are stored as it returns them; a line it fails on is a problem, not imported.
+    ``encryption_keys`` (``StoreConfig.encryption_keys``): the turns are stored encrypted
+    with the first.
 
     Raises:
         ConfigError: a URL or engine convostore cannot use.
@@ -970,6 +1018,7 @@ async def import_conversations(
     if on_conflict not in ("skip", "replace"):
         raise ValueError(f"on_conflict must be 'skip' or 'replace', not {on_conflict!r}")
     counts = ImportCounts()
+    cipher = cipher_for(encryption_keys)
     async with opened(engine_or_url, writes=True, schema=schema) as engine:
         batch: list[tuple[int, ConversationRecord]] = []
         batch_turns = 0
@@ -987,15 +1036,21 @@ async def import_conversations(
             except ValidationError as exc:
                 counts.problems.append(LineProblem(number, validation_reason(exc)))
                 continue
+            if redact is not None:
+                try:
+                    record = _redacted(record, redact)
+                except InvalidTurn as exc:
+                    counts.problems.append(LineProblem(number, str(exc)))
+                    continue
             batch.append((number, record))
             batch_turns += len(record.turns)
             if len(batch) >= _BATCH_CONVERSATIONS or batch_turns >= _BATCH_TURNS:
-                await _import_batch(engine, batch, on_conflict == "replace", now, counts)
+                await _import_batch(engine, batch, on_conflict == "replace", now, counts, cipher)
                 batch, batch_turns = [], 0
                 if progress is not None:
                     progress(number)
         if batch:
-            await _import_batch(engine, batch, on_conflict == "replace", now, counts)
+            await _import_batch(engine, batch, on_conflict == "replace", now, counts, cipher)
         if progress is not None:
             progress(number)
     return counts
@@ -1007,9 +1062,10 @@ async def _import_batch(
     replace: bool,
     now: datetime | None,
     counts: ImportCounts,
+    cipher: TurnCipher | None,
 ) -> None:
     """One transaction: plan the batch against the database, then write it."""
     with translate_errors("importing conversations"):
         async with writing(engine) as conn:
-            plan = await _plan(conn, batch, replace, now or utcnow(), counts)
+            plan = await _plan(conn, batch, replace, now or utcnow(), counts, cipher)
             await apply_plan(conn, plan)
