@@ -315,6 +315,13 @@ class StoreConfig(BaseSettings):
     ``get_session_manager()`` makes it "nl", the language of every state of the original
     SessionManager, unless its config sets it."""
 
+    max_turns_per_session: int | None = Field(default=None, ge=2)
+    """The most turns a live conversation keeps: an append beyond it takes the oldest
+    exchanges out of the live conversation in its own transaction (never splitting one), into
+    the transcript as superseded turns, kept until retention; a cold load then reads at most
+    this many. Appends of a capped repository take a SQLAlchemy transaction, not the fast
+    path. Default None: no cap."""
+
     auto_title: bool = False
     """True: a session without a title gets one from the first question appended to it by
     ``add_turn`` (its whitespace collapsed, cut at a word to at most 80 characters), in the

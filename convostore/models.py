@@ -106,6 +106,12 @@ class ConversationSummary(BaseModel):
     """Set by ``set_title`` (or from the first question, ``StoreConfig.auto_title``)."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Set by ``set_metadata``: the caller's JSON object (e.g. tags, a project id)."""
+    forked_from: str | None = None
+    """A fork's (``fork``): the session its history was copied from; None otherwise."""
+    forked_from_conversation: int | None = None
+    """A fork's: that session's conversation (None if it had ended by then)."""
+    forked_upto: int | None = None
+    """A fork's: the last turn it copied."""
 
 
 class SessionPage(list[ConversationSummary]):

@@ -75,12 +75,76 @@ from convostore.errors import (
     NotRunning,
     NotSessionOwner,
     SchemaNotReady,
+    StaleStateError,
     translate_errors,
 )
 from convostore.migrate import check_schema, create_schema, upgrade
-from convostore.models import ConversationState, SessionPage, StoredSession, make_turn
+from convostore.models import (
+    ConversationState,
+    ConversationTurn,
+    SessionFields,
+    SessionPage,
+    StoredSession,
+    carry_context,
+    make_turn,
+    name_ordered,
+)
 
 __all__ = ["SessionRepository", "new_idempotency_key"]
+
+_EDIT_ATTEMPTS = 5
+"""How often a rewind reads the session again when another write came between its read and
+its own (the write checks the version it read)."""
+
+
+def _turn_number(name: str, value: object) -> int:
+    """A turn number as ``rewind`` and ``fork`` take it: an int of 0 or more."""
+    if type(value) is not int or value < 0:
+        raise InvalidTurn(f"{name} must be a turn's number (an int from 0), not {value!r}")
+    return value
+
+
+def _kept_turns(state: ConversationState, upto: int) -> list[ConversationTurn] | None:
+    """The turns of ``state`` up to turn ``upto``, or None if that is all of them.
+    ``InvalidTurn`` if ``upto`` is before the state's first turn (less one), or if the turn
+    after it is not a user turn (an exchange would be split)."""
+    first = state._first_seq
+    turns = state.turns
+    if upto >= first + len(turns) - 1:
+        return None
+    if upto < first - 1:
+        raise InvalidTurn(
+            f"turn {upto} is no longer in the live conversation, which begins at turn {first}"
+        )
+    kept = turns[: upto - first + 1]
+    if turns[len(kept)].role != "user":
+        raise InvalidTurn(
+            f"turn {upto + 1} is not a user turn: ending at turn {upto} would split an exchange"
+        )
+    return kept
+
+
+def _fields_after(
+    state: ConversationState, kept: Sequence[ConversationTurn], upto: int
+) -> SessionFields:
+    """The session fields of a history cut after turn ``upto`` that keeps ``kept``: the
+    context those turns carry, the state's catalog fields and language, and its summary if
+    it covers no turn beyond ``upto``."""
+    slots: dict[str, str] = {}
+    template: str | None = None
+    for turn in kept:
+        template = carry_context(turn, slots, template)
+    summary = state.summary_upto is not None and state.summary_upto <= upto
+    return SessionFields(
+        language=state.language,
+        current_slots=name_ordered(slots),
+        current_template_id=template,
+        title=state.title,
+        metadata=dict(state.metadata),
+        summary=state.summary if summary else None,
+        summary_upto=state.summary_upto if summary else None,
+    )
+
 
 Clock = Callable[[], float]
 """Returns the current time as epoch seconds, like ``time.time`` (the default)."""
@@ -250,6 +314,7 @@ class SessionRepository:
                 gate=self._calls.gate,
                 default_language=self.config.default_language,
                 auto_title=self.config.auto_title,
+                max_turns=self.config.max_turns_per_session,
                 cipher=self._cipher,
             )
             self._watcher = self._make_watcher(engine)
@@ -454,6 +519,11 @@ class SessionRepository:
             )
         finally:
             self._calls.leave()
+
+    async def _whole(self, sid: str, owner: str | None) -> ConversationState | None:
+        """The whole live session as ``get`` reads it, but ``NotSessionOwner`` for a session
+        of another owner: what a write that starts from the stored history reads first."""
+        return await self._get(sid, self._cache.get(sid), self._clock(), owner)
 
     async def get_or_create(
         self, session_id: str | None = None, *, user_id: str | None = None
@@ -670,6 +740,110 @@ class SessionRepository:
             )
         finally:
             self._calls.leave()
+
+    async def rewind(
+        self, session_id: str, to_seq: int, *, user_id: str | None = None
+    ) -> ConversationState | None:
+        """Take the turns after turn ``to_seq`` (numbered from 1; 0: all of them) out of the
+        live conversation, for edit-and-regenerate: the next ``add_turn`` follows turn
+        ``to_seq``. Returns the session's state after it, or None if there is no live
+        session. The turns taken out stay in the transcript, in a conversation of their own
+        (``superseded_by`` the live one, in ``conversation_status``), until retention.
+
+        Atomic (the rewind and the move of its turns commit together), and idempotent: a
+        rewind to where the conversation already ends changes nothing, so a retry after an
+        unknown outcome is safe. Other workers' caches drop the session as for any write.
+        The context (current slots and template) becomes what the kept turns carry; a
+        summary that covers a turn taken out goes.
+
+        Raises:
+            InvalidSessionId: a bad session or user id, before any SQL.
+            InvalidTurn: ``to_seq`` not an int of 0 or more, a turn before the live
+                conversation's oldest (a cap took it out), or one that would split an
+                exchange (the turn after it is not a user turn).
+            NotSessionOwner: the live session is not ``user_id``'s; nothing was changed.
+            StaleStateError: other writes kept changing the session; nothing was changed.
+            StoreError: the database failed; nothing was changed.
+        """
+        sid = check_session_id(session_id)
+        owner = check_owner(user_id)
+        to_seq = _turn_number("to_seq", to_seq)
+        for _ in range(_EDIT_ATTEMPTS):
+            state = await self._whole(sid, owner)
+            if state is None:
+                return None
+            kept = _kept_turns(state, to_seq)
+            if kept is None:
+                return state  # it ends there already
+            last_seq = state._first_seq + len(state.turns) - 1
+            fields = _fields_after(state, kept, to_seq)
+            expected = state._version
+            assert expected is not None  # a state the store handed out
+            ops = self._enter()
+            try:
+                done = await self._calls.run(
+                    "rewinding a session",
+                    partial(ops.rewind, sid, to_seq, last_seq, fields, expected, owner),
+                    shield=True,
+                )
+            finally:
+                self._calls.leave()
+            if done:
+                return await self._whole(sid, owner)
+        raise StaleStateError(
+            f"session {sid!r} kept changing while it was being rewound; nothing was changed"
+        )
+
+    async def fork(
+        self, session_id: str, upto_seq: int | None = None, *, user_id: str | None = None
+    ) -> str | None:
+        """Start a new session whose history is this live session's up to turn
+        ``upto_seq`` (None: all of it), and return its id (None if there is no live session
+        under ``session_id``). Its turns are copies, numbered from 1; it takes the context
+        they carry (a fork of the whole history: the session's current context), the title,
+        metadata and language, and the summary if it covers no turn beyond ``upto_seq``.
+        Its conversation records where it came from (``forked_from``,
+        ``forked_from_conversation``, ``forked_upto``, in the catalog and
+        ``conversation_status``). It belongs to ``user_id``, or else to the original's
+        owner. Atomic, and safe to retry: an attempt repeated after a lost connection finds
+        the first one's.
+
+        Raises:
+            InvalidSessionId: a bad session or user id, before any SQL.
+            InvalidTurn: ``upto_seq`` not None or an int of 0 or more, beyond the newest
+                turn, before the live conversation's oldest, or splitting an exchange.
+            NotSessionOwner: the live session is not ``user_id``'s; nothing was stored.
+            StoreError: the database failed; nothing was stored.
+        """
+        sid = check_session_id(session_id)
+        owner = check_owner(user_id)
+        upto = None if upto_seq is None else _turn_number("upto_seq", upto_seq)
+        state = await self._whole(sid, owner)
+        if state is None:
+            return None
+        last_seq = state._first_seq + len(state.turns) - 1
+        if upto is None:
+            upto = last_seq
+        if upto > last_seq:
+            raise InvalidTurn(f"upto_seq {upto} is beyond the newest turn, {last_seq}")
+        kept = _kept_turns(state, upto)
+        if kept is None:  # the whole history: the state's own context too
+            turns = list(state.turns)
+            fields = check_session_fields(state, self._limits, self.config.default_language)
+        else:
+            turns, fields = kept, _fields_after(state, kept, upto)
+        new_sid = self.generate_session_id()
+        key = new_idempotency_key()
+        ops = self._enter()
+        try:
+            await self._calls.run(
+                "forking a session",
+                lambda: ops.fork(new_sid, fields, turns, sid, upto, key, owner),
+                shield=True,
+            )
+        finally:
+            self._calls.leave()
+        return new_sid
 
     async def delete(self, session_id: str, *, user_id: str | None = None) -> bool:
         """Delete the session and its turns. Returns False if it was unknown or already

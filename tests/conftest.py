@@ -65,6 +65,7 @@ CONFORMANCE = frozenset(
         "test_concurrency",
         "test_config",
         "test_encryption",
+        "test_history",
         "test_host_schema",
         "test_idempotency_scope",
         "test_language",

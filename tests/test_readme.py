@@ -77,6 +77,7 @@ SNIPPETS = {
     "users": 'user_id="u-99"',
     "catalog": 'metadata={"place": "Utrecht"}',
     "summaries": "await repo.set_summary(",
+    "history": "await repo.rewind(",
     "engine timeouts": '"command_timeout": 5',
     "encryption": "encryption_keys=[key]",
 }
@@ -183,6 +184,27 @@ async def test_summaries_snippet_runs(
     messages = history["messages"] if isinstance(history, dict) else history.messages  # type: ignore[attr-defined]
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
     assert "four cities" in messages[0]["content"]
+
+
+async def test_history_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The rewind, fork and caps snippet runs as written (its asserts hold); the typo stays in
+    the transcript, superseded."""
+    await _run_snippet("history", backend, empty_url, monkeypatch, tmp_path)
+    engine = create_async_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            superseded = await conn.scalar(
+                text(
+                    "SELECT COUNT(*) FROM turns t JOIN conversations c "
+                    "ON c.session_id = t.session_id AND c.conversation_id = t.conversation_id "
+                    "WHERE c.superseded_reason = 'rewind' AND t.content = 'En in Enschedee?'"
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert superseded == 1
 
 
 async def test_encryption_snippet_runs(

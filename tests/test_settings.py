@@ -45,6 +45,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "default_language": ("en", "en"),
     "schema": ("convostore", "convostore"),
     "auto_title": ("true", True),
+    "max_turns_per_session": ("40", 40),
     "encryption_keys": (f"{_KEY},{_OLD_KEY}", (_KEY, _OLD_KEY)),
 }
 """Per field: a value as an environment variable holds it, and the setting it gives, which is

@@ -3,7 +3,9 @@ change watcher) on one database, driven by random operations and checked against
 in-memory model after every step.
 
 The operations: ``add_turn`` (with and without slots), ``update`` (append a turn and change a
-current slot on a state read through that worker), ``get``, ``delete``, moving the fake clock
+current slot on a state read through that worker), ``rewind`` (to an exchange's end, or one
+that would split an exchange, which must be refused), ``fork`` (the copy is read through both
+workers at once), ``get``, ``delete``, moving the fake clock
 (by steps that make some sessions expire and not others), ``sweep_expired``, reading every
 session through one worker (its cache holds only two, so the LRU evicts) and restarting a
 worker (stopping it and starting a new repository in its place). Three session ids, so the
@@ -21,6 +23,10 @@ before returning (``refresh_delay=0``): with the default write-behind a sweep in
 worker may take a session up to the delay early, which a clock moved by hand would turn into
 whole steps (``test_refresh_behind.py`` covers that mode).
 
+The machine runs twice: without a cap, and with ``max_turns_per_session`` (``CAP``), which the
+model applies as the cap's rule says: after each append, the oldest whole exchanges go until
+at most ``CAP`` turns are left (the newest exchange stays whole).
+
 Env ``CONVOSTORE_TEST_SM_COHERENCE`` picks another ``cache_coherence`` mode (default
 ``bounded``); with ``local`` the test fails, as it should: a worker keeps serving its cached
 copy of a session the other worker wrote or deleted.
@@ -36,13 +42,20 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar, cast
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from convostore import ConversationState, ConversationTurn, SessionRepository, StoreConfig
+from convostore import (
+    ConversationState,
+    ConversationTurn,
+    InvalidTurn,
+    SessionRepository,
+    StoreConfig,
+)
 
 T = TypeVar("T")
 
@@ -58,6 +71,9 @@ Coherence = Literal["bounded", "strict", "local"]
 MODE = cast(Coherence, os.environ.get("CONVOSTORE_TEST_SM_COHERENCE", "bounded"))
 MAX_SESSIONS = 2
 """Smaller than ``len(SIDS)``, so the caches evict."""
+CAP = 5
+"""The capped machine's ``max_turns_per_session`` (odd: ``update``'s single user turns make
+exchanges of one turn and of two)."""
 
 SETTINGS = settings(
     max_examples=25,
@@ -82,9 +98,52 @@ class Session:
     """The model of one live (or expired, not yet noticed) session."""
 
     turns: Turns = field(default_factory=list)
+    turn_slots: list[dict[str, str]] = field(default_factory=list)
+    """Each turn's slots, beside ``turns``."""
     slots: dict[str, str] = field(default_factory=dict)
+    first: int = 1
+    """The number of the oldest turn left (the cap takes the oldest out)."""
     deadline: float = 0.0
     """The session is alive while ``clock() < deadline``."""
+
+    def append(self, role: str, content: str, slots: dict[str, str]) -> None:
+        self.turns.append((role, content))
+        self.turn_slots.append(slots)
+        if role == "user":
+            self.slots.update(slots)
+
+    def cap_to(self, cap: int | None) -> None:
+        """After a write: the oldest whole exchanges go until at most ``cap`` turns are left
+        (the newest exchange stays whole)."""
+        if cap is None or len(self.turns) <= cap:
+            return
+        starts = [index for index, (kind, _) in enumerate(self.turns) if kind == "user"]
+        cut = len(self.turns) - cap
+        begins = next((index for index in starts if index >= cut), starts[-1] if starts else 0)
+        del self.turns[:begins], self.turn_slots[:begins]
+        self.first += begins
+
+    def exchange_ends(self) -> list[int]:
+        """The turn numbers a rewind may end at: just before a user turn, or the newest."""
+        before_user = [
+            self.first - 1 + index for index, (kind, _) in enumerate(self.turns) if kind == "user"
+        ]
+        return [*before_user, self.first - 1 + len(self.turns)]
+
+    def splits(self) -> list[int]:
+        """The turn numbers a rewind may not end at: just before an assistant turn."""
+        return [
+            self.first - 1 + index
+            for index, (kind, _) in enumerate(self.turns)
+            if kind == "assistant"
+        ]
+
+    def rewind(self, to: int) -> None:
+        kept = to - self.first + 1
+        del self.turns[kept:], self.turn_slots[kept:]
+        self.slots = {}
+        for slots in self.turn_slots:
+            self.slots.update(slots)
 
 
 def observed(state: ConversationState | None) -> tuple[Turns, dict[str, str]] | None:
@@ -96,8 +155,11 @@ def observed(state: ConversationState | None) -> tuple[Turns, dict[str, str]] | 
 class StoreMachine(RuleBasedStateMachine):
     """Two workers on one database against a dict of session id -> ``Session``."""
 
-    def __init__(self, url: str, clock: MovableClock, mode: Coherence) -> None:
+    def __init__(
+        self, url: str, clock: MovableClock, mode: Coherence, cap: int | None = None
+    ) -> None:
         super().__init__()
+        self.cap = cap
         self.url = url
         self.clock = clock
         self.mode = mode
@@ -121,7 +183,7 @@ class StoreMachine(RuleBasedStateMachine):
         """Empty the database (every example starts from nothing), then start two workers."""
         self.admin = create_async_engine(self.url)
         async with self.admin.begin() as conn:
-            for table in ("turn_slots", "turns", "sessions"):
+            for table in ("turn_slots", "turns", "sessions", "conversations"):
                 await conn.execute(text(f"DELETE FROM {table}"))
         for _ in range(2):
             self.workers.append(await self._start_worker())
@@ -134,6 +196,7 @@ class StoreMachine(RuleBasedStateMachine):
             max_sessions=MAX_SESSIONS,
             cache_coherence=self.mode,
             refresh_delay=0,  # the model's exact expiry needs each read's refresh stored at once
+            max_turns_per_session=self.cap,
         )
         repository = SessionRepository(config, clock=self.clock)
         await repository.start()
@@ -214,8 +277,9 @@ class StoreMachine(RuleBasedStateMachine):
             session = self.live(sid)
             if session is None:
                 session = self.model[sid] = Session()
-            session.turns += [("user", question), ("assistant", answer)]
-            session.slots.update(slots or {})
+            session.append("user", question, slots or {})
+            session.append("assistant", answer, {})
+            session.cap_to(self.cap)
             self.touched(session)
             assert observed(state) == self.expected(sid), "add_turn returned another state"
             await self._agree(sid)
@@ -243,10 +307,60 @@ class StoreMachine(RuleBasedStateMachine):
             session = self.live(sid)
             if session is None:
                 session = self.model[sid] = Session()
-            session.turns.append(("user", content))
+            session.append("user", content, {})
+            session.cap_to(self.cap)
             session.slots[key] = value
             self.touched(session)
             await self._agree(sid)
+
+        self.run(step())
+
+    @rule(
+        worker=st.integers(0, 1),
+        sid=st.sampled_from(SIDS),
+        pick=st.integers(0, 20),
+        split=st.booleans(),
+    )
+    def rewind(self, worker: int, sid: str, pick: int, split: bool) -> None:
+        """Rewind to an exchange's end (or refuse one that would split an exchange)."""
+
+        async def step() -> None:
+            repo = self.workers[worker]
+            session = self.live(sid)
+            if session is None:
+                assert await repo.rewind(sid, 0) is None
+                return
+            self.touched(session)  # the rewind reads the session first
+            if split and session.splits():
+                with pytest.raises(InvalidTurn):
+                    await repo.rewind(sid, session.splits()[pick % len(session.splits())])
+                return
+            ends = session.exchange_ends()
+            to = ends[pick % len(ends)]
+            state = await repo.rewind(sid, to)
+            if to != ends[-1]:
+                session.rewind(to)
+            assert observed(state) == self.expected(sid), "rewind returned another state"
+            await self._agree(sid)
+
+        self.run(step())
+
+    @rule(worker=st.integers(0, 1), sid=st.sampled_from(SIDS))
+    def fork(self, worker: int, sid: str) -> None:
+        """Fork the whole history: both workers read the copy as the model has the original;
+        the copy then goes, so the model stays three sessions."""
+
+        async def step() -> None:
+            session = self.live(sid)
+            new_sid = await self.workers[worker].fork(sid)
+            if session is None:
+                assert new_sid is None
+                return
+            self.touched(session)
+            assert new_sid is not None
+            for reader in self.workers:
+                assert observed(await reader.get(new_sid)) == self.expected(sid)
+            assert await self.workers[worker].delete(new_sid)
 
         self.run(step())
 
@@ -310,9 +424,10 @@ class StoreMachine(RuleBasedStateMachine):
         self.run(step())
 
 
-def test_two_workers_agree_with_a_model(url: str, clock: MovableClock) -> None:
+@pytest.mark.parametrize("cap", [None, CAP], ids=["uncapped", "capped"])
+def test_two_workers_agree_with_a_model(url: str, clock: MovableClock, cap: int | None) -> None:
     class Machine(StoreMachine):
         def __init__(self) -> None:
-            super().__init__(url, clock, MODE)
+            super().__init__(url, clock, MODE, cap)
 
     run_state_machine_as_test(Machine, settings=SETTINGS)

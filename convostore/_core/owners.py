@@ -163,6 +163,7 @@ def _by_activity(backend: Backend, ask: Shape) -> Select[Any]:
             c.last_activity,
             c.title,
             c.metadata,
+            *_LINEAGE,
         ).where(c.user_id == _uid)
         if live_side:
             query = query.select_from(sessions.join(conversations, of_conversation(_s)))
@@ -206,9 +207,10 @@ def _by_start(backend: Backend, ask: Shape) -> Select[Any]:
             func.coalesce(_s.last_activity, _c.last_activity, _c.started_at).label("last_activity"),
             session_field("title"),
             session_field("metadata"),
+            *_LINEAGE,
         )
         .select_from(conversations.outerjoin(sessions, of_conversation(_s)))
-        .where(_c.user_id == _uid)
+        .where(_c.user_id == _uid, _c.superseded_by.is_(None))
     )
     if ask.after:
         query = query.where(_c.conversation_id < bindparam("after_cid", type_=BigInteger()))
@@ -226,6 +228,9 @@ def _by_start(backend: Backend, ask: Shape) -> Select[Any]:
 
 
 _limit = bindparam("limit", type_=Integer())
+
+_LINEAGE = (_c.forked_from, _c.forked_from_conversation, _c.forked_upto)
+"""Where a listed conversation's history came from (``fork``)."""
 
 
 class Owners:
@@ -301,8 +306,24 @@ class Owners:
                 last_activity=last or started,
                 title=title,
                 metadata=metadata or {},
+                forked_from=source,
+                forked_from_conversation=source_cid,
+                forked_upto=upto,
             )
-            for cid, sid, started, ended, expires, count, last, title, metadata in rows[: ask.limit]
+            for (
+                cid,
+                sid,
+                started,
+                ended,
+                expires,
+                count,
+                last,
+                title,
+                metadata,
+                source,
+                source_cid,
+                upto,
+            ) in rows[: ask.limit]
         ]
         more = len(rows) > ask.limit
         return SessionPage(

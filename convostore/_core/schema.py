@@ -98,6 +98,11 @@ conversations = Table(
     Column("title", LongText, nullable=True),
     Column("metadata", JSONDocument, nullable=True),
     Column("last_activity", UTCDateTime(), nullable=True),
+    Column("forked_from", String(MAX_SESSION_ID_LENGTH), nullable=True),
+    Column("forked_from_conversation", BigInteger(), nullable=True),
+    Column("forked_upto", Integer(), nullable=True),
+    Column("superseded_by", BigInteger(), nullable=True),
+    Column("superseded_reason", String(16), nullable=True),
     PrimaryKeyConstraint("session_id", "conversation_id"),
     Index(None, "conversation_id"),
     Index(None, "user_id", "conversation_id"),
@@ -109,7 +114,13 @@ session ended. ``ended_at`` is NULL while the session lives; when the ``sessions
 trigger sets it to the session's last access (``last_accessed``) and copies its language and
 its catalog fields (``title``, ``metadata``, ``last_activity``), which are NULL until then.
 The retention sweep deletes conversations whose ``ended_at`` is older than
-``transcript_retention``, with their turns and slots (by cascade)."""
+``transcript_retention``, with their turns and slots (by cascade).
+
+A fork's conversation records where its history came from (``forked_from`` session,
+``forked_from_conversation``, ``forked_upto`` turn). A conversation with ``superseded_by``
+holds turns taken out of that live conversation (``superseded_reason``: ``"rewind"`` or
+``"cap"``); it is ended from the start, keeps its turns' numbers, and is not in the
+catalog."""
 
 sessions = Table(
     "sessions",

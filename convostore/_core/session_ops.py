@@ -236,7 +236,14 @@ class SessionOperations:
                 entry.title = self.store.title_for(exchange)
                 self._cache.put_loaded(sid, entry, generation)
                 return entry.fork(sid)
-            if entry is not None and entry.version == written.version - 1:
+            trimmed = written.trimmed
+            if (
+                entry is not None
+                and entry.version == written.version - 1
+                and (not trimmed or entry.complete)  # a windowed copy cannot follow the cap
+            ):
+                if trimmed:
+                    entry.turns = entry.turns[trimmed:]
                 entry.extend(written.turns)
                 entry.committed(written.version, now, self._ttl, hits)
                 if entry.title is None:
@@ -329,10 +336,14 @@ class SessionOperations:
             entry = self._cache.peek(sid)
             if written.created:
                 entry = self._new_entry(written.version, now, owner)
-                entry.turns = list(written.turns)
+                entry.turns = list(written.turns)[written.trimmed :]
                 entry.turn_count = len(written.turns)
-            elif entry is not None and entry.version == written.version - 1:
-                entry.turns = entry.turns + written.turns
+            elif (
+                entry is not None
+                and entry.version == written.version - 1
+                and (not written.trimmed or entry.complete)
+            ):
+                entry.turns = (entry.turns + written.turns)[written.trimmed :]
                 entry.turn_count += len(written.turns)
                 entry.committed(written.version, now, self._ttl, hits)
             else:
@@ -367,6 +378,61 @@ class SessionOperations:
                 setattr(entry, name, value)
             entry.committed(version, now, self._ttl, hits)
             return True
+
+    async def rewind(
+        self,
+        sid: str,
+        to_seq: int,
+        last_seq: int,
+        fields: SessionFields,
+        expected: int,
+        owner: str | None,
+    ) -> bool:
+        """``SqlStore.rewind`` of the session read at version ``expected``; the cached copy
+        goes either way (the next read loads what the rewind left). Returns whether it was
+        written: False if the session moved on or ended meanwhile."""
+        with self._cache.holding(sid):
+            before = self._cache.peek(sid)
+            hits = before.unflushed_hits if before is not None else 0
+            try:
+                version = await self.store.rewind(
+                    sid,
+                    to_seq,
+                    last_seq,
+                    fields,
+                    expected=expected,
+                    now=utc(self._clock()),
+                    ttl=self._ttl,
+                    hits=hits,
+                    uid=owner,
+                )
+            finally:
+                self._cache.discard(sid)
+            return version is not None
+
+    async def fork(
+        self,
+        sid: str,
+        fields: SessionFields,
+        turns: Sequence[ConversationTurn],
+        source: str,
+        upto: int,
+        key: str,
+        owner: str | None,
+    ) -> None:
+        """``SqlStore.fork`` into the new session ``sid`` (cached on its first read)."""
+        written = await self.store.fork(
+            sid,
+            fields,
+            turns,
+            source=source,
+            upto=upto,
+            now=utc(self._clock()),
+            ttl=self._ttl,
+            key=key,
+            uid=owner,
+        )
+        self._count_write(written)
 
     async def delete(self, sid: str, owner: str | None = None) -> bool:
         try:

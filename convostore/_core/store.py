@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore._core.crypt import SEALED_MARK, TurnCipher, refuse_sealed
 from convostore._core.gate import Gate
+from convostore._core.history import HistoryEdits
 from convostore._core.schema import opened_fields, rows_of_turns, turn_at
 from convostore.backends import Backend, backend_for
 from convostore.backends._core_path import CoreExecutor
@@ -41,7 +42,13 @@ from convostore.backends._executor import (
 )
 from convostore.backends._fast import Compiled, ConnectionLender
 from convostore.backends._statements import Statements, UpdateThenRead
-from convostore.errors import InvalidTurn, NotSessionOwner, causes, register_driver_errors
+from convostore.errors import (
+    InvalidTurn,
+    NotSessionOwner,
+    StoreError,
+    causes,
+    register_driver_errors,
+)
 from convostore.models import (
     SESSION_COLUMNS,
     ConversationTurn,
@@ -73,10 +80,28 @@ class WriteOutcome:
     other fields are then meaningless)."""
     stale: bool = False
     """The session was not at the expected version: nothing was written."""
+    trimmed: int = 0
+    """How many of the oldest turns ``max_turns_per_session`` took out of the live
+    conversation after this write."""
 
 
 _DUPLICATE = WriteOutcome(-1, False, False, [], duplicate=True)
 _STALE = WriteOutcome(-1, False, False, [], stale=True)
+
+
+def _session_write(
+    sid: str, now: datetime, ttl: float, hits: int, uid: str | None
+) -> dict[str, Any]:
+    """The parameters every write of a session row takes: the session, the time, the expiry
+    it slides to, the reads it adds to ``access_count`` (``hits`` not yet counted, and the
+    write's own), and whose write it is."""
+    return {
+        "sid": sid,
+        "now": now,
+        "expires": now + timedelta(seconds=ttl),
+        "hits": hits + 1,
+        "uid": uid,
+    }
 
 
 def _stamped(turns: Sequence[ConversationTurn], created_at: datetime) -> list[ConversationTurn]:
@@ -120,6 +145,7 @@ class SqlStore:
         default_language: str | None = None,
         auto_title: bool = False,
         cipher: TurnCipher | None = None,
+        max_turns: int | None = None,
     ) -> None:
         """``gate``: where the operations on an engine convostore created wait for a
         connection (``calls.CallLifecycle``), whose hot path may keep connections between
@@ -133,10 +159,14 @@ class SqlStore:
         """The language of a session created here (``StoreConfig.default_language``)."""
         self.auto_title = auto_title
         """Whether an append titles a session without a title (``StoreConfig.auto_title``)."""
+        self.max_turns = max_turns
+        """The most turns a live conversation keeps (``StoreConfig.max_turns_per_session``):
+        an append beyond it takes the oldest exchanges out, in its transaction."""
         dialect = engine.dialect
         backend = backend_for(engine)
         register_driver_errors(backend.driver_errors(), backend.is_disconnect, backend.is_transient)
         self.sql = sql = Statements(backend)
+        self.history = HistoryEdits(backend)
         self._executors = Executors(
             engine,
             owns_engine=owns_engine,
@@ -291,26 +321,45 @@ class SqlStore:
             "key": key,
             "uid": uid,
         }
-        try:
-            row = await self._append_to_live(params, new_turns)
-        except Exception as exc:
-            if _is_key_conflict(self.sql.backend, exc):
-                return _DUPLICATE
-            raise
-        if row is not None:
-            return WriteOutcome(row[1], False, False, _stamped(new_turns, now))
-        if not create:
-            return None
-        async with self._begin() as conn:
-            created, expired = await self._ensure(conn, sid, now, ttl, uid)
-            if not created:
-                await self._check_owner(conn, sid, uid, now)
-                if await self._key_stored(conn, sid, key):
+        if self.max_turns is None:
+            try:
+                row = await self._append_to_live(params, new_turns)
+            except Exception as exc:
+                if _is_key_conflict(self.sql.backend, exc):
                     return _DUPLICATE
+                raise
+            if row is not None:
+                return WriteOutcome(row[1], False, False, _stamped(new_turns, now))
+            if not create:
+                return None
+        async with self._begin() as conn:
+            created = expired = False
+            if create:
+                created, expired = await self._ensure(conn, sid, now, ttl, uid)
+                if not created:
+                    await self._check_owner(conn, sid, uid, now)
+                    if await self._key_stored(conn, sid, key):
+                        return _DUPLICATE
             allocated = await _returned(conn, self.sql.allocate, params)
-            assert allocated is not None
+            if allocated is None:
+                return None  # capped, not live (or stored already): create=True tells which
             await self._insert(conn, sid, allocated, new_turns, now, key)
-        return WriteOutcome(allocated[1], created, expired, _stamped(new_turns, now))
+            trimmed = await self._cap(conn, sid, allocated, now)
+        return WriteOutcome(
+            allocated[1], created, expired, _stamped(new_turns, now), trimmed=trimmed
+        )
+
+    async def _cap(
+        self, conn: AsyncConnection, sid: str, allocated: Sequence[Any], now: datetime
+    ) -> int:
+        """Hold the live conversation to ``max_turns`` after a write that numbered its turns
+        up to ``allocated`` (turn_count, version, conversation_id); returns how many of the
+        oldest turns it took out."""
+        if self.max_turns is None:
+            return 0
+        return await self.history.cap(
+            conn, sid, allocated[2], allocated[0], self.max_turns, now=now
+        )
 
     def title_for(self, new_turns: Sequence[ConversationTurn]) -> str | None:
         """The title an append of ``new_turns`` gives a session that has none: None unless
@@ -340,14 +389,7 @@ class SqlStore:
         ``sid``. Returns its new version, or None if it is not live. With ``uid``, a live
         session of another owner is never written: ``NotSessionOwner``. A summary of turns
         the session does not have raises ``InvalidTurn``."""
-        params = {
-            "sid": sid,
-            "now": now,
-            "expires": now + timedelta(seconds=ttl),
-            "hits": hits + 1,
-            "uid": uid,
-            **values,
-        }
+        params = {**_session_write(sid, now, ttl, hits, uid), **values}
         async with self._begin() as conn:
             row = await _returned(conn, self.sql.set_fields[tuple(values)], params)
             if row is None:
@@ -508,7 +550,81 @@ class SqlStore:
                 row = await _returned(conn, self.sql.replace, params)
                 assert row is not None
             await self._insert(conn, sid, row, new_turns, now, key)
-        return WriteOutcome(row[1], created, expired, _stamped(new_turns, now))
+            trimmed = await self._cap(conn, sid, row, now)
+        return WriteOutcome(row[1], created, expired, _stamped(new_turns, now), trimmed=trimmed)
+
+    async def rewind(
+        self,
+        sid: str,
+        to_seq: int,
+        last_seq: int,
+        fields: SessionFields,
+        *,
+        expected: int,
+        now: datetime,
+        ttl: float,
+        hits: int,
+        uid: str | None,
+    ) -> int | None:
+        """Take the turns after ``to_seq`` (to ``last_seq``) out of the live session at
+        version ``expected`` into a conversation of their own, setting its fields to
+        ``fields``. Returns the new version, or None (nothing written) if the session is not
+        live or not at that version any more. With ``uid``, a live session of another owner
+        is never written: ``NotSessionOwner``."""
+        params = {
+            **_session_write(sid, now, ttl, hits, uid),
+            "expected": expected,
+            "to": to_seq,
+            **fields.state_values(),
+        }
+        async with self._begin() as conn:
+            row = await _returned(conn, self.sql.rewind, params)
+            if row is None:
+                await self._check_owner(conn, sid, uid, now)
+                return None
+            await self.history.take_out(
+                conn, sid, row[2], to_seq + 1, last_seq, reason="rewind", now=now
+            )
+        return int(row[1])
+
+    async def fork(
+        self,
+        sid: str,
+        fields: SessionFields,
+        new_turns: Sequence[ConversationTurn],
+        *,
+        source: str,
+        upto: int,
+        now: datetime,
+        ttl: float,
+        key: str,
+        uid: str | None,
+    ) -> WriteOutcome:
+        """Create session ``sid`` with ``fields`` and ``new_turns`` (numbered from 1), its
+        conversation recording that its history is ``source``'s up to turn ``upto``, owned
+        by ``uid`` or else by ``source``'s owner. Sent again after a lost connection
+        (the same ``key``), it finds the first attempt's and stores nothing."""
+        async with self._begin() as conn:
+            source_cid, source_owner = await self.history.source(conn, source)
+            owner = uid if uid is not None else source_owner
+            created, expired = await self._ensure(conn, sid, now, ttl, owner)
+            if not created:
+                if await self._key_stored(conn, sid, key) or not new_turns:
+                    return _DUPLICATE
+                raise StoreError(f"the new session id {sid!r} is taken; nothing was stored")
+            params = {
+                **_session_write(sid, now, ttl, 0, owner),
+                "n": len(new_turns),
+                **fields.state_values(),
+                "key": key,
+            }
+            row = await _returned(conn, self.sql.replace, params)
+            assert row is not None
+            await self._insert(conn, sid, row, new_turns, now, key)
+            trimmed = await self._cap(conn, sid, row, now)
+            lineage = {"source": source, "source_cid": source_cid, "upto": upto}
+            await conn.execute(self.history.mark_fork, {"sid": sid, "cid": row[2], **lineage})
+        return WriteOutcome(row[1], True, expired, _stamped(new_turns, now), trimmed=trimmed)
 
     async def slide_expiry(self, sid: str, now: datetime, ttl: float, hits: int) -> int | None:
         """Slide a live session's expiry. Returns its version, or None if it is not live."""

@@ -147,6 +147,21 @@ class Statements:
         its fields, unless the write with idempotency ``key`` is stored already (a NULL key
         never is)."""
 
+        self.rewind = self._recorded(
+            update(sessions)
+            .where(live, owned, sessions.c.version == bindparam("expected", type_=BigInteger()))
+            .values(
+                **refreshed,
+                version=sessions.c.version + 1,
+                turn_count=bindparam("to", type_=Integer()),
+                last_activity=now,
+                **{name: bindparam(name, type_=sessions.c[name].type) for name in STATE_FIELDS},
+            )
+        )
+        """A rewind of a live session at version ``expected`` that ``uid`` may write: its
+        newest turn becomes ``to``, its fields the ones given (the context of the turns it
+        keeps)."""
+
         self.replace_if_unchanged = self._recorded(
             replace.where(sessions.c.version == bindparam("expected", type_=BigInteger()))
         )

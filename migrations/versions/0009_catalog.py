@@ -1,5 +1,6 @@
 """the catalog: titles, metadata and last activity, on sessions and on their conversations;
-summaries on sessions
+summaries on sessions; where a conversation was forked from, and turns a rewind or a cap
+superseded
 
 Revision ID: 0009
 Revises: 0008
@@ -16,6 +17,12 @@ Create Date: 2027-03-01
 - ``sessions.summary`` and ``sessions.summary_upto``: a summary of the session's turns up to
   that one (``set_summary``); NULL: none. Summaries serve the live session's windowed reads,
   so its conversation does not keep them.
+- ``conversations.forked_from``, ``forked_from_conversation`` and ``forked_upto``: the
+  session, conversation and last turn a fork (``fork``) copied its history from.
+- ``conversations.superseded_by`` and ``superseded_reason``: a conversation holding turns
+  taken out of the live conversation ``superseded_by``, by a rewind (``"rewind"``, one such
+  conversation each) or by ``max_turns_per_session`` (``"cap"``, one for the live
+  conversation), kept as a transcript until retention.
 - ``conversation_status`` shows each conversation's ``title``, ``metadata`` and
   ``last_activity``.
 
@@ -113,7 +120,9 @@ LEFT JOIN sessions s ON s.session_id = c.session_id AND s.conversation_id = c.co
 _CATALOG = """,
        COALESCE(s.title, c.title) AS title,
        COALESCE(s.metadata, c.metadata) AS metadata,
-       COALESCE(s.last_activity, c.last_activity) AS last_activity"""
+       COALESCE(s.last_activity, c.last_activity) AS last_activity,
+       c.forked_from, c.forked_from_conversation, c.forked_upto,
+       c.superseded_by, c.superseded_reason"""
 
 _LAST_TURN = (
     "(SELECT MAX(t.created_at) FROM turns t WHERE t.session_id = {table}.session_id "
@@ -143,6 +152,14 @@ def _end_trigger(copied: str) -> None:
     op.execute(trigger.format(copied=copied, where=_WHERE))
 
 
+_LINEAGE = (
+    ("forked_from", sa.String(128)),
+    ("forked_from_conversation", sa.BigInteger()),
+    ("forked_upto", sa.Integer()),
+    ("superseded_by", sa.BigInteger()),
+    ("superseded_reason", sa.String(16)),
+)
+
 _SUMMARY = (
     ("summary", _TEXT),
     ("summary_upto", sa.Integer()),
@@ -155,6 +172,8 @@ def upgrade() -> None:
             op.add_column(table, sa.Column(name, type_, nullable=True))
     for name, type_ in _SUMMARY:
         op.add_column("sessions", sa.Column(name, type_, nullable=True))
+    for name, type_ in _LINEAGE:
+        op.add_column("conversations", sa.Column(name, type_, nullable=True))
     op.execute(
         "UPDATE sessions SET last_activity = "
         f"COALESCE({_LAST_TURN.format(table='sessions')}, created_at)"
@@ -179,6 +198,8 @@ def downgrade() -> None:
     op.execute("DROP VIEW conversation_status")
     op.execute(_status(catalog=False))
     _end_trigger(_COPIED)
+    for name, _ in reversed(_LINEAGE):
+        op.drop_column("conversations", name)
     for name, _ in reversed(_SUMMARY):
         op.drop_column("sessions", name)
     for table in ("sessions", "conversations"):
