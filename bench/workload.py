@@ -136,6 +136,12 @@ def history_exchanges(n_turns: int) -> list[tuple[str, str, list[dict[str, Any]]
     return exchanges
 
 
+def _row(columns: Sequence[str], **values: Any) -> tuple[Any, ...]:
+    """A row of a table with ``columns``, in their order: ``values`` by name, NULL for the
+    rest (so a column a migration adds needs no change here)."""
+    return tuple(values.get(name) for name in columns)
+
+
 def history_rows(
     sids: Sequence[str],
     n_turns: int,
@@ -181,30 +187,49 @@ def history_rows(
     for start in range(0, len(sids), 10_000):
         chunk = HistoryRows()
         for cid, sid in enumerate(sids[start : start + 10_000], first_conversation + start):
-            chunk.conversations.append((sid, cid, user, created_s, None, None, None, None, None))
+            chunk.conversations.append(
+                _row(
+                    CONVERSATION_COLUMNS,
+                    session_id=sid,
+                    conversation_id=cid,
+                    user_id=user,
+                    started_at=created_s,
+                )
+            )
             chunk.sessions.append(
-                (
-                    sid,
-                    cid,
-                    user,
-                    created_s,
-                    last_s,
-                    expires_s,
-                    0,
-                    "nl",
-                    template,
-                    current_slots,
-                    n_turns,
-                    n_turns // 2,
-                    None,
-                    None,
-                    last_s,
+                _row(
+                    SESSION_COLUMNS,
+                    session_id=sid,
+                    conversation_id=cid,
+                    user_id=user,
+                    created_at=created_s,
+                    last_accessed=last_s,
+                    expires_at=expires_s,
+                    access_count=0,
+                    language="nl",
+                    current_template_id=template,
+                    current_slots=current_slots,
+                    turn_count=n_turns,
+                    version=n_turns // 2,
+                    last_activity=last_s,
                 )
             )
             for seq, role, content, resolved, template_id, results, place, at in turn_template:
                 key = f"k{seq}" if role == "user" else None  # as every append stores one
                 chunk.turns.append(
-                    (sid, cid, seq, role, content, resolved, template_id, results, at, key)
+                    _row(
+                        TURN_COLUMNS,
+                        session_id=sid,
+                        conversation_id=cid,
+                        seq=seq,
+                        role=role,
+                        content=content,
+                        resolved_question=resolved,
+                        template_id=template_id,
+                        results=results,
+                        created_at=at,
+                        idempotency_key=key,
+                    )
                 )
                 if place is not None:
                     chunk.slots.append((sid, cid, seq, "place", place))

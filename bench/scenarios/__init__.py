@@ -11,6 +11,7 @@ from . import (
     append,
     cache_hit,
     callers,
+    caps,
     catalog,
     coherence,
     coherence_writers,
@@ -43,6 +44,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         coherence_writers.run,
     ),
     "catalog": ("the catalog: list_sessions page after page", catalog.run),
+    "caps": ("add_turn at max_turns_per_session against no cap", caps.run),
     "peers": ("peers (--peers)", peers.run),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""
