@@ -14,6 +14,7 @@ from convostore.errors import (
     ConvostoreError,
     ForeignStateError,
     InvalidPage,
+    InvalidQuery,
     InvalidSessionId,
     InvalidTurn,
     NotRunning,
@@ -23,7 +24,13 @@ from convostore.errors import (
     StoreError,
     StoreUnavailable,
 )
-from convostore.models import ConversationState, ConversationSummary, ConversationTurn
+from convostore.models import (
+    ConversationState,
+    ConversationSummary,
+    ConversationTurn,
+    SearchHit,
+    SearchPage,
+)
 from convostore.repository import SessionRepository
 
 SessionConfig = StoreConfig
@@ -37,11 +44,14 @@ __all__ = [
     "ConvostoreError",
     "ForeignStateError",
     "InvalidPage",
+    "InvalidQuery",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
     "NotSessionOwner",
     "SchemaNotReady",
+    "SearchHit",
+    "SearchPage",
     "SessionConfig",
     "SessionRepository",
     "StaleStateError",

@@ -8,7 +8,9 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     ├── InvalidSessionId   (also ValueError)   bad session or user id, raised before any SQL
     ├── InvalidTurn        (also ValueError)   text or results the store cannot hold or that
     │                                          exceed the size limits, before any SQL
-    ├── InvalidPage        (also ValueError)   list_sessions: a bad limit or cursor
+    ├── InvalidPage        (also ValueError)   list_sessions, search: a bad limit or cursor
+    ├── InvalidQuery       (also ValueError)   search: an empty query, or one beyond the
+    │                                          size limits, before any SQL
     ├── SchemaNotReady                         the database lacks the newest migration
     ├── NotRunning         (also RuntimeError) the repository is not started, or already stopped
     ├── StaleStateError                        update(if_unchanged=True): the session moved on
@@ -35,6 +37,7 @@ __all__ = [
     "ConvostoreError",
     "ForeignStateError",
     "InvalidPage",
+    "InvalidQuery",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
@@ -74,7 +77,14 @@ class InvalidTurn(ConvostoreError, ValueError):
 
 
 class InvalidPage(ConvostoreError, ValueError):
-    """``list_sessions``: ``limit`` is not 1-1000, or ``before`` is not a conversation id."""
+    """``list_sessions``: ``limit`` is not 1-1000, or ``before`` is not a conversation id;
+    ``search``: ``limit`` is not 1-1000, or ``cursor`` is not one a search of the same query
+    and user handed out."""
+
+
+class InvalidQuery(ConvostoreError, ValueError):
+    """``search``: the query is not text, holds no word, or is longer than
+    ``StoreConfig.max_text_chars`` (or holds characters the database cannot take)."""
 
 
 class SchemaNotReady(ConvostoreError):

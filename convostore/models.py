@@ -31,6 +31,8 @@ __all__ = [
     "ConversationState",
     "ConversationSummary",
     "ConversationTurn",
+    "SearchHit",
+    "SearchPage",
     "SessionFields",
     "StateBuilder",
     "StoredSession",
@@ -99,6 +101,35 @@ class ConversationSummary(BaseModel):
     """Turns stored (two per exchange)."""
     last_activity: datetime
     """When the last turn was stored (``started_at`` if none was)."""
+
+
+class SearchHit(BaseModel):
+    """One stored turn that matched ``SessionRepository.search``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    conversation_id: int
+    seq: int
+    """The turn's number in its conversation (from 1; a question's answer is ``seq + 1``)."""
+    role: Literal["user", "assistant"]
+    """``user``: the match is in a question or its resolved question; ``assistant``: in an
+    answer."""
+    rank: float
+    """How well the turn matches, higher is better; comparable only within one search on one
+    database (each backend scores its own way)."""
+    snippet: str
+    """A short excerpt of the matching text, the matched words between ``**``."""
+
+
+class SearchPage(BaseModel):
+    """One page of ``SessionRepository.search``'s hits, best first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hits: list[SearchHit]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page; None on the last page."""
 
 
 class ConversationState(BaseModel):

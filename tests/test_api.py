@@ -22,6 +22,7 @@ from convostore import (
     ConvostoreError,
     ForeignStateError,
     InvalidPage,
+    InvalidQuery,
     InvalidSessionId,
     InvalidTurn,
     NotRunning,
@@ -45,11 +46,14 @@ EXPECTED_ALL = [
     "ConvostoreError",
     "ForeignStateError",
     "InvalidPage",
+    "InvalidQuery",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
     "NotSessionOwner",
     "SchemaNotReady",
+    "SearchHit",
+    "SearchPage",
     "SessionConfig",
     "SessionRepository",
     "StaleStateError",
@@ -73,7 +77,8 @@ def test_all_is_sorted_and_pinned() -> None:
 
 
 @pytest.mark.parametrize(
-    "error", [ConfigError, InvalidSessionId, InvalidTurn, InvalidPage, ForeignStateError]
+    "error",
+    [ConfigError, InvalidSessionId, InvalidTurn, InvalidPage, InvalidQuery, ForeignStateError],
 )
 def test_input_errors_are_value_errors(error: type[Exception]) -> None:
     """The errors of bad input are both ConvostoreError and ValueError."""

@@ -34,19 +34,19 @@ PREVIOUS = str(_below_head.down_revision if _below_head is not None else "")
 """The revision below the head (revision ids are numbers, but not every number is one)."""
 
 
-def _oldest_code_for_head() -> str:
-    """The oldest revision whose code runs at the head, read off the scripts' flags: below
-    the head while each revision says it is compatible with the code before it."""
+def _oldest_code_for(revision: str) -> str:
+    """The oldest revision whose code runs at ``revision``, read off the scripts' flags: below
+    it while each revision says it is compatible with the code before it."""
     scripts = ScriptDirectory.from_config(alembic_config())
-    oldest = HEAD
-    script = scripts.get_revision(HEAD)
+    oldest = revision
+    script = scripts.get_revision(revision)
     while script is not None and getattr(script.module, "compatible_with_older_code", False):
         oldest = str(script.down_revision)
         script = scripts.get_revision(oldest)
     return oldest
 
 
-OLDEST_FOR_HEAD = _oldest_code_for_head()
+OLDEST_FOR_HEAD = _oldest_code_for(HEAD)
 
 
 def _after_head(steps: int) -> str:
@@ -163,7 +163,9 @@ async def test_older_schema_is_refused_and_head_accepted(empty_url: str) -> None
     records) and accepts one at exactly the head, which records the oldest code that runs on
     it, as the scripts' flags say."""
     await upgrade_url(empty_url, PREVIOUS)
-    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [(PREVIOUS, PREVIOUS)]
+    assert await _rows(empty_url, f"SELECT * FROM {RECORD}") == [
+        (PREVIOUS, _oldest_code_for(PREVIOUS))
+    ]
     pattern = rf"schema revision {PREVIOUS}, but .* needs revision {HEAD}"
     with pytest.raises(SchemaNotReady, match=pattern):
         await _check(empty_url)
@@ -179,8 +181,10 @@ async def test_unknown_revision_without_a_record_is_refused(url: str) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0009'"))
-        with pytest.raises(SchemaNotReady, match=r"revision 0009, newer .* needs newer code"):
+            await conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '{_after_head(1)}'"))
+        with pytest.raises(
+            SchemaNotReady, match=rf"revision {_after_head(1)}, newer .* needs newer code"
+        ):
             await check_schema(engine)
     finally:
         await engine.dispose()
