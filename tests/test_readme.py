@@ -75,6 +75,7 @@ SNIPPETS = {
     "compat": "from convostore import get_session_manager",
     "pgbouncer": 'pooler="pgbouncer"',
     "users": 'user_id="u-99"',
+    "search": "page = await repo.search(",
     "engine timeouts": '"command_timeout": 5',
 }
 """Each README ```python block, by a line only it has; each has a test below."""
@@ -140,6 +141,25 @@ async def test_users_snippet_runs(
     namespace: dict[str, object] = {"__name__": "readme_example"}
     await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
     assert await _row_counts(empty_url) == [0, 0, 0, 0]
+
+
+async def test_search_snippet_runs(
+    backend: str,
+    empty_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The search snippet runs as written on an empty database (after `convostore migrate` on
+    PostgreSQL) and prints its one hit, the question, with both words marked."""
+    await _migrate_postgres(backend, empty_url)
+    example = _snippet("search").replace("sqlite+aiosqlite:///chat.db", empty_url)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert " 1 user " in line
+    assert "**Archieven** in **Utrecht**" in line
 
 
 async def _row_counts(url: str) -> list[int]:

@@ -195,6 +195,21 @@ async def test_turns_deleted_with_their_conversation_no_longer_match(
     assert (await repo.search("land")).hits == []
 
 
+async def test_postgresql_indexes_with_the_configuration_the_migration_was_given(
+    backend: str, empty_url: str, make_repo: MakeRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Env ``CONVOSTORE_SEARCH_CONFIG`` at migration time picks PostgreSQL's text search
+    configuration, for the index and the queries alike (``english`` stems: "archives" finds
+    "archive"); the other databases ignore it and match the words as written."""
+    monkeypatch.setenv("CONVOSTORE_SEARCH_CONFIG", "english")
+    await migrate_url(empty_url)
+    repo = await make_repo(database_url=empty_url)
+    await repo.add_turn("s", "Which archives hold maps?", "The national archive.")
+    stemmed = sorted(_keys((await repo.search("archive")).hits))
+    assert stemmed == ([("s", 1), ("s", 2)] if backend == "postgresql" else [("s", 2)])
+    assert _keys((await repo.search("maps")).hits) == [("s", 1)]
+
+
 def _before_search() -> str:
     """The revision before the one that adds the search (the head)."""
     script = ScriptDirectory.from_config(alembic_config())
@@ -232,3 +247,15 @@ async def test_concurrent_searches_and_appends(repo: SessionRepository) -> None:
         *(repo.search("zeppelin") for _ in range(5)),
     )
     assert len(await _all_hits(repo, "zeppelin", limit=3)) == 10
+
+
+async def test_a_long_text_of_distinct_words_is_stored_and_found(make_repo: MakeRepo) -> None:
+    """A question of 300,000 characters in 60,000 distinct words (more than PostgreSQL's
+    1 MB ``tsvector`` could hold whole) is stored, and a word at its start is found."""
+    repo = await make_repo(max_text_chars=300_000)
+    words = (
+        "".join(chr(0x20000 + n // 64**place % 64) for place in range(4)) for n in range(60_000)
+    )
+    question = "zeppelin " + " ".join(words)
+    await repo.add_turn("long", question[:300_000], "Noted.")
+    assert _keys((await repo.search("zeppelin")).hits) == [("long", 1)]

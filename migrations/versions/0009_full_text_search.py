@@ -16,11 +16,15 @@ What ``SessionRepository.search`` reads, kept by the database itself as turns co
   mode on SQLite) gives its rows new rowids and must ``rebuild`` this index after the copy.
 - PostgreSQL: ``turns.search_vector``, a stored generated column
   (``to_tsvector(convostore_search_config(), content || ' ' || resolved_question)``) with the
-  GIN index ``ix_turns_search``. The function ``convostore_search_config()`` returns the text
-  search configuration, chosen when this migration runs: ``alembic -x search_config=english``,
-  else env ``CONVOSTORE_SEARCH_CONFIG``, else ``simple`` (words as written, lower-cased, no
-  stemming nor stop words). Searches use the same function, so the index and the queries
-  always agree. Adding the column rewrites ``turns`` (filling it), holding its lock meanwhile.
+  GIN index ``ix_turns_search``. Each text counts with its first 100,000 characters (the
+  default ``max_text_chars``): a ``tsvector`` holds at most 1 MB, and 200,000 characters of
+  distinct words make at most about 0.96 MB, so a longer text (allowed by a larger
+  ``max_text_chars``) can never make an append fail. The function
+  ``convostore_search_config()`` returns the text search configuration, chosen when this
+  migration runs: ``alembic -x search_config=english``, else env
+  ``CONVOSTORE_SEARCH_CONFIG``, else ``simple`` (words as written, lower-cased, no stemming
+  nor stop words). Searches use the same function, so the index and the queries always
+  agree. Adding the column rewrites ``turns`` (filling it), holding its lock meanwhile.
 - MariaDB: the InnoDB FULLTEXT index ``ix_turns_search`` on ``(content, resolved_question)``,
   built without a stop-word list (InnoDB's default list drops words such as "the" and "with";
   the list in force when the index is built stays with it). Building it fills it. Those two
@@ -93,7 +97,10 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT '{config}'::regconfig $$
 """
 _PG_COLUMN = """
 ALTER TABLE turns ADD COLUMN search_vector tsvector GENERATED ALWAYS AS (
-    to_tsvector(convostore_search_config(), content || ' ' || COALESCE(resolved_question, ''))
+    to_tsvector(
+        convostore_search_config(),
+        left(content, 100000) || ' ' || left(COALESCE(resolved_question, ''), 100000)
+    )
 ) STORED
 """
 _MARIADB_TEXT = (
