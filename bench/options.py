@@ -63,6 +63,10 @@ class Sizes:
     memory_sessions: int
     memory_turns: int
     peer_iterations: int
+    search_turns: int
+    """Turns of varied text in the search's store: ten per session of ``--scale``, at most
+    1,000,000 (issue 17's figure)."""
+    search_iterations: int
 
     @classmethod
     def for_run(cls, quick: bool, scale: int) -> Sizes:
@@ -96,6 +100,8 @@ class Sizes:
                 memory_sessions=100,
                 memory_turns=20,
                 peer_iterations=12,
+                search_turns=2_000,
+                search_iterations=40,
             )
         return cls(
             warmup=20,
@@ -126,4 +132,6 @@ class Sizes:
             memory_sessions=2_000,
             memory_turns=20,
             peer_iterations=200,
+            search_turns=min(scale * 10, 1_000_000),
+            search_iterations=1_000,
         )

@@ -18,6 +18,7 @@ from . import (
     large_store,
     memory,
     peers,
+    search,
     throughput,
 )
 
@@ -39,6 +40,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
         "coherence's cost to 8, 32 and 64 concurrent writers",
         coherence_writers.run,
     ),
+    "search": ("full-text search: latency, and the index's cost to appends", search.run),
     "peers": ("peers (--peers)", peers.run),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""
