@@ -52,6 +52,7 @@ __all__ = [
     "MAX_SESSION_ID_LENGTH",
     "SEARCH_INDEX",
     "SEARCH_TABLE",
+    "SEARCH_TABLES",
     "SEARCH_VECTOR",
     "UTCDateTime",
     "changes",
@@ -372,6 +373,11 @@ evict what they cached (``coherence``); the expiry sweep prunes it. It is kept o
 SEARCH_TABLE = "turns_search"
 """SQLite: the FTS5 table over ``turns`` (external content: it reads the text from ``turns``
 by rowid), kept by triggers on ``turns`` (migration 0009)."""
+SEARCH_TABLES = (
+    SEARCH_TABLE,
+    *(f"{SEARCH_TABLE}_{part}" for part in ("data", "idx", "docsize", "config")),
+)
+"""SQLite: ``SEARCH_TABLE`` and the shadow tables FTS5 keeps its index in."""
 SEARCH_VECTOR = "search_vector"
 """PostgreSQL: the stored generated ``tsvector`` column of ``turns`` (migration 0009)."""
 SEARCH_INDEX = "ix_turns_search"
