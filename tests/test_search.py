@@ -17,8 +17,10 @@ from convostore import (
     InvalidPage,
     InvalidQuery,
     InvalidSessionId,
+    NotRunning,
     SearchHit,
     SessionRepository,
+    StoreConfig,
 )
 from convostore.migrate import alembic_config, head_revision, migrate_url
 
@@ -170,6 +172,17 @@ async def test_bad_input_is_refused_before_any_sql(repo: SessionRepository) -> N
             with pytest.raises(error):
                 await repo.search(**arguments)
     assert statements == []
+
+
+async def test_search_needs_a_running_repository(url: str) -> None:
+    """Before ``start()`` and after ``stop()`` a search raises ``NotRunning``."""
+    repo = SessionRepository(StoreConfig(database_url=url, cleanup_interval=0))
+    with pytest.raises(NotRunning):
+        await repo.search("zeppelin")
+    async with repo:
+        assert (await repo.search("zeppelin")).hits == []
+    with pytest.raises(NotRunning):
+        await repo.search("zeppelin")
 
 
 async def test_turns_deleted_with_their_conversation_no_longer_match(

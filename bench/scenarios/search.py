@@ -99,7 +99,7 @@ async def run(ctx: Context) -> list[Row]:
 
 async def _latency(ctx: Context, server: Server) -> list[Row]:
     turns = ctx.sizes.search_turns
-    corpus = _Corpus(server.name)
+    corpus = _Corpus("search")
     db = await server.database("search")
     try:
         sids = session_ids("search", max(1, turns // TURNS))
