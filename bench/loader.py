@@ -10,8 +10,9 @@ they follow the largest stored."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from functools import partial
 
 import asyncpg
 
@@ -22,11 +23,19 @@ from .workload import (
     SESSION_COLUMNS,
     SLOT_COLUMNS,
     TURN_COLUMNS,
+    HistoryRows,
     history_rows,
     sqlite_timestamp,
 )
 
 __all__ = ["checkpoint", "load_histories", "vacuum_analyze"]
+
+
+Texts = Callable[[str, int], str]
+"""A turn's content by session id and ``seq``."""
+Rows = Callable[..., Iterator[HistoryRows]]
+"""``workload.history_rows`` for the sessions to load, given ``stamp`` and
+``first_conversation``, which each database decides."""
 
 
 def _insert(table: str, columns: Sequence[str], mark: str = "?") -> str:
@@ -42,41 +51,27 @@ async def load_histories(
     now: datetime,
     ttl: float,
     expired: bool = False,
+    texts: Texts | None = None,
     user: str | None = None,
 ) -> None:
     """Store ``len(sids)`` sessions of ``n_turns`` turns each, ``user``'s (see
-    ``workload.history_rows``)."""
+    ``workload.history_rows``, which also says what ``texts`` does)."""
     if not sids:
         return
     load = {"sqlite": _load_sqlite, "mariadb": _load_mariadb}.get(db.backend, _load_postgres)
-    await load(db, sids, n_turns, now=now, ttl=ttl, expired=expired, user=user)
+    rows = partial(
+        history_rows, sids, n_turns, now=now, ttl=ttl, expired=expired, texts=texts, user=user
+    )
+    await load(db, len(sids), rows)
 
 
-async def _load_sqlite(
-    db: Database,
-    sids: Sequence[str],
-    n_turns: int,
-    *,
-    now: datetime,
-    ttl: float,
-    expired: bool,
-    user: str | None,
-) -> None:
+async def _load_sqlite(db: Database, count: int, rows: Rows) -> None:
     conn = await connect_sqlite(db.target)
     try:
-        rows = await conn.execute_fetchall(
+        top = await conn.execute_fetchall(
             "SELECT coalesce(max(conversation_id), 0) + 1 FROM conversations"
         )
-        chunks = history_rows(
-            sids,
-            n_turns,
-            now=now,
-            ttl=ttl,
-            stamp=sqlite_timestamp,
-            first_conversation=next(iter(rows))[0],
-            expired=expired,
-            user=user,
-        )
+        chunks = rows(stamp=sqlite_timestamp, first_conversation=next(iter(top))[0])
         for chunk in chunks:
             await conn.executemany(
                 _insert("conversations", CONVERSATION_COLUMNS), chunk.conversations
@@ -89,33 +84,15 @@ async def _load_sqlite(
         await conn.close()
 
 
-async def _load_postgres(
-    db: Database,
-    sids: Sequence[str],
-    n_turns: int,
-    *,
-    now: datetime,
-    ttl: float,
-    expired: bool,
-    user: str | None,
-) -> None:
+async def _load_postgres(db: Database, count: int, rows: Rows) -> None:
     conn = await connect_postgres(db.target)
     try:
         # The rows are consistent by construction; skipping the per-row foreign-key triggers
         # (superuser only) makes loading millions of turns minutes faster. Same schema.
         with contextlib.suppress(asyncpg.PostgresError):
             await conn.execute("SET session_replication_role = replica")
-        first = await conn.fetchval(_PG_RESERVE, len(sids))
-        chunks = history_rows(
-            sids,
-            n_turns,
-            now=now,
-            ttl=ttl,
-            stamp=_same,
-            first_conversation=first,
-            expired=expired,
-            user=user,
-        )
+        first = await conn.fetchval(_PG_RESERVE, count)
+        chunks = rows(stamp=_same, first_conversation=first)
         for chunk in chunks:
             async with conn.transaction():
                 await conn.copy_records_to_table(
@@ -136,16 +113,7 @@ async def _load_postgres(
         await conn.close()
 
 
-async def _load_mariadb(
-    db: Database,
-    sids: Sequence[str],
-    n_turns: int,
-    *,
-    now: datetime,
-    ttl: float,
-    expired: bool,
-    user: str | None,
-) -> None:
+async def _load_mariadb(db: Database, count: int, rows: Rows) -> None:
     conn = await connect_mariadb(db.target)
     try:
         async with conn.cursor() as cursor:
@@ -154,25 +122,16 @@ async def _load_mariadb(
             await cursor.execute("SET SESSION foreign_key_checks = 0, unique_checks = 0")
             await cursor.execute("SELECT NEXTVAL(conversation_ids)")
             (first,) = await cursor.fetchone()
-            await cursor.execute("SELECT SETVAL(conversation_ids, %s)", (first + len(sids) - 1,))
-            chunks = history_rows(
-                sids,
-                n_turns,
-                now=now,
-                ttl=ttl,
-                stamp=_same,
-                first_conversation=first,
-                expired=expired,
-                user=user,
-            )
+            await cursor.execute("SELECT SETVAL(conversation_ids, %s)", (first + count - 1,))
+            chunks = rows(stamp=_same, first_conversation=first)
             for chunk in chunks:
-                for table, columns, rows in (
+                for table, columns, values in (
                     ("conversations", CONVERSATION_COLUMNS, chunk.conversations),
                     ("sessions", SESSION_COLUMNS, chunk.sessions),
                     ("turns", TURN_COLUMNS, chunk.turns),
                     ("turn_slots", SLOT_COLUMNS, chunk.slots),
                 ):
-                    await cursor.executemany(_insert(table, columns, "%s"), rows)
+                    await cursor.executemany(_insert(table, columns, "%s"), values)
                 await conn.commit()
     finally:
         await conn.ensure_closed()

@@ -65,6 +65,10 @@ class Sizes:
     peer_iterations: int
     catalog_conversations: int
     """Conversations of the one user ``catalog`` pages through (half of them ended)."""
+    search_turns: int
+    """Turns of varied text in the search's store: ten per session of ``--scale``, at most
+    1,000,000 (issue 17's figure)."""
+    search_iterations: int
 
     @classmethod
     def for_run(cls, quick: bool, scale: int) -> Sizes:
@@ -99,6 +103,8 @@ class Sizes:
                 memory_turns=20,
                 peer_iterations=12,
                 catalog_conversations=2_000,
+                search_turns=2_000,
+                search_iterations=40,
             )
         return cls(
             warmup=20,
@@ -130,4 +136,6 @@ class Sizes:
             memory_turns=20,
             peer_iterations=200,
             catalog_conversations=100_000,
+            search_turns=min(scale * 10, 1_000_000),
+            search_iterations=1_000,
         )

@@ -151,6 +151,7 @@ def history_rows(
     stamp: Callable[[datetime], Any],
     first_conversation: int,
     expired: bool = False,
+    texts: Callable[[str, int], str] | None = None,
     user: str | None = None,
 ) -> Iterator[HistoryRows]:
     """Rows for sessions of ``n_turns`` turns each (alternating user and assistant; each user
@@ -162,8 +163,9 @@ def history_rows(
     expired an hour before ``now``. Each exchange was stored ``EXCHANGE_SPACING`` seconds
     after the one before, the last one when the session was last used (a load parses each
     exchange's timestamp: one shared by every turn would flatter a reader that remembers the
-    last one it parsed). ``stamp`` encodes timestamps for the driver. Every session is
-    ``user``'s (None: no owner), untitled, without metadata.
+    last one it parsed). ``stamp`` encodes timestamps for the driver. ``texts(sid, seq)``,
+    if given, is each turn's content instead of the shared histories' (a search needs texts
+    that differ). Every session is ``user``'s (None: no owner), untitled, without metadata.
     """
     if expired:
         last, expires = now - timedelta(seconds=ttl + 3600), now - timedelta(seconds=3600)
@@ -215,6 +217,8 @@ def history_rows(
                 )
             )
             for seq, role, content, resolved, template_id, results, place, at in turn_template:
+                if texts is not None:
+                    content = texts(sid, seq)
                 key = f"k{seq}" if role == "user" else None  # as every append stores one
                 chunk.turns.append(
                     _row(

@@ -9,7 +9,9 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     ├── InvalidTurn        (also ValueError)   text or results the store cannot hold or that
     │   │                                      exceed the size limits, before any SQL
     │   └── RedactionFailed                    StoreConfig.redact raised or returned no string
-    ├── InvalidPage        (also ValueError)   list_sessions: a bad limit or cursor
+    ├── InvalidPage        (also ValueError)   list_sessions, search: a bad limit or cursor
+    ├── InvalidQuery       (also ValueError)   search: an empty query, or one beyond the
+    │                                          size limits, before any SQL
     ├── SchemaNotReady                         the database lacks the newest migration
     ├── NotRunning         (also RuntimeError) the repository is not started, or already stopped
     ├── StaleStateError                        update(if_unchanged=True): the session moved on
@@ -39,6 +41,7 @@ __all__ = [
     "DecryptionFailed",
     "ForeignStateError",
     "InvalidPage",
+    "InvalidQuery",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
@@ -85,7 +88,14 @@ class RedactionFailed(InvalidTurn):
 
 
 class InvalidPage(ConvostoreError, ValueError):
-    """``list_sessions``: ``limit`` is not 1-1000, or ``before`` is not a conversation id."""
+    """``list_sessions``: ``limit`` is not 1-1000, or ``before`` is not a conversation id;
+    ``search``: ``limit`` is not 1-1000, or ``cursor`` is not one a search of the same query
+    and user handed out."""
+
+
+class InvalidQuery(ConvostoreError, ValueError):
+    """``search``: the query is not text, holds no word, or is longer than
+    ``StoreConfig.max_text_chars`` (or holds characters the database cannot take)."""
 
 
 class SchemaNotReady(ConvostoreError):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from alembic.runtime.environment import NameFilterParentNames, NameFilterType
 from sqlalchemy import Connection
 
+from convostore._core.schema import SEARCH_TABLES
 from convostore.backends import backend_for
 from convostore.backends._private import alembic_proxies_kept
 from convostore.config import check_setting
@@ -39,9 +40,10 @@ CONVOSTORE_TABLES = frozenset(
         "convostore_changes",
         "convostore_compatibility",
         VERSION_TABLE,
+        *SEARCH_TABLES,
     }
 )
-"""Every table convostore's migrations create."""
+"""Every table convostore's migrations create (on SQLite the search's FTS5 tables too)."""
 
 
 def upgrade_in(connection: Connection, *, schema: str | None = None) -> None:

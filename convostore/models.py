@@ -33,6 +33,8 @@ __all__ = [
     "ConversationState",
     "ConversationSummary",
     "ConversationTurn",
+    "SearchHit",
+    "SearchPage",
     "SessionFields",
     "SessionPage",
     "StateBuilder",
@@ -131,6 +133,35 @@ class SessionPage(list[ConversationSummary]):
 
     def __repr__(self) -> str:
         return f"SessionPage({list.__repr__(self)}, next_cursor={self.next_cursor!r})"
+
+
+class SearchHit(BaseModel):
+    """One stored turn that matched ``SessionRepository.search``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    conversation_id: int
+    seq: int
+    """The turn's number in its conversation (from 1; a question's answer is ``seq + 1``)."""
+    role: Literal["user", "assistant"]
+    """``user``: the match is in a question or its resolved question; ``assistant``: in an
+    answer."""
+    rank: float
+    """How well the turn matches, higher is better; comparable only within one search on one
+    database (each backend scores its own way)."""
+    snippet: str
+    """A short excerpt of the matching text, the matched words between ``**``."""
+
+
+class SearchPage(BaseModel):
+    """One page of ``SessionRepository.search``'s hits, best first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hits: list[SearchHit]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page; None on the last page."""
 
 
 class ConversationState(BaseModel):

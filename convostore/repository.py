@@ -43,16 +43,19 @@ from convostore._core.engine import check_database, create_engine, prepare_engin
 from convostore._core.expiry import DeferredRefreshes, logger, run_periodically
 from convostore._core.gate import Gate
 from convostore._core.owners import ORDERS, Listing, Owners, decode_cursor
+from convostore._core.search import Searches, read_cursor
 from convostore._core.session_ops import SessionOperations, Stats, TimingHook, owned, utc
 from convostore._core.store import SqlStore
 from convostore._core.validation import (
     Limits,
     check_content,
     check_idempotency_key,
+    check_limit,
     check_metadata_filter,
     check_optional_content,
     check_optional_text,
     check_owner,
+    check_query,
     check_session_fields,
     check_session_id,
     check_summary,
@@ -82,6 +85,7 @@ from convostore.migrate import check_schema, create_schema, upgrade
 from convostore.models import (
     ConversationState,
     ConversationTurn,
+    SearchPage,
     SessionFields,
     SessionPage,
     StoredSession,
@@ -228,6 +232,7 @@ class SessionRepository:
         )
         self._ops: SessionOperations | None = None
         self._owners: Owners | None = None
+        self._searches: Searches | None = None
         self._watcher: Watcher | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -340,6 +345,7 @@ class SessionRepository:
             trusted=self.config.cache_coherence == "bounded",
         )
         self._owners = Owners(engine, self._cipher)
+        self._searches = Searches(engine)
         self._calls.phase = "running"
         if self.config.cleanup_interval > 0:
             self._sweeper = asyncio.create_task(
@@ -915,8 +921,7 @@ class SessionRepository:
             StoreError: the database failed.
         """
         uid = check_user_id(user_id)
-        if type(limit) is not int or not 1 <= limit <= 1000:
-            raise InvalidPage(f"limit must be an int from 1 to 1000, not {limit!r}")
+        check_limit(limit)
         if order not in ORDERS:
             raise InvalidPage(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
         if live is not None and type(live) is not bool:
@@ -1014,6 +1019,52 @@ class SessionRepository:
                 f"setting a session's {next(iter(values))}",
                 lambda: ops.set_fields(sid, values, owner),
                 shield=True,
+            )
+        finally:
+            self._calls.leave()
+
+    async def search(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> SearchPage:
+        """Full-text search over every stored conversation, live and retained: the turns whose
+        question, resolved question or answer holds every word of ``query``, best first, at
+        most ``limit`` of them. The query is plain words: quotes, ``*``, ``-``, ``AND`` and
+        parentheses are never operators. How words are matched is each database's (see
+        docs/search.md): SQLite folds case and accents; PostgreSQL uses the text search
+        configuration migration 0010 was run with (``simple`` by default); MariaDB folds case
+        and skips words under three characters.
+
+        Hits are ordered by rank (highest first), then by conversation id, session id and
+        ``seq``; ``next_cursor`` names the page's last hit, and passing it as ``cursor`` (with
+        the same query and user) gives the hits after it. Pages of an unchanged store cover
+        every hit once; turns stored or deleted meanwhile can move ranks, so a hit may then be
+        missed or seen twice.
+
+        ``user_id``: only that user's conversations (``conversations.user_id``).
+
+        Raises:
+            InvalidQuery: ``query`` is not text, holds no word, or exceeds
+                ``max_text_chars``, before any SQL.
+            InvalidSessionId: a bad user id, before any SQL.
+            InvalidPage: ``limit`` is not 1-1000, or ``cursor`` is not a ``next_cursor`` of
+                this search, before any SQL.
+            StoreError: the database failed.
+        """
+        text = check_query(query, self._limits)
+        uid = check_owner(user_id)
+        check_limit(limit)
+        after = None if cursor is None else read_cursor(cursor, text, uid)
+        self._calls.enter()
+        searches = self._searches
+        assert searches is not None
+        try:
+            return await self._calls.run(
+                "searching transcripts", lambda: searches.page(text, uid, limit, after)
             )
         finally:
             self._calls.leave()

@@ -80,6 +80,7 @@ CONFORMANCE = frozenset(
         "test_retention",
         "test_robustness",
         "test_round_trips",
+        "test_search",
         "test_state_machine",
         "test_summaries",
         "test_transfer",

@@ -22,6 +22,7 @@ from convostore import (
     ConvostoreError,
     ForeignStateError,
     InvalidPage,
+    InvalidQuery,
     InvalidSessionId,
     InvalidTurn,
     NotRunning,
@@ -46,12 +47,15 @@ EXPECTED_ALL = [
     "DecryptionFailed",
     "ForeignStateError",
     "InvalidPage",
+    "InvalidQuery",
     "InvalidSessionId",
     "InvalidTurn",
     "NotRunning",
     "NotSessionOwner",
     "RedactionFailed",
     "SchemaNotReady",
+    "SearchHit",
+    "SearchPage",
     "SessionConfig",
     "SessionPage",
     "SessionRepository",
@@ -76,7 +80,8 @@ def test_all_is_sorted_and_pinned() -> None:
 
 
 @pytest.mark.parametrize(
-    "error", [ConfigError, InvalidSessionId, InvalidTurn, InvalidPage, ForeignStateError]
+    "error",
+    [ConfigError, InvalidSessionId, InvalidTurn, InvalidPage, InvalidQuery, ForeignStateError],
 )
 def test_input_errors_are_value_errors(error: type[Exception]) -> None:
     """The errors of bad input are both ConvostoreError and ValueError."""

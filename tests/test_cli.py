@@ -1,5 +1,5 @@
 """The ``convostore`` command for operators: ``stats``, ``show``, ``sweep``, ``erase-user``,
-``export-user`` and ``report`` on both backends, their one-line errors, ``--help`` and
+``export-user``, ``search`` and ``report`` on every backend, their one-line errors, ``--help`` and
 ``--version``, and that ``import convostore`` loads neither click nor rich.
 
 Data is seeded through the API with a clock set to the real time minus a few hours, because
@@ -41,6 +41,7 @@ DB_COMMANDS = {
     "erase-user": ["erase-user", "u-1", "--yes"],
     "export-user": ["export-user", "u-1"],
     "sessions": ["sessions", "u-1"],
+    "search": ["search", "archieven"],
     "report": ["report", "--out", "report.html"],
 }
 """Every command that opens a database, with the arguments it needs."""
@@ -393,6 +394,44 @@ async def test_sessions(url: str, make_repo: MakeRepo, clock: FakeClock) -> None
     )
 
 
+async def test_search(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
+    """A table of the turns holding every word, best first, live conversations and retained
+    transcripts alike (of any owner, or of ``--user`` only), the matched words in the
+    snippet; ``--limit`` bounds the rows; ``--json`` has the same hits; a limit out of range
+    is a usage error."""
+    await _seed(make_repo, clock)
+    table = _ok(await _invoke("search", "archieven utrecht", "--url", url))
+    rows = [line for line in table.splitlines() if "-session " in line]
+    assert len(rows) == 2, table
+    assert {row.split()[1] for row in rows} == {"old-session", "live-session"}
+    assert all("Welke archieven zijn er in Utrecht" in row for row in rows), table
+    assert "2 hits for 'archieven utrecht'" in table
+
+    hits = json.loads(_ok(await _invoke("search", "archieven", "--json", "--url", url)))
+    assert len(hits) == 4
+    assert {(hit["session_id"], hit["role"]) for hit in hits} == {
+        ("old-session", "user"),
+        ("live-session", "user"),
+    }
+    assert all("**" in hit["snippet"].lower() for hit in hits)
+    ranks = [hit["rank"] for hit in hits]
+    assert ranks == sorted(ranks, reverse=True)
+
+    mine = json.loads(
+        _ok(await _invoke("search", "enschede", "--user", "u-1", "--json", "--url", url))
+    )
+    assert [(hit["session_id"], hit["seq"]) for hit in mine] == [("live-session", 3)]
+    assert (
+        json.loads(_ok(await _invoke("search", "twaalf", "--user", "u-2", "--json", "--url", url)))
+        == []
+    )
+
+    one = _ok(await _invoke("search", "archieven", "--limit", "1", "--url", url))
+    assert len([line for line in one.splitlines() if "-session " in line]) == 1
+    result = await _invoke("search", "archieven", "--limit", "0", "--url", url)
+    assert result.exit_code == 2, result.output
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -687,6 +726,8 @@ async def test_tables_in_a_pipe_keep_words_whole(
         (["export-user", "gebruiker-é"], "user_id 'gebruiker-é' has characters outside"),
         (["erase-user", "gebruiker-é", "--yes"], "user_id 'gebruiker-é' has characters outside"),
         (["show", "s" * 129], "session id is 129 characters long"),
+        (["search", "archieven", "--user", "gebruiker-é"], "user_id 'gebruiker-é' has"),
+        (["search", " "], "query must hold at least one word"),
     ],
 )
 async def test_ids_and_filters_follow_the_librarys_rules(

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from test_migrations import _on, _rows, _tables
 
 from convostore import SessionRepository, StoreConfig
+from convostore._core.schema import SEARCH_TABLES
 from convostore.hosting import exclude_convostore
 from convostore.migrate import VERSION_TABLE, head_revision
 
@@ -178,17 +179,19 @@ async def test_host_upgrade_head_migrates_both_schemas(
 
 
 async def test_host_autogenerate_leaves_convostore_tables_alone(
-    empty_url: str, tmp_path: Path
+    backend: str, empty_url: str, tmp_path: Path
 ) -> None:
     """With ``exclude_convostore`` the host's autogenerate proposes nothing; without it, it
-    proposes dropping every convostore table. The host's `alembic check` passes."""
+    proposes dropping every convostore table (on SQLite the search's FTS5 tables too). The
+    host's `alembic check` passes."""
     config = _host_config(tmp_path, empty_url, first=False)
     await asyncio.to_thread(command.upgrade, config, "head")
 
     assert await _on(empty_url, _host_diff(exclude_convostore)) == []
     unfiltered = await _on(empty_url, _host_diff(None))
     removed = {entry[1].name for entry in unfiltered if entry[0] == "remove_table"}
-    assert removed == CONVOSTORE_TABLES | {"convostore_changes"}
+    search = set(SEARCH_TABLES) if backend == "sqlite" else set()
+    assert removed == CONVOSTORE_TABLES | {"convostore_changes"} | search
     await asyncio.to_thread(command.check, config)
 
 

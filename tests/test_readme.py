@@ -78,6 +78,7 @@ SNIPPETS = {
     "catalog": 'metadata={"place": "Utrecht"}',
     "summaries": "await repo.set_summary(",
     "history": "await repo.rewind(",
+    "search": "page = await repo.search(",
     "engine timeouts": '"command_timeout": 5',
     "encryption": "encryption_keys=[key]",
 }
@@ -221,6 +222,25 @@ async def test_encryption_snippet_runs(
         await engine.dispose()
     assert len(stored) == 2
     assert all(content.startswith("csf1:") for content in stored)
+
+
+async def test_search_snippet_runs(
+    backend: str,
+    empty_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The search snippet runs as written on an empty database (after `convostore migrate` on
+    PostgreSQL) and prints its one hit, the question, with both words marked."""
+    await _migrate_postgres(backend, empty_url)
+    example = _snippet("search").replace("sqlite+aiosqlite:///chat.db", empty_url)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert " 1 user " in line
+    assert "**Archieven** in **Utrecht**" in line
 
 
 async def _row_counts(url: str) -> list[int]:

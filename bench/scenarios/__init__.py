@@ -21,6 +21,7 @@ from . import (
     large_store,
     memory,
     peers,
+    search,
     throughput,
 )
 
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     ),
     "catalog": ("the catalog: list_sessions page after page", catalog.run),
     "caps": ("add_turn at max_turns_per_session against no cap", caps.run),
+    "search": ("full-text search: latency, and the index's cost to appends", search.run),
     "peers": ("peers (--peers)", peers.run),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""

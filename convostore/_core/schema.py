@@ -9,8 +9,9 @@ Every key leads with ``session_id``, so one session's rows sit together (and on 
 distributed PostgreSQL-compatible engine, with ``session_id`` as the distribution column).
 Turns and their slots are rows, not a JSON blob, so appending costs the same at turn 1,000 as
 at turn 1 and analytics need no JSON functions. The migrations in ``migrations/versions``
-create exactly these tables (and, beside them, the triggers, the analytics views and on
-PostgreSQL the sequence ``conversation_ids``); a test checks they agree.
+create exactly these tables (and, beside them, the triggers, the analytics views, the
+full-text search's index and on PostgreSQL the sequence ``conversation_ids``); a test checks
+they agree.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
 __all__ = [
     "KEPT_FIELDS",
     "MAX_SESSION_ID_LENGTH",
+    "SEARCH_INDEX",
+    "SEARCH_TABLE",
+    "SEARCH_TABLES",
+    "SEARCH_VECTOR",
     "UTCDateTime",
     "changes",
     "compared",
@@ -417,10 +422,27 @@ evict what they cached (``coherence``); the expiry sweep prunes it. It is kept o
 ``metadata``, whose tables the migrations must create alike on both backends."""
 
 
+SEARCH_TABLE = "turns_search"
+"""SQLite: the FTS5 table over ``turns`` (external content: it reads the text from ``turns``
+by rowid), kept by triggers on ``turns`` (migration 0010)."""
+SEARCH_TABLES = (
+    SEARCH_TABLE,
+    *(f"{SEARCH_TABLE}_{part}" for part in ("data", "idx", "docsize", "config")),
+)
+"""SQLite: ``SEARCH_TABLE`` and the shadow tables FTS5 keeps its index in."""
+SEARCH_VECTOR = "search_vector"
+"""PostgreSQL: the stored generated ``tsvector`` column of ``turns`` (migration 0010)."""
+SEARCH_INDEX = "ix_turns_search"
+"""PostgreSQL: the GIN index on ``search_vector``; MariaDB: the FULLTEXT index on ``turns``'
+``content`` and ``resolved_question`` (migration 0010)."""
+
+
 def compared(name: str | None, type_: str, parent_names: Any) -> bool:
     """alembic's ``include_name`` filter for comparing a database with ``metadata``: only the
     tables in ``metadata``, never a host application's in the same database (nor the change
-    feed, which the migrations manage apart)."""
+    feed, which the migrations manage apart). The full-text search's parts (``SEARCH_TABLE``,
+    ``SEARCH_VECTOR``, ``SEARCH_INDEX``) differ per database, so the migrations manage them
+    apart too: the shared ``metadata`` has none of them."""
     if type_ == "table":
         return name in metadata.tables
-    return True
+    return name not in (SEARCH_VECTOR, SEARCH_INDEX)

@@ -17,7 +17,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from convostore._core.schema import MAX_SESSION_ID_LENGTH
-from convostore.errors import InvalidPage, InvalidSessionId, InvalidTurn, RedactionFailed
+from convostore.errors import (
+    InvalidPage,
+    InvalidQuery,
+    InvalidSessionId,
+    InvalidTurn,
+    RedactionFailed,
+)
 from convostore.models import (
     ConversationState,
     ConversationTurn,
@@ -32,9 +38,11 @@ __all__ = [
     "check_content",
     "check_idempotency_key",
     "check_language",
+    "check_limit",
     "check_metadata_filter",
     "check_optional_content",
     "check_optional_text",
+    "check_query",
     "check_session_fields",
     "check_session_id",
     "check_summary",
@@ -476,6 +484,25 @@ def check_user_id(user_id: object) -> str:
 def check_owner(user_id: object) -> str | None:
     """``check_user_id``, where None means "no owner given"."""
     return None if user_id is None else check_user_id(user_id)
+
+
+def check_limit(limit: object) -> int:
+    """A page's ``limit``: an int from 1 to 1000."""
+    if type(limit) is not int or not 1 <= limit <= 1000:
+        raise InvalidPage(f"limit must be an int from 1 to 1000, not {limit!r}")
+    return limit
+
+
+def check_query(query: object, limits: Limits) -> str:
+    """A search query: text with a character other than white space, within the text limits
+    a stored turn has (``check_text``)."""
+    try:
+        text = check_text("query", query, limits)
+    except InvalidTurn as exc:
+        raise InvalidQuery(str(exc)) from None
+    if not text.strip():
+        raise InvalidQuery("query must hold at least one word")
+    return text
 
 
 def check_window(last_turns: object) -> int | None:

@@ -1,6 +1,6 @@
 """The ``convostore`` command, on click with rich tables: ``demo``, ``migrate``, and for the
 people who run convostore ``stats``, ``show``, ``sweep``, ``export``, ``import``,
-``import-redis``, ``erase-user``, ``export-user`` and ``report``.
+``import-redis``, ``erase-user``, ``export-user``, ``search`` and ``report``.
 
 A thin layer over library functions (``admin``, ``report``, ``migrate``, the repository): each
 command parses its options, calls the library and prints what comes back. Every command that
@@ -36,7 +36,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore._core.owners import ORDERS
 from convostore._core.validation import (
+    Limits,
     check_language,
+    check_query,
     check_session_id,
     check_template_id,
     check_user_id,
@@ -44,6 +46,7 @@ from convostore._core.validation import (
 from convostore._ops import admin
 from convostore._ops.demo import run_demo
 from convostore._ops.files import replaced
+from convostore.backends._search import MARK
 from convostore.backends._urls import hide_password
 from convostore.config import (
     DATABASE_URL_ENV,
@@ -613,6 +616,71 @@ def sessions(
     out.print(table)
     if page.next_cursor is not None:
         out.print(Text(f"next page: --cursor {page.next_cursor}"))
+
+
+@click.argument("query")
+@click.option(
+    "--user",
+    "user_id",
+    metavar="U",
+    callback=checked_by(check_user_id),
+    help="Only the conversations of user U.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="How many hits to print, best first.",
+)
+@url_option
+@json_option
+def search(
+    query: str, user_id: str | None, limit: int, url: str, schema: str | None, as_json: bool
+) -> None:
+    """Find the stored turns that hold every word of QUERY.
+
+    Searches the questions, resolved questions and answers of every conversation, live and
+    retained. QUERY is plain words: quotes, *, - and AND are not operators. One row per
+    turn, best first: session, conversation, seq, rank and a snippet with the words in bold.
+
+    \b
+    Examples:
+      convostore search "archives Utrecht" --url postgresql+asyncpg://app@db/app
+      convostore search invoice --user u-17 --limit 5 --json
+    """
+    config = admin.command_config(url, schema=schema)
+    words = check_query(query, Limits(config.max_text_chars, config.max_results_bytes))
+    page = with_repository(config, lambda repo: repo.search(words, user_id=user_id, limit=limit))
+    if as_json:
+        print_json([hit.model_dump() for hit in page.hits])
+        return
+    table = Table(
+        "session",
+        Column("conversation", justify="right"),
+        Column("seq", justify="right"),
+        Column("rank", justify="right"),
+        Column("snippet", overflow="fold"),
+    )
+    for hit in page.hits:
+        table.add_row(
+            Text(hit.session_id),
+            str(hit.conversation_id),
+            str(hit.seq),
+            f"{hit.rank:.4g}",
+            _marked(hit.snippet),
+        )
+    out = console()
+    out.print(table)
+    out.print(Text(f"{_plural(len(page.hits), 'hit')} for {query!r}"))
+
+
+def _marked(snippet: str) -> Text:
+    """A snippet with the words between ``MARK``s in bold, the marks left out."""
+    text = Text()
+    for index, part in enumerate(snippet.split(MARK)):
+        text.append(part, style="bold" if index % 2 else None)
+    return text
 
 
 @cli.command("export-user")

@@ -7,7 +7,8 @@ SQLAlchemy dialect name (``backend_for``); a new backend is a new module here th
 conformance suite (``tests/conftest.py``: ``CONFORMANCE``). What a backend holds:
 
 - its capabilities, as class attributes (``one_writer``, ``feed_in_statement``, ...);
-- its parts of the shared statements (``insert_ignoring``, ``greatest``, ``merged_json``, ...);
+- its parts of the shared statements (``insert_ignoring``, ``greatest``, ``merged_json``, ...),
+  and of the full-text search (``search_terms``, ``search_match``, ``search_snippet``);
 - its engine options and connection settings, and the URL rules for its driver;
 - its executors: the fast path on the raw driver, where it has one;
 - its change watcher, its migration lock, its snapshot and write transactions;
@@ -22,9 +23,22 @@ import importlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from sqlalchemy import Column, ColumnElement, Insert, String, Table, bindparam, cast, func, null
+from sqlalchemy import (
+    BindParameter,
+    Column,
+    ColumnElement,
+    FromClause,
+    Insert,
+    String,
+    Subquery,
+    Table,
+    bindparam,
+    cast,
+    func,
+    null,
+)
 from sqlalchemy.engine import URL
 
 from convostore.errors import ConfigError
@@ -41,10 +55,35 @@ if TYPE_CHECKING:
     from convostore.backends._fast import ConnectionLender
     from convostore.config import StoreConfig
 
-__all__ = ["BACKEND_MODULES", "Backend", "backend_for"]
+__all__ = ["BACKEND_MODULES", "Backend", "SearchMatch", "SearchSnippet", "backend_for"]
 
 BACKEND_MODULES = {"sqlite": "sqlite", "postgresql": "postgresql", "mariadb": "mariadb"}
 """SQLAlchemy dialect name -> the module of ``convostore.backends`` that serves it."""
+
+
+class SearchMatch(NamedTuple):
+    """A full-text search for the plain words of a query, as the parts of the statement that
+    pages through the matching turns (``backends._search``)."""
+
+    source: FromClause
+    """``turns``, with what ``condition`` and ``rank`` read joined to it."""
+    condition: ColumnElement[bool]
+    """A turn matches every word."""
+    rank: ColumnElement[float]
+    """How well a matching turn matches: higher is better, the same value every time the same
+    turn is ranked on an unchanged database (pages compare it)."""
+    carried: tuple[ColumnElement[Any], ...]
+    """Labelled columns the page carries for ``Backend.search_snippet``."""
+
+
+class SearchSnippet(NamedTuple):
+    """How a page of matching turns gets its snippets: the page with what the snippet reads
+    joined, a condition (or None), and the snippet's text (or, where ``snippet_in_python``,
+    the turn's whole text, which the shared code cuts)."""
+
+    source: FromClause
+    condition: ColumnElement[bool] | None
+    text: ColumnElement[str]
 
 
 class Backend:
@@ -76,6 +115,9 @@ class Backend:
     """``UPDATE ... RETURNING``."""
     concurrent_cursors: ClassVar[bool] = True
     """Several results can be streamed at once on one connection (an export merges three)."""
+    snippet_in_python: ClassVar[bool] = False
+    """The database cannot cut a search hit's snippet around its matches: ``search_snippet``
+    gives the whole text and the shared code cuts it."""
 
     def insert_ignoring(
         self, table: Table, keys: Sequence[Column[Any]], returning: Column[Any]
@@ -136,6 +178,21 @@ class Backend:
     def next_conversation_id(self, largest: ColumnElement[Any]) -> ColumnElement[Any]:
         """A new conversation's id, given the largest stored (``one_writer`` backends)."""
         return largest + 1
+
+    def search_terms(self, query: str) -> str | None:
+        """``query``'s words as this backend's full-text query of plain words (every word
+        must match; quotes, ``*``, ``-``, ``AND``, parentheses are words or separators, never
+        operators), or None where none of them is a word the index can hold."""
+        raise NotImplementedError
+
+    def search_match(self, terms: BindParameter[str]) -> SearchMatch:
+        """The turns matching ``terms`` (made by ``search_terms``), with their rank."""
+        raise NotImplementedError
+
+    def search_snippet(self, page: Subquery, terms: BindParameter[str]) -> SearchSnippet:
+        """The snippet of each turn of ``page`` (a subquery of ``turns``' key columns and
+        ``SearchMatch.carried``) for ``terms``."""
+        raise NotImplementedError
 
     def utc_day(self, moment: Any) -> ColumnElement[Any]:
         """The UTC day of a timestamp as YYYY-MM-DD text."""

@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     Column,
     ColumnElement,
     Connection,
     Dialect,
+    Float,
     Insert,
+    Subquery,
     Table,
     func,
     null,
@@ -44,8 +48,8 @@ from sqlalchemy.sql.selectable import ScalarSelect
 
 from convostore._core.cache import SessionCache
 from convostore._core.coherence import MAX_PENDING, POLL_TIMEOUT, FeedLost, PollingWatcher, news_of
-from convostore._core.schema import conversation_ids
-from convostore.backends import Backend
+from convostore._core.schema import conversation_ids, turns
+from convostore.backends import Backend, SearchMatch, SearchSnippet
 from convostore.backends._urls import hide_password
 from convostore.config import StoreConfig
 from convostore.errors import ConfigError
@@ -89,6 +93,11 @@ _POLL = "SELECT id, session_id, version FROM convostore_changes WHERE id > %s{pe
 _NEWEST = "SELECT COALESCE(MAX(id), 0) FROM convostore_changes"
 
 
+MIN_WORD = 3
+"""InnoDB's ``innodb_ft_min_token_size`` by default: shorter words are not in a FULLTEXT index,
+so a search leaves them out instead of requiring them (which would match nothing)."""
+
+
 class MariaDBBackend(Backend):
     """MariaDB: many writers at once, on a server, through SQLAlchemy's execution."""
 
@@ -98,6 +107,30 @@ class MariaDBBackend(Backend):
     returning_on_update = False
     concurrent_cursors = False
     statement_timeouts = True
+    snippet_in_python = True
+
+    def search_terms(self, query: str) -> str | None:
+        """Boolean mode with each word required (``+"word"``); words are runs of letters,
+        digits and ``_``, so no operator survives. Case and accents are the columns'
+        collation's to ignore (migration 0010)."""
+        words = [word for word in re.findall(r"\w+", query) if len(word) >= MIN_WORD]
+        return " ".join(f'+"{word}"' for word in words) or None
+
+    def search_match(self, terms: BindParameter[str]) -> SearchMatch:
+        """``MATCH ... AGAINST`` on the FULLTEXT index; the rank is its score."""
+        score = mysql.match(turns.c.content, turns.c.resolved_question, against=terms)
+        score = score.in_boolean_mode()
+        return SearchMatch(
+            source=turns,
+            condition=score.bool_op(">")(0),
+            rank=type_coerce(score, Float()),
+            carried=(turns.c.content, turns.c.resolved_question),
+        )
+
+    def search_snippet(self, page: Subquery, terms: BindParameter[str]) -> SearchSnippet:
+        """The whole text (question, then resolved question), which the shared code cuts."""
+        text = func.concat_ws("\n", page.c.content, page.c.resolved_question)
+        return SearchSnippet(source=page, condition=None, text=text)
 
     def insert_ignoring(
         self, table: Table, keys: Sequence[Column[Any]], returning: Column[Any]

@@ -20,15 +20,19 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Boolean,
     Column,
     ColumnElement,
     Connection,
     Dialect,
+    Float,
     Insert,
     Integer,
     Select,
+    Subquery,
     Table,
+    Text,
     any_,
     bindparam,
     cast,
@@ -37,6 +41,7 @@ from sqlalchemy import (
     extract,
     func,
     literal,
+    literal_column,
     or_,
     select,
     table,
@@ -49,11 +54,12 @@ from sqlalchemy.sql.selectable import ScalarSelect
 
 from convostore._core.cache import SessionCache, Switch
 from convostore._core.coherence import POLL_TIMEOUT, FeedLost, Gaps, PollingWatcher, news_of
-from convostore._core.schema import changes, conversation_ids
-from convostore.backends import Backend
+from convostore._core.schema import SEARCH_VECTOR, changes, conversation_ids, turns
+from convostore.backends import Backend, SearchMatch, SearchSnippet
 from convostore.backends._executor import Executor
 from convostore.backends._fast import Compiled, ConnectionLender, Groups, discard, give_back
 from convostore.backends._private import sqlalchemy_asyncpg_connector
+from convostore.backends._search import MARK, OMITTED, SNIPPET_WORDS
 from convostore.backends._urls import asyncpg_arguments, check_asyncpg_url
 from convostore.config import StoreConfig
 from convostore.errors import ConfigError, is_disconnect
@@ -418,6 +424,19 @@ def _first_in_path(search_path: str) -> str:
     return search_path.split(",")[0].strip().strip('"')
 
 
+_HEADLINE = (
+    f'StartSel="{MARK}", StopSel="{MARK}", MaxWords={SNIPPET_WORDS}, '
+    f'MinWords={SNIPPET_WORDS // 2}, MaxFragments=1, FragmentDelimiter="{OMITTED}"'
+)
+"""``ts_headline``'s options: one fragment around the matches, about as long as FTS5's."""
+
+
+def _search_query(terms: BindParameter[str]) -> ColumnElement[Any]:
+    """``terms`` as plain words (``plainto_tsquery``: every word, no operators), parsed with
+    the configuration the index was built with (migration 0010's function)."""
+    return func.plainto_tsquery(func.convostore_search_config(), terms)
+
+
 class PostgresBackend(Backend):
     """PostgreSQL: many writers at once, on a server."""
 
@@ -464,6 +483,28 @@ class PostgresBackend(Backend):
 
     def next_conversation_id(self, largest: ColumnElement[Any]) -> ColumnElement[Any]:
         return conversation_ids.next_value()
+
+    def search_terms(self, query: str) -> str | None:
+        return query
+
+    def search_match(self, terms: BindParameter[str]) -> SearchMatch:
+        """The GIN index on the stored ``tsvector``; the rank is ``ts_rank`` of it."""
+        vector = literal_column(f"turns.{SEARCH_VECTOR}", type_=postgresql.TSVECTOR())
+        query = _search_query(terms)
+        return SearchMatch(
+            source=turns,
+            condition=vector.op("@@", is_comparison=True)(query),
+            rank=func.ts_rank(vector, query, type_=Float()),
+            carried=(turns.c.content, turns.c.resolved_question),
+        )
+
+    def search_snippet(self, page: Subquery, terms: BindParameter[str]) -> SearchSnippet:
+        """``ts_headline`` of the page's texts, so only the page's rows are parsed again."""
+        text = page.c.content + "\n" + func.coalesce(page.c.resolved_question, "")
+        headline = func.ts_headline(
+            func.convostore_search_config(), text, _search_query(terms), _HEADLINE, type_=Text()
+        )
+        return SearchSnippet(source=page, condition=None, text=headline)
 
     def utc_day(self, moment: Any) -> ColumnElement[Any]:
         return func.to_char(func.timezone("UTC", moment), "YYYY-MM-DD")

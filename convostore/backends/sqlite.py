@@ -19,22 +19,28 @@ from typing import Any, NamedTuple, TypeVar
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
+    BindParameter,
     Column,
     ColumnElement,
     Connection,
     Dialect,
     Engine,
+    Float,
     Insert,
     Integer,
     String,
+    Subquery,
     Table,
     and_,
     bindparam,
     cast,
+    column,
     event,
     func,
     literal,
+    literal_column,
     select,
+    table,
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL
@@ -44,9 +50,11 @@ from convostore._core.cache import SessionCache, Switch
 from convostore._core.coherence import PollingWatcher, Watcher, news_of
 from convostore._core.gate import Turns
 from convostore._core.quiet import keep_sqlite_content_out_of_logs
-from convostore.backends import Backend
+from convostore._core.schema import SEARCH_TABLE, turns
+from convostore.backends import Backend, SearchMatch, SearchSnippet
 from convostore.backends._fast import Compiled, ConnectionLender, Groups, Inserts, Reads, discard
 from convostore.backends._private import aiosqlite_thread_api, run_in_sqlite_thread
+from convostore.backends._search import MARK, OMITTED, SNIPPET_WORDS
 from convostore.backends._statements import Statements
 from convostore.config import StoreConfig
 from convostore.errors import ConfigError
@@ -336,6 +344,16 @@ _repositories_using: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()
 """How many started repositories use each SQLite engine's connect listener."""
 
 
+def _search_index() -> Any:
+    """The FTS5 table over ``turns`` (migration 0010), by rowid, which is the turn's."""
+    return table(SEARCH_TABLE, column("rowid", Integer()))
+
+
+def _matches(terms: BindParameter[str]) -> ColumnElement[bool]:
+    """The FTS5 table's rows matching ``terms``."""
+    return literal_column(SEARCH_TABLE).op("MATCH", is_comparison=True)(terms)
+
+
 class SqliteBackend(Backend):
     """SQLite: one writer at a time, in a file (or in memory) the process opens."""
 
@@ -401,6 +419,30 @@ class SqliteBackend(Backend):
             params[f"wanted_type_{index}"] = kind
             params[f"wanted_atom_{index}"] = int(value) if type(value) is bool else value
         return params
+
+    def search_terms(self, query: str) -> str | None:
+        """Each word of ``query`` as an FTS5 string (in double quotes, its own doubled): a
+        phrase of the tokens in it, never an operator; FTS5 ANDs them."""
+        return " ".join('"' + word.replace('"', '""') + '"' for word in query.split()) or None
+
+    def search_match(self, terms: BindParameter[str]) -> SearchMatch:
+        index = _search_index()
+        return SearchMatch(
+            source=index.join(turns, literal_column("turns.rowid") == index.c.rowid),
+            condition=_matches(terms),
+            rank=-func.bm25(literal_column(SEARCH_TABLE), type_=Float()),
+            carried=(index.c.rowid.label("turn_rowid"),),
+        )
+
+    def search_snippet(self, page: Subquery, terms: BindParameter[str]) -> SearchSnippet:
+        """FTS5's ``snippet`` of the column that matches best; it needs the match itself, so
+        the page joins the index again by rowid, one row each."""
+        index = _search_index()
+        return SearchSnippet(
+            source=page.join(index, index.c.rowid == page.c.turn_rowid),
+            condition=_matches(terms),
+            text=func.snippet(literal_column(SEARCH_TABLE), -1, MARK, MARK, OMITTED, SNIPPET_WORDS),
+        )
 
     def utc_day(self, moment: Any) -> ColumnElement[Any]:
         return func.date(moment)
