@@ -81,6 +81,8 @@ TURN_KEYS = {
     "results",
     "created_at",
     "idempotency_key",
+    "trace_id",
+    "span_id",
 }
 
 
@@ -106,6 +108,8 @@ async def _populate(make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> dict[str
         slots={"place": "Utrecht", "soort": "gemeente"},
         results=[{"naam": "Het Utrechts Archief", "stad": "Utrecht", "jaren": [1122, 2026]}],
         user_id="u-1",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
     )
     clock.advance(60)
     await repo.add_turn(

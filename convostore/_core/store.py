@@ -29,7 +29,7 @@ from sqlalchemy import Select, Update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from convostore._core.gate import Gate
-from convostore._core.schema import rows_of_turns, turn_at
+from convostore._core.schema import TURN_FIELDS, rows_of_turns, turn_at
 from convostore.backends import Backend, backend_for
 from convostore.backends._core_path import CoreExecutor
 from convostore.backends._executor import (
@@ -348,6 +348,28 @@ class SqlStore:
                 return None
         return int(row[1])
 
+    async def add_feedback(
+        self,
+        sid: str,
+        seq: int,
+        score: int,
+        comment: str | None,
+        *,
+        now: datetime,
+        uid: str | None,
+    ) -> bool:
+        """Store the feedback on answer ``seq`` of the live session ``sid``, replacing any
+        given before. Returns False, storing nothing, if there is no live session or turn
+        ``seq`` of its conversation is not an answer; with ``uid``, a live session of another
+        owner raises ``NotSessionOwner``."""
+        params: dict[str, Any] = {"sid": sid, "uid": uid, "seq": seq, "score": score}
+        params.update(comment=comment, now=now)
+        async with self._begin() as conn:
+            stored = (await conn.execute(self.sql.give_feedback, params)).rowcount
+            if not stored:
+                await self._check_owner(conn, sid, uid, now)
+        return bool(stored)
+
     async def _key_stored(self, conn: AsyncConnection, sid: str, key: str | None) -> bool:
         if key is None:
             return False
@@ -362,6 +384,7 @@ class SqlStore:
         driver = self._executors.pick()
         if self.sql.append_cte is not None:
             roles, contents, resolved, templates, results = [], [], [], [], []
+            traces, spans = [], []
             ords, names, values = [], [], []
             for ord_, turn in enumerate(new_turns, start=1):
                 roles.append(turn.role)
@@ -369,6 +392,8 @@ class SqlStore:
                 resolved.append(turn.resolved_question)
                 templates.append(turn.template_id)
                 results.append(json.dumps(turn.results))
+                traces.append(turn.trace_id)
+                spans.append(turn.span_id)
                 for name, value in turn.slots.items():
                     ords.append(ord_)
                     names.append(name)
@@ -379,6 +404,8 @@ class SqlStore:
                 resolved=resolved,
                 templates=templates,
                 results=results,
+                traces=traces,
+                spans=spans,
                 slot_ords=ords,
                 slot_names=names,
                 slot_values=values,
@@ -637,16 +664,16 @@ class _TurnRow(NamedTuple):
     ``results`` and ``created_at`` columns."""
 
     columns: itemgetter[tuple[Any, ...]]
-    """A row's (seq, role, content, resolved_question, template_id, results, created_at)."""
+    """A row's (seq, role, content, resolved_question, template_id, results, created_at,
+    trace_id, span_id)."""
     load_results: Callable[[Any], Any]
     load_created_at: Callable[[Any], Any]
 
     @classmethod
     def of(cls, statement: Compiled) -> _TurnRow:
         at, processors = statement.columns, statement.processors
-        names = ("role", "content", "resolved_question", "template_id", "results", "created_at")
         return cls(
-            itemgetter(*(at[name] for name in ("seq", *names))),
+            itemgetter(*(at[column.key] for column in TURN_FIELDS)),
             processors[at["results"]] or _unchanged,
             processors[at["created_at"]] or _unchanged,
         )
@@ -672,7 +699,7 @@ def _fold_turns(
         if name is not None:
             slots[name] = row[value_at]
             continue
-        _, role, content, resolved, template_id, results, created_at = columns(row)
+        _, role, content, resolved, template_id, results, created_at, trace, span = columns(row)
         if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
         slots = {}
@@ -685,6 +712,8 @@ def _fold_turns(
                 slots=slots,
                 results=load_results(results),
                 created_at=stamped,
+                trace_id=trace,
+                span_id=span,
             )
         )
     return result
@@ -709,7 +738,8 @@ def _turns(
     result: list[ConversationTurn] = []
     stamp: Any = None
     stamped: Any = None
-    for seq, role, content, resolved, template_id, results, created_at in map(columns, rows):
+    for row in map(columns, rows):
+        seq, role, content, resolved, template_id, results, created_at, trace, span = row
         if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
         result.append(
@@ -721,6 +751,8 @@ def _turns(
                 slots=slots.get(seq) or {},
                 results=load_results(results),
                 created_at=stamped,
+                trace_id=trace,
+                span_id=span,
             )
         )
     return result

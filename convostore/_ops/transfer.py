@@ -72,8 +72,10 @@ from convostore._core.validation import (
     check_optional_text,
     check_owner,
     check_session_id,
+    check_span_id,
     check_template_id,
     check_title,
+    check_trace_id,
     copy_metadata,
     copy_results,
     copy_slots,
@@ -141,6 +143,8 @@ class TurnRecord(_Record):
     results: list[dict[str, Any]] = Field(default_factory=list)
     created_at: AwareDatetime
     idempotency_key: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
 
     @field_validator("content", "resolved_question", "template_id")
     @classmethod
@@ -161,6 +165,16 @@ class TurnRecord(_Record):
     @classmethod
     def _key(cls, value: str | None) -> str | None:
         return None if value is None else check_idempotency_key(value)
+
+    @field_validator("trace_id")
+    @classmethod
+    def _trace(cls, value: str | None) -> str | None:
+        return check_trace_id("trace_id", value)
+
+    @field_validator("span_id")
+    @classmethod
+    def _span(cls, value: str | None) -> str | None:
+        return check_span_id("span_id", value)
 
 
 class SessionRecord(_Record):
@@ -272,6 +286,8 @@ TURN_COLUMNS = (
     "results",
     "created_at",
     "idempotency_key",
+    "trace_id",
+    "span_id",
 )
 CSV_COLUMNS = CONVERSATION_COLUMNS + TURN_COLUMNS
 """The CSV header: each turn's row repeats its conversation's columns."""
@@ -405,6 +421,8 @@ def _export_queries(
         _t.results,
         _t.created_at,
         _t.idempotency_key,
+        _t.trace_id,
+        _t.span_id,
     ).order_by(_t.session_id, _t.conversation_id, _t.seq)
     slot_rows = select(
         _slot.session_id, _slot.conversation_id, _slot.seq, _slot.name, _slot.value
@@ -492,7 +510,7 @@ def _head(row: Sequence[Any], now: datetime) -> dict[str, Any]:
 
 
 def _turn(row: Sequence[Any], slots: dict[str, str]) -> dict[str, Any]:
-    _, _, seq, role, content, resolved, template_id, results, created, key = row
+    _, _, seq, role, content, resolved, template_id, results, created, key, trace, span = row
     return {
         "seq": seq,
         "role": role,
@@ -503,6 +521,8 @@ def _turn(row: Sequence[Any], slots: dict[str, str]) -> dict[str, Any]:
         "results": results,
         "created_at": created.isoformat(),
         "idempotency_key": key,
+        "trace_id": trace,
+        "span_id": span,
     }
 
 

@@ -24,7 +24,18 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Column, ColumnElement, Insert, String, Table, bindparam, cast, func, null
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Insert,
+    Select,
+    String,
+    Table,
+    bindparam,
+    cast,
+    func,
+    null,
+)
 from sqlalchemy.engine import URL
 
 from convostore.errors import ConfigError
@@ -83,6 +94,14 @@ class Backend:
         """An INSERT of ``table`` that changes nothing where a row with the same ``keys``
         exists, returning ``returning`` of the inserted row: no row, or the existing row's,
         if one existed (so the caller compares it with the value it inserted)."""
+        raise NotImplementedError
+
+    def insert_replacing(
+        self, table: Table, keys: Sequence[Column[Any]], rows: Select[Any], replaced: Sequence[str]
+    ) -> Insert:
+        """An INSERT of ``rows`` (a SELECT of ``table``'s columns, by name) into ``table``
+        that, where a row with the same ``keys`` exists, sets its columns ``replaced`` to the
+        new row's instead: an upsert, in one statement."""
         raise NotImplementedError
 
     def greatest(self, *values: ColumnElement[Any]) -> ColumnElement[Any]:
