@@ -76,6 +76,7 @@ SNIPPETS = {
     "pgbouncer": 'pooler="pgbouncer"',
     "users": 'user_id="u-99"',
     "catalog": 'metadata={"place": "Utrecht"}',
+    "feedback": "# replaces the first",
     "engine timeouts": '"command_timeout": 5',
 }
 """Each README ```python block, by a line only it has; each has a test below."""
@@ -160,6 +161,26 @@ async def test_catalog_snippet_runs(
     finally:
         await engine.dispose()
     assert titles == 3
+
+
+async def test_feedback_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The feedback snippet runs as written on an empty database (its asserts hold), after
+    `convostore migrate` on PostgreSQL, and leaves the one rating and the traced turns."""
+    await _migrate_postgres(backend, empty_url)
+    example = _snippet("feedback").replace("sqlite+aiosqlite:///chat.db", empty_url)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+    engine = create_async_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            scores = (await conn.execute(text("SELECT score FROM feedback"))).all()
+            traced = await conn.scalar(text("SELECT COUNT(trace_id) FROM turns"))
+    finally:
+        await engine.dispose()
+    assert ([tuple(row) for row in scores], traced) == ([(1,)], 2)
 
 
 async def _row_counts(url: str) -> list[int]:
