@@ -29,6 +29,8 @@ SESSION_COLUMNS = tuple(column.name for column in sessions.columns)
 TURN_COLUMNS = tuple(column.name for column in turns.columns)
 SLOT_COLUMNS = tuple(column.name for column in turn_slots.columns)
 TEMPLATE_ID = "archives_in_place"
+_UNTRACED = (None, None)
+"""A loaded turn's ``trace_id`` and ``span_id``: none, as for an application without tracing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +206,19 @@ def history_rows(
             for seq, role, content, resolved, template_id, results, place, at in turn_template:
                 key = f"k{seq}" if role == "user" else None  # as every append stores one
                 chunk.turns.append(
-                    (sid, cid, seq, role, content, resolved, template_id, results, at, key)
+                    (
+                        sid,
+                        cid,
+                        seq,
+                        role,
+                        content,
+                        resolved,
+                        template_id,
+                        results,
+                        at,
+                        key,
+                        *_UNTRACED,
+                    )
                 )
                 if place is not None:
                     chunk.slots.append((sid, cid, seq, "place", place))
