@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from _statements import count_statements
+from alembic.script import ScriptDirectory
 from conftest import FakeClock, MakeRepo, Sql
 
 from convostore import (
@@ -18,6 +19,7 @@ from convostore import (
     NotSessionOwner,
     SessionRepository,
 )
+from convostore.migrate import alembic_config, migrate_url
 
 TTL = 100
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -273,3 +275,42 @@ async def test_invalid_trace_ids_are_refused_before_any_sql(
             await repo.update("s", state)
     assert statements == []
     assert await repo.get("s") is None
+
+
+async def test_the_migration_keeps_every_turn_down_and_up(
+    make_repo: MakeRepo, url: str, sql: Sql
+) -> None:
+    """Downgrading below the feedback migration keeps every turn and drops only the feedback
+    and the trace ids; upgrading again, the conversation reads back as it was (without ids)
+    and its answers take feedback again."""
+    repo = await make_repo()
+    await repo.add_turn("s", "Vraag?", "Antwoord.", trace_id=TRACE, span_id=SPAN)
+    await repo.add_turn("s", "Nog een?", "Ja.")
+    assert await repo.add_feedback("s", 2, 1)
+    before = await repo.get("s")
+    assert before is not None
+    await repo.stop()
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    feedback = next(s for s in scripts.walk_revisions() if s.doc.startswith("feedback on answers"))
+    await migrate_url(url, str(feedback.down_revision), allow_downgrade=True)
+    rows = await sql("SELECT seq, content FROM turns ORDER BY seq")
+    assert [tuple(row) for row in rows] == [
+        (1, "Vraag?"),
+        (2, "Antwoord."),
+        (3, "Nog een?"),
+        (4, "Ja."),
+    ]
+    await migrate_url(url)
+
+    again = await make_repo()
+    state = await again.get("s")
+    assert state is not None
+    untraced = {"trace_id", "span_id"}
+    assert [t.model_dump(exclude=untraced) for t in state.turns] == [
+        t.model_dump(exclude=untraced) for t in before.turns
+    ]
+    assert {(t.trace_id, t.span_id) for t in state.turns} == {(None, None)}
+    assert await sql("SELECT COUNT(*) FROM turn_feedback") == [(0,)]
+    assert await again.add_feedback("s", 4, -1)
+    assert await sql("SELECT seq, score FROM feedback") == [(4, -1)]
