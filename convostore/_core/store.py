@@ -362,8 +362,14 @@ class SqlStore:
         given before. Returns False, storing nothing, if there is no live session or turn
         ``seq`` of its conversation is not an answer; with ``uid``, a live session of another
         owner raises ``NotSessionOwner``."""
-        params: dict[str, Any] = {"sid": sid, "uid": uid, "seq": seq, "score": score}
-        params.update(comment=comment, now=now)
+        params = {
+            "sid": sid,
+            "uid": uid,
+            "seq": seq,
+            "score": score,
+            "comment": comment,
+            "now": now,
+        }
         async with self._begin() as conn:
             stored = (await conn.execute(self.sql.give_feedback, params)).rowcount
             if not stored:

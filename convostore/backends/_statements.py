@@ -74,8 +74,9 @@ class Statements:
     ``cid`` conversation id; ``now`` and ``expires`` timestamps; ``hits`` accesses to add to
     ``access_count``; ``n`` turns being appended; ``key`` the append's idempotency key;
     ``merge`` slots to merge into ``current_slots`` and ``template_id`` the template to make
-    current; each of ``models.STATE_FIELDS`` under its own name, the session fields to set;
-    ``batch`` rows per batch.
+    current; ``seq`` a turn's number, ``score`` and ``comment`` the feedback on it; each of
+    ``models.STATE_FIELDS`` under its own name, the session fields to set; ``batch`` rows per
+    batch.
 
     ``feed=False`` (PostgreSQL): the writes that move a session's version leave the change
     feed alone, as on a schema without coherence (the benchmark's baseline); convostore itself
