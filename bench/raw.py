@@ -109,13 +109,13 @@ _PG_HEAD = """
 SELECT version, last_accessed, expires_at, language, current_template_id, current_slots,
     turn_count, conversation_id FROM sessions WHERE session_id = $1"""
 _PG_TURNS = """
-SELECT seq, role, content, resolved_question, template_id, results, created_at,
-    NULL AS name, NULL AS value
+SELECT seq, role, content, resolved_question, template_id, results, created_at, trace_id,
+    span_id, NULL AS name, NULL AS value
 FROM turns WHERE session_id = $1 AND conversation_id = $2
 UNION ALL
-SELECT seq, NULL, NULL, NULL, NULL, NULL, NULL, name, value
+SELECT seq, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, name, value
 FROM turn_slots WHERE session_id = $1 AND conversation_id = $2
-ORDER BY 1, 8 NULLS FIRST"""
+ORDER BY 1, 10 NULLS FIRST"""
 _PG_SWEEP = """
 DELETE FROM sessions WHERE session_id = ANY(ARRAY(
     SELECT session_id FROM sessions WHERE expires_at <= $1
@@ -235,8 +235,12 @@ def _fold_parts(
                 "slots": slots.get(seq, {}),
                 "results": json.loads(results),
                 "created_at": parsed(created_at),
+                "trace_id": trace,
+                "span_id": span,
             }
-            for seq, role, content, resolved, template_id, results, created_at in turn_rows
+            for seq, role, content, resolved, template_id, results, created_at, trace, span in (
+                turn_rows
+            )
         ],
     }
 
@@ -290,11 +294,14 @@ def _fold(head: Sequence[Any], rows: Sequence[Sequence[Any]], parse: bool) -> di
 
 def _turns(rows: Sequence[Sequence[Any]], parse: bool) -> list[dict[str, Any]]:
     """Turn rows, each followed by its slot rows (seq, role, content, resolved_question,
-    template_id, results, created_at, name, value, then anything), as plain dicts."""
+    template_id, results, created_at, trace_id, span_id, name, value, then anything), as plain
+    dicts."""
     turns: list[dict[str, Any]] = []
     slots: dict[str, str] = {}
     parsed = _Stamps()
-    for _, role, content, resolved, template_id, results, created_at, name, value, *_ in rows:
+    for row in rows:
+        _, role, content, resolved, template_id, results, created_at, trace, span = row[:9]
+        name, value = row[9], row[10]
         if name is None:
             slots = {}
             if parse:
@@ -308,6 +315,8 @@ def _turns(rows: Sequence[Sequence[Any]], parse: bool) -> list[dict[str, Any]]:
                     "slots": slots,
                     "results": json.loads(results),
                     "created_at": created_at,
+                    "trace_id": trace,
+                    "span_id": span,
                 }
             )
         else:
@@ -557,6 +566,8 @@ class RawPostgres:
                 "resolved": [None, None],
                 "templates": [exchange.template_id, None],
                 "results": [exchange.results_json, "[]"],
+                "traces": [None, None],
+                "spans": [None, None],
                 "slot_ords": [1] * len(exchange.slots),
                 "slot_names": list(exchange.slots),
                 "slot_values": list(exchange.slots.values()),

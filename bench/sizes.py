@@ -22,7 +22,7 @@ __all__ = ["EXCHANGES", "Sizes", "fill", "main", "measure"]
 
 EXCHANGES = 5
 """Exchanges per session: ten turns."""
-TABLES = ("sessions", "conversations", "turns", "turn_slots")
+TABLES = ("sessions", "conversations", "turns", "turn_slots", "turn_feedback")
 
 _PLACES = ("Utrecht", "Enschede", "Zwolle", "Leiden", "Groningen")
 
@@ -56,6 +56,7 @@ class Sizes:
         ]
         rows = {"sessions": self.sessions, "conversations": self.sessions, "turns": self.turns}
         rows["turn_slots"] = self.sessions * EXCHANGES  # one slot per question
+        rows["turn_feedback"] = self.sessions  # one rated answer per session
         for name in TABLES:
             lines.append(
                 f"| {name} | {rows[name]:,} | {self.total[name]:,} | {self.indexes[name]:,} "
@@ -65,7 +66,8 @@ class Sizes:
 
 
 async def fill(url: str, sessions: int, concurrency: int = 16) -> None:
-    """``sessions`` sessions of ``EXCHANGES`` exchanges each, written through the API."""
+    """``sessions`` sessions of ``EXCHANGES`` exchanges each, written through the API; the
+    user rates the first answer of each (a thumbs up, without a comment)."""
     config = StoreConfig(database_url=url, cleanup_interval=0, max_sessions=1_000)
     async with SessionRepository(config) as repo:
         queue = iter(range(sessions))
@@ -91,6 +93,7 @@ async def fill(url: str, sessions: int, concurrency: int = 16) -> None:
                         ],
                         user_id=f"user-{n % 997}",
                     )
+                await repo.add_feedback(sid, 2, 1, user_id=f"user-{n % 997}")
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 

@@ -64,6 +64,11 @@ class ConversationTurn(BaseModel):
     results: list[dict[str, Any]] = Field(default_factory=list)
     created_at: datetime | None = None
     """When the store saved the turn (UTC); None until it is stored."""
+    trace_id: str | None = None
+    """The OpenTelemetry trace the turn was produced in: 32 lowercase hex digits, not all
+    zero (``add_turn(trace_id=...)``); None if none was given."""
+    span_id: str | None = None
+    """The span within ``trace_id``: 16 lowercase hex digits, not all zero; None if none."""
 
 
 def name_ordered(slots: Mapping[str, str]) -> dict[str, str]:
@@ -435,6 +440,8 @@ class TurnBuilder(Protocol):
         slots: dict[str, str],
         results: list[dict[str, Any]],
         created_at: datetime | None,
+        trace_id: str | None,
+        span_id: str | None,
     ) -> ConversationTurn: ...
 
 
@@ -461,7 +468,7 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
     set_fields_set, set_extra, set_private = setters
 
     def make_turn(**fields: Any) -> ConversationTurn:
-        # The keywords' dict is the turn's ``__dict__``: every caller passes all seven, in
+        # The keywords' dict is the turn's ``__dict__``: every caller passes all nine, in
         # the model's order (its repr follows the dict's).
         turn = new(ConversationTurn)
         set_attribute(turn, "__dict__", fields)
@@ -522,9 +529,10 @@ def _constructed_state(
 
 make_turn, make_state = builders(pydantic_slot_setters())
 """``make_turn(role=, content=, resolved_question=, template_id=, slots=, results=,
-created_at=)``: a turn from values the store already checked, built without validation.
-``model_construct`` does the same, slower (what this saves: docs/architecture.md, "What speed
-costs in upkeep"). ``make_state(session, session_id, turns)``: likewise the
+created_at=, trace_id=, span_id=)``: a turn from values the store already checked, built
+without validation. ``model_construct`` does the same, slower (what this saves:
+docs/architecture.md, "What speed costs in upkeep"). ``make_state(session, session_id,
+turns)``: likewise the
 state of a ``StoredSession``, whose ``turns`` (a slice of the session's) count as stored for
 ``session_id`` at the session's version; it shares them and the session's ``current_slots``
 until their first use (the fallback copies them at once)."""

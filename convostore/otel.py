@@ -1,11 +1,16 @@
-"""OpenTelemetry metrics for a ``SessionRepository``: ``pip install "convostore[otel]"``, then
-``instrument(repo)``.
+"""OpenTelemetry for a ``SessionRepository``: ``pip install "convostore[otel]"``, then
+``instrument(repo)`` for metrics, and ``trace_context(session_id)`` to tie turns and traces.
 
 The core counts and times in plain Python (``SessionRepository.stats()`` and its timing hooks)
 and imports no OpenTelemetry; this module, imported only by whoever installed the extra, turns
 those into instruments of the meter ``convostore``: observable counters and gauges read from
 ``stats()`` when the reader collects, and histograms fed by a timing hook. The metric names,
 units and attributes are listed in docs/operations.md.
+
+convostore starts no spans of its own (OpenTelemetry's SQLAlchemy instrumentation shows its
+statements). ``trace_context`` links the application's span and the exchange both ways: the
+turns store the span's ids, and the span gets the attribute ``gen_ai.conversation.id`` (the
+session id, as OpenTelemetry's GenAI conventions name it).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from threading import Lock
+from typing import TypedDict
 from weakref import WeakKeyDictionary
 
+from opentelemetry import trace
 from opentelemetry.metrics import (
     CallbackOptions,
     Histogram,
@@ -28,7 +35,17 @@ from opentelemetry.util.types import AttributeValue
 
 from convostore.repository import SessionRepository
 
-__all__ = ["COUNTERS", "DURATIONS", "GAUGES", "METER_NAME", "Instrumentation", "instrument"]
+__all__ = [
+    "CONVERSATION_ID",
+    "COUNTERS",
+    "DURATIONS",
+    "GAUGES",
+    "METER_NAME",
+    "Instrumentation",
+    "TraceIds",
+    "instrument",
+    "trace_context",
+]
 
 METER_NAME = "convostore"
 
@@ -178,3 +195,33 @@ def instrument(
     instruments.add(instrumentation)
     repo.add_timing_hook(instrumentation.record)
     return instrumentation
+
+
+CONVERSATION_ID = "gen_ai.conversation.id"
+"""The span attribute that names the conversation (OpenTelemetry's GenAI semantic
+conventions): the session id."""
+
+
+class TraceIds(TypedDict, total=False):
+    """``add_turn``'s keyword arguments for a span's ids (none where no span is current)."""
+
+    trace_id: str
+    span_id: str
+
+
+def trace_context(session_id: str | None = None) -> TraceIds:
+    """The current span's ids as ``add_turn`` takes them, ``trace_id`` and ``span_id`` in
+    lowercase hex: ``await repo.add_turn(sid, q, a, **trace_context(sid))``. Empty (so
+    ``add_turn`` stores none) when no valid span is current. With ``session_id``, the current
+    span also gets the attribute ``gen_ai.conversation.id``, so a trace found in the tracing
+    backend names its conversation, as the stored turns name their trace."""
+    span = trace.get_current_span()
+    context = span.get_span_context()
+    if not context.is_valid:
+        return TraceIds()
+    if session_id is not None:
+        span.set_attribute(CONVERSATION_ID, session_id)
+    return TraceIds(
+        trace_id=trace.format_trace_id(context.trace_id),
+        span_id=trace.format_span_id(context.span_id),
+    )

@@ -56,10 +56,13 @@ from convostore._core.validation import (
     check_optional_text,
     check_owner,
     check_query,
+    check_score,
     check_session_fields,
     check_session_id,
+    check_span_id,
     check_summary,
     check_title,
+    check_trace_id,
     check_turn,
     check_user_id,
     check_window,
@@ -574,6 +577,8 @@ class SessionRepository:
         results: Sequence[Mapping[str, Any]] | None = None,
         idempotency_key: str | None = None,
         user_id: str | None = None,
+        trace_id: str | None = None,
+        span_id: str | None = None,
     ) -> ConversationState:
         """Append one exchange (a user turn with ``question`` and the other fields, then an
         assistant turn with ``answer``) and return the session's new state.
@@ -592,6 +597,11 @@ class SessionRepository:
         ``user_id``: a session this call creates belongs to that user, and a live session of
         another owner (or of none) is never written (``NotSessionOwner``).
 
+        ``trace_id`` and ``span_id``: the OpenTelemetry trace and span that produced the
+        exchange (32 and 16 lowercase hex digits, not all zero), stored on both of its turns,
+        so either one, read alone, leads to the trace. Nothing is taken from the current
+        span by itself: pass ``**convostore.otel.trace_context()`` for that.
+
         Raises:
             InvalidSessionId, InvalidTurn: before any SQL (the message names the field).
             NotSessionOwner: the live session under that id is not ``user_id``'s; nothing
@@ -608,6 +618,7 @@ class SessionRepository:
         )
         limits = self._limits
         template = check_optional_text("template_id", template_id, limits)
+        trace, span = check_trace_id("trace_id", trace_id), check_span_id("span_id", span_id)
         user = make_turn(
             role="user",
             content=check_content("question", question, limits),
@@ -618,6 +629,8 @@ class SessionRepository:
             slots=copy_slots("slots", slots, limits),
             results=copy_results("results", results, limits),
             created_at=None,
+            trace_id=trace,
+            span_id=span,
         )
         assistant = make_turn(
             role="assistant",
@@ -627,6 +640,8 @@ class SessionRepository:
             slots={},
             results=[],
             created_at=None,
+            trace_id=trace,
+            span_id=span,
         )
         exchange = (user, assistant)
         template = template or None
@@ -1069,9 +1084,58 @@ class SessionRepository:
         finally:
             self._calls.leave()
 
+    async def add_feedback(
+        self,
+        session_id: str,
+        seq: int,
+        score: int,
+        *,
+        comment: str | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Record feedback on an answer: turn ``seq`` (its stored number, from 1: the answer
+        of the n-th exchange is turn 2n, unless a rewind or a cap took turns out) of the
+        session's live conversation, which must be an assistant turn. A second call for the
+        same turn replaces the first. Feedback stays with the transcript: the retention sweep and
+        ``erase_user`` delete it with the conversation, ``export_user`` includes it, and the
+        view ``feedback`` shows it beside its exchange (docs/analytics.md).
+
+        ``score``: an int from -2 to 2, so that both kinds of rating fit one column: thumbs
+        down and up are -1 and 1, one to five stars are ``stars - 3``, 0 is neutral.
+        ``comment``: optional text, within ``StoreConfig.max_text_chars``. ``user_id``: as
+        for ``add_turn``, only the live session's owner may give feedback on it.
+
+        Returns False, storing nothing, if there is no live session under that id or its turn
+        ``seq`` is not an answer (a question, or no such turn): feedback arrives after the
+        answer was shown, when the conversation may have ended, and that is no error.
+
+        Raises:
+            InvalidSessionId: a bad session or user id, before any SQL.
+            InvalidTurn: ``seq`` not a positive int, ``score`` not an int from -2 to 2, or a
+                ``comment`` the store cannot hold, before any SQL.
+            NotSessionOwner: the live session is not ``user_id``'s; nothing was stored.
+            StoreError: the database failed; nothing was stored.
+        """
+        sid = check_session_id(session_id)
+        owner = check_owner(user_id)
+        if type(seq) is not int or not 0 < seq < 2**31:
+            raise InvalidTurn(f"seq must be a turn number (an int from 1), not {seq!r}")
+        value = check_score(score)
+        remark = check_optional_text("comment", comment, self._limits)
+        ops = self._enter()
+        try:
+            return await self._calls.run(
+                "giving feedback",
+                lambda: ops.add_feedback(sid, seq, value, remark, owner),
+                shield=True,
+            )
+        finally:
+            self._calls.leave()
+
     async def export_user(self, user_id: str) -> dict[str, Any]:
         """Everything stored about the user (data-subject access): each conversation, live or
-        retained, with its turns, slots and results, as data ``json.dumps`` takes as is.
+        retained, with its turns, slots and results and the feedback given on it, as data
+        ``json.dumps`` takes as is.
 
         Raises:
             InvalidSessionId: a bad user id, before any SQL.
@@ -1089,8 +1153,9 @@ class SessionRepository:
         """Delete every row of the user in every table: live sessions (other workers' caches
         drop them too), retained transcripts, their turns, slots and results, in batches of
         ``sweep_batch_size`` conversations, one transaction each. Returns the rows deleted
-        per table (``sessions``, ``conversations``, ``turns``, ``turn_slots``). A session the
-        user creates while this runs may survive it; run it again after blocking the user.
+        per table (``sessions``, ``conversations``, ``turns``, ``turn_slots``,
+        ``turn_feedback``). A session the user creates while this runs may survive it; run
+        it again after blocking the user.
 
         Raises:
             InvalidSessionId: a bad user id, before any SQL.

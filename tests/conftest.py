@@ -65,6 +65,7 @@ CONFORMANCE = frozenset(
         "test_concurrency",
         "test_config",
         "test_encryption",
+        "test_feedback",
         "test_history",
         "test_host_schema",
         "test_idempotency_scope",
@@ -204,7 +205,14 @@ _MARIADB_EMPTIED = (
     "SET FOREIGN_KEY_CHECKS = 0",
     *(
         f"TRUNCATE TABLE {table}"
-        for table in ("turn_slots", "turns", "sessions", "conversations", "convostore_changes")
+        for table in (
+            "turn_feedback",
+            "turn_slots",
+            "turns",
+            "sessions",
+            "conversations",
+            "convostore_changes",
+        )
     ),
     "SET FOREIGN_KEY_CHECKS = 1",
     "ALTER SEQUENCE conversation_ids RESTART WITH 1",

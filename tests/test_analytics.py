@@ -68,6 +68,11 @@ def _at(clock: FakeClock, day: int, hour: int, minute: int = 0) -> None:
     clock.advance(target - clock.now)
 
 
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN_ID = "00f067aa0ba902b7"
+"""C6's exchange's OpenTelemetry ids."""
+
+
 def _found(count: int) -> list[dict[str, Any]]:
     """A search result of ``count`` archives (only empty or not matters to the queries)."""
     return [{"name": f"archive {n}"} for n in range(count)]
@@ -95,6 +100,9 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
     Ended: C1 (10 minutes), C2, C3 (0 minutes), C4 (15 minutes), all retained.
     Metadata (``set_metadata`` as each opens): C1 and C5 project archives, C2 project hours,
     C6 a team and no project.
+    Feedback (``add_feedback``, score, on the answer to): C1 +2 Utrecht (09:01), -1 Zwolle
+    with a comment (09:11); C2 +1 (given -1 at 14:01, replaced at 14:02); C5 -2 zaterdag
+    (16:03); C6 -1 (16:31), whose exchange carries trace and span ids.
     """
     archives, opening = "archives_in_place", "opening_hours"
     _at(clock, 1, 9)
@@ -109,6 +117,8 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
         results=_found(2),
         user_id="alice",
     )
+    _at(clock, 1, 9, 1)
+    assert await repo.add_feedback(s1, 2, 2, user_id="alice")
     _at(clock, 1, 9, 5)
     await repo.add_turn(
         s1,
@@ -131,6 +141,8 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
         results=[],
         user_id="alice",
     )
+    _at(clock, 1, 9, 11)
+    assert await repo.add_feedback(s1, 6, -1, comment="Zwolle heeft er een.", user_id="alice")
     _at(clock, 1, 14)
     s2, _ = await repo.get_or_create(None, user_id="bob")
     await repo.set_metadata(s2, {"project": "hours", "stars": 4}, user_id="bob")
@@ -143,6 +155,10 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
         results=_found(1),
         user_id="bob",
     )
+    _at(clock, 1, 14, 1)
+    assert await repo.add_feedback(s2, 2, -1, user_id="bob")
+    _at(clock, 1, 14, 2)
+    assert await repo.add_feedback(s2, 2, 1, user_id="bob")
     _at(clock, 1, 21)
     s3, _ = await repo.get_or_create(None)
     await repo.add_turn(s3, "Hallo", "Hoi!")
@@ -208,6 +224,8 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
         results=_found(1),
         user_id="alice",
     )
+    _at(clock, 2, 16, 3)
+    assert await repo.add_feedback(s1, 4, -2, comment="Dicht op zaterdag.")
     _at(clock, 2, 16, 30)
     s6, _ = await repo.get_or_create(None, user_id="bob")
     await repo.set_metadata(s6, {"team": "north"}, user_id="bob")
@@ -219,7 +237,11 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
         slots={"place": "Zwolle"},
         results=[],
         user_id="bob",
+        trace_id=TRACE_ID,
+        span_id=SPAN_ID,
     )
+    _at(clock, 2, 16, 31)
+    assert await repo.add_feedback(s6, 2, -1, user_id="bob")
     _at(clock, 2, 17)
     await repo.get_or_create(None, user_id="dave")
 
@@ -261,6 +283,18 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
     "live_vs_ended": [("ended", 4, 8), ("live", 3, 3)],
     # (project, conversations): C1 and C5 (alice) archives, C2 (bob) hours; C6 has no project.
     "per_project": [("archives", 2), ("hours", 1)],
+    # (template, rated, positive, negative, avg_score): archives C1 +2 and -1; opening C2 +1
+    # (its -1 replaced), C5 -2, C6 -1: -2/3.
+    "feedback_per_template": [
+        ("opening_hours", 3, 1, 2, -0.67),
+        ("archives_in_place", 2, 1, 1, 0.5),
+    ],
+    # (score, question, answer, comment, trace_id): worst first, then oldest first.
+    "negative_feedback": [
+        (-2, "En op zaterdag?", "Van 10 tot 14 uur.", "Dicht op zaterdag.", None),
+        (-1, "En in Zwolle?", "Geen gevonden.", "Zwolle heeft er een.", None),
+        (-1, "Wanneer is het archief in Zwolle open?", "Dat weet ik niet.", None, TRACE_ID),
+    ],
 }
 
 

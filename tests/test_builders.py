@@ -30,6 +30,8 @@ TURN: dict[str, Any] = {
     "slots": {"place": "Enschede"},
     "results": [{"name": "Historisch Centrum Overijssel", "score": 0.5}],
     "created_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    "span_id": "00f067aa0ba902b7",
 }
 BUILDERS = {"slots": builders(pydantic_slot_setters()), "fallback": builders(None)}
 

@@ -123,6 +123,8 @@ async def _seed(make_repo: MakeRepo, clock: FakeClock) -> float:
     state.language = "en"
     await repo.update("live-session", state)
     await repo.add_turn("other-session", "Hallo", "Hoi", slots={"place": "<script>x</script>"})
+    assert await repo.add_feedback("live-session", 2, 2, user_id="u-1")
+    assert await repo.add_feedback("live-session", 4, -1, comment="Vier?", user_id="u-1")
     return earlier
 
 
@@ -474,8 +476,8 @@ async def test_report(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path:
     root = ElementTree.fromstring(page.removeprefix("<!DOCTYPE html>\n"))
     assert root.tag == "html"
     sections = root.findall(".//section")
-    assert len(sections) == 6
-    for section in sections:
+    assert len(sections) == 7
+    for section in sections[:-1]:
         variants = [name for svg in section.findall("svg") for name in svg.get("class", "").split()]
         assert sorted(variants) == ["l", "m", "s"]
     assert all(svg.get("viewBox") for svg in root.findall(".//svg"))
@@ -491,8 +493,17 @@ async def test_report(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path:
         "Follow-up rate",
         "Conversation length",
         "Load per hour of the day",
+        "Feedback",
     ):
         assert f"<h2>{heading}</h2>" in page
+    feedback = sections[-1]
+    assert [cell.text for cell in feedback.findall(".//tbody/tr/td")][:5] == [
+        "archives_in_place",
+        "2",
+        "1",
+        "1",
+        "+0.50",
+    ]
     assert "<b>4</b><span>conversations (2 live)</span>" in page
     assert "1 of 5 questions were follow-ups" in page
 
@@ -520,6 +531,8 @@ async def test_report_figures(url: str, make_repo: MakeRepo, clock: FakeClock) -
     assert data.per_day[0][0] == then.date()
     assert data.per_day[-1][0] == recent.date()
     assert sum(exchanges for _, exchanges, _ in data.per_day) == 5
+    assert data.feedback_templates == [("archives_in_place", 2, 1, 1, 0.5)]
+    assert data.feedback_days == [(recent.date(), 2, 1, 1)]
 
 
 async def test_report_on_an_empty_database(url: str, tmp_path: Path) -> None:
@@ -527,8 +540,9 @@ async def test_report_on_an_empty_database(url: str, tmp_path: Path) -> None:
     out = tmp_path / "empty.html"
     _ok(await _invoke("report", "-o", str(out), "--url", url))
     page = out.read_text(encoding="utf-8")
-    assert page.count("<section>") == 6
+    assert page.count("<section>") == 7
     assert "No exchanges yet" in page
+    assert "No feedback yet" in page
 
 
 @pytest.mark.parametrize("command", list(DB_COMMANDS))

@@ -221,3 +221,18 @@ async def test_retention_removes_what_was_taken_out(
     await _talk(repo, "t", range(1, 2))
     await repo.sweep_expired()
     assert await _superseded(sql, "s") == []
+
+
+async def test_feedback_moves_with_the_answer_it_rates(repo: SessionRepository, sql: Sql) -> None:
+    """A rewound answer keeps its feedback, in the transcript; the answer that takes its
+    number starts without any."""
+    await _talk(repo, "s", range(1, 3))
+    assert await repo.add_feedback("s", 4, -1, comment="Fout.")
+    await repo.rewind("s", 2)
+    await repo.add_turn("s", "Vraag 2 opnieuw?", "Beter.")
+    rows = await sql(
+        "SELECT f.score, c.superseded_reason FROM turn_feedback f JOIN conversations c "
+        "ON c.session_id = f.session_id AND c.conversation_id = f.conversation_id"
+    )
+    assert [tuple(row) for row in rows] == [(-1, "rewind")]
+    assert await repo.add_feedback("s", 4, 2)

@@ -33,6 +33,7 @@ CONVOSTORE_TABLES = {
     "sessions",
     "turns",
     "turn_slots",
+    "turn_feedback",
     "convostore_compatibility",
     VERSION_TABLE,
 }

@@ -47,6 +47,7 @@ CONVOSTORE_TABLES = {
     "sessions",
     "turns",
     "turn_slots",
+    "turn_feedback",
     "convostore_changes",
     "convostore_compatibility",
     VERSION_TABLE,

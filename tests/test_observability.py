@@ -34,7 +34,7 @@ from convostore import (
     StoreConfig,
     StoreError,
 )
-from convostore.otel import COUNTERS, DURATIONS, GAUGES, instrument
+from convostore.otel import CONVERSATION_ID, COUNTERS, DURATIONS, GAUGES, instrument, trace_context
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
@@ -421,3 +421,23 @@ async def test_no_log_record_carries_content(
     assert any("timing hook failed" in line for line in captured.lines)
     leaked = [line for line in captured.lines if m in line]
     assert not leaked, leaked
+
+
+async def test_trace_context_ties_the_current_span_and_the_exchange(
+    repo: SessionRepository, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    """Inside a span, ``trace_context(sid)`` gives add_turn the span's ids (stored on both
+    turns, read back cold) and marks the span with ``gen_ai.conversation.id``; outside any
+    span it gives nothing, and add_turn stores no ids."""
+    provider, exporter = spans
+    assert trace_context("s") == {}
+    with provider.get_tracer("app").start_as_current_span("answer") as span:
+        ids = trace_context("s")
+        state = await repo.add_turn("s", "Vraag?", "Antwoord.", **ids)
+    context = span.get_span_context()
+    assert ids == {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+    assert [(t.trace_id, t.span_id) for t in state.turns] == [(ids["trace_id"], ids["span_id"])] * 2
+    (finished,) = exporter.get_finished_spans()
+    assert (finished.attributes or {})[CONVERSATION_ID] == "s"
+    untraced = await repo.add_turn("s", "Nog een?", "Ja.", **trace_context("s"))
+    assert (untraced.turns[-1].trace_id, untraced.turns[-1].span_id) == (None, None)

@@ -24,11 +24,12 @@ from convostore import (
 TTL = 100
 """The sessions' TTL in these tests, in seconds."""
 
-USER_TABLES = ("sessions", "conversations", "turns", "turn_slots")
+USER_TABLES = ("sessions", "conversations", "turns", "turn_slots", "turn_feedback")
 
 
 async def _talk(repo: SessionRepository, sid: str, user: str | None, place: str) -> None:
-    """One exchange with a slot and a result, then a follow-up, as ``user``."""
+    """One exchange with a slot and a result, then a follow-up, as ``user``, who rates the
+    first answer."""
     await repo.add_turn(
         sid,
         f"Welke archieven zijn er in {place}?",
@@ -45,6 +46,7 @@ async def _talk(repo: SessionRepository, sid: str, user: str | None, place: str)
         resolved_question=f"Welke archieven zijn er daarna in {place}?",
         user_id=user,
     )
+    assert await repo.add_feedback(sid, 2, 1, user_id=user)
 
 
 async def _rows_of(sql: Sql, user: str) -> dict[str, int]:
@@ -323,7 +325,13 @@ async def test_erase_user_deletes_every_row_of_theirs_and_nothing_else(
     await _alice_and_bob(repo, clock)
     assert await other.get("a-2") is not None
     expected = await _rows_of(sql, "alice")
-    assert expected == {"sessions": 2, "conversations": 3, "turns": 12, "turn_slots": 3}
+    assert expected == {
+        "sessions": 2,
+        "conversations": 3,
+        "turns": 12,
+        "turn_slots": 3,
+        "turn_feedback": 3,
+    }
     others = "SELECT * FROM {} WHERE session_id NOT IN ('a-1', 'a-2') ORDER BY 1, 2"
     before = {table: await sql(others.format(table)) for table in USER_TABLES}
 

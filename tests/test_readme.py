@@ -79,6 +79,7 @@ SNIPPETS = {
     "summaries": "await repo.set_summary(",
     "history": "await repo.rewind(",
     "search": "page = await repo.search(",
+    "feedback": "# replaces the first",
     "engine timeouts": '"command_timeout": 5',
     "encryption": "encryption_keys=[key]",
 }
@@ -241,6 +242,26 @@ async def test_search_snippet_runs(
     (line,) = capsys.readouterr().out.splitlines()
     assert " 1 user " in line
     assert "**Archieven** in **Utrecht**" in line
+
+
+async def test_feedback_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The feedback snippet runs as written on an empty database (its asserts hold), after
+    `convostore migrate` on PostgreSQL, and leaves the one rating and the traced turns."""
+    await _migrate_postgres(backend, empty_url)
+    example = _snippet("feedback").replace("sqlite+aiosqlite:///chat.db", empty_url)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    await asyncio.to_thread(exec, compile(example, "README.md", "exec"), namespace)
+    engine = create_async_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            scores = (await conn.execute(text("SELECT score FROM feedback"))).all()
+            traced = await conn.scalar(text("SELECT COUNT(trace_id) FROM turns"))
+    finally:
+        await engine.dispose()
+    assert ([tuple(row) for row in scores], traced) == ([(1,)], 2)
 
 
 async def _row_counts(url: str) -> list[int]:

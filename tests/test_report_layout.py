@@ -110,6 +110,17 @@ def _data(days: int) -> ReportData:
             ("place", f"’s-Hertogenbosch aan de Dommel, Noord-Brabant {n}", 8_000 - n, 7_000)
             for n in range(10)
         ],
+        feedback_templates=[
+            (
+                f"archives_in_place_with_a_rather_long_template_name_{n}",
+                90_000 - n,
+                60_000,
+                30_000,
+                -1.5,
+            )
+            for n in range(10)
+        ],
+        feedback_days=[(day, 1_000_000, 600_000, 400_000) for day, _, _ in per_day],
     )
 
 

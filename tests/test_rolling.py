@@ -179,12 +179,11 @@ async def test_unknown_revision_without_a_record_is_refused(url: str) -> None:
     """A newer revision with no record for it (migrated without convostore's env.py, or a
     stale record of another revision) is refused: nothing says older code may run."""
     engine = create_async_engine(url)
+    newer = _after_head(1)
     try:
         async with engine.begin() as conn:
-            await conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '{_after_head(1)}'"))
-        with pytest.raises(
-            SchemaNotReady, match=rf"revision {_after_head(1)}, newer .* needs newer code"
-        ):
+            await conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '{newer}'"))
+        with pytest.raises(SchemaNotReady, match=rf"revision {newer}, newer .* needs newer code"):
             await check_schema(engine)
     finally:
         await engine.dispose()

@@ -83,6 +83,9 @@ TURN_KEYS = {
     "results",
     "created_at",
     "idempotency_key",
+    "trace_id",
+    "span_id",
+    "feedback",
 }
 
 
@@ -108,6 +111,8 @@ async def _populate(make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> dict[str
         slots={"place": "Utrecht", "soort": "gemeente"},
         results=[{"naam": "Het Utrechts Archief", "stad": "Utrecht", "jaren": [1122, 2026]}],
         user_id="u-1",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
     )
     clock.advance(60)
     await repo.add_turn(
@@ -119,6 +124,7 @@ async def _populate(make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> dict[str
         slots={"place": "Enschede"},
         user_id="u-1",
     )
+    assert await repo.add_feedback(ids["utrecht"], 4, -1, comment="Vier!", user_id="u-1")
     await repo.set_title(ids["utrecht"], "Archieven", user_id="u-1")
     await repo.set_summary(ids["utrecht"], "Archieven in Utrecht.", upto_seq=2, user_id="u-1")
     await repo.set_metadata(ids["utrecht"], {"project": "archives", "stars": 5}, user_id="u-1")
@@ -137,6 +143,7 @@ async def _populate(make_repo: MakeRepo, clock: FakeClock, sql: Sql) -> dict[str
     clock.advance(3600)
     ids["reused"], _ = await repo.get_or_create()
     await repo.add_turn(ids["reused"], "Hoi", "Hallo")
+    assert await repo.add_feedback(ids["reused"], 2, 2)
     await repo.set_title(ids["reused"], "Groet")
     await repo.delete(ids["reused"])
     clock.advance(60)
@@ -459,6 +466,9 @@ async def test_taken_conversation_ids_are_renumbered(
     assert new.conversation_id > max(ids)
 
 
+STAMP = "2026-09-21T14:13:20+00:00"
+
+
 async def test_malformed_lines_are_reported_and_the_rest_imported(
     make_repo: MakeRepo, clock: FakeClock, url: str, empty_url: str, backend: str, sql: Sql
 ) -> None:
@@ -485,7 +495,10 @@ async def test_malformed_lines_are_reported_and_the_rest_imported(
         bad(lambda r: r.update(extra=1)),  # 10
         bad(lambda r: r.update(session_id="café")),  # 11
         bad(lambda r: r["turns"][0].update(results=[1])),  # 12
-        json.dumps(other),  # 13
+        bad(lambda r: r["turns"][0].update(feedback={"score": 1, "created_at": STAMP})),  # 13
+        bad(lambda r: r["turns"][1].update(feedback={"score": 3, "created_at": STAMP})),  # 14
+        bad(lambda r: r["turns"][0].update(trace_id="4BF92F3577B34DA6A3CE929D0E0E4736")),  # 15
+        json.dumps(other),  # 16
     ]
     counts = await import_conversations(await _migrated(backend, empty_url), lines, now=now)
     assert counts.conversations == 2
@@ -501,6 +514,9 @@ async def test_malformed_lines_are_reported_and_the_rest_imported(
         10: "extra: Extra inputs are not permitted",
         11: "printable ASCII",
         12: "turns.0.results.0: Input should be an object",
+        13: "only an assistant turn has feedback",
+        14: "turns.1.feedback.score: Input should be less than or equal to 2",
+        15: "trace_id must be 32 lowercase hex digits",
     }
     assert set(reasons) == set(expected)
     for number, text in expected.items():

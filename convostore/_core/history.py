@@ -27,7 +27,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from convostore._core.schema import UTCDateTime, conversations, sessions, turn_slots, turns
+from convostore._core.schema import (
+    UTCDateTime,
+    conversations,
+    sessions,
+    turn_feedback,
+    turn_slots,
+    turns,
+)
 from convostore.backends import Backend
 
 __all__ = ["HistoryEdits"]
@@ -101,9 +108,10 @@ class HistoryEdits:
                 table.c.seq <= bindparam("high", type_=Integer()),
             )
             .values(conversation_id=bindparam("archive", type_=BigInteger()))
-            for table in (turns, turn_slots)
+            for table in (turns, turn_slots, turn_feedback)
         ]
-        """Turns ``low`` to ``high`` (with their slots) into conversation ``archive``."""
+        """Turns ``low`` to ``high`` (with their slots and feedback) into conversation
+        ``archive``."""
         self.mark_fork = (
             update(conversations)
             .where(_in_conversation(conversations))

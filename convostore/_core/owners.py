@@ -43,6 +43,7 @@ from convostore._core.schema import (
     of_conversation,
     session_field,
     sessions,
+    turn_feedback,
     turn_slots,
     turns,
 )
@@ -52,12 +53,12 @@ from convostore.models import STATE_FIELDS, ConversationSummary, SessionPage
 
 __all__ = ["ERASED_TABLES", "ORDERS", "Listing", "Owners", "decode_cursor", "encode_cursor"]
 
-ERASED_TABLES = ("sessions", "conversations", "turns", "turn_slots")
+ERASED_TABLES = ("sessions", "conversations", "turns", "turn_slots", "turn_feedback")
 """The keys of ``erase_user``'s counts: every table that holds a user's rows."""
 
 _uid = bindparam("uid", type_=String())
 _ids: BindParameter[Any] = bindparam("ids", expanding=True)
-_c, _s, _t, _slot = conversations.c, sessions.c, turns.c, turn_slots.c
+_c, _s, _t, _slot, _f = conversations.c, sessions.c, turns.c, turn_slots.c, turn_feedback.c
 
 
 def _among(columns: Any) -> Any:
@@ -244,6 +245,7 @@ class Owners:
         .with_for_update()
     )
     _erase = (
+        delete(turn_feedback).where(_among(_f)),
         delete(turn_slots).where(_among(_slot)),
         delete(turns).where(_among(_t)),
         delete(sessions).where(_among(_s)).returning(_s.session_id),
@@ -273,6 +275,12 @@ class Owners:
         .join(conversations, of_conversation(_slot))
         .where(_c.user_id == _uid)
         .order_by(_slot.conversation_id, _slot.seq, _slot.name)
+    )
+    _export_feedback = (
+        select(_f.conversation_id, _f.seq, _f.score, _f.comment, _f.created_at)
+        .join(conversations, of_conversation(_f))
+        .where(_c.user_id == _uid)
+        .order_by(_f.conversation_id, _f.seq)
     )
 
     def __init__(self, engine: AsyncEngine, cipher: TurnCipher | None = None) -> None:
@@ -350,7 +358,8 @@ class Owners:
         counts: dict[str, int],
         ended: list[str],
     ) -> None:
-        slots, turn_rows, live, gone = self._erase
+        given, slots, turn_rows, live, gone = self._erase
+        counts["turn_feedback"] += (await conn.execute(given, {"ids": ids})).rowcount
         counts["turn_slots"] += (await conn.execute(slots, {"ids": ids})).rowcount
         counts["turns"] += (await conn.execute(turn_rows, {"ids": ids})).rowcount
         sids = list((await conn.execute(live, {"ids": ids})).scalars())
@@ -365,6 +374,12 @@ class Owners:
             heads = (await conn.execute(self._export_conversations, params)).all()
             turn_rows = (await conn.execute(self._export_turns, params)).all()
             slot_rows = (await conn.execute(self._export_slots, params)).all()
+            given = (await conn.execute(self._export_feedback, params)).all()
+        feedback: dict[int, list[dict[str, Any]]] = {}
+        for cid, seq, score, comment, created in given:
+            feedback.setdefault(cid, []).append(
+                {"seq": seq, "score": score, "comment": comment, "created_at": created.isoformat()}
+            )
         by_conversation = {
             cid: [{**turn._asdict(), "created_at": turn.created_at.isoformat()} for turn in turns]
             for cid, turns in grouped_turns(turn_rows, slot_rows, self.cipher).items()
@@ -372,12 +387,15 @@ class Owners:
         return {
             "user_id": uid,
             "exported_at": now.isoformat(),
-            "conversations": list(_conversations(heads, by_conversation, now)),
+            "conversations": list(_conversations(heads, by_conversation, feedback, now)),
         }
 
 
 def _conversations(
-    heads: Iterable[Any], turns_of: dict[int, list[dict[str, Any]]], now: datetime
+    heads: Iterable[Any],
+    turns_of: dict[int, list[dict[str, Any]]],
+    feedback_of: dict[int, list[dict[str, Any]]],
+    now: datetime,
 ) -> Iterable[dict[str, Any]]:
     for head in heads:
         cid, sid, started, ended, expires = head[:5]
@@ -390,4 +408,5 @@ def _conversations(
             "live": is_live(expires, now),
             **{name: exported(fields[name]) for name in STATE_FIELDS},
             "turns": turns_of.get(cid, []),
+            "feedback": feedback_of.get(cid, []),
         }

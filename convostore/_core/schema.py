@@ -1,4 +1,4 @@
-"""The tables: ``conversations``, ``sessions``, ``turns`` and ``turn_slots``, in one ``metadata``.
+"""The tables, in one ``metadata``: conversations, sessions, turns, turn_slots, turn_feedback.
 
 Two lifetimes: a ``sessions`` row is the live state the API reads and writes, and goes when the
 session ends (expiry, ``delete``); a ``conversations`` row is the transcript's header, and it and
@@ -30,6 +30,7 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     Sequence,
+    SmallInteger,
     String,
     Table,
     and_,
@@ -71,6 +72,7 @@ __all__ = [
     "session_field",
     "sessions",
     "turn_at",
+    "turn_feedback",
     "turn_slots",
     "turns",
 ]
@@ -175,6 +177,8 @@ turns = Table(
     Column("results", JSONText, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("idempotency_key", String(MAX_SESSION_ID_LENGTH), nullable=True),
+    Column("trace_id", String(32), nullable=True),
+    Column("span_id", String(16), nullable=True),
     PrimaryKeyConstraint("session_id", "conversation_id", "seq"),
     ForeignKeyConstraint(
         _in_conversation,
@@ -194,7 +198,8 @@ turns = Table(
 """One row per message; ``seq`` counts from 1 within the conversation. The first turn of every
 append carries the append's ``idempotency_key`` (unique within the conversation), so an append
 sent twice is stored once. The key's index holds only the turns that have one: half the rows,
-and a read of a conversation's turns by ``seq`` is never planned through it."""
+and a read of a conversation's turns by ``seq`` is never planned through it. ``trace_id`` and
+``span_id`` (OpenTelemetry's, as lowercase hex) tie a turn to the trace that produced it."""
 
 turn_slots = Table(
     "turn_slots",
@@ -216,6 +221,29 @@ turn_slots = Table(
 The foreign key points at the conversation, not the turn: rows are only ever written together
 with their turn and deleted with their conversation, and cascading once per conversation
 instead of once per turn makes deleting transcripts much faster on PostgreSQL."""
+
+
+turn_feedback = Table(
+    "turn_feedback",
+    metadata,
+    Column("session_id", String(MAX_SESSION_ID_LENGTH), nullable=False),
+    Column("conversation_id", ConversationKey, nullable=False),
+    Column("seq", Integer(), nullable=False),
+    Column("score", SmallInteger(), nullable=False),
+    Column("comment", LongText, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("session_id", "conversation_id", "seq"),
+    ForeignKeyConstraint(
+        _in_conversation,
+        [f"conversations.{name}" for name in _in_conversation],
+        ondelete="CASCADE",
+    ),
+)
+"""One row per assistant turn that got feedback (``add_feedback``), keyed by that turn's key;
+a second call replaces it, and ``created_at`` is when the row was last written. ``score`` is
+-2..2. Kept with the transcript: its foreign key, like ``turn_slots``', points at the
+conversation, so the retention sweep and ``erase_user`` take it along. The analytics view
+``feedback`` shows each row with its exchange."""
 
 
 KEPT_FIELDS = tuple(name for name in STATE_FIELDS if name in conversations.c)
@@ -267,6 +295,8 @@ TURN_FIELDS = (
     turns.c.template_id,
     turns.c.results,
     turns.c.created_at,
+    turns.c.trace_id,
+    turns.c.span_id,
 )
 """A turn as every read of turns selects it: its number, then what a turn holds."""
 
@@ -293,6 +323,8 @@ class TranscriptTurn(NamedTuple):
     slots: dict[str, str]
     results: Any
     created_at: datetime
+    trace_id: str | None
+    span_id: str | None
 
 
 def grouped_turns(
@@ -305,7 +337,7 @@ def grouped_turns(
     for cid, seq, name, value in slot_rows:
         slots.setdefault((cid, seq), {})[name] = value
     grouped: dict[int, list[TranscriptTurn]] = {}
-    for cid, seq, role, content, resolved, template, results, created in turn_rows:
+    for cid, seq, role, content, resolved, template, results, created, trace, span in turn_rows:
         content, resolved, results = opened_fields(cipher, content, resolved, results)
         grouped.setdefault(cid, []).append(
             TranscriptTurn(
@@ -317,6 +349,8 @@ def grouped_turns(
                 name_ordered(slots.get((cid, seq), {})),
                 results,
                 created,
+                trace,
+                span,
             )
         )
     return grouped
@@ -345,6 +379,8 @@ def turn_at(turn: ConversationTurn | TranscriptTurn, created_at: datetime) -> Co
         slots=turn.slots,
         results=turn.results,
         created_at=created_at,
+        trace_id=turn.trace_id,
+        span_id=turn.span_id,
     )
 
 
@@ -368,6 +404,12 @@ class TurnFields(Protocol):
 
     @property
     def results(self) -> Any: ...
+
+    @property
+    def trace_id(self) -> str | None: ...
+
+    @property
+    def span_id(self) -> str | None: ...
 
 
 def rows_of_turns(
@@ -398,6 +440,8 @@ def rows_of_turns(
                 "results": results,
                 "created_at": created_at,
                 "idempotency_key": key,
+                "trace_id": turn.trace_id,
+                "span_id": turn.span_id,
             }
         )
         slot_rows.extend(

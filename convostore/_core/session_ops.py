@@ -434,6 +434,15 @@ class SessionOperations:
         )
         self._count_write(written)
 
+    async def add_feedback(
+        self, sid: str, seq: int, score: int, comment: str | None, owner: str | None
+    ) -> bool:
+        """Feedback on an answer of the live session: nothing cached changes (a state holds
+        no feedback)."""
+        return await self.store.add_feedback(
+            sid, seq, score, comment, now=utc(self._clock()), uid=owner
+        )
+
     async def delete(self, sid: str, owner: str | None = None) -> bool:
         try:
             return await self.store.delete(sid, utc(self._clock()), owner)

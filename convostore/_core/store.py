@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from convostore._core.crypt import SEALED_MARK, TurnCipher, refuse_sealed
 from convostore._core.gate import Gate
 from convostore._core.history import HistoryEdits
-from convostore._core.schema import opened_fields, rows_of_turns, turn_at
+from convostore._core.schema import TURN_FIELDS, opened_fields, rows_of_turns, turn_at
 from convostore.backends import Backend, backend_for
 from convostore.backends._core_path import CoreExecutor
 from convostore.backends._executor import (
@@ -403,6 +403,34 @@ class SqlStore:
                 return None
         return int(row[1])
 
+    async def add_feedback(
+        self,
+        sid: str,
+        seq: int,
+        score: int,
+        comment: str | None,
+        *,
+        now: datetime,
+        uid: str | None,
+    ) -> bool:
+        """Store the feedback on answer ``seq`` of the live session ``sid``, replacing any
+        given before. Returns False, storing nothing, if there is no live session or turn
+        ``seq`` of its conversation is not an answer; with ``uid``, a live session of another
+        owner raises ``NotSessionOwner``."""
+        params = {
+            "sid": sid,
+            "uid": uid,
+            "seq": seq,
+            "score": score,
+            "comment": comment,
+            "now": now,
+        }
+        async with self._begin() as conn:
+            stored = (await conn.execute(self.sql.give_feedback, params)).rowcount
+            if not stored:
+                await self._check_owner(conn, sid, uid, now)
+        return bool(stored)
+
     async def _key_stored(self, conn: AsyncConnection, sid: str, key: str | None) -> bool:
         if key is None:
             return False
@@ -417,6 +445,7 @@ class SqlStore:
         driver = self._executors.pick()
         if self.sql.append_cte is not None:
             roles, contents, resolved, templates, results = [], [], [], [], []
+            traces, spans = [], []
             ords, names, values = [], [], []
             cipher = self.cipher
             for ord_, turn in enumerate(new_turns, start=1):
@@ -430,6 +459,8 @@ class SqlStore:
                     contents.append(cipher.seal(turn.content))
                     resolved.append(cipher.seal_optional(turn.resolved_question))
                     results.append(json.dumps(cipher.seal_results(turn.results)))
+                traces.append(turn.trace_id)
+                spans.append(turn.span_id)
                 for name, value in turn.slots.items():
                     ords.append(ord_)
                     names.append(name)
@@ -440,6 +471,8 @@ class SqlStore:
                 resolved=resolved,
                 templates=templates,
                 results=results,
+                traces=traces,
+                spans=spans,
                 slot_ords=ords,
                 slot_names=names,
                 slot_values=values,
@@ -776,16 +809,16 @@ class _TurnRow(NamedTuple):
     ``results`` and ``created_at`` columns."""
 
     columns: itemgetter[tuple[Any, ...]]
-    """A row's (seq, role, content, resolved_question, template_id, results, created_at)."""
+    """A row's (seq, role, content, resolved_question, template_id, results, created_at,
+    trace_id, span_id)."""
     load_results: Callable[[Any], Any]
     load_created_at: Callable[[Any], Any]
 
     @classmethod
     def of(cls, statement: Compiled) -> _TurnRow:
         at, processors = statement.columns, statement.processors
-        names = ("role", "content", "resolved_question", "template_id", "results", "created_at")
         return cls(
-            itemgetter(*(at[name] for name in ("seq", *names))),
+            itemgetter(*(at[column.key] for column in TURN_FIELDS)),
             processors[at["results"]] or _unchanged,
             processors[at["created_at"]] or _unchanged,
         )
@@ -815,7 +848,7 @@ def _fold_turns(
         if name is not None:
             slots[name] = row[value_at]
             continue
-        _, role, content, resolved, template_id, results, created_at = columns(row)
+        _, role, content, resolved, template_id, results, created_at, trace, span = columns(row)
         if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
         if cipher is not None:
@@ -836,6 +869,8 @@ def _fold_turns(
                 slots=slots,
                 results=results,
                 created_at=stamped,
+                trace_id=trace,
+                span_id=span,
             )
         )
     return result
@@ -864,7 +899,8 @@ def _turns(
     result: list[ConversationTurn] = []
     stamp: Any = None
     stamped: Any = None
-    for seq, role, content, resolved, template_id, results, created_at in map(columns, rows):
+    for row in map(columns, rows):
+        seq, role, content, resolved, template_id, results, created_at, trace, span = row
         if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
         if cipher is not None:
@@ -884,6 +920,8 @@ def _turns(
                 slots=slots.get(seq) or {},
                 results=results,
                 created_at=stamped,
+                trace_id=trace,
+                span_id=span,
             )
         )
     return result

@@ -43,12 +43,15 @@ __all__ = [
     "check_optional_content",
     "check_optional_text",
     "check_query",
+    "check_score",
     "check_session_fields",
     "check_session_id",
+    "check_span_id",
     "check_summary",
     "check_template_id",
     "check_text",
     "check_title",
+    "check_trace_id",
     "check_turn",
     "check_user_id",
     "check_window",
@@ -376,6 +379,53 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
+def check_trace_id(field: str, value: object) -> str | None:
+    """An OpenTelemetry trace id as W3C Trace Context spells it: 32 lowercase hex digits, not
+    all zero (the invalid id); None passes."""
+    return _check_otel_id(field, value, TRACE_ID_DIGITS)
+
+
+def check_span_id(field: str, value: object) -> str | None:
+    """An OpenTelemetry span id: 16 lowercase hex digits, not all zero; None passes."""
+    return _check_otel_id(field, value, SPAN_ID_DIGITS)
+
+
+TRACE_ID_DIGITS = 32
+SPAN_ID_DIGITS = 16
+_LOWER_HEX = frozenset("0123456789abcdef")
+
+
+def _check_otel_id(field: str, value: object, digits: int) -> str | None:
+    if value is None:
+        return None
+    if (
+        type(value) is not str
+        or len(value) != digits
+        or not _LOWER_HEX.issuperset(value)
+        or value == "0" * digits
+    ):
+        raise InvalidTurn(
+            f"{field} must be {digits} lowercase hex digits, not all zero (as OpenTelemetry "
+            f"writes it), not {value!r}"
+        )
+    return value
+
+
+MIN_SCORE, MAX_SCORE = -2, 2
+"""The range of a feedback score: -1 and 1 for thumbs down and up, -2..2 for five stars
+(stars - 3), 0 neutral."""
+
+
+def check_score(score: object) -> int:
+    """A feedback score: an int (not a bool) from ``MIN_SCORE`` to ``MAX_SCORE``."""
+    if type(score) is not int or not MIN_SCORE <= score <= MAX_SCORE:
+        raise InvalidTurn(
+            f"score must be an int from {MIN_SCORE} to {MAX_SCORE} (thumbs: -1 or 1; "
+            f"stars: stars - 3), not {score!r}"
+        )
+    return score
+
+
 def check_turn(field: str, turn: object, limits: Limits) -> ConversationTurn:
     """A validated copy of a turn the caller added, so later changes to its dicts and lists
     reach neither the store nor the cache."""
@@ -393,6 +443,8 @@ def check_turn(field: str, turn: object, limits: Limits) -> ConversationTurn:
         slots=copy_slots(f"{field}.slots", turn.slots, limits),
         results=copy_results(f"{field}.results", turn.results, limits),
         created_at=None,
+        trace_id=check_trace_id(f"{field}.trace_id", turn.trace_id),
+        span_id=check_span_id(f"{field}.span_id", turn.span_id),
     )
 
 

@@ -1,17 +1,18 @@
 """An HTML usage report of a convostore database: one self-contained page.
 
-``collect`` reads the figures from the analytics views ``exchanges`` and ``slot_values`` (the
-queries of docs/analytics.md, in SQLAlchemy Core) and ``render`` lays them out as HTML with
-inline SVG charts (``charts``): no scripts, no stylesheets or fonts from elsewhere, so the file
-can be mailed or archived and opens the same anywhere. Text from the database (templates,
-slot values) is escaped. The page fits a phone (390 px) without scrolling sideways, and each
-chart is drawn for the width it is shown at, so its text stays readable.
+``collect`` reads the figures from the analytics views ``exchanges``, ``slot_values`` and
+``feedback`` (the queries of docs/analytics.md, in SQLAlchemy Core) and ``render`` lays them
+out as HTML with inline SVG charts (``charts``) and small tables: no scripts, no stylesheets
+or fonts from elsewhere, so the file can be mailed or archived and opens the same anywhere.
+Text from the database (templates, slot values) is escaped. The page fits a phone (390 px)
+without scrolling sideways, and each chart is drawn for the width it is shown at, so its
+text stays readable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from html import escape
@@ -66,6 +67,11 @@ class ReportData:
     """Exchanges in a conversation -> how many conversations had that many (at least 1)."""
     slot_values: list[tuple[str, str, int, int]]
     """(slot, value, mentions, conversations), most mentioned first, at most ``TOP``."""
+    feedback_templates: list[tuple[str | None, int, int, int, float]] = field(default_factory=list)
+    """(template, answers rated, positive, negative, average score), most rated first, at
+    most ``TOP``."""
+    feedback_days: list[tuple[date, int, int, int]] = field(default_factory=list)
+    """(day, answers rated, positive, negative), for each day feedback was last given on."""
 
 
 async def collect(engine: AsyncEngine, now: datetime | None = None) -> ReportData:
@@ -87,6 +93,13 @@ async def collect(engine: AsyncEngine, now: datetime | None = None) -> ReportDat
         ((name, int(asked), int(among)) for name, asked, among in rows["templates"]),
         key=lambda row: (-row[1], row[0] is None, row[0] or ""),
     )
+    rated = sorted(
+        (
+            (name, int(count), int(up), int(down), float(mean))
+            for name, count, up, down, mean in rows["feedback_templates"]
+        ),
+        key=lambda row: (-row[1], row[0] is None, row[0] or ""),
+    )
     return ReportData(
         conversations=int(total),
         live=int(live),
@@ -99,6 +112,11 @@ async def collect(engine: AsyncEngine, now: datetime | None = None) -> ReportDat
         slot_values=[
             (name, value, int(count), int(among))
             for name, value, count, among in rows["slot_values"]
+        ],
+        feedback_templates=rated[:TOP],
+        feedback_days=[
+            (date.fromisoformat(str(day)), int(count), int(up), int(down))
+            for day, count, up, down in rows["feedback_days"]
         ],
     )
 
@@ -149,6 +167,10 @@ p.note { font-size: 0.9rem; }
   gap: 16px; }
 section { background: #fff; border-radius: 10px; padding: 16px 20px; margin: 0 0 16px;
   box-shadow: 0 1px 2px rgba(0, 0, 0, 0.06); min-width: 0; }
+table { width: 100%; border-collapse: collapse; table-layout: fixed; font-size: 0.9rem;
+  margin: 0 0 12px; }
+th, td { text-align: left; padding: 4px 6px; border-bottom: 1px solid #e5e7eb; }
+th.n, td.n { text-align: right; width: 16%; }
 svg { display: block; width: 100%; height: auto; margin: 0 auto;
   font-size: 13px; font-family: inherit; }
 footer { font-size: 0.85rem; margin-top: 24px; }
@@ -163,6 +185,55 @@ footer { font-size: 0.85rem; margin-top: 24px; }
 
 def _section(title: str, note: str, chart: str) -> str:
     return f'<section><h2>{escape(title)}</h2><p class="note">{escape(note)}</p>{chart}</section>'
+
+
+_NUMBER = ' class="n"'
+
+
+def _table(caption: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A small table: the first column text, the others numbers (right-aligned)."""
+
+    def cells(tag: str, row: Sequence[str]) -> str:
+        return "".join(
+            f"<{tag}{_NUMBER if n else ''}>{escape(cell)}</{tag}>" for n, cell in enumerate(row)
+        )
+
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return (
+        f"<table><caption>{escape(caption)}</caption><thead><tr>{cells('th', header)}</tr>"
+        f"</thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _feedback(data: ReportData) -> str:
+    """The feedback section: per template and per day, or a line saying there is none."""
+    note = "Scores of -2 to 2 given on answers (thumbs: -1 and 1; stars: stars − 3)."
+    if not data.feedback_days:
+        return (
+            f'<section><h2>Feedback</h2><p class="note">{escape(note)} No feedback yet.</p>'
+            "</section>"
+        )
+    header = ("rated", "up", "down", "mean")
+    per_template = _table(
+        f"Per template, the {TOP} most rated",
+        ("template", *header),
+        [
+            (name or "(no template)", f"{count:,}", f"{up:,}", f"{down:,}", f"{mean:+.2f}")
+            for name, count, up, down, mean in data.feedback_templates
+        ],
+    )
+    per_day = _table(
+        "Per day (UTC)",
+        ("day", *header[:3]),
+        [
+            (f"{day:%d %b %Y}", f"{count:,}", f"{up:,}", f"{down:,}")
+            for day, count, up, down in data.feedback_days
+        ],
+    )
+    return (
+        f'<section><h2>Feedback</h2><p class="note">{escape(note)}</p>{per_template}{per_day}'
+        "</section>"
+    )
 
 
 def _card(value: str, what: str) -> str:
@@ -280,6 +351,7 @@ def render(data: ReportData, database: str, generated_at: datetime | None = None
                 WIDE,
             ),
         ),
+        _feedback(data),
     ]
     return (
         "<!DOCTYPE html>\n"

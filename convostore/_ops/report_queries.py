@@ -1,6 +1,6 @@
 """The report's statements, as SQLAlchemy Core over the analytics views (the queries of
-docs/analytics.md), with what differs per database asked of the backend. ``report`` runs
-them and lays out the page."""
+docs/analytics.md, and the feedback per template and per day), with what differs per
+database asked of the backend. ``report`` runs them and lays out the page."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ _exchanges = view(
     column("created_at"),
 )
 _slot_values = view("slot_values", column("conversation_id"), column("name"), column("value"))
-_e, _v = _exchanges.c, _slot_values.c
+_feedback = view("feedback", column("template_id"), column("score"), column("created_at"))
+_e, _v, _f = _exchanges.c, _slot_values.c, _feedback.c
 
 
 def report_queries(backend: Backend, top: int) -> dict[str, Any]:
@@ -39,6 +40,7 @@ def report_queries(backend: Backend, top: int) -> dict[str, Any]:
         .subquery()
     )
     mentions = func.count()
+    given = select(backend.utc_day(_f.created_at).label("day"), _f.score).subquery()
     return {
         "conversations": select(
             select(func.count()).select_from(conversations).scalar_subquery(),
@@ -62,7 +64,21 @@ def report_queries(backend: Backend, top: int) -> dict[str, Any]:
         .group_by(_v.name, _v.value)
         .order_by(mentions.desc(), _v.name, _v.value)
         .limit(top),
+        "feedback_templates": select(
+            _f.template_id, func.count(), *_positive_negative(_f.score), func.avg(_f.score)
+        ).group_by(_f.template_id),
+        "feedback_days": select(given.c.day, func.count(), *_positive_negative(given.c.score))
+        .group_by(given.c.day)
+        .order_by(given.c.day),
     }
+
+
+def _positive_negative(score: Any) -> tuple[Any, Any]:
+    """How many of the grouped feedback rows have a positive and a negative ``score``."""
+    return (
+        func.coalesce(func.sum(case((score > 0, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((score < 0, 1), else_=0)), 0),
+    )
 
 
 QUESTIONS_PER_TEMPLATE = (

@@ -10,9 +10,9 @@ writes through the same plans).
   number and reason and the rest goes on.
 
 The imports write the rows the repository would have written (conversation, session, turns,
-slots) and leave the rest to the schema's triggers. Conversation ids are kept where free; on
-PostgreSQL the sequence ``conversation_ids`` is moved past the imported ids, so conversations
-created later do not collide with them.
+slots, feedback) and leave the rest to the schema's triggers. Conversation ids are kept where
+free; on PostgreSQL the sequence ``conversation_ids`` is moved past the imported ids, so
+conversations created later do not collide with them.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Table,
+    and_,
     bindparam,
     delete,
     exists,
@@ -64,10 +65,13 @@ from convostore._core.schema import (
     rows_of_turns,
     session_field,
     sessions,
+    turn_feedback,
     turn_slots,
     turns,
 )
 from convostore._core.validation import (
+    MAX_SCORE,
+    MIN_SCORE,
     Limits,
     Redact,
     check_content,
@@ -77,9 +81,11 @@ from convostore._core.validation import (
     check_optional_text,
     check_owner,
     check_session_id,
+    check_span_id,
     check_summary,
     check_template_id,
     check_title,
+    check_trace_id,
     copy_metadata,
     copy_results,
     copy_slots,
@@ -93,6 +99,7 @@ from convostore.models import STATE_FIELDS, SessionFields, name_ordered
 __all__ = [
     "CSV_COLUMNS",
     "ConversationRecord",
+    "FeedbackRecord",
     "ImportCounts",
     "LineProblem",
     "SessionRecord",
@@ -123,7 +130,7 @@ STORABLE = Limits(sys.maxsize, sys.maxsize)
 """Imports check that the database can hold each text and result, not a repository's size
 limits: the data was stored once already, perhaps under larger limits."""
 
-_c, _s, _t, _slot = conversations.c, sessions.c, turns.c, turn_slots.c
+_c, _s, _t, _slot, _f = conversations.c, sessions.c, turns.c, turn_slots.c, turn_feedback.c
 
 
 def utcnow() -> datetime:
@@ -133,6 +140,19 @@ def utcnow() -> datetime:
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class FeedbackRecord(_Record):
+    """The feedback given on an answer (``add_feedback``)."""
+
+    score: Annotated[int, Field(ge=MIN_SCORE, le=MAX_SCORE)]
+    comment: str | None = None
+    created_at: AwareDatetime
+
+    @field_validator("comment")
+    @classmethod
+    def _storable_comment(cls, value: str | None) -> str | None:
+        return check_optional_text("comment", value, STORABLE)
 
 
 class TurnRecord(_Record):
@@ -147,6 +167,10 @@ class TurnRecord(_Record):
     results: list[dict[str, Any]] = Field(default_factory=list)
     created_at: AwareDatetime
     idempotency_key: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    feedback: FeedbackRecord | None = None
+    """An answer's feedback (None: none given; a question never has any)."""
 
     @field_validator("content", "resolved_question", "template_id")
     @classmethod
@@ -167,6 +191,22 @@ class TurnRecord(_Record):
     @classmethod
     def _key(cls, value: str | None) -> str | None:
         return None if value is None else check_idempotency_key(value)
+
+    @field_validator("trace_id")
+    @classmethod
+    def _trace(cls, value: str | None) -> str | None:
+        return check_trace_id("trace_id", value)
+
+    @field_validator("span_id")
+    @classmethod
+    def _span(cls, value: str | None) -> str | None:
+        return check_span_id("span_id", value)
+
+    @model_validator(mode="after")
+    def _rated_answer(self) -> TurnRecord:
+        if self.feedback is not None and self.role != "assistant":
+            raise ValueError("only an assistant turn has feedback")
+        return self
 
 
 class SessionRecord(_Record):
@@ -285,6 +325,9 @@ TURN_COLUMNS = (
     "results",
     "created_at",
     "idempotency_key",
+    "trace_id",
+    "span_id",
+    "feedback",
 )
 CSV_COLUMNS = CONVERSATION_COLUMNS + TURN_COLUMNS
 """The CSV header: each turn's row repeats its conversation's columns."""
@@ -418,14 +461,29 @@ def _export_queries(
         _t.results,
         _t.created_at,
         _t.idempotency_key,
+        _t.trace_id,
+        _t.span_id,
+        _f.score,
+        _f.comment,
+        _f.created_at.label("feedback_at"),
     ).order_by(_t.session_id, _t.conversation_id, _t.seq)
     slot_rows = select(
         _slot.session_id, _slot.conversation_id, _slot.seq, _slot.name, _slot.value
     ).order_by(_slot.session_id, _slot.conversation_id, _slot.seq, _slot.name)
+    rated = turns.outerjoin(
+        turn_feedback,
+        and_(
+            _f.session_id == _t.session_id,
+            _f.conversation_id == _t.conversation_id,
+            _f.seq == _t.seq,
+        ),
+    )
     if clauses:
         turn_rows = turn_rows.select_from(
-            turns.join(conversations, of_conversation(_t)).outerjoin(sessions, of_conversation(_s))
+            rated.join(conversations, of_conversation(_t)).outerjoin(sessions, of_conversation(_s))
         ).where(*clauses)
+    else:
+        turn_rows = turn_rows.select_from(rated)
         slot_rows = slot_rows.select_from(
             turn_slots.join(conversations, of_conversation(_slot)).outerjoin(
                 sessions, of_conversation(_s)
@@ -505,7 +563,8 @@ def _head(row: Sequence[Any], now: datetime) -> dict[str, Any]:
 
 
 def _turn(row: Sequence[Any], slots: dict[str, str], cipher: TurnCipher | None) -> dict[str, Any]:
-    _, _, seq, role, content, resolved, template_id, results, created, key = row
+    _, _, seq, role, content, resolved, template_id, results, created, key, trace, span = row[:12]
+    score, comment, given_at = row[12:]
     content, resolved, results = opened_fields(cipher, content, resolved, results)
     return {
         "seq": seq,
@@ -517,6 +576,11 @@ def _turn(row: Sequence[Any], slots: dict[str, str], cipher: TurnCipher | None) 
         "results": results,
         "created_at": created.isoformat(),
         "idempotency_key": key,
+        "trace_id": trace,
+        "span_id": span,
+        "feedback": None
+        if score is None
+        else {"score": score, "comment": comment, "created_at": given_at.isoformat()},
     }
 
 
@@ -678,6 +742,7 @@ class NewConversation:
     session: dict[str, Any] | None
     turns: list[dict[str, Any]]
     slots: list[dict[str, Any]]
+    feedback: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -704,7 +769,7 @@ _holders = select(_c.session_id, _c.conversation_id).where(_c.conversation_id.in
 _end_sessions = delete(sessions).where(_s.session_id.in_(_sids))
 _remove = tuple(
     delete(table).where(tuple_(table.c.session_id, table.c.conversation_id).in_(_keys))
-    for table in (turn_slots, turns, sessions, conversations)
+    for table in (turn_feedback, turn_slots, turns, sessions, conversations)
 )
 _largest_id = select(func.coalesce(func.max(_c.conversation_id), 0))
 """Moves the sequence past ``top``, never back: ``nextval`` is at least every id handed out."""
@@ -734,7 +799,7 @@ async def apply_plan(conn: AsyncConnection, plan: Plan) -> None:
             await conn.execute(statement, {"keys": plan.removed})
     fresh = iter(await _new_ids(conn, plan))
     rows: dict[Table, list[dict[str, Any]]] = {
-        table: [] for table in (conversations, sessions, turns, turn_slots)
+        table: [] for table in (conversations, sessions, turns, turn_slots, turn_feedback)
     }
     for new in plan.added:
         cid = new.conversation_id if new.conversation_id is not None else next(fresh)
@@ -742,10 +807,11 @@ async def apply_plan(conn: AsyncConnection, plan: Plan) -> None:
         rows[conversations].append({**key, **new.row})
         if new.session is not None:
             rows[sessions].append({**key, **new.session})
-        for row in (*new.turns, *new.slots):
+        for row in (*new.turns, *new.slots, *new.feedback):
             row["conversation_id"] = cid
         rows[turns] += new.turns
         rows[turn_slots] += new.slots
+        rows[turn_feedback] += new.feedback
     for table, many in rows.items():
         if many:
             await conn.execute(insert(table), many)
@@ -833,6 +899,11 @@ def _rows_of(record: ConversationRecord, cipher: TurnCipher | None) -> NewConver
         },
         rows,
         slot_rows,
+        [
+            {"session_id": sid, "conversation_id": 0, "seq": turn.seq, **turn.feedback.model_dump()}
+            for turn in record.turns
+            if turn.feedback is not None
+        ],
     )
 
 

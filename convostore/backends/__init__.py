@@ -31,6 +31,7 @@ from sqlalchemy import (
     ColumnElement,
     FromClause,
     Insert,
+    Select,
     String,
     Subquery,
     Table,
@@ -125,6 +126,14 @@ class Backend:
         """An INSERT of ``table`` that changes nothing where a row with the same ``keys``
         exists, returning ``returning`` of the inserted row: no row, or the existing row's,
         if one existed (so the caller compares it with the value it inserted)."""
+        raise NotImplementedError
+
+    def insert_replacing(
+        self, table: Table, keys: Sequence[Column[Any]], rows: Select[Any], replaced: Sequence[str]
+    ) -> Insert:
+        """An INSERT of ``rows`` (a SELECT of ``table``'s columns, by name) into ``table``
+        that, where a row with the same ``keys`` exists, sets its columns ``replaced`` to the
+        new row's instead: an upsert, in one statement."""
         raise NotImplementedError
 
     def greatest(self, *values: ColumnElement[Any]) -> ColumnElement[Any]:

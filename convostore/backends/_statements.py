@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     ScalarSelect,
     Select,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -46,6 +47,7 @@ from convostore._core.schema import (
     changes,
     conversations,
     sessions,
+    turn_feedback,
     turn_slots,
     turns,
 )
@@ -72,8 +74,9 @@ class Statements:
     ``cid`` conversation id; ``now`` and ``expires`` timestamps; ``hits`` accesses to add to
     ``access_count``; ``n`` turns being appended; ``key`` the append's idempotency key;
     ``merge`` slots to merge into ``current_slots`` and ``template_id`` the template to make
-    current; each of ``models.STATE_FIELDS`` under its own name, the session fields to set;
-    ``batch`` rows per batch.
+    current; ``seq`` a turn's number, ``score`` and ``comment`` the feedback on it; each of
+    ``models.STATE_FIELDS`` under its own name, the session fields to set; ``batch`` rows per
+    batch.
 
     ``feed=False`` (PostgreSQL): the writes that move a session's version leave the change
     feed alone, as on a schema without coherence (the benchmark's baseline); convostore itself
@@ -185,6 +188,30 @@ class Statements:
         ``uid`` may write (a read of the session too: its expiry slides); a summary only if
         the session has the turns it covers. Returns (turn_count, version,
         conversation_id)."""
+
+        answer = turns.c
+        self.give_feedback: Insert = backend.insert_replacing(
+            turn_feedback,
+            list(turn_feedback.primary_key),
+            select(
+                answer.session_id,
+                answer.conversation_id,
+                answer.seq,
+                bindparam("score", type_=SmallInteger()).label("score"),
+                bindparam("comment", type_=Text()).label("comment"),
+                now.label("created_at"),
+            ).where(
+                answer.session_id == sid,
+                answer.conversation_id
+                == select(sessions.c.conversation_id).where(live, owned).scalar_subquery(),
+                answer.seq == bindparam("seq", type_=Integer()),
+                answer.role == "assistant",
+            ),
+            ["score", "comment", "created_at"],
+        )
+        """Store ``score`` and ``comment`` as the feedback on turn ``seq`` of the live session's
+        conversation, replacing any given before, if that turn is an answer and ``uid`` may
+        write the session (else nothing: no row counted)."""
 
         self.slide_expiry = self._returning(
             update(sessions).where(live).values(**refreshed), sessions.c.version
@@ -423,8 +450,8 @@ class Statements:
         the turns and their slots arrive as parallel arrays and are inserted from it, so a
         missing or expired session inserts nothing and the statement returns no row.
         Turn arrays: ``roles``, ``contents``, ``resolved``, ``templates``, ``results`` (JSON
-        text); slot arrays: ``slot_ords`` (1-based position of the turn), ``slot_names``,
-        ``slot_values``.
+        text), ``traces``, ``spans``; slot arrays: ``slot_ords`` (1-based position of the
+        turn), ``slot_names``, ``slot_values``.
         """
         bumped = self._bump.returning(
             sessions.c.turn_count, sessions.c.version, sessions.c.conversation_id
@@ -437,6 +464,8 @@ class Statements:
                 bindparam("resolved", type_=text_array),
                 bindparam("templates", type_=text_array),
                 bindparam("results", type_=text_array),
+                bindparam("traces", type_=text_array),
+                bindparam("spans", type_=text_array),
             )
             .table_valued(
                 "role",
@@ -444,6 +473,8 @@ class Statements:
                 "resolved_question",
                 "template_id",
                 "results",
+                "trace_id",
+                "span_id",
                 with_ordinality="ord",
             )
             .render_derived()
@@ -462,6 +493,8 @@ class Statements:
                 "results",
                 "created_at",
                 "idempotency_key",
+                "trace_id",
+                "span_id",
             ],
             select(
                 bumped.c.conversation_id,
@@ -474,6 +507,8 @@ class Statements:
                 cast(new.c.results, JSONText),
                 now,
                 case((new.c.ord == 1, bindparam("key", type_=String())), else_=null()),
+                new.c.trace_id,
+                new.c.span_id,
             )
             .select_from(bumped)
             .join(new, true()),

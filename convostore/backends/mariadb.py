@@ -33,6 +33,7 @@ from sqlalchemy import (
     Dialect,
     Float,
     Insert,
+    Select,
     Subquery,
     Table,
     func,
@@ -140,6 +141,14 @@ class MariaDBBackend(Backend):
         asyncmy logs each warning it reads, with the duplicate key's value."""
         first = keys[0]
         return mysql.insert(table).on_duplicate_key_update({first.name: first}).returning(returning)
+
+    def insert_replacing(
+        self, table: Table, keys: Sequence[Column[Any]], rows: Select[Any], replaced: Sequence[str]
+    ) -> Insert:
+        """``ON DUPLICATE KEY UPDATE``, which follows the table's keys (``keys`` is its
+        primary key)."""
+        insert = mysql.insert(table).from_select(rows.selected_columns.keys(), rows)
+        return insert.on_duplicate_key_update({name: insert.inserted[name] for name in replaced})
 
     def json_column(self, column: ColumnElement[Any], name: str) -> ColumnElement[Any]:
         return func.json_extract(column, "$")

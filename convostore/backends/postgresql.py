@@ -456,6 +456,14 @@ class PostgresBackend(Backend):
             .returning(returning)
         )
 
+    def insert_replacing(
+        self, table: Table, keys: Sequence[Column[Any]], rows: Select[Any], replaced: Sequence[str]
+    ) -> Insert:
+        insert = postgresql.insert(table).from_select(rows.selected_columns.keys(), rows)
+        return insert.on_conflict_do_update(
+            index_elements=list(keys), set_={name: insert.excluded[name] for name in replaced}
+        )
+
     def merged_json(self, document: ColumnElement[Any], patch: Any) -> ColumnElement[Any]:
         return document.op("||")(patch)
 

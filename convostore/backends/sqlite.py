@@ -28,6 +28,7 @@ from sqlalchemy import (
     Float,
     Insert,
     Integer,
+    Select,
     String,
     Subquery,
     Table,
@@ -379,6 +380,14 @@ class SqliteBackend(Backend):
             sqlite.insert(table)
             .on_conflict_do_nothing(index_elements=list(keys))
             .returning(returning)
+        )
+
+    def insert_replacing(
+        self, table: Table, keys: Sequence[Column[Any]], rows: Select[Any], replaced: Sequence[str]
+    ) -> Insert:
+        insert = sqlite.insert(table).from_select(rows.selected_columns.keys(), rows)
+        return insert.on_conflict_do_update(
+            index_elements=list(keys), set_={name: insert.excluded[name] for name in replaced}
         )
 
     def greatest(self, *values: ColumnElement[Any]) -> ColumnElement[Any]:
