@@ -324,9 +324,11 @@ async def test_hot_statements_survive_a_schema_change(
     loaded = await repo.get("prepared")  # a cold load on this repository
     assert loaded is not None
     await repo.add_turn("prepared", "q2", "a2")
-    # The views read turns.content; a migration would recreate them around such a change.
+    # The view and the search's generated column read turns.content; a migration would
+    # recreate them around such a change.
     await sql("DROP VIEW exchanges")
     await sql("DROP VIEW feedback")
+    await sql("ALTER TABLE turns DROP COLUMN search_vector")
     await sql("ALTER TABLE turns ALTER COLUMN content TYPE varchar")
     await writer.add_turn("other", "q", "a")
     appended = await repo.add_turn("prepared", "q3", "a3")

@@ -52,7 +52,7 @@ _WITHOUT_INDEX = {
     "postgresql": ("DROP INDEX ix_turns_search", "ALTER TABLE turns DROP COLUMN search_vector"),
     "mariadb": ("DROP INDEX ix_turns_search ON turns",),
 }
-"""The search's parts of migration 0009, dropped by hand (the revision stays the head)."""
+"""The search's parts of migration 0010, dropped by hand (the recorded revision stays)."""
 
 
 def _word(rank: int) -> str:

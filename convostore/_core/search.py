@@ -75,6 +75,10 @@ def read_cursor(cursor: object, query: str, uid: str | None) -> After:
     return {"rank": rank, "cid": cid, "sid": sid, "seq": seq}
 
 
+_WORD_IN_TOKEN = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
+"""A token as its leading punctuation, its word and its trailing punctuation."""
+
+
 def _folded(text: str) -> str:
     """``text`` without case and accents, as the databases' search compares words."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
@@ -98,10 +102,6 @@ def cut_snippet(text: str, words: Sequence[str]) -> str:
         for token, hit in zip(tokens[start:end], found[start:end], strict=True)
     )
     return f"{OMITTED if start else ''}{shown}{OMITTED if end < len(tokens) else ''}"
-
-
-_WORD_IN_TOKEN = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
-"""A token as its leading punctuation, its word and its trailing punctuation."""
 
 
 class Searches:

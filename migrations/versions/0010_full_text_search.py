@@ -24,7 +24,9 @@ What ``SessionRepository.search`` reads, kept by the database itself as turns co
   migration runs: ``alembic -x search_config=english``, else env
   ``CONVOSTORE_SEARCH_CONFIG``, else ``simple`` (words as written, lower-cased, no stemming
   nor stop words). Searches use the same function, so the index and the queries always
-  agree. Adding the column rewrites ``turns`` (filling it), holding its lock meanwhile.
+  agree. Adding the column rewrites ``turns`` (filling it), holding its lock meanwhile. A
+  later migration that changes the type of ``content`` or ``resolved_question`` must drop
+  the column first and add it again after (PostgreSQL refuses otherwise).
 - MariaDB: the InnoDB FULLTEXT index ``ix_turns_search`` on ``(content, resolved_question)``,
   built without a stop-word list (InnoDB's default list drops words such as "the" and "with";
   the list in force when the index is built stays with it). Building it fills it. Those two
