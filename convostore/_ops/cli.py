@@ -618,6 +618,7 @@ def sessions(
         out.print(Text(f"next page: --cursor {page.next_cursor}"))
 
 
+@cli.command()
 @click.argument("query")
 @click.option(
     "--user",
