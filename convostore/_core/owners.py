@@ -175,10 +175,12 @@ def _by_activity(backend: Backend, ask: Shape) -> Select[Any]:
             query = query.where(c.last_activity.is_not(None))
         if ask.after:
             query = query.where(
-                tuple_(c.last_activity, c.conversation_id)
-                < tuple_(
-                    bindparam("after_at", type_=UTCDateTime()),
-                    bindparam("after_cid", type_=BigInteger()),
+                backend.before(
+                    (c.last_activity, c.conversation_id),
+                    (
+                        bindparam("after_at", type_=UTCDateTime()),
+                        bindparam("after_cid", type_=BigInteger()),
+                    ),
                 )
             )
         if ask.metadata_keys:

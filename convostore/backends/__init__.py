@@ -39,6 +39,7 @@ from sqlalchemy import (
     cast,
     func,
     null,
+    tuple_,
 )
 from sqlalchemy.engine import URL
 
@@ -143,6 +144,13 @@ class Backend:
     def merged_json(self, document: ColumnElement[Any], patch: Any) -> ColumnElement[Any]:
         """The JSON object ``document`` with the keys of the object ``patch`` set."""
         return func.json_merge_patch(document, patch)
+
+    def before(
+        self, columns: Sequence[ColumnElement[Any]], bounds: Sequence[Any]
+    ) -> ColumnElement[bool]:
+        """``columns`` come before ``bounds`` in ascending order (a keyset page's condition),
+        as a row comparison, which SQLite and PostgreSQL read as one index range."""
+        return tuple_(*columns) < tuple_(*bounds)
 
     def json_holds(self, document: ColumnElement[Any], keys: int) -> ColumnElement[bool]:
         """The JSON object ``document`` holds every key of the wanted object (``keys`` of
