@@ -246,7 +246,7 @@ class SessionOperations:
                     entry.turns = entry.turns[trimmed:]
                 entry.extend(written.turns)
                 entry.committed(written.version, now, self._ttl, hits)
-                if entry.title is None:
+                if entry.title is None and self.store.auto_title:
                     entry.title = self.store.title_for(exchange)
                 return entry.fork(sid)
             return await self._reloaded(sid, now, written.turns)

@@ -317,7 +317,7 @@ class SqlStore:
             "n": len(new_turns),
             "merge": merge_slots,
             "template_id": template_id,
-            "auto_title": self.title_for(new_turns),
+            "auto_title": self.title_for(new_turns) if self.auto_title else None,
             "key": key,
             "uid": uid,
         }
