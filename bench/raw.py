@@ -110,12 +110,12 @@ SELECT version, last_accessed, expires_at, language, current_template_id, curren
     turn_count, conversation_id FROM sessions WHERE session_id = $1"""
 _PG_TURNS = """
 SELECT seq, role, content, resolved_question, template_id, results, created_at, trace_id,
-    span_id, NULL AS name, NULL AS value
+    span_id, tool_name, tool_call_id, tool_arguments, data, NULL AS name, NULL AS value
 FROM turns WHERE session_id = $1 AND conversation_id = $2
 UNION ALL
-SELECT seq, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, name, value
+SELECT seq, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, name, value
 FROM turn_slots WHERE session_id = $1 AND conversation_id = $2
-ORDER BY 1, 10 NULLS FIRST"""
+ORDER BY 1, 14 NULLS FIRST"""
 _PG_SWEEP = """
 DELETE FROM sessions WHERE session_id = ANY(ARRAY(
     SELECT session_id FROM sessions WHERE expires_at <= $1
@@ -237,16 +237,28 @@ def _fold_parts(
                 "created_at": parsed(created_at),
                 "trace_id": trace,
                 "span_id": span,
+                **_tool_fields(tool, call, arguments, data),
             }
-            for seq, role, content, resolved, template_id, results, created_at, trace, span in (
-                turn_rows
-            )
+            for (
+                seq, role, content, resolved, template_id, results, created_at, trace, span,
+                tool, call, arguments, data,
+            ) in turn_rows  # fmt: skip
         ],
     }
 
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _tool_fields(tool: Any, call: Any, arguments: Any, data: Any) -> dict[str, Any]:
+    """A message's tool fields and data as a reader keeps them, the JSON ones parsed."""
+    return {
+        "tool_name": tool,
+        "tool_call_id": call,
+        "tool_arguments": None if arguments is None else json.loads(arguments),
+        "data": None if data is None else json.loads(data),
+    }
 
 
 class _Stamps:
@@ -294,14 +306,14 @@ def _fold(head: Sequence[Any], rows: Sequence[Sequence[Any]], parse: bool) -> di
 
 def _turns(rows: Sequence[Sequence[Any]], parse: bool) -> list[dict[str, Any]]:
     """Turn rows, each followed by its slot rows (seq, role, content, resolved_question,
-    template_id, results, created_at, trace_id, span_id, name, value, then anything), as plain
-    dicts."""
+    template_id, results, created_at, trace_id, span_id, tool_name, tool_call_id,
+    tool_arguments, data, name, value, then anything), as plain dicts."""
     turns: list[dict[str, Any]] = []
     slots: dict[str, str] = {}
     parsed = _Stamps()
     for row in rows:
         _, role, content, resolved, template_id, results, created_at, trace, span = row[:9]
-        name, value = row[9], row[10]
+        name, value = row[13], row[14]
         if name is None:
             slots = {}
             if parse:
@@ -317,6 +329,7 @@ def _turns(rows: Sequence[Sequence[Any]], parse: bool) -> list[dict[str, Any]]:
                     "created_at": created_at,
                     "trace_id": trace,
                     "span_id": span,
+                    **_tool_fields(*row[9:13]),
                 }
             )
         else:
@@ -568,6 +581,10 @@ class RawPostgres:
                 "results": [exchange.results_json, "[]"],
                 "traces": [None, None],
                 "spans": [None, None],
+                "tools": [None, None],
+                "calls": [None, None],
+                "arguments": [None, None],
+                "data": [None, None],
                 "slot_ords": [1] * len(exchange.slots),
                 "slot_names": list(exchange.slots),
                 "slot_values": list(exchange.slots.values()),

@@ -33,6 +33,7 @@ __all__ = [
     "ConversationState",
     "ConversationSummary",
     "ConversationTurn",
+    "Role",
     "SearchHit",
     "SearchPage",
     "SessionFields",
@@ -51,12 +52,18 @@ HISTORY_WINDOW = 6
 """How many recent turns ``to_dspy_history`` hands to the language model."""
 
 
+Role = Literal["user", "assistant", "system", "tool"]
+"""Who a message is from: ``add_turn`` stores a user turn and an assistant turn;
+``add_messages`` stores any of the four."""
+
+
 class ConversationTurn(BaseModel):
-    """One message of a conversation: a user question or an assistant answer."""
+    """One message of a conversation: a user question, an assistant answer or tool call, a
+    system instruction, or a tool's output."""
 
     model_config = ConfigDict(frozen=True)
 
-    role: Literal["user", "assistant"] = "user"
+    role: Role = "user"
     content: str = ""
     resolved_question: str | None = None
     template_id: str | None = None
@@ -69,6 +76,16 @@ class ConversationTurn(BaseModel):
     zero (``add_turn(trace_id=...)``); None if none was given."""
     span_id: str | None = None
     """The span within ``trace_id``: 16 lowercase hex digits, not all zero; None if none."""
+    tool_name: str | None = None
+    """The tool an assistant message calls, or whose output a tool message carries."""
+    tool_call_id: str | None = None
+    """The id that ties a tool call to its output (the framework's own)."""
+    tool_arguments: Any = None
+    """A tool call's arguments: any JSON value (None: none), stored as the JSON written."""
+    data: Any = None
+    """The framework's own record of the message (e.g. an OpenAI Agents SDK item), any JSON
+    value (None: none). It reads back as written: equal, with its keys in the same order, so
+    ``json.dumps`` of it gives the same text. Shared with the store's cache: read-only."""
 
 
 def name_ordered(slots: Mapping[str, str]) -> dict[str, str]:
@@ -149,9 +166,9 @@ class SearchHit(BaseModel):
     conversation_id: int
     seq: int
     """The turn's number in its conversation (from 1; a question's answer is ``seq + 1``)."""
-    role: Literal["user", "assistant"]
-    """``user``: the match is in a question or its resolved question; ``assistant``: in an
-    answer."""
+    role: Role
+    """Whose message matched: ``user``, a question or its resolved question; ``assistant``,
+    an answer; ``system`` or ``tool``, such a message of ``add_messages``."""
     rank: float
     """How well the turn matches, higher is better; comparable only within one search on one
     database (each backend scores its own way)."""
@@ -433,7 +450,7 @@ class TurnBuilder(Protocol):
     def __call__(
         self,
         *,
-        role: Literal["user", "assistant"],
+        role: Role,
         content: str,
         resolved_question: str | None,
         template_id: str | None,
@@ -442,6 +459,10 @@ class TurnBuilder(Protocol):
         created_at: datetime | None,
         trace_id: str | None,
         span_id: str | None,
+        tool_name: str | None,
+        tool_call_id: str | None,
+        tool_arguments: Any,
+        data: Any,
     ) -> ConversationTurn: ...
 
 
@@ -468,7 +489,7 @@ def builders(setters: SlotSetters | None) -> tuple[TurnBuilder, StateBuilder]:
     set_fields_set, set_extra, set_private = setters
 
     def make_turn(**fields: Any) -> ConversationTurn:
-        # The keywords' dict is the turn's ``__dict__``: every caller passes all nine, in
+        # The keywords' dict is the turn's ``__dict__``: every caller passes all of them, in
         # the model's order (its repr follows the dict's).
         turn = new(ConversationTurn)
         set_attribute(turn, "__dict__", fields)
@@ -528,11 +549,10 @@ def _constructed_state(
 
 
 make_turn, make_state = builders(pydantic_slot_setters())
-"""``make_turn(role=, content=, resolved_question=, template_id=, slots=, results=,
-created_at=, trace_id=, span_id=)``: a turn from values the store already checked, built
-without validation. ``model_construct`` does the same, slower (what this saves:
-docs/architecture.md, "What speed costs in upkeep"). ``make_state(session, session_id,
-turns)``: likewise the
-state of a ``StoredSession``, whose ``turns`` (a slice of the session's) count as stored for
+"""``make_turn(**fields)``: a turn from values the store already checked, every field of
+``ConversationTurn`` given by keyword in the model's order, built without validation.
+``model_construct`` does the same, slower (what this saves: docs/architecture.md, "What speed
+costs in upkeep"). ``make_state(session, session_id, turns)``: likewise the state of a
+``StoredSession``, whose ``turns`` (a slice of the session's) count as stored for
 ``session_id`` at the session's version; it shares them and the session's ``current_slots``
 until their first use (the fallback copies them at once)."""

@@ -27,7 +27,7 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -111,10 +111,12 @@ def _turn_number(name: str, value: object) -> int:
     return value
 
 
-def _kept_turns(state: ConversationState, upto: int) -> list[ConversationTurn] | None:
+def _kept_turns(
+    state: ConversationState, upto: int, *, split: bool = False
+) -> list[ConversationTurn] | None:
     """The turns of ``state`` up to turn ``upto``, or None if that is all of them.
-    ``InvalidTurn`` if ``upto`` is before the state's first turn (less one), or if the turn
-    after it is not a user turn (an exchange would be split)."""
+    ``InvalidTurn`` if ``upto`` is before the state's first turn (less one), or, unless
+    ``split``, if the turn after it is not a user turn (an exchange would be split)."""
     first = state._first_seq
     turns = state.turns
     if upto >= first + len(turns) - 1:
@@ -124,7 +126,7 @@ def _kept_turns(state: ConversationState, upto: int) -> list[ConversationTurn] |
             f"turn {upto} is no longer in the live conversation, which begins at turn {first}"
         )
     kept = turns[: upto - first + 1]
-    if turns[len(kept)].role != "user":
+    if not split and turns[len(kept)].role != "user":
         raise InvalidTurn(
             f"turn {upto + 1} is not a user turn: ending at turn {upto} would split an exchange"
         )
@@ -151,6 +153,16 @@ def _fields_after(
         summary=state.summary if summary else None,
         summary_upto=state.summary_upto if summary else None,
     )
+
+
+def _before_newest(state: ConversationState) -> int | None:
+    """Where ``pop_message`` cuts: before the newest turn (None: there is none)."""
+    return state._first_seq + len(state.turns) - 2 if state.turns else None
+
+
+def _before_oldest(state: ConversationState) -> int | None:
+    """Where ``clear`` cuts: before the oldest live turn (None: there is none)."""
+    return state._first_seq - 1 if state.turns else None
 
 
 Clock = Callable[[], float]
@@ -631,6 +643,10 @@ class SessionRepository:
             created_at=None,
             trace_id=trace,
             span_id=span,
+            tool_name=None,
+            tool_call_id=None,
+            tool_arguments=None,
+            data=None,
         )
         assistant = make_turn(
             role="assistant",
@@ -642,21 +658,84 @@ class SessionRepository:
             created_at=None,
             trace_id=trace,
             span_id=span,
+            tool_name=None,
+            tool_call_id=None,
+            tool_arguments=None,
+            data=None,
         )
-        exchange = (user, assistant)
-        template = template or None
+        return await self._append(sid, (user, assistant), template or None, key, owner)
+
+    async def add_messages(
+        self,
+        session_id: str,
+        messages: Sequence[ConversationTurn | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+        user_id: str | None = None,
+    ) -> ConversationState:
+        """Append ``messages`` (``ConversationTurn``s, or dicts of their fields) in their
+        order, of any role (``user``, ``assistant``, ``system``, ``tool``), with their tool
+        fields and ``data``, and return the session's new state: what agent frameworks
+        store, where ``add_turn`` stores a question and its answer.
+
+        All of them are stored in one transaction, or none; an empty sequence stores nothing.
+        The rest is as for ``add_turn``: an unknown or expired session is created (owned by
+        ``user_id``), a live session of another owner is never written, the same
+        ``idempotency_key`` in the same conversation stores them once, and the user
+        messages' slots and the messages' templates carry into the context.
+
+        Raises:
+            InvalidSessionId, InvalidTurn: before any SQL (the message names the field and
+                the message's index).
+            NotSessionOwner: the live session under that id is not ``user_id``'s; nothing
+                was stored.
+            StoreError: the database failed; nothing was stored.
+            StoreUnavailable: the database stayed unreachable for ``reconnect_timeout``.
+        """
+        sid = check_session_id(session_id)
+        owner = check_owner(user_id)
+        key = (
+            new_idempotency_key()
+            if idempotency_key is None
+            else check_idempotency_key(idempotency_key)
+        )
+        if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+            raise InvalidTurn(
+                f"messages must be a sequence of messages, not {type(messages).__name__}"
+            )
+        limits = self._limits
+        checked = tuple(
+            check_turn(f"messages[{index}]", message, limits)
+            for index, message in enumerate(messages)
+        )
+        if not checked:
+            return (await self.get_or_create(sid, user_id=owner))[1]
+        template = None
+        for message in checked:
+            template = message.template_id or template
+        return await self._append(sid, checked, template, key, owner)
+
+    async def _append(
+        self,
+        sid: str,
+        new_turns: Sequence[ConversationTurn],
+        template: str | None,
+        key: str,
+        owner: str | None,
+    ) -> ConversationState:
+        """Append checked turns: on the live session in one statement, else creating it."""
         ops = self._enter()
         hooks = self._stats.hooks
         started = time.perf_counter() if hooks is not None else 0.0
         try:
             state = await self._calls.run(
                 "adding a turn",
-                lambda: ops.append(sid, exchange, template, key, create=False, owner=owner),
+                lambda: ops.append(sid, new_turns, template, key, create=False, owner=owner),
             )
             if state is None:
                 state = await self._calls.run(
                     "adding a turn",
-                    lambda: ops.append(sid, exchange, template, key, create=True, owner=owner),
+                    lambda: ops.append(sid, new_turns, template, key, create=True, owner=owner),
                     shield=True,
                 )
         finally:
@@ -789,13 +868,69 @@ class SessionRepository:
         sid = check_session_id(session_id)
         owner = check_owner(user_id)
         to_seq = _turn_number("to_seq", to_seq)
+        cut = await self._cut(sid, owner, lambda state: to_seq, split=False, doing="rewound")
+        return None if cut is None else cut[1]
+
+    async def pop_message(
+        self, session_id: str, *, user_id: str | None = None
+    ) -> ConversationTurn | None:
+        """Take the newest message out of the live conversation and return it (None if there
+        is no live session, or it has no messages): an agent framework's "pop the last item".
+        Unlike ``rewind`` it may split an exchange. The message stays in the transcript as
+        superseded, as a rewind's do; the context becomes what the messages left carry.
+
+        Raises:
+            InvalidSessionId: a bad session or user id, before any SQL.
+            NotSessionOwner: the live session is not ``user_id``'s; nothing was changed.
+            StaleStateError: other writes kept changing the session; nothing was changed.
+            StoreError: the database failed; nothing was changed.
+        """
+        sid = check_session_id(session_id)
+        owner = check_owner(user_id)
+        cut = await self._cut(sid, owner, _before_newest, split=True, doing="popped")
+        if cut is None or cut[0] is cut[1]:
+            return None
+        return cut[0].turns[-1]
+
+    async def clear(self, session_id: str, *, user_id: str | None = None) -> bool:
+        """Take every message out of the live conversation, which stays live (with its id,
+        owner, title, metadata and language; no context, no summary). Returns False if there
+        is no live session. The messages stay in the transcript as superseded, as a
+        rewind's do, until retention. Safe to retry: clearing an empty session changes
+        nothing.
+
+        Raises:
+            InvalidSessionId: a bad session or user id, before any SQL.
+            NotSessionOwner: the live session is not ``user_id``'s; nothing was changed.
+            StaleStateError: other writes kept changing the session; nothing was changed.
+            StoreError: the database failed; nothing was changed.
+        """
+        sid = check_session_id(session_id)
+        owner = check_owner(user_id)
+        cut = await self._cut(sid, owner, _before_oldest, split=True, doing="cleared")
+        return cut is not None
+
+    async def _cut(
+        self,
+        sid: str,
+        owner: str | None,
+        where: Callable[[ConversationState], int | None],
+        *,
+        split: bool,
+        doing: str,
+    ) -> tuple[ConversationState, ConversationState] | None:
+        """Take the turns after turn ``where(state)`` out of the live session (nothing if it
+        is None or the last turn), checking the stored version so nothing appended since the
+        read is taken out. Returns the state before and after (the same object if nothing
+        was taken out), or None if there is no live session."""
         for _ in range(_EDIT_ATTEMPTS):
             state = await self._whole(sid, owner)
             if state is None:
                 return None
-            kept = _kept_turns(state, to_seq)
-            if kept is None:
-                return state  # it ends there already
+            to_seq = where(state)
+            kept = None if to_seq is None else _kept_turns(state, to_seq, split=split)
+            if to_seq is None or kept is None:
+                return state, state  # it ends there already
             last_seq = state._first_seq + len(state.turns) - 1
             fields = _fields_after(state, kept, to_seq)
             expected = state._version
@@ -803,16 +938,17 @@ class SessionRepository:
             ops = self._enter()
             try:
                 done = await self._calls.run(
-                    "rewinding a session",
+                    f"editing a session's history ({doing})",
                     partial(ops.rewind, sid, to_seq, last_seq, fields, expected, owner),
                     shield=True,
                 )
             finally:
                 self._calls.leave()
             if done:
-                return await self._whole(sid, owner)
+                after = await self._whole(sid, owner)
+                return None if after is None else (state, after)
         raise StaleStateError(
-            f"session {sid!r} kept changing while it was being rewound; nothing was changed"
+            f"session {sid!r} kept changing while it was being {doing}; nothing was changed"
         )
 
     async def fork(

@@ -65,7 +65,7 @@ class ChatResponse(BaseModel):
 
 
 class Turn(BaseModel):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system", "tool"]
     content: str
 
 

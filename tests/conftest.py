@@ -73,6 +73,7 @@ CONFORMANCE = frozenset(
         "test_lifecycle",
         "test_live",
         "test_mariadb",
+        "test_messages",
         "test_migrations",
         "test_owners",
         "test_redaction",

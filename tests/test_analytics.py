@@ -24,7 +24,7 @@ from conftest import FakeClock, MakeRepo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from convostore import SessionRepository
+from convostore import ConversationTurn, SessionRepository
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "analytics.md"
 MARKED = re.compile(
@@ -96,7 +96,8 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
       C5 alice, session S1 again: 16:00 archives_in_place place=Utrecht, 2 results;
          16:02 follow-up, opening_hours place=Utrecht day=zaterdag, 1 result. Live.
       C6 bob: 16:30 opening_hours place=Zwolle, empty. Live.
-      C7 dave: opened at 17:00, no questions. Live.
+      C7 dave: opened at 17:00, no questions; at 17:01 an agent's messages: a system prompt,
+         tool calls of lookup_hours (twice, each with its output) and lookup_address. Live.
     Ended: C1 (10 minutes), C2, C3 (0 minutes), C4 (15 minutes), all retained.
     Metadata (``set_metadata`` as each opens): C1 and C5 project archives, C2 project hours,
     C6 a team and no project.
@@ -243,7 +244,20 @@ async def _seed(repo: SessionRepository, clock: FakeClock) -> None:
     _at(clock, 2, 16, 31)
     assert await repo.add_feedback(s6, 2, -1, user_id="bob")
     _at(clock, 2, 17)
-    await repo.get_or_create(None, user_id="dave")
+    s7, _ = await repo.get_or_create(None, user_id="dave")
+    _at(clock, 2, 17, 1)
+    await repo.add_messages(
+        s7,
+        [
+            ConversationTurn(role="system", content="Zoek openingstijden op."),
+            ConversationTurn(role="assistant", tool_name="lookup_hours", tool_call_id="c1"),
+            ConversationTurn(role="tool", content="9-17", tool_call_id="c1"),
+            ConversationTurn(role="assistant", tool_name="lookup_hours", tool_call_id="c2"),
+            ConversationTurn(role="tool", content="10-14", tool_call_id="c2"),
+            ConversationTurn(role="assistant", tool_name="lookup_address", tool_call_id="c3"),
+        ],
+        user_id="dave",
+    )
 
 
 EXPECTED: dict[str, list[tuple[Any, ...]]] = {
@@ -290,6 +304,8 @@ EXPECTED: dict[str, list[tuple[Any, ...]]] = {
         ("archives_in_place", 2, 1, 1, 0.5),
     ],
     # (score, question, answer, comment, trace_id): worst first, then oldest first.
+    # (tool, calls, outputs): C7's messages.
+    "tool_calls": [("lookup_hours", 2, 2), ("lookup_address", 1, 0)],
     "negative_feedback": [
         (-2, "En op zaterdag?", "Van 10 tot 14 uur.", "Dicht op zaterdag.", None),
         (-1, "En in Zwolle?", "Geen gevonden.", "Zwolle heeft er een.", None),

@@ -32,6 +32,10 @@ TURN: dict[str, Any] = {
     "created_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
     "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
     "span_id": "00f067aa0ba902b7",
+    "tool_name": "search_archives",
+    "tool_call_id": "call_1",
+    "tool_arguments": {"place": "Enschede"},
+    "data": {"type": "message", "content": "En in Enschede?"},
 }
 BUILDERS = {"slots": builders(pydantic_slot_setters()), "fallback": builders(None)}
 

@@ -27,6 +27,7 @@ from click.testing import CliRunner, Result
 from conftest import FakeClock, MakeRepo, Sql
 from sqlalchemy.engine import make_url
 
+from convostore import ConversationTurn
 from convostore._ops import report
 from convostore._ops.admin import open_database
 from convostore._ops.cli import cli
@@ -212,8 +213,42 @@ async def test_show(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
         "slots": {"place": "Enschede"},
         "results": [],
         "created_at": live["turns"][2]["created_at"],
+        "tool_name": None,
+        "tool_call_id": None,
+        "tool_arguments": None,
     }
     assert datetime.fromisoformat(live["turns"][2]["created_at"]).tzinfo is not None
+
+
+async def test_show_names_the_tools_of_messages(
+    url: str, make_repo: MakeRepo, clock: FakeClock
+) -> None:
+    """``show`` lists messages of every role, the tool a message names under its role, and
+    --json carries the tool fields."""
+    clock.now = time.time()  # the command reads the real clock
+    repo = await make_repo()
+    await repo.add_messages(
+        "agent",
+        [
+            ConversationTurn(role="system", content="Wees kort."),
+            ConversationTurn(role="user", content="Archieven in Utrecht?"),
+            ConversationTurn(
+                role="assistant",
+                tool_name="search_archives",
+                tool_call_id="call_1",
+                tool_arguments={"city": "Utrecht"},
+            ),
+            ConversationTurn(role="tool", content="[]", tool_name="search_archives"),
+        ],
+    )
+    table = _ok(await _invoke("show", "agent", "--url", url))
+    assert "system" in table
+    assert table.count("(search_archives)") == 2
+    shown = json.loads(_ok(await _invoke("show", "agent", "--json", "--url", url)))
+    turns = shown["conversations"][0]["turns"]
+    assert [turn["role"] for turn in turns] == ["system", "user", "assistant", "tool"]
+    assert turns[2]["tool_arguments"] == {"city": "Utrecht"}
+    assert turns[2]["tool_call_id"] == "call_1"
 
 
 async def test_show_expired_session(url: str, make_repo: MakeRepo, clock: FakeClock) -> None:
@@ -476,8 +511,8 @@ async def test_report(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path:
     root = ElementTree.fromstring(page.removeprefix("<!DOCTYPE html>\n"))
     assert root.tag == "html"
     sections = root.findall(".//section")
-    assert len(sections) == 7
-    for section in sections[:-1]:
+    assert len(sections) == 8
+    for section in sections[:-2]:
         variants = [name for svg in section.findall("svg") for name in svg.get("class", "").split()]
         assert sorted(variants) == ["l", "m", "s"]
     assert all(svg.get("viewBox") for svg in root.findall(".//svg"))
@@ -494,9 +529,20 @@ async def test_report(url: str, make_repo: MakeRepo, clock: FakeClock, tmp_path:
         "Conversation length",
         "Load per hour of the day",
         "Feedback",
+        "Messages",
     ):
         assert f"<h2>{heading}</h2>" in page
-    feedback = sections[-1]
+    feedback, messages = sections[-2:]
+    assert [cell.text for cell in messages.findall(".//tbody/tr/td")] == [
+        "assistant",
+        "5",
+        "0",
+        "4",
+        "user",
+        "5",
+        "0",
+        "4",
+    ]
     assert [cell.text for cell in feedback.findall(".//tbody/tr/td")][:5] == [
         "archives_in_place",
         "2",
@@ -533,6 +579,7 @@ async def test_report_figures(url: str, make_repo: MakeRepo, clock: FakeClock) -
     assert sum(exchanges for _, exchanges, _ in data.per_day) == 5
     assert data.feedback_templates == [("archives_in_place", 2, 1, 1, 0.5)]
     assert data.feedback_days == [(recent.date(), 2, 1, 1)]
+    assert data.roles == [("assistant", 5, 0, 4), ("user", 5, 0, 4)]
 
 
 async def test_report_on_an_empty_database(url: str, tmp_path: Path) -> None:
@@ -540,7 +587,7 @@ async def test_report_on_an_empty_database(url: str, tmp_path: Path) -> None:
     out = tmp_path / "empty.html"
     _ok(await _invoke("report", "-o", str(out), "--url", url))
     page = out.read_text(encoding="utf-8")
-    assert page.count("<section>") == 7
+    assert page.count("<section>") == 8
     assert "No exchanges yet" in page
     assert "No feedback yet" in page
 

@@ -55,9 +55,11 @@ def test_turn_defaults() -> None:
 
 
 def test_turn_rejects_unknown_role() -> None:
-    """role is limited to "user" and "assistant"."""
+    """role is one of user, assistant, system and tool."""
+    for role in ("user", "assistant", "system", "tool"):
+        assert ConversationTurn(role=role).role == role
     with pytest.raises(ValidationError):
-        ConversationTurn(role="system")  # type: ignore[arg-type]
+        ConversationTurn(role="developer")  # type: ignore[arg-type]
 
 
 def test_state_defaults() -> None:

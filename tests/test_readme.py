@@ -82,6 +82,7 @@ SNIPPETS = {
     "feedback": "# replaces the first",
     "engine timeouts": '"command_timeout": 5',
     "encryption": "encryption_keys=[key]",
+    "messages": "await repo.pop_message(",
 }
 """Each README ```python block, by a line only it has; each has a test below."""
 
@@ -186,6 +187,34 @@ async def test_summaries_snippet_runs(
     messages = history["messages"] if isinstance(history, dict) else history.messages  # type: ignore[attr-defined]
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
     assert "four cities" in messages[0]["content"]
+
+
+async def test_messages_snippet_runs(
+    backend: str, empty_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The messages snippet runs as written (its asserts hold); the five messages it took
+    out stay in the transcript, superseded."""
+    await _run_snippet("messages", backend, empty_url, monkeypatch, tmp_path)
+    engine = create_async_engine(empty_url)
+    try:
+        async with engine.connect() as conn:
+            roles = (
+                await conn.execute(
+                    text(
+                        "SELECT role, SUM(messages) FROM message_roles GROUP BY role ORDER BY role"
+                    )
+                )
+            ).all()
+            live = await conn.scalar(text("SELECT turn_count FROM sessions"))
+    finally:
+        await engine.dispose()
+    assert [tuple(row) for row in roles] == [
+        ("assistant", 2),
+        ("system", 1),
+        ("tool", 1),
+        ("user", 1),
+    ]
+    assert live == 0
 
 
 async def test_history_snippet_runs(

@@ -121,6 +121,10 @@ def _data(days: int) -> ReportData:
             for n in range(10)
         ],
         feedback_days=[(day, 1_000_000, 600_000, 400_000) for day, _, _ in per_day],
+        roles=[
+            (role, 12_345_678, 1_234_567, 123_456)
+            for role in ("assistant", "system", "tool", "user")
+        ],
     )
 
 

@@ -82,6 +82,10 @@ TURN_KEYS = {
     "slots",
     "results",
     "created_at",
+    "tool_name",
+    "tool_call_id",
+    "tool_arguments",
+    "data",
     "idempotency_key",
     "trace_id",
     "span_id",
@@ -670,8 +674,8 @@ def _entry(sid: str, **changes: Any) -> str:
 
 MALFORMED = {
     "not-json": ("{oops", "Invalid JSON"),
-    "system": (
-        _entry("system", state={"turns": [{"role": "system", "content": "x"}]}),
+    "developer": (
+        _entry("developer", state={"turns": [{"role": "developer", "content": "x"}]}),
         "state.turns.0.role",
     ),
     "nul": (

@@ -16,9 +16,10 @@ they agree.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -44,10 +45,11 @@ from convostore.backends._types import (
     JSONDocument,
     JSONText,
     LongText,
+    OptionalJSONText,
     SlotName,
     UTCDateTime,
 )
-from convostore.models import STATE_FIELDS, ConversationTurn, make_turn, name_ordered
+from convostore.models import STATE_FIELDS, ConversationTurn, Role, make_turn, name_ordered
 
 if TYPE_CHECKING:
     from convostore._core.crypt import TurnCipher
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KEPT_FIELDS",
     "MAX_SESSION_ID_LENGTH",
+    "MAX_TOOL_FIELD_LENGTH",
     "SEARCH_INDEX",
     "SEARCH_TABLE",
     "SEARCH_TABLES",
@@ -78,6 +81,8 @@ __all__ = [
 ]
 
 MAX_SESSION_ID_LENGTH = 128
+MAX_TOOL_FIELD_LENGTH = 255
+"""The longest ``tool_name`` or ``tool_call_id`` a message may have (a VARCHAR column)."""
 
 metadata = MetaData(
     naming_convention={
@@ -179,6 +184,10 @@ turns = Table(
     Column("idempotency_key", String(MAX_SESSION_ID_LENGTH), nullable=True),
     Column("trace_id", String(32), nullable=True),
     Column("span_id", String(16), nullable=True),
+    Column("tool_name", String(MAX_TOOL_FIELD_LENGTH), nullable=True),
+    Column("tool_call_id", String(MAX_TOOL_FIELD_LENGTH), nullable=True),
+    Column("tool_arguments", OptionalJSONText, nullable=True),
+    Column("data", OptionalJSONText, nullable=True),
     PrimaryKeyConstraint("session_id", "conversation_id", "seq"),
     ForeignKeyConstraint(
         _in_conversation,
@@ -199,7 +208,9 @@ turns = Table(
 append carries the append's ``idempotency_key`` (unique within the conversation), so an append
 sent twice is stored once. The key's index holds only the turns that have one: half the rows,
 and a read of a conversation's turns by ``seq`` is never planned through it. ``trace_id`` and
-``span_id`` (OpenTelemetry's, as lowercase hex) tie a turn to the trace that produced it."""
+``span_id`` (OpenTelemetry's, as lowercase hex) tie a turn to the trace that produced it.
+``role`` is ``user``, ``assistant``, ``system`` or ``tool``; the tool columns and ``data`` (a
+framework's own record of the message, as JSON) are NULL unless ``add_messages`` stored them."""
 
 turn_slots = Table(
     "turn_slots",
@@ -297,6 +308,10 @@ TURN_FIELDS = (
     turns.c.created_at,
     turns.c.trace_id,
     turns.c.span_id,
+    turns.c.tool_name,
+    turns.c.tool_call_id,
+    turns.c.tool_arguments,
+    turns.c.data,
 )
 """A turn as every read of turns selects it: its number, then what a turn holds."""
 
@@ -316,7 +331,7 @@ class TranscriptTurn(NamedTuple):
     """One stored turn with its slots, as read for ``show`` and ``export_user``."""
 
     seq: int
-    role: Literal["user", "assistant"]
+    role: Role
     content: str
     resolved_question: str | None
     template_id: str | None
@@ -325,6 +340,10 @@ class TranscriptTurn(NamedTuple):
     created_at: datetime
     trace_id: str | None
     span_id: str | None
+    tool_name: str | None
+    tool_call_id: str | None
+    tool_arguments: Any
+    data: Any
 
 
 def grouped_turns(
@@ -337,20 +356,28 @@ def grouped_turns(
     for cid, seq, name, value in slot_rows:
         slots.setdefault((cid, seq), {})[name] = value
     grouped: dict[int, list[TranscriptTurn]] = {}
-    for cid, seq, role, content, resolved, template, results, created, trace, span in turn_rows:
-        content, resolved, results = opened_fields(cipher, content, resolved, results)
+    for row in turn_rows:
+        cid, seq = row.conversation_id, row.seq
+        content, resolved, results = opened_fields(
+            cipher, row.content, row.resolved_question, row.results
+        )
+        arguments, data = opened_json(cipher, row.tool_arguments, row.data)
         grouped.setdefault(cid, []).append(
             TranscriptTurn(
-                seq,
-                role,
-                content,
-                resolved,
-                template,
-                name_ordered(slots.get((cid, seq), {})),
-                results,
-                created,
-                trace,
-                span,
+                seq=seq,
+                role=row.role,
+                content=content,
+                resolved_question=resolved,
+                template_id=row.template_id,
+                slots=name_ordered(slots.get((cid, seq), {})),
+                results=results,
+                created_at=row.created_at,
+                trace_id=row.trace_id,
+                span_id=row.span_id,
+                tool_name=row.tool_name,
+                tool_call_id=row.tool_call_id,
+                tool_arguments=arguments,
+                data=data,
             )
         )
     return grouped
@@ -368,6 +395,33 @@ def opened_fields(
     return cipher.open(content), cipher.open_optional(resolved), cipher.open_results(results)
 
 
+def opened_json(cipher: TurnCipher | None, arguments: Any, data: Any) -> tuple[Any, Any]:
+    """A message row's ``tool_arguments`` and ``data`` as written: opened with ``cipher``
+    where sealed (a JSON string of the sealed text), else as they are; without a cipher, a
+    sealed value raises ``DecryptionFailed``."""
+    return _opened_value(cipher, arguments), _opened_value(cipher, data)
+
+
+def _opened_value(cipher: TurnCipher | None, value: Any) -> Any:
+    if not isinstance(value, str) or not value.startswith(SEALED_MARK):
+        return value
+    if cipher is None:
+        refuse_sealed(value)
+    assert cipher is not None
+    return json.loads(cipher.open(value))
+
+
+def sealed_json(cipher: TurnCipher | None, arguments: Any, data: Any) -> tuple[Any, Any]:
+    """A message's ``tool_arguments`` and ``data`` as stored: with ``cipher``, each one that
+    is not None sealed (the token of its JSON text, a JSON string)."""
+    if cipher is None:
+        return arguments, data
+    return (
+        None if arguments is None else cipher.seal_results(arguments),
+        None if data is None else cipher.seal_results(data),
+    )
+
+
 def turn_at(turn: ConversationTurn | TranscriptTurn, created_at: datetime) -> ConversationTurn:
     """``turn`` as stored at ``created_at``, built without validation: what is stored was
     checked before it was written."""
@@ -381,6 +435,10 @@ def turn_at(turn: ConversationTurn | TranscriptTurn, created_at: datetime) -> Co
         created_at=created_at,
         trace_id=turn.trace_id,
         span_id=turn.span_id,
+        tool_name=turn.tool_name,
+        tool_call_id=turn.tool_call_id,
+        tool_arguments=turn.tool_arguments,
+        data=turn.data,
     )
 
 
@@ -411,6 +469,18 @@ class TurnFields(Protocol):
     @property
     def span_id(self) -> str | None: ...
 
+    @property
+    def tool_name(self) -> str | None: ...
+
+    @property
+    def tool_call_id(self) -> str | None: ...
+
+    @property
+    def tool_arguments(self) -> Any: ...
+
+    @property
+    def data(self) -> Any: ...
+
 
 def rows_of_turns(
     sid: str,
@@ -425,6 +495,7 @@ def rows_of_turns(
     slot_rows: list[dict[str, Any]] = []
     for seq, turn, created_at, key in numbered:
         content, resolved, results = turn.content, turn.resolved_question, turn.results
+        arguments, data = sealed_json(cipher, turn.tool_arguments, turn.data)
         if cipher is not None:
             content, resolved = cipher.seal(content), cipher.seal_optional(resolved)
             results = cipher.seal_results(results)
@@ -442,6 +513,10 @@ def rows_of_turns(
                 "idempotency_key": key,
                 "trace_id": turn.trace_id,
                 "span_id": turn.span_id,
+                "tool_name": turn.tool_name,
+                "tool_call_id": turn.tool_call_id,
+                "tool_arguments": arguments,
+                "data": data,
             }
         )
         slot_rows.extend(

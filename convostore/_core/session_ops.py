@@ -199,7 +199,7 @@ class SessionOperations:
     async def append(
         self,
         sid: str,
-        exchange: tuple[ConversationTurn, ConversationTurn],
+        exchange: Sequence[ConversationTurn],
         template_id: str | None,
         key: str,
         *,
@@ -215,7 +215,7 @@ class SessionOperations:
             written = await self.store.append(
                 sid,
                 exchange,
-                merge_slots=exchange[0].slots,
+                merge_slots=_slots_of(exchange),
                 template_id=template_id,
                 now=utc(now),
                 ttl=self._ttl,
@@ -483,3 +483,12 @@ def owned(sid: str, entry: StoredSession, owner: str | None) -> StoredSession:
     if owner is not None and entry.user_id != owner:
         raise NotSessionOwner(f"session {sid!r} belongs to another user")
     return entry
+
+
+def _slots_of(new_turns: Sequence[ConversationTurn]) -> dict[str, str]:
+    """The slots an append merges into the session's: its user turns', the later winning."""
+    merged: dict[str, str] = {}
+    for turn in new_turns:
+        if turn.role == "user":
+            merged.update(turn.slots)
+    return merged

@@ -31,7 +31,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from convostore._core.crypt import SEALED_MARK, TurnCipher, refuse_sealed
 from convostore._core.gate import Gate
 from convostore._core.history import HistoryEdits
-from convostore._core.schema import TURN_FIELDS, opened_fields, rows_of_turns, turn_at
+from convostore._core.schema import (
+    TURN_FIELDS,
+    opened_fields,
+    opened_json,
+    rows_of_turns,
+    sealed_json,
+    turn_at,
+)
 from convostore.backends import Backend, backend_for
 from convostore.backends._core_path import CoreExecutor
 from convostore.backends._executor import (
@@ -363,11 +370,15 @@ class SqlStore:
 
     def title_for(self, new_turns: Sequence[ConversationTurn]) -> str | None:
         """The title an append of ``new_turns`` gives a session that has none: None unless
-        ``auto_title``; else the first turn's text, its whitespace collapsed, cut at a word
-        to at most ``AUTO_TITLE_CHARS`` characters (with an ellipsis)."""
-        if not self.auto_title or not new_turns:
+        ``auto_title`` and one of them is a user turn; else the first user turn's text, its
+        whitespace collapsed, cut at a word to at most ``AUTO_TITLE_CHARS`` characters (with
+        an ellipsis)."""
+        if not self.auto_title:
             return None
-        words = " ".join(new_turns[0].content.split())
+        first = next((turn for turn in new_turns if turn.role == "user"), None)
+        if first is None:
+            return None
+        words = " ".join(first.content.split())
         if len(words) <= AUTO_TITLE_CHARS:
             return words or None
         cut = words[: AUTO_TITLE_CHARS - 1]
@@ -445,7 +456,7 @@ class SqlStore:
         driver = self._executors.pick()
         if self.sql.append_cte is not None:
             roles, contents, resolved, templates, results = [], [], [], [], []
-            traces, spans = [], []
+            traces, spans, tools, calls, arguments, data = [], [], [], [], [], []
             ords, names, values = [], [], []
             cipher = self.cipher
             for ord_, turn in enumerate(new_turns, start=1):
@@ -461,6 +472,11 @@ class SqlStore:
                     results.append(json.dumps(cipher.seal_results(turn.results)))
                 traces.append(turn.trace_id)
                 spans.append(turn.span_id)
+                tools.append(turn.tool_name)
+                calls.append(turn.tool_call_id)
+                sealed_arguments, sealed_data = sealed_json(cipher, turn.tool_arguments, turn.data)
+                arguments.append(_json_or_null(sealed_arguments))
+                data.append(_json_or_null(sealed_data))
                 for name, value in turn.slots.items():
                     ords.append(ord_)
                     names.append(name)
@@ -473,6 +489,10 @@ class SqlStore:
                 results=results,
                 traces=traces,
                 spans=spans,
+                tools=tools,
+                calls=calls,
+                arguments=arguments,
+                data=data,
                 slot_ords=ords,
                 slot_names=names,
                 slot_values=values,
@@ -806,13 +826,15 @@ def _epoch(stamp: datetime | str) -> float:
 
 class _TurnRow(NamedTuple):
     """How to read a load's turn rows: their columns, and SQLAlchemy's conversions of the
-    ``results`` and ``created_at`` columns."""
+    JSON and ``created_at`` columns."""
 
     columns: itemgetter[tuple[Any, ...]]
     """A row's (seq, role, content, resolved_question, template_id, results, created_at,
-    trace_id, span_id)."""
+    trace_id, span_id, tool_name, tool_call_id, tool_arguments, data)."""
     load_results: Callable[[Any], Any]
     load_created_at: Callable[[Any], Any]
+    load_json: Callable[[Any], Any]
+    """The conversion of ``tool_arguments`` and ``data`` (NULL reads as None)."""
 
     @classmethod
     def of(cls, statement: Compiled) -> _TurnRow:
@@ -821,6 +843,7 @@ class _TurnRow(NamedTuple):
             itemgetter(*(at[column.key] for column in TURN_FIELDS)),
             processors[at["results"]] or _unchanged,
             processors[at["created_at"]] or _unchanged,
+            processors[at["data"]] or _unchanged,
         )
 
 
@@ -838,7 +861,7 @@ def _fold_turns(
     and splitting the rows first (to share ``_turns`` with SQLite's load in parts) added a
     pass over every row."""
     name_at, value_at = slot_at
-    columns, load_results, load_created_at = layout
+    columns, load_results, load_created_at, load_json = layout
     result: list[ConversationTurn] = []
     slots: dict[str, str] = {}
     stamp: Any = None
@@ -848,7 +871,8 @@ def _fold_turns(
         if name is not None:
             slots[name] = row[value_at]
             continue
-        _, role, content, resolved, template_id, results, created_at, trace, span = columns(row)
+        (_, role, content, resolved, template_id, results, created_at, trace, span, tool,
+         call, arguments, data) = columns(row)  # fmt: skip
         if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
         if cipher is not None:
@@ -859,6 +883,8 @@ def _fold_turns(
             if content.startswith(SEALED_MARK):  # inline: a cold load's loop
                 refuse_sealed(content)
             results = load_results(results)
+        if arguments is not None or data is not None:
+            arguments, data = opened_json(cipher, load_json(arguments), load_json(data))
         slots = {}
         result.append(
             make_turn(
@@ -871,6 +897,10 @@ def _fold_turns(
                 created_at=stamped,
                 trace_id=trace,
                 span_id=span,
+                tool_name=tool,
+                tool_call_id=call,
+                tool_arguments=arguments,
+                data=data,
             )
         )
     return result
@@ -895,12 +925,13 @@ def _turns(
 
     The ``results`` and ``created_at`` conversions are applied here rather than to every row
     beforehand, because this loop is most of a cold load's Python time."""
-    columns, load_results, load_created_at = layout
+    columns, load_results, load_created_at, load_json = layout
     result: list[ConversationTurn] = []
     stamp: Any = None
     stamped: Any = None
     for row in map(columns, rows):
-        seq, role, content, resolved, template_id, results, created_at, trace, span = row
+        (seq, role, content, resolved, template_id, results, created_at, trace, span, tool,
+         call, arguments, data) = row  # fmt: skip
         if created_at != stamp:  # both turns of an exchange share it: convert it once
             stamp, stamped = created_at, load_created_at(created_at)
         if cipher is not None:
@@ -911,6 +942,8 @@ def _turns(
             if content.startswith(SEALED_MARK):  # inline: a cold load's loop
                 refuse_sealed(content)
             results = load_results(results)
+        if arguments is not None or data is not None:
+            arguments, data = opened_json(cipher, load_json(arguments), load_json(data))
         result.append(
             make_turn(
                 role=role,
@@ -922,6 +955,10 @@ def _turns(
                 created_at=stamped,
                 trace_id=trace,
                 span_id=span,
+                tool_name=tool,
+                tool_call_id=call,
+                tool_arguments=arguments,
+                data=data,
             )
         )
     return result
@@ -929,6 +966,11 @@ def _turns(
 
 def _unchanged(value: Any) -> Any:
     return value
+
+
+def _json_or_null(value: Any) -> str | None:
+    """An optional JSON value as the one-statement append binds it: its text, None for NULL."""
+    return None if value is None else json.dumps(value)
 
 
 AUTO_TITLE_CHARS = 80

@@ -14,9 +14,11 @@ import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, get_args
 
-from convostore._core.schema import MAX_SESSION_ID_LENGTH
+from pydantic import ValidationError
+
+from convostore._core.schema import MAX_SESSION_ID_LENGTH, MAX_TOOL_FIELD_LENGTH
 from convostore.errors import (
     InvalidPage,
     InvalidQuery,
@@ -27,6 +29,7 @@ from convostore.errors import (
 from convostore.models import (
     ConversationState,
     ConversationTurn,
+    Role,
     SessionFields,
     make_turn,
     name_ordered,
@@ -51,10 +54,12 @@ __all__ = [
     "check_template_id",
     "check_text",
     "check_title",
+    "check_tool_field",
     "check_trace_id",
     "check_turn",
     "check_user_id",
     "check_window",
+    "copy_json",
     "copy_metadata",
     "copy_results",
     "copy_slots",
@@ -239,6 +244,14 @@ def copy_metadata(field: str, metadata: object, limits: Limits) -> dict[str, Any
     return copied
 
 
+def copy_json(field: str, value: object, limits: Limits) -> Any:
+    """A checked deep copy of any JSON value (a message's ``tool_arguments`` or ``data``),
+    held to ``limits.results_bytes`` like a turn's results; None stays None."""
+    if value is None:
+        return None
+    return _checked_json(field, lambda bound: _copy_json(value, bound), limits, "takes")
+
+
 def _checked_json(field: str, copy: Callable[[list[int]], Any], limits: Limits, verb: str) -> Any:
     """``copy(bound)``, a JSON copy that adds up a bound of its length (``_copy_json``), with
     what it refuses as ``InvalidTurn`` naming the place, and refused if it is longer than
@@ -254,7 +267,9 @@ def _checked_json(field: str, copy: Callable[[list[int]], Any], limits: Limits, 
     if limits.redact is not None:
         # The redacted strings are checked (and measured) as the caller's were.
         redacted = _redacted_json(field, copied, limits.redact)
-        return copy_results(field, redacted, replace(limits, redact=None))
+        return _checked_json(
+            field, lambda bound: _copy_json(redacted, bound), replace(limits, redact=None), verb
+        )
     if bound[0] > limits.results_bytes:
         size = len(json.dumps(copied))
         if size > limits.results_bytes:
@@ -429,10 +444,15 @@ def check_score(score: object) -> int:
 def check_turn(field: str, turn: object, limits: Limits) -> ConversationTurn:
     """A validated copy of a turn the caller added, so later changes to its dicts and lists
     reach neither the store nor the cache."""
+    if isinstance(turn, Mapping):
+        try:
+            turn = ConversationTurn.model_validate(turn)
+        except ValidationError as exc:
+            raise InvalidTurn(f"{field} is not a message: {exc}") from None
     if not isinstance(turn, ConversationTurn):
         raise InvalidTurn(f"{field} must be a ConversationTurn, not {type(turn).__name__}")
-    if turn.role not in ("user", "assistant"):
-        raise InvalidTurn(f"{field}.role must be 'user' or 'assistant', not {turn.role!r}")
+    if turn.role not in ROLES:
+        raise InvalidTurn(f"{field}.role must be one of {', '.join(ROLES)}, not {turn.role!r}")
     return make_turn(
         role=turn.role,
         content=check_content(f"{field}.content", turn.content, limits),
@@ -445,7 +465,28 @@ def check_turn(field: str, turn: object, limits: Limits) -> ConversationTurn:
         created_at=None,
         trace_id=check_trace_id(f"{field}.trace_id", turn.trace_id),
         span_id=check_span_id(f"{field}.span_id", turn.span_id),
+        tool_name=check_tool_field(f"{field}.tool_name", turn.tool_name),
+        tool_call_id=check_tool_field(f"{field}.tool_call_id", turn.tool_call_id),
+        tool_arguments=copy_json(f"{field}.tool_arguments", turn.tool_arguments, limits),
+        data=copy_json(f"{field}.data", turn.data, limits),
     )
+
+
+ROLES: tuple[str, ...] = get_args(Role)
+"""The roles a stored message may have."""
+
+
+def check_tool_field(field: str, value: object) -> str | None:
+    """A ``tool_name`` or ``tool_call_id``: None, or a storable string of 1 to
+    ``MAX_TOOL_FIELD_LENGTH`` characters (it is a VARCHAR column)."""
+    if value is None:
+        return None
+    text = _check_storable(field, value)
+    if not 0 < len(text) <= MAX_TOOL_FIELD_LENGTH:
+        raise InvalidTurn(
+            f"{field} must be 1 to {MAX_TOOL_FIELD_LENGTH} characters long, not {len(text):,}"
+        )
+    return text
 
 
 def check_session_fields(

@@ -247,6 +247,9 @@ class Transcript:
                     "slots": turn.slots,
                     "results": turn.results,
                     "created_at": None if turn.created_at is None else turn.created_at.isoformat(),
+                    "tool_name": turn.tool_name,
+                    "tool_call_id": turn.tool_call_id,
+                    "tool_arguments": turn.tool_arguments,
                 }
                 for turn in self.turns
             ],

@@ -431,8 +431,9 @@ def show(session_id: str, url: str, schema: str | None, include_ended: bool, as_
 
 
 def _turns_table(turns: Sequence[ConversationTurn]) -> Table:
-    """One row per turn, each slot a line; the time column shows the date only where it
-    changes. Long cells wrap, so a narrow terminal gets a taller table, never a cut one."""
+    """One row per turn, each slot a line, the tool a message names under its role; the time
+    column shows the date only where it changes. Long cells wrap, so a narrow terminal gets
+    a taller table, never a cut one."""
     table = Table(
         Column("time", no_wrap=True),
         "role",
@@ -453,7 +454,7 @@ def _turns_table(turns: Sequence[ConversationTurn]) -> Table:
         slots = "\n".join(f"{name}={value}" for name, value in turn.slots.items())
         table.add_row(
             time,
-            turn.role,
+            turn.role if turn.tool_name is None else f"{turn.role}\n({turn.tool_name})",
             Text(turn.content),
             Text(turn.resolved_question or ""),
             Text(turn.template_id or ""),

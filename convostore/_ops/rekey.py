@@ -3,7 +3,7 @@
 After a new key is put first (the old ones after it), new turns are encrypted with it, while
 the turns stored before stay under the old key, or in plaintext if they were written before
 encryption was turned on. ``rekey`` finds those turns in SQL by the key id at the start of
-their ``content`` (``crypt.sealed_with``; a turn's three encrypted fields are always written
+their ``content`` (``crypt.sealed_with``; a turn's encrypted fields are always written
 together, under one key), opens them with whichever key they name and seals them with the
 first, in batches of one transaction each. A run that stops part way leaves every batch
 before it done; running it again goes on with the turns still to do. Once it reports
@@ -36,6 +36,8 @@ _to_do = (
         _t.content,
         _t.resolved_question,
         _t.results,
+        _t.tool_arguments,
+        _t.data,
     )
     .where(func.substr(_t.content, 1, bindparam("prefix_length", type_=Integer())) != _first_key)
     .order_by(_t.session_id, _t.conversation_id, _t.seq)
@@ -62,6 +64,8 @@ _resealed = (
         content=bindparam("b_content"),
         resolved_question=bindparam("b_resolved"),
         results=bindparam("b_results", type_=_t.results.type),
+        tool_arguments=bindparam("b_arguments", type_=_t.tool_arguments.type),
+        data=bindparam("b_data", type_=_t.data.type),
     )
 )
 
@@ -130,7 +134,7 @@ async def rekey(
 
 def _sealed(cipher: TurnCipher, row: Any, counts: RekeyCounts) -> dict[str, Any]:
     """The parameters that store ``row``'s fields sealed with the first key."""
-    sid, cid, seq, content, resolved, results = row
+    sid, cid, seq, content, resolved, results, arguments, data = row
     counts.rekeyed += 1
     counts.from_plaintext += not content.startswith(SEALED_MARK)
     return {
@@ -142,4 +146,16 @@ def _sealed(cipher: TurnCipher, row: Any, counts: RekeyCounts) -> dict[str, Any]
         "b_results": cipher.reseal(results)
         if isinstance(results, str)
         else cipher.seal_results(results),
+        "b_arguments": _resealed_json(cipher, arguments),
+        "b_data": _resealed_json(cipher, data),
     }
+
+
+def _resealed_json(cipher: TurnCipher, value: Any) -> Any:
+    """A message's ``tool_arguments`` or ``data`` sealed with the first key: a sealed one
+    sealed again, a plain one (any JSON value) sealed as its JSON text; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith(SEALED_MARK):
+        return cipher.reseal(value)
+    return cipher.seal_results(value)

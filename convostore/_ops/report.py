@@ -72,6 +72,8 @@ class ReportData:
     most ``TOP``."""
     feedback_days: list[tuple[date, int, int, int]] = field(default_factory=list)
     """(day, answers rated, positive, negative), for each day feedback was last given on."""
+    roles: list[tuple[str, int, int, int]] = field(default_factory=list)
+    """(role, messages, of them naming a tool, conversations with such messages), by role."""
 
 
 async def collect(engine: AsyncEngine, now: datetime | None = None) -> ReportData:
@@ -117,6 +119,10 @@ async def collect(engine: AsyncEngine, now: datetime | None = None) -> ReportDat
         feedback_days=[
             (date.fromisoformat(str(day)), int(count), int(up), int(down))
             for day, count, up, down in rows["feedback_days"]
+        ],
+        roles=[
+            (str(role), int(count), int(tools), int(among))
+            for role, count, tools, among in rows["roles"]
         ],
     )
 
@@ -236,6 +242,21 @@ def _feedback(data: ReportData) -> str:
     )
 
 
+def _roles(data: ReportData) -> str:
+    """The messages by role: what agent frameworks store (system prompts, tool calls and
+    their outputs) beside the questions and answers."""
+    note = "Every stored message, by who it is from; tool: calls and outputs naming a tool."
+    table = _table(
+        "Messages by role",
+        ("role", "messages", "tool", "conversations"),
+        [
+            (role, f"{count:,}", f"{tools:,}", f"{among:,}")
+            for role, count, tools, among in data.roles
+        ],
+    )
+    return f'<section><h2>Messages</h2><p class="note">{escape(note)}</p>{table}</section>'
+
+
 def _card(value: str, what: str) -> str:
     return f'<div class="card"><b>{escape(value)}</b><span>{escape(what)}</span></div>'
 
@@ -352,6 +373,7 @@ def render(data: ReportData, database: str, generated_at: datetime | None = None
             ),
         ),
         _feedback(data),
+        _roles(data),
     ]
     return (
         "<!DOCTYPE html>\n"
@@ -363,9 +385,9 @@ def render(data: ReportData, database: str, generated_at: datetime | None = None
         f'<p class="lead">{escape(database)} · {escape(period)}</p>'
         f'<div class="cards">{cards}</div>'
         f"{''.join(sections)}"
-        f"<footer>Made by convostore at {now:%Y-%m-%d %H:%M} UTC from the views exchanges and "
-        "slot_values, over live conversations and the transcripts kept after their session "
-        "ended.</footer></main></body></html>\n"
+        f"<footer>Made by convostore at {now:%Y-%m-%d %H:%M} UTC from the views exchanges, "
+        "slot_values, feedback and message_roles, over live conversations and the transcripts "
+        "kept after their session ended.</footer></main></body></html>\n"
     )
 
 

@@ -24,7 +24,14 @@ _exchanges = view(
 )
 _slot_values = view("slot_values", column("conversation_id"), column("name"), column("value"))
 _feedback = view("feedback", column("template_id"), column("score"), column("created_at"))
-_e, _v, _f = _exchanges.c, _slot_values.c, _feedback.c
+_roles = view(
+    "message_roles",
+    column("conversation_id"),
+    column("role"),
+    column("messages"),
+    column("tool_messages"),
+)
+_e, _v, _f, _r = _exchanges.c, _slot_values.c, _feedback.c, _roles.c
 
 
 def report_queries(backend: Backend, top: int) -> dict[str, Any]:
@@ -70,6 +77,9 @@ def report_queries(backend: Backend, top: int) -> dict[str, Any]:
         "feedback_days": select(given.c.day, func.count(), *_positive_negative(given.c.score))
         .group_by(given.c.day)
         .order_by(given.c.day),
+        "roles": select(_r.role, func.sum(_r.messages), func.sum(_r.tool_messages), func.count())
+        .group_by(_r.role)
+        .order_by(_r.role),
     }
 
 

@@ -62,6 +62,7 @@ from convostore._core.schema import (
     is_live,
     of_conversation,
     opened_fields,
+    opened_json,
     rows_of_turns,
     session_field,
     sessions,
@@ -85,7 +86,9 @@ from convostore._core.validation import (
     check_summary,
     check_template_id,
     check_title,
+    check_tool_field,
     check_trace_id,
+    copy_json,
     copy_metadata,
     copy_results,
     copy_slots,
@@ -94,7 +97,7 @@ from convostore.backends import backend_for
 from convostore.config import StoreConfig, check_setting
 from convostore.errors import InvalidTurn, SchemaNotReady, translate_errors
 from convostore.migrate import check_schema, upgrade
-from convostore.models import STATE_FIELDS, SessionFields, name_ordered
+from convostore.models import STATE_FIELDS, Role, SessionFields, name_ordered
 
 __all__ = [
     "CSV_COLUMNS",
@@ -159,7 +162,7 @@ class TurnRecord(_Record):
     """One turn of an exported conversation."""
 
     seq: Annotated[int, Field(ge=1, le=2**31 - 1)]
-    role: Literal["user", "assistant"]
+    role: Role
     content: str
     resolved_question: str | None = None
     template_id: str | None = None
@@ -169,6 +172,10 @@ class TurnRecord(_Record):
     idempotency_key: str | None = None
     trace_id: str | None = None
     span_id: str | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    tool_arguments: Any = None
+    data: Any = None
     feedback: FeedbackRecord | None = None
     """An answer's feedback (None: none given; a question never has any)."""
 
@@ -201,6 +208,16 @@ class TurnRecord(_Record):
     @classmethod
     def _span(cls, value: str | None) -> str | None:
         return check_span_id("span_id", value)
+
+    @field_validator("tool_name", "tool_call_id")
+    @classmethod
+    def _tool_field(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_tool_field(info.field_name or "tool field", value)
+
+    @field_validator("tool_arguments", "data")
+    @classmethod
+    def _storable_json(cls, value: Any, info: ValidationInfo) -> Any:
+        return copy_json(info.field_name or "data", value, STORABLE)
 
     @model_validator(mode="after")
     def _rated_answer(self) -> TurnRecord:
@@ -327,6 +344,10 @@ TURN_COLUMNS = (
     "idempotency_key",
     "trace_id",
     "span_id",
+    "tool_name",
+    "tool_call_id",
+    "tool_arguments",
+    "data",
     "feedback",
 )
 CSV_COLUMNS = CONVERSATION_COLUMNS + TURN_COLUMNS
@@ -463,6 +484,10 @@ def _export_queries(
         _t.idempotency_key,
         _t.trace_id,
         _t.span_id,
+        _t.tool_name,
+        _t.tool_call_id,
+        _t.tool_arguments,
+        _t.data,
         _f.score,
         _f.comment,
         _f.created_at.label("feedback_at"),
@@ -562,25 +587,31 @@ def _head(row: Sequence[Any], now: datetime) -> dict[str, Any]:
     }
 
 
-def _turn(row: Sequence[Any], slots: dict[str, str], cipher: TurnCipher | None) -> dict[str, Any]:
-    _, _, seq, role, content, resolved, template_id, results, created, key, trace, span = row[:12]
-    score, comment, given_at = row[12:]
-    content, resolved, results = opened_fields(cipher, content, resolved, results)
+def _turn(row: Any, slots: dict[str, str], cipher: TurnCipher | None) -> dict[str, Any]:
+    content, resolved, results = opened_fields(
+        cipher, row.content, row.resolved_question, row.results
+    )
+    arguments, data = opened_json(cipher, row.tool_arguments, row.data)
+    score = row.score
     return {
-        "seq": seq,
-        "role": role,
+        "seq": row.seq,
+        "role": row.role,
         "content": content,
         "resolved_question": resolved,
-        "template_id": template_id,
+        "template_id": row.template_id,
         "slots": slots,
         "results": results,
-        "created_at": created.isoformat(),
-        "idempotency_key": key,
-        "trace_id": trace,
-        "span_id": span,
+        "created_at": row.created_at.isoformat(),
+        "idempotency_key": row.idempotency_key,
+        "trace_id": row.trace_id,
+        "span_id": row.span_id,
+        "tool_name": row.tool_name,
+        "tool_call_id": row.tool_call_id,
+        "tool_arguments": arguments,
+        "data": data,
         "feedback": None
         if score is None
-        else {"score": score, "comment": comment, "created_at": given_at.isoformat()},
+        else {"score": score, "comment": row.comment, "created_at": row.feedback_at.isoformat()},
     }
 
 

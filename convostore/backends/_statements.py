@@ -450,7 +450,8 @@ class Statements:
         the turns and their slots arrive as parallel arrays and are inserted from it, so a
         missing or expired session inserts nothing and the statement returns no row.
         Turn arrays: ``roles``, ``contents``, ``resolved``, ``templates``, ``results`` (JSON
-        text), ``traces``, ``spans``; slot arrays: ``slot_ords`` (1-based position of the
+        text), ``traces``, ``spans``, ``tools``, ``calls``, ``arguments`` and ``data`` (JSON
+        text or NULL); slot arrays: ``slot_ords`` (1-based position of the
         turn), ``slot_names``, ``slot_values``.
         """
         bumped = self._bump.returning(
@@ -466,6 +467,10 @@ class Statements:
                 bindparam("results", type_=text_array),
                 bindparam("traces", type_=text_array),
                 bindparam("spans", type_=text_array),
+                bindparam("tools", type_=text_array),
+                bindparam("calls", type_=text_array),
+                bindparam("arguments", type_=text_array),
+                bindparam("data", type_=text_array),
             )
             .table_valued(
                 "role",
@@ -475,6 +480,10 @@ class Statements:
                 "results",
                 "trace_id",
                 "span_id",
+                "tool_name",
+                "tool_call_id",
+                "tool_arguments",
+                "data",
                 with_ordinality="ord",
             )
             .render_derived()
@@ -495,6 +504,10 @@ class Statements:
                 "idempotency_key",
                 "trace_id",
                 "span_id",
+                "tool_name",
+                "tool_call_id",
+                "tool_arguments",
+                "data",
             ],
             select(
                 bumped.c.conversation_id,
@@ -509,6 +522,10 @@ class Statements:
                 case((new.c.ord == 1, bindparam("key", type_=String())), else_=null()),
                 new.c.trace_id,
                 new.c.span_id,
+                new.c.tool_name,
+                new.c.tool_call_id,
+                cast(new.c.tool_arguments, JSONText),
+                cast(new.c.data, JSONText),
             )
             .select_from(bumped)
             .join(new, true()),

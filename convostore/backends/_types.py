@@ -12,7 +12,15 @@ from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Integer, String, Tex
 from sqlalchemy.dialects.mysql import LONGTEXT
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["ConversationKey", "JSONDocument", "JSONText", "LongText", "SlotName", "UTCDateTime"]
+__all__ = [
+    "ConversationKey",
+    "JSONDocument",
+    "JSONText",
+    "LongText",
+    "OptionalJSONText",
+    "SlotName",
+    "UTCDateTime",
+]
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -104,6 +112,10 @@ JSONText = JSON()
 ``results``, which must read back exactly as written. JSONB would turn ``1e20`` into an int,
 ``-0.0`` into ``0.0`` and reorder keys, so a cold read would differ from what the writer
 cached."""
+
+OptionalJSONText = JSON(none_as_null=True)
+"""``JSONText`` where None is SQL NULL (not the JSON ``null``): a message's optional
+``tool_arguments`` and ``data``."""
 
 
 ConversationKey = BigInteger().with_variant(Integer(), SQLITE)
