@@ -75,6 +75,7 @@ CONFORMANCE = frozenset(
         "test_mariadb",
         "test_messages",
         "test_migrations",
+        "test_openai_agents",
         "test_owners",
         "test_redaction",
         "test_refresh_behind",

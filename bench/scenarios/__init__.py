@@ -20,6 +20,7 @@ from . import (
     expiry,
     large_store,
     memory,
+    openai_agents,
     peers,
     search,
     throughput,
@@ -48,5 +49,9 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "caps": ("add_turn at max_turns_per_session against no cap", caps.run),
     "search": ("full-text search: latency, and the index's cost to appends", search.run),
     "peers": ("peers (--peers)", peers.run),
+    "openai_agents": (
+        "OpenAI Agents SDK sessions: ConvostoreSession against the SDK's stores (--peers)",
+        openai_agents.run,
+    ),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""
