@@ -444,6 +444,7 @@ async def test_items_handed_out_and_in_are_copies(repo: SessionRepository) -> No
     await session.add_items(given)
     given[0]["content"][0]["text"] = "changed"
     first: list[Any] = await session.get_items()
+    first[0]["content"][0]["text"] = "changed"
     first[0]["content"].append({"type": "input_text", "text": "more"})
     first[1]["content"] = "changed"
     again = await session.get_items(limit=2)

@@ -265,10 +265,19 @@ def _item_of(turn: ConversationTurn) -> Any:
 def _copy(value: Any) -> Any:
     """A copy of a JSON value whose dicts and lists are new (its strings and numbers are
     immutable): what ``copy.deepcopy`` makes of it, without the memo and dispatch a JSON
-    value does not need, on a path every read takes."""
+    value does not need, on a path every read takes. Containers are copied whole in C and
+    only their nested containers replaced, so leaves cost no Python call."""
     kind = type(value)
     if kind is dict:
-        return {key: _copy(item) for key, item in value.items()}
+        copied = value.copy()
+        for key, item in value.items():
+            if type(item) is dict or type(item) is list:
+                copied[key] = _copy(item)
+        return copied
     if kind is list:
-        return [_copy(item) for item in value]
+        copied = value.copy()
+        for index, item in enumerate(value):
+            if type(item) is dict or type(item) is list:
+                copied[index] = _copy(item)
+        return copied
     return value
