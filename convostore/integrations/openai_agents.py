@@ -17,7 +17,7 @@ call is the assistant's, its output the tool's), the item's text as ``content``,
 call's name, call id and arguments. The repository's expiry, retention, user scoping and
 ``erase_user`` apply to these sessions as to any other.
 
-Needs the SDK: ``pip install "convostore[openai-agents]"``.
+Needs the SDK: the ``openai-agents`` extra (``pip install ".[openai-agents]"`` in the checkout).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(
         "convostore.integrations.openai_agents needs the OpenAI Agents SDK: "
-        "pip install 'convostore[openai-agents]'"
+        "install the openai-agents extra (pip install '.[openai-agents]' in convostore's checkout)"
     ) from exc
 
 __all__ = ["ConvostoreSession"]
