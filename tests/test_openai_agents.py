@@ -26,6 +26,7 @@ from agents import (
     function_tool,
     set_tracing_disabled,
 )
+from agents.extensions.memory import EncryptedSession
 from agents.memory import Session
 from agents.testing import ScriptedModel, assistant_message, function_call
 from conftest import FakeClock, MakeRepo
@@ -71,10 +72,13 @@ def _exact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-@function_tool
-def count_archives(place: str) -> str:
+def _count_archives(place: str) -> str:
     """How many archives there are in a place."""
     return f"{place}: 12"
+
+
+count_archives = function_tool(_count_archives, name_override="count_archives")
+"""The agent's tool (decorated by call: mypy without the SDK sees an untyped decorator)."""
 
 
 def _model() -> ScriptedModel:
@@ -515,6 +519,23 @@ async def test_long_output_kept_whole(make_repo: MakeRepo) -> None:
     assert state.turns[0].content == "x" * 50
 
 
+async def test_sdk_encrypted_session_wraps_it(repo: SessionRepository) -> None:
+    """The SDK's EncryptedSession runs on top of it: items round-trip through the wrapper,
+    and the store holds only the SDK's encrypted envelopes."""
+    session = EncryptedSession(
+        session_id="sealed",
+        underlying_session=ConvostoreSession("sealed", repo),
+        encryption_key="k" * 32,
+        ttl=600,
+    )
+    await session.add_items(_SIX[:2])
+    assert await session.get_items() == _SIX[:2]
+    state = await repo.get("sealed")
+    assert state is not None
+    assert "Message 1" not in json.dumps([turn.model_dump(mode="json") for turn in state.turns])
+    assert await session.pop_item() == _SIX[1]
+
+
 async def test_turns_written_without_items_read_as_items(repo: SessionRepository) -> None:
     """Turns that convostore's own API wrote (no item stored with them) read as the items
     the SDK would have made of them, so one conversation can be fed both ways."""
@@ -530,9 +551,15 @@ async def test_bad_items_store_nothing(repo: SessionRepository) -> None:
     any item of its call is stored."""
     session = ConvostoreSession("bad", repo)
     await session.add_items([{"role": "user", "content": "kept"}])
-    for bad in ("text", {"role": "user", "content": float("nan")}, {"role": "user", 1: "x"}):
+    bad_items: list[Any] = [
+        "text",
+        {"role": "user", "content": float("nan")},
+        {"role": "user", 1: "x"},
+    ]
+    for bad in bad_items:
+        items: list[Any] = [{"role": "user", "content": "not kept"}, bad]
         with pytest.raises(InvalidTurn):
-            await session.add_items([{"role": "user", "content": "not kept"}, bad])  # type: ignore[list-item]
+            await session.add_items(items)
     assert await session.get_items() == [{"role": "user", "content": "kept"}]
 
 

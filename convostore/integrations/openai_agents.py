@@ -8,8 +8,9 @@
         session = ConvostoreSession("conversation_123", repo, user_id="user-42")
         result = await Runner.run(agent, "What city is the Golden Gate Bridge in?", session=session)
 
-``ConvostoreSession`` follows the SDK's ``Session`` protocol (``get_items``, ``add_items``,
-``pop_item``, ``clear_session``, ``session_settings``), as the SDK asks of sessions outside it.
+``ConvostoreSession`` is a ``SessionABC`` of the SDK (``get_items``, ``add_items``,
+``pop_item``, ``clear_session``, ``session_settings``), so the SDK's wrappers that take one,
+such as ``EncryptedSession``, take it too.
 Each item ``add_items`` is given becomes one ``ConversationTurn`` whose ``data`` is the item
 itself, read back equal and in the same key order; the other fields make the conversation
 readable in SQL and searchable: the role (``developer`` counts as ``system``; a function
@@ -33,7 +34,7 @@ from convostore.repository import SessionRepository
 
 try:
     from agents.items import TResponseInputItem
-    from agents.memory import SessionSettings
+    from agents.memory import SessionABC, SessionSettings
     from agents.memory.session_settings import coerce_session_settings
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(
@@ -52,7 +53,7 @@ _ROLES: dict[object, Role] = {
 """A message item's role as a turn's role."""
 
 
-class ConvostoreSession:
+class ConvostoreSession(SessionABC):
     """One conversation of the OpenAI Agents SDK, stored by a ``SessionRepository``.
 
     The session object holds no connection of its own: make as many as you like (one per
