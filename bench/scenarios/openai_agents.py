@@ -8,9 +8,13 @@ items; ``get_items()`` at 10 and 1,000; ``get_items(limit=10)`` at 10, 1,000 and
 and ``get_items()`` of a 100-item conversation read cold (convostore through a repository
 that caches one session, cycling over many in random order; the SDK's stores cache
 nothing, so each of their reads is one). convostore's warm reads are cache hits, as for a
-worker that served the conversation's last turn. A row per operation: the SDK's store's
-median / convostore's (above 1: convostore is faster), and one row on whether
-``get_items(limit=10)`` stays flat from 10 to 10,000 items.
+worker that served the conversation's last turn. The appends go round the sessions of
+their level (as many at 10 items as at 1,000, so each store keeps as many session objects
+at both), each growing by a few runs' items over the run; the path says how many. The SDK's
+``SQLiteSession`` opens a connection per session object in each worker thread: those are
+opened before timing. A row per operation: the SDK's store's median / convostore's (above
+1: convostore is faster), and one row on whether ``get_items(limit=10)`` stays flat from 10
+to 10,000 items.
 
 Runs with ``--peers`` or ``--only openai_agents``; needs ``pip install
 'openai-agents[sqlalchemy]'`` (the ``peers`` extra), and is skipped with a note without it.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -41,6 +46,7 @@ READ_LEVELS = (10, 1_000)
 WINDOW = 10
 WINDOW_LEVELS = (10, 1_000, 10_000)
 COLD_ITEMS = 100
+ITEMS_PER_RUN = 4
 CHUNK = 1_000
 """Items per ``add_items`` call when filling a long conversation."""
 FLAT_TARGET = 1.2
@@ -162,9 +168,11 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
     cold = _Sessions(lambda sid: ConvostoreSession(sid, cold_repo))
     peer = _Sessions(open_peer)
     label = PEERS[server.name]
+    appended = max(2, sizes.append_sessions)
+    grown = ITEMS_PER_RUN * math.ceil((iterations + min(warmup, iterations)) / appended)
     groups = {
-        ("append", 10): session_ids("oa-append-10", iterations + warmup),
-        ("append", 1_000): session_ids("oa-append-1000", max(2, sizes.append_sessions)),
+        ("append", 10): session_ids("oa-append-10", appended),
+        ("append", 1_000): session_ids("oa-append-1000", appended),
         ("read", 10): session_ids("oa-read-10", max(2, sizes.append_sessions)),
         ("read", 1_000): session_ids("oa-read-1000", max(2, sizes.append_sessions)),
         ("read", 10_000): session_ids("oa-read-10000", 1 if ctx.options.quick else 2),
@@ -217,7 +225,7 @@ async def _run_backend(ctx: Context, server: Server) -> list[Row]:
         if engine is not None:
             await engine.dispose()
         await server.drop(db)
-    return _rows(server, label, measured)
+    return _rows(server, label, measured, grown)
 
 
 async def _warm(session: Any, count: int, label: str) -> None:
@@ -256,16 +264,21 @@ PATHS = {
 }
 
 
-def _rows(server: Server, label: str, measured: dict[str, dict[str, Stats]]) -> list[Row]:
+def _rows(
+    server: Server, label: str, measured: dict[str, dict[str, Stats]], grown: int
+) -> list[Row]:
     rows: list[Row] = []
     for key, stats in measured.items():
         op, count = key.split(".")
         conv, peer = stats["convostore"], stats[label]
         ratio = peer.median / conv.median
+        path = PATHS[op].format(fmt_count(int(count)))
+        if op == "append":
+            path += f" (+{grown} by the session's last append)"
         rows.append(
             Row(
                 key=f"openai_agents.{key}.{server.name}",
-                path=f"OpenAI Agents: {PATHS[op].format(fmt_count(int(count)))}",
+                path=f"OpenAI Agents: {path}",
                 backend=server.label,
                 convostore=figure("convostore (ConvostoreSession)", conv),
                 others=[figure(label, peer)],
