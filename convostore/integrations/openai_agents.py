@@ -44,6 +44,10 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 
 __all__ = ["ConvostoreSession"]
 
+_MORE_THAN_STORED = 2**31
+"""A limit from which ``get_items`` reads every item: a conversation holds fewer (its
+messages are numbered with 32-bit ints)."""
+
 _ROLES: dict[object, Role] = {
     "user": "user",
     "assistant": "assistant",
@@ -111,14 +115,10 @@ class ConvostoreSession(SessionABC):
         """
         if limit is None and self.session_settings is not None:
             limit = self.session_settings.limit
-        if limit is not None and limit >= 0:
-            if limit == 0:
-                return []
-            state = await self.repository.get(
-                self.session_id, user_id=self.user_id, last_turns=limit
-            )
-        else:
-            state = await self.repository.get(self.session_id, user_id=self.user_id)
+        if limit == 0:
+            return []
+        window = limit if limit is not None and 0 < limit < _MORE_THAN_STORED else None
+        state = await self.repository.get(self.session_id, user_id=self.user_id, last_turns=window)
         if state is None:
             return []
         return [_item_of(turn) for turn in state.turns]
@@ -144,6 +144,7 @@ class ConvostoreSession(SessionABC):
 
         Raises:
             NotSessionOwner: the live session under this id is another user's.
+            StaleStateError: other writes kept changing the session; nothing was removed.
             StoreError: the database failed.
         """
         turn = await self.repository.pop_message(self.session_id, user_id=self.user_id)
@@ -156,6 +157,7 @@ class ConvostoreSession(SessionABC):
 
         Raises:
             NotSessionOwner: the live session under this id is another user's.
+            StaleStateError: other writes kept changing the session; nothing was removed.
             StoreError: the database failed.
         """
         await self.repository.clear(self.session_id, user_id=self.user_id)
