@@ -228,21 +228,18 @@ def _fold_parts(
         **_session(head, at),
         "turns": [
             {
-                "role": role,
-                "content": content,
-                "resolved_question": resolved,
-                "template_id": template_id,
-                "slots": slots.get(seq, {}),
-                "results": json.loads(results),
-                "created_at": parsed(created_at),
-                "trace_id": trace,
-                "span_id": span,
-                **_tool_fields(tool, call, arguments, data),
+                "role": row[1],
+                "content": row[2],
+                "resolved_question": row[3],
+                "template_id": row[4],
+                "slots": slots.get(row[0], {}),
+                "results": json.loads(row[5]),
+                "created_at": parsed(row[6]),
+                "trace_id": row[7],
+                "span_id": row[8],
+                **_tool_fields(*row[9:13]),
             }
-            for (
-                seq, role, content, resolved, template_id, results, created_at, trace, span,
-                tool, call, arguments, data,
-            ) in turn_rows  # fmt: skip
+            for row in turn_rows
         ],
     }
 
