@@ -244,3 +244,14 @@ async def test_the_documented_move_from_json_blobs(repo: SessionRepository, tmp_
     for index, run in enumerate(runs):
         loaded = await load_messages(repo, f"blob-{index}")
         assert _json(loaded) == _json(run.all_messages())
+
+
+async def test_a_plain_tool_turn_without_a_call_id_gets_one(repo: SessionRepository) -> None:
+    """A tool turn stored without a call id loads with one pydantic-ai makes up (its models
+    need one), not an empty string."""
+    await repo.add_messages("pa-no-id", [ConversationTurn(role="tool", content="3")])
+    (loaded,) = await load_messages(repo, "pa-no-id")
+    returned = loaded.parts[0]
+    assert isinstance(returned, ToolReturnPart)
+    assert returned.tool_call_id
+    assert returned.content == "3"

@@ -116,15 +116,13 @@ def _plain(turn: ConversationTurn) -> ModelMessage:
     if turn.role == "system":
         return ModelRequest(parts=[SystemPromptPart(turn.content)])
     if turn.role == "tool":
-        return ModelRequest(
-            parts=[
-                ToolReturnPart(
-                    tool_name=turn.tool_name or "",
-                    content=turn.content,
-                    tool_call_id=turn.tool_call_id or "",
-                )
-            ]
+        name, text = turn.tool_name or "", turn.content
+        returned = (
+            ToolReturnPart(name, text, tool_call_id=turn.tool_call_id)
+            if turn.tool_call_id
+            else ToolReturnPart(name, text)  # pydantic-ai makes up a call id
         )
+        return ModelRequest(parts=[returned])
     return ModelRequest(parts=[UserPromptPart(turn.content)])
 
 
