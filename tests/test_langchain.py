@@ -532,3 +532,21 @@ async def test_import_from_sql_chat_message_history(
         assert await b.aget_messages() == EXPECTED
     finally:
         await engine.dispose()
+
+
+async def test_an_ended_history_is_kept_until_retention(
+    make_repo: MakeRepo, clock: FakeClock
+) -> None:
+    """After the TTL and the sweep the history reads empty, but the user's export still holds
+    its messages (LangChain's own data included) until ``transcript_retention`` has passed."""
+    repo = await make_repo(session_ttl=100, transcript_retention=1000)
+    history = ConvostoreChatMessageHistory("lc-kept", repo, user_id="alice")
+    await history.aadd_messages(EXPECTED)
+    clock.advance(101)
+    assert await repo.sweep_expired() == 1
+    assert await history.aget_messages() == []
+    (conversation,) = (await repo.export_user("alice"))["conversations"]
+    assert [turn["data"] for turn in conversation["turns"]] == _dicts(EXPECTED)
+    clock.advance(1000)
+    await repo.sweep_expired()
+    assert (await repo.export_user("alice"))["conversations"] == []

@@ -255,3 +255,22 @@ async def test_a_plain_tool_turn_without_a_call_id_gets_one(repo: SessionReposit
     assert isinstance(returned, ToolReturnPart)
     assert returned.tool_call_id
     assert returned.content == "3"
+
+
+async def test_an_ended_history_is_kept_until_retention(
+    make_repo: MakeRepo, clock: FakeClock
+) -> None:
+    """After the TTL and the sweep the history loads empty, but the user's export still holds
+    its messages (pydantic-ai's JSON included) until ``transcript_retention`` has passed."""
+    repo = await make_repo(session_ttl=100, transcript_retention=1000)
+    first = await _agent().run("Welke archieven zijn er in Utrecht?")
+    await store_messages(repo, "pa-kept", first.new_messages(), user_id="alice")
+    clock.advance(101)
+    assert await repo.sweep_expired() == 1
+    assert await load_messages(repo, "pa-kept", user_id="alice") == []
+    (conversation,) = (await repo.export_user("alice"))["conversations"]
+    stored = ModelMessagesTypeAdapter.dump_python(first.new_messages(), mode="json")
+    assert [turn["data"] for turn in conversation["turns"]] == stored
+    clock.advance(1000)
+    await repo.sweep_expired()
+    assert (await repo.export_user("alice"))["conversations"] == []
