@@ -18,9 +18,11 @@ from . import (
     cold_get,
     encryption,
     expiry,
+    langchain_history,
     large_store,
     memory,
     peers,
+    pydantic_ai_history,
     search,
     throughput,
 )
@@ -48,5 +50,13 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "caps": ("add_turn at max_turns_per_session against no cap", caps.run),
     "search": ("full-text search: latency, and the index's cost to appends", search.run),
     "peers": ("peers (--peers)", peers.run),
+    "langchain": (
+        "LangChain's history operations: the adapter vs SQLChatMessageHistory",
+        langchain_history.run,
+    ),
+    "pydantic_ai": (
+        "pydantic-ai's message history: the adapter vs a JSON blob per conversation",
+        pydantic_ai_history.run,
+    ),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""

@@ -1,0 +1,1 @@
+"""Adapters that keep other frameworks' conversation histories in convostore (optional extras)."""
