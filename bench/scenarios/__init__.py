@@ -18,10 +18,12 @@ from . import (
     cold_get,
     encryption,
     expiry,
+    langchain_history,
     large_store,
     memory,
     openai_agents,
     peers,
+    pydantic_ai_history,
     search,
     throughput,
 )
@@ -49,6 +51,14 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "caps": ("add_turn at max_turns_per_session against no cap", caps.run),
     "search": ("full-text search: latency, and the index's cost to appends", search.run),
     "peers": ("peers (--peers)", peers.run),
+    "langchain": (
+        "LangChain's history operations: the adapter vs SQLChatMessageHistory",
+        langchain_history.run,
+    ),
+    "pydantic_ai": (
+        "pydantic-ai's message history: the adapter vs a JSON blob per conversation",
+        pydantic_ai_history.run,
+    ),
     "openai_agents": (
         "OpenAI Agents SDK sessions: ConvostoreSession against the SDK's stores (--peers)",
         openai_agents.run,
