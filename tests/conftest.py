@@ -76,6 +76,7 @@ CONFORMANCE = frozenset(
         "test_mariadb",
         "test_messages",
         "test_migrations",
+        "test_openai_agents",
         "test_owners",
         "test_pydantic_ai",
         "test_redaction",

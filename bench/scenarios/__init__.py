@@ -21,6 +21,7 @@ from . import (
     langchain_history,
     large_store,
     memory,
+    openai_agents,
     peers,
     pydantic_ai_history,
     search,
@@ -57,6 +58,10 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "pydantic_ai": (
         "pydantic-ai's message history: the adapter vs a JSON blob per conversation",
         pydantic_ai_history.run,
+    ),
+    "openai_agents": (
+        "OpenAI Agents SDK sessions: ConvostoreSession against the SDK's stores (--peers)",
+        openai_agents.run,
     ),
 }
 """Each scenario by its ``--only`` name: (title, coroutine function)."""
