@@ -152,3 +152,16 @@ async def test_import_redacts_what_it_writes(make_repo: MakeRepo, url: str, sql:
     assert [problem.line for problem in failed.problems] == [1]
     assert "RuntimeError" in failed.problems[0].reason
     assert await sql("SELECT count(*) FROM turns") == [(0,)]
+
+
+async def test_metadata_is_stored_as_given(make_repo: MakeRepo) -> None:
+    """The application's metadata is not redacted (``list_sessions`` filters by it exactly):
+    it is stored as given, and found by its values."""
+    repo = await make_repo(redact=mask_emails)
+    await _add(repo, "s")
+    wanted = {"owner": "jan.jansen@example.nl", "tags": ["mail"]}
+    assert await repo.set_metadata("s", wanted)
+    state = await repo.get("s")
+    assert state is not None
+    assert state.metadata == wanted
+    assert state.turns[0].content == "Mail [email] over Utrecht"

@@ -231,7 +231,8 @@ def copy_results(field: str, results: object, limits: Limits) -> list[dict[str, 
 
 def copy_metadata(field: str, metadata: object, limits: Limits) -> dict[str, Any]:
     """A checked deep copy of a JSON object (a session's ``metadata``), held to
-    ``limits.results_bytes`` like a turn's results; None gives an empty dict."""
+    ``limits.results_bytes`` like a turn's results; None gives an empty dict. Never redacted:
+    it is the application's own data (tags, ids), which ``list_sessions`` filters by exactly."""
     if metadata is None:
         return {}
     if not isinstance(metadata, (dict, Mapping)):
@@ -239,7 +240,7 @@ def copy_metadata(field: str, metadata: object, limits: Limits) -> dict[str, Any
     if not metadata:
         return {}
     copied: dict[str, Any] = _checked_json(
-        field, lambda bound: _copy_json(metadata, bound), limits, "takes"
+        field, lambda bound: _copy_json(metadata, bound), replace(limits, redact=None), "takes"
     )
     return copied
 
