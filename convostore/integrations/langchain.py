@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import (
@@ -56,7 +56,7 @@ from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from convostore.errors import ConvostoreError
-from convostore.models import ConversationTurn
+from convostore.models import ConversationTurn, Role
 from convostore.repository import SessionRepository
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Role = Literal["user", "assistant", "system", "tool"]
 
 _ROLES: dict[str, Role] = {
     "human": "user",

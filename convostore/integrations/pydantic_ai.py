@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic_ai.messages import (
     ModelMessage,
@@ -45,12 +45,11 @@ from pydantic_ai.messages import (
 )
 from pydantic_core import to_json
 
-from convostore.models import ConversationState, ConversationTurn
+from convostore.models import ConversationState, ConversationTurn, Role
 from convostore.repository import SessionRepository
 
 __all__ = ["load_messages", "store_messages", "to_messages", "to_turns"]
 
-Role = Literal["user", "assistant", "system", "tool"]
 
 _TOOL_REQUEST_PARTS = frozenset({"tool-return", "builtin-tool-return", "retry-prompt"})
 _TOOL_CALL_PARTS = frozenset({"tool-call", "builtin-tool-call"})
