@@ -28,7 +28,7 @@ from ..context import Context
 from ..loader import checkpoint, load_histories, vacuum_analyze
 from ..options import TTL
 from ..results import Row, figure
-from ..timing import Op, interleave
+from ..timing import Op, Stats, interleave
 from ..workload import session_ids
 from ._util import add_turn, cycling, fmt_count, now_utc, timed, warm_cache
 
@@ -90,8 +90,10 @@ class _Corpus:
 
 
 async def run(ctx: Context) -> list[Row]:
-    """Each backend's rows; a backend whose searches fail (MariaDB's ran past its bound at
-    1,000,000 turns) gets a note saying so, and the other backends keep their rows."""
+    """Each backend's rows; a backend whose searches fail gets a note saying so, and the
+    other backends keep their rows. The commonest word alone may fail on its own (on MariaDB
+    it runs past the 10 s bound at 1,000,000 turns): the row then says so beside the
+    typical searches' figures."""
     rows: list[Row] = []
     for server in ctx.servers.values():
         try:
@@ -122,16 +124,15 @@ async def _latency(ctx: Context, server: Server) -> list[Row]:
                 "typical": cycling(queries, _searcher(repo)),
                 "common": cycling([common], _searcher(repo)),
             }
-            iterations = ctx.sizes.search_iterations
-            stats = await timed(
-                "search, first page",
-                interleave(
-                    ops,
-                    {"typical": iterations, "common": max(1, iterations // 10)},
-                    warmup=ctx.sizes.warmup,
-                    rounds=ctx.sizes.rounds,
-                ),
-            )
+            iterations = {"typical": ctx.sizes.search_iterations}
+            iterations["common"] = max(1, iterations["typical"] // 10)
+            common_failed: StoreError | None = None
+            try:
+                stats = await _timed_searches(ctx, ops, iterations)
+            except StoreError as exc:  # MariaDB: the commonest word runs past the bound
+                common_failed = exc
+                del ops["common"]
+                stats = await _timed_searches(ctx, ops, iterations)
             found = [len((await repo.search(query, limit=1000)).hits) for query in queries[:20]]
     finally:
         await server.drop(db)
@@ -144,7 +145,11 @@ async def _latency(ctx: Context, server: Server) -> list[Row]:
             path=f"search, first page of 20, over {stored} turns",
             backend=server.label,
             convostore=figure("one or two words of middle frequency", typical),
-            others=[figure(f"the commonest word alone ({common!r})", stats["common"])],
+            others=[
+                figure(f"the commonest word alone ({common!r})", stats[name])
+                for name in ("common",)
+                if name in stats
+            ],
             ratio=typical.p95 / TARGET_P95,
             ratio_of=f"p95 / {TARGET_P95 * 1000:.0f} ms",
             target=f"p95 ≤ {TARGET_P95 * 1000:.0f} ms" if on_postgres else "",
@@ -152,9 +157,25 @@ async def _latency(ctx: Context, server: Server) -> list[Row]:
             note=(
                 f"hits per query (of 20 sampled, capped at 1,000): median "
                 f"{sorted(found)[len(found) // 2]:,}, max {max(found):,}"
+                + (
+                    f"; the commonest word alone ({common!r}) failed: {common_failed}"
+                    if common_failed is not None
+                    else ""
+                )
             ),
         )
     ]
+
+
+async def _timed_searches(
+    ctx: Context, ops: dict[str, Op], iterations: dict[str, int]
+) -> dict[str, Stats]:
+    """The searches of ``ops``, interleaved."""
+    wanted = {name: iterations[name] for name in ops}
+    return await timed(
+        "search, first page",
+        interleave(ops, wanted, warmup=ctx.sizes.warmup, rounds=ctx.sizes.rounds),
+    )
 
 
 def _searcher(repo: SessionRepository) -> Callable[[str], Awaitable[object]]:
