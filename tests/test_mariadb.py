@@ -8,10 +8,13 @@ skip otherwise. The conformance suite runs on MariaDB too (``conftest.CONFORMANC
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from alembic import command
@@ -24,7 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from convostore import StoreConfig
 from convostore._core.engine import create_engine
+from convostore._core.owners import Shape, listing
 from convostore._core.schema import compared, metadata
+from convostore.backends import backend_for
 from convostore.errors import is_disconnect
 from convostore.migrate import VERSION_TABLE, alembic_config, script_location
 
@@ -148,3 +153,80 @@ async def test_a_statement_the_server_does_not_answer_in_time_fails_as_a_lost_co
             assert (await conn.execute(text("SELECT SLEEP(1)"))).scalar() == 0
     finally:
         await unbounded.dispose()
+
+
+_KEYSET_INDEXES = {
+    "last_activity": {
+        "sessions": "ix_sessions_user_id_last_activity_conversation_id",
+        "conversations": "ix_conversations_user_id_last_activity_conversation_id",
+    },
+    "started": {"conversations": "ix_conversations_user_id_conversation_id"},
+}
+_EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+_LISTED = 400
+"""Conversations of the user in ``test_a_page_in_the_middle_reads_only_its_own_rows``: half
+live, half ended (the ended ones older)."""
+
+
+def _reads(plan: object) -> list[dict[str, Any]]:
+    """The table reads of an ``ANALYZE FORMAT=JSON`` plan, however nested."""
+    if isinstance(plan, list):
+        return [read for part in plan for read in _reads(part)]
+    if not isinstance(plan, dict):
+        return []
+    found = [plan] if "table_name" in plan and "access_type" in plan else []
+    return found + [read for part in plan.values() for read in _reads(part)]
+
+
+@pytest.mark.parametrize("order", ["last_activity", "started"])
+@pytest.mark.parametrize("where", [0.25, 0.75])
+async def test_a_page_in_the_middle_reads_only_its_own_rows(
+    mariadb: AsyncEngine, order: str, where: float
+) -> None:
+    """A ``list_sessions`` page whose cursor is in the middle of the user's list reads its
+    table through the keyset index from the cursor on, at most ``limit`` rows of it, as the
+    first page does (MariaDB's own choice was to read the index from the user's newest row
+    and discard every row before the cursor)."""
+    async with mariadb.begin() as conn:
+        await conn.run_sync(_migrate, "head")
+    half = _LISTED // 2
+    stamp = f"TIMESTAMP'{_EPOCH:%Y-%m-%d %H:%M:%S}' + INTERVAL seq SECOND"
+    async with mariadb.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO conversations (session_id, conversation_id, user_id, started_at, "
+                f"ended_at, last_activity) SELECT CONCAT('s', seq), seq, 'u', {stamp}, "
+                f"IF(seq <= {half}, {stamp}, NULL), IF(seq <= {half}, {stamp}, NULL) "
+                f"FROM seq_1_to_{_LISTED}"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO sessions (session_id, conversation_id, user_id, created_at, "
+                "last_accessed, expires_at, access_count, current_slots, turn_count, version, "
+                f"last_activity) SELECT CONCAT('s', seq), seq, 'u', {stamp}, {stamp}, "
+                f"{stamp} + INTERVAL 1 DAY, 0, '{{}}', 0, 1, {stamp} "
+                f"FROM seq_{half + 1}_to_{_LISTED}"
+            )
+        )
+        await conn.execute(text("ANALYZE TABLE conversations, sessions"))
+    backend = backend_for(mariadb)
+    limit = 21
+    cid = _LISTED - int(where * _LISTED)
+    values: dict[str, Any] = {
+        "uid": "u",
+        "limit": limit,
+        "after_cid": cid,
+        "after_at": (_EPOCH + timedelta(seconds=cid)).strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    compiled = listing(backend, Shape(order, None, True, 0)).compile(dialect=mariadb.dialect)
+    params = tuple(values[name] for name in compiled.positiontup or ())
+    async with mariadb.connect() as conn:
+        result = await conn.exec_driver_sql(f"ANALYZE FORMAT=JSON {compiled.string}", params)
+        reads = _reads(json.loads(result.scalar_one()))
+        listed = (await conn.exec_driver_sql(compiled.string, params)).all()
+    assert [row.conversation_id for row in listed] == list(range(cid - 1, cid - 1 - limit, -1))
+    indexes = _KEYSET_INDEXES[order]
+    paged = [r for r in reads if r["table_name"] in indexes and r["access_type"] != "eq_ref"]
+    assert sorted((read["table_name"], read["key"]) for read in paged) == sorted(indexes.items())
+    assert max(read["r_rows"] for read in paged) <= limit

@@ -17,9 +17,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     BigInteger,
     BindParameter,
+    Index,
     Integer,
     Select,
     String,
+    Table,
     bindparam,
     delete,
     func,
@@ -186,6 +188,9 @@ def _by_activity(backend: Backend, ask: Shape) -> Select[Any]:
         if ask.metadata_keys:
             query = query.where(backend.json_holds(c.metadata, ask.metadata_keys))
         part = query.order_by(c.last_activity.desc(), c.conversation_id.desc()).limit(_limit)
+        part = backend.keyset_read(
+            part, _index(table, "user_id", "last_activity", "conversation_id")
+        )
         parts.append(part.subquery())
     if len(parts) == 1:
         rows = select(*parts[0].c)
@@ -227,7 +232,13 @@ def _by_start(backend: Backend, ask: Shape) -> Select[Any]:
                 backend.json_holds(_c.metadata, ask.metadata_keys),
             )
         )
-    return query.order_by(_c.conversation_id.desc()).limit(_limit)
+    page = query.order_by(_c.conversation_id.desc()).limit(_limit)
+    return backend.keyset_read(page, _index(conversations, "user_id", "conversation_id"))
+
+
+def _index(table: Table, *columns: str) -> Index:
+    """``table``'s index on ``columns``, in that order."""
+    return next(index for index in table.indexes if [c.name for c in index.columns] == [*columns])
 
 
 _limit = bindparam("limit", type_=Integer())

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     FromClause,
+    Index,
     Insert,
     Select,
     String,
@@ -151,6 +152,12 @@ class Backend:
         """``columns`` come before ``bounds`` in ascending order (a keyset page's condition),
         as a row comparison, which SQLite and PostgreSQL read as one index range."""
         return tuple_(*columns) < tuple_(*bounds)
+
+    def keyset_read(self, query: Select[Any], index: Index) -> Select[Any]:
+        """``query``, a keyset page, made to read its table through ``index``, the index
+        whose order it pages in. SQLite and PostgreSQL choose that index and read it from the
+        cursor on by themselves, so the default leaves ``query`` as it is."""
+        return query
 
     def json_holds(self, document: ColumnElement[Any], keys: int) -> ColumnElement[bool]:
         """The JSON object ``document`` holds every key of the wanted object (``keys`` of
