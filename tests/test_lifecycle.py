@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from convostore import NotRunning, SessionRepository, StoreConfig, StoreError
 from convostore._core.store import SqlStore
-from convostore.backends.sqlite import sqlite_on_connect
+from convostore.backends.sqlite import sqlite_on_close, sqlite_on_connect
 from convostore.errors import translate_errors
 
 MakeRepo = Callable[..., Awaitable[SessionRepository]]
@@ -77,17 +78,44 @@ async def test_a_callers_sqlite_engine_gets_its_listener_back_off(url: str) -> N
         second = SessionRepository(StoreConfig(database_url=url, cleanup_interval=0), engine=engine)
         await first.start()
         await second.start()
-        assert event.contains(engine.sync_engine, "connect", sqlite_on_connect)
+        listeners = (("connect", sqlite_on_connect), ("close", sqlite_on_close))
+        assert all(event.contains(engine.sync_engine, *listener) for listener in listeners)
         await first.stop()
-        assert event.contains(engine.sync_engine, "connect", sqlite_on_connect), (
+        assert all(event.contains(engine.sync_engine, *listener) for listener in listeners), (
             "removed while another repository still uses the engine"
         )
         await second.stop()
-        assert not event.contains(engine.sync_engine, "connect", sqlite_on_connect)
+        assert not any(event.contains(engine.sync_engine, *listener) for listener in listeners)
         async with engine.connect() as conn:  # still the caller's, still open
             await conn.exec_driver_sql("SELECT 1")
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_sqlite_connection_closed_with_a_live_statement_gives_up_the_write_lock(
+    make_repo: MakeRepo, url: str
+) -> None:
+    """SQLAlchemy closes a connection it invalidates (a caller cancelled in the middle of a
+    statement) while the cancellation's traceback still holds the statement's cursor; sqlite3
+    then keeps the connection as a zombie, with its transaction. The repository's engine rolls
+    back first, so no write lock outlives the close: one once made the next add_turn wait
+    out the busy timeout and fail with "database is locked"."""
+    repo = await make_repo()
+    async with repo.engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        await driver.execute("BEGIN IMMEDIATE")
+        cursor = await driver.execute("SELECT 1 UNION ALL SELECT 2")  # its statement stays live
+        await conn.invalidate()
+    other = sqlite3.connect(str(make_url(url).database), timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" while the zombie holds it
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    del cursor
+    assert len((await repo.add_turn("after", "q", "a")).turns) == 2
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])

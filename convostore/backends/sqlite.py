@@ -14,7 +14,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, NamedTuple, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -95,6 +95,20 @@ def sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
                     raise
     finally:
         cursor.close()
+
+
+def sqlite_on_close(dbapi_connection: Any, connection_record: Any) -> None:
+    """The ``close`` listener added and removed with ``sqlite_on_connect``: roll back before
+    the pool closes a connection.
+
+    SQLAlchemy closes a connection it invalidates, as it does when a caller is cancelled in
+    the middle of a statement. The cancellation's traceback still holds that statement's
+    cursor, and sqlite3 cannot close a connection with a statement alive: it keeps it as a
+    "zombie", with its transaction and SQLite's write lock, until the cursor is collected,
+    which may be never while the caller keeps its task. A close outside an awaited call
+    (garbage collection) cannot wait for the rollback and leaves it to the close."""
+    with suppress(Exception):
+        dbapi_connection.rollback()
 
 
 def begin_immediate(connection: Connection) -> bool:
@@ -341,8 +355,11 @@ def _scalar(conn: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> int
     return int(row[0])
 
 
+_LISTENERS = (("connect", sqlite_on_connect), ("close", sqlite_on_close))
+"""The pool events ``prepare`` listens to on a SQLite engine, and ``release`` stops."""
+
 _repositories_using: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()
-"""How many started repositories use each SQLite engine's connect listener."""
+"""How many started repositories use each SQLite engine's listeners."""
 
 
 def _search_index() -> Any:
@@ -478,12 +495,13 @@ class SqliteBackend(Backend):
         return options
 
     def prepare(self, engine: AsyncEngine) -> None:
-        """A ``connect`` listener (``sqlite_on_connect``), counted per engine, so that
-        ``release`` removes it from a caller's engine when the last repository using it
-        stops."""
+        """The ``connect`` and ``close`` listeners (``sqlite_on_connect``,
+        ``sqlite_on_close``), counted per engine, so that ``release`` removes them from a
+        caller's engine when the last repository using it stops."""
         sync_engine = engine.sync_engine
-        if not event.contains(sync_engine, "connect", sqlite_on_connect):
-            event.listen(sync_engine, "connect", sqlite_on_connect)
+        for name, listener in _LISTENERS:
+            if not event.contains(sync_engine, name, listener):
+                event.listen(sync_engine, name, listener)
         _repositories_using[sync_engine] = _repositories_using.get(sync_engine, 0) + 1
 
     def release(self, engine: AsyncEngine) -> None:
@@ -493,8 +511,9 @@ class SqliteBackend(Backend):
             _repositories_using[sync_engine] = users
             return
         _repositories_using.pop(sync_engine, None)
-        if event.contains(sync_engine, "connect", sqlite_on_connect):
-            event.remove(sync_engine, "connect", sqlite_on_connect)
+        for name, listener in _LISTENERS:
+            if event.contains(sync_engine, name, listener):
+                event.remove(sync_engine, name, listener)
 
     def keep_content_out_of_logs(self, engine: AsyncEngine) -> None:
         keep_sqlite_content_out_of_logs(engine)
