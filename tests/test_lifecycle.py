@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from convostore import NotRunning, SessionRepository, StoreConfig, StoreError
+from convostore._core.calls import CallLifecycle
 from convostore._core.store import SqlStore
 from convostore.backends.sqlite import sqlite_on_close, sqlite_on_connect
 from convostore.errors import translate_errors
@@ -116,6 +118,33 @@ async def test_a_sqlite_connection_closed_with_a_live_statement_gives_up_the_wri
         other.close()
     del cursor
     assert len((await repo.add_turn("after", "q", "a")).turns) == 2
+
+
+async def test_a_cancelled_operation_leaves_nothing_held_by_its_traceback() -> None:
+    """What a cancelled operation's frames held (the driver's cursor: on SQLite it keeps a
+    connection SQLAlchemy closed open, with its last read, so that the WAL cannot be reset)
+    is freed when the call ends, though its caller keeps the cancellation, not whenever the
+    garbage collector next runs."""
+    calls = CallLifecycle(reconnect_timeout=1.0)
+    started = asyncio.Event()
+    held: list[weakref.ref[object]] = []
+
+    class Cursor:
+        pass
+
+    async def operation() -> None:
+        cursor = Cursor()
+        held.append(weakref.ref(cursor))
+        started.set()
+        await asyncio.Event().wait()
+
+    call = asyncio.ensure_future(calls.run("testing", operation))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await call
+    assert cancelled.value is not None
+    assert held[0]() is None
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])

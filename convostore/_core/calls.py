@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
@@ -143,6 +144,12 @@ class CallLifecycle:
                     return await self._shield(action, self.gated(operation))
                 with translate_errors(action):
                     return await self.gated(operation)
+            except asyncio.CancelledError as exc:
+                # The frames the operation was cancelled in hold its cursor; on SQLite the
+                # connection SQLAlchemy closed stays open until that cursor is freed, and
+                # keeps the read it was in (the WAL cannot be reset behind it).
+                traceback.clear_frames(exc.__traceback__)
+                raise
             except StoreError as exc:
                 transient = is_transient(exc)
                 if not (transient or is_disconnect(exc) or _timed_out(exc)):
