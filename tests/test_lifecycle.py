@@ -143,8 +143,8 @@ async def test_a_cancelled_operation_leaves_nothing_held_by_its_traceback() -> N
     call.cancel()
     with pytest.raises(asyncio.CancelledError) as cancelled:
         await call
-    assert cancelled.value is not None
-    assert held[0]() is None
+    kept = cancelled.value  # the caller keeps the cancellation, as a task that ended does
+    assert held[0]() is None, kept
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
