@@ -23,6 +23,7 @@ from convostore.errors import (
     RedactionFailed,
     SchemaNotReady,
     StaleStateError,
+    StatementTimeout,
     StoreError,
     StoreUnavailable,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "SessionPage",
     "SessionRepository",
     "StaleStateError",
+    "StatementTimeout",
     "StoreConfig",
     "StoreError",
     "StoreUnavailable",

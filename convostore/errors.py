@@ -21,7 +21,9 @@ Every exception raised on purpose derives from ``ConvostoreError``::
     │                                          keys given (missing or wrong key, altered data)
     └── StoreError                             the database or driver failed; cause chained
         └── StoreUnavailable                   the database stayed unreachable (or silent) for
-                                               reconnect_timeout
+            │                                  reconnect_timeout
+            └── StatementTimeout               the database stopped a statement that ran
+                                               past its time bound
 
 No message convostore builds shows a database password: the passwords of the URLs and engines
 repositories were built with are masked in ``StoreError`` messages (see ``hide_in_messages``).
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -39,6 +41,7 @@ __all__ = [
     "ConfigError",
     "ConvostoreError",
     "DecryptionFailed",
+    "DriverErrors",
     "ForeignStateError",
     "InvalidPage",
     "InvalidQuery",
@@ -49,6 +52,7 @@ __all__ = [
     "RedactionFailed",
     "SchemaNotReady",
     "StaleStateError",
+    "StatementTimeout",
     "StoreError",
     "StoreUnavailable",
     "causes",
@@ -140,6 +144,13 @@ class StoreUnavailable(StoreError):
     outcome is unknown) stored it exactly once and whole."""
 
 
+class StatementTimeout(StoreUnavailable):
+    """The database itself stopped a statement that ran past its time bound (on MariaDB,
+    convostore's own engine bounds each statement a little under ``reconnect_timeout / 2``;
+    on PostgreSQL, a ``statement_timeout`` of your own). The server answers, so the call is
+    not sent again: it would take as long. The transaction was undone; nothing was stored."""
+
+
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     SQLAlchemyError,
     OSError,
@@ -149,22 +160,33 @@ _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
 hot paths call the drivers directly."""
 _DISCONNECTS: tuple[Callable[[BaseException], bool], ...] = ()
 _TRANSIENTS: tuple[Callable[[BaseException], bool], ...] = ()
+_TIMED_OUT: tuple[Callable[[BaseException], bool], ...] = ()
 
 
-def register_driver_errors(
-    errors: tuple[type[BaseException], ...],
-    is_disconnect: Callable[[BaseException], bool],
-    is_transient: Callable[[BaseException], bool],
-) -> None:
-    """Translate a backend's driver errors too, and know its words for a lost connection and
-    for a transaction worth running again (``Backend.driver_errors``, ``is_disconnect``,
-    ``is_transient``); each backend registers once."""
-    global _DRIVER_ERRORS, _DISCONNECTS, _TRANSIENTS
-    if is_disconnect in _DISCONNECTS:
+class DriverErrors(Protocol):
+    """A backend's error classifier (``Backend``), as ``register_driver_errors`` reads it."""
+
+    def driver_errors(self) -> tuple[type[BaseException], ...]: ...
+
+    def is_disconnect(self, error: BaseException) -> bool: ...
+
+    def is_transient(self, error: BaseException) -> bool: ...
+
+    def is_statement_timeout(self, error: BaseException) -> bool: ...
+
+
+def register_driver_errors(backend: DriverErrors) -> None:
+    """Translate a backend's driver errors too, and know its words for a lost connection, for
+    a transaction worth running again and for a statement the server stopped at its time
+    bound; each backend registers once."""
+    global _DRIVER_ERRORS, _DISCONNECTS, _TRANSIENTS, _TIMED_OUT
+    if backend.is_disconnect in _DISCONNECTS:
         return
+    errors = backend.driver_errors()
     _DRIVER_ERRORS = (*_DRIVER_ERRORS, *(e for e in errors if e not in _DRIVER_ERRORS))
-    _DISCONNECTS = (*_DISCONNECTS, is_disconnect)
-    _TRANSIENTS = (*_TRANSIENTS, is_transient)
+    _DISCONNECTS = (*_DISCONNECTS, backend.is_disconnect)
+    _TRANSIENTS = (*_TRANSIENTS, backend.is_transient)
+    _TIMED_OUT = (*_TIMED_OUT, backend.is_statement_timeout)
 
 
 _hidden: frozenset[str] = frozenset()
@@ -206,6 +228,13 @@ class translate_errors:
             return
         if isinstance(exc, _DRIVER_ERRORS):
             reason = str(exc).partition("\n")[0]
+            if any(stopped(current) for current in causes(exc) for stopped in _TIMED_OUT):
+                raise StatementTimeout(
+                    _masked(
+                        f"{self._action} failed: the database stopped a statement that ran "
+                        f"past its time bound ({reason})"
+                    )
+                ) from exc
             raise StoreError(_masked(f"{self._action} failed: {reason}")) from exc
         if any(closed(exc) for closed in _DISCONNECTS):
             raise StoreError(f"{self._action} failed: the connection was closed") from exc

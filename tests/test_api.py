@@ -60,6 +60,7 @@ EXPECTED_ALL = [
     "SessionPage",
     "SessionRepository",
     "StaleStateError",
+    "StatementTimeout",
     "StoreConfig",
     "StoreError",
     "StoreUnavailable",

@@ -15,13 +15,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from conftest import Sql
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
 from convostore import SessionRepository, StoreConfig
 from convostore._core.engine import create_engine
-from convostore.backends._private import sqlalchemy_asyncpg_connector
+from convostore.backends._private import asyncpg_cancel_request, sqlalchemy_asyncpg_connector
 from convostore.backends.postgresql import connect_asyncpg
 
 pytestmark = pytest.mark.postgresql
@@ -168,3 +170,42 @@ def test_sqlalchemy_opens_connections_through_convostore() -> None:
             return None
 
     assert sqlalchemy_asyncpg_connector(connect_asyncpg, Without) == {}
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_cancel_request_stops_the_statement_of_a_terminated_connection(url: str) -> None:
+    """asyncpg's private pieces for a cancel request are there: taken from a connection
+    running a long statement, they cancel that statement on the server after the connection
+    was terminated (which asyncpg's own cancel would not survive); an object without them
+    gets None."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    running = await asyncpg.connect(dsn)
+    watcher = await asyncpg.connect(dsn)
+    try:
+        pid = running.get_server_pid()
+        sleeping = asyncio.ensure_future(running.execute("SELECT pg_sleep(30)"))
+        for _ in range(100):
+            if await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'", pid
+            ):
+                break
+            await asyncio.sleep(0.02)
+        send = asyncpg_cancel_request(running)
+        assert send is not None
+        running.terminate()
+        with contextlib.suppress(asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError):
+            await sleeping
+        await asyncio.wait_for(send(), 5)
+        for _ in range(100):
+            if not await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+            ):
+                break
+            await asyncio.sleep(0.02)
+        assert not await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid
+        ), "the statement ran on after the cancel request"
+    finally:
+        running.terminate()
+        await watcher.close()
+    assert asyncpg_cancel_request(object()) is None

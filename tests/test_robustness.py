@@ -30,8 +30,10 @@ from convostore import (
     NotRunning,
     SchemaNotReady,
     SessionRepository,
+    StatementTimeout,
     StoreConfig,
     StoreError,
+    StoreUnavailable,
 )
 from convostore.migrate import VERSION_TABLE, head_revision
 
@@ -45,6 +47,14 @@ OTHER_CONNECTIONS = {
     "WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
 }
 """Connections to the test's database but the one asking, on a server."""
+WAITING_FOR_LOCKS = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    "mariadb": "SELECT count(*) FROM information_schema.INNODB_TRX AS t "
+    "JOIN information_schema.PROCESSLIST AS p ON p.ID = t.trx_mysql_thread_id "
+    "WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()",
+}
+"""Statements on the test's database waiting for a lock, on a server."""
 
 
 @pytest.fixture
@@ -378,6 +388,77 @@ async def test_server_dropping_connections_fails_no_call(
             break
     assert failures == [], "a call failed although the server was up"
     assert await stored_exchanges(sql, sid) == expected
+
+
+async def test_a_statement_past_its_time_bound_is_stopped_on_the_server(
+    make_repo: MakeRepo, url: str, sql: Sql, backend: str
+) -> None:
+    """An append that waits for a session row another transaction holds runs past its time
+    bound. On MariaDB the server stops it a little before the client's bound
+    (``StatementTimeout``, not sent again); on PostgreSQL the client gives up on each attempt
+    and has the server cancel it (``StoreUnavailable`` at ``reconnect_timeout``). Either way no
+    statement is left waiting for the lock, so none commits once it is freed: the call that
+    raised stored nothing, and the session takes appends again."""
+    if backend == "sqlite":
+        pytest.skip("SQLite bounds no statement: a write waits for the lock at most busy_timeout")
+    repo = await make_repo(reconnect_timeout=2)  # each attempt is bounded by 1 s
+    sid = repo.generate_session_id()
+    await repo.add_turn(sid, "q1", "a1")
+    holder = create_async_engine(url)
+    try:
+        async with holder.connect() as conn:
+            held = await conn.begin()
+            await conn.execute(
+                text("SELECT session_id FROM sessions WHERE session_id = :sid FOR UPDATE"),
+                {"sid": sid},
+            )
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as raised:
+                await repo.add_turn(sid, "q2", "a2")
+            waited = time.monotonic() - started
+            if backend == "mariadb":
+                assert isinstance(raised.value, StatementTimeout), raised.value
+                assert waited < 1.0, waited
+            else:
+                assert not isinstance(raised.value, StatementTimeout), raised.value
+                assert waited >= 2.0, waited
+            assert await wait_for_count(sql, WAITING_FOR_LOCKS[backend], 0) == 0
+            await held.rollback()
+    finally:
+        await holder.dispose()
+    await asyncio.sleep(0.2)  # what was left waiting would commit now
+    assert await stored_exchanges(sql, sid) == [("q1", "a1")]
+    state = await repo.add_turn(sid, "q3", "a3")
+    assert contents(state) == as_turns([("q1", "a1"), ("q3", "a3")])
+
+
+async def test_a_statement_timeout_of_the_callers_own_ends_the_call_at_once(
+    make_repo: MakeRepo, url: str, sql: Sql, backend: str
+) -> None:
+    """PostgreSQL's ``statement_timeout`` set in the URL (``options=-c ...``) stops an append
+    waiting for a locked session row: the call raises ``StatementTimeout`` then, instead of
+    sending the statement again until ``reconnect_timeout``, and stores nothing."""
+    if backend != "postgresql":
+        pytest.skip("a statement_timeout in the URL's options is PostgreSQL's")
+    repo = await make_repo(
+        database_url=f"{url}?options=-c%20statement_timeout%3D300", reconnect_timeout=10
+    )
+    sid = repo.generate_session_id()
+    await repo.add_turn(sid, "q1", "a1")
+    holder = create_async_engine(url)
+    try:
+        async with holder.begin() as conn:
+            await conn.execute(
+                text("SELECT session_id FROM sessions WHERE session_id = :sid FOR UPDATE"),
+                {"sid": sid},
+            )
+            started = time.monotonic()
+            with pytest.raises(StatementTimeout, match="ran past its time bound"):
+                await repo.add_turn(sid, "q2", "a2")
+            assert time.monotonic() - started < 2.0
+    finally:
+        await holder.dispose()
+    assert await stored_exchanges(sql, sid) == [("q1", "a1")]
 
 
 @pytest.mark.usefixtures("foreign_tz")

@@ -108,7 +108,7 @@ def engine_for_url(
         )
         options = {**options, "connect_args": connect_args}
     engine = sqlalchemy_asyncio.create_async_engine(url, **options)
-    register_driver_errors(backend.driver_errors(), backend.is_disconnect, backend.is_transient)
+    register_driver_errors(backend)
     backend.on_new_engine(engine, timeout)
     return engine
 

@@ -171,7 +171,7 @@ class SqlStore:
         an append beyond it takes the oldest exchanges out, in its transaction."""
         dialect = engine.dialect
         backend = backend_for(engine)
-        register_driver_errors(backend.driver_errors(), backend.is_disconnect, backend.is_transient)
+        register_driver_errors(backend)
         self.sql = sql = Statements(backend)
         self.history = HistoryEdits(backend)
         self._executors = Executors(

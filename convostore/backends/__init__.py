@@ -14,7 +14,8 @@ conformance suite (``tests/conftest.py``: ``CONFORMANCE``). What a backend holds
 - its change watcher, its migration lock, its snapshot and write transactions;
 - where its tables live beside a host's (``StoreConfig.schema``): how a connection is put
   there, how the place is created and checked;
-- its error classifier: which driver errors are disconnects.
+- its error classifier: which driver errors are disconnects, deadlock victims and
+  statements the server stopped at their time bound.
 """
 
 from __future__ import annotations
@@ -354,6 +355,11 @@ class Backend:
     def is_transient(self, error: BaseException) -> bool:
         """Whether one exception of a chain says the database undid the transaction and the
         same operation may succeed if run again (a deadlock victim)."""
+        return False
+
+    def is_statement_timeout(self, error: BaseException) -> bool:
+        """Whether one exception of a chain says the server stopped a statement that ran past
+        its time bound (``StatementTimeout``: not sent again, it would take as long)."""
         return False
 
 

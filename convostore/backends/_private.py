@@ -6,6 +6,7 @@ route when a new release moved it; pyproject.toml pins the versions known to wor
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ __all__ = [
     "SlotSetters",
     "aiosqlite_thread_api",
     "alembic_proxies_kept",
+    "asyncpg_cancel_request",
     "pydantic_slot_setters",
     "run_in_sqlite_thread",
     "sqlalchemy_asyncpg_connector",
@@ -68,6 +70,32 @@ def run_in_sqlite_thread(
     when ``aiosqlite_thread_api()``."""
     execute: Callable[[Callable[[], T]], Awaitable[T]] = connection._execute
     return execute(lambda: work(connection._conn))
+
+
+def asyncpg_cancel_request(connection: Any) -> Callable[[], Awaitable[None]] | None:
+    """A coroutine function that asks the server to cancel the statement the asyncpg
+    ``connection`` is running, over a connection of its own (PostgreSQL's CancelRequest, which
+    PgBouncer passes on), or None where asyncpg's pieces for it are missing. Take it before
+    the connection is terminated, which drops them.
+
+    Relies on asyncpg's private ``connect_utils._cancel`` and the connection's ``_addr``,
+    ``_params`` and ``_protocol.backend_pid``/``backend_secret``: what asyncpg's own cancel
+    after a ``command_timeout`` uses (known to work with asyncpg 0.30 to 0.32). Where they are
+    missing, the statement of a terminated connection runs on to its end on the server."""
+    try:
+        from asyncpg import connect_utils
+
+        cancel: Callable[..., Awaitable[None]] = connect_utils._cancel
+        addr, params = connection._addr, connection._params
+        pid, secret = connection._protocol.backend_pid, connection._protocol.backend_secret
+    except (ImportError, AttributeError):
+        return None
+    loop = asyncio.get_running_loop()
+
+    def send() -> Awaitable[None]:
+        return cancel(loop=loop, addr=addr, params=params, backend_pid=pid, backend_secret=secret)
+
+    return send
 
 
 def sqlalchemy_asyncpg_connector(

@@ -88,6 +88,12 @@ _DISCONNECTS = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055})
 _DUPLICATE_KEY = 1062
 _DEADLOCK = 1213
 """InnoDB rolled the transaction back to break a deadlock: run it again."""
+_STATEMENT_TIMEOUT = 1969
+"""The server stopped a statement at its ``max_statement_time``."""
+_SERVER_BOUND = 0.8
+"""The server's bound of each statement (``max_statement_time``), as a share of the client's
+(``read_timeout``): it stops the statement itself and says so a little before the client would
+give up on an answer, so a slow statement is neither left running nor sent again."""
 _AUTOINC_READ_FAILED = 1467
 """InnoDB could not take a table's AUTO-INC lock, as when a deadlock or lock wait on it undid
 the transaction: what an append's change-feed trigger meets beside a sweep whose DELETE fires
@@ -213,9 +219,11 @@ class MariaDBBackend(Backend):
     ) -> dict[str, Any]:
         """READ COMMITTED, and connections renewed before the server's ``wait_timeout``
         (8 hours by default) drops them. ``timeout`` bounds each connect (asyncmy's
-        ``connect_timeout``), each wait for the server's answer (``read_timeout``: a statement
-        that runs over loses its connection, as after a lost server) and each wait for a pooled
-        connection."""
+        ``connect_timeout``), each wait for the server's answer (``read_timeout``: a server that
+        stops answering loses its connection) and each wait for a pooled connection; the server
+        stops each statement a little earlier (``max_statement_time``, ``_SERVER_BOUND``), so a
+        statement that is merely slow ends on the server with ``StatementTimeout`` instead of
+        running on after the client gave up."""
         options: dict[str, Any] = {
             **super().engine_options(url, config, timeout),
             "isolation_level": "READ COMMITTED",
@@ -226,6 +234,9 @@ class MariaDBBackend(Backend):
                 connect_args={
                     "connect_timeout": min(timeout, _LONGEST_CONNECT_TIMEOUT),
                     "read_timeout": timeout,
+                    "init_command": (
+                        f"SET SESSION max_statement_time = {timeout * _SERVER_BOUND:.3f}"
+                    ),
                 },
                 pool_timeout=timeout,
             )
@@ -326,6 +337,9 @@ class MariaDBBackend(Backend):
             _DEADLOCK,
             _AUTOINC_READ_FAILED,
         )
+
+    def is_statement_timeout(self, error: BaseException) -> bool:
+        return type(error).__module__.startswith("asyncmy") and _code(error) == _STATEMENT_TIMEOUT
 
     def is_key_conflict(self, error: BaseException, index: str) -> bool:
         return _code(error) == _DUPLICATE_KEY and index in str(error)

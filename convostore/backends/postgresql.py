@@ -3,7 +3,8 @@
 Many writers at once: conversation ids come from a sequence, a migration waits for an
 advisory lock, and each write records its change-feed row in its own statement (a
 data-modifying CTE; migration 0007). Engines convostore creates bound every connect and
-statement (``StoreConfig.statement_timeout``) and take libpq's URL options as asyncpg does.
+statement (half of ``StoreConfig.reconnect_timeout``), ask the server to cancel a statement
+that ran past its bound, and take libpq's URL options as asyncpg does.
 The fast path runs each operation as one statement, one round trip, on the pooled asyncpg
 connection (``PostgresDriver``); the change watcher polls the feed on a connection of its own
 (``PostgresWatcher``).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -58,7 +59,7 @@ from convostore._core.schema import SEARCH_VECTOR, changes, conversation_ids, tu
 from convostore.backends import Backend, SearchMatch, SearchSnippet
 from convostore.backends._executor import Executor
 from convostore.backends._fast import Compiled, ConnectionLender, Groups, discard, give_back
-from convostore.backends._private import sqlalchemy_asyncpg_connector
+from convostore.backends._private import asyncpg_cancel_request, sqlalchemy_asyncpg_connector
 from convostore.backends._search import MARK, OMITTED, SNIPPET_WORDS
 from convostore.backends._urls import asyncpg_arguments, check_asyncpg_url
 from convostore.config import StoreConfig
@@ -74,6 +75,8 @@ _ADVANCE_IDS = text(
 )
 _SEARCH_PATH = text("SELECT current_setting('search_path')")
 _SET_SEARCH_PATH = text("SELECT set_config('search_path', :path, true)")
+_QUERY_CANCELED = "57014"
+"""SQLSTATE of a statement the server cancelled (a timeout, a cancel request)."""
 _ADVISORY_LOCK_KEY = 0x636F6E766F  # "convo": one migration at a time per PostgreSQL database
 
 
@@ -102,19 +105,46 @@ def _terminate_connected(connecting: asyncio.Future[Any]) -> None:
         connecting.result().terminate()
 
 
+_CANCEL_BOUND = 5.0
+"""Seconds a cancel request may take (a server that stopped answering never takes it)."""
+_cancelling: set[asyncio.Task[None]] = set()
+"""Cancel requests under way: tasks of their own, kept here until they end."""
+
+
+def _terminate_timed_out(driver: Any) -> None:
+    """Close the asyncpg connection ``driver`` whose statement ran past its
+    ``command_timeout`` at once, without waiting for the server to confirm a cancel (which a
+    server that stopped answering never does), and ask the server to cancel that statement
+    over a connection of its own, in the background, as asyncpg would have: a statement that
+    was merely slow must not run on after convostore gave up on it (and a write in it must not
+    commit when the lock it waits for is freed)."""
+    send = asyncpg_cancel_request(driver)
+    driver.terminate()
+    if send is not None:
+        task = asyncio.get_running_loop().create_task(_cancel(send))
+        _cancelling.add(task)
+        task.add_done_callback(_cancelling.discard)
+
+
+async def _cancel(send: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await asyncio.wait_for(send(), _CANCEL_BOUND)
+    except (OSError, asyncio.TimeoutError) as exc:
+        logger.debug("convostore: a cancel request was not delivered: %r", exc)
+
+
 def _close_timed_out(context: ExceptionContext) -> None:
-    """A statement that ran past asyncpg's ``command_timeout`` leaves its connection waiting
-    for the server to confirm the cancel, which a server that stopped answering never does:
-    close that connection at once, and have SQLAlchemy discard it rather than roll back on it
-    (another timeout). Only it: its pool siblings may be fine, and a graceful close of each
-    would wait on a silent server too."""
+    """A statement that ran past asyncpg's ``command_timeout``: its connection is closed and
+    the statement cancelled (``_terminate_timed_out``), and SQLAlchemy discards the connection
+    rather than roll back on it (another timeout). Only it: its pool siblings may be fine, and
+    a graceful close of each would wait on a silent server too."""
     connection = context.connection
     if not isinstance(context.original_exception, asyncio.TimeoutError) or connection is None:
         return
     if not connection.invalidated:
         driver = connection.connection.driver_connection
         if driver is not None:
-            driver.terminate()
+            _terminate_timed_out(driver)
     context.is_disconnect = True
     context.invalidate_pool_on_disconnect = False
 
@@ -232,11 +262,13 @@ class PostgresDriver:
             return
         # A statement that ran out of time (command_timeout) says this connection did not
         # answer, not that the server went away: its siblings stay in the pool.
-        gone = not isinstance(exc, asyncio.TimeoutError) and (
-            driver.is_closed() or is_disconnect(exc)
-        )
+        timed_out = isinstance(exc, asyncio.TimeoutError)
+        gone = not timed_out and (driver.is_closed() or is_disconnect(exc))
         # Closed at once: a graceful close would wait for a server that may not answer.
-        driver.terminate()
+        if timed_out:
+            _terminate_timed_out(driver)
+        else:
+            driver.terminate()
         await discard(pooled, exc)
         if self._owns_engine and gone:
             # The server went away, so its siblings in the pool are dead too. An engine passed
@@ -636,6 +668,13 @@ class PostgresBackend(Backend):
         import asyncpg
 
         return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+    def is_statement_timeout(self, error: BaseException) -> bool:
+        """A ``statement_timeout`` of the caller's own (convostore sets none: PgBouncer's
+        transaction pooling would carry it to other clients' statements)."""
+        return getattr(error, "sqlstate", None) == _QUERY_CANCELED and "statement timeout" in str(
+            error
+        )
 
     def is_disconnect(self, error: BaseException) -> bool:
         sqlstate = getattr(error, "sqlstate", None) or ""
