@@ -1,11 +1,13 @@
 """Full-text search over the stored turns (``SessionRepository.search``), on every backend:
 what it finds and where, whose conversations, paging, plain words whatever the characters,
-input errors before any SQL, a populated database upgraded to the search's migration, and
-turns that leave with their conversation."""
+input errors before any SQL, a populated database upgraded to the search's migration,
+turns that leave with their conversation, and (PostgreSQL) the words parsed once per search."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +24,8 @@ from convostore import (
     SessionRepository,
     StoreConfig,
 )
+from convostore.backends import backend_for
+from convostore.backends._search import search_statement
 from convostore.migrate import alembic_config, migrate_url
 
 MARK = "**"
@@ -274,3 +278,57 @@ async def test_a_long_text_of_distinct_words_is_stored_and_found(make_repo: Make
     question = "zeppelin " + " ".join(words)
     await repo.add_turn("long", question[:300_000], "Noted.")
     assert _keys((await repo.search("zeppelin")).hits) == [("long", 1)]
+
+
+def _sql_literal(value: object) -> str:
+    """A text or number as a PostgreSQL literal."""
+    return "'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(value)
+
+
+def _parsing(node: dict[str, Any], in_init_plan: bool = False) -> Iterator[tuple[bool, str]]:
+    """The expressions of a JSON plan that parse a query's words, each with whether it is in
+    an InitPlan (run once per statement)."""
+    in_init_plan = in_init_plan or node.get("Parent Relationship") == "InitPlan"
+    for key, value in node.items():
+        if key == "Plans":
+            for child in value:
+                yield from _parsing(child, in_init_plan)
+        elif "plainto_tsquery" in json.dumps(value):
+            yield in_init_plan, f"{node['Node Type']} {key}: {value}"
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgresql)])
+@pytest.mark.parametrize(("owned", "after"), [(False, False), (True, True)])
+async def test_postgresql_parses_the_query_once_per_search_in_a_generic_plan(
+    repo: SessionRepository, owned: bool, after: bool
+) -> None:
+    """A prepared statement runs on a generic plan after five runs, where the words are a
+    parameter: the statement parses them once (an InitPlan), not once for each matching turn
+    it ranks or filters."""
+    await repo.add_turn("s", "Where did the zeppelin land?", "In Friedrichshafen.", user_id="ann")
+    statement = search_statement(backend_for(repo.engine), owned=owned, after=after)
+    compiled = statement.compile(dialect=repo.engine.dialect)
+    values = {
+        **compiled.params,
+        "terms": "zeppelin",
+        "uid": "ann",
+        "limit": 21,
+        "rank": 1.0,
+        "cid": 0,
+        "sid": "",
+        "seq": 0,
+    }
+    arguments = ", ".join(_sql_literal(values[name]) for name in compiled.positiontup or ())
+    async with repo.engine.connect() as conn:
+        await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        await conn.exec_driver_sql(f"PREPARE probe AS {compiled.string}")
+        plan = await conn.exec_driver_sql(
+            f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE probe({arguments})"
+        )
+        ((document,),) = plan.all()
+        await conn.exec_driver_sql("DEALLOCATE probe")
+        await conn.exec_driver_sql("RESET plan_cache_mode")
+    top = (json.loads(document) if isinstance(document, str) else document)[0]["Plan"]
+    parsing = list(_parsing(top))
+    assert [where for once, where in parsing if not once] == []
+    assert any(once for once, _ in parsing), "no InitPlan parses the words"

@@ -465,10 +465,15 @@ _HEADLINE = (
 """``ts_headline``'s options: one fragment around the matches, about as long as FTS5's."""
 
 
-def _search_query(terms: BindParameter[str]) -> ColumnElement[Any]:
+def _search_query(terms: BindParameter[str]) -> ScalarSelect[Any]:
     """``terms`` as plain words (``plainto_tsquery``: every word, no operators), parsed with
-    the configuration the index was built with (migration 0010's function)."""
-    return func.plainto_tsquery(func.convostore_search_config(), terms)
+    the configuration the index was built with (migration 0010's function).
+
+    A subquery, which PostgreSQL runs once per statement (an InitPlan). Written inline, the
+    call would be folded to a constant only in a plan made for the given words: the generic
+    plan a prepared statement switches to after five runs would parse the words again for
+    every matching turn it ranks."""
+    return select(func.plainto_tsquery(func.convostore_search_config(), terms)).scalar_subquery()
 
 
 class PostgresBackend(Backend):
